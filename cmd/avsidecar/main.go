@@ -1,0 +1,98 @@
+// Command avsidecar is PID 1 of the Avamar sidecar container: it installs the
+// Avamar client RPM, registers the client, supervises avagent, and serves
+// probes, SSH and a read-only file browser. main only wires; the work lives
+// in internal/.
+package main
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+)
+
+// Exit codes of SPEC "Command line".
+const (
+	exitOK      = 0
+	exitFailure = 1
+	exitConfig  = 2
+	exitBadRPM  = 3
+)
+
+// exitError carries the process exit code with the error that caused it.
+type exitError struct {
+	Code int
+	Err  error
+}
+
+func (e *exitError) Error() string { return e.Err.Error() }
+func (e *exitError) Unwrap() error { return e.Err }
+
+// usageError marks a command line or configuration problem (exit 2).
+func usageError(format string, a ...any) error {
+	return &exitError{Code: exitConfig, Err: fmt.Errorf(format, a...)}
+}
+
+// command is one subcommand: it parses its own arguments and returns an
+// error whose exit code, if any, decides how the process ends.
+type command struct {
+	name    string
+	summary string
+	run     func(args []string, stdout, stderr io.Writer) error
+}
+
+func commands() []command {
+	return []command{
+		{"run", "supervisor (default): install, register, supervise avagent, serve HTTP and SSH", runCmd},
+		{"install", "install the RPM payload as run would, then exit", installCmd},
+		{"probe", "probe live|ready|startup: exit 0 when that check passes", probeCmd},
+		{"ls", "ls [-r] [--json] PATH: list a directory through the local browse API", lsCmd},
+		{"status", "print the local /v1/status", statusCmd},
+		{"version", "print the version", versionCmd},
+	}
+}
+
+func main() {
+	os.Exit(execute(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+// execute runs the subcommand named by args and maps its error to an exit
+// code. It is the only place that decides how the process ends.
+func execute(args []string, stdout, stderr io.Writer) int {
+	name := "run"
+	if len(args) > 0 && args[0] != "" && args[0][0] != '-' {
+		name, args = args[0], args[1:]
+	}
+	if name == "help" || (len(args) > 0 && (args[0] == "-h" || args[0] == "--help") && name == "run" && len(os.Args) > 1 && os.Args[1] != "run") {
+		usage(stdout)
+		return exitOK
+	}
+	for _, c := range commands() {
+		if c.name != name {
+			continue
+		}
+		err := c.run(args, stdout, stderr)
+		if err == nil {
+			return exitOK
+		}
+		fmt.Fprintf(stderr, "avsidecar %s: %v\n", name, err)
+		var ee *exitError
+		if errors.As(err, &ee) {
+			return ee.Code
+		}
+		return exitFailure
+	}
+	fmt.Fprintf(stderr, "avsidecar: unknown command %q\n", name)
+	usage(stderr)
+	return exitConfig
+}
+
+func usage(w io.Writer) {
+	fmt.Fprintln(w, "usage: avsidecar [command] [flags]")
+	fmt.Fprintln(w)
+	for _, c := range commands() {
+		fmt.Fprintf(w, "  %-8s %s\n", c.name, c.summary)
+	}
+	fmt.Fprintln(w)
+	fmt.Fprintln(w, "avsidecar run -h lists the environment variables.")
+}
