@@ -1,0 +1,340 @@
+// Package config turns avsidecar's environment into a validated Config.
+//
+// Every variable is read once, at start. Load reports every problem it finds
+// in one error, so an operator fixes a broken Deployment in one round trip
+// instead of one variable per crash loop.
+package config
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"path"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/kelseyhightower/envconfig"
+	"github.com/rs/zerolog"
+)
+
+// env is the environment as the operator writes it: every value a string, so
+// that a bad one is reported with the others instead of stopping the parse.
+type env struct {
+	Server             string `envconfig:"AVAMAR_SERVER" desc:"MCS host name or IP, optionally :port (required)"`
+	NodeIP             string `envconfig:"NODE_IP" desc:"node address written as --iplist, from the downward API status.hostIP (required)"`
+	Domain             string `envconfig:"AVAMAR_DOMAIN" default:"/clients" desc:"Avamar domain"`
+	ClientName         string `envconfig:"AVAMAR_CLIENT_NAME" desc:"client identity pinned in var/.avagent (default $POD_NAME, else the host name)"`
+	PodName            string `envconfig:"POD_NAME" desc:"pod name, the default client identity"`
+	RPM                string `envconfig:"AVAMAR_RPM" default:"/opt/avamar/AvamarClient-*.rpm" desc:"client RPM, path or glob with exactly one match"`
+	Prefix             string `envconfig:"AVAMAR_PREFIX" default:"/usr/local/avamar" desc:"where the client is installed (relocation target)"`
+	ListenPort         string `envconfig:"AVAMAR_LISTEN_PORT" default:"28002" desc:"avagent --listenport"`
+	AgentFlags         string `envconfig:"AVAMAR_AGENT_FLAGS" desc:"extra --flag=value lines for avagent.cmd, comma separated"`
+	RegisterMode       string `envconfig:"AVAMAR_REGISTER_MODE" default:"direct" desc:"direct (avagent.bin --init) or initscript (/etc/init.d/avagent register)"`
+	Root               string `envconfig:"AVSIDECAR_ROOT" default:"/" desc:"filesystem root everything is installed and written under"`
+	StateDir           string `envconfig:"AVSIDECAR_STATE_DIR" desc:"receipts and SSH host keys (default $AVAMAR_PREFIX/var/avsidecar)"`
+	HTTPAddr           string `envconfig:"AVSIDECAR_HTTP_ADDR" default:":9180" desc:"probes, metrics, status and browse"`
+	SSHAddr            string `envconfig:"AVSIDECAR_SSH_ADDR" default:":22" desc:"embedded SSH server; off disables it"`
+	AuthorizedKeys     string `envconfig:"AVSIDECAR_SSH_AUTHORIZED_KEYS" default:"/etc/avsidecar/ssh/authorized_keys" desc:"OpenSSH authorized_keys, reloaded when it changes"`
+	BrowseRoots        string `envconfig:"AVSIDECAR_BROWSE_ROOTS" desc:"comma-separated directories that may be listed (empty: browse off)"`
+	BrowseTokenFile    string `envconfig:"AVSIDECAR_BROWSE_TOKEN_FILE" desc:"bearer token file; without it only loopback clients may browse"`
+	RegisterTimeout    string `envconfig:"AVSIDECAR_REGISTER_TIMEOUT" default:"2m" desc:"one registration attempt"`
+	RegisterBackoffMax string `envconfig:"AVSIDECAR_REGISTER_BACKOFF_MAX" default:"5m" desc:"cap of the jittered exponential registration backoff"`
+	RestartBackoffMax  string `envconfig:"AVSIDECAR_RESTART_BACKOFF_MAX" default:"1m" desc:"cap between avagent restarts"`
+	ShutdownTimeout    string `envconfig:"AVSIDECAR_SHUTDOWN_TIMEOUT" default:"20s" desc:"whole graceful stop, then SIGKILL"`
+	LogLevel           string `envconfig:"AVSIDECAR_LOG_LEVEL" default:"info" desc:"trace, debug, info, warn or error"`
+	LogFormat          string `envconfig:"AVSIDECAR_LOG_FORMAT" default:"json" desc:"json or console"`
+}
+
+// Config is avsidecar's validated configuration. Paths named "in the root"
+// are as the client sees them (for example /usr/local/avamar); HostPath maps
+// them under Root.
+type Config struct {
+	// Server is the MCS host name or IP, without the port.
+	Server string
+	// ServerPort is the MCS port, passed to avagent as --mcsport.
+	ServerPort int
+	// NodeIP is the address the MCS dials back, written as --iplist.
+	NodeIP string
+	// Domain is the Avamar domain the client registers in.
+	Domain string
+	// ClientName is the client identity, pinned in var/.avagent.
+	ClientName string
+	// RPM is the client RPM, in the root; exactly one file matched the glob.
+	RPM string
+	// Prefix is where the client lives, in the root.
+	Prefix string
+	// ListenPort is avagent's --listenport, where the MCS connects.
+	ListenPort int
+	// AgentFlags are extra --flag=value lines for avagent.cmd.
+	AgentFlags []string
+	// RegisterMode is "direct" or "initscript".
+	RegisterMode string
+	// Root is the host directory everything is installed and written under.
+	Root string
+	// StateDir holds receipts and SSH host keys, in the root.
+	StateDir string
+	// HTTPAddr is the listen address of probes, metrics, status and browse.
+	HTTPAddr string
+	// SSHAddr is the embedded SSH server's listen address; empty when off.
+	SSHAddr string
+	// AuthorizedKeys is the OpenSSH authorized_keys file, in the root.
+	AuthorizedKeys string
+	// BrowseRoots are the directories that may be listed, in the root.
+	BrowseRoots []string
+	// BrowseTokenFile holds the browse bearer token, in the root; empty
+	// means only loopback clients may browse.
+	BrowseTokenFile string
+	// RegisterTimeout bounds one registration attempt.
+	RegisterTimeout time.Duration
+	// RegisterBackoffMax caps the wait between registration attempts.
+	RegisterBackoffMax time.Duration
+	// RestartBackoffMax caps the wait between avagent restarts.
+	RestartBackoffMax time.Duration
+	// ShutdownTimeout bounds the whole graceful stop.
+	ShutdownTimeout time.Duration
+	// LogLevel is the lowest level logged.
+	LogLevel zerolog.Level
+	// LogFormat is "json" or "console".
+	LogFormat string
+}
+
+// Register modes.
+const (
+	ModeDirect     = "direct"
+	ModeInitScript = "initscript"
+)
+
+// HostPath maps a path in the root to the host.
+func (c Config) HostPath(p string) string { return filepath.Join(c.Root, p) }
+
+// Usage writes every variable with its default and meaning.
+func Usage(w io.Writer) error {
+	return envconfig.Usagef("", &env{}, w, "{{range .}}{{usage_key .}}\n    {{usage_description .}}{{if usage_default .}} (default {{usage_default .}}){{end}}\n{{end}}")
+}
+
+// Load reads the environment and validates it. hostname is the fallback
+// client identity. The error, if any, names every problem found.
+func Load(hostname func() (string, error)) (Config, error) {
+	var e env
+	if err := envconfig.Process("", &e); err != nil {
+		return Config{}, fmt.Errorf("read environment: %w", err)
+	}
+	return e.validate(hostname)
+}
+
+// problems collects every validation failure of one Load.
+type problems []string
+
+func (p *problems) add(format string, a ...any) { *p = append(*p, fmt.Sprintf(format, a...)) }
+
+func (p problems) err() error {
+	if len(p) == 0 {
+		return nil
+	}
+	return errors.New("invalid configuration: " + strings.Join(p, "; "))
+}
+
+// namePattern is what a client name may contain: it is written into flag
+// files and passed on command lines, so nothing that could start a new line
+// or flag.
+var namePattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,254}$`)
+
+func (e env) validate(hostname func() (string, error)) (Config, error) {
+	var p problems
+	c := Config{
+		Domain:       e.Domain,
+		RegisterMode: e.RegisterMode,
+		LogFormat:    e.LogFormat,
+	}
+
+	if e.Server == "" {
+		p.add("AVAMAR_SERVER is required (the MCS host name or IP)")
+	} else {
+		c.Server, c.ServerPort = parseServer(&p, e.Server)
+	}
+	if e.NodeIP == "" {
+		p.add("NODE_IP is required (set it from the downward API status.hostIP)")
+	} else if net.ParseIP(e.NodeIP) == nil {
+		p.add("NODE_IP %q is not an IP address", e.NodeIP)
+	} else {
+		c.NodeIP = e.NodeIP
+	}
+	if !strings.HasPrefix(c.Domain, "/") || strings.ContainsAny(c.Domain, "\n\r\x00 ") {
+		p.add("AVAMAR_DOMAIN %q must be an absolute Avamar domain such as /clients", c.Domain)
+	}
+
+	c.ClientName = firstNonEmpty(e.ClientName, e.PodName)
+	if c.ClientName == "" {
+		h, err := hostname()
+		if err != nil {
+			p.add("AVAMAR_CLIENT_NAME is unset, POD_NAME is unset and the host name is unknown: %v", err)
+		}
+		c.ClientName = h
+	}
+	if c.ClientName != "" && !namePattern.MatchString(c.ClientName) {
+		p.add("client name %q may only contain letters, digits, '.', '_' and '-'", c.ClientName)
+	}
+
+	c.ListenPort = parsePort(&p, "AVAMAR_LISTEN_PORT", e.ListenPort)
+	c.AgentFlags = parseAgentFlags(&p, e.AgentFlags)
+	if c.RegisterMode != ModeDirect && c.RegisterMode != ModeInitScript {
+		p.add("AVAMAR_REGISTER_MODE %q must be direct or initscript", c.RegisterMode)
+	}
+
+	c.Root = filepath.Clean(e.Root)
+	if !filepath.IsAbs(e.Root) {
+		p.add("AVSIDECAR_ROOT %q must be an absolute path", e.Root)
+	} else if fi, err := os.Stat(c.Root); err != nil || !fi.IsDir() {
+		p.add("AVSIDECAR_ROOT %q is not a directory", e.Root)
+	}
+	c.Prefix = absPath(&p, "AVAMAR_PREFIX", e.Prefix)
+	c.StateDir = absPath(&p, "AVSIDECAR_STATE_DIR", firstNonEmpty(e.StateDir, path.Join(c.Prefix, "var/avsidecar")))
+	c.AuthorizedKeys = absPath(&p, "AVSIDECAR_SSH_AUTHORIZED_KEYS", e.AuthorizedKeys)
+	if e.BrowseTokenFile != "" {
+		c.BrowseTokenFile = absPath(&p, "AVSIDECAR_BROWSE_TOKEN_FILE", e.BrowseTokenFile)
+	}
+	for _, r := range splitList(e.BrowseRoots) {
+		c.BrowseRoots = append(c.BrowseRoots, absPath(&p, "AVSIDECAR_BROWSE_ROOTS entry", r))
+	}
+
+	c.HTTPAddr = e.HTTPAddr
+	checkAddr(&p, "AVSIDECAR_HTTP_ADDR", e.HTTPAddr)
+	if e.SSHAddr != "off" {
+		c.SSHAddr = e.SSHAddr
+		checkAddr(&p, "AVSIDECAR_SSH_ADDR", e.SSHAddr)
+	}
+
+	c.RegisterTimeout = parseDuration(&p, "AVSIDECAR_REGISTER_TIMEOUT", e.RegisterTimeout)
+	c.RegisterBackoffMax = parseDuration(&p, "AVSIDECAR_REGISTER_BACKOFF_MAX", e.RegisterBackoffMax)
+	c.RestartBackoffMax = parseDuration(&p, "AVSIDECAR_RESTART_BACKOFF_MAX", e.RestartBackoffMax)
+	c.ShutdownTimeout = parseDuration(&p, "AVSIDECAR_SHUTDOWN_TIMEOUT", e.ShutdownTimeout)
+
+	lvl, err := zerolog.ParseLevel(e.LogLevel)
+	if err != nil || e.LogLevel == "" {
+		p.add("AVSIDECAR_LOG_LEVEL %q must be trace, debug, info, warn or error", e.LogLevel)
+	}
+	c.LogLevel = lvl
+	if c.LogFormat != "json" && c.LogFormat != "console" {
+		p.add("AVSIDECAR_LOG_FORMAT %q must be json or console", c.LogFormat)
+	}
+
+	if c.Prefix != "" && filepath.IsAbs(e.Root) {
+		c.RPM = findRPM(&p, c, e.RPM)
+	}
+	return c, p.err()
+}
+
+// findRPM resolves AVAMAR_RPM in the root to exactly one file.
+func findRPM(p *problems, c Config, pattern string) string {
+	if !path.IsAbs(pattern) {
+		p.add("AVAMAR_RPM %q must be an absolute path or glob", pattern)
+		return ""
+	}
+	matches, err := filepath.Glob(c.HostPath(pattern))
+	if err != nil {
+		p.add("AVAMAR_RPM %q is not a valid glob: %v", pattern, err)
+		return ""
+	}
+	switch len(matches) {
+	case 0:
+		p.add("AVAMAR_RPM %q matches no file: put the Avamar client RPM there", pattern)
+		return ""
+	case 1:
+		rel, _ := filepath.Rel(c.Root, matches[0])
+		return "/" + filepath.ToSlash(rel)
+	default:
+		p.add("AVAMAR_RPM %q matches %d files, want exactly one: %s", pattern, len(matches), strings.Join(matches, ", "))
+		return ""
+	}
+}
+
+func parseServer(p *problems, s string) (string, int) {
+	host, port := s, "28001"
+	if h, pt, err := net.SplitHostPort(s); err == nil {
+		host, port = h, pt
+	} else if strings.Count(s, ":") == 1 {
+		p.add("AVAMAR_SERVER %q: %v", s, err)
+		return "", 0
+	}
+	if host == "" || strings.ContainsAny(host, " \t\n\r\x00/,=") || strings.HasPrefix(host, "-") {
+		p.add("AVAMAR_SERVER %q is not a host name or IP", s)
+		return "", 0
+	}
+	return host, parsePort(p, "AVAMAR_SERVER port", port)
+}
+
+func parsePort(p *problems, name, s string) int {
+	n, err := strconv.Atoi(s)
+	if err != nil || n < 1 || n > 65535 {
+		p.add("%s %q must be a port number from 1 to 65535", name, s)
+		return 0
+	}
+	return n
+}
+
+func parseDuration(p *problems, name, s string) time.Duration {
+	d, err := time.ParseDuration(s)
+	if err != nil {
+		p.add("%s %q is not a duration such as 30s or 2m", name, s)
+		return 0
+	}
+	if d <= 0 {
+		p.add("%s %q must be positive", name, s)
+	}
+	return d
+}
+
+func parseAgentFlags(p *problems, s string) []string {
+	var flags []string
+	for _, f := range splitList(s) {
+		if !strings.HasPrefix(f, "--") || len(f) < 3 || strings.ContainsAny(f, "\n\r\x00") {
+			p.add("AVAMAR_AGENT_FLAGS entry %q must look like --flag=value", f)
+			continue
+		}
+		flags = append(flags, f)
+	}
+	return flags
+}
+
+func absPath(p *problems, name, s string) string {
+	if !path.IsAbs(s) || strings.ContainsRune(s, 0) {
+		p.add("%s %q must be an absolute path", name, s)
+		return ""
+	}
+	return path.Clean(s)
+}
+
+func checkAddr(p *problems, name, s string) {
+	_, port, err := net.SplitHostPort(s)
+	if err != nil {
+		p.add("%s %q must be HOST:PORT or :PORT", name, s)
+		return
+	}
+	if n, err := strconv.Atoi(port); err != nil || n < 0 || n > 65535 {
+		p.add("%s %q has a bad port", name, s)
+	}
+}
+
+func splitList(s string) []string {
+	var out []string
+	for _, f := range strings.Split(s, ",") {
+		if f = strings.TrimSpace(f); f != "" {
+			out = append(out, f)
+		}
+	}
+	return out
+}
+
+func firstNonEmpty(s ...string) string {
+	for _, v := range s {
+		if v != "" {
+			return v
+		}
+	}
+	return ""
+}

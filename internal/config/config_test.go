@@ -1,0 +1,145 @@
+package config
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// setEnv gives the test a clean, valid environment with one RPM in a fresh
+// root, then applies the overrides ("" unsets).
+func setEnv(t *testing.T, overrides map[string]string) string {
+	t.Helper()
+	root := t.TempDir()
+	if err := os.MkdirAll(filepath.Join(root, "opt/avamar"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(root, "opt/avamar/AvamarClient-linux-sles11-x86_64-7.5.101-101.rpm"), []byte("x"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	vars := map[string]string{"AVAMAR_SERVER": "mcs.example.com", "NODE_IP": "10.0.0.7", "AVSIDECAR_ROOT": root, "POD_NAME": "nginx-0"}
+	for _, k := range []string{"AVAMAR_DOMAIN", "AVAMAR_CLIENT_NAME", "AVAMAR_RPM", "AVAMAR_PREFIX", "AVAMAR_LISTEN_PORT", "AVAMAR_AGENT_FLAGS",
+		"AVAMAR_REGISTER_MODE", "AVSIDECAR_STATE_DIR", "AVSIDECAR_HTTP_ADDR", "AVSIDECAR_SSH_ADDR", "AVSIDECAR_SSH_AUTHORIZED_KEYS",
+		"AVSIDECAR_BROWSE_ROOTS", "AVSIDECAR_BROWSE_TOKEN_FILE", "AVSIDECAR_REGISTER_TIMEOUT", "AVSIDECAR_REGISTER_BACKOFF_MAX",
+		"AVSIDECAR_RESTART_BACKOFF_MAX", "AVSIDECAR_SHUTDOWN_TIMEOUT", "AVSIDECAR_LOG_LEVEL", "AVSIDECAR_LOG_FORMAT"} {
+		vars[k] = ""
+	}
+	for k, v := range overrides {
+		vars[k] = v
+	}
+	for k, v := range vars {
+		if v == "" {
+			t.Setenv(k, "")
+			os.Unsetenv(k)
+			continue
+		}
+		t.Setenv(k, v)
+	}
+	return root
+}
+
+func noHostname() (string, error) { return "", errors.New("no host name") }
+
+func TestLoadDefaults(t *testing.T) {
+	setEnv(t, nil)
+	c, err := Load(noHostname)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Server != "mcs.example.com" || c.ServerPort != 28001 || c.ListenPort != 28002 || c.Domain != "/clients" {
+		t.Errorf("server/ports/domain: %+v", c)
+	}
+	if c.ClientName != "nginx-0" {
+		t.Errorf("client name %q, want POD_NAME", c.ClientName)
+	}
+	if c.RPM != "/opt/avamar/AvamarClient-linux-sles11-x86_64-7.5.101-101.rpm" {
+		t.Errorf("rpm %q", c.RPM)
+	}
+	if c.StateDir != "/usr/local/avamar/var/avsidecar" || c.SSHAddr != ":22" || c.ShutdownTimeout != 20*time.Second {
+		t.Errorf("defaults: %+v", c)
+	}
+}
+
+func TestLoadOverrides(t *testing.T) {
+	setEnv(t, map[string]string{"AVAMAR_SERVER": "10.1.2.3:29001", "AVAMAR_CLIENT_NAME": "web", "AVSIDECAR_SSH_ADDR": "off",
+		"AVAMAR_AGENT_FLAGS": "--debug, --x=1", "AVSIDECAR_BROWSE_ROOTS": "/data,/usr/share/nginx/html"})
+	c, err := Load(noHostname)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Server != "10.1.2.3" || c.ServerPort != 29001 || c.ClientName != "web" || c.SSHAddr != "" {
+		t.Errorf("%+v", c)
+	}
+	if strings.Join(c.AgentFlags, "|") != "--debug|--x=1" || strings.Join(c.BrowseRoots, "|") != "/data|/usr/share/nginx/html" {
+		t.Errorf("lists: %q %q", c.AgentFlags, c.BrowseRoots)
+	}
+}
+
+func TestLoadHostnameFallback(t *testing.T) {
+	setEnv(t, map[string]string{"POD_NAME": ""})
+	c, err := Load(func() (string, error) { return "node-host", nil })
+	if err != nil || c.ClientName != "node-host" {
+		t.Fatalf("%q %v", c.ClientName, err)
+	}
+}
+
+// TestLoadHostile checks that each bad variable is named, and that several
+// bad variables are all named in the one error.
+func TestLoadHostile(t *testing.T) {
+	tests := []struct {
+		name string
+		env  map[string]string
+		want []string
+	}{
+		{"missing server", map[string]string{"AVAMAR_SERVER": ""}, []string{"AVAMAR_SERVER is required"}},
+		{"missing node ip", map[string]string{"NODE_IP": ""}, []string{"NODE_IP is required"}},
+		{"node ip not ip", map[string]string{"NODE_IP": "node-1"}, []string{`NODE_IP "node-1"`}},
+		{"server port range", map[string]string{"AVAMAR_SERVER": "mcs:70000"}, []string{"AVAMAR_SERVER port"}},
+		{"server flag injection", map[string]string{"AVAMAR_SERVER": "--evil"}, []string{"not a host name"}},
+		{"listen port zero", map[string]string{"AVAMAR_LISTEN_PORT": "0"}, []string{"AVAMAR_LISTEN_PORT"}},
+		{"listen port text", map[string]string{"AVAMAR_LISTEN_PORT": "http"}, []string{"AVAMAR_LISTEN_PORT"}},
+		{"bad duration", map[string]string{"AVSIDECAR_REGISTER_TIMEOUT": "2 minutes"}, []string{"AVSIDECAR_REGISTER_TIMEOUT"}},
+		{"negative duration", map[string]string{"AVSIDECAR_SHUTDOWN_TIMEOUT": "-1s"}, []string{"must be positive"}},
+		{"bad mode", map[string]string{"AVAMAR_REGISTER_MODE": "magic"}, []string{"AVAMAR_REGISTER_MODE"}},
+		{"relative domain", map[string]string{"AVAMAR_DOMAIN": "clients"}, []string{"AVAMAR_DOMAIN"}},
+		{"name newline", map[string]string{"AVAMAR_CLIENT_NAME": "a\n--hostname=b"}, []string{"client name"}},
+		{"agent flag", map[string]string{"AVAMAR_AGENT_FLAGS": "debug"}, []string{"AVAMAR_AGENT_FLAGS"}},
+		{"no rpm", map[string]string{"AVAMAR_RPM": "/opt/none/*.rpm"}, []string{"matches no file"}},
+		{"relative root", map[string]string{"AVSIDECAR_ROOT": "tmp"}, []string{"AVSIDECAR_ROOT"}},
+		{"http addr", map[string]string{"AVSIDECAR_HTTP_ADDR": "9180"}, []string{"AVSIDECAR_HTTP_ADDR"}},
+		{"ssh addr", map[string]string{"AVSIDECAR_SSH_ADDR": "localhost:99999"}, []string{"AVSIDECAR_SSH_ADDR"}},
+		{"log level", map[string]string{"AVSIDECAR_LOG_LEVEL": "loud"}, []string{"AVSIDECAR_LOG_LEVEL"}},
+		{"log format", map[string]string{"AVSIDECAR_LOG_FORMAT": "xml"}, []string{"AVSIDECAR_LOG_FORMAT"}},
+		{"relative browse root", map[string]string{"AVSIDECAR_BROWSE_ROOTS": "data"}, []string{"AVSIDECAR_BROWSE_ROOTS"}},
+		{"all at once", map[string]string{"AVAMAR_SERVER": "", "NODE_IP": "", "AVAMAR_LISTEN_PORT": "99999", "AVSIDECAR_REGISTER_BACKOFF_MAX": "soon"},
+			[]string{"AVAMAR_SERVER", "NODE_IP", "AVAMAR_LISTEN_PORT", "AVSIDECAR_REGISTER_BACKOFF_MAX"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			setEnv(t, tt.env)
+			_, err := Load(noHostname)
+			if err == nil {
+				t.Fatal("Load accepted a bad configuration")
+			}
+			for _, w := range tt.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error %q does not name %q", err, w)
+				}
+			}
+		})
+	}
+}
+
+func TestLoadTwoRPMs(t *testing.T) {
+	root := setEnv(t, nil)
+	if err := os.WriteFile(filepath.Join(root, "opt/avamar/AvamarClient-linux-sles11-x86_64-7.6.0-1.rpm"), []byte("x"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	_, err := Load(noHostname)
+	if err == nil || !strings.Contains(err.Error(), "matches 2 files") {
+		t.Fatalf("want two-match error, got %v", err)
+	}
+}

@@ -1,0 +1,329 @@
+// Package register registers the Avamar client with its MCS and keeps a
+// receipt, so that a restarted pod does not register again: registering is
+// not idempotent on a real server.
+//
+// Every attempt is bounded by a timeout, preceded by a cheap reachability
+// check that tells a name that does not resolve from a server that does not
+// answer, and followed by a full-jitter exponential backoff. It never gives
+// up: a sidecar that stops trying needs a human to notice.
+package register
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/avsidecar/avsidecar/internal/avclient"
+	"github.com/avsidecar/avsidecar/internal/backoff"
+)
+
+// Config says where and as whom to register.
+type Config struct {
+	// Client is the installed Avamar client.
+	Client avclient.Client
+	// Server is the MCS host name or IP.
+	Server string
+	// Port is the MCS port.
+	Port int
+	// Domain is the Avamar domain.
+	Domain string
+	// ClientName is the pinned client identity.
+	ClientName string
+	// Mode is "direct" (avagent.bin --init) or "initscript".
+	Mode string
+	// InitScript is the host path of /etc/init.d/avagent, for initscript mode.
+	InitScript string
+	// ReceiptFile is the host path of the registration receipt.
+	ReceiptFile string
+	// Timeout bounds one attempt.
+	Timeout time.Duration
+	// BackoffBase is the first wait's ceiling (default 1s).
+	BackoffBase time.Duration
+	// BackoffMax caps the wait between attempts.
+	BackoffMax time.Duration
+	// CheckTimeout bounds the reachability check (default 5s).
+	CheckTimeout time.Duration
+}
+
+// Outcomes of one attempt, as they appear in logs, status and metrics.
+const (
+	OutcomeSuccess     = "success"
+	OutcomeUnresolved  = "unresolved"
+	OutcomeUnreachable = "unreachable"
+	OutcomeRefused     = "refused"
+	OutcomeTimeout     = "timeout"
+	OutcomeError       = "error"
+)
+
+// Receipt records a successful registration.
+type Receipt struct {
+	Server string    `json:"server"`
+	Port   int       `json:"port"`
+	Domain string    `json:"domain"`
+	Client string    `json:"client"`
+	Time   time.Time `json:"time"`
+}
+
+// Status is a snapshot of the registration.
+type Status struct {
+	Registered   bool      `json:"registered"`
+	Server       string    `json:"server"`
+	Domain       string    `json:"domain"`
+	Client       string    `json:"client"`
+	Mode         string    `json:"mode"`
+	RegisteredAt time.Time `json:"registered_at,omitzero"`
+	// Reused is true when a matching receipt made registering unnecessary.
+	Reused      bool      `json:"reused"`
+	Attempts    int       `json:"attempts"`
+	LastAttempt time.Time `json:"last_attempt,omitzero"`
+	LastOutcome string    `json:"last_outcome,omitempty"`
+	LastError   string    `json:"last_error,omitempty"`
+	// Outcomes counts the attempts of this run by outcome.
+	Outcomes map[string]int `json:"outcomes"`
+}
+
+// Registrar registers the client once, retrying until it succeeds.
+type Registrar struct {
+	cfg Config
+	log zerolog.Logger
+
+	mu     sync.Mutex
+	status Status
+}
+
+// New checks cfg and fills its defaults.
+func New(cfg Config, log zerolog.Logger) (*Registrar, error) {
+	if cfg.Server == "" || cfg.Port == 0 || cfg.ClientName == "" || cfg.ReceiptFile == "" {
+		return nil, errors.New("register: server, port, client name and receipt file are required")
+	}
+	if cfg.Mode == "" {
+		cfg.Mode = "direct"
+	}
+	if cfg.Mode != "direct" && cfg.Mode != "initscript" {
+		return nil, fmt.Errorf("register: unknown mode %q", cfg.Mode)
+	}
+	if cfg.BackoffBase <= 0 {
+		cfg.BackoffBase = time.Second
+	}
+	if cfg.CheckTimeout <= 0 {
+		cfg.CheckTimeout = 5 * time.Second
+	}
+	r := &Registrar{cfg: cfg, log: log}
+	r.status = Status{Server: cfg.Server, Domain: cfg.Domain, Client: cfg.ClientName, Mode: cfg.Mode, Outcomes: map[string]int{}}
+	return r, nil
+}
+
+// Status returns a snapshot.
+func (r *Registrar) Status() Status {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	s := r.status
+	s.Outcomes = make(map[string]int, len(r.status.Outcomes))
+	for k, v := range r.status.Outcomes {
+		s.Outcomes[k] = v
+	}
+	return s
+}
+
+// Run returns once the client is registered, or nil when ctx ends first;
+// callers check ctx to tell which. It returns an error only when the
+// receipt cannot be written.
+func (r *Registrar) Run(ctx context.Context) error {
+	want := Receipt{Server: r.cfg.Server, Port: r.cfg.Port, Domain: r.cfg.Domain, Client: r.cfg.ClientName}
+	old, haveOld := r.readReceipt()
+	_, cfgErr := os.Stat(r.cfg.Client.RegisteredFile())
+	if haveOld && old.matches(want) && cfgErr == nil {
+		r.mu.Lock()
+		r.status.Registered, r.status.Reused, r.status.RegisteredAt = true, true, old.Time
+		r.mu.Unlock()
+		r.log.Info().Str("server", old.Server).Str("domain", old.Domain).Str("client", old.Client).
+			Time("registered_at", old.Time).Msg("already registered, not registering again")
+		return nil
+	}
+	if haveOld && !old.matches(want) {
+		r.log.Warn().Str("old_server", old.Server).Int("old_port", old.Port).Str("old_domain", old.Domain).Str("old_client", old.Client).
+			Str("server", want.Server).Str("domain", want.Domain).Msg("registration changed, registering again")
+	} else if haveOld {
+		r.log.Warn().Str("missing", r.cfg.Client.RegisteredFile()).Msg("receipt without client registration, registering again")
+	}
+
+	b := backoff.Backoff{Base: r.cfg.BackoffBase, Max: r.cfg.BackoffMax, Jitter: true}
+	for attempt := 1; ; attempt++ {
+		outcome, err := r.attempt(ctx)
+		if ctx.Err() != nil {
+			return nil
+		}
+		r.record(attempt, outcome, err)
+		if outcome == OutcomeSuccess {
+			want.Time = time.Now().UTC()
+			if err := writeReceipt(r.cfg.ReceiptFile, want); err != nil {
+				return err
+			}
+			r.mu.Lock()
+			r.status.Registered, r.status.RegisteredAt = true, want.Time
+			r.mu.Unlock()
+			r.log.Info().Int("attempt", attempt).Str("server", want.Server).Str("domain", want.Domain).
+				Str("client", want.Client).Msg("registered")
+			return nil
+		}
+		wait := b.Next()
+		r.log.Warn().Int("attempt", attempt).Str("outcome", outcome).Err(err).Dur("backoff", wait).Msg("registration failed")
+		if !backoff.Sleep(ctx, wait) {
+			return nil
+		}
+	}
+}
+
+func (r *Registrar) record(attempt int, outcome string, err error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.status.Attempts = attempt
+	r.status.LastAttempt = time.Now()
+	r.status.LastOutcome = outcome
+	r.status.Outcomes[outcome]++
+	r.status.LastError = ""
+	if err != nil {
+		r.status.LastError = err.Error()
+	}
+}
+
+// attempt makes one registration attempt and classifies its outcome.
+func (r *Registrar) attempt(ctx context.Context) (string, error) {
+	if outcome, err := r.reachable(ctx); err != nil {
+		return outcome, err
+	}
+	before, _ := os.Stat(r.cfg.Client.RegisteredFile())
+
+	actx, cancel := context.WithTimeout(ctx, r.cfg.Timeout)
+	defer cancel()
+	out, err := r.runRegistration(actx)
+	if actx.Err() == context.DeadlineExceeded && ctx.Err() == nil {
+		return OutcomeTimeout, fmt.Errorf("no answer within %s", r.cfg.Timeout)
+	}
+	if err != nil {
+		return OutcomeRefused, fmt.Errorf("%w: %s", err, tail(out))
+	}
+	after, statErr := os.Stat(r.cfg.Client.RegisteredFile())
+	if statErr != nil {
+		return OutcomeError, fmt.Errorf("registration claimed success but left no %s", filepath.Base(r.cfg.Client.RegisteredFile()))
+	}
+	if before != nil && os.SameFile(before, after) && before.ModTime().Equal(after.ModTime()) && before.Size() == after.Size() {
+		return OutcomeError, fmt.Errorf("registration claimed success but did not rewrite %s", filepath.Base(r.cfg.Client.RegisteredFile()))
+	}
+	if r.cfg.Mode == "initscript" {
+		r.stopInitScriptDaemon(ctx)
+	}
+	return OutcomeSuccess, nil
+}
+
+// reachable checks that the MCS name resolves and its port accepts TCP, so
+// a failure says which of the two it is.
+func (r *Registrar) reachable(ctx context.Context) (string, error) {
+	cctx, cancel := context.WithTimeout(ctx, r.cfg.CheckTimeout)
+	defer cancel()
+	host := r.cfg.Server
+	if net.ParseIP(host) == nil {
+		addrs, err := net.DefaultResolver.LookupHost(cctx, host)
+		if err != nil || len(addrs) == 0 {
+			return OutcomeUnresolved, fmt.Errorf("resolve %s: %w", host, err)
+		}
+	}
+	var d net.Dialer
+	conn, err := d.DialContext(cctx, "tcp", net.JoinHostPort(host, strconv.Itoa(r.cfg.Port)))
+	if err != nil {
+		return OutcomeUnreachable, fmt.Errorf("connect to MCS: %w", err)
+	}
+	conn.Close()
+	return "", nil
+}
+
+// runRegistration runs the registration command in its own process group
+// and returns its combined output.
+func (r *Registrar) runRegistration(ctx context.Context) ([]byte, error) {
+	var cmd *exec.Cmd
+	if r.cfg.Mode == "initscript" {
+		cmd = exec.CommandContext(ctx, r.cfg.InitScript, "register", r.cfg.Server, r.cfg.Domain)
+	} else {
+		cmd = exec.CommandContext(ctx, r.cfg.Client.Agent(), r.cfg.Client.InitArgs(r.cfg.Server, r.cfg.Port, r.cfg.Domain)...)
+	}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
+	cmd.WaitDelay = time.Second
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	err := cmd.Run()
+	for _, line := range strings.Split(strings.TrimSpace(out.String()), "\n") {
+		if line != "" {
+			r.log.Debug().Str("line", line).Msg("registration output")
+		}
+	}
+	return out.Bytes(), err
+}
+
+// stopInitScriptDaemon stops the daemon that the init script's register verb
+// starts, so that avagent runs in the foreground under supervision instead.
+func (r *Registrar) stopInitScriptDaemon(ctx context.Context) {
+	sctx, cancel := context.WithTimeout(ctx, r.cfg.CheckTimeout)
+	defer cancel()
+	cmd := exec.CommandContext(sctx, r.cfg.InitScript, "stop")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		r.log.Warn().Err(err).Str("output", tail(out)).Msg("stop init script daemon")
+	}
+}
+
+func (r *Registrar) readReceipt() (Receipt, bool) {
+	b, err := os.ReadFile(r.cfg.ReceiptFile)
+	if err != nil {
+		return Receipt{}, false
+	}
+	var rc Receipt
+	if err := json.Unmarshal(b, &rc); err != nil {
+		r.log.Warn().Err(err).Str("path", r.cfg.ReceiptFile).Msg("unreadable registration receipt, registering again")
+		return Receipt{}, false
+	}
+	return rc, true
+}
+
+func (a Receipt) matches(b Receipt) bool {
+	return a.Server == b.Server && a.Port == b.Port && a.Domain == b.Domain && a.Client == b.Client
+}
+
+func writeReceipt(path string, rc Receipt) error {
+	b, err := json.MarshalIndent(rc, "", "  ")
+	if err != nil {
+		return fmt.Errorf("write registration receipt: %w", err)
+	}
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return fmt.Errorf("write registration receipt: %w", err)
+	}
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, append(b, '\n'), 0o644); err != nil {
+		return fmt.Errorf("write registration receipt: %w", err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		return fmt.Errorf("write registration receipt: %w", err)
+	}
+	return nil
+}
+
+// tail keeps the end of a command's output for an error message.
+func tail(out []byte) string {
+	s := strings.TrimSpace(string(out))
+	if len(s) > 512 {
+		s = "..." + s[len(s)-512:]
+	}
+	return s
+}
