@@ -148,4 +148,3 @@ func TestRegistersOnceAndReusesReceipt(t *testing.T) {
 		t.Fatalf("lost cfg %+v", st)
 	}
 }
-
