@@ -1,0 +1,472 @@
+// Package fakeagent is the project's stand-in for the proprietary Avamar
+// client agent, avagent.bin. It behaves as SPEC "Facts about the Avamar
+// client" says the real one does, and nothing more:
+//
+//   - flags are read from the command line and from the flag files
+//     var/avagent.cfg, var/avagent.cmd and var/.avagent (one --flag=value a
+//     line; the command line wins over the files);
+//   - --init registers the client with the MCS in the foreground, writes
+//     var/avagent.cfg and exits (0 registered, 1 refused, 2 MCS unreachable);
+//     it never retries by itself;
+//   - --daemon (the default) starts the agent again, detached, with
+//     --daemon=false, writes var/avagent.pid, prints "Client Agent started"
+//     and exits 0, like the init script flow;
+//   - --daemon=false runs in the foreground: it listens on --listenport,
+//     answers the MCS callback, writes human-readable lines to --logfile and
+//     exits 0 on SIGTERM.
+//
+// Flags starting with --fake- are test hooks (crash, crash loop, orphans,
+// log volume); they reach the agent through var/avagent.cmd, which the
+// operator extends with AVAMAR_AGENT_FLAGS.
+package fakeagent
+
+import (
+	"bufio"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/avsidecar/avsidecar/internal/testkit/mcsproto"
+)
+
+// Exit codes of the fake agent. The product tells a refusal from an
+// unreachable server by them (and by stderr), as it would with the real one.
+const (
+	// ExitOK is success: registered, daemon started, or clean stop.
+	ExitOK = 0
+	// ExitRefused is a registration the MCS refused, and the default code
+	// of a --fake-crash-after crash.
+	ExitRefused = 1
+	// ExitUnreachable is an MCS that could not be reached or answered
+	// nonsense.
+	ExitUnreachable = 2
+	// ExitUsage is a bad command line or a local failure (cannot write
+	// avagent.cfg, cannot listen).
+	ExitUsage = 3
+)
+
+// DefaultPrefix is the installation prefix of the Avamar client RPM.
+const DefaultPrefix = "/usr/local/avamar"
+
+// Flag file names inside --vardir, in the order they are read.
+const (
+	// CfgFile is written by --init and names the server and client id.
+	CfgFile = "avagent.cfg"
+	// CmdFile holds operator flags (--iplist=..., --listenport=...).
+	CmdFile = "avagent.cmd"
+	// DotFile pins the client name (--hostname=NAME).
+	DotFile = ".avagent"
+	// PidFile holds the pid of the running agent.
+	PidFile = "avagent.pid"
+)
+
+// Hidden modes used to make orphans: the agent starts itself with
+// orphanParentFlag, which starts N copies with orphanChildFlag and exits at
+// once, so the copies are reparented to PID 1 or the nearest subreaper.
+const (
+	orphanParentFlag = "--fake-orphan-parent="
+	orphanChildFlag  = "--fake-orphan-child"
+)
+
+// options are the parsed flags of one agent invocation.
+type options struct {
+	init       bool
+	daemon     bool
+	mcsaddr    string
+	mcsport    int
+	dpndomain  string
+	vardir     string
+	bindir     string
+	sysdir     string
+	logfile    string
+	listenport int
+	iplist     string
+	hostname   string
+	cid        string
+
+	crashAfter    time.Duration
+	exitCode      int
+	crashIfExists string
+	orphans       int
+	orphanLife    time.Duration
+	logLines      int
+}
+
+func newFlagSet(o *options) *flag.FlagSet {
+	fs := flag.NewFlagSet("avagent", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	fs.BoolVar(&o.init, "init", false, "register with the MCS in the foreground and exit")
+	fs.BoolVar(&o.daemon, "daemon", true, "detach and run in the background")
+	fs.StringVar(&o.mcsaddr, "mcsaddr", "", "MCS host name or address")
+	fs.IntVar(&o.mcsport, "mcsport", mcsproto.DefaultMCSPort, "MCS port")
+	fs.StringVar(&o.dpndomain, "dpndomain", "/clients", "Avamar domain")
+	fs.StringVar(&o.vardir, "vardir", DefaultPrefix+"/var", "state directory")
+	fs.StringVar(&o.bindir, "bindir", DefaultPrefix+"/bin/", "binaries directory")
+	fs.StringVar(&o.sysdir, "sysdir", DefaultPrefix+"/etc/", "configuration directory")
+	fs.StringVar(&o.logfile, "logfile", "", "log file (default VARDIR/avagent.log)")
+	fs.IntVar(&o.listenport, "listenport", mcsproto.DefaultListenPort, "port of the MCS callback")
+	fs.StringVar(&o.iplist, "iplist", "", "addresses where the MCS reaches this agent, comma separated")
+	fs.StringVar(&o.hostname, "hostname", "", "client name (default: the host name)")
+	fs.StringVar(&o.cid, "cid", "", "client id given by the MCS (written by --init)")
+	fs.DurationVar(&o.crashAfter, "fake-crash-after", 0, "test hook: exit with --fake-exit-code after this long")
+	fs.IntVar(&o.exitCode, "fake-exit-code", ExitRefused, "test hook: exit code of --fake-crash-after")
+	fs.StringVar(&o.crashIfExists, "fake-crash-if-exists", "", "test hook: exit 1 at start while this path exists")
+	fs.IntVar(&o.orphans, "fake-orphans", 0, "test hook: leave this many orphaned grandchildren at start")
+	fs.DurationVar(&o.orphanLife, "fake-orphan-life", 500*time.Millisecond, "test hook: how long each orphan lives")
+	fs.IntVar(&o.logLines, "fake-log-lines", 0, "test hook: write this many numbered lines to the log at start")
+	return fs
+}
+
+// Main runs the fake agent and returns its exit code. self is the command
+// that starts this agent again (the executable, and for avkit the
+// "avagent" subcommand); args are the flags after it.
+func Main(self, args []string, stdout, stderr io.Writer) int {
+	if len(args) > 0 && strings.HasPrefix(args[0], orphanParentFlag) {
+		return orphanParent(self, args, stdout)
+	}
+	if len(args) > 0 && args[0] == orphanChildFlag {
+		return orphanChild(args[1:])
+	}
+
+	o, err := parse(args, stderr)
+	if err != nil {
+		fmt.Fprintf(stderr, "avagent Error: %v\n", err)
+		return ExitUsage
+	}
+	switch {
+	case o.init:
+		return register(o, stdout, stderr)
+	case o.daemon:
+		return daemonize(self, args, o, stdout, stderr)
+	default:
+		return run(self, o, stderr)
+	}
+}
+
+// parse reads the command line, then the flag files in --vardir, and
+// parses them together with the command line last so that it wins.
+func parse(args []string, stderr io.Writer) (*options, error) {
+	var first options
+	cmdline := known(newFlagSet(&first), args, "command line", stderr)
+	if err := newFlagSet(&first).Parse(cmdline); err != nil {
+		return nil, fmt.Errorf("parse command line: %w", err)
+	}
+
+	var all []string
+	for _, name := range []string{CfgFile, CmdFile, DotFile} {
+		lines, err := ReadFlagFile(filepath.Join(first.vardir, name))
+		if err != nil {
+			return nil, err
+		}
+		var o options
+		all = append(all, known(newFlagSet(&o), lines, name, stderr)...)
+	}
+	all = append(all, cmdline...)
+
+	o := &options{}
+	if err := newFlagSet(o).Parse(all); err != nil {
+		return nil, fmt.Errorf("parse flags: %w", err)
+	}
+	o.vardir = first.vardir // a flag file cannot move the directory it was read from
+	if o.logfile == "" {
+		o.logfile = filepath.Join(o.vardir, "avagent.log")
+	}
+	if o.hostname == "" {
+		h, err := os.Hostname()
+		if err != nil {
+			return nil, fmt.Errorf("host name: %w", err)
+		}
+		o.hostname = h
+	}
+	return o, nil
+}
+
+// ReadFlagFile returns the flag lines of an Avamar flag file: one
+// --flag=value a line, blank lines and # comments skipped. A missing file
+// has no flags.
+func ReadFlagFile(path string) ([]string, error) {
+	b, err := os.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read flag file: %w", err)
+	}
+	var lines []string
+	for _, l := range strings.Split(string(b), "\n") {
+		l = strings.TrimSpace(l)
+		if l == "" || strings.HasPrefix(l, "#") {
+			continue
+		}
+		lines = append(lines, l)
+	}
+	return lines, nil
+}
+
+// known keeps the arguments fs defines and warns about the others on
+// stderr: the agent is lenient, as flag files collect flags for several
+// Avamar versions.
+func known(fs *flag.FlagSet, args []string, source string, stderr io.Writer) []string {
+	var out []string
+	for i := 0; i < len(args); i++ {
+		a := args[i]
+		name, _, hasValue := strings.Cut(strings.TrimLeft(a, "-"), "=")
+		f := fs.Lookup(name)
+		if !strings.HasPrefix(a, "-") || f == nil {
+			fmt.Fprintf(stderr, "avagent Warning: ignoring unknown flag %q from %s\n", a, source)
+			continue
+		}
+		out = append(out, a)
+		if b, ok := f.Value.(interface{ IsBoolFlag() bool }); hasValue || (ok && b.IsBoolFlag()) {
+			continue
+		}
+		if i+1 < len(args) {
+			i++
+			out = append(out, args[i])
+		}
+	}
+	return out
+}
+
+// register is --init: one registration attempt, in the foreground.
+func register(o *options, stdout, stderr io.Writer) int {
+	if o.mcsaddr == "" {
+		fmt.Fprintln(stderr, "avagent Error: --init needs --mcsaddr")
+		return ExitUsage
+	}
+	server := net.JoinHostPort(o.mcsaddr, strconv.Itoa(o.mcsport))
+	logf(o.logfile, "registering client %s in domain %s with MCS %s", o.hostname, o.dpndomain, server)
+
+	conn, err := net.DialTimeout("tcp", server, 10*time.Second)
+	if err != nil {
+		fmt.Fprintf(stderr, "avagent Error: cannot connect to MCS %s: %v\n", server, err)
+		logf(o.logfile, "registration failed: cannot connect to MCS %s: %v", server, err)
+		return ExitUnreachable
+	}
+	defer conn.Close()
+	req := mcsproto.Register{
+		Op:         mcsproto.OpRegister,
+		Name:       o.hostname,
+		Domain:     o.dpndomain,
+		IPList:     o.iplist,
+		ListenPort: o.listenport,
+	}
+	var reply mcsproto.RegisterReply
+	if err := mcsproto.Write(conn, req); err == nil {
+		err = mcsproto.Read(bufio.NewReader(conn), &reply)
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "avagent Error: MCS %s did not answer the registration: %v\n", server, err)
+		logf(o.logfile, "registration failed: MCS %s did not answer: %v", server, err)
+		return ExitUnreachable
+	}
+	if !reply.OK {
+		fmt.Fprintf(stderr, "avagent Error: registration refused by MCS %s: %s\n", server, reply.Reason)
+		logf(o.logfile, "registration refused by MCS %s: %s", server, reply.Reason)
+		return ExitRefused
+	}
+
+	cfg := fmt.Sprintf("--mcsaddr=%s\n--mcsport=%d\n--dpndomain=%s\n--hostname=%s\n--cid=%s\n",
+		o.mcsaddr, o.mcsport, o.dpndomain, o.hostname, reply.ClientID)
+	if err := writeAtomic(filepath.Join(o.vardir, CfgFile), []byte(cfg)); err != nil {
+		fmt.Fprintf(stderr, "avagent Error: %v\n", err)
+		return ExitUsage
+	}
+	logf(o.logfile, "client %s registered with MCS %s as %s", o.hostname, server, reply.ClientID)
+	fmt.Fprintf(stdout, "avagent Info: Registration of client %s with MCS %s succeeded (client id %s)\n",
+		o.hostname, server, reply.ClientID)
+	return ExitOK
+}
+
+// daemonize starts the agent again in the background with --daemon=false
+// and returns at once, as the init script's start does.
+func daemonize(self, args []string, o *options, stdout, stderr io.Writer) int {
+	argv := append(append(append([]string{}, self[1:]...), args...), "--daemon=false")
+	cmd := exec.Command(self[0], argv...)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := cmd.Start(); err != nil {
+		fmt.Fprintf(stderr, "avagent Error: start daemon: %v\n", err)
+		return ExitUsage
+	}
+	pid := cmd.Process.Pid
+	_ = cmd.Process.Release()
+	if err := writeAtomic(filepath.Join(o.vardir, PidFile), []byte(strconv.Itoa(pid)+"\n")); err != nil {
+		fmt.Fprintf(stderr, "avagent Error: %v\n", err)
+		return ExitUsage
+	}
+	fmt.Fprintln(stdout, "Client Agent started")
+	return ExitOK
+}
+
+// run is the agent in the foreground.
+func run(self []string, o *options, stderr io.Writer) int {
+	if o.crashIfExists != "" {
+		if _, err := os.Stat(o.crashIfExists); err == nil {
+			logf(o.logfile, "fake crash at start: %s exists", o.crashIfExists)
+			fmt.Fprintf(stderr, "avagent Error: fake crash at start: %s exists\n", o.crashIfExists)
+			return 1
+		}
+	}
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
+	defer signal.Stop(sigs)
+
+	ln, err := net.Listen("tcp", net.JoinHostPort("0.0.0.0", strconv.Itoa(o.listenport)))
+	if err != nil {
+		logf(o.logfile, "cannot listen on port %d: %v", o.listenport, err)
+		fmt.Fprintf(stderr, "avagent Error: listen: %v\n", err)
+		return ExitUsage
+	}
+	defer ln.Close()
+	pidPath := filepath.Join(o.vardir, PidFile)
+	pid := strconv.Itoa(os.Getpid())
+	if err := writeAtomic(pidPath, []byte(pid+"\n")); err != nil {
+		fmt.Fprintf(stderr, "avagent Error: %v\n", err)
+		return ExitUsage
+	}
+	defer removeIfOurs(pidPath, pid)
+
+	logf(o.logfile, "Client Agent started: pid %s, client %s, listening on %s", pid, o.hostname, ln.Addr())
+	for i := 1; i <= o.logLines; i++ {
+		logf(o.logfile, "fake log line %d of %d", i, o.logLines)
+	}
+	if o.orphans > 0 {
+		spawnOrphans(self, o)
+	}
+	go serve(ln, o)
+
+	var crash <-chan time.Time
+	if o.crashAfter > 0 {
+		crash = time.After(o.crashAfter)
+	}
+	select {
+	case s := <-sigs:
+		logf(o.logfile, "Client Agent stopping on %v", s)
+		return ExitOK
+	case <-crash:
+		logf(o.logfile, "fake crash after %v with exit code %d", o.crashAfter, o.exitCode)
+		return o.exitCode
+	}
+}
+
+// serve answers MCS callbacks. A connection that closes without a message
+// is a TCP probe (a readiness check) and is not logged.
+func serve(ln net.Listener, o *options) {
+	for {
+		conn, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		go func() {
+			defer conn.Close()
+			_ = conn.SetDeadline(time.Now().Add(10 * time.Second))
+			var ping mcsproto.Ping
+			if err := mcsproto.Read(bufio.NewReader(conn), &ping); err != nil {
+				if !errors.Is(err, io.EOF) {
+					logf(o.logfile, "bad callback from %s: %v", conn.RemoteAddr(), err)
+				}
+				return
+			}
+			if ping.Op != mcsproto.OpPing {
+				logf(o.logfile, "unknown callback %q from %s", ping.Op, conn.RemoteAddr())
+				return
+			}
+			err := mcsproto.Write(conn, mcsproto.Pong{OK: true, Name: o.hostname, ClientID: o.cid})
+			if err != nil {
+				logf(o.logfile, "callback from %s: %v", conn.RemoteAddr(), err)
+				return
+			}
+			logf(o.logfile, "MCS callback from %s (%s) answered", ping.Server, conn.RemoteAddr())
+		}()
+	}
+}
+
+// spawnOrphans starts an intermediate copy of the agent that starts
+// o.orphans more copies and exits at once, so those are orphaned. Their
+// pids are logged ("orphan pid N"), so a test can find them.
+func spawnOrphans(self []string, o *options) {
+	argv := append(append([]string{}, self[1:]...),
+		orphanParentFlag+strconv.Itoa(o.orphans), "--fake-orphan-life="+o.orphanLife.String())
+	cmd := exec.Command(self[0], argv...)
+	out, err := cmd.Output()
+	if err != nil {
+		logf(o.logfile, "cannot spawn orphans: %v", err)
+		return
+	}
+	for _, l := range strings.Fields(string(out)) {
+		logf(o.logfile, "orphan pid %s", l)
+	}
+}
+
+// orphanParent is the intermediate process of spawnOrphans: it prints the
+// pid of each orphan and exits without waiting for them.
+func orphanParent(self, args []string, stdout io.Writer) int {
+	n, err := strconv.Atoi(strings.TrimPrefix(args[0], orphanParentFlag))
+	if err != nil {
+		return ExitUsage
+	}
+	for range n {
+		cmd := exec.Command(self[0], append(append(append([]string{}, self[1:]...), orphanChildFlag), args[1:]...)...)
+		if err := cmd.Start(); err != nil {
+			return ExitUsage
+		}
+		fmt.Fprintln(stdout, cmd.Process.Pid)
+	}
+	return ExitOK
+}
+
+// orphanChild lives for --fake-orphan-life and exits, to be reaped by
+// whoever adopted it.
+func orphanChild(args []string) int {
+	life := 500 * time.Millisecond
+	for _, a := range args {
+		if v, ok := strings.CutPrefix(a, "--fake-orphan-life="); ok {
+			if d, err := time.ParseDuration(v); err == nil {
+				life = d
+			}
+		}
+	}
+	time.Sleep(life) // the orphan's whole job is to exist for a while
+	return ExitOK
+}
+
+// logf appends one human-readable line to the agent's log file. Logging
+// is best effort, as a full disk must not stop the agent.
+func logf(path, format string, a ...any) {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
+	if err != nil {
+		return
+	}
+	defer f.Close()
+	fmt.Fprintf(f, "%s avagent Info <%d>: %s\n", time.Now().Format("2006-01-02 15:04:05.000"), os.Getpid(), fmt.Sprintf(format, a...))
+}
+
+// writeAtomic replaces path with data, so a reader never sees half a file.
+func writeAtomic(path string, data []byte) error {
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, data, 0o644); err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	return nil
+}
+
+// removeIfOurs removes the pid file unless another agent replaced it.
+func removeIfOurs(path, pid string) {
+	b, err := os.ReadFile(path)
+	if err == nil && strings.TrimSpace(string(b)) == pid {
+		_ = os.Remove(path)
+	}
+}

@@ -1,0 +1,486 @@
+package testkit
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/avsidecar/avsidecar/internal/testkit/mcsproto"
+)
+
+// MCSOptions configure a fake MCS. The zero value accepts every
+// registration at once.
+type MCSOptions struct {
+	// Down starts the MCS with its port closed; SetDown(false) opens it on
+	// the same address later. With port 0 the port is still chosen at
+	// start, so Addr is known while it is down.
+	Down bool
+	// Refuse, when not empty, refuses every registration with this reason.
+	Refuse string
+	// Delay is how long the MCS thinks before answering a registration.
+	Delay time.Duration
+	// MaxConcurrent, when positive, is how many registrations are handled
+	// at once; the others are refused at once with a "busy" reason, as an
+	// overloaded server would.
+	MaxConcurrent int
+	// RetryInterval is how often the MCS calls an agent back until it
+	// answers (default 200ms).
+	RetryInterval time.Duration
+	// CheckInterval is how often the MCS calls a reachable agent back, to
+	// notice it going away (default 2s).
+	CheckInterval time.Duration
+	// Name is what the MCS calls itself in callbacks (default "avkit-mcs").
+	Name string
+	// Log receives one line per registration and per change of an agent's
+	// reachability. The zero value logs nothing.
+	Log zerolog.Logger
+}
+
+// BusyReason is the refusal reason when MaxConcurrent registrations are
+// already being handled.
+const BusyReason = "busy: too many concurrent registrations"
+
+// Registration is one registration the MCS accepted.
+type Registration struct {
+	// Name is the client name.
+	Name string
+	// Domain is the Avamar domain.
+	Domain string
+	// IPList is where the MCS calls the agent back.
+	IPList string
+	// ListenPort is the agent's callback port.
+	ListenPort int
+	// ClientID is the id the MCS gave the client.
+	ClientID string
+	// Remote is the address the registration came from.
+	Remote string
+	// Time is when the registration was accepted.
+	Time time.Time
+}
+
+// MCS is a fake Avamar Management Console Server: it accepts
+// registrations on one TCP address, records them, and calls each
+// registered agent back at its iplist:listenport. Its behaviour can be
+// changed while it runs (down, refusing, slow), so tests can play the
+// outages the product must survive.
+type MCS struct {
+	opts   MCSOptions
+	addr   string
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+
+	mu        sync.Mutex
+	ln        net.Listener
+	conns     map[net.Conn]struct{}
+	refuse    string
+	delay     time.Duration
+	inflight  int
+	nextID    int
+	regs      []Registration
+	attempts  map[string]int
+	reachable map[string]bool
+	callbacks map[string]context.CancelFunc
+	changed   chan struct{}
+	closed    bool
+}
+
+// StartMCS starts a fake MCS listening on addr (host:port; port 0 picks
+// one; 0.0.0.0 serves clients in other network namespaces).
+func StartMCS(addr string, opts MCSOptions) (*MCS, error) {
+	if opts.RetryInterval <= 0 {
+		opts.RetryInterval = 200 * time.Millisecond
+	}
+	if opts.CheckInterval <= 0 {
+		opts.CheckInterval = 2 * time.Second
+	}
+	if opts.Name == "" {
+		opts.Name = "avkit-mcs"
+	}
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("start mcs: %w", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	m := &MCS{
+		opts:      opts,
+		addr:      ln.Addr().String(),
+		ctx:       ctx,
+		cancel:    cancel,
+		conns:     map[net.Conn]struct{}{},
+		refuse:    opts.Refuse,
+		delay:     opts.Delay,
+		attempts:  map[string]int{},
+		reachable: map[string]bool{},
+		callbacks: map[string]context.CancelFunc{},
+		changed:   make(chan struct{}),
+	}
+	if opts.Down {
+		ln.Close()
+	} else {
+		m.ln = ln
+		m.wg.Add(1)
+		go m.serve(ln)
+	}
+	m.opts.Log.Info().Str("addr", m.addr).Bool("down", opts.Down).Msg("mcs started")
+	return m, nil
+}
+
+// Addr is the address the MCS listens on, also while it is down.
+func (m *MCS) Addr() string { return m.addr }
+
+// Port is the port the MCS listens on.
+func (m *MCS) Port() int {
+	_, p, _ := net.SplitHostPort(m.addr)
+	n, _ := strconv.Atoi(p)
+	return n
+}
+
+// SetDown closes the listening socket (down) or opens it again on the same
+// address (up). Registrations in progress are not interrupted.
+func (m *MCS) SetDown(down bool) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.closed {
+		return errors.New("mcs closed")
+	}
+	if down && m.ln != nil {
+		m.ln.Close()
+		m.ln = nil
+	}
+	if !down && m.ln == nil {
+		ln, err := net.Listen("tcp", m.addr)
+		if err != nil {
+			return fmt.Errorf("reopen mcs: %w", err)
+		}
+		m.ln = ln
+		m.wg.Add(1)
+		go m.serve(ln)
+	}
+	m.opts.Log.Info().Bool("down", down).Msg("mcs availability changed")
+	return nil
+}
+
+// SetRefuse makes the MCS refuse registrations with reason; "" accepts.
+func (m *MCS) SetRefuse(reason string) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.refuse = reason
+}
+
+// SetDelay makes the MCS wait d before answering each registration.
+func (m *MCS) SetDelay(d time.Duration) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.delay = d
+}
+
+// Registrations returns the accepted registrations, oldest first.
+func (m *MCS) Registrations() []Registration {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return append([]Registration(nil), m.regs...)
+}
+
+// Count returns how many times name was registered.
+func (m *MCS) Count(name string) int {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	n := 0
+	for _, r := range m.regs {
+		if r.Name == name {
+			n++
+		}
+	}
+	return n
+}
+
+// Attempts returns how many registration requests for name arrived,
+// accepted or not.
+func (m *MCS) Attempts(name string) int {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.attempts[name]
+}
+
+// Reachable reports whether the last callback to name's agent succeeded.
+func (m *MCS) Reachable(name string) bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.reachable[name]
+}
+
+// WaitRegistered returns once name has been registered at least once.
+func (m *MCS) WaitRegistered(ctx context.Context, name string) error {
+	return m.wait(ctx, func() bool {
+		for _, r := range m.regs {
+			if r.Name == name {
+				return true
+			}
+		}
+		return false
+	}, "registration of "+name)
+}
+
+// WaitAttempts returns once at least n registration requests for name
+// arrived, accepted or not.
+func (m *MCS) WaitAttempts(ctx context.Context, name string, n int) error {
+	return m.wait(ctx, func() bool { return m.attempts[name] >= n }, fmt.Sprintf("%d attempts of %s", n, name))
+}
+
+// WaitReachable returns once name's agent answers the MCS callback (at
+// once if its last callback succeeded).
+func (m *MCS) WaitReachable(ctx context.Context, name string) error {
+	return m.wait(ctx, func() bool { return m.reachable[name] }, name+" reachable")
+}
+
+// WaitUnreachable returns once a callback to name's agent failed after it
+// had been registered, for tests that stop an agent.
+func (m *MCS) WaitUnreachable(ctx context.Context, name string) error {
+	return m.wait(ctx, func() bool {
+		r, known := m.reachable[name]
+		return known && !r
+	}, name+" unreachable")
+}
+
+// wait blocks until cond, called with m.mu held, is true.
+func (m *MCS) wait(ctx context.Context, cond func() bool, what string) error {
+	for {
+		m.mu.Lock()
+		ok, changed := cond(), m.changed
+		m.mu.Unlock()
+		if ok {
+			return nil
+		}
+		select {
+		case <-changed:
+		case <-ctx.Done():
+			return fmt.Errorf("wait for %s: %w", what, ctx.Err())
+		}
+	}
+}
+
+// notify wakes the waiters; m.mu must be held.
+func (m *MCS) notify() {
+	close(m.changed)
+	m.changed = make(chan struct{})
+}
+
+// Close stops the MCS, its connections and its callbacks.
+func (m *MCS) Close() error {
+	m.mu.Lock()
+	if m.closed {
+		m.mu.Unlock()
+		return nil
+	}
+	m.closed = true
+	m.cancel()
+	if m.ln != nil {
+		m.ln.Close()
+		m.ln = nil
+	}
+	for c := range m.conns {
+		c.Close()
+	}
+	m.mu.Unlock()
+	m.wg.Wait()
+	return nil
+}
+
+func (m *MCS) serve(ln net.Listener) {
+	defer m.wg.Done()
+	for {
+		conn, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		m.mu.Lock()
+		if m.closed {
+			m.mu.Unlock()
+			conn.Close()
+			return
+		}
+		m.conns[conn] = struct{}{}
+		m.wg.Add(1)
+		m.mu.Unlock()
+		go func() {
+			defer m.wg.Done()
+			m.handle(conn)
+			m.mu.Lock()
+			delete(m.conns, conn)
+			m.mu.Unlock()
+			conn.Close()
+		}()
+	}
+}
+
+// handle answers one registration request.
+func (m *MCS) handle(conn net.Conn) {
+	log := m.opts.Log.With().Str("remote", conn.RemoteAddr().String()).Logger()
+	_ = conn.SetReadDeadline(time.Now().Add(30 * time.Second))
+	var req mcsproto.Register
+	if err := mcsproto.Read(bufio.NewReader(conn), &req); err != nil {
+		log.Warn().Err(err).Msg("bad registration request")
+		return
+	}
+	_ = conn.SetReadDeadline(time.Time{})
+	log = log.With().Str("name", req.Name).Str("domain", req.Domain).Str("iplist", req.IPList).
+		Int("listenport", req.ListenPort).Logger()
+	if req.Op != mcsproto.OpRegister {
+		_ = mcsproto.Write(conn, mcsproto.RegisterReply{Reason: "unknown operation " + req.Op})
+		return
+	}
+	if req.Name == "" {
+		_ = mcsproto.Write(conn, mcsproto.RegisterReply{Reason: "client name is empty"})
+		return
+	}
+
+	m.mu.Lock()
+	m.attempts[req.Name]++
+	m.notify()
+	if m.opts.MaxConcurrent > 0 && m.inflight >= m.opts.MaxConcurrent {
+		m.mu.Unlock()
+		log.Info().Str("reason", BusyReason).Msg("registration refused")
+		_ = mcsproto.Write(conn, mcsproto.RegisterReply{Reason: BusyReason})
+		return
+	}
+	m.inflight++
+	delay, refuse := m.delay, m.refuse
+	m.mu.Unlock()
+	defer func() {
+		m.mu.Lock()
+		m.inflight--
+		m.mu.Unlock()
+	}()
+
+	if delay > 0 {
+		t := time.NewTimer(delay)
+		select {
+		case <-t.C:
+		case <-m.ctx.Done():
+			t.Stop()
+			return
+		}
+	}
+	if refuse != "" {
+		log.Info().Str("reason", refuse).Msg("registration refused")
+		_ = mcsproto.Write(conn, mcsproto.RegisterReply{Reason: refuse})
+		return
+	}
+
+	// The registration is recorded before the answer is sent, as on a real
+	// server: a client that gave up waiting is registered all the same.
+	m.mu.Lock()
+	m.nextID++
+	reg := Registration{
+		Name:       req.Name,
+		Domain:     req.Domain,
+		IPList:     req.IPList,
+		ListenPort: req.ListenPort,
+		ClientID:   fmt.Sprintf("%040x", m.nextID),
+		Remote:     conn.RemoteAddr().String(),
+		Time:       time.Now(),
+	}
+	m.regs = append(m.regs, reg)
+	if stop := m.callbacks[reg.Name]; stop != nil {
+		stop()
+	}
+	delete(m.reachable, reg.Name)
+	ctx, stop := context.WithCancel(m.ctx)
+	m.callbacks[reg.Name] = stop
+	m.wg.Add(1)
+	m.notify()
+	m.mu.Unlock()
+	go m.callBack(ctx, reg)
+
+	log.Info().Str("client_id", reg.ClientID).Msg("client registered")
+	if err := mcsproto.Write(conn, mcsproto.RegisterReply{OK: true, ClientID: reg.ClientID}); err != nil {
+		log.Warn().Err(err).Msg("registration answer not delivered")
+	}
+}
+
+// callBack calls reg's agent until ctx ends: every RetryInterval while it
+// does not answer, every CheckInterval once it does.
+func (m *MCS) callBack(ctx context.Context, reg Registration) {
+	defer m.wg.Done()
+	log := m.opts.Log.With().Str("name", reg.Name).Logger()
+	for {
+		addr, err := m.ping(ctx, reg)
+		m.mu.Lock()
+		was, known := m.reachable[reg.Name]
+		if ctx.Err() == nil {
+			m.reachable[reg.Name] = err == nil
+			m.notify()
+		}
+		m.mu.Unlock()
+		switch {
+		case ctx.Err() != nil:
+			return
+		case err == nil && !was:
+			log.Info().Str("agent", addr).Msg("agent reachable")
+		case err != nil && (was || !known):
+			log.Info().Err(err).Msg("agent unreachable")
+		}
+		interval := m.opts.RetryInterval
+		if err == nil {
+			interval = m.opts.CheckInterval
+		}
+		t := time.NewTimer(interval)
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+			return
+		}
+	}
+}
+
+// ping calls the agent at each address of its iplist and returns the one
+// that answered with the registered name.
+func (m *MCS) ping(ctx context.Context, reg Registration) (string, error) {
+	if reg.IPList == "" {
+		return "", errors.New("no iplist")
+	}
+	var errs []error
+	for _, ip := range strings.Split(reg.IPList, ",") {
+		addr := net.JoinHostPort(strings.TrimSpace(ip), strconv.Itoa(reg.ListenPort))
+		err := m.pingOne(ctx, addr, reg.Name)
+		if err == nil {
+			return addr, nil
+		}
+		errs = append(errs, err)
+	}
+	return "", errors.Join(errs...)
+}
+
+func (m *MCS) pingOne(ctx context.Context, addr, name string) error {
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	var d net.Dialer
+	conn, err := d.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return fmt.Errorf("call back %s: %w", addr, err)
+	}
+	defer conn.Close()
+	deadline, _ := ctx.Deadline()
+	_ = conn.SetDeadline(deadline)
+	var pong mcsproto.Pong
+	if err := mcsproto.Write(conn, mcsproto.Ping{Op: mcsproto.OpPing, Server: m.opts.Name}); err != nil {
+		return fmt.Errorf("call back %s: %w", addr, err)
+	}
+	if err := mcsproto.Read(bufio.NewReader(conn), &pong); err != nil {
+		return fmt.Errorf("call back %s: %w", addr, err)
+	}
+	if !pong.OK || pong.Name != name {
+		return fmt.Errorf("call back %s: answered as %q, not %q", addr, pong.Name, name)
+	}
+	return nil
+}

@@ -1,0 +1,123 @@
+// Package mcsproto is the wire protocol between the project's fake Avamar
+// client agent and its fake MCS (Management Console Server).
+//
+// The real protocol is proprietary; this one only has to carry what the
+// product depends on: a client registers with the MCS on port 28001 and
+// waits for the answer, and the MCS later connects back to the agent at
+// the address of its --iplist and its --listenport. Every message is one
+// JSON object on one line, so a human can speak it with nc.
+package mcsproto
+
+import (
+	"bufio"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+)
+
+// Default ports of the Avamar protocol.
+const (
+	// DefaultMCSPort is where the MCS accepts registrations.
+	DefaultMCSPort = 28001
+	// DefaultListenPort is where avagent accepts the MCS callback.
+	DefaultListenPort = 28002
+)
+
+// Message operations.
+const (
+	// OpRegister is a client asking the MCS to register it.
+	OpRegister = "register"
+	// OpPing is the MCS calling an agent back.
+	OpPing = "ping"
+)
+
+// maxLine bounds one message, so a confused peer cannot make the other
+// side buffer without end.
+const maxLine = 64 << 10
+
+// Register is the request a client sends to the MCS (avagent --init).
+type Register struct {
+	// Op is OpRegister.
+	Op string `json:"op"`
+	// Name is the client name (avagent --hostname, else the host name).
+	Name string `json:"name"`
+	// Domain is the Avamar domain (avagent --dpndomain), e.g. /clients.
+	Domain string `json:"domain"`
+	// IPList is where the MCS reaches the agent: one address or several
+	// separated by commas (avagent --iplist).
+	IPList string `json:"iplist"`
+	// ListenPort is the agent's callback port (avagent --listenport).
+	ListenPort int `json:"listenport"`
+}
+
+// RegisterReply is the MCS's answer to a Register.
+type RegisterReply struct {
+	// OK is true when the client is registered.
+	OK bool `json:"ok"`
+	// Reason says why a registration was refused.
+	Reason string `json:"reason,omitempty"`
+	// ClientID is the identifier the MCS gave the client.
+	ClientID string `json:"client_id,omitempty"`
+}
+
+// Ping is what the MCS sends when it connects back to an agent.
+type Ping struct {
+	// Op is OpPing.
+	Op string `json:"op"`
+	// Server names the calling MCS.
+	Server string `json:"server"`
+}
+
+// Pong is the agent's answer to a Ping.
+type Pong struct {
+	// OK is true when the agent is running and serving.
+	OK bool `json:"ok"`
+	// Name is the agent's client name, so the MCS can tell it reached the
+	// client it registered.
+	Name string `json:"name"`
+	// ClientID is the client id from the agent's avagent.cfg, if any.
+	ClientID string `json:"client_id,omitempty"`
+}
+
+// Write sends v as one JSON line.
+func Write(w io.Writer, v any) error {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return fmt.Errorf("encode message: %w", err)
+	}
+	if _, err := w.Write(append(b, '\n')); err != nil {
+		return fmt.Errorf("send message: %w", err)
+	}
+	return nil
+}
+
+// Read reads one JSON line from r into v. It returns io.EOF when the peer
+// closed the connection without sending anything, which is how a plain TCP
+// probe (a readiness check) looks.
+func Read(r *bufio.Reader, v any) error {
+	var line []byte
+	for {
+		chunk, isPrefix, err := r.ReadLine()
+		if err != nil {
+			if errors.Is(err, io.EOF) && len(line) > 0 {
+				return fmt.Errorf("read message: %w", io.ErrUnexpectedEOF)
+			}
+			if errors.Is(err, io.EOF) {
+				return io.EOF
+			}
+			return fmt.Errorf("read message: %w", err)
+		}
+		line = append(line, chunk...)
+		if len(line) > maxLine {
+			return errors.New("read message: line too long")
+		}
+		if !isPrefix {
+			break
+		}
+	}
+	if err := json.Unmarshal(line, v); err != nil {
+		return fmt.Errorf("decode message: %w", err)
+	}
+	return nil
+}
