@@ -1,0 +1,296 @@
+// Package browse serves the read-only file browser of SPEC "HTTP":
+// /v1/roots, /v1/files, /v1/stat, /v1/walk, /v1/du and the HTML page at /.
+// It never serves file contents. Access is free for loopback clients (that
+// is, kubectl port-forward) and needs a matching bearer token from everyone
+// else when a token file is configured; without one, only loopback clients
+// are served.
+package browse
+
+import (
+	"context"
+	"crypto/subtle"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/avsidecar/avsidecar/internal/fswalk"
+	"github.com/rs/zerolog"
+)
+
+// Defaults of Config.
+const (
+	DefaultLimit        = 200
+	DefaultMaxLimit     = 1000
+	DefaultMaxWalkDepth = 256
+	DefaultWalkWorkers  = 8
+	DefaultCacheDirs    = 256
+	DefaultCacheTTL     = 2 * time.Second
+)
+
+// Config configures the browser. Zero values take the defaults above.
+type Config struct {
+	// Roots are the directories that may be listed (AVSIDECAR_BROWSE_ROOTS),
+	// as absolute paths. Empty turns browsing off: every browse endpoint
+	// answers 404 {"error":"browse is off"}. A root that cannot be opened
+	// as a directory makes New fail.
+	Roots []string
+	// TokenFile holds the bearer token (AVSIDECAR_BROWSE_TOKEN_FILE). It is
+	// read at each non-loopback request, so a rotated Secret takes effect at
+	// once; surrounding white space is ignored and an empty or unreadable
+	// file matches nothing. Empty means non-loopback clients are refused.
+	// Loopback clients never need the token.
+	TokenFile string
+	// DefaultLimit is the page size of /v1/files without limit= (200).
+	DefaultLimit int
+	// MaxLimit is the largest limit= accepted (1000); larger is a 400.
+	MaxLimit int
+	// MaxWalkDepth is the deepest max_depth= of /v1/walk and the depth used
+	// without it (256); larger is a 400. /v1/du uses it too.
+	MaxWalkDepth int
+	// WalkWorkers is how many directories a walk or du reads at once (8).
+	WalkWorkers int
+	// CacheDirs is how many listed directories are kept and watched with
+	// inotify (256); negative turns the cache off.
+	CacheDirs int
+	// CacheTTL bounds how long a cached listing is served (2s): inotify
+	// cannot see changes made on another host (NFS) or below a
+	// subdirectory (its mtime), so this bounds that staleness. Negative
+	// means no bound.
+	CacheTTL time.Duration
+}
+
+func (c *Config) setDefaults() {
+	def := func(v *int, d int) {
+		if *v == 0 {
+			*v = d
+		}
+	}
+	def(&c.DefaultLimit, DefaultLimit)
+	def(&c.MaxLimit, DefaultMaxLimit)
+	def(&c.MaxWalkDepth, DefaultMaxWalkDepth)
+	def(&c.WalkWorkers, DefaultWalkWorkers)
+	def(&c.CacheDirs, DefaultCacheDirs)
+	if c.CacheTTL == 0 {
+		c.CacheTTL = DefaultCacheTTL
+	}
+	c.DefaultLimit = min(c.DefaultLimit, c.MaxLimit)
+}
+
+// Handler serves the browse endpoints. It implements http.Handler; mount
+// it on "/" (it answers 404 JSON for paths it does not know).
+type Handler struct {
+	cfg   Config
+	log   zerolog.Logger
+	roots *fswalk.Roots
+	cache *dirCache
+	codes [600]atomic.Uint64 // requests by status code
+}
+
+// New opens the roots and, unless disabled, the inotify-backed cache.
+func New(cfg Config, log zerolog.Logger) (*Handler, error) {
+	cfg.setDefaults()
+	if cfg.DefaultLimit < 1 || cfg.MaxWalkDepth < 1 || cfg.WalkWorkers < 1 {
+		return nil, errors.New("browse: limits must be positive")
+	}
+	roots, err := fswalk.OpenRoots(cfg.Roots)
+	if err != nil {
+		return nil, fmt.Errorf("browse: %w", err)
+	}
+	h := &Handler{cfg: cfg, log: log, roots: roots}
+	if roots.Len() > 0 && cfg.CacheDirs > 0 {
+		h.cache, err = newDirCache(cfg.CacheDirs, cfg.CacheTTL)
+		if err != nil {
+			// Listings still work, read from disk each time.
+			log.Warn().Err(err).Msg("listing cache off")
+		}
+	}
+	return h, nil
+}
+
+// Run waits for ctx and then releases the roots and the inotify watches.
+// The cache needs no goroutine: events are drained before each lookup.
+// It returns nil on cancellation.
+func (h *Handler) Run(ctx context.Context) error {
+	<-ctx.Done()
+	return h.Close()
+}
+
+// Close releases the roots and the cache. Later requests fail.
+func (h *Handler) Close() error {
+	if h.cache != nil {
+		h.cache.close()
+	}
+	return h.roots.Close()
+}
+
+// Status is the browse part of /v1/status and /metrics.
+type Status struct {
+	// Enabled is true when at least one root is configured.
+	Enabled bool `json:"enabled"`
+	// Roots are the browse roots.
+	Roots []string `json:"roots"`
+	// Token is true when a token file is configured.
+	Token bool `json:"token"`
+	// Requests counts answered requests by HTTP status code.
+	Requests map[string]uint64 `json:"requests"`
+	// Cache describes the listing cache.
+	Cache CacheStatus `json:"cache"`
+}
+
+// Status returns the current state and counters.
+func (h *Handler) Status() Status {
+	s := Status{
+		Enabled:  h.roots.Len() > 0,
+		Roots:    h.roots.Paths(),
+		Token:    h.cfg.TokenFile != "",
+		Requests: map[string]uint64{},
+		Cache:    h.cache.status(),
+	}
+	for code := range h.codes {
+		if n := h.codes[code].Load(); n > 0 {
+			s.Requests[strconv.Itoa(code)] = n
+		}
+	}
+	return s
+}
+
+// ServeHTTP routes a request after the access check.
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	rw := &statusWriter{ResponseWriter: w, code: http.StatusOK}
+	start := time.Now()
+	h.serve(rw, r)
+	h.codes[min(max(rw.code, 0), len(h.codes)-1)].Add(1)
+	h.log.Debug().Str("method", r.Method).Str("url_path", r.URL.Path).Int("code", rw.code).
+		Dur("took", time.Since(start)).Msg("browse request")
+}
+
+func (h *Handler) serve(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("X-Content-Type-Options", "nosniff")
+	w.Header().Set("Cache-Control", "no-store")
+	var route func(http.ResponseWriter, *http.Request)
+	switch r.URL.Path {
+	case "/":
+		route = h.servePage
+	case "/v1/roots":
+		route = h.serveRoots
+	case "/v1/files":
+		route = h.serveFiles
+	case "/v1/stat":
+		route = h.serveStat
+	case "/v1/walk":
+		route = h.serveWalk
+	case "/v1/du":
+		route = h.serveDu
+	default:
+		writeError(w, http.StatusNotFound, "no such endpoint")
+		return
+	}
+	if h.roots.Len() == 0 {
+		writeError(w, http.StatusNotFound, "browse is off")
+		return
+	}
+	if r.Method != http.MethodGet && r.Method != http.MethodHead {
+		w.Header().Set("Allow", "GET, HEAD")
+		writeError(w, http.StatusMethodNotAllowed, "method not allowed")
+		return
+	}
+	if code, msg := h.allow(r); code != 0 {
+		if code == http.StatusUnauthorized {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="avsidecar browse"`)
+		}
+		writeError(w, code, msg)
+		return
+	}
+	route(w, r)
+}
+
+// allow applies the access rule. Loopback clients are free, but only when
+// they name the host as localhost or an IP literal: a web page the
+// operator visits cannot then reach a port-forward through DNS rebinding.
+// Everyone else needs the token. It returns 0 when the request may go on.
+func (h *Handler) allow(r *http.Request) (int, string) {
+	if isLoopback(r.RemoteAddr) && safeHost(r.Host) {
+		return 0, ""
+	}
+	if h.cfg.TokenFile == "" {
+		return http.StatusForbidden, "browse is for loopback clients only (use kubectl port-forward)"
+	}
+	got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+	if !ok {
+		return http.StatusUnauthorized, "bearer token required"
+	}
+	want, err := os.ReadFile(h.cfg.TokenFile)
+	if err != nil {
+		h.log.Warn().Err(err).Msg("cannot read browse token file")
+	}
+	tok := strings.TrimSpace(string(want))
+	if err != nil || tok == "" || subtle.ConstantTimeCompare([]byte(strings.TrimSpace(got)), []byte(tok)) != 1 {
+		return http.StatusUnauthorized, "bearer token required"
+	}
+	return 0, ""
+}
+
+func isLoopback(remote string) bool {
+	host, _, err := net.SplitHostPort(remote)
+	if err != nil {
+		host = remote
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}
+
+func safeHost(hostport string) bool {
+	host := hostport
+	if h, _, err := net.SplitHostPort(hostport); err == nil {
+		host = h
+	}
+	host = strings.TrimSuffix(strings.TrimPrefix(host, "["), "]")
+	return host == "" || strings.EqualFold(host, "localhost") || net.ParseIP(host) != nil
+}
+
+type statusWriter struct {
+	http.ResponseWriter
+	code        int
+	wroteHeader bool
+}
+
+func (w *statusWriter) WriteHeader(code int) {
+	if !w.wroteHeader {
+		w.code, w.wroteHeader = code, true
+	}
+	w.ResponseWriter.WriteHeader(code)
+}
+
+func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
+func writeError(w http.ResponseWriter, code int, msg string) {
+	b := append([]byte(`{"error":`), fswalk.AppendString(nil, msg)...)
+	b = append(b, "}\n"...)
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Content-Length", strconv.Itoa(len(b)))
+	w.WriteHeader(code)
+	w.Write(b)
+}
+
+// writePathError maps an fswalk error to the answer. The texts are fixed:
+// they must not differ between missing and outside.
+func writePathError(w http.ResponseWriter, err error) {
+	switch {
+	case errors.Is(err, fswalk.ErrInvalidPath):
+		writeError(w, http.StatusBadRequest, "invalid path: want an absolute path inside a browse root, without . or .. components")
+	case errors.Is(err, fswalk.ErrNotDir):
+		writeError(w, http.StatusBadRequest, "not a directory")
+	case errors.Is(err, fswalk.ErrPermission):
+		writeError(w, http.StatusForbidden, "permission denied")
+	case errors.Is(err, fswalk.ErrNotFound):
+		writeError(w, http.StatusNotFound, "not found")
+	default:
+		writeError(w, http.StatusInternalServerError, "cannot read directory")
+	}
+}

@@ -1,0 +1,252 @@
+package browse
+
+import (
+	"encoding/json"
+	"errors"
+	"net/http"
+	"path"
+	"strconv"
+
+	"github.com/avsidecar/avsidecar/internal/fswalk"
+)
+
+func writeJSON(w http.ResponseWriter, b []byte) {
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Content-Length", strconv.Itoa(len(b)))
+	w.WriteHeader(http.StatusOK)
+	w.Write(b)
+}
+
+// serveRoots answers GET /v1/roots: {"roots":["/data",...]}, for the page.
+func (h *Handler) serveRoots(w http.ResponseWriter, r *http.Request) {
+	b, _ := json.Marshal(map[string][]string{"roots": h.roots.Paths()})
+	writeJSON(w, append(b, '\n'))
+}
+
+// intParam reads an optional positive integer query parameter.
+func intParam(r *http.Request, name string, def, max int) (int, error) {
+	s := r.URL.Query().Get(name)
+	if s == "" {
+		return def, nil
+	}
+	n, err := strconv.Atoi(s)
+	if err != nil || n < 1 || n > max {
+		return 0, errors.New(name + " must be an integer from 1 to " + strconv.Itoa(max))
+	}
+	return n, nil
+}
+
+// serveFiles answers GET /v1/files: one page of a directory.
+func (h *Handler) serveFiles(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	sortKey, err := fswalk.ParseSort(q.Get("sort"))
+	if err != nil {
+		writeError(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	desc, err := fswalk.ParseOrder(q.Get("order"))
+	if err != nil {
+		writeError(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	limit, err := intParam(r, "limit", h.cfg.DefaultLimit, h.cfg.MaxLimit)
+	if err != nil {
+		writeError(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	dir, err := h.roots.OpenDir(q.Get("path"))
+	if err != nil {
+		writePathError(w, err)
+		return
+	}
+	defer dir.Close()
+	key := pageKey{path: dir.Path, sort: sortKey, desc: desc, cursor: q.Get("cursor"), limit: limit}
+	encode := func(l *fswalk.Listing) ([]byte, error) { return encodePage(l, key) }
+	var b []byte
+	if h.cache != nil {
+		b, err = h.cache.page(dir, key, encode)
+	} else {
+		var l *fswalk.Listing
+		if l, err = fswalk.ReadDir(dir); err == nil {
+			b, err = encode(l)
+		}
+	}
+	if err != nil {
+		if errors.Is(err, fswalk.ErrBadCursor) {
+			writeError(w, http.StatusBadRequest, "invalid cursor: it belongs to another sort or order, or is damaged")
+			return
+		}
+		h.log.Error().Err(err).Msg("list directory")
+		writePathError(w, err)
+		return
+	}
+	writeJSON(w, b)
+}
+
+// encodePage encodes one page of /v1/files.
+func encodePage(l *fswalk.Listing, k pageKey) ([]byte, error) {
+	p, err := l.Page(k.sort, k.desc, k.cursor, k.limit)
+	if err != nil {
+		return nil, err
+	}
+	b := make([]byte, 0, 64+len(p.Entries)*128)
+	b = append(b, `{"path":`...)
+	b = fswalk.AppendString(b, k.path)
+	b = append(b, `,"entries":[`...)
+	for i, e := range p.Entries {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = e.AppendJSON(b, "")
+	}
+	b = append(b, `],"next_cursor":`...)
+	b = fswalk.AppendString(b, p.NextCursor)
+	b = append(b, `,"total":`...)
+	b = strconv.AppendInt(b, int64(p.Total), 10)
+	return append(b, "}\n"...), nil
+}
+
+// serveStat answers GET /v1/stat: the entry itself, with its full path.
+func (h *Handler) serveStat(w http.ResponseWriter, r *http.Request) {
+	p := r.URL.Query().Get("path")
+	e, err := h.roots.Stat(p)
+	if err != nil {
+		writePathError(w, err)
+		return
+	}
+	clean, _ := fswalk.CheckPath(p)
+	dir := path.Dir(clean)
+	if clean == "/" {
+		e.Name = ""
+	}
+	writeJSON(w, append(e.AppendJSON(nil, dir), '\n'))
+}
+
+// serveDu answers GET /v1/du.
+func (h *Handler) serveDu(w http.ResponseWriter, r *http.Request) {
+	dir, err := h.roots.OpenDir(r.URL.Query().Get("path"))
+	if err != nil {
+		writePathError(w, err)
+		return
+	}
+	defer dir.Close()
+	u, err := fswalk.Du(r.Context(), dir, fswalk.WalkOptions{MaxDepth: h.cfg.MaxWalkDepth, Workers: h.cfg.WalkWorkers})
+	if err != nil {
+		writeError(w, http.StatusServiceUnavailable, "du interrupted")
+		return
+	}
+	b, _ := json.Marshal(struct {
+		Path string `json:"path"`
+		fswalk.Usage
+	}{dir.Path, u})
+	writeJSON(w, append(b, '\n'))
+}
+
+// chunkSize is how much NDJSON a walk worker gathers before handing it to
+// the writer; chunkQueue bounds the chunks in flight, so a slow client
+// slows the walk instead of growing memory.
+const (
+	chunkSize  = 64 << 10
+	chunkQueue = 16
+)
+
+// walkVisitor encodes entries as NDJSON into per-worker chunks.
+type walkVisitor struct {
+	out  chan<- []byte
+	pool chan []byte
+	bufs [][]byte
+	done <-chan struct{}
+}
+
+func (v *walkVisitor) line(worker int, b []byte) error {
+	v.bufs[worker] = b
+	if len(b) < chunkSize {
+		return nil
+	}
+	select {
+	case v.out <- b:
+	case <-v.done:
+		return errors.New("client gone")
+	}
+	select {
+	case nb := <-v.pool:
+		v.bufs[worker] = nb[:0]
+	default:
+		v.bufs[worker] = make([]byte, 0, chunkSize+4096)
+	}
+	return nil
+}
+
+func (v *walkVisitor) Visit(worker int, dir string, e *fswalk.Entry) error {
+	b := e.AppendJSON(v.bufs[worker], dir)
+	return v.line(worker, append(b, '\n'))
+}
+
+func (v *walkVisitor) DirError(worker int, dir string, err error) {
+	b := append(v.bufs[worker], `{"path":`...)
+	b = fswalk.AppendString(b, dir)
+	b = append(b, `,"error":`...)
+	b = fswalk.AppendString(b, err.Error())
+	v.line(worker, append(b, "}\n"...))
+}
+
+// serveWalk answers GET /v1/walk: NDJSON, one entry per line with its full
+// path, in no particular order; unreadable directories give a line with
+// "path" and "error". A walk cut short ends without a final newline-less
+// marker: clients see the stream end early only if the connection breaks.
+func (h *Handler) serveWalk(w http.ResponseWriter, r *http.Request) {
+	depth, err := intParam(r, "max_depth", h.cfg.MaxWalkDepth, h.cfg.MaxWalkDepth)
+	if err != nil {
+		writeError(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	dir, err := h.roots.OpenDir(r.URL.Query().Get("path"))
+	if err != nil {
+		writePathError(w, err)
+		return
+	}
+	defer dir.Close()
+	w.Header().Set("Content-Type", "application/x-ndjson")
+	w.WriteHeader(http.StatusOK)
+	if r.Method == http.MethodHead {
+		return
+	}
+
+	out := make(chan []byte, chunkQueue)
+	pool := make(chan []byte, chunkQueue+h.cfg.WalkWorkers)
+	done := make(chan struct{})
+	v := &walkVisitor{out: out, pool: pool, done: done, bufs: make([][]byte, h.cfg.WalkWorkers)}
+	for i := range v.bufs {
+		v.bufs[i] = make([]byte, 0, chunkSize+4096)
+	}
+	walkErr := make(chan error, 1)
+	go func() {
+		err := fswalk.Walk(r.Context(), dir, fswalk.WalkOptions{MaxDepth: depth, Workers: h.cfg.WalkWorkers}, v)
+		for _, b := range v.bufs {
+			if len(b) > 0 {
+				select {
+				case out <- b:
+				case <-done:
+				}
+			}
+		}
+		close(out)
+		walkErr <- err
+	}()
+	failed := false
+	for b := range out {
+		if !failed {
+			if _, err := w.Write(b); err != nil {
+				failed = true
+				close(done)
+			}
+		}
+		select {
+		case pool <- b[:0]:
+		default:
+		}
+	}
+	if err := <-walkErr; err != nil && r.Context().Err() == nil && !failed {
+		h.log.Warn().Err(err).Msg("walk stopped")
+	}
+}
