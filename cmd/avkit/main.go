@@ -16,7 +16,9 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"strings"
 
 	"github.com/avsidecar/avsidecar/internal/testkit/fakeagent"
 )
@@ -36,7 +38,15 @@ func execute(argv []string, stdout, stderr io.Writer) int {
 		exe = argv[0]
 	}
 	if filepath.Base(argv[0]) == agentName {
-		return fakeagent.Main([]string{exe}, argv[1:], stdout, stderr)
+		// Start copies under the same name, not as avkit, so that they are
+		// the agent too and look like it in ps.
+		self := argv[0]
+		if !strings.Contains(self, "/") {
+			if p, err := exec.LookPath(self); err == nil {
+				self = p
+			}
+		}
+		return fakeagent.Main([]string{self}, argv[1:], stdout, stderr)
 	}
 	if len(argv) < 2 {
 		usage(stderr)
