@@ -1,0 +1,557 @@
+package browse
+
+import (
+	"context"
+	"encoding/json"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+	"github.com/rs/zerolog"
+	"golang.org/x/sys/unix"
+)
+
+// fixture is a tree with two roots (data, srv), a directory outside them
+// with a marker that must never show up, and every kind of way out.
+type fixture struct {
+	base, data, srv, outside string
+}
+
+const marker = "TOPSECRET-MARKER"
+
+func newFixture(t *testing.T) fixture {
+	t.Helper()
+	base := t.TempDir()
+	fx := fixture{base: base, data: base + "/data", srv: base + "/srv", outside: base + "/outside"}
+	for _, d := range []string{"data/html/css", "data/sub/deep/er", "srv/www", "outside/" + marker, "data-evil/" + marker} {
+		must(t, os.MkdirAll(filepath.Join(base, d), 0o755))
+	}
+	for name, body := range map[string]string{"data/html/index.html": "<h1>hi</h1>", "data/html/css/site.css": "body{}", "data/sub/deep/er/f": "x", "outside/secret.txt": marker} {
+		must(t, os.WriteFile(filepath.Join(base, name), []byte(body), 0o644))
+	}
+	for target, link := range map[string]string{
+		"/":               "data/link-root",
+		fx.srv:            "data/link-sibling-abs",
+		"../srv":          "data/link-sibling-rel",
+		"..":              "data/link-parent",
+		"../..":           "data/html/link-grandparent",
+		fx.outside:        "data/link-outside",
+		"../outside":      "data/link-outside-rel",
+		"loop-b":          "data/loop-a",
+		"loop-a":          "data/loop-b",
+		"self":            "data/self",
+		"html":            "data/link-html",
+		"missing":         "data/dangling",
+		"/proc/self/root": "data/link-proc",
+		"../data-evil":    "data/link-evil",
+	} {
+		must(t, os.Symlink(target, filepath.Join(base, link)))
+	}
+	must(t, unix.Mkfifo(fx.data+"/fifo", 0o644))
+	if os.Geteuid() == 0 {
+		must(t, unix.Mknod(fx.data+"/null", unix.S_IFCHR|0o666, int(unix.Mkdev(1, 3))))
+	}
+	l, err := net.ListenUnix("unix", &net.UnixAddr{Name: fx.data + "/sock", Net: "unix"})
+	must(t, err)
+	t.Cleanup(func() { l.Close() })
+	return fx
+}
+
+func must(t testing.TB, err error) {
+	t.Helper()
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+func newServer(t *testing.T, cfg Config) (*Handler, *httptest.Server) {
+	t.Helper()
+	h, err := New(cfg, zerolog.New(io.Discard))
+	must(t, err)
+	srv := httptest.NewServer(h)
+	t.Cleanup(func() {
+		srv.Close()
+		h.Close()
+	})
+	return h, srv
+}
+
+type answer struct {
+	code int
+	body string
+}
+
+func get(t testing.TB, srv *httptest.Server, rawURL string) answer {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, "GET", srv.URL+rawURL, nil)
+	must(t, err)
+	resp, err := srv.Client().Do(req)
+	if err != nil {
+		t.Fatalf("GET %s: %v", rawURL, err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	must(t, err)
+	return answer{resp.StatusCode, string(b)}
+}
+
+const (
+	errInvalid = `{"error":"invalid path: want an absolute path inside a browse root, without . or .. components"}` + "\n"
+	errMissing = `{"error":"not found"}` + "\n"
+	errNotDir  = `{"error":"not a directory"}` + "\n"
+)
+
+// TestHostilePaths sends every hostile path to every endpoint: none may
+// answer 2xx (except /v1/stat describing a link itself), the answers are
+// the fixed texts, and nothing from outside ever appears.
+func TestHostilePaths(t *testing.T) {
+	fx := newFixture(t)
+	_, srv := newServer(t, Config{Roots: []string{fx.data, fx.srv}})
+	d := fx.data
+	type row struct {
+		name   string
+		query  string // the raw, already URL-encoded path= value
+		want   string
+		code   int
+		statOK bool // /v1/stat describes the last component itself
+	}
+	rows := []row{
+		{"dotdot raw", d + "/../outside", errInvalid, 400, false},
+		{"dotdot to outside marker", d + "/../outside/" + marker, errInvalid, 400, false},
+		{"dotdot encoded", d + "/%2e%2e/outside", errInvalid, 400, false},
+		{"dotdot upper encoded", d + "/%2E%2E/outside", errInvalid, 400, false},
+		{"dotdot half encoded", d + "/.%2e/outside", errInvalid, 400, false},
+		{"dotdot double encoded", d + "/%252e%252e/outside", errMissing, 404, false},
+		{"dotdot overlong utf8", d + "/%c0%ae%c0%ae/outside", errMissing, 404, false},
+		{"dotdot fullwidth", d + "/%EF%BC%8E%EF%BC%8E/outside", errMissing, 404, false},
+		{"dotdot one-dot leaders", d + "/%E2%80%A4%E2%80%A4/outside", errMissing, 404, false},
+		{"root then dotdot", "/root/../x", errInvalid, 400, false},
+		{"inside then dotdot back", d + "/html/../html", errInvalid, 400, false},
+		{"trailing dotdot", d + "/html/..", errInvalid, 400, false},
+		{"trailing dotdot slash", d + "/html/../", errInvalid, 400, false},
+		{"only dotdot", "/..", errInvalid, 400, false},
+		{"dot component", d + "/./html", errInvalid, 400, false},
+		{"trailing dot", d + "/.", errInvalid, 400, false},
+		{"NUL raw encoded", d + "/html%00/../../outside", errInvalid, 400, false},
+		{"NUL at end", d + "%00", errInvalid, 400, false},
+		{"NUL double encoded", d + "%2500", errMissing, 404, false},
+		{"backslash dotdot", d + "/..%5c..%5coutside", errMissing, 404, false},
+		{"backslash raw", d + `/..\outside`, errMissing, 404, false},
+		{"windows style", `C:\Windows`, errInvalid, 400, false},
+		{"double slash inside", d + "//html", errInvalid, 400, false},
+		{"double slash lead", "/" + d, errInvalid, 400, false},
+		{"double slash trailing", d + "/html//", errInvalid, 400, false},
+		{"relative", "data/html", errInvalid, 400, false},
+		{"relative dot", "./html", errInvalid, 400, false},
+		{"relative dotdot", "../outside", errInvalid, 400, false},
+		{"empty", "", errInvalid, 400, false},
+		{"space only", "%20", errInvalid, 400, false},
+		{"unknown root etc", "/etc", errMissing, 404, false},
+		{"unknown root slash", "/", errMissing, 404, false},
+		{"outside existing", fx.outside, errMissing, 404, false},
+		{"outside marker", fx.outside + "/" + marker, errMissing, 404, false},
+		{"outside missing", fx.outside + "/nope", errMissing, 404, false},
+		{"root name prefix", fx.base + "/data-evil", errMissing, 404, false},
+		{"root name prefix marker", fx.base + "/data-evil/" + marker, errMissing, 404, false},
+		{"parent of roots", fx.base, errMissing, 404, false},
+		{"symlink to slash", d + "/link-root", errMissing, 404, true},
+		{"through symlink to slash", d + "/link-root/etc", errMissing, 404, false},
+		{"through symlink to slash passwd", d + "/link-root/etc/passwd", errMissing, 404, false},
+		{"symlink to sibling root abs", d + "/link-sibling-abs", errMissing, 404, true},
+		{"through sibling root abs", d + "/link-sibling-abs/www", errMissing, 404, false},
+		{"symlink to sibling root rel", d + "/link-sibling-rel", errMissing, 404, true},
+		{"through sibling root rel", d + "/link-sibling-rel/www", errMissing, 404, false},
+		{"symlink to parent", d + "/link-parent", errMissing, 404, true},
+		{"through symlink to parent", d + "/link-parent/outside", errMissing, 404, false},
+		{"symlink to grandparent", d + "/html/link-grandparent", errMissing, 404, true},
+		{"symlink outside abs", d + "/link-outside", errMissing, 404, true},
+		{"through outside abs marker", d + "/link-outside/" + marker, errMissing, 404, false},
+		{"through outside abs missing", d + "/link-outside/nope", errMissing, 404, false},
+		{"through outside rel marker", d + "/link-outside-rel/" + marker, errMissing, 404, false},
+		{"symlink to proc root", d + "/link-proc", errMissing, 404, true},
+		{"through proc root", d + "/link-proc/etc", errMissing, 404, false},
+		{"symlink to prefix sibling", d + "/link-evil", errMissing, 404, true},
+		{"symlink loop", d + "/loop-a", errMissing, 404, true},
+		{"through symlink loop", d + "/loop-a/x", errMissing, 404, false},
+		{"self loop", d + "/self", errMissing, 404, true},
+		{"dangling", d + "/dangling", errMissing, 404, true},
+		{"missing inside", d + "/nope", errMissing, 404, false},
+		{"through a file", d + "/html/index.html/x", errMissing, 404, false},
+		{"fifo", d + "/fifo", errNotDir, 400, true},
+		{"socket", d + "/sock", errNotDir, 400, true},
+		{"file", d + "/html/index.html", errNotDir, 400, true},
+		{"too long", d + "/" + strings.Repeat("a", 4100), errInvalid, 400, false},
+		{"long component", d + "/" + strings.Repeat("a", 256), errInvalid, 400, false},
+	}
+	if os.Geteuid() == 0 {
+		rows = append(rows, row{"char device", d + "/null", errNotDir, 400, true})
+	}
+	if len(rows) < 50 {
+		t.Fatalf("only %d hostile paths", len(rows))
+	}
+	for _, r := range rows {
+		t.Run(r.name, func(t *testing.T) {
+			for _, ep := range []string{"/v1/files", "/v1/walk", "/v1/du", "/v1/stat"} {
+				a := get(t, srv, ep+"?path="+r.query)
+				if strings.Contains(a.body, marker) || strings.Contains(a.body, "secret") || strings.Contains(a.body, "passwd") {
+					t.Fatalf("%s leaks: %s", ep, a.body)
+				}
+				if ep == "/v1/stat" && r.statOK {
+					if a.code != 200 {
+						t.Errorf("%s: %d %s, want the entry itself", ep, a.code, a.body)
+					}
+					continue
+				}
+				want, code := r.want, r.code
+				if ep == "/v1/stat" && code == 400 && want == errNotDir {
+					want, code = "", 200 // stat describes files too
+				}
+				if want == "" {
+					if a.code != code {
+						t.Errorf("%s: %d %s", ep, a.code, a.body)
+					}
+					continue
+				}
+				if a.code != code || a.body != want {
+					t.Errorf("%s: got %d %s, want %d %s", ep, a.code, a.body, code, want)
+				}
+			}
+		})
+	}
+	// A path below a symlink that leads outside is refused the same way
+	// whether or not the thing exists there.
+	pairs := [][2]string{
+		{fx.outside + "/" + marker, fx.outside + "/nothing-here"},
+		{d + "/link-outside/" + marker, d + "/link-outside/nothing-here"},
+		{d + "/link-root/etc", d + "/link-root/no-such-dir"},
+		{d + "/link-parent/outside", d + "/link-parent/nothing"},
+	}
+	for _, p := range pairs {
+		for _, ep := range []string{"/v1/files", "/v1/stat", "/v1/walk", "/v1/du"} {
+			a, b := get(t, srv, ep+"?path="+p[0]), get(t, srv, ep+"?path="+p[1])
+			if a != b {
+				t.Errorf("%s tells %s (%v) from %s (%v)", ep, p[0], a, p[1], b)
+			}
+		}
+	}
+}
+
+// TestSymlinkSwapRace flips a symlink between a directory inside and one
+// outside while requests go through it: none may ever see the outside.
+func TestSymlinkSwapRace(t *testing.T) {
+	fx := newFixture(t)
+	_, srv := newServer(t, Config{Roots: []string{fx.data}, CacheDirs: -1})
+	flip := fx.data + "/flip"
+	must(t, os.Symlink("html", flip))
+	stop := make(chan struct{})
+	flipped := make(chan int)
+	go func() {
+		n := 0
+		defer func() { flipped <- n }()
+		targets := []string{"html", fx.outside, "sub", "../outside"}
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			tmp := fx.data + "/.flip-tmp"
+			os.Remove(tmp)
+			if os.Symlink(targets[n%len(targets)], tmp) == nil && os.Rename(tmp, flip) == nil {
+				n++
+			}
+		}
+	}()
+	codes := map[int]int{}
+	for i := range 400 {
+		for _, u := range []string{"/v1/files?path=" + flip, "/v1/walk?path=" + flip, "/v1/stat?path=" + flip + "/" + marker, "/v1/du?path=" + flip} {
+			a := get(t, srv, u)
+			codes[a.code]++
+			if strings.Contains(a.body, marker) || strings.Contains(a.body, "secret.txt") {
+				t.Fatalf("request %d %s saw outside: %s", i, u, a.body)
+			}
+		}
+	}
+	close(stop)
+	n := <-flipped
+	t.Logf("flips %d, answers by code %v", n, codes)
+	if n < 10 || codes[200] == 0 || codes[404] == 0 {
+		t.Errorf("the race was not exercised: flips %d, codes %v", n, codes)
+	}
+}
+
+type page struct {
+	Path    string `json:"path"`
+	Entries []struct {
+		Name       string `json:"name"`
+		Type       string `json:"type"`
+		Size       int64  `json:"size"`
+		Mode       string `json:"mode"`
+		Mtime      string `json:"mtime"`
+		LinkTarget string `json:"link_target"`
+	} `json:"entries"`
+	NextCursor string `json:"next_cursor"`
+	Total      int    `json:"total"`
+}
+
+func listPage(t *testing.T, srv *httptest.Server, q string) page {
+	t.Helper()
+	a := get(t, srv, "/v1/files?"+q)
+	if a.code != 200 {
+		t.Fatalf("files %s: %d %s", q, a.code, a.body)
+	}
+	var p page
+	must(t, json.Unmarshal([]byte(a.body), &p))
+	return p
+}
+
+func entryNames(p page) []string {
+	var out []string
+	for _, e := range p.Entries {
+		out = append(out, e.Name)
+	}
+	return out
+}
+
+// TestCacheNeverStale changes a cached directory in every way and lists
+// it right after each change returns: no wait, no retry.
+func TestCacheNeverStale(t *testing.T) {
+	fx := newFixture(t)
+	h, srv := newServer(t, Config{Roots: []string{fx.data}, CacheTTL: -1})
+	dir := fx.data + "/sub"
+	q := "path=" + dir
+	list := func() page { return listPage(t, srv, q) }
+	if diff := cmp.Diff([]string{"deep"}, entryNames(list())); diff != "" {
+		t.Fatal(diff)
+	}
+	list()
+	if st := h.Status().Cache; st.Hits < 1 || st.Misses != 1 || st.Dirs != 1 {
+		t.Fatalf("second listing not from the cache: %+v", st)
+	}
+	steps := []struct {
+		name   string
+		change func()
+		want   []string
+	}{
+		{"create", func() { must(t, os.WriteFile(dir+"/new", []byte("1"), 0o644)) }, []string{"deep", "new"}},
+		{"rename", func() { must(t, os.Rename(dir+"/new", dir+"/renamed")) }, []string{"deep", "renamed"}},
+		{"mkdir", func() { must(t, os.Mkdir(dir+"/d2", 0o755)) }, []string{"d2", "deep", "renamed"}},
+		{"remove", func() { must(t, os.Remove(dir+"/d2")) }, []string{"deep", "renamed"}},
+		{"move in", func() { must(t, os.Rename(fx.data+"/html/css", dir+"/css")) }, []string{"css", "deep", "renamed"}},
+		{"move out", func() { must(t, os.Rename(dir+"/css", fx.data+"/css")) }, []string{"deep", "renamed"}},
+	}
+	for _, s := range steps {
+		s.change()
+		if diff := cmp.Diff(s.want, entryNames(list())); diff != "" {
+			t.Fatalf("after %s (-want +got):\n%s", s.name, diff)
+		}
+		list() // cached again
+	}
+	// Size and mode changes of an entry.
+	must(t, os.WriteFile(dir+"/renamed", []byte("12345"), 0o644))
+	if p := list(); p.Entries[1].Size != 5 {
+		t.Fatalf("size after write: %+v", p.Entries[1])
+	}
+	must(t, os.Chmod(dir+"/renamed", 0o600))
+	if p := list(); p.Entries[1].Mode != "0600" {
+		t.Fatalf("mode after chmod: %+v", p.Entries[1])
+	}
+	// The directory itself replaced by another one at the same path.
+	must(t, os.Rename(dir, fx.data+"/sub-old"))
+	must(t, os.Mkdir(dir, 0o755))
+	must(t, os.WriteFile(dir+"/fresh", nil, 0o644))
+	if diff := cmp.Diff([]string{"fresh"}, entryNames(list())); diff != "" {
+		t.Fatalf("replaced directory (-want +got):\n%s", diff)
+	}
+	// Removed: not found, not a stale page.
+	must(t, os.RemoveAll(dir))
+	if a := get(t, srv, "/v1/files?"+q); a.code != 404 {
+		t.Fatalf("removed directory: %d %s", a.code, a.body)
+	}
+	if st := h.Status().Cache; st.Invalidations < 8 {
+		t.Errorf("invalidations %d", st.Invalidations)
+	}
+}
+
+func TestCacheEvictsAndUnwatches(t *testing.T) {
+	fx := newFixture(t)
+	h, srv := newServer(t, Config{Roots: []string{fx.data}, CacheDirs: 2})
+	for _, p := range []string{"/html", "/sub", "/sub/deep", "/html", "/sub/deep/er"} {
+		listPage(t, srv, "path="+fx.data+p)
+	}
+	if st := h.Status().Cache; st.Dirs != 2 || st.Misses != 5 {
+		t.Errorf("LRU of 2: %+v", st)
+	}
+}
+
+func TestPagingLimitsAndErrors(t *testing.T) {
+	fx := newFixture(t)
+	_, srv := newServer(t, Config{Roots: []string{fx.data}, MaxLimit: 5, MaxWalkDepth: 3})
+	for i := range 12 {
+		must(t, os.WriteFile(filepath.Join(fx.data, "sub", "f"+string(rune('a'+i))), make([]byte, 12-i), 0o644))
+	}
+	var got []string
+	q := "path=" + fx.data + "/sub&sort=size&order=desc&limit=5"
+	p := listPage(t, srv, q)
+	for ; ; p = listPage(t, srv, q+"&cursor="+p.NextCursor) {
+		got = append(got, entryNames(p)...)
+		if p.Total != 13 {
+			t.Fatalf("total %d", p.Total)
+		}
+		if p.NextCursor == "" {
+			break
+		}
+	}
+	want := []string{"deep", "fa", "fb", "fc", "fd", "fe", "ff", "fg", "fh", "fi", "fj", "fk", "fl"}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("size desc pages (-want +got):\n%s", diff)
+	}
+	for u, code := range map[string]int{
+		"/v1/files?path=" + fx.data + "&limit=6":    400,
+		"/v1/files?path=" + fx.data + "&limit=0":    400,
+		"/v1/files?path=" + fx.data + "&limit=x":    400,
+		"/v1/files?path=" + fx.data + "&sort=owner": 400,
+		"/v1/files?path=" + fx.data + "&order=up":   400,
+		"/v1/files?path=" + fx.data + "&cursor=zz":  400,
+		"/v1/walk?path=" + fx.data + "&max_depth=4": 400,
+		"/v1/walk?path=" + fx.data + "&max_depth=0": 400,
+		"/v1/walk?path=" + fx.data + "&max_depth=3": 200,
+		"/v1/nothing": 404,
+		"/v1/files?path=" + fx.data + "&sort=mtime&order=desc": 200,
+	} {
+		if a := get(t, srv, u); a.code != code || !strings.HasPrefix(a.body, "{") {
+			t.Errorf("%s: %d %s, want %d", u, a.code, a.body, code)
+		}
+	}
+	resp, err := srv.Client().Post(srv.URL+"/v1/files?path="+fx.data, "text/plain", nil)
+	must(t, err)
+	resp.Body.Close()
+	if resp.StatusCode != 405 {
+		t.Errorf("POST: %d", resp.StatusCode)
+	}
+}
+
+func TestWalkStreamsEveryEntry(t *testing.T) {
+	fx := newFixture(t)
+	_, srv := newServer(t, Config{Roots: []string{fx.data}, WalkWorkers: 3})
+	// Enough entries to cross several chunks.
+	big := fx.data + "/big"
+	must(t, os.Mkdir(big, 0o755))
+	want := []string{}
+	for i := range 3000 {
+		n := filepath.Join(big, strings.Repeat("n", 40)+string(rune('a'+i%26))+itoa(i))
+		must(t, os.WriteFile(n, nil, 0o644))
+		want = append(want, n)
+	}
+	a := get(t, srv, "/v1/walk?path="+big)
+	var got []string
+	for _, line := range strings.Split(strings.TrimSuffix(a.body, "\n"), "\n") {
+		var e struct {
+			Path string `json:"path"`
+			Type string `json:"type"`
+		}
+		must(t, json.Unmarshal([]byte(line), &e))
+		got = append(got, e.Path)
+	}
+	slices.Sort(got)
+	slices.Sort(want)
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("walk (-want +got):\n%s", diff)
+	}
+	a = get(t, srv, "/v1/du?path="+fx.data+"/sub")
+	if a.body != `{"path":"`+fx.data+`/sub","files":1,"dirs":2,"bytes":1}`+"\n" {
+		t.Errorf("du: %s", a.body)
+	}
+}
+
+func itoa(i int) string {
+	b, _ := json.Marshal(i)
+	return string(b)
+}
+
+func TestBrowseOff(t *testing.T) {
+	h, srv := newServer(t, Config{})
+	for _, u := range []string{"/", "/v1/roots", "/v1/files?path=/", "/v1/walk?path=/", "/v1/du?path=/", "/v1/stat?path=/"} {
+		if a := get(t, srv, u); a.code != 404 || a.body != `{"error":"browse is off"}`+"\n" {
+			t.Errorf("%s: %d %s", u, a.code, a.body)
+		}
+	}
+	if st := h.Status(); st.Enabled || st.Requests["404"] != 6 {
+		t.Errorf("status %+v", st)
+	}
+}
+
+// TestAccess exercises the loopback-or-token rule through the handler with
+// the remote address set by hand (tests only have loopback sockets).
+func TestAccess(t *testing.T) {
+	fx := newFixture(t)
+	tokenFile := filepath.Join(t.TempDir(), "token")
+	must(t, os.WriteFile(tokenFile, []byte("s3cret\n"), 0o600))
+	open, err := New(Config{Roots: []string{fx.data}}, zerolog.New(io.Discard))
+	must(t, err)
+	defer open.Close()
+	tok, err := New(Config{Roots: []string{fx.data}, TokenFile: tokenFile}, zerolog.New(io.Discard))
+	must(t, err)
+	defer tok.Close()
+	do := func(h *Handler, remote, host, auth string) int {
+		r := httptest.NewRequest("GET", "/v1/files?path="+fx.data, nil)
+		r.RemoteAddr, r.Host = remote, host
+		if auth != "" {
+			r.Header.Set("Authorization", auth)
+		}
+		w := httptest.NewRecorder()
+		h.ServeHTTP(w, r)
+		return w.Code
+	}
+	for _, tc := range []struct {
+		name               string
+		h                  *Handler
+		remote, host, auth string
+		want               int
+	}{
+		{"loopback v4", open, "127.0.0.1:5000", "127.0.0.1:9180", "", 200},
+		{"loopback v6", open, "[::1]:5000", "localhost:9180", "", 200},
+		{"loopback other 127/8", open, "127.9.9.9:5000", "[::1]:9180", "", 200},
+		{"remote without token file", open, "10.1.2.3:5000", "10.0.0.7:9180", "", 403},
+		{"remote bearer but no token file", open, "10.1.2.3:5000", "10.0.0.7:9180", "Bearer s3cret", 403},
+		{"rebinding host name on loopback", open, "127.0.0.1:5000", "evil.example:9180", "", 403},
+		{"loopback free with token file", tok, "127.0.0.1:5000", "localhost", "", 200},
+		{"remote no header", tok, "10.1.2.3:5000", "pod:9180", "", 401},
+		{"remote wrong token", tok, "10.1.2.3:5000", "pod:9180", "Bearer nope", 401},
+		{"remote token prefix", tok, "10.1.2.3:5000", "pod:9180", "Bearer s3cre", 401},
+		{"remote basic", tok, "10.1.2.3:5000", "pod:9180", "Basic czNjcmV0", 401},
+		{"remote right token", tok, "10.1.2.3:5000", "pod:9180", "Bearer s3cret", 200},
+		{"rebinding with token", tok, "127.0.0.1:5000", "evil.example", "Bearer s3cret", 200},
+	} {
+		if got := do(tc.h, tc.remote, tc.host, tc.auth); got != tc.want {
+			t.Errorf("%s: %d, want %d", tc.name, got, tc.want)
+		}
+	}
+	// Rotation: the file is read at each request.
+	must(t, os.WriteFile(tokenFile+".new", []byte("rotated"), 0o600))
+	must(t, os.Rename(tokenFile+".new", tokenFile))
+	if got := do(tok, "10.1.2.3:5000", "pod", "Bearer s3cret"); got != 401 {
+		t.Errorf("old token after rotation: %d", got)
+	}
+	if got := do(tok, "10.1.2.3:5000", "pod", "Bearer rotated"); got != 200 {
+		t.Errorf("new token after rotation: %d", got)
+	}
+	must(t, os.WriteFile(tokenFile, nil, 0o600))
+	if got := do(tok, "10.1.2.3:5000", "pod", "Bearer "); got != 401 {
+		t.Errorf("empty token file matched: %d", got)
+	}
+	st := tok.Status()
+	if !st.Token || st.Requests["401"] == 0 || st.Requests["200"] == 0 {
+		t.Errorf("status %+v", st)
+	}
+}
