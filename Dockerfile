@@ -1,0 +1,71 @@
+# avsidecar: PID 1 of the Avamar backup sidecar container.
+#
+# Two ways to build the same image (details in examples/nginx/README.md):
+#
+#   From source, with a Go image (the default target):
+#     docker build -t avsidecar .
+#     podman build -t avsidecar .
+#
+#   From a binary built on the host, where no Go image can be pulled
+#   (air-gapped sites, this project's CI):
+#     CGO_ENABLED=0 go build -trimpath -ldflags='-s -w' -o dist/avsidecar ./cmd/avsidecar
+#     podman build --target prebuilt -t avsidecar .
+#
+# Both base images are build arguments, so a site can point them at its own
+# mirror or at local images (--build-arg BASE_IMAGE=localhost/debian:bookworm).
+#
+# This image holds no Avamar client: the RPM is proprietary and versioned per
+# site. The site image adds it (examples/nginx/Dockerfile):
+#     FROM avsidecar
+#     COPY AvamarClient-*.rpm /opt/avamar/
+
+ARG GO_IMAGE=golang:1.26-bookworm
+ARG BASE_IMAGE=debian:bookworm-slim
+
+# build compiles a static binary: the final image needs no Go and the binary
+# does not depend on the base image's glibc.
+FROM ${GO_IMAGE} AS build
+WORKDIR /src
+COPY go.mod go.sum ./
+RUN go mod download
+COPY cmd ./cmd
+COPY internal ./internal
+# VERSION is stamped into `avsidecar version`; empty falls back to the module version.
+ARG VERSION
+RUN CGO_ENABLED=0 go build -trimpath -ldflags="-s -w -X main.version=${VERSION}" \
+        -o /out/avsidecar ./cmd/avsidecar
+
+# runtime is everything but the binary. The Avamar client's binaries are
+# dynamically linked against glibc and its %pre/%post scriptlets and init
+# script need /bin/sh, so the base is a small glibc distribution rather than
+# scratch or distroless/static. No rpm, no sshd, no init: avsidecar is all
+# of them.
+FROM ${BASE_IMAGE} AS runtime
+# /opt/avamar receives the site's RPM; /usr/local/avamar is the client
+# prefix (a PersistentVolume subPath in Kubernetes, so var/ and the
+# registration survive restarts); /etc/avsidecar holds the mounted Secrets.
+# Group 0 owns the writable directories with the owner's rights, so the
+# image also runs under an arbitrary non-root UID in group 0 (OpenShift's
+# restricted policy) when backing up files that UID may read is enough.
+RUN mkdir -p /opt/avamar /usr/local/avamar/var /etc/avsidecar/ssh /etc/avsidecar/browse \
+    && chgrp -R 0 /usr/local/avamar \
+    && chmod -R g=u /usr/local/avamar
+LABEL org.opencontainers.image.title="avsidecar" \
+      org.opencontainers.image.description="PID 1 of the Dell Avamar backup sidecar: installs, registers and supervises the Avamar client; probes, SSH and a file browser" \
+      org.opencontainers.image.source="https://github.com/avsidecar/avsidecar"
+# 9180: probes, metrics, status and browse. 22: embedded SSH.
+# 28002: avagent's default listen port, where the Avamar server connects.
+EXPOSE 9180 22 28002
+# The exec form: avsidecar itself is PID 1 and receives SIGTERM, no shell
+# in between. CMD is the subcommand, so `docker run IMAGE version` works.
+ENTRYPOINT ["/usr/local/bin/avsidecar"]
+CMD ["run"]
+
+# prebuilt takes a binary from the build context (dist/avsidecar) instead of
+# compiling it: for hosts with Go but without a reachable Go image.
+FROM runtime AS prebuilt
+COPY --chmod=0755 dist/avsidecar /usr/local/bin/avsidecar
+
+# The default target (last stage): the binary compiled by the build stage.
+FROM runtime AS image
+COPY --from=build --chmod=0755 /out/avsidecar /usr/local/bin/avsidecar
