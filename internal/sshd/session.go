@@ -89,7 +89,10 @@ func (s *Server) handleSession(_ *ssh.Server, conn *gossh.ServerConn, nc gossh.N
 	}
 	s.sessions[ss] = struct{}{}
 	s.mu.Unlock()
-	defer s.removeSession(ss)
+	defer func() {
+		s.removeSession(ss)
+		ss.log.Debug().Msg("session removed")
+	}()
 
 	ch, reqs, err := nc.Accept()
 	if err != nil {

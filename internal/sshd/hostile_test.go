@@ -1,0 +1,343 @@
+package sshd
+
+import (
+	"errors"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"testing"
+	"time"
+
+	gossh "golang.org/x/crypto/ssh"
+)
+
+// TestHostileLogins is the table of ways in that must stay shut.
+func TestHostileLogins(t *testing.T) {
+	good, unknown, far, negated := newUserKey(t), newUserKey(t), newUserKey(t), newUserKey(t)
+	ts := startServer(t, strings.Join([]string{
+		good.line,
+		`from="10.0.0.0/8,192.168.*" ` + far.line,
+		`from="!127.0.0.1,*" ` + negated.line,
+		`permitopen="127.0.0.1:80" ` + unknown.line, // refused line: option not supported
+	}, "\n")+"\n", nil)
+
+	// notOffered: the server lists only publickey, so the client has
+	// nothing left to try (OpenSSH's "Permission denied (publickey)").
+	const notOffered = "no supported methods remain"
+	tests := []struct {
+		name    string
+		auth    []gossh.AuthMethod
+		wantErr string
+	}{
+		{"password", []gossh.AuthMethod{gossh.Password("root")}, notOffered},
+		{"keyboard-interactive", []gossh.AuthMethod{gossh.KeyboardInteractive(
+			func(string, string, []string, []bool) ([]string, error) { return []string{"root"}, nil })}, notOffered},
+		{"unknown key", []gossh.AuthMethod{gossh.PublicKeys(newUserKey(t).signer)}, "attempted methods [none publickey]"},
+		{"key on a refused line", []gossh.AuthMethod{gossh.PublicKeys(unknown.signer)}, "attempted methods [none publickey]"},
+		{"from= mismatch", []gossh.AuthMethod{gossh.PublicKeys(far.signer)}, "attempted methods [none publickey]"},
+		{"from= negated", []gossh.AuthMethod{gossh.PublicKeys(negated.signer)}, "attempted methods [none publickey]"},
+		{"no auth", nil, notOffered},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			before := ts.Status().Refusals
+			c, err := gossh.Dial("tcp", ts.addr, ts.clientConfig(tt.auth...))
+			if err == nil {
+				c.Close()
+				t.Fatal("logged in")
+			}
+			if !strings.Contains(err.Error(), "unable to authenticate") || !strings.Contains(err.Error(), tt.wantErr) {
+				t.Fatalf("dial error = %v, want an authentication failure with %q", err, tt.wantErr)
+			}
+			if tt.wantErr != notOffered && ts.Status().Refusals <= before {
+				t.Errorf("refusal not counted")
+			}
+		})
+	}
+	if _, err := ts.dial(good); err != nil {
+		t.Fatalf("good key refused: %v", err)
+	}
+	// Refusals name the key by fingerprint and never print the key.
+	fp := gossh.FingerprintSHA256(far.signer.PublicKey())
+	if ts.log.count(func(m map[string]any) bool {
+		return m["message"] == "key refused" && m["fingerprint"] == fp && m["reason"] == errFrom.Error()
+	}) == 0 {
+		t.Errorf("no key refused log line for the from= mismatch")
+	}
+	ts.log.mu.Lock()
+	raw := ts.log.raw.String()
+	ts.log.mu.Unlock()
+	for _, k := range []userKey{good, far, negated, unknown} {
+		if strings.Contains(raw, strings.Fields(k.line)[1]) {
+			t.Errorf("the log contains a public key")
+		}
+	}
+}
+
+func TestForwardingRefused(t *testing.T) {
+	k := newUserKey(t)
+	ts := startServer(t, k.line+"\n", nil)
+	c := ts.mustDial(t, k)
+
+	target, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer target.Close()
+	if conn, err := c.Dial("tcp", target.Addr().String()); err == nil {
+		conn.Close()
+		t.Errorf("local forwarding (direct-tcpip) allowed")
+	}
+	if l, err := c.Listen("tcp", "127.0.0.1:0"); err == nil {
+		l.Close()
+		t.Errorf("remote forwarding (tcpip-forward) allowed")
+	}
+	s, err := c.NewSession()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	for _, req := range []string{"auth-agent-req@openssh.com", "x11-req"} {
+		ok, err := s.SendRequest(req, true, gossh.Marshal(struct {
+			Single        bool
+			Proto, Cookie string
+			Screen        uint32
+		}{false, "MIT-MAGIC-COOKIE-1", "00", 0}))
+		if err != nil || ok {
+			t.Errorf("%s: ok=%v err=%v, want refused", req, ok, err)
+		}
+	}
+	if _, _, err := c.OpenChannel("auth-agent@openssh.com", nil); err == nil {
+		t.Errorf("agent channel opened")
+	}
+	if ts.log.count(msgIs("request refused")) == 0 || ts.log.count(msgIs("channel refused")) == 0 ||
+		ts.log.count(msgIs("forwarding refused")) != 2 {
+		t.Errorf("refusals not logged")
+	}
+}
+
+func TestTooManySessions(t *testing.T) {
+	k := newUserKey(t)
+	ts := startServer(t, k.line+"\n", func(c *Config) { c.MaxSessions = 2 })
+	c1, c2 := ts.mustDial(t, k), ts.mustDial(t, k)
+	s1, err := c1.NewSession()
+	if err != nil {
+		t.Fatal(err)
+	}
+	s2, err := c2.NewSession()
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = c1.NewSession()
+	var oce *gossh.OpenChannelError
+	if !errors.As(err, &oce) || oce.Reason != gossh.ResourceShortage {
+		t.Fatalf("third session: %v, want resource shortage", err)
+	}
+	if st := ts.Status(); st.ActiveSessions != 2 || st.SessionsRefused != 1 {
+		t.Errorf("status = %+v", st)
+	}
+	// A closed session frees its slot.
+	s1.Close()
+	s2.Close()
+	ts.log.waitN(t, 2, 10*time.Second, "both sessions removed", msgIs("session removed"))
+	if out, _, err := run(t, c1, "echo again", ""); err != nil || out != "again\n" {
+		t.Errorf("session after close: %q %v", out, err)
+	}
+}
+
+func TestKeysReloadedOnChange(t *testing.T) {
+	a, b := newUserKey(t), newUserKey(t)
+	ts := startServer(t, a.line+"\n"+b.line+"\n", nil)
+	loaded := func(n int) func(map[string]any) bool {
+		return func(m map[string]any) bool {
+			return m["message"] == "authorized keys loaded" && m["keys"] == float64(n)
+		}
+	}
+	if _, err := ts.dial(a); err != nil {
+		t.Fatalf("a refused before the change: %v", err)
+	}
+	writeAtomic(t, ts.keys, b.line+"\n")
+	ts.log.waitN(t, 1, 10*time.Second, "reload with 1 key", loaded(1))
+	if _, err := ts.dial(a); err == nil {
+		t.Errorf("removed key still logs in")
+	}
+	if _, err := ts.dial(b); err != nil {
+		t.Errorf("kept key refused: %v", err)
+	}
+	// In-place edits (no rename) are seen too.
+	if err := os.WriteFile(ts.keys, []byte(a.line+"\n"+b.line+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	ts.log.waitN(t, 1, 10*time.Second, "reload with 2 keys", loaded(2))
+	if _, err := ts.dial(a); err != nil {
+		t.Errorf("re-added key refused: %v", err)
+	}
+}
+
+// TestKeysReloadedOnSecretSwap does what the kubelet does to a Secret
+// volume: a new timestamped directory, a new ..data symlink renamed over
+// the old one, the old directory removed. The file itself is a symlink
+// through ..data and is never written.
+func TestKeysReloadedOnSecretSwap(t *testing.T) {
+	a, b := newUserKey(t), newUserKey(t)
+	mount := t.TempDir()
+	writeVersion := func(name, content string) {
+		if err := os.Mkdir(filepath.Join(mount, name), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(mount, name, "authorized_keys"), []byte(content), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	writeVersion("..2026_11_23_20_00_00.1", a.line+"\n")
+	must(t, os.Symlink("..2026_11_23_20_00_00.1", filepath.Join(mount, "..data")))
+	must(t, os.Symlink("..data/authorized_keys", filepath.Join(mount, "authorized_keys")))
+
+	ts := startServer(t, "", func(c *Config) { c.AuthorizedKeysFile = filepath.Join(mount, "authorized_keys") })
+	if _, err := ts.dial(a); err != nil {
+		t.Fatalf("a refused: %v", err)
+	}
+	writeVersion("..2026_11_23_20_05_00.2", b.line+"\n")
+	must(t, os.Symlink("..2026_11_23_20_05_00.2", filepath.Join(mount, "..data_tmp")))
+	must(t, os.Rename(filepath.Join(mount, "..data_tmp"), filepath.Join(mount, "..data")))
+	must(t, os.RemoveAll(filepath.Join(mount, "..2026_11_23_20_00_00.1")))
+
+	fpB := gossh.FingerprintSHA256(b.signer.PublicKey())
+	ts.log.waitN(t, 1, 10*time.Second, "reload after the swap", func(map[string]any) bool {
+		ks := ts.keys_()
+		return ks.count == 1 && ks.byKey[string(b.signer.PublicKey().Marshal())] != nil
+	})
+	if _, err := ts.dial(a); err == nil {
+		t.Errorf("key of the old Secret version still logs in")
+	}
+	if _, err := ts.dial(b); err != nil {
+		t.Errorf("key of the new Secret version (%s) refused: %v", fpB, err)
+	}
+}
+
+func (ts *testServer) keys_() *keySet { return ts.Server.keys.Load() }
+
+func TestMissingAndEmptyKeysFile(t *testing.T) {
+	k := newUserKey(t)
+	ts := startServer(t, "", nil)
+	if st := ts.Status(); !st.AuthorizedKeysMissing || st.AuthorizedKeys != 0 {
+		t.Errorf("status with no file = %+v", st)
+	}
+	if ts.log.count(msgIs("authorized keys file missing; nobody can log in")) != 1 {
+		t.Errorf("missing file not logged")
+	}
+	if _, err := ts.dial(k); err == nil {
+		t.Fatal("logged in without an authorized_keys file")
+	}
+	writeAtomic(t, ts.keys, "# only a comment\n\n")
+	ts.log.waitN(t, 1, 10*time.Second, "empty file logged", msgIs("authorized keys file has no usable key; nobody can log in"))
+	if st := ts.Status(); st.AuthorizedKeysMissing || !st.AuthorizedKeysEmpty {
+		t.Errorf("status with empty file = %+v", st)
+	}
+	writeAtomic(t, ts.keys, k.line+"\n")
+	ts.log.waitN(t, 1, 10*time.Second, "keys loaded", msgIs("authorized keys loaded"))
+	if _, err := ts.dial(k); err != nil {
+		t.Errorf("login after the file appeared: %v", err)
+	}
+	must(t, os.Remove(ts.keys))
+	ts.log.waitN(t, 2, 10*time.Second, "missing again", msgIs("authorized keys file missing; nobody can log in"))
+	if _, err := ts.dial(k); err == nil {
+		t.Errorf("logged in after the file was removed")
+	}
+}
+
+// TestUnauthenticatedFlood holds many idle connections open. Those over
+// the caps are closed at once, memory stays bounded, a client from another
+// address still logs in, and the login grace timeout frees the slots.
+func TestUnauthenticatedFlood(t *testing.T) {
+	k := newUserKey(t)
+	const grace = 2 * time.Second
+	ts := startServer(t, k.line+"\n", func(c *Config) {
+		c.MaxHandshakes, c.MaxHandshakesPerSource, c.LoginGraceTimeout = 8, 4, grace
+	})
+	baseGoroutines := runtime.NumGoroutine()
+
+	flood := func(source string, n int) (dropped int, held []net.Conn) {
+		d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(source)}, Timeout: 5 * time.Second}
+		for range n {
+			c, err := d.Dial("tcp", ts.addr)
+			if err != nil {
+				t.Fatalf("dial from %s: %v", source, err)
+			}
+			// A held connection gets the server's version line; a dropped
+			// one is closed without a byte.
+			c.SetReadDeadline(time.Now().Add(5 * time.Second))
+			buf := make([]byte, 4)
+			if _, err := io.ReadFull(c, buf); err != nil {
+				dropped++
+				c.Close()
+				continue
+			}
+			held = append(held, c)
+		}
+		return dropped, held
+	}
+	dropped, held := flood("127.0.0.2", 200)
+	defer func() {
+		for _, c := range held {
+			c.Close()
+		}
+	}()
+	if len(held) != 4 || dropped != 196 {
+		t.Fatalf("one source held %d and dropped %d, want 4 held (per-source cap)", len(held), dropped)
+	}
+	if g := runtime.NumGoroutine(); g > baseGoroutines+4*8+20 {
+		t.Errorf("%d goroutines with the flood, %d before: not bounded", g, baseGoroutines)
+	}
+	if _, err := ts.dial(k); err != nil {
+		t.Fatalf("login from another address during the flood: %v", err)
+	}
+
+	// Fill the global cap from a second address: now everyone waits for
+	// the login grace timeout to free the slots.
+	_, more := flood("127.0.0.3", 4)
+	held = append(held, more...)
+	if len(more) != 4 {
+		t.Fatalf("second source held %d, want 4", len(more))
+	}
+	if c, err := ts.dial(k); err == nil {
+		c.Close()
+		t.Fatalf("login while every handshake slot is taken")
+	}
+	ts.log.waitN(t, 8, grace+10*time.Second, "login grace timeouts", msgIs("login grace timeout"))
+	for _, c := range held {
+		c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if _, err := io.ReadAll(c); err != nil {
+			t.Errorf("held connection not closed by the grace timeout: %v", err)
+		}
+	}
+	if _, err := ts.dial(k); err != nil {
+		t.Fatalf("login after the grace timeout: %v", err)
+	}
+	if st := ts.Status(); st.HandshakesDropped < 197 {
+		t.Errorf("dropped = %d", st.HandshakesDropped)
+	}
+}
+
+func TestIdleTimeout(t *testing.T) {
+	k := newUserKey(t)
+	ts := startServer(t, k.line+"\n", func(c *Config) { c.IdleTimeout = time.Second })
+	c := ts.mustDial(t, k)
+	done := make(chan error, 1)
+	go func() { done <- c.Wait() }()
+	select {
+	case <-done:
+	case <-time.After(15 * time.Second):
+		t.Fatal("idle connection not closed")
+	}
+}
+
+func must(t testing.TB, err error) {
+	t.Helper()
+	if err != nil {
+		t.Fatal(err)
+	}
+}
