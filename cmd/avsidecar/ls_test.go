@@ -1,0 +1,133 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"io"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/avsidecar/avsidecar/internal/browse"
+	"github.com/rs/zerolog"
+)
+
+// lsServer serves a real browse.Handler on 127.0.0.1:0 and points
+// AVSIDECAR_HTTP_ADDR at it.
+func lsServer(t *testing.T, cfg browse.Config) {
+	t.Helper()
+	h, err := browse.New(cfg, zerolog.New(io.Discard))
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(h)
+	t.Cleanup(func() { srv.Close(); h.Close() })
+	t.Setenv("AVSIDECAR_HTTP_ADDR", strings.TrimPrefix(srv.URL, "http://"))
+}
+
+func lsTree(t *testing.T) string {
+	t.Helper()
+	root := t.TempDir()
+	if err := os.MkdirAll(root+"/a/b", 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 1500 { // more than one page of 1000
+		os.WriteFile(filepath.Join(root, "a", "f"+strings.Repeat("0", 4-len(itoa(i)))+itoa(i)), []byte("xy"), 0o640)
+	}
+	os.WriteFile(root+"/a/b/deep", []byte("12345"), 0o755)
+	os.Chmod(root+"/a/b/deep", 0o755|os.ModeSetuid)
+	os.Symlink("a/b", root+"/link")
+	return root
+}
+
+func itoa(i int) string { b, _ := json.Marshal(i); return string(b) }
+
+func TestLsTable(t *testing.T) {
+	root := lsTree(t)
+	lsServer(t, browse.Config{Roots: []string{root}})
+	var out, errOut bytes.Buffer
+	if err := lsCmd([]string{root}, &out, &errOut); err != nil {
+		t.Fatalf("ls: %v (%s)", err, errOut.String())
+	}
+	lines := strings.Split(strings.TrimSpace(out.String()), "\n")
+	if len(lines) != 2 || !strings.HasPrefix(lines[0], "drwxr-xr-x ") || !strings.HasSuffix(lines[0], " a") ||
+		!strings.HasPrefix(lines[1], "lrwxrwxrwx ") || !strings.HasSuffix(lines[1], " link -> a/b") {
+		t.Errorf("ls root:\n%s", out.String())
+	}
+	out.Reset()
+	if err := lsCmd([]string{root + "/a", "--json"}, &out, &errOut); err != nil {
+		t.Fatal(err)
+	}
+	lines = strings.Split(strings.TrimSpace(out.String()), "\n")
+	if len(lines) != 1501 {
+		t.Fatalf("paged listing: %d lines", len(lines))
+	}
+	var e lsEntry
+	if err := json.Unmarshal([]byte(lines[1500]), &e); err != nil || e.Path != root+"/a/f1499" || e.Size != 2 || e.Mode != "0640" {
+		t.Errorf("last entry %+v %v", e, err)
+	}
+	out.Reset()
+	if err := lsCmd([]string{root + "/a/b/deep"}, &out, &errOut); err != nil {
+		t.Fatal(err)
+	}
+	if got := out.String(); !strings.HasPrefix(got, "-rwsr-xr-x            5 ") || !strings.HasSuffix(got, " "+root+"/a/b/deep\n") {
+		t.Errorf("ls of a file: %q", got)
+	}
+}
+
+func TestLsRecursive(t *testing.T) {
+	root := lsTree(t)
+	lsServer(t, browse.Config{Roots: []string{root}})
+	var out, errOut bytes.Buffer
+	if err := lsCmd([]string{"-r", root + "/a"}, &out, &errOut); err != nil {
+		t.Fatal(err)
+	}
+	if n := strings.Count(out.String(), "\n"); n != 1502 || !strings.Contains(out.String(), " "+root+"/a/b/deep\n") {
+		t.Errorf("ls -r: %d lines", n)
+	}
+	out.Reset()
+	if err := lsCmd([]string{root, "-r", "--json"}, &out, &errOut); err != nil {
+		t.Fatal(err)
+	}
+	if n := strings.Count(out.String(), "\n"); n != 1504 || !strings.Contains(out.String(), `"path":"`+root+`/link","name":"link","type":"symlink"`) {
+		t.Errorf("ls -r --json: %d lines", n)
+	}
+}
+
+func TestLsErrors(t *testing.T) {
+	root := lsTree(t)
+	tok := filepath.Join(t.TempDir(), "token")
+	os.WriteFile(tok, []byte("tkn\n"), 0o600)
+	lsServer(t, browse.Config{Roots: []string{root}, TokenFile: tok})
+	t.Setenv("AVSIDECAR_BROWSE_TOKEN_FILE", tok)
+	for _, tc := range []struct {
+		args []string
+		code int
+		msg  string
+	}{
+		{[]string{}, exitConfig, "want exactly one absolute PATH"},
+		{[]string{"a", "b"}, exitConfig, "want exactly one absolute PATH"},
+		{[]string{"relative"}, exitConfig, "want exactly one absolute PATH"},
+		{[]string{"--bogus", root}, exitConfig, "flag provided but not defined"},
+		{[]string{"/etc"}, 0, "/etc: not found"},
+		{[]string{root + "/../x"}, 0, "invalid path"},
+	} {
+		var out, errOut bytes.Buffer
+		err := lsCmd(tc.args, &out, &errOut)
+		var ee *exitError
+		code := 0
+		if errors.As(err, &ee) {
+			code = ee.Code
+		}
+		if err == nil || code != tc.code || !strings.Contains(err.Error(), tc.msg) {
+			t.Errorf("ls %q: %v (code %d), want %q code %d", tc.args, err, code, tc.msg, tc.code)
+		}
+	}
+	t.Setenv("AVSIDECAR_HTTP_ADDR", "127.0.0.1:1")
+	if err := lsCmd([]string{root}, io.Discard, io.Discard); err == nil || !strings.Contains(err.Error(), "connection refused") {
+		t.Errorf("no server: %v", err)
+	}
+}
