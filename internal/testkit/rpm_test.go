@@ -197,3 +197,69 @@ func TestRPMInitScriptUnderRoot(t *testing.T) {
 		t.Errorf("init script usage: exit %d, stderr %q; want 2 naming the control script under the root", r.code, r.stderr)
 	}
 }
+
+// TestRPMScriptletsInChroot installs with the real rpm and its scriptlets,
+// which rpm runs chrooted into the root: %pre and %post see the relocated
+// RPM_INSTALL_PREFIX, and %post points the init script at it.
+func TestRPMScriptletsInChroot(t *testing.T) {
+	testkit.NeedRoot(t)
+	rpmBin := testkit.NeedCommand(t, "rpm")
+	pkg := testkit.WriteRPM(t, t.TempDir(), testkit.RPMOptions{})
+	root := t.TempDir()
+	for _, name := range []string{"sh", "sed", "grep", "mkdir"} {
+		copyWithLibs(t, testkit.NeedCommand(t, name), root)
+	}
+	out, err := exec.Command(rpmBin, "-i", "--root", root, "--nodeps", "--dbpath", "/rpmdb",
+		"--relocate", "/usr/local/avamar=/srv/avamar", pkg).CombinedOutput()
+	if err != nil {
+		t.Fatalf("rpm -i: %v\n%s", err, out)
+	}
+	for _, want := range []string{"preparing install into /srv/avamar", "installed into /srv/avamar"} {
+		if !strings.Contains(string(out), want) {
+			t.Errorf("rpm output lacks %q:\n%s", want, out)
+		}
+	}
+	init, err := os.ReadFile(filepath.Join(root, testkit.InitScript))
+	if err != nil || !strings.Contains(string(init), "\nAVAMAR_PREFIX=/srv/avamar\n") {
+		t.Errorf("%%post did not point the init script at the prefix (%v):\n%s", err, init)
+	}
+	log, err := os.ReadFile(filepath.Join(root, "srv/avamar/var/install.log"))
+	if err != nil || string(log) != "post-install prefix=/srv/avamar\n" {
+		t.Errorf("install.log %q, %v", log, err)
+	}
+	if r := runCmd(t, filepath.Join(root, testkit.InitScript), "status"); r.code != 3 {
+		t.Errorf("relocated init script status: exit %d, stderr %q; want 3 (not running)", r.code, r.stderr)
+	}
+}
+
+// copyWithLibs copies a dynamically linked program and the libraries ldd
+// names into root, at the same paths, so it runs chrooted there.
+func copyWithLibs(t *testing.T, prog, root string) {
+	t.Helper()
+	out, err := exec.Command(testkit.NeedCommand(t, "ldd"), prog).Output()
+	if err != nil && !strings.Contains(string(out), "not a dynamic executable") {
+		t.Fatalf("ldd %s: %v", prog, err)
+	}
+	files := []string{prog}
+	for _, f := range strings.Fields(string(out)) {
+		if strings.HasPrefix(f, "/") {
+			files = append(files, f)
+		}
+	}
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		dst := filepath.Join(root, f)
+		if f == prog { // programs go where rpm's scriptlet PATH finds them
+			dst = filepath.Join(root, "bin", filepath.Base(prog))
+		}
+		if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(dst, b, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
