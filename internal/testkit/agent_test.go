@@ -259,6 +259,9 @@ func TestCrashAfter(t *testing.T) {
 		t.Fatalf("exit %d, want 7 (stderr %s)", r.code, r.stderr)
 	}
 	waitLog(t, filepath.Join(c.vardir, "avagent.log"), "fake crash after 100ms")
+	if _, err := os.Stat(filepath.Join(c.vardir, fakeagent.PidFile)); err != nil {
+		t.Errorf("a crash should leave its stale pid file: %v", err)
+	}
 }
 
 // TestCrashIfExists plays a crash loop and its fix, through avagent.cmd as

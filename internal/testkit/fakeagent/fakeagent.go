@@ -334,11 +334,10 @@ func run(self []string, o *options, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "avagent Error: %v\n", err)
 		return ExitUsage
 	}
-	defer removeIfOurs(pidPath, pid)
 
 	logf(o.logfile, "Client Agent started: pid %s, client %s, listening on %s", pid, o.hostname, ln.Addr())
-	for i := 1; i <= o.logLines; i++ {
-		logf(o.logfile, "fake log line %d of %d", i, o.logLines)
+	if o.logLines > 0 {
+		writeLogLines(o.logfile, o.logLines)
 	}
 	if o.orphans > 0 {
 		spawnOrphans(self, o)
@@ -352,8 +351,10 @@ func run(self []string, o *options, stderr io.Writer) int {
 	select {
 	case s := <-sigs:
 		logf(o.logfile, "Client Agent stopping on %v", s)
+		removeIfOurs(pidPath, pid)
 		return ExitOK
 	case <-crash:
+		// A crash leaves its pid file behind, stale, as a real one would.
 		logf(o.logfile, "fake crash after %v with exit code %d", o.crashAfter, o.exitCode)
 		return o.exitCode
 	}
@@ -449,6 +450,22 @@ func logf(path, format string, a ...any) {
 	}
 	defer f.Close()
 	fmt.Fprintf(f, "%s avagent Info <%d>: %s\n", time.Now().Format("2006-01-02 15:04:05.000"), os.Getpid(), fmt.Sprintf(format, a...))
+}
+
+// writeLogLines writes n numbered lines at once, so a test can ask for a
+// large log without paying an open per line.
+func writeLogLines(path string, n int) {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
+	if err != nil {
+		return
+	}
+	defer f.Close()
+	w := bufio.NewWriter(f)
+	now, pid := time.Now().Format("2006-01-02 15:04:05.000"), os.Getpid()
+	for i := 1; i <= n; i++ {
+		fmt.Fprintf(w, "%s avagent Info <%d>: fake log line %d of %d\n", now, pid, i, n)
+	}
+	_ = w.Flush()
 }
 
 // writeAtomic replaces path with data, so a reader never sees half a file.
