@@ -156,4 +156,8 @@ func TestUsageErrors(t *testing.T) {
 	if code, out, _ := run(t, avkit, "help"); code != 0 || !strings.Contains(out, "usage: avkit") {
 		t.Errorf("avkit help: exit %d, %q", code, out)
 	}
+	// Help must not be taken for an unknown flag and start a daemon.
+	if code, out, _ := run(t, avkit, "avagent", "--help"); code != 0 || !strings.Contains(out, "fake-crash-after") {
+		t.Errorf("avkit avagent --help: exit %d, %q", code, out)
+	}
 }

@@ -138,6 +138,12 @@ func Main(self, args []string, stdout, stderr io.Writer) int {
 		return orphanChild(args[1:])
 	}
 
+	for _, a := range args {
+		if a == "-h" || a == "--help" || a == "-help" {
+			usage(stdout)
+			return ExitOK
+		}
+	}
 	o, err := parse(args, stderr)
 	if err != nil {
 		fmt.Fprintf(stderr, "avagent Error: %v\n", err)
@@ -151,6 +157,15 @@ func Main(self, args []string, stdout, stderr io.Writer) int {
 	default:
 		return run(self, o, stderr)
 	}
+}
+
+// usage prints the flags, the test hooks included.
+func usage(w io.Writer) {
+	fmt.Fprintln(w, "usage: avagent.bin [--init] [--daemon=false] [--flag=value ...]")
+	fmt.Fprintln(w, "Flags are also read from VARDIR/avagent.cfg, avagent.cmd and .avagent, one a line.")
+	fs := newFlagSet(&options{})
+	fs.SetOutput(w)
+	fs.PrintDefaults()
 }
 
 // parse reads the command line, then the flag files in --vardir, and
