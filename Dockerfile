@@ -31,7 +31,7 @@ RUN go mod download
 COPY cmd ./cmd
 COPY internal ./internal
 # VERSION is stamped into `avsidecar version`; empty falls back to the module version.
-ARG VERSION
+ARG VERSION=""
 RUN CGO_ENABLED=0 go build -trimpath -ldflags="-s -w -X main.version=${VERSION}" \
         -o /out/avsidecar ./cmd/avsidecar
 
