@@ -1,0 +1,377 @@
+// Package install installs the Avamar client RPM the way `rpm -i
+// --relocate` would, without an rpm binary and only when needed.
+//
+// An install has two passes over the file. The first reads the whole RPM
+// and checks every digest it carries (header SHA-256, payload digest, or
+// the legacy MD5) and the structure of its headers and file list before
+// anything is written. The second streams the payload once: it
+// decompresses it, checks each file against the header (type, size,
+// digest) and writes it as a temporary file next to its destination.
+// Only when the whole payload has been checked are the temporary files
+// renamed into place, so a bad package leaves the previous installation
+// untouched.
+//
+// Crash safety comes from ordering, not from an fsync per file: a pending
+// journal naming the new files is written before the first change, and the
+// receipt (package SHA-256, prefix, owned files with their digests) is
+// written last, after one syncfs(2) of the root's file system. A start that
+// finds the journal, or no matching receipt, installs again; an install is
+// idempotent, so an interrupted one is repaired by the next.
+//
+// Upgrades follow rpm: files the old package owned and the new one does
+// not are removed, modified %config files are kept (the new one is written
+// as .rpmnew), and nothing the package does not own is touched.
+package install
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path"
+	"path/filepath"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/rs/zerolog"
+)
+
+// Config says what to install where. Paths "inside Root" are as the client
+// sees them after a chroot into Root.
+type Config struct {
+	// RPM is the host path of the .rpm file.
+	RPM string
+	// Root is the host path everything is installed under, like rpm
+	// --root: "/" in production, a scratch directory in tests and demos.
+	Root string
+	// Prefix is the path inside Root the package's relocatable prefix is
+	// installed to (rpm --relocate FROM=Prefix), e.g. /usr/local/avamar.
+	Prefix string
+	// StateDir is the path inside Root of the directory holding the
+	// install receipt and journal. Empty means $Prefix/var/avsidecar.
+	StateDir string
+	// From is the package prefix relocated to Prefix. Empty means the
+	// package's only prefix; a package with several needs it set.
+	From string
+	// MaxSize caps the bytes a package may install (the sum of its
+	// regular files, as its header declares them). Zero means 16 GiB.
+	MaxSize int64
+	// NoScripts skips the %pre and %post scriptlets, like rpm --noscripts.
+	NoScripts bool
+	// NoSync skips the syncfs(2) before the receipt is written. The
+	// install stays safe against the process being killed, but not against
+	// the machine losing power. For benchmarks and throwaway roots.
+	NoSync bool
+}
+
+// Result describes the package now installed.
+type Result struct {
+	// Changed is false when a matching receipt made installing unnecessary.
+	Changed bool `json:"changed"`
+	// Name, Version, Release and Arch identify the package.
+	Name    string `json:"name"`
+	Version string `json:"version"`
+	Release string `json:"release"`
+	Arch    string `json:"arch"`
+	// SHA256 is the digest of the whole RPM file, the receipt's key.
+	SHA256 string `json:"sha256"`
+	// Prefix is where the relocatable prefix was installed, inside Root.
+	Prefix string `json:"prefix"`
+	// Files is the number of files, directories and links the package owns.
+	Files int `json:"files"`
+	// Signature says whether the package is signed: "none", or which
+	// signatures are present (they are not checked: there is no keyring).
+	Signature string `json:"signature,omitempty"`
+	// Duration is how long Install took.
+	Duration time.Duration `json:"duration_ns"`
+}
+
+// ErrUnusable is matched (errors.Is) by every error that means the RPM
+// itself cannot be installed: corrupt, truncated, tampered, unsafe or
+// unsupported. avsidecar exits 3 on it.
+var ErrUnusable = errors.New("rpm unusable")
+
+type unusableError struct{ err error }
+
+func (e *unusableError) Error() string        { return e.err.Error() }
+func (e *unusableError) Unwrap() error        { return e.err }
+func (e *unusableError) Is(target error) bool { return target == ErrUnusable }
+
+// unusable makes an error that matches ErrUnusable.
+func unusable(format string, a ...any) error {
+	return &unusableError{fmt.Errorf(format, a...)}
+}
+
+const defaultMaxSize = 16 << 30
+
+// withDefaults validates the configuration and fills in the defaults.
+func (c Config) withDefaults() (Config, error) {
+	var problems []string
+	if c.RPM == "" {
+		problems = append(problems, "no rpm file")
+	}
+	if c.Root == "" {
+		c.Root = "/"
+	}
+	if !filepath.IsAbs(c.Root) {
+		problems = append(problems, fmt.Sprintf("root %q is not absolute", c.Root))
+	}
+	for _, p := range []*string{&c.Prefix, &c.StateDir, &c.From} {
+		if *p != "" {
+			*p = path.Clean(*p)
+		}
+	}
+	if c.Prefix == "" || !path.IsAbs(c.Prefix) || c.Prefix == "/" {
+		problems = append(problems, fmt.Sprintf("prefix %q is not an absolute path below /", c.Prefix))
+	}
+	if c.StateDir == "" && c.Prefix != "" {
+		c.StateDir = path.Join(c.Prefix, "var", "avsidecar")
+	}
+	if !path.IsAbs(c.StateDir) || c.StateDir == "/" {
+		problems = append(problems, fmt.Sprintf("state dir %q is not an absolute path below /", c.StateDir))
+	}
+	if c.MaxSize <= 0 {
+		c.MaxSize = defaultMaxSize
+	}
+	if len(problems) > 0 {
+		return c, fmt.Errorf("install config: %s", strings.Join(problems, "; "))
+	}
+	return c, nil
+}
+
+// Install installs cfg.RPM under cfg.Root unless the receipt in the state
+// dir says this very file is already installed at this prefix and the
+// installed files are still there; then it returns at once with
+// Changed=false and writes nothing.
+func Install(ctx context.Context, cfg Config, log zerolog.Logger) (Result, error) {
+	start := time.Now()
+	cfg, err := cfg.withDefaults()
+	if err != nil {
+		return Result{}, err
+	}
+	res, err := install(ctx, cfg, log)
+	res.Duration = time.Since(start)
+	if err != nil {
+		return res, fmt.Errorf("install %s: %w", cfg.RPM, err)
+	}
+	return res, nil
+}
+
+func install(ctx context.Context, cfg Config, log zerolog.Logger) (Result, error) {
+	f, err := os.Open(cfg.RPM)
+	if err != nil {
+		return Result{}, fmt.Errorf("open rpm: %w", err)
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return Result{}, fmt.Errorf("stat rpm: %w", err)
+	}
+	if !st.Mode().IsRegular() {
+		return Result{}, unusable("not a regular file")
+	}
+	if err := os.MkdirAll(cfg.Root, 0o755); err != nil {
+		return Result{}, fmt.Errorf("create root: %w", err)
+	}
+	root, err := os.OpenRoot(cfg.Root)
+	if err != nil {
+		return Result{}, fmt.Errorf("open root: %w", err)
+	}
+	defer root.Close()
+	in := &installer{cfg: cfg, log: log, root: root}
+
+	// The fast path: this very file (same identity, size, times) was
+	// installed here and its files are still in place. Nothing is read but
+	// the receipt and a stat per owned file.
+	old, pending := in.loadState()
+	fp := fingerprintOf(st)
+	if old != nil && pending == nil && old.Prefix == cfg.Prefix && old.RPM == fp && in.intact(old) {
+		log.Info().Str("name", old.Name).Str("version", old.Version+"-"+old.Release).Str("sha256", old.SHA256).Msg("receipt matches, nothing to install")
+		return old.result(false), nil
+	}
+
+	p, err := readPackage(f, st.Size())
+	if err != nil {
+		return Result{}, err
+	}
+	v, err := verify(f, p)
+	if err != nil {
+		return Result{}, err
+	}
+	log.Info().Str("name", p.name).Str("version", p.version+"-"+p.release).Str("arch", p.arch).
+		Str("sha256", v.sha256).Strs("verified", v.checked).Str("compression", p.compressor).Msg("package verified")
+	if len(p.signatures) > 0 {
+		log.Warn().Strs("signatures", p.signatures).Msg("package is signed but its signature is not checked: no keyring")
+	}
+	if old != nil && pending == nil && old.Prefix == cfg.Prefix && old.SHA256 == v.sha256 && in.intact(old) {
+		log.Info().Str("name", old.Name).Str("version", old.Version+"-"+old.Release).Str("sha256", old.SHA256).Msg("receipt matches, nothing to install")
+		return old.result(false), nil
+	}
+
+	pl, err := in.plan(p)
+	if err != nil {
+		return Result{}, err
+	}
+	rc, err := in.apply(ctx, f, p, pl, old, pending, v, fp)
+	if err != nil {
+		return Result{}, err
+	}
+	return rc.result(true), nil
+}
+
+// plan is a package's file list relocated and checked against the root.
+type plan struct {
+	from, to string   // relocation; from is "" for a package without prefixes
+	items    []*item  // header order
+	sorted   []*item  // by destination path
+	prefixes []string // every package prefix after relocation, for RPM_INSTALL_PREFIXn
+	bytes    int64    // sum of the regular file sizes
+}
+
+// item is one file of the package and what the install does with it.
+type item struct {
+	*pkgFile
+	rel  string // dest relative to the root, as os.Root takes it
+	act  action
+	tmp  string // temporary name while the payload is extracted
+	seen bool   // the payload has had its entry
+	done bool   // the temporary file holds the checked content
+}
+
+type action int
+
+const (
+	actWrite  action = iota // write and rename into place
+	actKeep                 // a modified %config file: leave it as it is
+	actRPMNew               // a modified %config file: write the new one as .rpmnew
+)
+
+// tmpSuffix names the temporary file of a destination. It is
+// deterministic so that the next run finds and replaces the leftovers of
+// a killed one.
+const tmpSuffix = ";avsidecar"
+
+// plan relocates the package's paths and refuses any that would be unsafe:
+// duplicates, paths below a non-directory, paths in the state dir, sizes
+// beyond the limit.
+func (in *installer) plan(p *pkg) (*plan, error) {
+	pl := &plan{to: in.cfg.Prefix}
+	switch {
+	case in.cfg.From != "":
+		if !contains(p.prefixes, in.cfg.From) {
+			return nil, unusable("package is not relocatable from %s (prefixes: %v)", in.cfg.From, p.prefixes)
+		}
+		pl.from = in.cfg.From
+	case len(p.prefixes) == 1:
+		pl.from = p.prefixes[0]
+	case len(p.prefixes) == 0:
+		in.log.Warn().Str("prefix", in.cfg.Prefix).Msg("package is not relocatable: installing its paths as they are")
+	default:
+		return nil, fmt.Errorf("package has several prefixes %v: say which one to relocate", p.prefixes)
+	}
+	for _, pre := range p.prefixes {
+		if pre == pl.from {
+			pl.prefixes = append(pl.prefixes, pl.to)
+		} else {
+			pl.prefixes = append(pl.prefixes, pre)
+		}
+	}
+
+	byDest := make(map[string]*item, len(p.files))
+	hardlinks := map[uint64]bool{}
+	for i := range p.files {
+		f := &p.files[i]
+		f.dest = relocate(f.path, pl.from, pl.to)
+		if err := checkPath(f.dest); err != nil {
+			return nil, unusable("relocated %w", err)
+		}
+		if strings.HasSuffix(f.dest, tmpSuffix) {
+			return nil, unusable("%s: reserved name", f.dest)
+		}
+		if f.dest == in.cfg.StateDir || strings.HasPrefix(f.dest, in.cfg.StateDir+"/") {
+			return nil, unusable("%s lies in the installer's state dir %s", f.dest, in.cfg.StateDir)
+		}
+		if byDest[f.dest] != nil {
+			return nil, unusable("duplicate entry %s", f.dest)
+		}
+		it := &item{pkgFile: f, rel: strings.TrimPrefix(f.dest, "/")}
+		it.tmp = it.rel + tmpSuffix
+		byDest[f.dest] = it
+		pl.items = append(pl.items, it)
+		if f.isReg() && !f.isGhost() {
+			if f.hlKey != 0 && hardlinks[f.hlKey] {
+				continue // a hard link set's content is written once
+			}
+			hardlinks[f.hlKey] = true
+			if f.size > in.cfg.MaxSize || pl.bytes+f.size > in.cfg.MaxSize {
+				return nil, unusable("package claims more than the %d bytes allowed", in.cfg.MaxSize)
+			}
+			pl.bytes += f.size
+		}
+	}
+	for _, it := range pl.items {
+		for d := path.Dir(it.dest); d != "/"; d = path.Dir(d) {
+			if a := byDest[d]; a != nil && !a.isDir() {
+				return nil, unusable("%s lies below %s, which is not a directory", it.dest, d)
+			}
+		}
+	}
+	pl.sorted = append([]*item(nil), pl.items...)
+	sort.Slice(pl.sorted, func(i, j int) bool { return pl.sorted[i].dest < pl.sorted[j].dest })
+	return pl, nil
+}
+
+// relocate applies rpm --relocate from=to to p.
+func relocate(p, from, to string) string {
+	switch {
+	case from == "":
+		return p
+	case from == "/":
+		return path.Join(to, p)
+	case p == from:
+		return to
+	case strings.HasPrefix(p, from+"/"):
+		return to + p[len(from):]
+	}
+	return p
+}
+
+func contains(list []string, s string) bool {
+	for _, x := range list {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}
+
+// FindRPM resolves pattern, a path or glob inside root (AVAMAR_RPM), to the
+// host path of exactly one file. It names what it found when there is not
+// exactly one.
+func FindRPM(root, pattern string) (string, error) {
+	if root == "" {
+		root = "/"
+	}
+	if !path.IsAbs(pattern) {
+		return "", fmt.Errorf("find rpm: %q is not an absolute path", pattern)
+	}
+	full := filepath.Join(root, filepath.FromSlash(pattern))
+	matches, err := filepath.Glob(full)
+	if err != nil {
+		return "", fmt.Errorf("find rpm: bad pattern %q: %w", pattern, err)
+	}
+	var files []string
+	for _, m := range matches {
+		if st, err := os.Stat(m); err == nil && st.Mode().IsRegular() {
+			files = append(files, m)
+		}
+	}
+	switch len(files) {
+	case 0:
+		return "", fmt.Errorf("find rpm: no file matches %s under %s", pattern, root)
+	case 1:
+		return files[0], nil
+	}
+	return "", fmt.Errorf("find rpm: %d files match %s under %s, want exactly one: %s", len(files), pattern, root, strings.Join(files, ", "))
+}

@@ -1,0 +1,185 @@
+package install
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path"
+	"path/filepath"
+	"syscall"
+	"time"
+)
+
+// Files of the state dir.
+const (
+	receiptName = "install.json"         // what is installed; written last
+	journalName = "install.pending.json" // what an install in progress is writing
+	receiptV    = 1
+)
+
+// receipt records an installed package: which file, where, and every
+// path it owns with the package's digest (to tell modified %config files
+// and to remove what an upgrade drops) and the state left on disk (for the
+// cheap "still installed?" check).
+type receipt struct {
+	Format      int           `json:"format"`
+	Name        string        `json:"name"`
+	Version     string        `json:"version"`
+	Release     string        `json:"release"`
+	Arch        string        `json:"arch"`
+	SHA256      string        `json:"sha256"`
+	Prefix      string        `json:"prefix"`
+	Signature   string        `json:"signature,omitempty"`
+	RPM         fingerprint   `json:"rpm"`
+	DigestAlgo  int           `json:"digest_algo"`
+	InstalledAt time.Time     `json:"installed_at"`
+	Files       []receiptFile `json:"files"`
+}
+
+// receiptFile is one owned path.
+type receiptFile struct {
+	Path   string `json:"path"` // inside the root, after relocation
+	Type   string `json:"type"` // file, dir or symlink
+	Mode   uint32 `json:"mode"` // permission bits, with setuid/setgid/sticky
+	Digest string `json:"digest,omitempty"`
+	Link   string `json:"link,omitempty"`
+	Config bool   `json:"config,omitempty"`
+	Size   int64  `json:"size"`  // on disk after the install
+	MTime  int64  `json:"mtime"` // on disk after the install, Unix nanoseconds
+}
+
+// fingerprint identifies an RPM file without reading it: when it is
+// unchanged the file's SHA-256 need not be computed again.
+type fingerprint struct {
+	Size  int64  `json:"size"`
+	MTime int64  `json:"mtime"`
+	CTime int64  `json:"ctime"`
+	Ino   uint64 `json:"ino"`
+	Dev   uint64 `json:"dev"`
+}
+
+func fingerprintOf(st fs.FileInfo) fingerprint {
+	fp := fingerprint{Size: st.Size(), MTime: st.ModTime().UnixNano()}
+	if s, ok := st.Sys().(*syscall.Stat_t); ok {
+		fp.CTime = s.Ctim.Nano()
+		fp.Ino = s.Ino
+		fp.Dev = s.Dev
+	}
+	return fp
+}
+
+func (r *receipt) result(changed bool) Result {
+	return Result{
+		Changed: changed, Name: r.Name, Version: r.Version, Release: r.Release, Arch: r.Arch,
+		SHA256: r.SHA256, Prefix: r.Prefix, Files: len(r.Files), Signature: r.Signature,
+	}
+}
+
+func (in *installer) statePath(name string) string {
+	return path.Join(in.cfg.StateDir, name)[1:]
+}
+
+// loadState reads the receipt and the journal of an interrupted install.
+// An unreadable one counts as absent: the install is redone, which is
+// always safe.
+func (in *installer) loadState() (old, pending *receipt) {
+	read := func(name string) *receipt {
+		b, err := in.root.ReadFile(in.statePath(name))
+		if err != nil {
+			if !errors.Is(err, fs.ErrNotExist) {
+				in.log.Warn().Err(err).Str("file", name).Msg("unreadable install state, installing again")
+			}
+			return nil
+		}
+		var r receipt
+		if err := json.Unmarshal(b, &r); err != nil || r.Format != receiptV {
+			in.log.Warn().Str("file", name).Msg("unreadable install state, installing again")
+			return nil
+		}
+		return &r
+	}
+	return read(receiptName), read(journalName)
+}
+
+// intact reports whether every file the receipt lists is still on disk as
+// the install left it. In Kubernetes the container's file system is new at
+// each container start while the state dir (on a volume) survives: a
+// receipt alone does not prove the files are there. Modified %config files
+// count as intact; rpm would keep them too.
+func (in *installer) intact(r *receipt) bool {
+	for _, f := range r.Files {
+		st, err := os.Lstat(filepath.Join(in.cfg.Root, filepath.FromSlash(f.Path)))
+		if err != nil {
+			in.log.Info().Str("path", f.Path).Msg("installed file missing, installing again")
+			return false
+		}
+		ok := true
+		switch f.Type {
+		case "dir":
+			ok = st.IsDir()
+		case "symlink":
+			ok = st.Mode()&fs.ModeSymlink != 0
+		case "file":
+			ok = st.Mode().IsRegular() && (f.Config || st.Size() == f.Size && st.ModTime().UnixNano() == f.MTime)
+		}
+		if !ok {
+			in.log.Info().Str("path", f.Path).Msg("installed file changed, installing again")
+			return false
+		}
+	}
+	return true
+}
+
+// writeState writes a receipt or the journal atomically: a temporary file,
+// fsync, rename, fsync of the directory.
+func (in *installer) writeState(name string, r *receipt) error {
+	b, err := json.MarshalIndent(r, "", " ")
+	if err != nil {
+		return fmt.Errorf("encode %s: %w", name, err)
+	}
+	dir := in.statePath("")
+	if err := in.root.MkdirAll(dir, 0o755); err != nil {
+		return fmt.Errorf("create state dir: %w", err)
+	}
+	tmp := in.statePath(name + tmpSuffix)
+	_ = in.root.Remove(tmp)
+	f, err := in.root.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
+	if err != nil {
+		return fmt.Errorf("write %s: %w", name, err)
+	}
+	_, err = f.Write(b)
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = in.root.Rename(tmp, in.statePath(name))
+	}
+	if err != nil {
+		return fmt.Errorf("write %s: %w", name, err)
+	}
+	return in.syncDir(dir)
+}
+
+func (in *installer) syncDir(rel string) error {
+	d, err := in.root.Open(rel)
+	if err != nil {
+		return fmt.Errorf("sync %s: %w", rel, err)
+	}
+	defer d.Close()
+	if err := d.Sync(); err != nil {
+		return fmt.Errorf("sync %s: %w", rel, err)
+	}
+	return nil
+}
+
+func (in *installer) removeState(name string) error {
+	if err := in.root.Remove(in.statePath(name)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("remove %s: %w", name, err)
+	}
+	return in.syncDir(in.statePath(""))
+}
