@@ -31,7 +31,7 @@ func (s *Server) reloadKeys() {
 		ks = parseAuthorizedKeys(data)
 	}
 	old := s.keys.Load()
-	if old != nil && err == nil && old.missing == ks.missing && bytes.Equal(old.raw, ks.raw) {
+	if old != nil && (err == nil || ks.missing) && old.missing == ks.missing && bytes.Equal(old.raw, ks.raw) {
 		return
 	}
 	s.keys.Store(ks)

@@ -1,0 +1,250 @@
+package sshd
+
+import (
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+)
+
+// aKey is a fixed public key for parser tables.
+const aKey = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKieR1q321O/Luu8EOV/Iph3rHjHSO1T4cvE7ZgnGc+e test@host"
+
+func TestParseAuthorizedKeysOptions(t *testing.T) {
+	type got struct {
+		Refused    string
+		From       []string
+		Command    string
+		HasCommand bool
+		NoPTY      bool
+		Env        []string
+		Warning    string
+	}
+	tests := []struct {
+		opts string
+		want got
+	}{
+		{"", got{}},
+		{`command="echo hi"`, got{Command: "echo hi", HasCommand: true}},
+		{`command="echo \"quoted\" \\n"`, got{Command: `echo "quoted" \\n`, HasCommand: true}},
+		{`COMMAND="x"`, got{Command: "x", HasCommand: true}},
+		{`from="10.0.0.0/8,!10.1.2.3,192.168.*"`, got{From: []string{"10.0.0.0/8", "!10.1.2.3", "192.168.*"}}},
+		{`from="*.example.com"`, got{From: []string{"*.example.com"}, Warning: "from= host name patterns are matched against the client address only (no DNS)"}},
+		{`no-pty`, got{NoPTY: true}},
+		{`restrict`, got{NoPTY: true}},
+		{`restrict,pty`, got{}},
+		{`no-port-forwarding,no-agent-forwarding,no-X11-forwarding,no-user-rc`, got{}},
+		{`environment="LANG=C",environment="X_Y=1 2"`, got{Env: []string{"LANG=C", "X_Y=1 2"}}},
+		{`expiry-time="29991231"`, got{}},
+		// Refused: never silently ignored.
+		{`permitopen="localhost:80"`, got{Refused: "unsupported option permitopen"}},
+		{`port-forwarding`, got{Refused: "unsupported option port-forwarding"}},
+		{`agent-forwarding`, got{Refused: "unsupported option agent-forwarding"}},
+		{`X11-forwarding`, got{Refused: "unsupported option x11-forwarding"}},
+		{`cert-authority`, got{Refused: "unsupported option cert-authority"}},
+		{`principals="root"`, got{Refused: "unsupported option principals"}},
+		{`tunnel="0"`, got{Refused: "unsupported option tunnel"}},
+		{`verify-required`, got{Refused: "unsupported option verify-required"}},
+		{`no-touch-required`, got{Refused: "unsupported option no-touch-required"}},
+		{`user-rc`, got{Refused: "unsupported option user-rc"}},
+		{`no-pty="x"`, got{Refused: "unsupported option no-pty"}},
+		{`command=echo`, got{Refused: "option command: value must be in double quotes"}},
+		{`command="a",command="b"`, got{Refused: "option command given twice"}},
+		{`from="10.0.0.0/33"`, got{Refused: `option from: bad address block "10.0.0.0/33"`}},
+		{`from=""`, got{Refused: "option from: empty pattern"}},
+		{`from="1.2.3.4",from="5.6.7.8"`, got{Refused: "option from given twice"}},
+		{`environment="BAD-NAME=1"`, got{Refused: `option environment: bad value "BAD-NAME=1"`}},
+		{`environment="NOVALUE"`, got{Refused: `option environment: bad value "NOVALUE"`}},
+		{`expiry-time="2026"`, got{Refused: `option expiry-time: bad time "2026"`}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.opts, func(t *testing.T) {
+			line := aKey
+			if tt.opts != "" {
+				line = tt.opts + " " + aKey
+			}
+			ks := parseAuthorizedKeys([]byte("# comment\n\n" + line + "\n"))
+			var g got
+			if len(ks.refused) > 0 {
+				g.Refused = ks.refused[0].reason
+				if ks.refused[0].line != 3 || ks.count != 0 {
+					t.Errorf("refused line %d, count %d", ks.refused[0].line, ks.count)
+				}
+			}
+			for _, lines := range ks.byKey {
+				ak := lines[0]
+				g.From, g.Command, g.HasCommand, g.NoPTY, g.Env = ak.from, ak.command, ak.hasCommand, ak.noPTY, ak.env
+			}
+			if len(ks.warnings) > 0 {
+				g.Warning = ks.warnings[0].reason
+			}
+			if d := cmp.Diff(tt.want, g); d != "" {
+				t.Errorf("(-want +got)\n%s", d)
+			}
+		})
+	}
+}
+
+func TestParseAuthorizedKeysBadLines(t *testing.T) {
+	ks := parseAuthorizedKeys([]byte(strings.Join([]string{
+		"ssh-ed25519 not-base64",
+		"ssh-rsa AAAAC3NzaC1lZDI1NTE5AAAAIKieR1q321O/Luu8EOV/Iph3rHjHSO1T4cvE7ZgnGc+e", // type mismatch
+		"restrict",
+		aKey,
+		"\x00\xff garbage",
+		"   " + aKey + "   ",
+	}, "\r\n")))
+	if ks.count != 2 || len(ks.refused) != 4 {
+		t.Errorf("count %d refused %d (%+v), want 2 and 4", ks.count, len(ks.refused), ks.refused)
+	}
+}
+
+func TestLookupOptions(t *testing.T) {
+	now := time.Date(2026, 11, 23, 12, 0, 0, 0, time.UTC)
+	local := netip.MustParseAddr("127.0.0.1")
+	far := netip.MustParseAddr("10.1.2.3")
+	tests := []struct {
+		opts string
+		addr netip.Addr
+		want error
+	}{
+		{"", local, nil},
+		{`from="127.0.0.1"`, local, nil},
+		{`from="127.0.0.1"`, far, errFrom},
+		{`from="10.0.0.0/8"`, far, nil},
+		{`from="10.0.0.0/8,!10.1.2.3"`, far, errFrom},
+		{`from="!10.1.2.3,*"`, local, nil},
+		{`from="127.0.0.?"`, local, nil},
+		{`from="*.example.com"`, local, errFrom},
+		{`from="::1"`, netip.MustParseAddr("::1"), nil},
+		{`from="127.0.0.1"`, netip.MustParseAddr("::ffff:127.0.0.1"), nil},
+		{`expiry-time="20261123"`, local, errExpired},
+		{`expiry-time="202611231201Z"`, local, nil},
+		{`expiry-time="20261123120000Z"`, local, errExpired},
+	}
+	for _, tt := range tests {
+		ks := parseAuthorizedKeys([]byte(strings.TrimSpace(tt.opts + " " + aKey)))
+		if ks.count != 1 {
+			t.Fatalf("%s: not parsed: %+v", tt.opts, ks.refused)
+		}
+		var key = ks.byKey
+		for _, lines := range key {
+			_, err := ks.lookup(lines[0].key, tt.addr, now)
+			if err != tt.want {
+				t.Errorf("%s from %v: %v, want %v", tt.opts, tt.addr, err, tt.want)
+			}
+		}
+	}
+}
+
+// TestLookupTriesEveryLine: OpenSSH tries each line holding the key, so
+// one restricted line does not hide another that allows the client.
+func TestLookupTriesEveryLine(t *testing.T) {
+	ks := parseAuthorizedKeys([]byte(`from="10.0.0.0/8" ` + aKey + "\n" + `command="true" ` + aKey + "\n"))
+	var lines []*authorizedKey
+	for _, l := range ks.byKey {
+		lines = l
+	}
+	ak, err := ks.lookup(lines[0].key, netip.MustParseAddr("127.0.0.1"), time.Now())
+	if err != nil || !ak.hasCommand || ak.line != 2 {
+		t.Fatalf("lookup = %+v, %v; want line 2 with its forced command", ak, err)
+	}
+}
+
+func TestWildcard(t *testing.T) {
+	for _, tt := range []struct {
+		pat, s string
+		want   bool
+	}{
+		{"*", "", true},
+		{"*", "1.2.3.4", true},
+		{"1.2.3.4", "1.2.3.4", true},
+		{"1.2.3.4", "1.2.3.45", false},
+		{"1.2.3.?", "1.2.3.4", true},
+		{"1.2.3.?", "1.2.3.45", false},
+		{"1.*.4", "1.2.3.4", true},
+		{"*.*.*.*", "1.2.3.4", true},
+		{"**a", "bbba", true},
+		{"a*b*c", "axxbyyc", true},
+		{"a*b*c", "axxbyy", false},
+		{"", "x", false},
+	} {
+		if got := wildcard(tt.pat, tt.s); got != tt.want {
+			t.Errorf("wildcard(%q, %q) = %v, want %v", tt.pat, tt.s, got, tt.want)
+		}
+	}
+}
+
+func TestClientEnvAllowed(t *testing.T) {
+	for _, tt := range []struct {
+		name, value string
+		want        bool
+	}{
+		{"LANG", "C.UTF-8", true},
+		{"LC_ALL", "C", true},
+		{"TZ", "UTC", true},
+		{"PATH", "/tmp", false},
+		{"LD_PRELOAD", "/tmp/x.so", false},
+		{"BASH_ENV", "/tmp/x", false},
+		{"HOME", "/tmp", false},
+		{"LC_ALL", "a\x00b", false},
+		{"LC_X=Y", "1", false},
+		{"LANG", strings.Repeat("x", 2000), false},
+	} {
+		if got := clientEnvAllowed(tt.name, tt.value); got != tt.want {
+			t.Errorf("clientEnvAllowed(%q) = %v, want %v", tt.name, got, tt.want)
+		}
+	}
+}
+
+// FuzzParseAuthorizedKeys: no input panics, every accepted line honours
+// its options, and a line with an option this server does not know is
+// refused rather than accepted without it.
+func FuzzParseAuthorizedKeys(f *testing.F) {
+	for _, s := range []string{aKey, `from="1.2.3.4" ` + aKey, `command="x",no-pty ` + aKey, `permitopen="x:1" ` + aKey,
+		`environment="A=b" ` + aKey, "restrict " + aKey, `from="!*,1.*" ` + aKey, "\"\"\\ " + aKey} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		ks := parseAuthorizedKeys(data)
+		n := 0
+		for _, lines := range ks.byKey {
+			for _, ak := range lines {
+				n++
+				for _, kv := range ak.env {
+					if k, _, ok := strings.Cut(kv, "="); !ok || !envName.MatchString(k) {
+						t.Fatalf("bad env accepted: %q", kv)
+					}
+				}
+				_ = ak.allows(netip.MustParseAddr("127.0.0.1"), time.Now())
+			}
+		}
+		if n != ks.count {
+			t.Fatalf("count %d, lines %d", ks.count, n)
+		}
+	})
+}
+
+// FuzzMatchFrom: matching never panics, and a negated pattern that
+// matches always refuses.
+func FuzzMatchFrom(f *testing.F) {
+	f.Add("10.0.0.0/8,!10.1.*", "10.1.2.3")
+	f.Add("*", "::1")
+	f.Add("a*b?c", "1.2.3.4")
+	f.Fuzz(func(t *testing.T, list, ip string) {
+		addr, err := netip.ParseAddr(ip)
+		if err != nil {
+			return
+		}
+		pats, _, err := parseFrom(list)
+		if err != nil {
+			return
+		}
+		got := matchFrom(pats, addr)
+		if got && matchFrom(append([]string{"!" + addr.Unmap().String()}, pats...), addr) {
+			t.Fatalf("negated exact address did not refuse")
+		}
+	})
+}

@@ -1,0 +1,230 @@
+package sshd
+
+import (
+	"bytes"
+	"crypto/rand"
+	"crypto/sha256"
+	"errors"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/avsidecar/avsidecar/internal/testkit"
+)
+
+// openssh runs OpenSSH clients against a test server.
+type openssh struct {
+	t    *testing.T
+	ts   *testServer
+	key  string
+	host string
+	port string
+}
+
+func newOpenSSH(t *testing.T, ts *testServer, k userKey) *openssh {
+	host, port, err := net.SplitHostPort(ts.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &openssh{t: t, ts: ts, key: k.keyFile(t), host: host, port: port}
+}
+
+// opts are the options every client gets: no user config, no agent, no
+// known_hosts, never a prompt.
+func (o *openssh) opts() []string {
+	return []string{
+		"-F", "/dev/null",
+		"-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+		"-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes", "-o", "IdentityAgent=none",
+		"-o", "LogLevel=ERROR", "-o", "ConnectTimeout=10",
+		"-i", o.key,
+	}
+}
+
+// cmd builds an OpenSSH command with a deadline so a hang fails the test
+// instead of the run.
+func (o *openssh) cmd(name string, args ...string) *exec.Cmd {
+	o.t.Helper()
+	path := testkit.NeedCommand(o.t, name)
+	cmd := exec.Command(path, args...)
+	cmd.WaitDelay = time.Second
+	timer := time.AfterFunc(60*time.Second, func() { cmd.Process.Kill() })
+	o.t.Cleanup(func() { timer.Stop() })
+	return cmd
+}
+
+func (o *openssh) ssh(args ...string) *exec.Cmd {
+	return o.cmd("ssh", append(append(o.opts(), "-p", o.port, "root@"+o.host), args...)...)
+}
+
+func exitCode(err error) int {
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		return ee.ExitCode()
+	}
+	if err != nil {
+		return -1
+	}
+	return 0
+}
+
+func TestOpenSSHExec(t *testing.T) {
+	k := newUserKey(t)
+	ts := startServer(t, k.line+"\n", nil)
+	o := newOpenSSH(t, ts, k)
+	for _, tt := range []struct {
+		cmd, stdin, out string
+		code            int
+	}{
+		{cmd: "echo hello", out: "hello\n"},
+		{cmd: "exit 42", code: 42},
+		{cmd: "read x; echo got=$x; exit 3", stdin: "data\n", out: "got=data\n", code: 3},
+		{cmd: "kill -TERM $$", code: 255}, // OpenSSH reports death by signal as 255
+	} {
+		c := o.ssh(tt.cmd)
+		c.Stdin = strings.NewReader(tt.stdin)
+		out, err := c.Output()
+		if code := exitCode(err); code != tt.code || string(out) != tt.out {
+			t.Errorf("ssh %q: code %d out %q (%v), want %d %q", tt.cmd, code, out, err, tt.code, tt.out)
+		}
+	}
+}
+
+func TestOpenSSHPTYShell(t *testing.T) {
+	k := newUserKey(t)
+	ts := startServer(t, k.line+"\n", nil)
+	o := newOpenSSH(t, ts, k)
+	c := o.ssh("-tt")
+	c.Stdin = strings.NewReader("echo TTY=$(tty)\nexit 5\n")
+	out, err := c.Output()
+	if code := exitCode(err); code != 5 {
+		t.Errorf("ssh -tt exit %d (%v), want 5; output %q", code, err, out)
+	}
+	if !bytes.Contains(out, []byte("TTY=/dev/pts/")) {
+		t.Errorf("no pty in the output: %q", out)
+	}
+}
+
+func TestOpenSSHAuthAndForwardingRefused(t *testing.T) {
+	k := newUserKey(t)
+	ts := startServer(t, k.line+"\n", nil)
+	o := newOpenSSH(t, ts, k)
+
+	c := o.ssh("-o", "PreferredAuthentications=password,keyboard-interactive", "true")
+	var stderr bytes.Buffer
+	c.Stderr = &stderr
+	if err := c.Run(); exitCode(err) != 255 || !strings.Contains(stderr.String(), "Permission denied (publickey)") {
+		t.Errorf("password login: %v %q, want Permission denied (publickey)", err, stderr.String())
+	}
+
+	c = o.ssh("-o", "ExitOnForwardFailure=yes", "-R", "127.0.0.1:0:127.0.0.1:9", "echo", "should-not-run")
+	stderr.Reset()
+	c.Stderr = &stderr
+	out, err := c.Output()
+	if exitCode(err) != 255 || bytes.Contains(out, []byte("should-not-run")) {
+		t.Errorf("remote forwarding: exit %d out %q stderr %q, want refused", exitCode(err), out, stderr.String())
+	}
+}
+
+// sha256File is the digest of a file.
+func sha256File(t *testing.T, path string) [32]byte {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		t.Fatal(err)
+	}
+	return [32]byte(h.Sum(nil))
+}
+
+func randomFile(t *testing.T, path string, size int64) {
+	t.Helper()
+	f, err := os.Create(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if _, err := io.CopyN(f, rand.Reader, size); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestOpenSSHSFTPLargeFile(t *testing.T) {
+	k := newUserKey(t)
+	ts := startServer(t, k.line+"\n", nil)
+	o := newOpenSSH(t, ts, k)
+	local := t.TempDir()
+	remote := filepath.Dir(ts.keys)
+	src := filepath.Join(local, "big.bin")
+	randomFile(t, src, 64<<20)
+
+	batch := "put " + src + " " + filepath.Join(remote, "up.bin") + "\n" +
+		"get " + filepath.Join(remote, "up.bin") + " " + filepath.Join(local, "down.bin") + "\n"
+	// 261120 is the largest buffer OpenSSH's sftp can send in one write
+	// (its messages are capped at 256 KiB); reads are capped at the same
+	// size by the server, as OpenSSH's sftp-server does.
+	args := append(o.opts(), "-P", o.port, "-B", "261120", "-R", "64", "-b", "-", "root@"+o.host)
+	c := o.cmd("sftp", args...)
+	c.Stdin = strings.NewReader(batch)
+	if out, err := c.CombinedOutput(); err != nil {
+		t.Fatalf("sftp: %v\n%s", err, out)
+	}
+	want := sha256File(t, src)
+	for _, p := range []string{filepath.Join(remote, "up.bin"), filepath.Join(local, "down.bin")} {
+		if got := sha256File(t, p); got != want {
+			t.Errorf("%s: checksum differs from the source", p)
+		}
+	}
+}
+
+// TestOpenSSHSCP copies both ways with modern scp (over sftp) and legacy
+// scp -O, which runs `scp -t`/`scp -f` on the server through the shell and
+// so needs scp on the session PATH.
+func TestOpenSSHSCP(t *testing.T) {
+	testkit.NeedCommand(t, "scp")
+	k := newUserKey(t)
+	ts := startServer(t, k.line+"\n", nil)
+	o := newOpenSSH(t, ts, k)
+	local := t.TempDir()
+	remote := filepath.Dir(ts.keys)
+	src := filepath.Join(local, "src.bin")
+	randomFile(t, src, 3<<20+7)
+	want := sha256File(t, src)
+
+	for _, mode := range []struct{ name, flag string }{{"sftp", "-s"}, {"legacy", "-O"}} {
+		t.Run(mode.name, func(t *testing.T) {
+			up := filepath.Join(remote, "up-"+mode.name+".bin")
+			down := filepath.Join(local, "down-"+mode.name+".bin")
+			args := append(o.opts(), mode.flag, "-P", o.port)
+			if out, err := o.cmd("scp", append(args, src, "root@"+o.host+":"+up)...).CombinedOutput(); err != nil {
+				t.Fatalf("scp up: %v\n%s", err, out)
+			}
+			if out, err := o.cmd("scp", append(args, "root@"+o.host+":"+up, down)...).CombinedOutput(); err != nil {
+				t.Fatalf("scp down: %v\n%s", err, out)
+			}
+			for _, p := range []string{up, down} {
+				if got := sha256File(t, p); got != want {
+					t.Errorf("%s: checksum differs from the source", p)
+				}
+			}
+		})
+	}
+	// Legacy mode really went through `scp -t` and `scp -f` on the server.
+	for _, c := range []string{"scp -t", "scp -f"} {
+		if ts.log.count(func(m map[string]any) bool {
+			s, _ := m["command"].(string)
+			return m["message"] == "command" && strings.HasPrefix(s, c)
+		}) == 0 {
+			t.Errorf("no %q command logged", c)
+		}
+	}
+}
