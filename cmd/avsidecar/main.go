@@ -9,6 +9,8 @@ import (
 	"fmt"
 	"io"
 	"os"
+
+	"github.com/avsidecar/avsidecar/internal/config"
 )
 
 // Exit codes of SPEC "Command line".
@@ -25,7 +27,12 @@ type exitError struct {
 	Err  error
 }
 
-func (e *exitError) Error() string { return e.Err.Error() }
+func (e *exitError) Error() string {
+	if e.Err == nil {
+		return fmt.Sprintf("exit status %d", e.Code)
+	}
+	return e.Err.Error()
+}
 func (e *exitError) Unwrap() error { return e.Err }
 
 // usageError marks a command line or configuration problem (exit 2).
@@ -60,10 +67,10 @@ func main() {
 // code. It is the only place that decides how the process ends.
 func execute(args []string, stdout, stderr io.Writer) int {
 	name := "run"
-	if len(args) > 0 && args[0] != "" && args[0][0] != '-' {
+	if len(args) > 0 && (args[0] == "-h" || args[0] == "--help" || args[0] == "" || args[0][0] != '-') {
 		name, args = args[0], args[1:]
 	}
-	if name == "help" || (len(args) > 0 && (args[0] == "-h" || args[0] == "--help") && name == "run" && len(os.Args) > 1 && os.Args[1] != "run") {
+	if name == "help" || name == "--help" || name == "-h" {
 		usage(stdout)
 		return exitOK
 	}
@@ -75,9 +82,12 @@ func execute(args []string, stdout, stderr io.Writer) int {
 		if err == nil {
 			return exitOK
 		}
-		fmt.Fprintf(stderr, "avsidecar %s: %v\n", name, err)
 		var ee *exitError
-		if errors.As(err, &ee) {
+		if errors.As(err, &ee) && ee.Err == nil {
+			return ee.Code // already reported
+		}
+		fmt.Fprintf(stderr, "avsidecar %s: %v\n", name, err)
+		if ee != nil {
 			return ee.Code
 		}
 		return exitFailure
@@ -94,5 +104,6 @@ func usage(w io.Writer) {
 		fmt.Fprintf(w, "  %-8s %s\n", c.name, c.summary)
 	}
 	fmt.Fprintln(w)
-	fmt.Fprintln(w, "avsidecar run -h lists the environment variables.")
+	fmt.Fprintln(w, "Configuration of run, from the environment:")
+	_ = config.Usage(w)
 }

@@ -2,9 +2,51 @@ package main
 
 import (
 	"errors"
+	"flag"
+	"fmt"
 	"io"
+	"strings"
 )
 
+// probeCmd is for exec probes and people: it exits 0 when the named check
+// passes and prints the failing checks otherwise.
 func probeCmd(args []string, stdout, stderr io.Writer) error {
-	return errors.New("probe: not built yet")
+	fs := flag.NewFlagSet("probe", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	addr := fs.String("addr", "", "HOST:PORT of avsidecar's HTTP server (default from AVSIDECAR_HTTP_ADDR)")
+	fs.Usage = func() {
+		fmt.Fprintln(stderr, "usage: avsidecar probe live|ready|startup [--addr HOST:PORT]")
+		fs.PrintDefaults()
+	}
+	var which string
+	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
+		which, args = args[0], args[1:]
+	}
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return nil
+		}
+		return usageError("%v", err)
+	}
+	if which == "" && fs.NArg() == 1 {
+		which = fs.Arg(0)
+	} else if fs.NArg() > 0 {
+		return usageError("unexpected arguments %q", fs.Args())
+	}
+	paths := map[string]string{"live": "/livez", "ready": "/readyz", "startup": "/startupz"}
+	path, ok := paths[which]
+	if !ok {
+		fs.Usage()
+		return usageError("probe needs live, ready or startup, got %q", which)
+	}
+	code, body, err := localGet(localAddr(*addr), path+"?verbose")
+	if err != nil {
+		return err
+	}
+	if code != 200 {
+		fmt.Fprint(stdout, string(body))
+		return fmt.Errorf("%s probe failed with HTTP %d", which, code)
+	}
+	fmt.Fprint(stdout, string(body))
+	return nil
 }

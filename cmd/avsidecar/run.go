@@ -1,10 +1,323 @@
 package main
 
 import (
+	"context"
+	"encoding/json"
 	"errors"
+	"flag"
+	"fmt"
 	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"path"
+	"strconv"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/avsidecar/avsidecar/internal/avclient"
+	"github.com/avsidecar/avsidecar/internal/config"
+	"github.com/avsidecar/avsidecar/internal/health"
+	"github.com/avsidecar/avsidecar/internal/install"
+	"github.com/avsidecar/avsidecar/internal/pid1"
+	"github.com/avsidecar/avsidecar/internal/register"
+	"github.com/avsidecar/avsidecar/internal/supervise"
 )
 
 func runCmd(args []string, stdout, stderr io.Writer) error {
-	return errors.New("run: not built yet")
+	fs := flag.NewFlagSet("run", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() {
+		fmt.Fprintln(stdout, "usage: avsidecar [run]\n\nConfiguration, from the environment:")
+		_ = config.Usage(stdout)
+	}
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return nil
+		}
+		return usageError("%v", err)
+	}
+	if fs.NArg() > 0 {
+		return usageError("run takes no arguments, got %q", fs.Args())
+	}
+	if !pid1.IsChild() {
+		log := earlyLogger(stdout).With().Str("component", "main").Logger()
+		code, err := pid1.Run(append([]string{"run"}, args...), log)
+		if err != nil {
+			return err
+		}
+		if code != exitOK {
+			return &exitError{Code: code} // the child has said why
+		}
+		return nil
+	}
+
+	cfg, err := config.Load(os.Hostname)
+	if err != nil {
+		return &exitError{Code: exitConfig, Err: err}
+	}
+	log := newLogger(stdout, cfg.LogLevel, cfg.LogFormat)
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	s, err := newSidecar(cfg, log)
+	if err != nil {
+		return err
+	}
+	if err := s.run(ctx); err != nil {
+		log.Error().Str("component", "main").Err(err).Msg("avsidecar failed")
+		return err
+	}
+	return nil
+}
+
+// sidecar is one `avsidecar run`: the parts, and the state the probes read.
+type sidecar struct {
+	cfg    config.Config
+	log    zerolog.Logger
+	client avclient.Client
+
+	reg  *register.Registrar
+	sup  *supervise.Supervisor
+	http *http.Server
+
+	phase      atomic.Value // string
+	installed  atomic.Pointer[install.Result]
+	configured atomic.Bool
+	stopping   atomic.Bool
+}
+
+// Phases, in the order a healthy start goes through them.
+const (
+	phaseStarting    = "starting"
+	phaseInstalling  = "installing"
+	phaseRegistering = "registering"
+	phaseRunning     = "running"
+	phaseStopping    = "stopping"
+)
+
+func newSidecar(cfg config.Config, log zerolog.Logger) (*sidecar, error) {
+	s := &sidecar{cfg: cfg, log: log, client: avclient.Client{Prefix: cfg.HostPath(cfg.Prefix)}}
+	s.phase.Store(phaseStarting)
+	var err error
+	s.reg, err = register.New(register.Config{
+		Client:      s.client,
+		Server:      cfg.Server,
+		Port:        cfg.ServerPort,
+		Domain:      cfg.Domain,
+		ClientName:  cfg.ClientName,
+		Mode:        cfg.RegisterMode,
+		InitScript:  cfg.HostPath("/etc/init.d/avagent"),
+		ReceiptFile: cfg.HostPath(path.Join(cfg.StateDir, "registration.json")),
+		Timeout:     cfg.RegisterTimeout,
+		BackoffMax:  cfg.RegisterBackoffMax,
+	}, s.logger("register"))
+	if err != nil {
+		return nil, err
+	}
+	s.sup, err = supervise.New(supervise.Config{
+		Path:        s.client.Agent(),
+		Args:        s.client.RunArgs(),
+		BackoffMax:  cfg.RestartBackoffMax,
+		StopTimeout: cfg.ShutdownTimeout * 3 / 4,
+	}, s.logger("agent"))
+	if err != nil {
+		return nil, err
+	}
+	mux := http.NewServeMux()
+	probes := s.probes()
+	mux.Handle("/livez", probes)
+	mux.Handle("/readyz", probes)
+	mux.Handle("/startupz", probes)
+	mux.HandleFunc("GET /v1/status", s.serveStatus)
+	s.http = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, ErrorLog: nil}
+	return s, nil
+}
+
+func (s *sidecar) logger(component string) zerolog.Logger {
+	return s.log.With().Str("component", component).Logger()
+}
+
+// run serves HTTP at once, then installs, configures, registers and
+// supervises the agent until ctx ends; then it stops in SPEC's order:
+// readiness fails, the agent stops, the servers close.
+func (s *sidecar) run(ctx context.Context) error {
+	mainLog := s.logger("main")
+	ln, err := net.Listen("tcp", s.cfg.HTTPAddr)
+	if err != nil {
+		return fmt.Errorf("listen for HTTP on %s: %w", s.cfg.HTTPAddr, err)
+	}
+	mainLog.Info().Str("version", buildVersion()).Str("http", ln.Addr().String()).Str("client", s.cfg.ClientName).
+		Str("server", s.cfg.Server).Int("pid", os.Getpid()).Msg("avsidecar starting")
+	serveErr := make(chan error, 1)
+	go func() {
+		if err := s.http.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+			serveErr <- fmt.Errorf("serve HTTP: %w", err)
+		}
+	}()
+
+	workCtx, cancelWork := context.WithCancel(context.Background())
+	defer cancelWork()
+	workDone := make(chan error, 1)
+	go func() { workDone <- s.work(workCtx) }()
+
+	var result error
+	select {
+	case <-ctx.Done():
+		mainLog.Info().Dur("timeout", s.cfg.ShutdownTimeout).Msg("stopping")
+	case result = <-workDone:
+		workDone = nil
+	case result = <-serveErr:
+	}
+	deadline := time.Now().Add(s.cfg.ShutdownTimeout)
+	s.stopping.Store(true)
+	s.phase.Store(phaseStopping)
+	cancelWork()
+	if workDone != nil {
+		select {
+		case err := <-workDone:
+			if result == nil {
+				result = err
+			}
+		case <-time.After(time.Until(deadline)):
+			return errors.New("shutdown timed out waiting for the agent to stop")
+		}
+	}
+	shutCtx, cancel := context.WithDeadline(context.Background(), deadline)
+	defer cancel()
+	if err := s.http.Shutdown(shutCtx); err != nil {
+		s.http.Close()
+	}
+	if result == nil {
+		mainLog.Info().Msg("stopped")
+	}
+	return result
+}
+
+// work is the agent's life: install, write the flag files, register,
+// supervise. It returns nil when ctx ends.
+func (s *sidecar) work(ctx context.Context) error {
+	s.phase.Store(phaseInstalling)
+	res, err := install.Install(ctx, install.Config{
+		RPM:      s.cfg.HostPath(s.cfg.RPM),
+		Root:     s.cfg.Root,
+		Prefix:   s.cfg.Prefix,
+		StateDir: s.cfg.StateDir,
+	}, s.logger("install"))
+	if ctx.Err() != nil {
+		return nil
+	}
+	if errors.Is(err, install.ErrUnusable) {
+		return &exitError{Code: exitBadRPM, Err: err}
+	}
+	if err != nil {
+		return err
+	}
+	s.installed.Store(&res)
+
+	written, err := s.client.WriteFlags(avclient.Flags{
+		NodeIP: s.cfg.NodeIP, ListenPort: s.cfg.ListenPort, Extra: s.cfg.AgentFlags, ClientName: s.cfg.ClientName,
+	})
+	if err != nil {
+		return err
+	}
+	log := s.logger("main")
+	log.Info().Strs("written", written).Msg("flag files up to date")
+	s.configured.Store(true)
+
+	s.phase.Store(phaseRegistering)
+	if err := s.reg.Run(ctx); err != nil || ctx.Err() != nil {
+		return err
+	}
+	s.phase.Store(phaseRunning)
+	return s.sup.Run(ctx)
+}
+
+// probes answers the kubelet with the checks of SPEC's HTTP table.
+func (s *sidecar) probes() http.Handler {
+	installed := health.Check{Name: "installed", Fn: func(context.Context) error {
+		if s.installed.Load() == nil {
+			return fmt.Errorf("not installed yet (phase %s)", s.phase.Load())
+		}
+		return nil
+	}}
+	configured := health.Check{Name: "configured", Fn: func(context.Context) error {
+		if !s.configured.Load() {
+			return errors.New("flag files not written yet")
+		}
+		return nil
+	}}
+	return health.New(health.Config{
+		Startup: []health.Check{installed, configured},
+		Ready: []health.Check{
+			{Name: "shutdown", Fn: func(context.Context) error {
+				if s.stopping.Load() {
+					return errors.New("shutting down")
+				}
+				return nil
+			}},
+			installed,
+			{Name: "registered", Fn: func(context.Context) error {
+				st := s.reg.Status()
+				if st.Registered {
+					return nil
+				}
+				if st.Attempts == 0 {
+					return errors.New("not registered yet")
+				}
+				return fmt.Errorf("not registered after %d attempts, last %s: %s", st.Attempts, st.LastOutcome, st.LastError)
+			}},
+			{Name: "agent", Fn: s.agentAccepts},
+		},
+	})
+}
+
+// agentAccepts is ready when avagent accepts TCP on its listen port.
+func (s *sidecar) agentAccepts(ctx context.Context) error {
+	st := s.sup.Status()
+	if st.CrashLoop {
+		return fmt.Errorf("crash looping: %d short runs, last %s", st.ShortRuns, st.LastExit)
+	}
+	if !st.Running {
+		if st.LastExit != "" {
+			return fmt.Errorf("not running, last %s", st.LastExit)
+		}
+		return errors.New("not started")
+	}
+	var d net.Dialer
+	conn, err := d.DialContext(ctx, "tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(s.cfg.ListenPort)))
+	if err != nil {
+		return fmt.Errorf("not accepting on port %d: %w", s.cfg.ListenPort, err)
+	}
+	conn.Close()
+	return nil
+}
+
+// statusDoc is the JSON of /v1/status.
+type statusDoc struct {
+	Version      string           `json:"version"`
+	Phase        string           `json:"phase"`
+	Install      *install.Result  `json:"install"`
+	Registration register.Status  `json:"registration"`
+	Agent        supervise.Status `json:"agent"`
+}
+
+func (s *sidecar) status() statusDoc {
+	return statusDoc{
+		Version:      buildVersion(),
+		Phase:        s.phase.Load().(string),
+		Install:      s.installed.Load(),
+		Registration: s.reg.Status(),
+		Agent:        s.sup.Status(),
+	}
+}
+
+func (s *sidecar) serveStatus(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("Content-Type", "application/json")
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	_ = enc.Encode(s.status())
 }

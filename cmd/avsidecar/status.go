@@ -1,10 +1,33 @@
 package main
 
 import (
-	"errors"
+	"bytes"
+	"encoding/json"
+	"flag"
+	"fmt"
 	"io"
 )
 
+// statusCmd prints the local /v1/status, indented.
 func statusCmd(args []string, stdout, stderr io.Writer) error {
-	return errors.New("status: not built yet")
+	fs := flag.NewFlagSet("status", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	addr := fs.String("addr", "", "HOST:PORT of avsidecar's HTTP server (default from AVSIDECAR_HTTP_ADDR)")
+	if err := fs.Parse(args); err != nil {
+		return usageError("%v", err)
+	}
+	code, body, err := localGet(localAddr(*addr), "/v1/status")
+	if err != nil {
+		return err
+	}
+	if code != 200 {
+		return fmt.Errorf("status answered HTTP %d: %s", code, bytes.TrimSpace(body))
+	}
+	var out bytes.Buffer
+	if err := json.Indent(&out, body, "", "  "); err != nil {
+		return fmt.Errorf("status is not JSON: %w", err)
+	}
+	out.WriteByte('\n')
+	_, err = stdout.Write(out.Bytes())
+	return err
 }

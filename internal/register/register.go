@@ -213,8 +213,12 @@ func (r *Registrar) attempt(ctx context.Context) (string, error) {
 	if actx.Err() == context.DeadlineExceeded && ctx.Err() == nil {
 		return OutcomeTimeout, fmt.Errorf("no answer within %s", r.cfg.Timeout)
 	}
-	if err != nil {
+	var exitErr *exec.ExitError
+	if errors.As(err, &exitErr) {
 		return OutcomeRefused, fmt.Errorf("%w: %s", err, tail(out))
+	}
+	if err != nil {
+		return OutcomeError, fmt.Errorf("run registration: %w", err)
 	}
 	after, statErr := os.Stat(r.cfg.Client.RegisteredFile())
 	if statErr != nil {

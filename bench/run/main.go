@@ -1,0 +1,233 @@
+// Command run measures `avsidecar run` (issue 2): its idle memory with the
+// agent registered, beside the old recipe's `sh run.sh` + `sshd -D` measured
+// the same way in the same run, and the time from exec to the first 200
+// from /livez.
+//
+//	go run ./bench/run [-starts 50]
+package main
+
+import (
+	"bufio"
+	"context"
+	"flag"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/avsidecar/avsidecar/internal/testkit"
+)
+
+func main() {
+	starts := flag.Int("starts", 50, "exec-to-livez measurements")
+	flag.Parse()
+	if err := run(*starts); err != nil {
+		fmt.Fprintln(os.Stderr, "bench/run:", err)
+		os.Exit(1)
+	}
+}
+
+func run(starts int) error {
+	dir, err := os.MkdirTemp("", "avsidecar-bench-run-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	avsidecar, avkit := filepath.Join(dir, "avsidecar"), filepath.Join(dir, "avkit")
+	for bin, pkg := range map[string]string{avsidecar: "./cmd/avsidecar", avkit: "./cmd/avkit"} {
+		if err := testkit.GoBuild(bin, pkg); err != nil {
+			return err
+		}
+	}
+	root := filepath.Join(dir, "root")
+	if err := os.MkdirAll(filepath.Join(root, "opt/avamar"), 0o755); err != nil {
+		return err
+	}
+	if _, err := testkit.BuildRPMFile(filepath.Join(root, "opt/avamar"), testkit.RPMOptions{AgentBinary: avkit}); err != nil {
+		return err
+	}
+	mcs, err := testkit.StartMCS("127.0.0.1:0", testkit.MCSOptions{})
+	if err != nil {
+		return err
+	}
+	defer mcs.Close()
+
+	httpAddr := "127.0.0.1:" + strconv.Itoa(freePort())
+	env := append(os.Environ(), "AVSIDECAR_ROOT="+root, "AVAMAR_SERVER="+mcs.Addr(), "NODE_IP=127.0.0.1", "POD_NAME=bench-0",
+		"AVAMAR_LISTEN_PORT="+strconv.Itoa(freePort()), "AVSIDECAR_HTTP_ADDR="+httpAddr, "AVSIDECAR_SSH_ADDR=off")
+
+	// Idle memory, agent registered and ready.
+	cmd := exec.Command(avsidecar, "run")
+	cmd.Env = env
+	if err := cmd.Start(); err != nil {
+		return err
+	}
+	if err := waitHTTP(httpAddr, "/readyz", 60*time.Second); err != nil {
+		cmd.Process.Kill()
+		return err
+	}
+	time.Sleep(3 * time.Second) // let start-up garbage be collected: this is idle memory
+	ours := tree(cmd.Process.Pid, "avagent.bin")
+	cmd.Process.Signal(syscall.SIGTERM)
+	cmd.Wait()
+
+	peer, err := oldRecipe(dir)
+	if err != nil {
+		return err
+	}
+	fmt.Printf("idle memory (sum over processes)\n")
+	fmt.Printf("  avsidecar run (reaper + supervisor, without avagent): RSS %6.2f MiB  PSS %6.2f MiB  (%d processes)\n", mib(ours.rss), mib(ours.pss), ours.n)
+	fmt.Printf("  old recipe (sh run.sh + sshd -D):                     RSS %6.2f MiB  PSS %6.2f MiB  (%d processes)\n", mib(peer.rss), mib(peer.pss), peer.n)
+	fmt.Printf("  ratio avsidecar/old recipe: RSS %.2f  PSS %.2f\n", float64(ours.rss)/float64(peer.rss), float64(ours.pss)/float64(peer.pss))
+
+	// Exec to first 200 from /livez, on an installed and registered root.
+	var times []time.Duration
+	for range starts {
+		addr := "127.0.0.1:" + strconv.Itoa(freePort())
+		cmd := exec.Command(avsidecar, "run")
+		cmd.Env = append(env, "AVSIDECAR_HTTP_ADDR="+addr)
+		t0 := time.Now()
+		if err := cmd.Start(); err != nil {
+			return err
+		}
+		if err := waitHTTP(addr, "/livez", 10*time.Second); err != nil {
+			cmd.Process.Kill()
+			return err
+		}
+		times = append(times, time.Since(t0))
+		cmd.Process.Signal(syscall.SIGTERM)
+		cmd.Wait()
+	}
+	slices.Sort(times)
+	fmt.Printf("exec to first 200 from /livez over %d starts: median %v  p90 %v  max %v\n",
+		len(times), times[len(times)/2].Round(10*time.Microsecond), times[len(times)*9/10].Round(10*time.Microsecond), times[len(times)-1].Round(10*time.Microsecond))
+	return nil
+}
+
+// oldRecipe runs the whitepaper's last line, `sshd -D`, under a shell as
+// run.sh does, and measures both once sshd listens.
+func oldRecipe(dir string) (usage, error) {
+	key := filepath.Join(dir, "ssh_host_ed25519_key")
+	if out, err := exec.Command("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", key).CombinedOutput(); err != nil {
+		return usage{}, fmt.Errorf("ssh-keygen: %v %s", err, out)
+	}
+	port := freePort()
+	conf := filepath.Join(dir, "sshd_config")
+	os.WriteFile(conf, []byte(fmt.Sprintf("Port %d\nListenAddress 127.0.0.1\nHostKey %s\nPidFile none\nUsePAM no\n", port, key)), 0o600)
+	os.MkdirAll("/run/sshd", 0o755)
+	sh := exec.Command("/bin/sh", "-c", "/usr/sbin/sshd -D -f "+conf+"; echo done")
+	if err := sh.Start(); err != nil {
+		return usage{}, err
+	}
+	defer func() { syscall.Kill(-sh.Process.Pid, syscall.SIGTERM); sh.Process.Kill(); sh.Wait() }()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		c, err := net.Dial("tcp", "127.0.0.1:"+strconv.Itoa(port))
+		if err == nil {
+			c.Close()
+			break
+		}
+		if time.Now().After(deadline) {
+			return usage{}, fmt.Errorf("sshd did not listen: %v", err)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	time.Sleep(time.Second)
+	u := tree(sh.Process.Pid, "")
+	for _, p := range children(sh.Process.Pid) {
+		syscall.Kill(p, syscall.SIGTERM)
+	}
+	return u, nil
+}
+
+type usage struct {
+	rss, pss int64 // bytes
+	n        int
+}
+
+// tree sums the memory of pid and its descendants, leaving out processes
+// whose command line contains skip (the agent, which is not avsidecar's).
+func tree(pid int, skip string) usage {
+	var u usage
+	var walk func(int)
+	walk = func(p int) {
+		cl, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", p))
+		if skip != "" && strings.Contains(string(cl), skip) {
+			return
+		}
+		u.rss += field(fmt.Sprintf("/proc/%d/status", p), "VmRSS:")
+		u.pss += field(fmt.Sprintf("/proc/%d/smaps_rollup", p), "Pss:")
+		u.n++
+		for _, c := range children(p) {
+			walk(c)
+		}
+	}
+	walk(pid)
+	return u
+}
+
+func children(pid int) []int {
+	b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", pid, pid))
+	var out []int
+	for _, f := range strings.Fields(string(b)) {
+		n, _ := strconv.Atoi(f)
+		out = append(out, n)
+	}
+	return out
+}
+
+// field reads a "Name: N kB" line in bytes.
+func field(path, name string) int64 {
+	f, err := os.Open(path)
+	if err != nil {
+		return 0
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		if strings.HasPrefix(sc.Text(), name) {
+			f := strings.Fields(sc.Text())
+			n, _ := strconv.ParseInt(f[1], 10, 64)
+			return n * 1024
+		}
+	}
+	return 0
+}
+
+func mib(b int64) float64 { return float64(b) / (1 << 20) }
+
+func waitHTTP(addr, path string, timeout time.Duration) error {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	c := http.Client{Timeout: time.Second}
+	for {
+		resp, err := c.Get("http://" + addr + path)
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == 200 {
+				return nil
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("GET %s%s never answered 200", addr, path)
+		case <-time.After(200 * time.Microsecond):
+		}
+	}
+}
+
+func freePort() int {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		panic(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}

@@ -1,0 +1,45 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"time"
+)
+
+// localAddr is where the local avsidecar's HTTP server answers: the
+// configured listen address, with an unspecified host made loopback.
+func localAddr(flagAddr string) string {
+	addr := flagAddr
+	if addr == "" {
+		addr = os.Getenv("AVSIDECAR_HTTP_ADDR")
+	}
+	if addr == "" {
+		addr = ":9180"
+	}
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return addr
+	}
+	if ip := net.ParseIP(host); host == "" || (ip != nil && ip.IsUnspecified()) {
+		host = "127.0.0.1"
+	}
+	return net.JoinHostPort(host, port)
+}
+
+// localGet fetches path from the local avsidecar.
+func localGet(addr, path string) (int, []byte, error) {
+	c := &http.Client{Timeout: 5 * time.Second}
+	resp, err := c.Get("http://" + addr + path)
+	if err != nil {
+		return 0, nil, fmt.Errorf("ask avsidecar at %s: %w", addr, err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	if err != nil {
+		return 0, nil, fmt.Errorf("read answer of %s: %w", addr, err)
+	}
+	return resp.StatusCode, body, nil
+}

@@ -1,0 +1,333 @@
+// Package integration runs the built avsidecar binary against the test kit,
+// as a kubelet and an Avamar server would see it.
+package integration
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// logLines collects avsidecar's JSON log lines and lets a test wait for one.
+type logLines struct {
+	mu      sync.Mutex
+	lines   []map[string]any
+	raw     []string
+	changed chan struct{}
+	closed  bool
+}
+
+func newLogLines() *logLines { return &logLines{changed: make(chan struct{})} }
+
+func (l *logLines) read(t *testing.T, r io.Reader, tee bool) {
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 64*1024), 1<<20)
+	for sc.Scan() {
+		line := sc.Text()
+		if tee {
+			t.Log(line)
+		}
+		var m map[string]any
+		if json.Unmarshal([]byte(line), &m) != nil {
+			m = map[string]any{"raw": line}
+		}
+		l.mu.Lock()
+		l.lines = append(l.lines, m)
+		l.raw = append(l.raw, line)
+		close(l.changed)
+		l.changed = make(chan struct{})
+		l.mu.Unlock()
+	}
+	l.mu.Lock()
+	l.closed = true
+	close(l.changed)
+	l.changed = make(chan struct{})
+	l.mu.Unlock()
+}
+
+// mark is a position in the log: waits after it see only newer lines.
+func (l *logLines) mark() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return len(l.lines)
+}
+
+// count is how many lines since from match.
+func (l *logLines) count(from int, match func(map[string]any) bool) int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	n := 0
+	for _, m := range l.lines[from:] {
+		if match(m) {
+			n++
+		}
+	}
+	return n
+}
+
+// wait returns the first line at or after from that matches, once it is
+// logged; it fails the test after timeout or when the log ends first.
+func (l *logLines) wait(t *testing.T, from int, what string, timeout time.Duration, match func(map[string]any) bool) map[string]any {
+	t.Helper()
+	return l.waitN(t, from, 1, what, timeout, match)
+}
+
+// waitN returns the n-th line at or after from that matches, once it is
+// logged.
+func (l *logLines) waitN(t *testing.T, from, n int, what string, timeout time.Duration, match func(map[string]any) bool) map[string]any {
+	t.Helper()
+	deadline := time.After(timeout)
+	seen := 0
+	for {
+		l.mu.Lock()
+		for i := from; i < len(l.lines); i++ {
+			if match(l.lines[i]) {
+				if seen++; seen == n {
+					m := l.lines[i]
+					l.mu.Unlock()
+					return m
+				}
+			}
+		}
+		from = len(l.lines)
+		ch, closed := l.changed, l.closed
+		l.mu.Unlock()
+		if closed {
+			t.Fatalf("log ended before %s", what)
+		}
+		select {
+		case <-ch:
+		case <-deadline:
+			t.Fatalf("no log line for %s within %s", what, timeout)
+		}
+	}
+}
+
+// msg matches a log line by component and message, and optional fields.
+func msg(component, message string, fields ...any) func(map[string]any) bool {
+	return func(m map[string]any) bool {
+		if m["component"] != component || m["message"] != message {
+			return false
+		}
+		for i := 0; i+1 < len(fields); i += 2 {
+			if fmt.Sprint(m[fields[i].(string)]) != fmt.Sprint(fields[i+1]) {
+				return false
+			}
+		}
+		return true
+	}
+}
+
+// sidecar is one avsidecar process under test.
+type sidecar struct {
+	cmd  *exec.Cmd
+	log  *logLines
+	http string
+	done chan struct{}
+	err  error
+}
+
+// startSidecar runs argv (the binary, maybe behind unshare) with env and
+// follows its log.
+func startSidecar(t *testing.T, argv []string, env []string, httpAddr string) *sidecar {
+	t.Helper()
+	cmd := exec.Command(argv[0], argv[1:]...)
+	cmd.Env = env
+	cmd.Stderr = testWriter{t, "stderr: "}
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	s := &sidecar{cmd: cmd, log: newLogLines(), http: httpAddr, done: make(chan struct{})}
+	readDone := make(chan struct{})
+	go func() { s.log.read(t, out, os.Getenv("AVSIDECAR_TEST_VERBOSE") != ""); close(readDone) }()
+	go func() { <-readDone; s.err = cmd.Wait(); close(s.done) }()
+	t.Cleanup(func() {
+		select {
+		case <-s.done:
+		default:
+			_ = cmd.Process.Kill()
+			<-s.done
+		}
+	})
+	return s
+}
+
+// exitCode waits for the process to end and returns its exit code.
+func (s *sidecar) exitCode(t *testing.T, timeout time.Duration) int {
+	t.Helper()
+	select {
+	case <-s.done:
+	case <-time.After(timeout):
+		t.Fatalf("avsidecar still running after %s", timeout)
+	}
+	if s.err == nil {
+		return 0
+	}
+	if ee, ok := s.err.(*exec.ExitError); ok {
+		return ee.ExitCode()
+	}
+	t.Fatalf("wait: %v", s.err)
+	return -1
+}
+
+// get fetches path from the sidecar's HTTP server.
+func (s *sidecar) get(t *testing.T, path string) (int, string) {
+	t.Helper()
+	c := http.Client{Timeout: 5 * time.Second}
+	resp, err := c.Get("http://" + s.http + path)
+	if err != nil {
+		return 0, err.Error()
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+// eventually polls an HTTP answer until it is the wanted code: readiness is
+// state, not an event, so the probe is asked the way the kubelet asks it.
+func (s *sidecar) eventually(t *testing.T, path string, code int, timeout time.Duration) string {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		got, body := s.get(t, path)
+		if got == code {
+			return body
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("GET %s = %d %q, want %d within %s", path, got, body, code, timeout)
+		}
+		select {
+		case <-s.done:
+			t.Fatalf("avsidecar exited while waiting for GET %s = %d", path, code)
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
+
+// status decodes /v1/status.
+func (s *sidecar) status(t *testing.T) map[string]any {
+	t.Helper()
+	code, body := s.get(t, "/v1/status")
+	if code != 200 {
+		t.Fatalf("/v1/status = %d %s", code, body)
+	}
+	var m map[string]any
+	if err := json.Unmarshal([]byte(body), &m); err != nil {
+		t.Fatalf("/v1/status: %v", err)
+	}
+	return m
+}
+
+type testWriter struct {
+	t      *testing.T
+	prefix string
+}
+
+func (w testWriter) Write(p []byte) (int, error) {
+	w.t.Log(w.prefix + strings.TrimRight(string(p), "\n"))
+	return len(p), nil
+}
+
+// freePort returns a loopback port that was free a moment ago.
+func freePort(t *testing.T) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+// proc is a process seen in /proc.
+type proc struct {
+	pid, ppid int
+	state     string
+	cmdline   string
+}
+
+func processes() map[int]proc {
+	out := map[int]proc{}
+	entries, _ := os.ReadDir("/proc")
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		stat, err := os.ReadFile(filepath.Join("/proc", e.Name(), "stat"))
+		if err != nil {
+			continue
+		}
+		s := string(stat)
+		f := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
+		if len(f) < 2 {
+			continue
+		}
+		ppid, _ := strconv.Atoi(f[1])
+		cl, _ := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
+		out[pid] = proc{pid: pid, ppid: ppid, state: f[0], cmdline: strings.ReplaceAll(string(cl), "\x00", " ")}
+	}
+	return out
+}
+
+// descendants lists every process below pid.
+func descendants(pid int) []proc {
+	all := processes()
+	children := map[int][]proc{}
+	for _, p := range all {
+		children[p.ppid] = append(children[p.ppid], p)
+	}
+	var out []proc
+	var walk func(int)
+	walk = func(p int) {
+		for _, c := range children[p] {
+			out = append(out, c)
+			walk(c.pid)
+		}
+	}
+	walk(pid)
+	return out
+}
+
+// withCmdline lists every process on the machine whose command line
+// contains s (a test's unique root directory).
+func withCmdline(s string) []proc {
+	var out []proc
+	for _, p := range processes() {
+		if strings.Contains(p.cmdline, s) {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+func signal(t *testing.T, pid int, sig syscall.Signal) {
+	t.Helper()
+	if err := syscall.Kill(pid, sig); err != nil {
+		t.Fatalf("kill %d %v: %v", pid, sig, err)
+	}
+}
+
+// testContext is a context that ends with the test or after timeout.
+func testContext(t *testing.T, timeout time.Duration) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	t.Cleanup(cancel)
+	return ctx
+}
