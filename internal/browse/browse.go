@@ -8,6 +8,7 @@ package browse
 
 import (
 	"context"
+	"crypto/sha256"
 	"crypto/subtle"
 	"errors"
 	"fmt"
@@ -30,6 +31,7 @@ const (
 	DefaultMaxWalkDepth = 256
 	DefaultWalkWorkers  = 8
 	DefaultCacheDirs    = 256
+	DefaultCacheBytes   = 64 << 20
 	DefaultCacheTTL     = 2 * time.Second
 )
 
@@ -58,6 +60,10 @@ type Config struct {
 	// CacheDirs is how many listed directories are kept and watched with
 	// inotify (256); negative turns the cache off.
 	CacheDirs int
+	// CacheBytes bounds the memory of cached listings and encoded pages
+	// (64 MiB); least recently used directories go first, and a listing
+	// larger than the whole budget is served but not kept.
+	CacheBytes int
 	// CacheTTL bounds how long a cached listing is served (2s): inotify
 	// cannot see changes made on another host (NFS) or below a
 	// subdirectory (its mtime), so this bounds that staleness. Negative
@@ -76,6 +82,7 @@ func (c *Config) setDefaults() {
 	def(&c.MaxWalkDepth, DefaultMaxWalkDepth)
 	def(&c.WalkWorkers, DefaultWalkWorkers)
 	def(&c.CacheDirs, DefaultCacheDirs)
+	def(&c.CacheBytes, DefaultCacheBytes)
 	if c.CacheTTL == 0 {
 		c.CacheTTL = DefaultCacheTTL
 	}
@@ -104,7 +111,7 @@ func New(cfg Config, log zerolog.Logger) (*Handler, error) {
 	}
 	h := &Handler{cfg: cfg, log: log, roots: roots}
 	if roots.Len() > 0 && cfg.CacheDirs > 0 {
-		h.cache, err = newDirCache(cfg.CacheDirs, cfg.CacheTTL)
+		h.cache, err = newDirCache(cfg.CacheDirs, cfg.CacheBytes, cfg.CacheTTL)
 		if err != nil {
 			// Listings still work, read from disk each time.
 			log.Warn().Err(err).Msg("listing cache off")
@@ -221,8 +228,8 @@ func (h *Handler) allow(r *http.Request) (int, string) {
 	if h.cfg.TokenFile == "" {
 		return http.StatusForbidden, "browse is for loopback clients only (use kubectl port-forward)"
 	}
-	got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-	if !ok {
+	auth := r.Header.Get("Authorization")
+	if len(auth) < 7 || !strings.EqualFold(auth[:7], "bearer ") {
 		return http.StatusUnauthorized, "bearer token required"
 	}
 	want, err := os.ReadFile(h.cfg.TokenFile)
@@ -230,7 +237,9 @@ func (h *Handler) allow(r *http.Request) (int, string) {
 		h.log.Warn().Err(err).Msg("cannot read browse token file")
 	}
 	tok := strings.TrimSpace(string(want))
-	if err != nil || tok == "" || subtle.ConstantTimeCompare([]byte(strings.TrimSpace(got)), []byte(tok)) != 1 {
+	// Hashing first makes the comparison constant-time in the length too.
+	gotSum, wantSum := sha256.Sum256([]byte(strings.TrimSpace(auth[7:]))), sha256.Sum256([]byte(tok))
+	if err != nil || tok == "" || subtle.ConstantTimeCompare(gotSum[:], wantSum[:]) != 1 {
 		return http.StatusUnauthorized, "bearer token required"
 	}
 	return 0, ""

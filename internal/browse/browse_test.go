@@ -389,8 +389,26 @@ func TestCacheEvictsAndUnwatches(t *testing.T) {
 	for _, p := range []string{"/html", "/sub", "/sub/deep", "/html", "/sub/deep/er"} {
 		listPage(t, srv, "path="+fx.data+p)
 	}
-	if st := h.Status().Cache; st.Dirs != 2 || st.Misses != 5 {
+	if st := h.Status().Cache; st.Dirs != 2 || st.Misses != 5 || st.Bytes <= 0 {
 		t.Errorf("LRU of 2: %+v", st)
+	}
+
+	// A byte budget smaller than one big listing: served, never kept.
+	h, srv = newServer(t, Config{Roots: []string{fx.data}, CacheBytes: 20000})
+	big := fx.data + "/big"
+	must(t, os.Mkdir(big, 0o755))
+	for i := range 500 {
+		must(t, os.WriteFile(filepath.Join(big, "some-long-file-name-"+itoa(i)), nil, 0o644))
+	}
+	for range 2 {
+		if p := listPage(t, srv, "path="+big); p.Total != 500 {
+			t.Fatalf("total %d", p.Total)
+		}
+	}
+	listPage(t, srv, "path="+fx.data+"/html")
+	listPage(t, srv, "path="+fx.data+"/html")
+	if st := h.Status().Cache; st.Dirs != 1 || st.Misses != 3 || st.Hits != 1 || st.Bytes > 20000 {
+		t.Errorf("budget of 20000 bytes: %+v", st)
 	}
 }
 

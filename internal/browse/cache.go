@@ -44,6 +44,7 @@ type cachedDir struct {
 	listing *fswalk.Listing
 	loaded  time.Time
 	pages   map[pageKey][]byte
+	cost    int // bytes held by listing and pages, counted in dirCache.bytes
 	elem    *list.Element
 }
 
@@ -54,8 +55,9 @@ type cachedDir struct {
 // request started is always seen by that request. On queue overflow
 // everything is dropped.
 type dirCache struct {
-	max int
-	ttl time.Duration
+	max    int           // directories
+	budget int           // bytes of listings and pages
+	ttl    time.Duration // see Config.CacheTTL
 
 	mu     sync.Mutex
 	ifd    int
@@ -63,23 +65,25 @@ type dirCache struct {
 	byWD   map[int32]*cachedDir
 	lru    list.List // front: most recent
 	evbuf  []byte
+	bytes  int // sum of cachedDir.cost
 	closed bool
 
 	hits, misses, invalidations, overflows atomic.Uint64
 }
 
-func newDirCache(max int, ttl time.Duration) (*dirCache, error) {
+func newDirCache(max, budget int, ttl time.Duration) (*dirCache, error) {
 	fd, err := unix.InotifyInit1(unix.IN_NONBLOCK | unix.IN_CLOEXEC)
 	if err != nil {
 		return nil, fmt.Errorf("inotify init: %w", err)
 	}
 	return &dirCache{
-		max:   max,
-		ttl:   ttl,
-		ifd:   fd,
-		byKey: map[dirKey]*cachedDir{},
-		byWD:  map[int32]*cachedDir{},
-		evbuf: make([]byte, 64<<10),
+		max:    max,
+		budget: budget,
+		ttl:    ttl,
+		ifd:    fd,
+		byKey:  map[dirKey]*cachedDir{},
+		byWD:   map[int32]*cachedDir{},
+		evbuf:  make([]byte, 64<<10),
 	}, nil
 }
 
@@ -135,6 +139,8 @@ func (c *dirCache) invalidate(d *cachedDir) {
 	}
 	d.listing = nil
 	d.pages = nil
+	c.bytes -= d.cost
+	d.cost = 0
 }
 
 func (c *dirCache) remove(d *cachedDir, rmWatch bool) {
@@ -146,6 +152,9 @@ func (c *dirCache) remove(d *cachedDir, rmWatch bool) {
 	}
 	c.lru.Remove(d.elem)
 	d.gen++
+	d.listing, d.pages = nil, nil
+	c.bytes -= d.cost
+	d.cost = 0
 	if rmWatch {
 		unix.InotifyRmWatch(c.ifd, uint32(d.wd))
 	}
@@ -213,6 +222,7 @@ func (c *dirCache) page(dir *fswalk.Dir, q pageKey, encode func(*fswalk.Listing)
 	c.drain()
 	if d.gen == gen && c.byKey[key] == d {
 		d.listing, d.loaded, d.pages = l, time.Now(), nil
+		c.charge(d, listingCost(l))
 	}
 	c.mu.Unlock()
 	b, err := encode(l)
@@ -231,9 +241,33 @@ func (c *dirCache) keepPage(d *cachedDir, gen uint64, q pageKey, b []byte) {
 		return
 	}
 	if d.pages == nil || len(d.pages) >= maxPagesPerDir {
+		for _, p := range d.pages {
+			c.charge(d, -len(p))
+		}
 		d.pages = map[pageKey][]byte{}
 	}
 	d.pages[q] = b
+	c.charge(d, len(b))
+}
+
+// charge adds n bytes to d and evicts least recently used directories
+// while the cache is over its budget; d goes too if it alone is over.
+// c.mu is held.
+func (c *dirCache) charge(d *cachedDir, n int) {
+	d.cost += n
+	c.bytes += n
+	for c.bytes > c.budget && c.lru.Len() > 0 {
+		c.remove(c.lru.Back().Value.(*cachedDir), true)
+	}
+}
+
+// listingCost estimates the bytes a listing holds.
+func listingCost(l *fswalk.Listing) int {
+	n := len(l.Entries) * (int(unsafe.Sizeof(fswalk.Entry{})) + 3*4) // entries and sort orders
+	for i := range l.Entries {
+		n += len(l.Entries[i].Name) + len(l.Entries[i].LinkTarget)
+	}
+	return n
 }
 
 func (c *dirCache) uncached(dir *fswalk.Dir, encode func(*fswalk.Listing) ([]byte, error)) ([]byte, error) {
@@ -250,6 +284,8 @@ type CacheStatus struct {
 	Enabled bool `json:"enabled"`
 	// Dirs is the number of directories cached (and watched).
 	Dirs int `json:"dirs"`
+	// Bytes estimates the memory held by cached listings and pages.
+	Bytes int `json:"bytes"`
 	// Hits counts pages answered from a cached listing.
 	Hits uint64 `json:"hits"`
 	// Misses counts listings read from disk.
@@ -265,8 +301,8 @@ func (c *dirCache) status() CacheStatus {
 		return CacheStatus{}
 	}
 	c.mu.Lock()
-	n := len(c.byKey)
+	n, bytes := len(c.byKey), c.bytes
 	c.mu.Unlock()
-	return CacheStatus{Enabled: true, Dirs: n, Hits: c.hits.Load(), Misses: c.misses.Load(),
+	return CacheStatus{Enabled: true, Dirs: n, Bytes: bytes, Hits: c.hits.Load(), Misses: c.misses.Load(),
 		Invalidations: c.invalidations.Load(), Overflows: c.overflows.Load()}
 }

@@ -191,9 +191,10 @@ func (v *walkVisitor) DirError(worker int, dir string, err error) {
 }
 
 // serveWalk answers GET /v1/walk: NDJSON, one entry per line with its full
-// path, in no particular order; unreadable directories give a line with
-// "path" and "error". A walk cut short ends without a final newline-less
-// marker: clients see the stream end early only if the connection breaks.
+// path, in no particular order (directories are read in parallel).
+// Unreadable directories give a line with "path" and "error"; a walk that
+// stops early for a reason other than the client leaving ends with a line
+// holding only "error".
 func (h *Handler) serveWalk(w http.ResponseWriter, r *http.Request) {
 	depth, err := intParam(r, "max_depth", h.cfg.MaxWalkDepth, h.cfg.MaxWalkDepth)
 	if err != nil {
@@ -248,5 +249,7 @@ func (h *Handler) serveWalk(w http.ResponseWriter, r *http.Request) {
 	}
 	if err := <-walkErr; err != nil && r.Context().Err() == nil && !failed {
 		h.log.Warn().Err(err).Msg("walk stopped")
+		b := append([]byte(`{"error":`), fswalk.AppendString(nil, "walk stopped: "+err.Error())...)
+		w.Write(append(b, "}\n"...))
 	}
 }

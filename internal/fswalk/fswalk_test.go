@@ -275,6 +275,13 @@ func TestWalkStopsOnVisitorError(t *testing.T) {
 	defer rs.Close()
 	d, _ := rs.OpenDir(dir)
 	defer d.Close()
+	fds := func() int { e, _ := os.ReadDir("/proc/self/fd"); return len(e) }
+	before := fds()
+	defer func() {
+		if after := fds(); after != before {
+			t.Errorf("descriptors: %d before the walks, %d after", before, after)
+		}
+	}()
 	if err := Walk(context.Background(), d, WalkOptions{Workers: 4}, &failAfter{}); err == nil || err.Error() != "enough" {
 		t.Errorf("walk error = %v", err)
 	}
