@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"strconv"
 	"strings"
@@ -328,6 +329,10 @@ func (m *MCS) handle(conn net.Conn) {
 	_ = conn.SetReadDeadline(time.Now().Add(30 * time.Second))
 	var req mcsproto.Register
 	if err := mcsproto.Read(bufio.NewReader(conn), &req); err != nil {
+		if errors.Is(err, io.EOF) { // a TCP probe of the port, not a client
+			log.Debug().Msg("connection closed without a request")
+			return
+		}
 		log.Warn().Err(err).Msg("bad registration request")
 		return
 	}

@@ -5,12 +5,15 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"os"
 	"path"
 	"path/filepath"
+	"sort"
 	"text/template"
 	"time"
 
+	"github.com/cavaliergopher/cpio"
 	"github.com/google/rpmpack"
 )
 
@@ -31,6 +34,13 @@ const (
 	// initScriptMarker tells the fake init script from a real one, so %post
 	// never edits a file it did not ship.
 	initScriptMarker = "avkit fake AvamarClient init script"
+)
+
+// Header tag and value rpmpack does not export.
+const (
+	tagFileDigestAlgo = 5011 // RPMTAG_FILEDIGESTALGO
+	sigPayloadSize    = 1007 // RPMSIGTAG_PAYLOADSIZE: size of the uncompressed cpio archive
+	pgpHashAlgoSHA256 = 8    // PGPHASHALGO_SHA256
 )
 
 // rpmModTime is the modification time of every file in the package, so
@@ -143,9 +153,26 @@ func BuildRPM(w io.Writer, opts RPMOptions) error {
 		{Path: InitScript, Mode: 0o755, Body: render(initScriptTmpl, nil)},
 	}
 	files = append(files, opts.ExtraFiles...)
+	final := map[string]rpmpack.RPMFile{} // what rpmpack keeps: the last file of each name
 	for _, f := range files {
-		r.AddFile(rpmFile(f))
+		rf := rpmFile(f)
+		final[rf.Name] = rf
+		r.AddFile(rf)
 	}
+	// rpmpack declares the payload size as the sum of the file sizes; rpm
+	// declares the size of the cpio archive, headers included, and a
+	// careful installer checks it. Declare the true one.
+	size, err := cpioSize(final)
+	if err != nil {
+		return fmt.Errorf("build rpm: %w", err)
+	}
+	if size > math.MaxInt32 {
+		return fmt.Errorf("build rpm: payload of %d bytes is too large", size)
+	}
+	r.AddCustomSig(sigPayloadSize, rpmpack.EntryInt32([]int32{int32(size)}))
+	// rpmpack writes FILEDIGESTALGO once per file; rpmbuild, which made the
+	// real client, writes it once. rpm reads the first value either way.
+	r.AddCustomTag(tagFileDigestAlgo, rpmpack.EntryInt32([]int32{pgpHashAlgoSHA256}))
 	r.AddPrein(preScript)
 	r.AddPostin(string(render(postScriptTmpl, nil)))
 
@@ -197,6 +224,42 @@ func rpmFile(f RPMFile) rpmpack.RPMFile {
 		MTime: uint32(rpmModTime.Unix()),
 		Type:  typ,
 	}
+}
+
+// cpioSize is the length of the cpio archive rpmpack writes for files:
+// the same library, fed the same entries in the same order, counted.
+func cpioSize(files map[string]rpmpack.RPMFile) (int64, error) {
+	names := make([]string, 0, len(files))
+	for n := range files {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	var n countingWriter
+	w := cpio.NewWriter(&n)
+	for _, name := range names {
+		f := files[name]
+		if f.Name == "/" || f.Type == rpmpack.GhostFile {
+			continue
+		}
+		if err := w.WriteHeader(&cpio.Header{Name: f.Name, Mode: cpio.FileMode(f.Mode), Size: int64(len(f.Body))}); err != nil {
+			return 0, fmt.Errorf("measure payload: %w", err)
+		}
+		if _, err := w.Write(f.Body); err != nil {
+			return 0, fmt.Errorf("measure payload: %w", err)
+		}
+	}
+	if err := w.Close(); err != nil {
+		return 0, fmt.Errorf("measure payload: %w", err)
+	}
+	return int64(n), nil
+}
+
+// countingWriter counts what is written to it.
+type countingWriter int64
+
+func (c *countingWriter) Write(p []byte) (int, error) {
+	*c += countingWriter(len(p))
+	return len(p), nil
 }
 
 func render(t *template.Template, data any) []byte {

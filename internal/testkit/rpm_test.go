@@ -48,6 +48,12 @@ func TestRPMHeader(t *testing.T) {
 	if diff := cmp.Diff(wantFiles, files); diff != "" {
 		t.Errorf("files and flags (-want +got):\n%s", diff)
 	}
+	if algo := rpmQuery(t, pkg, "[%{FILEDIGESTALGO} ]"); algo != "8 " {
+		t.Errorf("FILEDIGESTALGO %q, want one SHA-256 (8) as rpmbuild writes", algo)
+	}
+	if out, err := exec.Command("rpm", "-K", pkg).CombinedOutput(); err != nil || !strings.Contains(string(out), "digests OK") {
+		t.Errorf("rpm -K: %v\n%s", err, out)
+	}
 	scripts := rpmQuery(t, pkg, "%{PREINPROG} %{POSTINPROG}")
 	if scripts != "/bin/sh /bin/sh" {
 		t.Errorf("scriptlet interpreters %q, want /bin/sh for %%pre and %%post", scripts)
@@ -83,6 +89,13 @@ func TestRPMInstallRelocated(t *testing.T) {
 					{Path: "lib/link", Mode: os.ModeSymlink | 0o777, Body: []byte("big.bin")},
 				},
 			})
+			archive, err := exec.Command(testkit.NeedCommand(t, "rpm2cpio"), pkg).Output()
+			if err != nil {
+				t.Fatalf("rpm2cpio: %v", err)
+			}
+			if got, want := rpmQuery(t, pkg, "%{ARCHIVESIZE}"), itoa(len(archive)); got != want {
+				t.Errorf("declared archive size %s, the archive has %s bytes", got, want)
+			}
 			root := t.TempDir()
 			installRPM(t, pkg, root, "/opt/x")
 			wantModes := map[string]os.FileMode{
