@@ -25,6 +25,9 @@ type installer struct {
 	log  zerolog.Logger
 	root *os.Root
 	ids  *idMap // nil when the process may not change owners
+	// created lists the directories this install made, parents first, so
+	// that a failure before the first rename can take them away again.
+	created []string
 }
 
 // apply installs the checked package: %pre, journal, extraction to
@@ -58,15 +61,32 @@ func (in *installer) apply(ctx context.Context, f *os.File, p *pkg, pl *plan, ol
 	if pending != nil {
 		in.cleanTemps(pending)
 	}
+	// Until the first rename, a failure undoes everything: the previous
+	// installation is as it was, and so is its state.
+	undo := func() {
+		in.removeTemps(pl)
+		if pending == nil {
+			_ = in.removeState(journalName)
+		}
+		for i := len(in.created) - 1; i >= 0; i-- {
+			_ = in.root.Remove(in.created[i])
+		}
+	}
+	if err := in.mkdirAll(in.statePath("")); err != nil {
+		undo()
+		return nil, fmt.Errorf("create state dir: %w", err)
+	}
 	if err := in.writeState(journalName, (&journal{receipt: next, previous: owned}).value()); err != nil {
+		undo()
 		return nil, err
 	}
 
 	if err := in.prepare(pl, owned, p.digestAlgo); err != nil {
+		undo()
 		return nil, err
 	}
 	if err := in.extract(ctx, f, p, pl); err != nil {
-		in.removeTemps(pl)
+		undo()
 		return nil, err
 	}
 	if err := in.commit(pl); err != nil {
@@ -188,7 +208,7 @@ func (in *installer) prepare(pl *plan, owned map[string]receiptFile, algo int) e
 			continue
 		}
 		if parent := path.Dir(it.rel); parent != "." && !made[parent] {
-			if err := in.root.MkdirAll(parent, 0o755); err != nil {
+			if err := in.mkdirAll(parent); err != nil {
 				return fmt.Errorf("create %s: %w", path.Dir(it.dest), err)
 			}
 			made[parent] = true
@@ -227,6 +247,25 @@ func (in *installer) isHardlinked(pl *plan, it *item) bool {
 	return false
 }
 
+// mkdirAll makes rel and its missing parents (mode 0755, as rpm makes the
+// directories a package does not list), recording what it made.
+func (in *installer) mkdirAll(rel string) error {
+	for i := 0; i <= len(rel); i++ {
+		if i < len(rel) && rel[i] != '/' {
+			continue
+		}
+		d := rel[:i]
+		if _, err := in.root.Stat(d); err == nil {
+			continue
+		}
+		if err := in.root.Mkdir(d, 0o755); err != nil && !errors.Is(err, fs.ErrExist) {
+			return err
+		}
+		in.created = append(in.created, d)
+	}
+	return nil
+}
+
 // makeDir makes a package directory, or accepts an existing one. A
 // directory symlink the package does not own (an operator's link to a
 // volume, say) is kept, as rpm keeps it.
@@ -237,6 +276,7 @@ func (in *installer) makeDir(it *item, owned map[string]receiptFile) error {
 		if err := in.root.Mkdir(it.rel, 0o755); err != nil {
 			return fmt.Errorf("create %s: %w", it.dest, err)
 		}
+		in.created = append(in.created, it.rel)
 		return nil
 	case err != nil:
 		return fmt.Errorf("stat %s: %w", it.dest, err)
@@ -312,7 +352,7 @@ func (in *installer) extract(ctx context.Context, f *os.File, p *pkg, pl *plan) 
 		return err
 	}
 	defer dec.Close()
-	payload := bufio.NewReaderSize(&limitedPayload{r: dec, limit: p.archiveSize}, 1<<20)
+	payload := bufio.NewReaderSize(&limitedPayload{r: dec, limit: p.archiveMax}, 1<<20)
 	byName := make(map[string]*item, len(pl.items))
 	for _, it := range pl.items {
 		byName[it.path] = it

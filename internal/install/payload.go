@@ -26,8 +26,17 @@ var payloadMagic = map[string][]byte{
 // decompressor returns the uncompressed payload of a package whose
 // compressed payload r yields. The caller closes it.
 func decompressor(r *bufio.Reader, compressor string) (io.ReadCloser, error) {
-	if compressor == "identity" || compressor == "uncompressed" {
+	switch compressor {
+	case "identity", "uncompressed":
 		compressor = "none"
+	case "":
+		// rpm reads a package that does not name its compression as gzip,
+		// through zlib, which passes uncompressed data through: rpmbuild's
+		// w.ufdio payloads look like that.
+		compressor = "gzip"
+		if head, _ := r.Peek(5); bytes.Equal(head, payloadMagic["none"]) {
+			compressor = "none"
+		}
 	}
 	magic, ok := payloadMagic[compressor]
 	if !ok {
@@ -76,20 +85,21 @@ type zstdCloser struct{ *zstd.Decoder }
 
 func (z zstdCloser) Close() error { z.Decoder.Close(); return nil }
 
-// limitedPayload fails a payload that decompresses to more than the
-// package declared, so that a decompression bomb stops at its first byte
-// too many.
+// limitedPayload fails a payload that decompresses to more than its
+// header's file list can account for, so that a decompression bomb stops
+// at its first byte too many. (The signature's payload size is not used:
+// rpmpack writes the sum of the file sizes there, not the archive's.)
 type limitedPayload struct {
 	r     io.Reader
-	limit int64 // < 0: unknown
+	limit int64
 	n     int64
 }
 
 func (l *limitedPayload) Read(p []byte) (int, error) {
 	n, err := l.r.Read(p)
 	l.n += int64(n)
-	if l.limit >= 0 && l.n > l.limit {
-		return n, unusable("payload larger than the %d bytes the package declares", l.limit)
+	if l.n > l.limit {
+		return n, unusable("payload larger than the %d bytes its file list accounts for", l.limit)
 	}
 	if err != nil && err != io.EOF {
 		err = unusable("decompress payload: %w", err)

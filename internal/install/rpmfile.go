@@ -23,7 +23,6 @@ const (
 	sigRSA             = 268
 	sigSHA1            = 269
 	sigLongSize        = 270
-	sigLongArchiveSize = 271
 	sigSHA256          = 273
 	sigOpenPGP         = 278
 	sigSize            = 1000
@@ -31,7 +30,7 @@ const (
 	sigMD5             = 1004
 	sigGPG             = 1005
 	sigPGP5            = 1006
-	sigPayloadSize     = 1007
+	sigPayloadSize     = 1007 // rpmpack writes the sum of file sizes here, not the archive size: unused
 )
 
 // Tags of the main header (rpmtag.h, RPMTAG_*).
@@ -139,7 +138,7 @@ type pkg struct {
 	prefixes    []string
 	files       []pkgFile // header order, which is also the cpio order rpmbuild writes
 	digestAlgo  int       // PGPHASHALGO of the file digests
-	archiveSize int64     // uncompressed payload size, or -1 when the package does not say
+	archiveMax  int64     // most bytes the uncompressed payload can have, from the file list
 	pre, post   scriptlet
 	signatures  []string // signature kinds present (not checked)
 }
@@ -308,9 +307,6 @@ func (p *pkg) decode() error {
 		return unusable("unsupported payload format %q", f)
 	}
 	p.compressor = str(h, tagPayloadCompressor)
-	if p.compressor == "" {
-		p.compressor = "gzip" // rpm's default for packages that do not say
-	}
 	p.prefixes = h.GetTag(tagPrefixes).StringSlice()
 	for i, pre := range p.prefixes {
 		c := path.Clean(pre)
@@ -322,12 +318,6 @@ func (p *pkg) decode() error {
 	p.pre = scriptlet{body: str(h, tagPreIn), prog: h.GetTag(tagPreInProg).StringSlice()}
 	p.post = scriptlet{body: str(h, tagPostIn), prog: h.GetTag(tagPostInProg).StringSlice()}
 
-	p.archiveSize = -1
-	if v := ints(p.sigTags, sigLongArchiveSize); len(v) == 1 {
-		p.archiveSize = v[0]
-	} else if v := ints(p.sigTags, sigPayloadSize); len(v) == 1 {
-		p.archiveSize = v[0]
-	}
 	for _, t := range []struct {
 		id   int
 		name string
@@ -338,8 +328,14 @@ func (p *pkg) decode() error {
 	}
 
 	p.digestAlgo = hashMD5 // rpm's default when the header does not say
-	if v := ints(h, tagFileDigestAlgo); len(v) == 1 {
+	if v := ints(h, tagFileDigestAlgo); len(v) > 0 {
+		// rpm writes one value; rpmpack one per file, all the same.
 		p.digestAlgo = int(v[0])
+		for _, a := range v {
+			if a != v[0] {
+				return unusable("header: mixed file digest algorithms")
+			}
+		}
 	}
 	if newHash(p.digestAlgo) == nil {
 		return unusable("header: unsupported file digest algorithm %d", p.digestAlgo)
@@ -435,7 +431,11 @@ func (p *pkg) decodeFiles() error {
 		default:
 			return unusable("header: %s: unsupported file type %#o", f.path, f.mode&modeTypeMask)
 		}
+		// An entry: header, "./" and the name with its NUL, padding,
+		// data, padding.
+		p.archiveMax += 110 + int64(len(f.path)) + 3 + 3 + f.size + 3
 	}
+	p.archiveMax += 512 // the trailer
 	return nil
 }
 
