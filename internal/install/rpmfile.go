@@ -19,18 +19,18 @@ import (
 
 // Tags of the signature header (rpmtag.h, RPMSIGTAG_*).
 const (
-	sigDSA             = 267
-	sigRSA             = 268
-	sigSHA1            = 269
-	sigLongSize        = 270
-	sigSHA256          = 273
-	sigOpenPGP         = 278
-	sigSize            = 1000
-	sigPGP             = 1002
-	sigMD5             = 1004
-	sigGPG             = 1005
-	sigPGP5            = 1006
-	sigPayloadSize     = 1007 // rpmpack writes the sum of file sizes here, not the archive size: unused
+	sigDSA         = 267
+	sigRSA         = 268
+	sigSHA1        = 269
+	sigLongSize    = 270
+	sigSHA256      = 273
+	sigOpenPGP     = 278
+	sigSize        = 1000
+	sigPGP         = 1002
+	sigMD5         = 1004
+	sigGPG         = 1005
+	sigPGP5        = 1006
+	sigPayloadSize = 1007 // rpmpack writes the sum of file sizes here, not the archive size: unused
 )
 
 // Tags of the main header (rpmtag.h, RPMTAG_*).
@@ -134,13 +134,13 @@ type pkg struct {
 	sigTags *rpm.Header
 	tags    *rpm.Header
 
-	compressor  string
-	prefixes    []string
-	files       []pkgFile // header order, which is also the cpio order rpmbuild writes
-	digestAlgo  int       // PGPHASHALGO of the file digests
-	archiveMax  int64     // most bytes the uncompressed payload can have, from the file list
-	pre, post   scriptlet
-	signatures  []string // signature kinds present (not checked)
+	compressor string
+	prefixes   []string
+	files      []pkgFile // header order, which is also the cpio order rpmbuild writes
+	digestAlgo int       // PGPHASHALGO of the file digests
+	archiveMax int64     // most bytes the uncompressed payload can have, from the file list
+	pre, post  scriptlet
+	signatures []string // signature kinds present (not checked)
 }
 
 // nevra names the package as rpm does in its messages.
