@@ -573,3 +573,38 @@ func TestAccess(t *testing.T) {
 		t.Errorf("status %+v", st)
 	}
 }
+
+// TestCacheOverflowDropsEverything queues more events than the kernel keeps
+// (fs.inotify.max_queued_events) while nobody lists: the next listing sees
+// the overflow, drops every cached listing and reads fresh.
+func TestCacheOverflowDropsEverything(t *testing.T) {
+	b, err := os.ReadFile("/proc/sys/fs/inotify/max_queued_events")
+	must(t, err)
+	var max int
+	must(t, json.Unmarshal([]byte(strings.TrimSpace(string(b))), &max))
+	if max > 100000 {
+		t.Skipf("max_queued_events %d is too large to overflow quickly", max)
+	}
+	fx := newFixture(t)
+	h, srv := newServer(t, Config{Roots: []string{fx.data}, CacheTTL: -1})
+	dir := fx.data + "/sub"
+	must(t, os.WriteFile(dir+"/x", nil, 0o644))
+	listPage(t, srv, "path="+dir)
+	listPage(t, srv, "path="+fx.data+"/html")
+	// Alternate two names so the kernel cannot merge consecutive events.
+	for i := range max + 10 {
+		must(t, os.Chmod(filepath.Join(dir, []string{"deep", "x"}[i%2]), 0o755))
+	}
+	must(t, os.WriteFile(dir+"/after", nil, 0o644))
+	if diff := cmp.Diff([]string{"after", "deep", "x"}, entryNames(listPage(t, srv, "path="+dir))); diff != "" {
+		t.Fatalf("after overflow (-want +got):\n%s", diff)
+	}
+	st := h.Status().Cache
+	if st.Overflows != 1 || st.Misses != 3 {
+		t.Errorf("overflow: %+v", st)
+	}
+	listPage(t, srv, "path="+fx.data+"/html")
+	if st := h.Status().Cache; st.Misses != 4 {
+		t.Errorf("other directory kept across an overflow: %+v", st)
+	}
+}
