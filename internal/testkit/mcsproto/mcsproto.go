@@ -99,13 +99,10 @@ func Read(r *bufio.Reader, v any) error {
 	var line []byte
 	for {
 		chunk, isPrefix, err := r.ReadLine()
+		if errors.Is(err, io.EOF) && len(line) == 0 {
+			return io.EOF
+		}
 		if err != nil {
-			if errors.Is(err, io.EOF) && len(line) > 0 {
-				return fmt.Errorf("read message: %w", io.ErrUnexpectedEOF)
-			}
-			if errors.Is(err, io.EOF) {
-				return io.EOF
-			}
 			return fmt.Errorf("read message: %w", err)
 		}
 		line = append(line, chunk...)
