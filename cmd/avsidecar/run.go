@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -19,12 +20,17 @@ import (
 
 	"github.com/rs/zerolog"
 
+	"golang.org/x/sync/errgroup"
+
 	"github.com/avsidecar/avsidecar/internal/avclient"
+	"github.com/avsidecar/avsidecar/internal/browse"
 	"github.com/avsidecar/avsidecar/internal/config"
 	"github.com/avsidecar/avsidecar/internal/health"
 	"github.com/avsidecar/avsidecar/internal/install"
+	"github.com/avsidecar/avsidecar/internal/logfollow"
 	"github.com/avsidecar/avsidecar/internal/pid1"
 	"github.com/avsidecar/avsidecar/internal/register"
+	"github.com/avsidecar/avsidecar/internal/sshd"
 	"github.com/avsidecar/avsidecar/internal/supervise"
 )
 
@@ -80,9 +86,13 @@ type sidecar struct {
 	log    zerolog.Logger
 	client avclient.Client
 
-	reg  *register.Registrar
-	sup  *supervise.Supervisor
-	http *http.Server
+	reg    *register.Registrar
+	sup    *supervise.Supervisor
+	ssh    *sshd.Server // nil when AVSIDECAR_SSH_ADDR=off
+	browse *browse.Handler
+	follow *logfollow.Follower
+	http   *http.Server
+	httpLn net.Listener
 
 	phase      atomic.Value // string
 	installed  atomic.Pointer[install.Result]
@@ -99,6 +109,8 @@ const (
 	phaseStopping    = "stopping"
 )
 
+// newSidecar builds every part and binds the listeners, so that a bad
+// address or browse root fails the start at once.
 func newSidecar(cfg config.Config, log zerolog.Logger) (*sidecar, error) {
 	s := &sidecar{cfg: cfg, log: log, client: avclient.Client{Prefix: cfg.HostPath(cfg.Prefix)}}
 	s.phase.Store(phaseStarting)
@@ -122,18 +134,54 @@ func newSidecar(cfg config.Config, log zerolog.Logger) (*sidecar, error) {
 		Path:        s.client.Agent(),
 		Args:        s.client.RunArgs(),
 		BackoffMax:  cfg.RestartBackoffMax,
-		StopTimeout: cfg.ShutdownTimeout * 3 / 4,
+		StopTimeout: cfg.ShutdownTimeout / 2,
 	}, s.logger("agent"))
 	if err != nil {
 		return nil, err
 	}
+	s.follow, err = logfollow.New(logfollow.Config{Path: s.client.LogFile()}, s.logger("avagent.log"))
+	if err != nil {
+		return nil, err
+	}
+	var roots []string
+	for _, r := range cfg.BrowseRoots {
+		roots = append(roots, cfg.HostPath(r))
+	}
+	tokenFile := ""
+	if cfg.BrowseTokenFile != "" {
+		tokenFile = cfg.HostPath(cfg.BrowseTokenFile)
+	}
+	s.browse, err = browse.New(browse.Config{Roots: roots, TokenFile: tokenFile}, s.logger("browse"))
+	if err != nil {
+		return nil, &exitError{Code: exitConfig, Err: fmt.Errorf("AVSIDECAR_BROWSE_ROOTS: %w", err)}
+	}
+	if cfg.SSHAddr != "" {
+		s.ssh, err = sshd.New(sshd.Config{
+			Addr:               cfg.SSHAddr,
+			AuthorizedKeysFile: cfg.HostPath(cfg.AuthorizedKeys),
+			HostKeyDir:         cfg.HostPath(cfg.StateDir),
+			Dir:                cfg.Root,
+			ShutdownTimeout:    cfg.ShutdownTimeout / 4,
+		}, s.logger("sshd"))
+		if err != nil {
+			s.browse.Close()
+			return nil, fmt.Errorf("start SSH server: %w", err)
+		}
+	}
+	s.httpLn, err = net.Listen("tcp", cfg.HTTPAddr)
+	if err != nil {
+		s.browse.Close()
+		return nil, fmt.Errorf("listen for HTTP on %s: %w", cfg.HTTPAddr, err)
+	}
+
 	mux := http.NewServeMux()
 	probes := s.probes()
 	mux.Handle("/livez", probes)
 	mux.Handle("/readyz", probes)
 	mux.Handle("/startupz", probes)
 	mux.HandleFunc("GET /v1/status", s.serveStatus)
-	s.http = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, ErrorLog: nil}
+	mux.Handle("/", s.browse)
+	s.http = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 	return s, nil
 }
 
@@ -141,23 +189,28 @@ func (s *sidecar) logger(component string) zerolog.Logger {
 	return s.log.With().Str("component", component).Logger()
 }
 
-// run serves HTTP at once, then installs, configures, registers and
-// supervises the agent until ctx ends; then it stops in SPEC's order:
-// readiness fails, the agent stops, the servers close.
+// run serves at once, then installs, configures, registers and supervises
+// the agent until ctx ends; then it stops in SPEC's order: readiness fails,
+// the agent stops, SSH and HTTP close, all within the shutdown timeout.
 func (s *sidecar) run(ctx context.Context) error {
 	mainLog := s.logger("main")
-	ln, err := net.Listen("tcp", s.cfg.HTTPAddr)
-	if err != nil {
-		return fmt.Errorf("listen for HTTP on %s: %w", s.cfg.HTTPAddr, err)
-	}
-	mainLog.Info().Str("version", buildVersion()).Str("http", ln.Addr().String()).Str("client", s.cfg.ClientName).
-		Str("server", s.cfg.Server).Int("pid", os.Getpid()).Msg("avsidecar starting")
-	serveErr := make(chan error, 1)
-	go func() {
-		if err := s.http.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
-			serveErr <- fmt.Errorf("serve HTTP: %w", err)
+	mainLog.Info().Str("version", buildVersion()).Str("http", s.httpLn.Addr().String()).Str("ssh", s.cfg.SSHAddr).
+		Str("client", s.cfg.ClientName).Str("server", s.cfg.Server).Int("pid", os.Getpid()).Msg("avsidecar starting")
+
+	serveCtx, cancelServe := context.WithCancel(context.Background())
+	defer cancelServe()
+	servers, serversCtx := errgroup.WithContext(serveCtx)
+	servers.Go(func() error {
+		if err := s.http.Serve(s.httpLn); !errors.Is(err, http.ErrServerClosed) {
+			return fmt.Errorf("serve HTTP: %w", err)
 		}
-	}()
+		return nil
+	})
+	if s.ssh != nil {
+		servers.Go(func() error { return s.ssh.Run(serversCtx) })
+	}
+	servers.Go(func() error { return s.browse.Run(serversCtx) })
+	servers.Go(func() error { return s.follow.Run(serversCtx) })
 
 	workCtx, cancelWork := context.WithCancel(context.Background())
 	defer cancelWork()
@@ -170,7 +223,7 @@ func (s *sidecar) run(ctx context.Context) error {
 		mainLog.Info().Dur("timeout", s.cfg.ShutdownTimeout).Msg("stopping")
 	case result = <-workDone:
 		workDone = nil
-	case result = <-serveErr:
+	case <-serversCtx.Done():
 	}
 	deadline := time.Now().Add(s.cfg.ShutdownTimeout)
 	s.stopping.Store(true)
@@ -179,17 +232,24 @@ func (s *sidecar) run(ctx context.Context) error {
 	if workDone != nil {
 		select {
 		case err := <-workDone:
-			if result == nil {
-				result = err
-			}
+			result = cmp.Or(result, err)
 		case <-time.After(time.Until(deadline)):
 			return errors.New("shutdown timed out waiting for the agent to stop")
 		}
 	}
+	cancelServe()
 	shutCtx, cancel := context.WithDeadline(context.Background(), deadline)
 	defer cancel()
 	if err := s.http.Shutdown(shutCtx); err != nil {
 		s.http.Close()
+	}
+	serversDone := make(chan error, 1)
+	go func() { serversDone <- servers.Wait() }()
+	select {
+	case err := <-serversDone:
+		result = cmp.Or(result, err)
+	case <-shutCtx.Done():
+		return errors.New("shutdown timed out waiting for the servers to close")
 	}
 	if result == nil {
 		mainLog.Info().Msg("stopped")
