@@ -1,9 +1,47 @@
-// Package browse serves the read-only file browser of SPEC "HTTP":
-// /v1/roots, /v1/files, /v1/stat, /v1/walk, /v1/du and the HTML page at /.
-// It never serves file contents. Access is free for loopback clients (that
-// is, kubectl port-forward) and needs a matching bearer token from everyone
-// else when a token file is configured; without one, only loopback clients
-// are served.
+// Package browse serves the read-only file browser of SPEC "HTTP". It
+// never serves file contents.
+//
+// Endpoints (GET or HEAD; errors are JSON {"error": "..."} with a 4xx, or a
+// 5xx for I/O failures):
+//
+//	/                  the embedded page (no external assets, works offline)
+//	/v1/roots          {"roots": ["/data", ...]}: the browse roots, for the page
+//	/v1/files          ?path=&sort=name|size|mtime&order=asc|desc&limit=&cursor=
+//	                   {"path","entries":[...],"next_cursor","total"};
+//	                   limit defaults to 200, at most 1000; next_cursor is ""
+//	                   on the last page and encodes the last (sort key, name),
+//	                   so pages stay right while the directory changes
+//	/v1/stat           ?path=  the entry itself, with its full "path"
+//	/v1/walk           ?path=&max_depth=  NDJSON, one entry per line with its
+//	                   full "path", in no particular order; max_depth 1 is the
+//	                   directory's own entries, default and maximum 256
+//	/v1/du             ?path=  {"path","files","dirs","bytes"}: non-directories,
+//	                   directories below path, apparent bytes of non-directories
+//
+// Entries are {"name","type","size","mode","mtime","link_target"}: type is
+// file, dir, symlink or other (FIFOs, sockets, devices: described, never
+// opened), mode is octal ("0644"), mtime RFC 3339 UTC, link_target "" unless
+// a symlink. Entries describe the name itself (lstat).
+//
+// Paths must be absolute and canonical (no "." or ".." components, no empty
+// components, no NUL; one trailing slash is allowed). Symlinks are followed
+// only while they stay inside the root they start in, so a link to another
+// root is refused like one to "/". Answers: 400 invalid path, 404 not found
+// (for missing paths, paths outside every root, and paths that leave their
+// root alike, so nothing outside can be probed), 400 not a directory, 403
+// permission denied.
+//
+// Access: loopback clients (kubectl port-forward) are always served, also
+// when a token file is set, provided the Host header is localhost or an IP
+// literal (a DNS-rebinding web page cannot use an operator's port-forward).
+// Other clients need "Authorization: Bearer <token>" matching the token
+// file, read at each request; without a token file they get 403.
+//
+// Recently listed directories are cached as encoded answers and kept exact
+// with inotify: the queue is drained before every lookup, so a change that
+// returned before a request started is always seen by it. What inotify
+// cannot see (writes from other NFS clients, changes below a subdirectory
+// that alter its mtime) is bounded by Config.CacheTTL.
 package browse
 
 import (
