@@ -101,6 +101,11 @@ func runDemo(ctx context.Context, c demoConfig, dir string, stdout, stderr io.Wr
 	if err := writeDemoData(filepath.Join(p.root, p.data)); err != nil {
 		return err
 	}
+	// In a pod, var/ is the persistent volume's mount point, so it exists
+	// before the client is installed; the demo root has it too.
+	if err := os.MkdirAll(filepath.Join(p.root, testkit.RPMPrefix, "var"), 0o755); err != nil {
+		return fmt.Errorf("demo root: %w", err)
+	}
 	keysFile := "/etc/avsidecar/ssh/authorized_keys"
 	if err := writeDemoKey(p.key, filepath.Join(p.root, keysFile)); err != nil {
 		return err
@@ -196,7 +201,7 @@ Open:
   %[3]s/v1/status         status as JSON
 
 Try:
-  curl -s '%[3]s/v1/files?path=%[4]s'
+  curl -s '%[3]s/v1/files?path=%[1]s%[4]s'
   ssh -p %[5]s -i %[6]s -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null demo@%[7]s 'ls -l %[1]s%[4]s'
   sftp -P %[5]s -i %[6]s -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null demo@%[7]s
   kill $(cat %[8]s)     # avsidecar restarts the agent

@@ -33,6 +33,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -378,6 +379,7 @@ func run(self []string, o *options, stderr io.Writer) int {
 // serve answers MCS callbacks. A connection that closes without a message
 // is a TCP probe (a readiness check) and is not logged.
 func serve(ln net.Listener, o *options) {
+	var answered atomic.Int64
 	for {
 		conn, err := ln.Accept()
 		if err != nil {
@@ -402,7 +404,11 @@ func serve(ln net.Listener, o *options) {
 				logf(o.logfile, "callback from %s: %v", conn.RemoteAddr(), err)
 				return
 			}
-			logf(o.logfile, "MCS callback from %s (%s) answered", ping.Server, conn.RemoteAddr())
+			// The first callback is logged, then one in a hundred, so that an
+			// MCS checking every few seconds does not flood the log.
+			if n := answered.Add(1); n == 1 || n%100 == 0 {
+				logf(o.logfile, "MCS callback from %s (%s) answered (%d so far)", ping.Server, conn.RemoteAddr(), n)
+			}
 		}()
 	}
 }

@@ -1,0 +1,131 @@
+package main
+
+import (
+	"bufio"
+	"encoding/json"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/avsidecar/avsidecar/internal/testkit"
+)
+
+// TestDemo runs the README's first command end to end: the demo comes up
+// ready, serves what it announces, and Ctrl-C stops it cleanly and removes
+// its directory.
+func TestDemo(t *testing.T) {
+	avkit := testkit.BuildAvkit(t)
+	httpAddr := "127.0.0.1:" + strconv.Itoa(freePort(t))
+	sshPort := strconv.Itoa(freePort(t))
+	demo := exec.Command(avkit, "demo",
+		"--mcs", "127.0.0.1:"+strconv.Itoa(freePort(t)),
+		"--http", httpAddr,
+		"--ssh", "127.0.0.1:"+sshPort,
+		"--listen-port", strconv.Itoa(freePort(t)))
+	stdin, err := demo.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := demo.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	demo.Stderr = demo.Stdout
+	if err := demo.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = demo.Process.Kill(); _ = demo.Wait() })
+
+	// Read the demo's output in the background, handing each line over.
+	lines := make(chan string, 1000)
+	var transcript strings.Builder
+	go func() {
+		sc := bufio.NewScanner(out)
+		for sc.Scan() {
+			lines <- sc.Text()
+		}
+		close(lines)
+	}()
+	timeout := time.After(3 * time.Minute)
+	waitLine := func(re *regexp.Regexp) []string {
+		t.Helper()
+		for {
+			select {
+			case l, ok := <-lines:
+				if !ok {
+					t.Fatalf("demo ended before %v:\n%s", re, transcript.String())
+				}
+				transcript.WriteString(l + "\n")
+				if m := re.FindStringSubmatch(l); m != nil {
+					return m
+				}
+			case <-timeout:
+				t.Fatalf("no %v in the demo output:\n%s", re, transcript.String())
+			}
+		}
+	}
+
+	dir := filepath.Dir(waitLine(regexp.MustCompile(`building avsidecar and avkit into (\S+)`))[1])
+	key := waitLine(regexp.MustCompile(`ssh -p \d+ -i (\S+)`))[1]
+	waitLine(regexp.MustCompile(`avsidecar is ready`))
+
+	get := func(path string) (int, string) {
+		t.Helper()
+		resp, err := http.Get("http://" + httpAddr + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	if code, body := get("/readyz?verbose"); code != 200 {
+		t.Errorf("/readyz: %d %s", code, body)
+	}
+	// The browse API speaks host paths: under AVSIDECAR_ROOT, /data is
+	// ROOT/data.
+	data := filepath.Join(dir, "root", "data")
+	if code, body := get("/v1/files?path=" + data); code != 200 || !strings.Contains(body, `"README.txt"`) {
+		t.Errorf("/v1/files?path=%s: %d %s", data, code, body)
+	}
+	var status map[string]any
+	if code, body := get("/v1/status"); code != 200 || json.Unmarshal([]byte(body), &status) != nil {
+		t.Errorf("/v1/status: %d %s", code, body)
+	}
+
+	if sshBin, err := exec.LookPath("ssh"); err == nil {
+		out, err := exec.Command(sshBin, "-p", sshPort, "-i", key, "-o", "BatchMode=yes",
+			"-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+			"demo@127.0.0.1", "echo hello from the sidecar").CombinedOutput()
+		if err != nil || !strings.Contains(string(out), "hello from the sidecar") {
+			t.Errorf("ssh with the demo key: %v\n%s", err, out)
+		}
+	}
+
+	// The fake MCS obeys stdin.
+	if _, err := io.WriteString(stdin, "regs\n"); err != nil {
+		t.Fatal(err)
+	}
+	waitLine(regexp.MustCompile(`avkit-demo in /clients at 127\.0\.0\.1:`))
+
+	if err := demo.Process.Signal(syscall.SIGINT); err != nil {
+		t.Fatal(err)
+	}
+	waitLine(regexp.MustCompile(`avsidecar stopped cleanly`))
+	for range lines {
+	}
+	if err := demo.Wait(); err != nil {
+		t.Errorf("demo on Ctrl-C: %v\n%s", err, transcript.String())
+	}
+	if _, err := os.Stat(dir); !os.IsNotExist(err) {
+		t.Errorf("demo directory %s left behind: %v", dir, err)
+	}
+}
