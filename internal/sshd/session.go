@@ -456,7 +456,7 @@ type (
 func (ss *session) sendExit(how any, start time.Time) {
 	close(ss.ended)
 	defer close(ss.done)
-	ev := ss.log.Info().Dur("duration", time.Since(start))
+	ev := ss.log.Info().Int64("duration_ms", time.Since(start).Milliseconds())
 	var req string
 	var payload []byte
 	switch h := how.(type) {

@@ -16,6 +16,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -53,11 +54,12 @@ type Config struct {
 	// are refused with "resource shortage". Default 16.
 	MaxSessions int
 	// MaxHandshakes caps concurrent unauthenticated connections; more
-	// are closed at once. Default 32.
+	// are closed at once. Default 64 (each costs tens of KiB).
 	MaxHandshakes int
 	// MaxHandshakesPerSource caps concurrent unauthenticated connections
 	// from one client address, so one flooding address cannot take every
-	// handshake slot. Default 8.
+	// handshake slot. Default 16: a backup server may open many sessions
+	// at once.
 	MaxHandshakesPerSource int
 	// IdleTimeout closes a connection with no traffic in either direction
 	// for this long. Default 15m; negative disables it.
@@ -89,10 +91,10 @@ func (c *Config) setDefaults() {
 		c.MaxSessions = 16
 	}
 	if c.MaxHandshakes <= 0 {
-		c.MaxHandshakes = 32
+		c.MaxHandshakes = 64
 	}
 	if c.MaxHandshakesPerSource <= 0 {
-		c.MaxHandshakesPerSource = 8
+		c.MaxHandshakesPerSource = 16
 	}
 	if c.IdleTimeout == 0 {
 		c.IdleTimeout = 15 * time.Minute
@@ -182,6 +184,9 @@ func New(cfg Config, log zerolog.Logger) (*Server, error) {
 	}
 	if cfg.HostKeyDir == "" {
 		return nil, errors.New("ssh host key dir is empty")
+	}
+	if !filepath.IsAbs(cfg.Shell) {
+		return nil, fmt.Errorf("ssh shell %q is not an absolute path", cfg.Shell)
 	}
 	signers, err := loadHostKeys(cfg.HostKeyDir, log)
 	if err != nil {
