@@ -228,6 +228,12 @@ func TestHostilePaths(t *testing.T) {
 			}
 		})
 	}
+	// Walking and summing the whole roots follows no link out.
+	for _, u := range []string{"/v1/walk?path=" + d, "/v1/du?path=" + d, "/v1/walk?path=" + fx.srv, "/v1/files?path=" + d + "&limit=1000"} {
+		if a := get(t, srv, u); a.code != 200 || strings.Contains(a.body, marker) || strings.Contains(a.body, "secret.txt") || strings.Contains(a.body, `"path":"`+fx.srv+`/www`) && strings.Contains(u, d) {
+			t.Errorf("%s: %d %s", u, a.code, a.body)
+		}
+	}
 	// A path below a symlink that leads outside is refused the same way
 	// whether or not the thing exists there.
 	pairs := [][2]string{

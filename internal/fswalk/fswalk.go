@@ -53,13 +53,14 @@ type root struct {
 }
 
 // OpenRoots opens every path as a browse root. Paths must be absolute
-// directories; duplicates are dropped. An empty list gives an empty set.
+// directories; surrounding spaces, empty items and duplicates are dropped
+// (so "a, b," from a comma list works). An empty list gives an empty set.
 func OpenRoots(paths []string) (*Roots, error) {
 	rs := &Roots{}
 	seen := map[string]bool{}
 	var errs []error
 	for _, p := range paths {
-		if p == "" {
+		if p = strings.TrimSpace(p); p == "" {
 			continue
 		}
 		if !filepath.IsAbs(p) {

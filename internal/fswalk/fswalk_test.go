@@ -54,7 +54,7 @@ func TestResolveNestedRootsAndPrefix(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	rs, err := OpenRoots([]string{base + "/data", base + "/data/inner/", base + "/data"})
+	rs, err := OpenRoots([]string{base + "/data", " " + base + "/data/inner/", "", base + "/data"})
 	if err != nil {
 		t.Fatal(err)
 	}
