@@ -220,7 +220,9 @@ func (c *dirCache) page(dir *fswalk.Dir, q pageKey, encode func(*fswalk.Listing)
 	}
 	c.mu.Lock()
 	c.drain()
-	if d.gen == gen && c.byKey[key] == d {
+	if d.gen == gen && c.byKey[key] == d && d.listing == nil {
+		// Kept only when no event came in since the watch was in place and
+		// no concurrent load got there first.
 		d.listing, d.loaded, d.pages = l, time.Now(), nil
 		c.charge(d, listingCost(l))
 	}
