@@ -3,6 +3,7 @@ package browse
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -612,5 +613,57 @@ func TestCacheOverflowDropsEverything(t *testing.T) {
 	listPage(t, srv, "path="+fx.data+"/html")
 	if st := h.Status().Cache; st.Misses != 4 {
 		t.Errorf("other directory kept across an overflow: %+v", st)
+	}
+}
+
+// TestCacheConcurrent lists while files appear, from several clients at
+// once; when the writer is done, the very next listing has everything.
+func TestCacheConcurrent(t *testing.T) {
+	fx := newFixture(t)
+	h, srv := newServer(t, Config{Roots: []string{fx.data}, CacheTTL: -1, CacheDirs: 2})
+	dirs := []string{fx.data + "/sub", fx.data + "/html", fx.data + "/sub/deep"}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for i := range 100 {
+			os.WriteFile(filepath.Join(dirs[i%3], "n"+itoa(i)), nil, 0o644)
+		}
+	}()
+	errs := make(chan error, 4)
+	for g := range 4 {
+		go func() {
+			for i := range 100 {
+				u := srv.URL + "/v1/files?path=" + dirs[(g+i)%3] + "&limit=" + itoa(1+i%3)
+				resp, err := srv.Client().Get(u)
+				if err == nil {
+					io.Copy(io.Discard, resp.Body)
+					resp.Body.Close()
+				}
+				if err == nil && resp.StatusCode != 200 {
+					err = fmt.Errorf("%s: %d", u, resp.StatusCode)
+				}
+				if err != nil {
+					errs <- err
+					return
+				}
+			}
+			errs <- nil
+		}()
+	}
+	for range 4 {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	<-done
+	total := 0
+	for _, d := range dirs {
+		total += listPage(t, srv, "path="+d+"&limit=1000").Total
+	}
+	if total != 100+5 { // plus deep; css, index.html, link-grandparent; er
+		t.Errorf("after the writer: %d entries", total)
+	}
+	if st := h.Status().Cache; st.Dirs > 2 || st.Bytes < 0 {
+		t.Errorf("cache %+v", st)
 	}
 }
