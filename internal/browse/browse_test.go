@@ -667,3 +667,20 @@ func TestCacheConcurrent(t *testing.T) {
 		t.Errorf("cache %+v", st)
 	}
 }
+
+// TestWalkOutlastsWriteTimeout: a server-wide WriteTimeout shorter than
+// the walk does not cut the stream.
+func TestWalkOutlastsWriteTimeout(t *testing.T) {
+	fx := newFixture(t)
+	h, err := New(Config{Roots: []string{fx.data}, WalkWorkers: 1}, zerolog.New(io.Discard))
+	must(t, err)
+	defer h.Close()
+	srv := httptest.NewUnstartedServer(h)
+	srv.Config.WriteTimeout = time.Nanosecond
+	srv.Start()
+	defer srv.Close()
+	a := get(t, srv, "/v1/walk?path="+fx.data)
+	if a.code != 200 || !strings.Contains(a.body, `/sub/deep/er/f","name":"f"`) {
+		t.Errorf("walk under WriteTimeout: %d %q", a.code, a.body)
+	}
+}

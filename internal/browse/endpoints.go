@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"path"
 	"strconv"
+	"time"
 
 	"github.com/avsidecar/avsidecar/internal/fswalk"
 )
@@ -130,6 +131,7 @@ func (h *Handler) serveDu(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	defer dir.Close()
+	http.NewResponseController(w).SetWriteDeadline(time.Time{})
 	u, err := fswalk.Du(r.Context(), dir, fswalk.WalkOptions{MaxDepth: h.cfg.MaxWalkDepth, Workers: h.cfg.WalkWorkers})
 	if err != nil {
 		writeError(w, http.StatusServiceUnavailable, "du interrupted")
@@ -207,6 +209,9 @@ func (h *Handler) serveWalk(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	defer dir.Close()
+	// A walk of a big tree outlasts any server-wide WriteTimeout; the
+	// client's context still ends it.
+	http.NewResponseController(w).SetWriteDeadline(time.Time{})
 	w.Header().Set("Content-Type", "application/x-ndjson")
 	w.WriteHeader(http.StatusOK)
 	if r.Method == http.MethodHead {
