@@ -55,6 +55,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -135,6 +136,9 @@ type Handler struct {
 	roots *fswalk.Roots
 	cache *dirCache
 	codes [600]atomic.Uint64 // requests by status code
+
+	closeOnce sync.Once
+	closeErr  error
 }
 
 // New opens the roots and, unless disabled, the inotify-backed cache.
@@ -163,15 +167,22 @@ func New(cfg Config, log zerolog.Logger) (*Handler, error) {
 // It returns nil on cancellation.
 func (h *Handler) Run(ctx context.Context) error {
 	<-ctx.Done()
-	return h.Close()
+	if err := h.Close(); err != nil {
+		h.log.Warn().Err(err).Msg("close browse roots")
+	}
+	return nil
 }
 
-// Close releases the roots and the cache. Later requests fail.
+// Close releases the roots and the cache; later requests fail. Calling it
+// again does nothing.
 func (h *Handler) Close() error {
-	if h.cache != nil {
-		h.cache.close()
-	}
-	return h.roots.Close()
+	h.closeOnce.Do(func() {
+		if h.cache != nil {
+			h.cache.close()
+		}
+		h.closeErr = h.roots.Close()
+	})
+	return h.closeErr
 }
 
 // Status is the browse part of /v1/status and /metrics.

@@ -684,3 +684,22 @@ func TestWalkOutlastsWriteTimeout(t *testing.T) {
 		t.Errorf("walk under WriteTimeout: %d %q", a.code, a.body)
 	}
 }
+
+func TestRunClosesOnCancel(t *testing.T) {
+	fx := newFixture(t)
+	h, srv := newServer(t, Config{Roots: []string{fx.data}})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- h.Run(ctx) }()
+	listPage(t, srv, "path="+fx.data)
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	if a := get(t, srv, "/v1/files?path="+fx.data); a.code == 200 {
+		t.Errorf("served after Run ended: %s", a.body)
+	}
+	if err := h.Close(); err != nil {
+		t.Errorf("second Close: %v", err)
+	}
+}
