@@ -93,12 +93,12 @@ func TestPodmanPod(t *testing.T) {
 	mcsLog.waitN(t, "mcs started", time.Minute, 1, logMsg("mcs", "mcs started"))
 	mcsIP := pm.inspect(mcs).NetworkSettings.Networks[mcsNet].IPAddress
 
-	// The PersistentVolume: its subPaths html (nginx's files) and avamar
-	// (the client prefix); and the Secret's two files.
+	// The PersistentVolume: its subPaths html (nginx's files), avamar (the
+	// client prefix) and init.d; and the Secret's two files.
 	data := t.TempDir()
-	html, avamar := filepath.Join(data, "html"), filepath.Join(data, "avamar")
+	html, avamar, initd := filepath.Join(data, "html"), filepath.Join(data, "avamar"), filepath.Join(data, "init.d")
 	sshDir, browseDir := filepath.Join(data, "secret-ssh"), filepath.Join(data, "secret-browse")
-	for _, d := range []string{html, filepath.Join(html, "assets"), avamar, sshDir, browseDir} {
+	for _, d := range []string{html, filepath.Join(html, "assets"), avamar, initd, sshDir, browseDir} {
 		if err := os.MkdirAll(d, 0o755); err != nil {
 			t.Fatal(err)
 		}
@@ -154,6 +154,7 @@ func TestPodmanPod(t *testing.T) {
 			"--cap-drop", "all", "--security-opt", "no-new-privileges",
 			"-v", html + ":/var/www/html",
 			"-v", avamar + ":/usr/local/avamar",
+			"-v", initd + ":/etc/init.d",
 			"-v", sshDir + ":/etc/avsidecar/ssh:ro",
 			"-v", browseDir + ":/etc/avsidecar/browse:ro"}
 		for _, c := range manifest.capAdd {
@@ -221,6 +222,8 @@ func TestPodmanPod(t *testing.T) {
 		defer cancel()
 		out, err := exec.CommandContext(ctx, ssh, "-i", key, "-p", sshPort,
 			"-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes", "-o", "ConnectTimeout=10",
+			// The pod's IP changes between pods; its identity must not.
+			"-o", "HostKeyAlias=nginx-0",
 			"-o", "UserKnownHostsFile="+knownHosts, "-o", "StrictHostKeyChecking="+hostKeyChecking,
 			"root@"+podIP, "cat /var/www/html/index.html && test -f /usr/local/avamar/var/avagent.cfg && echo registered").CombinedOutput()
 		if err != nil {
@@ -263,14 +266,19 @@ func TestPodmanPod(t *testing.T) {
 		// successor: the published port is free again.
 		pm.run("pod", "rm", s.pod)
 	}
+	unreachable := logMsg("mcs", "agent unreachable", "name", "nginx-0")
+	before := mcsLog.count(unreachable)
 	stopAndCheck(p1)
-	mcsLog.waitN(t, "the MCS noticing the agent gone", time.Minute, 1, logMsg("mcs", "agent unreachable", "name", "nginx-0"))
+	// The MCS notices the agent gone (it calls back every 2s), so its
+	// reaching the next one is news.
+	mcsLog.waitN(t, "the MCS noticing the agent gone", time.Minute, before+1, unreachable)
+	reachedBefore := mcsLog.count(reachable)
 
 	// Round 2: a new pod on the same volume. Nothing is installed or
 	// registered again, and the SSH host key is the same.
 	p2 := startPod(2)
 	podmanWaitReady(t, pm, p2.sidecar, "http://"+net.JoinHostPort(p2.podIP, "9180")+"/readyz", 2*time.Minute)
-	mcsLog.waitN(t, "the MCS reaching the restarted agent", time.Minute, 2, reachable)
+	mcsLog.waitN(t, "the MCS reaching the restarted agent", time.Minute, reachedBefore+1, reachable)
 	if n := mcsLog.count(logMsg("mcs", "client registered", "name", "nginx-0")); n != 1 {
 		t.Errorf("MCS registrations of nginx-0 after the restart: %d, want still 1", n)
 	}
