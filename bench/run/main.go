@@ -53,6 +53,18 @@ func run(starts int) error {
 	if _, err := testkit.BuildRPMFile(filepath.Join(root, "opt/avamar"), testkit.RPMOptions{AgentBinary: avkit}); err != nil {
 		return err
 	}
+	// One authorized key, so that the SSH server holds what it would in a pod.
+	clientKey := filepath.Join(dir, "client_key")
+	if out, err := exec.Command("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", clientKey).CombinedOutput(); err != nil {
+		return fmt.Errorf("ssh-keygen: %v %s", err, out)
+	}
+	pub, err := os.ReadFile(clientKey + ".pub")
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(filepath.Join(root, "authorized_keys"), pub, 0o600); err != nil {
+		return err
+	}
 	mcs, err := testkit.StartMCS("127.0.0.1:0", testkit.MCSOptions{})
 	if err != nil {
 		return err
@@ -61,17 +73,26 @@ func run(starts int) error {
 
 	httpAddr := "127.0.0.1:" + strconv.Itoa(freePort())
 	env := append(os.Environ(), "AVSIDECAR_ROOT="+root, "AVAMAR_SERVER="+mcs.Addr(), "NODE_IP=127.0.0.1", "POD_NAME=bench-0",
-		"AVAMAR_LISTEN_PORT="+strconv.Itoa(freePort()), "AVSIDECAR_HTTP_ADDR="+httpAddr, "AVSIDECAR_SSH_ADDR=off")
+		"AVAMAR_LISTEN_PORT="+strconv.Itoa(freePort()), "AVSIDECAR_HTTP_ADDR="+httpAddr,
+		"AVSIDECAR_SSH_ADDR=127.0.0.1:"+strconv.Itoa(freePort()), "AVSIDECAR_SSH_AUTHORIZED_KEYS=/authorized_keys",
+		"AVSIDECAR_BROWSE_ROOTS=/opt/avamar")
 
 	// Idle memory, agent registered and ready.
+	logFile, err := os.Create(filepath.Join(dir, "run.log"))
+	if err != nil {
+		return err
+	}
+	defer logFile.Close()
 	cmd := exec.Command(avsidecar, "run")
 	cmd.Env = env
+	cmd.Stdout, cmd.Stderr = logFile, logFile
 	if err := cmd.Start(); err != nil {
 		return err
 	}
 	if err := waitHTTP(httpAddr, "/readyz", 60*time.Second); err != nil {
 		cmd.Process.Kill()
-		return err
+		b, _ := os.ReadFile(logFile.Name())
+		return fmt.Errorf("%w; its log:\n%s", err, b)
 	}
 	time.Sleep(3 * time.Second) // let start-up garbage be collected: this is idle memory
 	ours := tree(cmd.Process.Pid, "avagent.bin")
@@ -83,8 +104,8 @@ func run(starts int) error {
 		return err
 	}
 	fmt.Printf("idle memory (sum over processes)\n")
-	fmt.Printf("  avsidecar run (reaper + supervisor, without avagent): RSS %6.2f MiB  PSS %6.2f MiB  (%d processes)\n", mib(ours.rss), mib(ours.pss), ours.n)
-	fmt.Printf("  old recipe (sh run.sh + sshd -D):                     RSS %6.2f MiB  PSS %6.2f MiB  (%d processes)\n", mib(peer.rss), mib(peer.pss), peer.n)
+	fmt.Printf("  avsidecar run (reaper + supervisor with SSH and browse on, without avagent): RSS %6.2f MiB  PSS %6.2f MiB  (%d processes)\n", mib(ours.rss), mib(ours.pss), ours.n)
+	fmt.Printf("  old recipe (sh run.sh + sshd -D):                                           RSS %6.2f MiB  PSS %6.2f MiB  (%d processes)\n", mib(peer.rss), mib(peer.pss), peer.n)
 	fmt.Printf("  ratio avsidecar/old recipe: RSS %.2f  PSS %.2f\n", float64(ours.rss)/float64(peer.rss), float64(ours.pss)/float64(peer.pss))
 
 	// Exec to first 200 from /livez, on an installed and registered root.
@@ -173,12 +194,16 @@ func tree(pid int, skip string) usage {
 	return u
 }
 
+// children lists pid's children; the kernel keeps them per thread.
 func children(pid int) []int {
-	b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", pid, pid))
+	tasks, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/children", pid))
 	var out []int
-	for _, f := range strings.Fields(string(b)) {
-		n, _ := strconv.Atoi(f)
-		out = append(out, n)
+	for _, t := range tasks {
+		b, _ := os.ReadFile(t)
+		for _, f := range strings.Fields(string(b)) {
+			n, _ := strconv.Atoi(f)
+			out = append(out, n)
+		}
 	}
 	return out
 }

@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/signal"
 	"path"
+	"runtime/debug"
 	"strconv"
 	"sync/atomic"
 	"syscall"
@@ -88,7 +89,7 @@ type sidecar struct {
 
 	reg    *register.Registrar
 	sup    *supervise.Supervisor
-	ssh    *sshd.Server // nil when AVSIDECAR_SSH_ADDR=off
+	ssh    atomic.Pointer[sshd.Server] // nil when off, and until its host keys are ready
 	browse *browse.Handler
 	follow *logfollow.Follower
 	http   *http.Server
@@ -109,8 +110,8 @@ const (
 	phaseStopping    = "stopping"
 )
 
-// newSidecar builds every part and binds the listeners, so that a bad
-// address or browse root fails the start at once.
+// newSidecar builds the parts that are quick to build and binds the HTTP
+// listener, so that a bad address or browse root fails the start at once.
 func newSidecar(cfg config.Config, log zerolog.Logger) (*sidecar, error) {
 	s := &sidecar{cfg: cfg, log: log, client: avclient.Client{Prefix: cfg.HostPath(cfg.Prefix)}}
 	s.phase.Store(phaseStarting)
@@ -155,19 +156,6 @@ func newSidecar(cfg config.Config, log zerolog.Logger) (*sidecar, error) {
 	if err != nil {
 		return nil, &exitError{Code: exitConfig, Err: fmt.Errorf("AVSIDECAR_BROWSE_ROOTS: %w", err)}
 	}
-	if cfg.SSHAddr != "" {
-		s.ssh, err = sshd.New(sshd.Config{
-			Addr:               cfg.SSHAddr,
-			AuthorizedKeysFile: cfg.HostPath(cfg.AuthorizedKeys),
-			HostKeyDir:         cfg.HostPath(cfg.StateDir),
-			Dir:                cfg.Root,
-			ShutdownTimeout:    cfg.ShutdownTimeout / 4,
-		}, s.logger("sshd"))
-		if err != nil {
-			s.browse.Close()
-			return nil, fmt.Errorf("start SSH server: %w", err)
-		}
-	}
 	s.httpLn, err = net.Listen("tcp", cfg.HTTPAddr)
 	if err != nil {
 		s.browse.Close()
@@ -206,11 +194,27 @@ func (s *sidecar) run(ctx context.Context) error {
 		}
 		return nil
 	})
-	if s.ssh != nil {
-		servers.Go(func() error { return s.ssh.Run(serversCtx) })
-	}
 	servers.Go(func() error { return s.browse.Run(serversCtx) })
 	servers.Go(func() error { return s.follow.Run(serversCtx) })
+	// SSH after HTTP: the first start makes the host keys (RSA takes a
+	// while), and the probes must answer meanwhile.
+	if s.cfg.SSHAddr != "" {
+		srv, err := sshd.New(sshd.Config{
+			Addr:               s.cfg.SSHAddr,
+			AuthorizedKeysFile: s.cfg.HostPath(s.cfg.AuthorizedKeys),
+			HostKeyDir:         s.cfg.HostPath(s.cfg.StateDir),
+			Dir:                s.cfg.Root,
+			ShutdownTimeout:    s.cfg.ShutdownTimeout / 4,
+		}, s.logger("sshd"))
+		if err != nil {
+			cancelServe()
+			s.http.Close()
+			_ = servers.Wait()
+			return fmt.Errorf("start SSH server: %w", err)
+		}
+		s.ssh.Store(srv)
+		servers.Go(func() error { return srv.Run(serversCtx) })
+	}
 
 	workCtx, cancelWork := context.WithCancel(context.Background())
 	defer cancelWork()
@@ -277,6 +281,9 @@ func (s *sidecar) work(ctx context.Context) error {
 		return err
 	}
 	s.installed.Store(&res)
+	// An install streams the whole payload through decompressors; give
+	// those buffers back now rather than keep them for the pod's life.
+	debug.FreeOSMemory()
 
 	written, err := s.client.WriteFlags(avclient.Flags{
 		NodeIP: s.cfg.NodeIP, ListenPort: s.cfg.ListenPort, Extra: s.cfg.AgentFlags, ClientName: s.cfg.ClientName,
