@@ -29,6 +29,7 @@ import (
 	"github.com/avsidecar/avsidecar/internal/health"
 	"github.com/avsidecar/avsidecar/internal/install"
 	"github.com/avsidecar/avsidecar/internal/logfollow"
+	"github.com/avsidecar/avsidecar/internal/metrics"
 	"github.com/avsidecar/avsidecar/internal/pid1"
 	"github.com/avsidecar/avsidecar/internal/register"
 	"github.com/avsidecar/avsidecar/internal/sshd"
@@ -87,13 +88,14 @@ type sidecar struct {
 	log    zerolog.Logger
 	client avclient.Client
 
-	reg    *register.Registrar
-	sup    *supervise.Supervisor
-	ssh    atomic.Pointer[sshd.Server] // nil when off, and until its host keys are ready
-	browse *browse.Handler
-	follow *logfollow.Follower
-	http   *http.Server
-	httpLn net.Listener
+	reg     *register.Registrar
+	sup     *supervise.Supervisor
+	ssh     atomic.Pointer[sshd.Server] // nil when off, and until its host keys are ready
+	browse  *browse.Handler
+	metrics *metrics.Metrics
+	follow  *logfollow.Follower
+	http    *http.Server
+	httpLn  net.Listener
 
 	phase      atomic.Value // string
 	installed  atomic.Pointer[install.Result]
@@ -162,13 +164,23 @@ func newSidecar(cfg config.Config, log zerolog.Logger) (*sidecar, error) {
 		return nil, fmt.Errorf("listen for HTTP on %s: %w", cfg.HTTPAddr, err)
 	}
 
+	s.metrics, err = metrics.New(metrics.Config{Version: buildVersion(), Snapshot: s.metricsSnapshot}, s.logger("http"))
+	if err != nil {
+		s.browse.Close()
+		return nil, err
+	}
 	mux := http.NewServeMux()
-	probes := s.probes()
-	mux.Handle("/livez", probes)
-	mux.Handle("/readyz", probes)
-	mux.Handle("/startupz", probes)
-	mux.HandleFunc("GET /v1/status", s.serveStatus)
-	mux.Handle("/", s.browse)
+	probes := health.New(health.Config{Startup: s.startupChecks(), Ready: s.readyChecks()})
+	for _, name := range []string{"livez", "readyz", "startupz"} {
+		mux.Handle("/"+name, s.metrics.Instrument(name, probes))
+	}
+	mux.Handle("/metrics", s.metrics.Instrument("metrics", s.metrics.Handler()))
+	mux.Handle("GET /v1/status", s.metrics.Instrument("status", http.HandlerFunc(s.serveStatus)))
+	for _, name := range []string{"files", "stat", "walk", "du"} {
+		mux.Handle("/v1/"+name, s.metrics.Instrument(name, s.browse))
+	}
+	mux.Handle("/{$}", s.metrics.Instrument("ui", s.browse))
+	mux.Handle("/", s.metrics.Instrument("other", s.browse))
 	s.http = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 	return s, nil
 }
@@ -303,43 +315,49 @@ func (s *sidecar) work(ctx context.Context) error {
 	return s.sup.Run(ctx)
 }
 
-// probes answers the kubelet with the checks of SPEC's HTTP table.
-func (s *sidecar) probes() http.Handler {
-	installed := health.Check{Name: "installed", Fn: func(context.Context) error {
-		if s.installed.Load() == nil {
-			return fmt.Errorf("not installed yet (phase %s)", s.phase.Load())
-		}
-		return nil
-	}}
-	configured := health.Check{Name: "configured", Fn: func(context.Context) error {
-		if !s.configured.Load() {
-			return errors.New("flag files not written yet")
-		}
-		return nil
-	}}
-	return health.New(health.Config{
-		Startup: []health.Check{installed, configured},
-		Ready: []health.Check{
-			{Name: "shutdown", Fn: func(context.Context) error {
-				if s.stopping.Load() {
-					return errors.New("shutting down")
-				}
+// startupChecks pass once the client is installed and configured.
+func (s *sidecar) startupChecks() []health.Check {
+	return []health.Check{
+		{Name: "installed", Fn: s.checkInstalled},
+		{Name: "configured", Fn: func(context.Context) error {
+			if !s.configured.Load() {
+				return errors.New("flag files not written yet")
+			}
+			return nil
+		}},
+	}
+}
+
+// readyChecks are SPEC's readiness: not stopping, installed, registered,
+// and avagent accepting TCP on its listen port.
+func (s *sidecar) readyChecks() []health.Check {
+	return []health.Check{
+		{Name: "shutdown", Fn: func(context.Context) error {
+			if s.stopping.Load() {
+				return errors.New("shutting down")
+			}
+			return nil
+		}},
+		{Name: "installed", Fn: s.checkInstalled},
+		{Name: "registered", Fn: func(context.Context) error {
+			st := s.reg.Status()
+			if st.Registered {
 				return nil
-			}},
-			installed,
-			{Name: "registered", Fn: func(context.Context) error {
-				st := s.reg.Status()
-				if st.Registered {
-					return nil
-				}
-				if st.Attempts == 0 {
-					return errors.New("not registered yet")
-				}
-				return fmt.Errorf("not registered after %d attempts, last %s: %s", st.Attempts, st.LastOutcome, st.LastError)
-			}},
-			{Name: "agent", Fn: s.agentAccepts},
-		},
-	})
+			}
+			if st.Attempts == 0 {
+				return errors.New("not registered yet")
+			}
+			return fmt.Errorf("not registered after %d attempts, last %s: %s", st.Attempts, st.LastOutcome, st.LastError)
+		}},
+		{Name: "agent", Fn: s.agentAccepts},
+	}
+}
+
+func (s *sidecar) checkInstalled(context.Context) error {
+	if s.installed.Load() == nil {
+		return fmt.Errorf("not installed yet (phase %s)", s.phase.Load())
+	}
+	return nil
 }
 
 // agentAccepts is ready when avagent accepts TCP on its listen port.
@@ -370,16 +388,56 @@ type statusDoc struct {
 	Install      *install.Result  `json:"install"`
 	Registration register.Status  `json:"registration"`
 	Agent        supervise.Status `json:"agent"`
+	AgentLog     logfollow.Status `json:"agent_log"`
+	SSH          *sshd.Status     `json:"ssh"`
+	Browse       browse.Status    `json:"browse"`
 }
 
 func (s *sidecar) status() statusDoc {
-	return statusDoc{
+	d := statusDoc{
 		Version:      buildVersion(),
 		Phase:        s.phase.Load().(string),
 		Install:      s.installed.Load(),
 		Registration: s.reg.Status(),
 		Agent:        s.sup.Status(),
+		AgentLog:     s.follow.Status(),
+		Browse:       s.browse.Status(),
 	}
+	if srv := s.ssh.Load(); srv != nil {
+		st := srv.Status()
+		d.SSH = &st
+	}
+	return d
+}
+
+// metricsSnapshot is what /metrics reports, read from the same Status()
+// snapshots as /v1/status so the two never disagree.
+func (s *sidecar) metricsSnapshot() metrics.Snapshot {
+	d := s.status()
+	ready := true
+	for _, r := range health.Run(context.Background(), s.readyChecks(), time.Second) {
+		ready = ready && r.OK
+	}
+	m := metrics.Snapshot{
+		Phase:           d.Phase,
+		Ready:           ready,
+		Registrations:   d.Registration.Outcomes,
+		Registered:      d.Registration.Registered,
+		AgentUp:         d.Agent.Running,
+		AgentRestarts:   d.Agent.Restarts,
+		BrowseRequests:  d.Browse.Requests,
+		AvagentLogLines: d.AgentLog.Lines,
+	}
+	if d.Install != nil {
+		m.Install = metrics.Install{Package: d.Install.Name, Version: d.Install.Version, Release: d.Install.Release}
+	}
+	if d.Agent.Running {
+		m.AgentUptime = time.Since(d.Agent.StartedAt)
+	}
+	if d.SSH != nil {
+		m.SSHLogins, m.SSHRefusals, m.SSHActiveSessions = d.SSH.Logins, d.SSH.Refusals, d.SSH.ActiveSessions
+	}
+	return m
 }
 
 func (s *sidecar) serveStatus(w http.ResponseWriter, r *http.Request) {
