@@ -122,12 +122,13 @@ func (p *podman) imageExists(ref string) bool {
 	return err == nil
 }
 
-// baseImage returns the local Debian base image, making it once per host
-// with debootstrap when it does not exist (about a minute with a mirror).
-func (p *podman) baseImage() string {
+// baseImage returns the local Debian base image ref (podmanBaseImage),
+// making it once per host with debootstrap when it does not exist (under a
+// minute with a reachable mirror).
+func (p *podman) baseImage(ref string) string {
 	p.t.Helper()
-	if p.imageExists(podmanBaseImage) {
-		return podmanBaseImage
+	if p.imageExists(ref) {
+		return ref
 	}
 	lock, err := os.OpenFile(podmanLock, os.O_CREATE|os.O_RDWR, 0o644)
 	if err != nil {
@@ -138,8 +139,8 @@ func (p *podman) baseImage() string {
 		p.t.Fatal(err)
 	}
 	defer syscall.Flock(int(lock.Fd()), syscall.LOCK_UN)
-	if p.imageExists(podmanBaseImage) { // made while we waited
-		return podmanBaseImage
+	if p.imageExists(ref) { // made while we waited
+		return ref
 	}
 	testkit.NeedCommand(p.t, "debootstrap")
 	dir := p.t.TempDir()
@@ -161,7 +162,7 @@ func (p *podman) baseImage() string {
 		}
 	}
 	tarCmd := exec.CommandContext(ctx, "tar", "-C", rootfs, "-c", ".")
-	imp := p.cmd(ctx, "import", "-q", "-", podmanBaseImage)
+	imp := p.cmd(ctx, "import", "-q", "-", ref)
 	pipe, err := tarCmd.StdoutPipe()
 	if err != nil {
 		p.t.Fatal(err)
@@ -178,8 +179,8 @@ func (p *podman) baseImage() string {
 	if err := tarCmd.Wait(); err != nil {
 		p.t.Fatalf("tar: %v", err)
 	}
-	p.t.Logf("made %s with debootstrap in %s", podmanBaseImage, time.Since(start).Round(time.Second))
-	return podmanBaseImage
+	p.t.Logf("made %s with debootstrap in %s", ref, time.Since(start).Round(time.Second))
+	return ref
 }
 
 // build runs podman build and removes the image at the end of the test.

@@ -37,7 +37,7 @@ func TestPodmanPod(t *testing.T) {
 	manifest := loadExampleSidecar(t)
 
 	// Images: base (cached), nginx (cached), product and site (per run).
-	base := pm.baseImage()
+	base := pm.baseImage(podmanBaseImage)
 	nginxImage := pm.nginxImage(base)
 	bins := testkit.BuildBinaries(t)
 	root, err := testkit.ModuleRoot()
