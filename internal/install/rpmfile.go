@@ -402,28 +402,31 @@ func (p *pkg) decodeFiles() error {
 		if f.size < 0 {
 			return unusable("header: %s: negative size", f.path)
 		}
-		if mtimes != nil {
+		if len(mtimes) > 0 {
 			f.mtime = mtimes[i]
 		}
-		if flags != nil {
+		if len(flags) > 0 {
 			f.flags = flags[i]
 		}
-		if users != nil {
-			f.user, f.group = users[i], groups[i]
+		if len(users) > 0 {
+			f.user = users[i]
 		}
-		if inodes != nil && devices != nil {
+		if len(groups) > 0 {
+			f.group = groups[i]
+		}
+		if len(inodes) > 0 && len(devices) > 0 {
 			f.hlKey = uint64(devices[i])<<32 | uint64(uint32(inodes[i]))
 		}
 		switch {
 		case f.isReg():
-			if digests != nil {
+			if len(digests) > 0 {
 				f.digest = strings.ToLower(digests[i])
 			}
 			if f.digest != "" && (len(f.digest) != hashLen || !isHex(f.digest)) {
 				return unusable("header: %s: malformed digest", f.path)
 			}
 		case f.isSymlink():
-			if links == nil || links[i] == "" || strings.ContainsRune(links[i], 0) {
+			if len(links) == 0 || links[i] == "" || strings.ContainsRune(links[i], 0) {
 				return unusable("header: %s: symlink without a target", f.path)
 			}
 			f.linkTo = links[i]

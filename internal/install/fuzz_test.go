@@ -1,0 +1,122 @@
+package install
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/rs/zerolog"
+)
+
+// fuzzInstall runs the installer's reader, planner and extractor (not
+// the digest check, which random input would almost never pass: the
+// extractor must be safe on its own) on the package in data, and checks
+// that it either fails with ErrUnusable or installs, and never writes
+// outside its root.
+func fuzzInstall(t *testing.T, data []byte, payloadless func(*pkg)) {
+	// tmpfs when there is one: the journal's fsyncs make each run cost
+	// milliseconds on a disk, and minimising an input takes thousands.
+	outer, err := os.MkdirTemp(fuzzTmp(), "fuzz-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(outer)
+	rpmPath := filepath.Join(outer, "in.rpm")
+	if err = os.WriteFile(rpmPath, data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.Open(rpmPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	p, err := readPackage(f, int64(len(data)))
+	if err != nil {
+		if !errors.Is(err, ErrUnusable) {
+			t.Fatalf("read: %v is not ErrUnusable", err)
+		}
+		return
+	}
+	if payloadless != nil {
+		payloadless(p)
+	}
+	rootDir := filepath.Join(outer, "root")
+	if err := os.Mkdir(rootDir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	root, err := os.OpenRoot(rootDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer root.Close()
+	cfg, _ := Config{RPM: rpmPath, Root: rootDir, Prefix: "/opt/avamar", MaxSize: 16 << 20, NoScripts: true, NoSync: true}.withDefaults()
+	in := &installer{cfg: cfg, log: zerolog.Nop(), root: root}
+	pl, err := in.plan(p)
+	if err == nil {
+		_, err = in.apply(context.Background(), f, p, pl, nil, nil, verification{sha256: "fuzz"}, fingerprint{})
+	}
+	if err != nil && !errors.Is(err, ErrUnusable) && !isConfigError(err) {
+		t.Fatalf("install: %v is not ErrUnusable", err)
+	}
+	entries, err := os.ReadDir(outer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(entries) != 2 {
+		t.Fatalf("written outside the root: %v", entries)
+	}
+}
+
+func fuzzTmp() string {
+	if st, err := os.Stat("/dev/shm"); err == nil && st.IsDir() {
+		return "/dev/shm"
+	}
+	return os.TempDir()
+}
+
+// isConfigError is the one refusal that is the caller's to fix, not the
+// package's: several prefixes and no From.
+func isConfigError(err error) bool {
+	return err != nil && bytes.Contains([]byte(err.Error()), []byte("say which one to relocate"))
+}
+
+func FuzzPackage(f *testing.F) {
+	for _, c := range []string{"gzip:0", "gzip", "zstd", "xz"} {
+		f.Add(pack(f, packOpts{compressor: c}))
+	}
+	f.Add(pack(f, packOpts{compressor: "gzip:0", files: append(baseFiles("1.0"), symlink(testPrefix+"/lib", "/tmp"), file(testPrefix+"/lib/x", 0o644, "x"))}))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		fuzzInstall(t, data, nil)
+	})
+}
+
+// FuzzPayload fuzzes the cpio archive alone: the input is the
+// uncompressed payload of the base package, whose headers stay valid.
+func FuzzPayload(f *testing.F) {
+	good := pack(f, packOpts{})
+	p, err := readPackage(bytes.NewReader(good), int64(len(good)))
+	if err != nil {
+		f.Fatal(err)
+	}
+	head := good[:p.payloadOff]
+	dec, err := decompressor(bufio.NewReader(bytes.NewReader(good[p.payloadOff:])), p.compressor)
+	if err != nil {
+		f.Fatal(err)
+	}
+	archive, err := io.ReadAll(dec)
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Add(archive)
+	f.Add(archive[:len(archive)/2])
+	f.Add(bytes.Replace(archive, []byte("070701"), []byte("07070X"), 1))
+	f.Fuzz(func(t *testing.T, payload []byte) {
+		data := append(append([]byte(nil), head...), payload...)
+		fuzzInstall(t, data, func(p *pkg) { p.compressor = "none" })
+	})
+}
