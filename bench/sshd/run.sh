@@ -42,6 +42,11 @@ wait_for() {
 
 rss_kb() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
 
+# cpu_ticks PID: CPU time of a process and of its waited-for children
+# (sshd's per-connection processes and sftp-server), in clock ticks. Less
+# sensitive than wall time to the other load of a shared machine.
+cpu_ticks() { awk '{print $14 + $15 + $16 + $17}' "/proc/$1/stat"; }
+
 go build -o "$W/harness" ./bench/sshd
 ssh-keygen -q -t ed25519 -N '' -f "$W/id"
 ssh-keygen -q -t ed25519 -N '' -f "$W/openssh_host_key"
@@ -70,6 +75,7 @@ Subsystem sftp $PEER_SFTP
 EOF
 /usr/sbin/sshd -D -f "$W/sshd_config" -p "$B" &
 PIDS+=($!)
+SSHD=$!
 
 wait_for grep -q ready "$W/harness.out"
 wait_for sh -c "ss -ltn | grep -q '127.0.0.1:$B '"
@@ -82,12 +88,23 @@ SFTP="sftp $CLIENT -B $BUF -R $REQS -b $W/batch"
 if [ -n "$CIPHER" ]; then SFTP="$SFTP -c $CIPHER"; fi
 echo "## sftp download of $SIZE, $RUNS runs each, peer sftp: $PEER_SFTP"
 echo "client: $SFTP -P PORT root@127.0.0.1"
+cpu_a0=$(cpu_ticks "$HARNESS")
+cpu_b0=$(cpu_ticks "$SSHD")
 hyperfine --warmup 1 --runs "$RUNS" --export-json "$W/ab.json" \
 	-n avsidecar "$SFTP -P $A root@127.0.0.1" -n openssh "$SFTP -P $B root@127.0.0.1"
 hyperfine --warmup 1 --runs "$RUNS" --export-json "$W/ba.json" \
 	-n openssh "$SFTP -P $B root@127.0.0.1" -n avsidecar "$SFTP -P $A root@127.0.0.1"
 
+cpu_a1=$(cpu_ticks "$HARNESS")
+cpu_b1=$(cpu_ticks "$SSHD")
+
 bytes=$(stat -c %s "$W/big")
+# Each server served 2 * (RUNS + 1 warmup) downloads.
+awk -v a=$((cpu_a1 - cpu_a0)) -v b=$((cpu_b1 - cpu_b0)) -v n=$((2 * (RUNS + 1))) -v bytes="$bytes" -v hz="$(getconf CLK_TCK)" 'BEGIN {
+	gib = n * bytes / 1073741824
+	printf "server CPU per GiB sent: avsidecar %.2f s, openssh %.2f s (sshd + sftp-server)\n", a / hz / gib, b / hz / gib
+}'
+
 jq -s -r --argjson bytes "$bytes" '
 	[.[].results[]] | group_by(.command) | map({name: .[0].command, times: (map(.times) | add)})
 	| map(.mean = ((.times | add) / (.times | length)))

@@ -312,6 +312,33 @@ func TestShutdownClosesSessions(t *testing.T) {
 	}
 }
 
+// TestShutdownClosesSFTP: an open sftp session is closed at once, not
+// killed at the deadline.
+func TestShutdownClosesSFTP(t *testing.T) {
+	k := newUserKey(t)
+	ts := startServer(t, k.line+"\n", func(c *Config) { c.ShutdownTimeout = 5 * time.Second })
+	c := ts.mustDial(t, k)
+	sc, err := sftp.NewClient(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sc.Close()
+	if _, err := sc.Getwd(); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	ts.stop()
+	if took := time.Since(start); took > 3*time.Second {
+		t.Errorf("shutdown with an sftp session took %v", took)
+	}
+	if ts.log.count(msgIs("ssh sessions still open at shutdown timeout; killing them")) != 0 {
+		t.Errorf("sftp session had to be killed")
+	}
+	if _, err := sc.Getwd(); err == nil {
+		t.Errorf("sftp still answers after shutdown")
+	}
+}
+
 func TestHostKeysMadeOnceAndKept(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "state")
 	first, err := loadHostKeys(dir, zerolog.Nop())
