@@ -249,6 +249,30 @@ func TestMissingAndEmptyKeysFile(t *testing.T) {
 	}
 }
 
+// TestKeysDirAppearsLater: the Secret directory may not exist when the
+// server starts; the resync starts the watch once it does.
+func TestKeysDirAppearsLater(t *testing.T) {
+	k := newUserKey(t)
+	dir := filepath.Join(t.TempDir(), "later")
+	ts := startServer(t, "", func(c *Config) {
+		c.AuthorizedKeysFile = filepath.Join(dir, "authorized_keys")
+		c.KeysResync = 100 * time.Millisecond
+	})
+	ts.log.waitN(t, 1, 10*time.Second, "watch failure logged", msgIs("cannot watch authorized keys directory yet"))
+	must(t, os.Mkdir(dir, 0o755))
+	writeAtomic(t, filepath.Join(dir, "authorized_keys"), k.line+"\n")
+	ts.log.waitN(t, 1, 10*time.Second, "keys loaded", msgIs("authorized keys loaded"))
+	if _, err := ts.dial(k); err != nil {
+		t.Fatalf("login: %v", err)
+	}
+	// Later changes are followed too.
+	writeAtomic(t, filepath.Join(dir, "authorized_keys"), "")
+	ts.log.waitN(t, 1, 10*time.Second, "empty file", msgIs("authorized keys file has no usable key; nobody can log in"))
+	if n := ts.log.count(msgIs("cannot watch authorized keys directory yet")); n != 1 {
+		t.Errorf("watch failure logged %d times, want once", n)
+	}
+}
+
 // TestUnauthenticatedFlood holds many idle connections open. Those over
 // the caps are closed at once, memory stays bounded, a client from another
 // address still logs in, and the login grace timeout frees the slots.

@@ -360,7 +360,10 @@ func (ss *session) startPTY(cmd *exec.Cmd) (func(), error) {
 		return nil, fmt.Errorf("open pty: %w", err)
 	}
 	_ = pty.Setsize(ptmx, winsize(ss.pty))
-	cmd.Env = append(cmd.Env, "TERM="+ss.pty.Term, "SSH_TTY="+tty.Name())
+	if ss.pty.Term != "" {
+		cmd.Env = append(cmd.Env, "TERM="+ss.pty.Term)
+	}
+	cmd.Env = append(cmd.Env, "SSH_TTY="+tty.Name())
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = tty, tty, tty
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Setctty: true}
 	err = cmd.Start()

@@ -67,16 +67,19 @@ func (s *Server) watchKeys(ctx context.Context) {
 	} else {
 		defer w.Close()
 	}
-	watching := false
+	watching, warned := false, false
 	watch := func() {
 		if w == nil || watching {
 			return
 		}
 		if err := w.Add(dir); err != nil {
-			s.log.Warn().Err(err).Str("dir", dir).Msg("cannot watch authorized keys directory yet")
+			if !warned {
+				s.log.Warn().Err(err).Str("dir", dir).Dur("resync", s.cfg.KeysResync).Msg("cannot watch authorized keys directory yet")
+				warned = true
+			}
 			return
 		}
-		watching = true
+		watching, warned = true, false
 		s.reloadKeys() // catch changes made before the watch started
 	}
 	watch()
