@@ -26,6 +26,9 @@ ARG BASE_IMAGE=debian:bookworm-slim
 # does not depend on the base image's glibc.
 FROM ${GO_IMAGE} AS build
 WORKDIR /src
+# GOPROXY: a site's module proxy (Athens, Artifactory...) when
+# proxy.golang.org is not reachable; empty means Go's default.
+ARG GOPROXY=""
 COPY go.mod go.sum ./
 RUN go mod download
 COPY cmd ./cmd
