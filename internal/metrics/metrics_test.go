@@ -1,0 +1,461 @@
+package metrics
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"runtime"
+	"slices"
+	"sort"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
+	"github.com/rs/zerolog"
+)
+
+// source is a Snapshot the test changes between scrapes.
+type source struct {
+	mu sync.Mutex
+	s  Snapshot
+}
+
+func (src *source) set(s Snapshot) {
+	src.mu.Lock()
+	defer src.mu.Unlock()
+	src.s = s
+}
+
+func (src *source) get() Snapshot {
+	src.mu.Lock()
+	defer src.mu.Unlock()
+	return src.s
+}
+
+// serve starts a real loopback server for m's handler.
+func serve(t *testing.T, m *Metrics) string {
+	t.Helper()
+	srv := httptest.NewServer(m.Handler())
+	t.Cleanup(srv.Close)
+	return srv.URL
+}
+
+// scrape fetches url and parses it with the Prometheus text parser.
+func scrape(t *testing.T, url string) map[string]*dto.MetricFamily {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("scrape: %s", resp.Status)
+	}
+	if ct := resp.Header.Get("Content-Type"); !strings.HasPrefix(ct, "text/plain") {
+		t.Fatalf("scrape: content type %q", ct)
+	}
+	p := expfmt.NewTextParser(model.UTF8Validation)
+	fams, err := p.TextToMetricFamilies(resp.Body)
+	if err != nil {
+		t.Fatalf("parse scrape: %v", err)
+	}
+	// Collection errors are logged and skipped in production: here they fail.
+	for _, m := range fams["promhttp_metric_handler_errors_total"].GetMetric() {
+		if v := m.GetCounter().GetValue(); v > 0 {
+			t.Fatalf("scrape had %v errors (%s)", v, key("errors", m))
+		}
+	}
+	return fams
+}
+
+// flat renders the avsidecar_ counter and gauge series as name{labels} ->
+// value.
+func flat(fams map[string]*dto.MetricFamily) map[string]float64 {
+	out := map[string]float64{}
+	for name, f := range fams {
+		if f == nil || !strings.HasPrefix(name, "avsidecar_") || f.GetType() == dto.MetricType_HISTOGRAM {
+			continue
+		}
+		for _, m := range f.Metric {
+			v := m.GetGauge().GetValue()
+			if f.GetType() == dto.MetricType_COUNTER {
+				v = m.GetCounter().GetValue()
+			}
+			out[key(name, m)] = v
+		}
+	}
+	return out
+}
+
+func key(name string, m *dto.Metric) string {
+	var ls []string
+	for _, l := range m.Label {
+		ls = append(ls, fmt.Sprintf("%s=%q", l.GetName(), l.GetValue()))
+	}
+	sort.Strings(ls)
+	return name + "{" + strings.Join(ls, ",") + "}"
+}
+
+// checkCounters fails when a counter series went down or vanished between
+// two scrapes.
+func checkCounters(t *testing.T, prev, cur map[string]*dto.MetricFamily) {
+	t.Helper()
+	for name, f := range prev {
+		if f.GetType() != dto.MetricType_COUNTER || !strings.HasPrefix(name, "avsidecar_") {
+			continue
+		}
+		now := flat(map[string]*dto.MetricFamily{name: cur[name]})
+		for k, v := range flat(map[string]*dto.MetricFamily{name: f}) {
+			if n, ok := now[k]; !ok || n < v {
+				t.Errorf("counter %s went from %v to %v (present: %v)", k, v, n, ok)
+			}
+		}
+	}
+}
+
+func newMetrics(t *testing.T, src *source) *Metrics {
+	t.Helper()
+	cfg := Config{Version: "1.2.3", Revision: "abc123"}
+	if src != nil {
+		cfg.Snapshot = src.get
+	}
+	m, err := New(cfg, zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
+// base is the expected avsidecar_ series of a zero snapshot in phase p.
+func base(p string) map[string]float64 {
+	want := map[string]float64{
+		`avsidecar_build_info{goversion="` + runtime.Version() + `",revision="abc123",version="1.2.3"}`: 1,
+		`avsidecar_ready{}`:                   0,
+		`avsidecar_registered{}`:              0,
+		`avsidecar_agent_up{}`:                0,
+		`avsidecar_agent_restarts_total{}`:    0,
+		`avsidecar_agent_uptime_seconds{}`:    0,
+		`avsidecar_ssh_logins_total{}`:        0,
+		`avsidecar_ssh_refusals_total{}`:      0,
+		`avsidecar_ssh_active_sessions{}`:     0,
+		`avsidecar_avagent_log_lines_total{}`: 0,
+	}
+	for _, ph := range Phases {
+		want[`avsidecar_phase{phase="`+ph+`"}`] = bool01(ph == p)
+	}
+	for _, o := range Outcomes {
+		want[`avsidecar_registration_attempts_total{outcome="`+o+`"}`] = 0
+	}
+	return want
+}
+
+// TestSeriesFollowSnapshot walks a sidecar through its life and checks the
+// exact set of avsidecar_ series at every step, and that no counter ever
+// goes down.
+func TestSeriesFollowSnapshot(t *testing.T) {
+	backup := time.Date(2026, 11, 22, 23, 0, 0, 0, time.UTC)
+	check := time.Date(2026, 11, 23, 20, 0, 0, 500_000_000, time.UTC)
+	install := Install{Package: "AvamarClient", Version: "7.5.101", Release: "101"}
+	steps := []struct {
+		name string
+		snap Snapshot
+		want func(map[string]float64)
+	}{
+		{"starting", Snapshot{Phase: "starting"}, func(map[string]float64) {}},
+		{"installing", Snapshot{Phase: "installing"}, func(map[string]float64) {}},
+		{"registering", Snapshot{
+			Phase: "registering", Install: install,
+			Registrations: map[string]int{"unreachable": 2, "refused": 1, "something new": 1},
+		}, func(w map[string]float64) {
+			w[`avsidecar_install_info{package="AvamarClient",release="101",version="7.5.101"}`] = 1
+			w[`avsidecar_registration_attempts_total{outcome="unreachable"}`] = 2
+			w[`avsidecar_registration_attempts_total{outcome="refused"}`] = 1
+			w[`avsidecar_registration_attempts_total{outcome="error"}`] = 1
+		}},
+		{"running", Snapshot{
+			Phase: "running", Ready: true, Install: install, Registered: true,
+			Registrations: map[string]int{"unreachable": 2, "refused": 1, "something new": 1, "success": 1},
+			AgentUp:       true, AgentUptime: 90 * time.Second, AgentRestarts: 1,
+			SSHLogins: 3, SSHRefusals: 2, SSHActiveSessions: 1,
+			BrowseRequests:  map[string]uint64{"200": 5, "404": 1, "418": 1, "bad": 1},
+			AvagentLogLines: 10,
+			LastBackup:      backup, LastBackupCheck: check, BackupAPIState: "ok",
+		}, func(w map[string]float64) {
+			w[`avsidecar_phase{phase="registering"}`] = 0
+			w[`avsidecar_install_info{package="AvamarClient",release="101",version="7.5.101"}`] = 1
+			w[`avsidecar_ready{}`] = 1
+			w[`avsidecar_registered{}`] = 1
+			w[`avsidecar_registration_attempts_total{outcome="unreachable"}`] = 2
+			w[`avsidecar_registration_attempts_total{outcome="refused"}`] = 1
+			w[`avsidecar_registration_attempts_total{outcome="error"}`] = 1
+			w[`avsidecar_registration_attempts_total{outcome="success"}`] = 1
+			w[`avsidecar_agent_up{}`] = 1
+			w[`avsidecar_agent_uptime_seconds{}`] = 90
+			w[`avsidecar_agent_restarts_total{}`] = 1
+			w[`avsidecar_ssh_logins_total{}`] = 3
+			w[`avsidecar_ssh_refusals_total{}`] = 2
+			w[`avsidecar_ssh_active_sessions{}`] = 1
+			w[`avsidecar_browse_requests_total{code="200"}`] = 5
+			w[`avsidecar_browse_requests_total{code="404"}`] = 1
+			w[`avsidecar_browse_requests_total{code="4xx"}`] = 1
+			w[`avsidecar_browse_requests_total{code="other"}`] = 1
+			w[`avsidecar_avagent_log_lines_total{}`] = 10
+			w[`avsidecar_last_backup_timestamp_seconds{}`] = float64(backup.Unix())
+			w[`avsidecar_last_backup_check_timestamp_seconds{}`] = float64(check.Unix()) + 0.5
+			for _, s := range BackupStates {
+				w[`avsidecar_backup_api_state{state="`+s+`"}`] = bool01(s == "ok")
+			}
+		}},
+		{"agent crashed, api refuses", Snapshot{
+			Phase: "running", Install: install, Registered: true,
+			Registrations: map[string]int{"unreachable": 2, "refused": 1, "something new": 1, "success": 1},
+			AgentRestarts: 2, SSHLogins: 3, SSHRefusals: 2,
+			BrowseRequests:  map[string]uint64{"200": 6},
+			AvagentLogLines: 12,
+			LastBackup:      backup, LastBackupCheck: check.Add(time.Minute), BackupAPIState: "unauthorized",
+		}, func(w map[string]float64) {
+			w[`avsidecar_install_info{package="AvamarClient",release="101",version="7.5.101"}`] = 1
+			w[`avsidecar_registered{}`] = 1
+			w[`avsidecar_registration_attempts_total{outcome="unreachable"}`] = 2
+			w[`avsidecar_registration_attempts_total{outcome="refused"}`] = 1
+			w[`avsidecar_registration_attempts_total{outcome="error"}`] = 1
+			w[`avsidecar_registration_attempts_total{outcome="success"}`] = 1
+			w[`avsidecar_agent_restarts_total{}`] = 2
+			w[`avsidecar_ssh_logins_total{}`] = 3
+			w[`avsidecar_ssh_refusals_total{}`] = 2
+			// Codes once seen keep their series.
+			w[`avsidecar_browse_requests_total{code="200"}`] = 6
+			w[`avsidecar_browse_requests_total{code="404"}`] = 1
+			w[`avsidecar_browse_requests_total{code="4xx"}`] = 1
+			w[`avsidecar_browse_requests_total{code="other"}`] = 1
+			w[`avsidecar_avagent_log_lines_total{}`] = 12
+			w[`avsidecar_last_backup_timestamp_seconds{}`] = float64(backup.Unix())
+			w[`avsidecar_last_backup_check_timestamp_seconds{}`] = float64(check.Unix()) + 60.5
+			for _, s := range BackupStates {
+				w[`avsidecar_backup_api_state{state="`+s+`"}`] = bool01(s == "unauthorized")
+			}
+		}},
+		{"stopping", Snapshot{Phase: "stopping", Registrations: map[string]int{"success": 1}}, func(w map[string]float64) {
+			// Counters hold their highest value; gauges drop.
+			w[`avsidecar_registration_attempts_total{outcome="unreachable"}`] = 2
+			w[`avsidecar_registration_attempts_total{outcome="refused"}`] = 1
+			w[`avsidecar_registration_attempts_total{outcome="error"}`] = 1
+			w[`avsidecar_registration_attempts_total{outcome="success"}`] = 1
+			w[`avsidecar_agent_restarts_total{}`] = 2
+			w[`avsidecar_ssh_logins_total{}`] = 3
+			w[`avsidecar_ssh_refusals_total{}`] = 2
+			w[`avsidecar_browse_requests_total{code="200"}`] = 6
+			w[`avsidecar_browse_requests_total{code="404"}`] = 1
+			w[`avsidecar_browse_requests_total{code="4xx"}`] = 1
+			w[`avsidecar_browse_requests_total{code="other"}`] = 1
+			w[`avsidecar_avagent_log_lines_total{}`] = 12
+		}},
+	}
+	src := &source{}
+	url := serve(t, newMetrics(t, src))
+	var prev map[string]*dto.MetricFamily
+	for _, step := range steps {
+		src.set(step.snap)
+		fams := scrape(t, url)
+		want := base(step.snap.Phase)
+		step.want(want)
+		if diff := cmp.Diff(want, flat(fams)); diff != "" {
+			t.Errorf("%s: series (-want +got):\n%s", step.name, diff)
+		}
+		if prev != nil {
+			checkCounters(t, prev, fams)
+		}
+		prev = fams
+	}
+}
+
+// TestUnknownValuesStayBounded feeds values no label set knows and checks
+// that every label value is still from a fixed set.
+func TestUnknownValuesStayBounded(t *testing.T) {
+	src := &source{}
+	src.set(Snapshot{
+		Phase:          "/etc/passwd",
+		Registrations:  map[string]int{"client pod-7 at 10.0.0.7": 3},
+		BrowseRequests: map[string]uint64{"/data/secret": 1, "999": 1, "-1": 1},
+		BackupAPIState: "token abc expired",
+	})
+	fams := scrape(t, serve(t, newMetrics(t, src)))
+	allowed := map[string][]string{
+		"phase":   Phases,
+		"outcome": Outcomes,
+		"code":    {"200", "204", "206", "301", "302", "304", "400", "401", "403", "404", "405", "406", "409", "413", "414", "429", "500", "501", "503", "1xx", "2xx", "3xx", "4xx", "5xx", "other"},
+		"state":   BackupStates,
+	}
+	for name, f := range fams {
+		if !strings.HasPrefix(name, "avsidecar_") || name == "avsidecar_build_info" {
+			continue
+		}
+		for _, m := range f.Metric {
+			for _, l := range m.Label {
+				if !slices.Contains(allowed[l.GetName()], l.GetValue()) {
+					t.Errorf("%s: label %s=%q is not from a fixed set", name, l.GetName(), l.GetValue())
+				}
+			}
+		}
+	}
+	got := flat(fams)
+	for _, ph := range Phases {
+		if v := got[`avsidecar_phase{phase="`+ph+`"}`]; v != 0 {
+			t.Errorf("phase %s = %v for an unknown phase, want 0", ph, v)
+		}
+	}
+	if v := got[`avsidecar_registration_attempts_total{outcome="error"}`]; v != 3 {
+		t.Errorf("unknown outcome counted %v times as error, want 3", v)
+	}
+	if v := got[`avsidecar_browse_requests_total{code="other"}`]; v != 3 {
+		t.Errorf("unusable codes counted %v times as other, want 3", v)
+	}
+}
+
+// TestCountersNeverGoBackwards feeds counts that go up and down, scraping
+// from two goroutines at once.
+func TestCountersNeverGoBackwards(t *testing.T) {
+	src := &source{}
+	url := serve(t, newMetrics(t, src))
+	var prev map[string]*dto.MetricFamily
+	for _, n := range []int{5, 3, 7, 0, 7, 8} {
+		src.set(Snapshot{
+			Phase: "running", Registrations: map[string]int{"success": n, "timeout": n},
+			AgentRestarts: n, SSHLogins: uint64(n), SSHRefusals: uint64(n), AvagentLogLines: uint64(n),
+			BrowseRequests: map[string]uint64{"200": uint64(n)},
+		})
+		var wg sync.WaitGroup
+		var other map[string]*dto.MetricFamily
+		wg.Go(func() { other = scrape(t, url) })
+		fams := scrape(t, url)
+		wg.Wait()
+		if prev != nil {
+			checkCounters(t, prev, fams)
+			checkCounters(t, prev, other)
+		}
+		prev = fams
+	}
+	if v := flat(prev)[`avsidecar_agent_restarts_total{}`]; v != 8 {
+		t.Errorf("restarts = %v at the end, want 8", v)
+	}
+}
+
+func TestGoProcessAndBuildInfo(t *testing.T) {
+	fams := scrape(t, serve(t, newMetrics(t, nil)))
+	for _, name := range []string{"go_goroutines", "go_memstats_alloc_bytes", "process_start_time_seconds", "avsidecar_build_info", "avsidecar_http_requests_total"} {
+		if name == "avsidecar_http_requests_total" {
+			// No request yet: an empty vector is not exposed.
+			if _, ok := fams[name]; ok {
+				t.Errorf("%s present before any request", name)
+			}
+			continue
+		}
+		if _, ok := fams[name]; !ok {
+			t.Errorf("%s missing", name)
+		}
+	}
+	if _, ok := fams["avsidecar_phase"]; ok {
+		t.Error("phase exposed without a snapshot")
+	}
+}
+
+// TestInstrument serves instrumented handlers on a real server, calls them
+// with a real client, and reads the counts and latencies back.
+func TestInstrument(t *testing.T) {
+	m := newMetrics(t, nil)
+	release := make(chan struct{})
+	mux := http.NewServeMux()
+	mux.Handle("/livez", m.Instrument("livez", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.WriteString(w, "ok")
+	})))
+	mux.Handle("/v1/files", m.Instrument("files", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		http.Error(w, `{"error":"no such root"}`, http.StatusNotFound)
+	})))
+	mux.Handle("/v1/walk", m.Instrument("walk", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.WriteString(w, "{\"path\":\"/data/a\"}\n")
+		f, ok := w.(http.Flusher)
+		if !ok {
+			t.Error("instrumented writer is not a Flusher")
+			return
+		}
+		f.Flush()
+		// The client must see the first line before the stream goes on.
+		select {
+		case <-release:
+		case <-r.Context().Done():
+			return
+		}
+		io.WriteString(w, "{\"path\":\"/data/b\"}\n")
+	})))
+	mux.Handle("/teapot", m.Instrument("not a known handler", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.WriteHeader(http.StatusTeapot)
+	})))
+	mux.Handle("/metrics", m.Instrument("metrics", m.Handler()))
+	srv := httptest.NewServer(mux)
+	t.Cleanup(srv.Close)
+	client := &http.Client{Timeout: 20 * time.Second}
+
+	get := func(path string) *http.Response {
+		resp, err := client.Get(srv.URL + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return resp
+	}
+	for _, p := range []string{"/livez", "/livez", "/v1/files", "/teapot"} {
+		resp := get(p)
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+	}
+	resp := get("/v1/walk")
+	br := bufio.NewReader(resp.Body)
+	line, err := br.ReadString('\n')
+	if err != nil || line != "{\"path\":\"/data/a\"}\n" {
+		t.Fatalf("first streamed line: %q, %v", line, err)
+	}
+	close(release)
+	rest, _ := io.ReadAll(br)
+	resp.Body.Close()
+	if string(rest) != "{\"path\":\"/data/b\"}\n" {
+		t.Fatalf("rest of stream: %q", rest)
+	}
+
+	fams := scrape(t, srv.URL+"/metrics")
+	got := map[string]float64{}
+	for _, mm := range fams["avsidecar_http_requests_total"].GetMetric() {
+		got[key("requests", mm)] = mm.GetCounter().GetValue()
+	}
+	for _, mm := range fams["avsidecar_http_request_duration_seconds"].GetMetric() {
+		got[key("latency", mm)] = float64(mm.GetHistogram().GetSampleCount())
+	}
+	want := map[string]float64{
+		`requests{code="200",handler="livez"}`: 2,
+		`requests{code="404",handler="files"}`: 1,
+		`requests{code="200",handler="walk"}`:  1,
+		`requests{code="4xx",handler="other"}`: 1,
+		`latency{handler="livez"}`:             2,
+		`latency{handler="files"}`:             1,
+		`latency{handler="walk"}`:              1,
+		`latency{handler="other"}`:             1,
+		// This scrape is still running: its series exists, not yet counted.
+		`latency{handler="metrics"}`: 0,
+	}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("instrumented series (-want +got):\n%s", diff)
+	}
+}
+
+func TestCodeLabel(t *testing.T) {
+	for code, want := range map[int]string{200: "200", 201: "2xx", 404: "404", 418: "4xx", 503: "503", 599: "5xx", 0: "other", 1000: "other", 103: "1xx"} {
+		if got := codeLabel(code); got != want {
+			t.Errorf("codeLabel(%d) = %q, want %q", code, got, want)
+		}
+	}
+}
