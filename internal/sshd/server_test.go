@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -373,6 +374,32 @@ func TestHostKeysMadeOnceAndKept(t *testing.T) {
 	entries, _ := os.ReadDir(dir)
 	if len(entries) != 2 {
 		t.Errorf("state dir has %d entries, want the 2 keys only", len(entries))
+	}
+}
+
+// TestRunCancelledAtOnce: a context cancelled before Serve starts must
+// still stop Run promptly and release the port.
+func TestRunCancelledAtOnce(t *testing.T) {
+	for range 20 {
+		srv, err := New(Config{Addr: "127.0.0.1:0", AuthorizedKeysFile: "/nonexistent", HostKeyDir: hostKeyDir(t)}, zerolog.Nop())
+		if err != nil {
+			t.Fatal(err)
+		}
+		done := make(chan error, 1)
+		go func() { done <- srv.Run(cancelled()) }()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Fatalf("Run = %v, want nil", err)
+			}
+		case <-time.After(15 * time.Second):
+			t.Fatal("Run did not return after cancellation")
+		}
+		if l, err := net.Listen("tcp", srv.Addr().String()); err != nil {
+			t.Fatalf("port still held: %v", err)
+		} else {
+			l.Close()
+		}
 	}
 }
 

@@ -289,6 +289,9 @@ func (s *Server) shutdown() {
 	shCtx, cancel := context.WithDeadline(context.Background(), deadline)
 	defer cancel()
 	go s.srv.Shutdown(shCtx) //nolint:errcheck // Close below settles every connection.
+	// Shutdown only closes listeners Serve has registered; closing ours
+	// too covers a cancellation that comes before Serve got that far.
+	s.ln.Close()
 	for _, pc := range pending {
 		pc.Close()
 	}
