@@ -75,11 +75,21 @@ type Flags struct {
 	Extra []string
 	// ClientName pins the client identity (--hostname in .avagent).
 	ClientName string
+	// MCSPort, when not zero, is written as --mcsport, so that every
+	// invocation (the init script's register verb, which takes no port, and
+	// the agent itself) uses the configured MCS port rather than the one an
+	// earlier registration left in avagent.cfg (avagent.cmd is read after
+	// it, and wins).
+	MCSPort int
 }
 
 // CmdLines is the content of avagent.cmd.
 func (f Flags) CmdLines() []string {
-	return append([]string{"--iplist=" + f.NodeIP, "--listenport=" + strconv.Itoa(f.ListenPort)}, f.Extra...)
+	lines := []string{"--iplist=" + f.NodeIP, "--listenport=" + strconv.Itoa(f.ListenPort)}
+	if f.MCSPort != 0 {
+		lines = append(lines, "--mcsport="+strconv.Itoa(f.MCSPort))
+	}
+	return append(lines, f.Extra...)
 }
 
 // WriteFlags writes avagent.cmd and .avagent, each atomically and only when

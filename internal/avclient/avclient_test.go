@@ -2,6 +2,7 @@ package avclient
 
 import (
 	"os"
+	"strings"
 	"testing"
 	"time"
 )
@@ -37,5 +38,13 @@ func TestWriteFlagsOnlyWhenChanged(t *testing.T) {
 	written, err = c.WriteFlags(f)
 	if err != nil || len(written) != 1 || written[0] != c.CmdFile() {
 		t.Fatalf("node move wrote %v (%v)", written, err)
+	}
+}
+
+func TestCmdLinesMCSPort(t *testing.T) {
+	f := Flags{NodeIP: "10.0.0.7", ListenPort: 28002, MCSPort: 28011, Extra: []string{"--debug"}}
+	got := strings.Join(f.CmdLines(), "\n")
+	if want := "--iplist=10.0.0.7\n--listenport=28002\n--mcsport=28011\n--debug"; got != want {
+		t.Fatalf("avagent.cmd = %q, want %q", got, want)
 	}
 }

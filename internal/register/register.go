@@ -6,6 +6,11 @@
 // check that tells a name that does not resolve from a server that does not
 // answer, and followed by a full-jitter exponential backoff. It never gives
 // up: a sidecar that stops trying needs a human to notice.
+//
+// In initscript mode the init script's register verb also starts avagent
+// as a daemon; the registrar stops it (with the script's stop verb, then
+// for certain by its pid) so that avagent runs in the foreground under
+// supervision, with the flags of this start, and nowhere else.
 package register
 
 import (
@@ -36,7 +41,9 @@ type Config struct {
 	Client avclient.Client
 	// Server is the MCS host name or IP.
 	Server string
-	// Port is the MCS port.
+	// Port is the MCS port. In initscript mode it is passed to the
+	// register verb as SERVER:PORT when it is not the default 28001 (the
+	// verb takes no port of its own; avagent.cmd's --mcsport covers it too).
 	Port int
 	// Domain is the Avamar domain.
 	Domain string
@@ -56,7 +63,13 @@ type Config struct {
 	BackoffMax time.Duration
 	// CheckTimeout bounds the reachability check (default 5s).
 	CheckTimeout time.Duration
+	// StopTimeout is how long a daemon agent gets between SIGTERM and
+	// SIGKILL when the registrar stops it (default 10s).
+	StopTimeout time.Duration
 }
+
+// defaultMCSPort is the MCS port the init script's register verb assumes.
+const defaultMCSPort = 28001
 
 // Outcomes of one attempt, as they appear in logs, status and metrics.
 const (
@@ -121,6 +134,9 @@ func New(cfg Config, log zerolog.Logger) (*Registrar, error) {
 	if cfg.CheckTimeout <= 0 {
 		cfg.CheckTimeout = 5 * time.Second
 	}
+	if cfg.StopTimeout <= 0 {
+		cfg.StopTimeout = 10 * time.Second
+	}
 	r := &Registrar{cfg: cfg, log: log}
 	r.status = Status{Server: cfg.Server, Domain: cfg.Domain, Client: cfg.ClientName, Mode: cfg.Mode, Outcomes: map[string]int{}}
 	return r, nil
@@ -141,7 +157,13 @@ func (r *Registrar) Status() Status {
 // Run returns once the client is registered, or nil when ctx ends first;
 // callers check ctx to tell which. It returns an error only when the
 // receipt cannot be written.
+//
+// First it stops any agent daemon var/avagent.pid names (one an earlier
+// start left running, say in initscript mode outside a PID namespace): it
+// would hold the listen port with the flags of that start, and the
+// supervised agent must be the only one.
 func (r *Registrar) Run(ctx context.Context) error {
+	r.stopDaemon(ctx, "leftover agent daemon stopped")
 	want := Receipt{Server: r.cfg.Server, Port: r.cfg.Port, Domain: r.cfg.Domain, Client: r.cfg.ClientName}
 	old, haveOld := r.readReceipt()
 	_, cfgErr := os.Stat(r.cfg.Client.RegisteredFile())
@@ -210,12 +232,26 @@ func (r *Registrar) attempt(ctx context.Context) (string, error) {
 	actx, cancel := context.WithTimeout(ctx, r.cfg.Timeout)
 	defer cancel()
 	out, err := r.runRegistration(actx)
+	if r.cfg.Mode == "initscript" {
+		// Whatever the outcome, the verb may have started a daemon (a
+		// timeout can strike after it did): none may stay.
+		r.stopInitScriptDaemon(ctx)
+	}
 	if actx.Err() == context.DeadlineExceeded && ctx.Err() == nil {
 		return OutcomeTimeout, fmt.Errorf("no answer within %s", r.cfg.Timeout)
 	}
 	var exitErr *exec.ExitError
 	if errors.As(err, &exitErr) {
-		return OutcomeRefused, fmt.Errorf("%w: %s", err, tail(out))
+		// avagent --init exits 1 when the MCS refused, 2 when it could not
+		// be reached or did not answer; anything else is a local failure.
+		switch exitErr.ExitCode() {
+		case 1:
+			return OutcomeRefused, fmt.Errorf("%w: %s", err, tail(out))
+		case 2:
+			return OutcomeUnreachable, fmt.Errorf("%w: %s", err, tail(out))
+		default:
+			return OutcomeError, fmt.Errorf("%w: %s", err, tail(out))
+		}
 	}
 	if err != nil {
 		return OutcomeError, fmt.Errorf("run registration: %w", err)
@@ -226,9 +262,6 @@ func (r *Registrar) attempt(ctx context.Context) (string, error) {
 	}
 	if before != nil && os.SameFile(before, after) && before.ModTime().Equal(after.ModTime()) && before.Size() == after.Size() {
 		return OutcomeError, fmt.Errorf("registration claimed success but did not rewrite %s", filepath.Base(r.cfg.Client.RegisteredFile()))
-	}
-	if r.cfg.Mode == "initscript" {
-		r.stopInitScriptDaemon(ctx)
 	}
 	return OutcomeSuccess, nil
 }
@@ -259,7 +292,7 @@ func (r *Registrar) reachable(ctx context.Context) (string, error) {
 func (r *Registrar) runRegistration(ctx context.Context) ([]byte, error) {
 	var cmd *exec.Cmd
 	if r.cfg.Mode == "initscript" {
-		cmd = exec.CommandContext(ctx, r.cfg.InitScript, "register", r.cfg.Server, r.cfg.Domain)
+		cmd = exec.CommandContext(ctx, r.cfg.InitScript, "register", r.initScriptServer(), r.cfg.Domain)
 	} else {
 		cmd = exec.CommandContext(ctx, r.cfg.Client.Agent(), r.cfg.Client.InitArgs(r.cfg.Server, r.cfg.Port, r.cfg.Domain)...)
 	}
@@ -277,14 +310,48 @@ func (r *Registrar) runRegistration(ctx context.Context) ([]byte, error) {
 	return out.Bytes(), err
 }
 
+// initScriptServer is the register verb's MCS argument: the server as the
+// whitepaper's run.sh passes it, with the port when it is not the default.
+// An IPv6 literal goes without one (SERVER:PORT would be ambiguous to the
+// script): avagent.cmd's --mcsport carries it.
+func (r *Registrar) initScriptServer() string {
+	if r.cfg.Port == defaultMCSPort || r.cfg.Port == 0 || strings.Contains(r.cfg.Server, ":") {
+		return r.cfg.Server
+	}
+	return net.JoinHostPort(r.cfg.Server, strconv.Itoa(r.cfg.Port))
+}
+
 // stopInitScriptDaemon stops the daemon that the init script's register verb
-// starts, so that avagent runs in the foreground under supervision instead.
+// starts, so that avagent runs in the foreground under supervision instead:
+// first with the script's own stop verb, as an operator would, then for
+// certain by the pid file, in case the script failed or was not waited for.
 func (r *Registrar) stopInitScriptDaemon(ctx context.Context) {
-	sctx, cancel := context.WithTimeout(ctx, r.cfg.CheckTimeout)
+	sctx, cancel := context.WithTimeout(ctx, r.cfg.StopTimeout+r.cfg.CheckTimeout)
 	defer cancel()
+	pid := r.cfg.Client.DaemonPID()
 	cmd := exec.CommandContext(sctx, r.cfg.InitScript, "stop")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		r.log.Warn().Err(err).Str("output", tail(out)).Msg("stop init script daemon")
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
+	cmd.WaitDelay = time.Second
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		r.log.Warn().Err(err).Str("output", tail(out)).Msg("init script stop failed")
+	} else if pid != 0 {
+		r.log.Info().Int("pid", pid).Str("output", tail(out)).Msg("init script daemon stopped")
+	}
+	r.stopDaemon(ctx, "init script daemon killed")
+}
+
+// stopDaemon stops the agent the pid file names, if one still runs, and
+// logs message with its pid.
+func (r *Registrar) stopDaemon(ctx context.Context, message string) {
+	pid, err := r.cfg.Client.StopDaemon(ctx, r.cfg.StopTimeout)
+	if err != nil {
+		r.log.Error().Err(err).Msg("agent daemon not stopped")
+		return
+	}
+	if pid != 0 {
+		r.log.Warn().Int("pid", pid).Msg(message)
 	}
 }
 

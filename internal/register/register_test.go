@@ -93,6 +93,8 @@ func TestOutcomes(t *testing.T) {
 		outcome, errPart   string
 	}{
 		{"refused", `echo "registration refused: unknown domain" >&2; exit 1`, host, port, OutcomeRefused, "unknown domain"},
+		{"mcs silent", `echo "MCS did not answer" >&2; exit 2`, host, port, OutcomeUnreachable, "did not answer"},
+		{"local error", `echo "cannot write avagent.cfg" >&2; exit 3`, host, port, OutcomeError, "cannot write"},
 		{"timeout", `exec sleep 30`, host, port, OutcomeTimeout, "no answer"},
 		{"no cfg", `exit 0`, host, port, OutcomeError, "left no avagent.cfg"},
 		{"unresolved", `exit 0`, "no-such-mcs.invalid", port, OutcomeUnresolved, "resolve no-such-mcs.invalid"},

@@ -1,15 +1,25 @@
 // Package supervise keeps one foreground process running: it starts it in
 // its own process group, restarts it with capped backoff when it exits,
 // reports crash loops, and stops the whole group on shutdown.
+//
+// Restart waits use "equal jitter": the n-th wait is drawn from
+// [c/2, c) where c = min(BackoffMax, BackoffBase*2^n). Unlike full jitter
+// every wait is at least as long as the one before (until the cap), so a
+// crash loop visibly slows down, while pods that crash together still
+// spread out. A run that lasts StableAfter resets the backoff.
 package supervise
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"io"
+	"math/rand/v2"
+	"os"
 	"os/exec"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -41,7 +51,17 @@ type Config struct {
 	CrashLoopAfter int
 	// StopTimeout is how long the group gets between SIGTERM and SIGKILL.
 	StopTimeout time.Duration
+	// LogFile is the process's own log; the last lines it wrote during a
+	// run are kept in Status.LogTail when it exits, so a crash says why.
+	// Empty means the value of a --logfile=PATH argument in Args, if any
+	// (avagent's convention), else no tail.
+	LogFile string
+	// LogTailLines is how many lines of LogFile to keep (default 10).
+	LogTailLines int
 }
+
+// maxTailBytes bounds how much of the end of LogFile is read at an exit.
+const maxTailBytes = 16 << 10
 
 // Status is a snapshot of the supervised process.
 type Status struct {
@@ -51,11 +71,27 @@ type Status struct {
 	Starts    int       `json:"starts"`
 	Restarts  int       `json:"restarts"`
 	// LastExit describes the last exit: "exit status 1" or "signal: killed".
-	LastExit   string    `json:"last_exit,omitempty"`
+	LastExit string `json:"last_exit,omitempty"`
+	// LastExitCode is the last exit's code; -1 when a signal ended it or
+	// it never started.
+	LastExitCode int `json:"last_exit_code,omitempty"`
+	// LastSignal names the signal that ended the last run ("killed"), if one did.
+	LastSignal string    `json:"last_signal,omitempty"`
 	LastExitAt time.Time `json:"last_exit_at,omitzero"`
-	// ShortRuns counts the exits in a row that came before StableAfter.
-	ShortRuns int  `json:"short_runs"`
+	// LastRun is how long the last run lasted.
+	LastRun time.Duration `json:"last_run_ns,omitempty"`
+	// LogTail holds the last lines the process wrote to its log file
+	// during its last run, oldest first.
+	LogTail []string `json:"log_tail,omitempty"`
+	// ShortRuns counts the exits in a row that came before StableAfter;
+	// a run that lasts StableAfter resets it.
+	ShortRuns int `json:"short_runs"`
+	// CrashLoop is true while the process is down after CrashLoopAfter
+	// short runs in a row. A start clears it (so that a fixed agent is
+	// ready at once); another short run sets it again.
 	CrashLoop bool `json:"crash_loop"`
+	// Backoff is the wait before the pending restart.
+	Backoff time.Duration `json:"backoff_ns,omitempty"`
 	// NextStart is when the next restart is due while it waits out a backoff.
 	NextStart time.Time `json:"next_start,omitzero"`
 }
@@ -78,9 +114,11 @@ func New(cfg Config, log zerolog.Logger) (*Supervisor, error) {
 	if cfg.BackoffBase <= 0 {
 		cfg.BackoffBase = time.Second
 	}
-	if cfg.BackoffMax < cfg.BackoffBase {
-		cfg.BackoffMax = cfg.BackoffBase
+	if cfg.BackoffMax <= 0 {
+		cfg.BackoffMax = time.Minute
 	}
+	// The operator's cap wins over the default base.
+	cfg.BackoffBase = min(cfg.BackoffBase, cfg.BackoffMax)
 	if cfg.StableAfter <= 0 {
 		cfg.StableAfter = 30 * time.Second
 	}
@@ -90,6 +128,16 @@ func New(cfg Config, log zerolog.Logger) (*Supervisor, error) {
 	if cfg.StopTimeout <= 0 {
 		cfg.StopTimeout = 10 * time.Second
 	}
+	if cfg.LogFile == "" {
+		for _, a := range cfg.Args {
+			if v, ok := strings.CutPrefix(a, "--logfile="); ok {
+				cfg.LogFile = v
+			}
+		}
+	}
+	if cfg.LogTailLines <= 0 {
+		cfg.LogTailLines = 10
+	}
 	return &Supervisor{cfg: cfg, log: log, restart: make(chan struct{}, 1)}, nil
 }
 
@@ -97,7 +145,9 @@ func New(cfg Config, log zerolog.Logger) (*Supervisor, error) {
 func (s *Supervisor) Status() Status {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.status
+	st := s.status
+	st.LogTail = append([]string(nil), s.status.LogTail...)
+	return st
 }
 
 // Restart asks for the running process to be stopped and started again at
@@ -113,52 +163,135 @@ func (s *Supervisor) Restart() {
 // returns nil. A process that cannot even start (a missing executable) is
 // retried like one that exited: the volume it lives on may come back.
 func (s *Supervisor) Run(ctx context.Context) error {
-	b := backoff.Backoff{Base: s.cfg.BackoffBase, Max: s.cfg.BackoffMax, Jitter: true}
+	b := backoff.Backoff{Base: s.cfg.BackoffBase, Max: s.cfg.BackoffMax}
+	attempt := 0 // exits since the last stable run
 	for {
 		started := time.Now()
-		err, requested := s.runOnce(ctx)
+		err, requested, logStart := s.runOnce(ctx)
 		if ctx.Err() != nil {
 			return nil
 		}
 		if requested {
 			b.Reset()
+			attempt = 0
 			continue
 		}
-		wait := s.exited(err, time.Since(started), &b)
-		s.log.Warn().Str("exit", s.Status().LastExit).Dur("backoff", wait).
-			Int("attempt", s.Status().ShortRuns).Bool("crash_loop", s.Status().CrashLoop).Msg("agent exited, restarting")
+		ran := time.Since(started)
+		if ran >= s.cfg.StableAfter {
+			b.Reset()
+			attempt = 0
+		}
+		attempt++
+		wait := equalJitter(b.Next())
+		st := s.exited(err, ran, wait, logStart)
+		ev := s.log.Warn()
+		if st.CrashLoop {
+			ev = s.log.Error()
+		}
+		ev.Int("attempt", attempt).Dur("backoff", wait).Str("exit", st.LastExit).Int("exit_code", st.LastExitCode).
+			Str("signal", st.LastSignal).Dur("ran", ran).Int("short_runs", st.ShortRuns).Bool("crash_loop", st.CrashLoop).
+			Strs("log_tail", st.LogTail).Msg("agent exited, restarting")
 		if !backoff.Sleep(ctx, wait) {
 			return nil
 		}
 	}
 }
 
-// exited records an exit and returns how long to wait before the next start.
-func (s *Supervisor) exited(err error, ran time.Duration, b *backoff.Backoff) time.Duration {
+// equalJitter draws a wait from [ceiling/2, ceiling).
+func equalJitter(ceiling time.Duration) time.Duration {
+	half := ceiling / 2
+	if half <= 0 {
+		return ceiling
+	}
+	return half + rand.N(ceiling-half)
+}
+
+// exited records an exit that is followed by a wait before the next start,
+// and returns the new status. logStart is the size LogFile had when the
+// run began, so that the tail is this run's.
+func (s *Supervisor) exited(err error, ran, wait time.Duration, logStart int64) Status {
+	tail := s.logTail(logStart)
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	st := &s.status
 	st.Running, st.PID = false, 0
-	st.LastExit, st.LastExitAt = describeExit(err), time.Now()
+	st.LastExit, st.LastExitAt, st.LastRun = describeExit(err), time.Now(), ran
+	st.LastExitCode, st.LastSignal = exitCodeAndSignal(err)
+	st.LogTail = tail
 	if ran >= s.cfg.StableAfter {
-		b.Reset()
 		st.ShortRuns = 0
+	} else {
+		st.ShortRuns++
 	}
-	st.ShortRuns++
 	wasLoop := st.CrashLoop
 	st.CrashLoop = st.ShortRuns >= s.cfg.CrashLoopAfter
-	if st.CrashLoop && !wasLoop {
-		s.log.Error().Int("short_runs", st.ShortRuns).Str("exit", st.LastExit).Msg("agent is crash looping")
+	if st.CrashLoop && !wasLoop && st.ShortRuns == s.cfg.CrashLoopAfter {
+		s.log.Error().Int("short_runs", st.ShortRuns).Str("exit", st.LastExit).Int("exit_code", st.LastExitCode).
+			Str("signal", st.LastSignal).Strs("log_tail", tail).Msg("agent is crash looping")
 	}
-	wait := b.Next()
+	st.Backoff = wait
 	st.NextStart = time.Now().Add(wait)
-	return wait
+	out := *st
+	out.LogTail = append([]string(nil), tail...)
+	return out
+}
+
+// logSize is LogFile's current size (0 when there is none).
+func (s *Supervisor) logSize() int64 {
+	if s.cfg.LogFile == "" {
+		return 0
+	}
+	fi, err := os.Stat(s.cfg.LogFile)
+	if err != nil {
+		return 0
+	}
+	return fi.Size()
+}
+
+// logTail reads the last LogTailLines lines LogFile got since offset from,
+// reading at most maxTailBytes from its end. A file that shrank (rotated
+// or truncated) is read from its start.
+func (s *Supervisor) logTail(from int64) []string {
+	if s.cfg.LogFile == "" {
+		return nil
+	}
+	f, err := os.Open(s.cfg.LogFile)
+	if err != nil {
+		return nil
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return nil
+	}
+	size := fi.Size()
+	if from > size {
+		from = 0
+	}
+	start := max(from, size-maxTailBytes)
+	buf := make([]byte, size-start)
+	n, _ := f.ReadAt(buf, start)
+	buf = buf[:n]
+	if start > from { // the first line is cut: drop it
+		if i := bytes.IndexByte(buf, '\n'); i >= 0 {
+			buf = buf[i+1:]
+		}
+	}
+	lines := strings.Split(strings.TrimRight(string(buf), "\n"), "\n")
+	if len(lines) == 1 && lines[0] == "" {
+		return nil
+	}
+	if len(lines) > s.cfg.LogTailLines {
+		lines = lines[len(lines)-s.cfg.LogTailLines:]
+	}
+	return lines
 }
 
 // runOnce starts the process and waits for it to exit, for ctx, or for a
 // restart request. It reports the exit error and whether a restart was
 // requested.
-func (s *Supervisor) runOnce(ctx context.Context) (error, bool) {
+func (s *Supervisor) runOnce(ctx context.Context) (exitErr error, requested bool, logStart int64) {
+	logStart = s.logSize()
 	cmd := exec.Command(s.cfg.Path, s.cfg.Args...)
 	cmd.Env, cmd.Dir = s.cfg.Env, s.cfg.Dir
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
@@ -169,11 +302,11 @@ func (s *Supervisor) runOnce(ctx context.Context) (error, bool) {
 	cmd.WaitDelay = time.Second
 
 	if err := cmd.Start(); err != nil {
-		return fmt.Errorf("start %s: %w", s.cfg.Path, err), false
+		return fmt.Errorf("start %s: %w", s.cfg.Path, err), false, logStart
 	}
 	s.mu.Lock()
 	s.status.Running, s.status.PID, s.status.StartedAt = true, cmd.Process.Pid, time.Now()
-	s.status.NextStart = time.Time{}
+	s.status.NextStart, s.status.Backoff, s.status.CrashLoop = time.Time{}, 0, false
 	s.status.Starts++
 	if s.status.Starts > 1 {
 		s.status.Restarts++
@@ -188,7 +321,7 @@ func (s *Supervisor) runOnce(ctx context.Context) (error, bool) {
 	for {
 		select {
 		case err := <-done:
-			return err, false
+			return err, false, logStart
 		case <-stable.C:
 			s.mu.Lock()
 			if s.status.ShortRuns > 0 || s.status.CrashLoop {
@@ -199,12 +332,12 @@ func (s *Supervisor) runOnce(ctx context.Context) (error, bool) {
 		case <-ctx.Done():
 			s.stop(cmd.Process.Pid, done)
 			s.markStopped()
-			return nil, false
+			return nil, false, logStart
 		case <-s.restart:
 			s.log.Info().Int("pid", cmd.Process.Pid).Msg("agent restart requested")
 			s.stop(cmd.Process.Pid, done)
 			s.markStopped()
-			return nil, true
+			return nil, true, logStart
 		}
 	}
 }
@@ -237,6 +370,22 @@ func (s *Supervisor) stop(pid int, done <-chan error) {
 // gone (ESRCH) is not an error.
 func signalGroup(pid int, sig syscall.Signal) {
 	_ = syscall.Kill(-pid, sig)
+}
+
+// exitCodeAndSignal splits an exit into its code (-1 for a signal or a
+// failed start) and the name of the signal that ended it, if any.
+func exitCodeAndSignal(err error) (int, string) {
+	if err == nil {
+		return 0, ""
+	}
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) {
+		return -1, ""
+	}
+	if ws, ok := ee.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
+		return -1, ws.Signal().String()
+	}
+	return ee.ExitCode(), ""
 }
 
 func describeExit(err error) string {

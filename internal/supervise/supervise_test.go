@@ -3,10 +3,12 @@ package supervise
 import (
 	"bufio"
 	"context"
+	"encoding/json"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -85,7 +87,13 @@ func TestStopKillsTheGroup(t *testing.T) {
 	})
 	leader := s.Status().PID
 	stop()
+	// SIGKILL is delivered, not awaited: give the kernel a moment to end
+	// the orphaned grandchild, which is not ours to wait for.
 	for _, pid := range []int{leader, childPid} {
+		deadline := time.Now().Add(2 * time.Second)
+		for alive(pid) && time.Now().Before(deadline) {
+			time.Sleep(5 * time.Millisecond)
+		}
 		if alive(pid) {
 			t.Errorf("pid %d survived the stop", pid)
 		}
@@ -116,5 +124,139 @@ func TestRestartRequest(t *testing.T) {
 	waitFor(t, "second start", func() bool { st := s.Status(); return st.Running && st.PID != first })
 	if st := s.Status(); st.Restarts != 1 || st.ShortRuns != 0 {
 		t.Fatalf("status after requested restart %+v", st)
+	}
+}
+
+// events is a zerolog writer that keeps every JSON line, so a test can read
+// the logged fields.
+type events struct {
+	mu    sync.Mutex
+	lines []map[string]any
+}
+
+func (e *events) Write(p []byte) (int, error) {
+	var m map[string]any
+	if err := json.Unmarshal(p, &m); err == nil {
+		e.mu.Lock()
+		e.lines = append(e.lines, m)
+		e.mu.Unlock()
+	}
+	return len(p), nil
+}
+
+func (e *events) with(message string) []map[string]any {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	var out []map[string]any
+	for _, m := range e.lines {
+		if m["message"] == message {
+			out = append(out, m)
+		}
+	}
+	return out
+}
+
+func startLogged(t *testing.T, cfg Config) (*Supervisor, *events, func()) {
+	t.Helper()
+	ev := &events{}
+	s, err := New(cfg, zerolog.New(ev))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.Run(ctx) }()
+	return s, ev, func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	}
+}
+
+// TestCrashLoopKeepsLogTailAndGrowsBackoff: each short run's exit reports
+// its code, the lines it wrote to its log (not older ones), and a wait no
+// shorter than the one before until the cap.
+func TestCrashLoopKeepsLogTailAndGrowsBackoff(t *testing.T) {
+	logFile := filepath.Join(t.TempDir(), "agent.log")
+	old := ""
+	for i := range 50 {
+		old += "old line " + strconv.Itoa(i) + "\n"
+	}
+	os.WriteFile(logFile, []byte(old), 0o644)
+	script := `f=${1#--logfile=}; for i in 1 2 3 4 5 6 7 8 9 10 11 12; do echo "run line $i" >> "$f"; done; echo "fatal: disk on fire" >> "$f"; exit 7`
+	s, ev, stop := startLogged(t, Config{Path: "/bin/sh", Args: []string{"-c", script, "sh", "--logfile=" + logFile},
+		BackoffBase: 20 * time.Millisecond, BackoffMax: 160 * time.Millisecond, StableAfter: time.Hour, CrashLoopAfter: 3})
+	defer stop()
+	waitFor(t, "five exits", func() bool { return len(ev.with("agent exited, restarting")) >= 5 })
+	st := s.Status()
+	if !st.CrashLoop || st.LastExitCode != 7 || st.LastSignal != "" || st.LastExit != "exit status 7" {
+		t.Fatalf("status %+v", st)
+	}
+	if len(st.LogTail) != 10 || st.LogTail[9] != "fatal: disk on fire" || st.LogTail[0] != "run line 4" {
+		t.Fatalf("log tail %q, want this run's last 10 lines", st.LogTail)
+	}
+	exits := ev.with("agent exited, restarting")
+	// Ceilings 20, 40, 80, 160ms: each wait lies above the one before; the
+	// fifth is at the cap, in [80, 160).
+	var prev float64
+	for i, m := range exits[:5] {
+		b := m["backoff"].(float64) // zerolog writes durations in ms
+		if m["attempt"].(float64) != float64(i+1) {
+			t.Errorf("exit %d logged attempt %v", i+1, m["attempt"])
+		}
+		if i < 4 && b <= prev || i == 4 && b < 80 {
+			t.Errorf("exit %d: backoff %vms after %vms, want growth up to the cap", i+1, b, prev)
+		}
+		if b >= 160 {
+			t.Errorf("backoff %vms beyond the 160ms cap", b)
+		}
+		prev = b
+	}
+	if first := exits[0]["backoff"].(float64); first < 10 || first >= 20 {
+		t.Errorf("first backoff %vms, want [10,20)", first)
+	}
+	if loops := ev.with("agent is crash looping"); len(loops) != 1 || loops[0]["exit_code"].(float64) != 7 ||
+		len(loops[0]["log_tail"].([]any)) != 10 {
+		t.Errorf("crash loop lines %v, want one naming exit 7 with the tail", loops)
+	}
+}
+
+func TestSignalledExit(t *testing.T) {
+	s, _, stop := startLogged(t, Config{Path: "/bin/sh", Args: []string{"-c", "kill -KILL $$"},
+		BackoffBase: time.Millisecond, BackoffMax: time.Millisecond, StableAfter: time.Hour})
+	defer stop()
+	waitFor(t, "an exit", func() bool { return s.Status().LastExit != "" })
+	if st := s.Status(); st.LastSignal != "killed" || st.LastExitCode != -1 || st.LastExit != "signal: killed" {
+		t.Fatalf("status %+v", st)
+	}
+}
+
+// TestStableRunResetsBackoff: after a run that lasted StableAfter the next
+// wait starts from the base again.
+func TestStableRunResetsBackoff(t *testing.T) {
+	dir := t.TempDir()
+	stable := filepath.Join(dir, "stable")
+	// Short runs until the file exists; then one run that outlives
+	// StableAfter and exits when the file is removed.
+	script := `if [ -e "$1" ]; then while [ -e "$1" ]; do sleep 0.01; done; fi; exit 1`
+	s, ev, stop := startLogged(t, Config{Path: "/bin/sh", Args: []string{"-c", script, "sh", stable},
+		BackoffBase: 10 * time.Millisecond, BackoffMax: 80 * time.Millisecond, StableAfter: 100 * time.Millisecond, CrashLoopAfter: 2})
+	defer stop()
+	waitFor(t, "backoff at its cap", func() bool {
+		ex := ev.with("agent exited, restarting")
+		return len(ex) >= 4 && ex[len(ex)-1]["backoff"].(float64) >= 40
+	})
+	os.WriteFile(stable, nil, 0o644)
+	waitFor(t, "a stable run", func() bool { return len(ev.with("agent stable again")) == 1 })
+	if st := s.Status(); st.ShortRuns != 0 || st.CrashLoop || !st.Running {
+		t.Fatalf("status after a stable run %+v", st)
+	}
+	n := len(ev.with("agent exited, restarting"))
+	os.Remove(stable)
+	waitFor(t, "the stable run's exit", func() bool { return len(ev.with("agent exited, restarting")) > n })
+	m := ev.with("agent exited, restarting")[n]
+	if m["attempt"].(float64) != 1 || m["backoff"].(float64) >= 10 || m["short_runs"].(float64) != 0 {
+		t.Fatalf("exit after a stable run logged %v, want attempt 1, backoff < 10ms, no short run", m)
 	}
 }
