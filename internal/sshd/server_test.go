@@ -60,11 +60,16 @@ func TestExecExitStatusAndStreams(t *testing.T) {
 			}
 		})
 	}
+	fp := gossh.FingerprintSHA256(k.signer.PublicKey())
 	if n := ts.log.count(func(m map[string]any) bool {
-		return m["message"] == "command" && m["command"] == "exit 3" && m["fingerprint"] == gossh.FingerprintSHA256(k.signer.PublicKey())
+		return m["message"] == "command" && m["command"] == "exit 3" && m["fingerprint"] == fp
 	}); n != 1 {
 		t.Errorf("command log lines with fingerprint = %d, want 1", n)
 	}
+	c.Close()
+	ts.log.waitN(t, 1, 10*time.Second, "logout with the fingerprint", func(m map[string]any) bool {
+		return m["message"] == "logout" && m["fingerprint"] == fp
+	})
 }
 
 func TestSignalPassedThrough(t *testing.T) {

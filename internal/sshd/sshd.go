@@ -154,7 +154,7 @@ type Server struct {
 
 	mu        sync.Mutex
 	closing   bool
-	pending   map[*pendingConn]struct{}
+	pending   map[*trackedConn]struct{}
 	perSource map[netip.Addr]int
 	sessions  map[*session]struct{}
 	drained   chan struct{} // closed when closing and no session is left
@@ -165,10 +165,10 @@ type Server struct {
 }
 
 // ctxKeyAuth holds the *authorizedKey that authenticated a connection;
-// ctxKeyPending its *pendingConn.
+// ctxKeyConn its *trackedConn.
 var (
 	ctxKeyAuth    = &struct{ name string }{"avsidecar-auth"}
-	ctxKeyPending = &struct{ name string }{"avsidecar-pending"}
+	ctxKeyConn = &struct{ name string }{"avsidecar-pending"}
 )
 
 // New loads (or makes) the host keys, reads the authorized keys and binds
@@ -195,7 +195,7 @@ func New(cfg Config, log zerolog.Logger) (*Server, error) {
 	s := &Server{
 		cfg:       cfg,
 		log:       log,
-		pending:   map[*pendingConn]struct{}{},
+		pending:   map[*trackedConn]struct{}{},
 		perSource: map[netip.Addr]int{},
 		sessions:  map[*session]struct{}{},
 		drained:   make(chan struct{}),
@@ -275,7 +275,7 @@ func (s *Server) shutdown() {
 	for ss := range s.sessions {
 		sessions = append(sessions, ss)
 	}
-	pending := make([]*pendingConn, 0, len(s.pending))
+	pending := make([]*trackedConn, 0, len(s.pending))
 	for pc := range s.pending {
 		pending = append(pending, pc)
 	}
@@ -348,19 +348,25 @@ func (s *Server) Status() Status {
 	}
 }
 
-// pendingConn is a connection that has not authenticated yet. It holds a
-// handshake slot until it authenticates or closes, and is closed when the
-// login grace timeout fires first.
-type pendingConn struct {
+// trackedConn wraps every admitted connection. Until it authenticates it
+// holds a handshake slot, and the login grace timer closes it; after, its
+// close is logged as the logout.
+type trackedConn struct {
 	net.Conn
 	s      *Server
 	source netip.Addr
 	timer  *time.Timer
 	once   sync.Once
+
+	mu          sync.Mutex
+	fingerprint string // set at login
+	user        string
+	loginAt     time.Time
+	closeOnce   sync.Once
 }
 
 // release gives the handshake slot back; called on login and on close.
-func (pc *pendingConn) release() {
+func (pc *trackedConn) release() {
 	pc.once.Do(func() {
 		pc.timer.Stop()
 		s := pc.s
@@ -373,9 +379,25 @@ func (pc *pendingConn) release() {
 	})
 }
 
-// Close implements net.Conn.
-func (pc *pendingConn) Close() error {
+// loggedIn records the login and frees the handshake slot.
+func (pc *trackedConn) loggedIn(user, fingerprint string) {
+	pc.mu.Lock()
+	pc.user, pc.fingerprint, pc.loginAt = user, fingerprint, time.Now()
+	pc.mu.Unlock()
 	pc.release()
+}
+
+// Close implements net.Conn.
+func (pc *trackedConn) Close() error {
+	pc.release()
+	pc.closeOnce.Do(func() {
+		pc.mu.Lock()
+		defer pc.mu.Unlock()
+		if !pc.loginAt.IsZero() {
+			pc.s.log.Info().Str("user", pc.user).Str("remote", pc.RemoteAddr().String()).Str("fingerprint", pc.fingerprint).
+				Int64("duration_ms", time.Since(pc.loginAt).Milliseconds()).Msg("logout")
+		}
+	})
 	return pc.Conn.Close()
 }
 
@@ -390,7 +412,7 @@ func (s *Server) admit(ctx ssh.Context, c net.Conn) net.Conn {
 		s.log.Debug().Str("remote", c.RemoteAddr().String()).Msg("connection dropped: too many unauthenticated connections")
 		return nil
 	}
-	pc := &pendingConn{Conn: c, s: s, source: source}
+	pc := &trackedConn{Conn: c, s: s, source: source}
 	s.pending[pc] = struct{}{}
 	s.perSource[source]++
 	pc.timer = time.AfterFunc(s.cfg.LoginGraceTimeout, func() {
@@ -398,7 +420,7 @@ func (s *Server) admit(ctx ssh.Context, c net.Conn) net.Conn {
 		pc.Close()
 	})
 	s.mu.Unlock()
-	ctx.SetValue(ctxKeyPending, pc)
+	ctx.SetValue(ctxKeyConn, pc)
 	return pc
 }
 
@@ -448,11 +470,13 @@ func (s *Server) authLog(ctx ssh.Context, conn gossh.ConnMetadata, method string
 		return
 	}
 	s.logins.Add(1)
-	if pc, ok := ctx.Value(ctxKeyPending).(*pendingConn); ok {
-		pc.release()
-	}
+	fp := ""
 	if ak, ok := ctx.Value(ctxKeyAuth).(*authorizedKey); ok {
-		ev = ev.Str("fingerprint", ak.fingerprint).Int("key_line", ak.line)
+		fp = ak.fingerprint
+		ev = ev.Str("fingerprint", fp).Int("key_line", ak.line)
+	}
+	if pc, ok := ctx.Value(ctxKeyConn).(*trackedConn); ok {
+		pc.loggedIn(conn.User(), fp)
 	}
 	ev.Msg("login")
 }
