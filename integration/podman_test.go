@@ -236,14 +236,14 @@ func TestPodmanPod(t *testing.T) {
 	}
 
 	// Memory of the running sidecar, for BENCHMARKS.md (bench/image/run.sh).
-	sum := 0
+	rssSum, pssSum := 0, 0
 	for _, pr := range podmanTree(t, pm.inspect(p1.sidecar).State.Pid) {
-		t.Logf("bench: pid=%d comm=%s rss_kib=%d hwm_kib=%d cmd=%q", pr.pid, pr.comm, pr.rssKiB, pr.hwmKiB, pr.cmdline)
+		t.Logf("bench: pid=%d comm=%s rss_kib=%d hwm_kib=%d pss_kib=%d cmd=%q", pr.pid, pr.comm, pr.rssKiB, pr.hwmKiB, pr.pssKiB, pr.cmdline)
 		if pr.comm == "avsidecar" {
-			sum += pr.rssKiB
+			rssSum, pssSum = rssSum+pr.rssKiB, pssSum+pr.pssKiB
 		}
 	}
-	t.Logf("bench: avsidecar_rss_kib=%d", sum)
+	t.Logf("bench: avsidecar_rss_kib=%d avsidecar_pss_kib=%d", rssSum, pssSum)
 
 	// podman stop: SIGTERM, then SIGKILL after the grace period. avsidecar
 	// must be gone with 0 well before.
@@ -397,10 +397,13 @@ func podmanGet(t *testing.T, url, token string) (int, string) {
 
 // podmanProc is one process of a container, seen from the host.
 type podmanProc struct {
-	pid     int
-	comm    string
-	rssKiB  int
-	hwmKiB  int
+	pid    int
+	comm   string
+	rssKiB int
+	hwmKiB int
+	// pssKiB is the proportional set size: pages shared between the
+	// processes (avsidecar's two share their text) counted once in total.
+	pssKiB  int
 	cmdline string
 }
 
@@ -456,6 +459,13 @@ func podmanTree(t *testing.T, pid int) []podmanProc {
 				pr.rssKiB, _ = strconv.Atoi(f[0])
 			case k == "VmHWM" && len(f) > 0:
 				pr.hwmKiB, _ = strconv.Atoi(f[0])
+			}
+		}
+		if sm, err := os.ReadFile(fmt.Sprintf("/proc/%d/smaps_rollup", p)); err == nil {
+			for _, l := range strings.Split(string(sm), "\n") {
+				if f := strings.Fields(l); len(f) >= 2 && f[0] == "Pss:" {
+					pr.pssKiB, _ = strconv.Atoi(f[1])
+				}
 			}
 		}
 		out = append(out, pr)

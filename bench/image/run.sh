@@ -23,13 +23,17 @@ export CONTAINERS_CONF="$OUT/containers.conf"
 BASE=localhost/debian:bookworm
 TAG=$$
 
-# ns_rss CONTAINER: "name rss_kB" for every process in its PID namespace.
+# ns_rss CONTAINER: "name rss_kB pss_kB" for every process in its PID
+# namespace (PSS counts pages shared between processes once in a sum).
 ns_rss() {
 	pid=$(podman inspect -f '{{.State.Pid}}' "$1")
 	ns=$(readlink "/proc/$pid/ns/pid")
 	for p in /proc/[0-9]*; do
 		[ "$(readlink "$p/ns/pid" 2>/dev/null)" = "$ns" ] || continue
-		awk '/^Name:/ {n=$2} /^VmRSS:/ {print n, $2}' "$p/status" 2>/dev/null
+		n=$(awk '/^Name:/ {print $2}' "$p/status" 2>/dev/null) || continue
+		rss=$(awk '/^VmRSS:/ {print $2}' "$p/status")
+		pss=$(awk '/^Pss:/ {print $2}' "$p/smaps_rollup")
+		echo "$n $rss $pss"
 	done | sort
 }
 
@@ -83,4 +87,4 @@ until ns_rss "avs-bench-peer-$TAG" | grep -q '^sshd '; do
 	i=$((i + 1)); [ $i -lt 600 ] || { podman logs "avs-bench-peer-$TAG"; exit 1; }
 	sleep 0.1
 done
-ns_rss "avs-bench-peer-$TAG" | awk '{print "bench: peer process=" $1 " rss_kib=" $2; t += $2} END {print "bench: peer total_rss_kib=" t}'
+ns_rss "avs-bench-peer-$TAG" | awk '{print "bench: peer process=" $1 " rss_kib=" $2 " pss_kib=" $3; r += $2; p += $3} END {print "bench: peer total_rss_kib=" r " total_pss_kib=" p}'
