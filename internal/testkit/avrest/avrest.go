@@ -1,0 +1,448 @@
+// Package avrest is a stand-in for the Avamar server's REST API, for tests
+// and the demo. It serves, on a real loopback listener and by default over
+// TLS with a CA of its own:
+//
+//	POST /api/oauth/token               OAuth2 password grant; the OAuth
+//	                                    client authenticates with HTTP basic
+//	                                    auth, the user with the form fields
+//	                                    grant_type=password, username,
+//	                                    password. 200 {"access_token",
+//	                                    "token_type":"bearer","expires_in"};
+//	                                    a bad client 401 {"error":
+//	                                    "invalid_client"}, a bad user 400
+//	                                    {"error":"invalid_grant"}.
+//	GET  /api/v1/clients?domain=D&filter=name==N
+//	                                    {"content":[{"id","name","domain",
+//	                                    "href"}],"number","size",
+//	                                    "totalElements","totalPages"}
+//	GET  /api/v1/clients/{id}/backups?sort=createdTime,desc&page=P&size=S
+//	                                    {"content":[{"id","name",
+//	                                    "createdTime","expirationTime"}],...}
+//	                                    in the order they were added unless
+//	                                    sorted; 20 a page by default.
+//
+// API calls need "Authorization: Bearer TOKEN" and answer 401
+// {"error":"invalid_token"} otherwise. Switches make it go down (connections
+// refused), refuse every credential, expire all tokens now, or fail API calls
+// with a status code.
+package avrest
+
+import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/hex"
+	"encoding/json"
+	"encoding/pem"
+	"fmt"
+	"io"
+	"log"
+	"math/big"
+	"net"
+	"net/http"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+)
+
+// Config describes the server's accounts.
+type Config struct {
+	// ClientID and ClientSecret identify the OAuth client (HTTP basic auth
+	// at the token endpoint).
+	ClientID, ClientSecret string
+	// Username and Password are the Avamar user of the password grant.
+	Username, Password string
+	// TokenTTL is the lifetime of issued tokens (expires_in); zero means
+	// 30 minutes, Avamar's default.
+	TokenTTL time.Duration
+	// Plain serves HTTP instead of HTTPS.
+	Plain bool
+}
+
+// Backup is one backup of a client.
+type Backup struct {
+	// ID is the backup's id, assigned by AddBackup when empty.
+	ID string
+	// Created is when the backup was taken.
+	Created time.Time
+}
+
+type client struct {
+	id, name, domain string
+	backups          []Backup
+}
+
+// Counts are the requests the server has answered, by kind.
+type Counts struct {
+	// Tokens is the number of tokens issued.
+	Tokens int
+	// TokenRefusals is the number of refused token requests.
+	TokenRefusals int
+	// Calls is the number of API calls answered with 200.
+	Calls int
+	// Unauthorized is the number of API calls refused with 401.
+	Unauthorized int
+}
+
+// Server is a running stand-in. Create it with Start; Close it when done.
+type Server struct {
+	cfg    Config
+	addr   string
+	tlsCfg *tls.Config
+	caPEM  []byte
+
+	mu        sync.Mutex
+	srv       *http.Server
+	badCreds  bool
+	failCode  int
+	tokens    map[string]time.Time
+	clients   []*client
+	counts    Counts
+	nextID    int
+	lastToken string
+}
+
+// Start listens on 127.0.0.1 at a free port and serves.
+func Start(cfg Config) (*Server, error) {
+	if cfg.TokenTTL == 0 {
+		cfg.TokenTTL = 30 * time.Minute
+	}
+	s := &Server{cfg: cfg, tokens: map[string]time.Time{}}
+	if !cfg.Plain {
+		var err error
+		if s.tlsCfg, s.caPEM, err = selfCA(); err != nil {
+			return nil, fmt.Errorf("avrest: make CA: %w", err)
+		}
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, fmt.Errorf("avrest: listen: %w", err)
+	}
+	s.addr = ln.Addr().String()
+	s.serve(ln)
+	return s, nil
+}
+
+// URL is the base URL, e.g. https://127.0.0.1:40123.
+func (s *Server) URL() string {
+	if s.cfg.Plain {
+		return "http://" + s.addr
+	}
+	return "https://" + s.addr
+}
+
+// CAPEM is the PEM certificate of the CA that signed the server's
+// certificate (nil when Plain).
+func (s *Server) CAPEM() []byte { return s.caPEM }
+
+// AddClient registers a client in a domain and returns its id.
+func (s *Server) AddClient(domain, name string) string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.nextID++
+	c := &client{id: fmt.Sprintf("c%04x-%s", s.nextID, randHex(4)), name: name, domain: domain}
+	s.clients = append(s.clients, c)
+	return c.id
+}
+
+// AddBackup adds a backup to the client with id clientID.
+func (s *Server) AddBackup(clientID string, created time.Time) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, c := range s.clients {
+		if c.id == clientID {
+			s.nextID++
+			c.backups = append(c.backups, Backup{ID: strconv.Itoa(s.nextID), Created: created})
+			return nil
+		}
+	}
+	return fmt.Errorf("avrest: no client %q", clientID)
+}
+
+// SetDown closes the listener and every connection (down: connections are
+// refused) or listens again on the same address (up).
+func (s *Server) SetDown(down bool) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if down {
+		if s.srv != nil {
+			s.srv.Close()
+			s.srv = nil
+		}
+		return nil
+	}
+	if s.srv != nil {
+		return nil
+	}
+	ln, err := net.Listen("tcp", s.addr)
+	if err != nil {
+		return fmt.Errorf("avrest: listen again: %w", err)
+	}
+	s.serveLocked(ln)
+	return nil
+}
+
+// SetBadCredentials makes the token endpoint refuse every request (as if
+// the account were locked or its password changed).
+func (s *Server) SetBadCredentials(bad bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.badCreds = bad
+}
+
+// SetFailure makes every API call (not the token endpoint) answer code;
+// 0 restores normal answers.
+func (s *Server) SetFailure(code int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.failCode = code
+}
+
+// ExpireTokens makes every token issued so far invalid.
+func (s *Server) ExpireTokens() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	clear(s.tokens)
+}
+
+// Counts returns the request counters.
+func (s *Server) Counts() Counts {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.counts
+}
+
+// LastToken is the last token issued, so a test can look for it in logs.
+func (s *Server) LastToken() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.lastToken
+}
+
+// Close stops the server.
+func (s *Server) Close() {
+	s.SetDown(true)
+}
+
+func (s *Server) serve(ln net.Listener) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.serveLocked(ln)
+}
+
+func (s *Server) serveLocked(ln net.Listener) {
+	mux := http.NewServeMux()
+	mux.HandleFunc("POST /api/oauth/token", s.token)
+	mux.HandleFunc("GET /api/v1/clients", s.api(s.listClients))
+	mux.HandleFunc("GET /api/v1/clients/{id}/backups", s.api(s.listBackups))
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second,
+		// Refused handshakes are what some tests are about: no noise.
+		ErrorLog: log.New(io.Discard, "", 0)}
+	if s.tlsCfg != nil {
+		ln = tls.NewListener(ln, s.tlsCfg)
+	}
+	s.srv = srv
+	go srv.Serve(ln)
+}
+
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	json.NewEncoder(w).Encode(v)
+}
+
+func (s *Server) token(w http.ResponseWriter, r *http.Request) {
+	id, secret, ok := r.BasicAuth()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !ok || id != s.cfg.ClientID || secret != s.cfg.ClientSecret || s.badCreds {
+		s.counts.TokenRefusals++
+		w.Header().Set("WWW-Authenticate", `Basic realm="oauth2/client"`)
+		writeJSON(w, http.StatusUnauthorized, map[string]string{"error": "invalid_client", "error_description": "Bad client credentials"})
+		return
+	}
+	if r.PostFormValue("grant_type") != "password" {
+		s.counts.TokenRefusals++
+		writeJSON(w, http.StatusBadRequest, map[string]string{"error": "unsupported_grant_type"})
+		return
+	}
+	if r.PostFormValue("username") != s.cfg.Username || r.PostFormValue("password") != s.cfg.Password {
+		s.counts.TokenRefusals++
+		writeJSON(w, http.StatusBadRequest, map[string]string{"error": "invalid_grant", "error_description": "Bad credentials"})
+		return
+	}
+	tok := randHex(24)
+	s.tokens[tok] = time.Now().Add(s.cfg.TokenTTL)
+	s.lastToken = tok
+	s.counts.Tokens++
+	writeJSON(w, http.StatusOK, map[string]any{
+		"access_token": tok,
+		"token_type":   "bearer",
+		"expires_in":   int(s.cfg.TokenTTL.Seconds()),
+		"scope":        "read write",
+	})
+}
+
+// api checks the bearer token and the failure switch, then runs h with the
+// lock held.
+func (s *Server) api(h func(w http.ResponseWriter, r *http.Request)) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		tok, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+		exp, known := s.tokens[tok]
+		if !ok || !known || time.Now().After(exp) {
+			s.counts.Unauthorized++
+			w.Header().Set("WWW-Authenticate", `Bearer error="invalid_token"`)
+			writeJSON(w, http.StatusUnauthorized, map[string]string{"error": "invalid_token", "error_description": "Access token expired"})
+			return
+		}
+		if s.failCode != 0 {
+			writeJSON(w, s.failCode, map[string]string{"error": http.StatusText(s.failCode)})
+			return
+		}
+		s.counts.Calls++
+		h(w, r)
+	}
+}
+
+// page is the paged envelope of list answers.
+type page struct {
+	Content       any `json:"content"`
+	Number        int `json:"number"`
+	Size          int `json:"size"`
+	TotalElements int `json:"totalElements"`
+	TotalPages    int `json:"totalPages"`
+}
+
+// paginate cuts items to the page asked for in r.
+func paginate[T any](r *http.Request, items []T) page {
+	size, err := strconv.Atoi(r.FormValue("size"))
+	if err != nil || size <= 0 {
+		size = 20
+	}
+	num, _ := strconv.Atoi(r.FormValue("page"))
+	num = max(num, 0)
+	from := min(num*size, len(items))
+	to := min(from+size, len(items))
+	return page{
+		Content:       items[from:to],
+		Number:        num,
+		Size:          size,
+		TotalElements: len(items),
+		TotalPages:    (len(items) + size - 1) / size,
+	}
+}
+
+type clientJSON struct {
+	ID     string `json:"id"`
+	Name   string `json:"name"`
+	Domain string `json:"domain"`
+	Href   string `json:"href"`
+}
+
+func (s *Server) listClients(w http.ResponseWriter, r *http.Request) {
+	domain := r.FormValue("domain")
+	name, byName := strings.CutPrefix(r.FormValue("filter"), "name==")
+	out := []clientJSON{}
+	for _, c := range s.clients {
+		if (domain == "" || c.domain == domain) && (!byName || c.name == name) {
+			out = append(out, clientJSON{ID: c.id, Name: c.name, Domain: c.domain, Href: s.URL() + "/api/v1/clients/" + c.id})
+		}
+	}
+	writeJSON(w, http.StatusOK, paginate(r, out))
+}
+
+type backupJSON struct {
+	ID             string `json:"id"`
+	Name           string `json:"name"`
+	CreatedTime    string `json:"createdTime"`
+	ExpirationTime string `json:"expirationTime"`
+}
+
+func (s *Server) listBackups(w http.ResponseWriter, r *http.Request) {
+	id := r.PathValue("id")
+	i := slices.IndexFunc(s.clients, func(c *client) bool { return c.id == id })
+	if i < 0 {
+		writeJSON(w, http.StatusNotFound, map[string]string{"error": "client not found"})
+		return
+	}
+	backups := slices.Clone(s.clients[i].backups)
+	switch r.FormValue("sort") {
+	case "createdTime,desc":
+		slices.SortStableFunc(backups, func(a, b Backup) int { return b.Created.Compare(a.Created) })
+	case "createdTime,asc", "createdTime":
+		slices.SortStableFunc(backups, func(a, b Backup) int { return a.Created.Compare(b.Created) })
+	}
+	out := make([]backupJSON, len(backups))
+	for i, b := range backups {
+		out[i] = backupJSON{
+			ID:             b.ID,
+			Name:           "MOD-" + strconv.FormatInt(b.Created.UnixMilli(), 10),
+			CreatedTime:    b.Created.UTC().Format(time.RFC3339),
+			ExpirationTime: b.Created.Add(60 * 24 * time.Hour).UTC().Format(time.RFC3339),
+		}
+	}
+	writeJSON(w, http.StatusOK, paginate(r, out))
+}
+
+func randHex(n int) string {
+	b := make([]byte, n)
+	rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+// selfCA makes a CA and a server certificate for 127.0.0.1 and localhost
+// signed by it.
+func selfCA() (*tls.Config, []byte, error) {
+	now := time.Now()
+	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, nil, err
+	}
+	caTmpl := &x509.Certificate{
+		SerialNumber:          big.NewInt(1),
+		Subject:               pkix.Name{CommonName: "avrest test CA"},
+		NotBefore:             now.Add(-time.Hour),
+		NotAfter:              now.Add(24 * time.Hour),
+		KeyUsage:              x509.KeyUsageCertSign,
+		BasicConstraintsValid: true,
+		IsCA:                  true,
+	}
+	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
+	if err != nil {
+		return nil, nil, err
+	}
+	ca, err := x509.ParseCertificate(caDER)
+	if err != nil {
+		return nil, nil, err
+	}
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, nil, err
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(2),
+		Subject:      pkix.Name{CommonName: "mcs"},
+		DNSNames:     []string{"localhost"},
+		IPAddresses:  []net.IP{net.IPv4(127, 0, 0, 1)},
+		NotBefore:    now.Add(-time.Hour),
+		NotAfter:     now.Add(24 * time.Hour),
+		KeyUsage:     x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, &key.PublicKey, caKey)
+	if err != nil {
+		return nil, nil, err
+	}
+	cfg := &tls.Config{
+		Certificates: []tls.Certificate{{Certificate: [][]byte{der}, PrivateKey: key}},
+		MinVersion:   tls.VersionTLS12,
+	}
+	return cfg, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caDER}), nil
+}
