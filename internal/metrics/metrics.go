@@ -58,7 +58,7 @@ var Phases = []string{"starting", "installing", "registering", "running", "stopp
 var Outcomes = []string{"success", "refused", "unreachable", "unresolved", "timeout", "error"}
 
 // BackupStates are the values of the state label of backup_api_state.
-var BackupStates = []string{"ok", "unreachable", "unauthorized", "client-not-found", "error"}
+var BackupStates = []string{"unknown", "ok", "unreachable", "unauthorized", "client-not-found", "error"}
 
 // Handlers are the handler names Instrument keeps; any other name is
 // counted as "other".

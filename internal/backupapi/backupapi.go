@@ -1,0 +1,572 @@
+// Package backupapi asks the Avamar server's REST API, at an interval, when
+// this client's newest backup was taken, so that an operator can alert on
+// backup freshness (metric avsidecar_last_backup_timestamp_seconds).
+//
+// One check: get an OAuth2 token (password grant at /api/oauth/token, the
+// OAuth client authenticated by HTTP basic auth), find the client by name in
+// its domain (/api/v1/clients?domain=D&filter=name==N), then read its
+// backups newest first (/api/v1/clients/{id}/backups?sort=createdTime,desc)
+// and keep the newest createdTime. Tokens are reused until shortly before
+// they expire; an API call answered 401 gets a new token once. Transport
+// errors, 429 and 5xx answers are retried with capped exponential backoff
+// (go-retryablehttp) that stops when the context ends. TLS is verified,
+// against the system roots or a CA file; plain http is refused because a
+// password travels in the token request.
+//
+// The check is only on when AVAMAR_REST_URL is set:
+//
+//	| variable | default | meaning |
+//	| --- | --- | --- |
+//	| `AVAMAR_REST_URL` | empty (backup check off) | Avamar REST API base, `https://HOST[:PORT]` (the MCS, usually port 443); turns the backup freshness check on |
+//	| `AVAMAR_REST_CREDENTIALS_FILE` | `/etc/avsidecar/rest/credentials` | `KEY=VALUE` lines `client_id`, `client_secret` (the OAuth client), `username`, `password` (the Avamar user); `#` comments; re-read at every token request, so a rotated Secret is picked up |
+//	| `AVAMAR_REST_CA_FILE` | empty (system roots) | PEM CA bundle that signed the server's certificate |
+//	| `AVAMAR_REST_INTERVAL` | `5m` | time between two checks |
+//
+// The client is looked up by AVAMAR_CLIENT_NAME in AVAMAR_DOMAIN. Secrets
+// (client secret, password, tokens) never reach logs, Status or errors.
+package backupapi
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/go-retryablehttp"
+	"github.com/rs/zerolog"
+)
+
+// States of the check, as in Status.State and the metrics.
+const (
+	StateUnknown        = "unknown"          // no check has finished yet
+	StateOK             = "ok"               // the last check succeeded
+	StateUnreachable    = "unreachable"      // the server could not be reached
+	StateUnauthorized   = "unauthorized"     // credentials or token refused
+	StateClientNotFound = "client-not-found" // no client of that name in the domain
+	StateError          = "error"            // anything else; see Status.Message
+)
+
+// Defaults for the zero values of Config.
+const (
+	DefaultInterval       = 5 * time.Minute
+	DefaultRequestTimeout = 30 * time.Second
+	DefaultRetryMax       = 4
+	DefaultRetryWaitMin   = time.Second
+	DefaultRetryWaitMax   = 30 * time.Second
+)
+
+// Config says which server to ask, as whom, and about which client.
+type Config struct {
+	// URL is the REST API base, https://HOST[:PORT] (AVAMAR_REST_URL).
+	// Required; plain http is refused.
+	URL string
+	// CredentialsFile holds KEY=VALUE lines client_id, client_secret,
+	// username and password (AVAMAR_REST_CREDENTIALS_FILE). It is read at
+	// every token request. Required.
+	CredentialsFile string
+	// CAFile is a PEM bundle of the CAs trusted for the server's
+	// certificate (AVAMAR_REST_CA_FILE); empty: the system roots.
+	CAFile string
+	// Domain is the client's Avamar domain (AVAMAR_DOMAIN), e.g. /clients.
+	// Required.
+	Domain string
+	// Client is the client's name (AVAMAR_CLIENT_NAME). Required.
+	Client string
+	// Interval is the time between two checks (AVAMAR_REST_INTERVAL);
+	// zero means DefaultInterval.
+	Interval time.Duration
+	// RequestTimeout bounds one HTTP request; zero means
+	// DefaultRequestTimeout.
+	RequestTimeout time.Duration
+	// RetryMax is how many times one request is retried after a transport
+	// error, 429 or 5xx; zero means DefaultRetryMax, negative no retry.
+	RetryMax int
+	// RetryWaitMin and RetryWaitMax bound the exponential backoff between
+	// retries; zero means DefaultRetryWaitMin and DefaultRetryWaitMax.
+	RetryWaitMin, RetryWaitMax time.Duration
+}
+
+// Status is a snapshot of the check. It holds no secret.
+type Status struct {
+	// URL is the REST API base.
+	URL string `json:"url"`
+	// Domain and Client name the client asked about.
+	Domain string `json:"domain"`
+	Client string `json:"client"`
+	// State is one of the State constants.
+	State string `json:"state"`
+	// Message says why, when State is not ok (or that no backup exists yet).
+	Message string `json:"message,omitempty"`
+	// LastBackup is the time of the newest backup; zero while unknown. It
+	// keeps the last value learnt while the server cannot be asked.
+	LastBackup time.Time `json:"last_backup,omitzero"`
+	// LastCheck is when the last check finished.
+	LastCheck time.Time `json:"last_check,omitzero"`
+	// LastSuccess is when a check last succeeded.
+	LastSuccess time.Time `json:"last_success,omitzero"`
+	// Checks and Failures count finished checks and failed ones.
+	Checks   uint64 `json:"checks"`
+	Failures uint64 `json:"failures"`
+}
+
+// Checker polls the REST API. Create it with New and start it with Run.
+type Checker struct {
+	cfg  Config
+	log  zerolog.Logger
+	base *url.URL
+	http *retryablehttp.Client
+
+	// Owned by the Run goroutine.
+	token    string
+	tokenEnd time.Time
+
+	mu sync.Mutex
+	st Status
+}
+
+// stateError carries the state a failure leads to.
+type stateError struct {
+	state string
+	err   error
+}
+
+func (e *stateError) Error() string { return e.err.Error() }
+func (e *stateError) Unwrap() error { return e.err }
+
+func failure(state string, format string, args ...any) error {
+	return &stateError{state: state, err: fmt.Errorf(format, args...)}
+}
+
+// New checks cfg, loads the CA file and returns a Checker.
+func New(cfg Config, log zerolog.Logger) (*Checker, error) {
+	var problems []error
+	u, err := url.Parse(cfg.URL)
+	switch {
+	case cfg.URL == "":
+		problems = append(problems, errors.New("rest url is required"))
+	case err != nil:
+		problems = append(problems, fmt.Errorf("rest url: %w", err))
+	case u.Scheme != "https" || u.Host == "":
+		problems = append(problems, fmt.Errorf("rest url %q: want https://HOST[:PORT]", redact(u)))
+	case u.User != nil:
+		problems = append(problems, errors.New("rest url must not hold credentials: use the credentials file"))
+	}
+	if cfg.CredentialsFile == "" {
+		problems = append(problems, errors.New("rest credentials file is required"))
+	}
+	if cfg.Domain == "" {
+		problems = append(problems, errors.New("domain is required"))
+	}
+	if cfg.Client == "" {
+		problems = append(problems, errors.New("client name is required"))
+	}
+	if cfg.Interval < 0 || cfg.RequestTimeout < 0 || cfg.RetryWaitMin < 0 || cfg.RetryWaitMax < 0 {
+		problems = append(problems, errors.New("durations must not be negative"))
+	}
+	roots, err := loadCA(cfg.CAFile)
+	if err != nil {
+		problems = append(problems, err)
+	}
+	if len(problems) > 0 {
+		return nil, fmt.Errorf("backupapi: %w", errors.Join(problems...))
+	}
+	setDefault(&cfg.Interval, DefaultInterval)
+	setDefault(&cfg.RequestTimeout, DefaultRequestTimeout)
+	setDefault(&cfg.RetryWaitMin, DefaultRetryWaitMin)
+	setDefault(&cfg.RetryWaitMax, DefaultRetryWaitMax)
+	switch {
+	case cfg.RetryMax == 0:
+		cfg.RetryMax = DefaultRetryMax
+	case cfg.RetryMax < 0:
+		cfg.RetryMax = 0
+	}
+	u.Path = strings.TrimSuffix(u.Path, "/")
+
+	c := &Checker{cfg: cfg, log: log, base: u}
+	transport := http.DefaultTransport.(*http.Transport).Clone()
+	transport.TLSClientConfig = &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12}
+	rc := retryablehttp.NewClient()
+	rc.HTTPClient = &http.Client{Transport: transport, Timeout: cfg.RequestTimeout}
+	rc.Logger = nil // attempts are logged by the backoff below, without URLs' queries
+	rc.RetryMax = cfg.RetryMax
+	rc.RetryWaitMin = cfg.RetryWaitMin
+	rc.RetryWaitMax = cfg.RetryWaitMax
+	rc.Backoff = func(min, max time.Duration, attempt int, resp *http.Response) time.Duration {
+		d := retryablehttp.DefaultBackoff(min, max, attempt, resp)
+		ev := log.Warn().Int("attempt", attempt+1).Dur("backoff", d)
+		if resp != nil {
+			ev = ev.Int("status", resp.StatusCode)
+		}
+		ev.Msg("rest request failed, retrying")
+		return d
+	}
+	// Hand back the last response or error rather than a generic "giving up".
+	rc.ErrorHandler = retryablehttp.PassthroughErrorHandler
+	c.http = rc
+	c.st = Status{URL: redact(u), Domain: cfg.Domain, Client: cfg.Client, State: StateUnknown}
+	return c, nil
+}
+
+func setDefault(d *time.Duration, def time.Duration) {
+	if *d == 0 {
+		*d = def
+	}
+}
+
+// redact drops user info and query from a URL for display.
+func redact(u *url.URL) string {
+	v := *u
+	v.User = nil
+	v.RawQuery = ""
+	return v.String()
+}
+
+func loadCA(file string) (*x509.CertPool, error) {
+	if file == "" {
+		return nil, nil
+	}
+	data, err := os.ReadFile(file)
+	if err != nil {
+		return nil, fmt.Errorf("rest ca file: %w", err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(data) {
+		return nil, fmt.Errorf("rest ca file %s: no PEM certificate", file)
+	}
+	return pool, nil
+}
+
+// Status returns a snapshot of the check.
+func (c *Checker) Status() Status {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.st
+}
+
+// Run checks at once, then every Interval, until ctx is cancelled; it
+// returns nil then.
+func (c *Checker) Run(ctx context.Context) error {
+	tick := time.NewTicker(c.cfg.Interval)
+	defer tick.Stop()
+	for {
+		c.Check(ctx)
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-tick.C:
+		}
+	}
+}
+
+// Check runs one check now and records its outcome in Status. Run calls it;
+// it is exported for a manual refresh. It must not run concurrently with
+// itself.
+func (c *Checker) Check(ctx context.Context) {
+	newest, found, err := c.check(ctx)
+	if ctx.Err() != nil {
+		return // shutting down: not a finding about the server
+	}
+	now := time.Now()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.st.Checks++
+	c.st.LastCheck = now
+	if err != nil {
+		state := StateError
+		var se *stateError
+		if errors.As(err, &se) {
+			state = se.state
+		}
+		if c.st.State != state || c.st.Message != err.Error() {
+			c.log.Warn().Str("state", state).Err(err).Msg("backup check failed")
+		}
+		c.st.Failures++
+		c.st.State, c.st.Message = state, err.Error()
+		return
+	}
+	if c.st.State != StateOK {
+		c.log.Info().Time("last_backup", newest).Bool("found", found).Msg("backup check ok")
+	}
+	c.st.State, c.st.Message = StateOK, ""
+	c.st.LastSuccess = now
+	if found {
+		c.st.LastBackup = newest
+	} else {
+		c.st.LastBackup = time.Time{}
+		c.st.Message = "the client has no backup yet"
+	}
+}
+
+// check finds the client and its newest backup.
+func (c *Checker) check(ctx context.Context) (time.Time, bool, error) {
+	var clients struct {
+		Content []struct {
+			ID     string `json:"id"`
+			Name   string `json:"name"`
+			Domain string `json:"domain"`
+		} `json:"content"`
+	}
+	q := url.Values{"domain": {c.cfg.Domain}, "filter": {"name==" + c.cfg.Client}}
+	if err := c.get(ctx, "/api/v1/clients", q, &clients); err != nil {
+		return time.Time{}, false, err
+	}
+	id := ""
+	for _, cl := range clients.Content {
+		// The filter is the server's business; the exact name is ours.
+		if cl.Name == c.cfg.Client {
+			id = cl.ID
+			break
+		}
+	}
+	if id == "" {
+		return time.Time{}, false, failure(StateClientNotFound, "no client %q in domain %q", c.cfg.Client, c.cfg.Domain)
+	}
+
+	var backups struct {
+		Content []struct {
+			CreatedTime json.RawMessage `json:"createdTime"`
+		} `json:"content"`
+	}
+	q = url.Values{"sort": {"createdTime,desc"}, "page": {"0"}, "size": {"20"}}
+	if err := c.get(ctx, "/api/v1/clients/"+url.PathEscape(id)+"/backups", q, &backups); err != nil {
+		return time.Time{}, false, err
+	}
+	var newest time.Time
+	found := false
+	for _, b := range backups.Content {
+		t, err := parseTime(b.CreatedTime)
+		if err != nil {
+			return time.Time{}, false, fmt.Errorf("backup list: %w", err)
+		}
+		if !found || t.After(newest) {
+			newest, found = t, true
+		}
+	}
+	return newest, found, nil
+}
+
+// get calls the API with a token, getting a new token once if the call is
+// refused with 401, and decodes the JSON answer into out.
+func (c *Checker) get(ctx context.Context, path string, q url.Values, out any) error {
+	for fresh := false; ; fresh = true {
+		tok, err := c.getToken(ctx, fresh)
+		if err != nil {
+			return err
+		}
+		u := *c.base
+		u.Path += path
+		u.RawQuery = q.Encode()
+		req, err := retryablehttp.NewRequestWithContext(ctx, http.MethodGet, u.String(), nil)
+		if err != nil {
+			return fmt.Errorf("get %s: %w", path, err)
+		}
+		req.Header.Set("Authorization", "Bearer "+tok)
+		req.Header.Set("Accept", "application/json")
+		resp, err := c.do(req)
+		if err != nil {
+			return transportError("get "+path, err)
+		}
+		body, err := io.ReadAll(io.LimitReader(resp.Body, 8<<20))
+		resp.Body.Close()
+		if err != nil {
+			return transportError("get "+path, err)
+		}
+		switch {
+		case resp.StatusCode == http.StatusUnauthorized && !fresh:
+			c.log.Debug().Str("path", path).Msg("token refused, getting a new one")
+			c.token = ""
+			continue
+		case resp.StatusCode == http.StatusUnauthorized, resp.StatusCode == http.StatusForbidden:
+			return failure(StateUnauthorized, "get %s: %s%s", path, resp.Status, oauthError(body))
+		case resp.StatusCode != http.StatusOK:
+			return fmt.Errorf("get %s: %s", path, resp.Status)
+		}
+		if err := json.Unmarshal(body, out); err != nil {
+			return fmt.Errorf("get %s: decode answer: %w", path, err)
+		}
+		return nil
+	}
+}
+
+// getToken returns the current token, or a new one when fresh, when there
+// is none, or when it is about to expire.
+func (c *Checker) getToken(ctx context.Context, fresh bool) (string, error) {
+	if !fresh && c.token != "" && time.Now().Before(c.tokenEnd) {
+		return c.token, nil
+	}
+	c.token = ""
+	cr, err := readCredentials(c.cfg.CredentialsFile)
+	if err != nil {
+		return "", err
+	}
+	form := url.Values{"grant_type": {"password"}, "username": {cr.username}, "password": {cr.password}}
+	u := *c.base
+	u.Path += "/api/oauth/token"
+	req, err := retryablehttp.NewRequestWithContext(ctx, http.MethodPost, u.String(), []byte(form.Encode()))
+	if err != nil {
+		return "", fmt.Errorf("token request: %w", err)
+	}
+	req.SetBasicAuth(cr.clientID, cr.clientSecret)
+	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	req.Header.Set("Accept", "application/json")
+	started := time.Now()
+	resp, err := c.do(req)
+	if err != nil {
+		return "", transportError("token request", err)
+	}
+	body, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	resp.Body.Close()
+	if err != nil {
+		return "", transportError("token request", err)
+	}
+	switch resp.StatusCode {
+	case http.StatusOK:
+	case http.StatusBadRequest, http.StatusUnauthorized, http.StatusForbidden:
+		return "", failure(StateUnauthorized, "token request refused: %s%s", resp.Status, oauthError(body))
+	default:
+		return "", fmt.Errorf("token request: %s", resp.Status)
+	}
+	var tr struct {
+		AccessToken string `json:"access_token"`
+		ExpiresIn   int64  `json:"expires_in"`
+	}
+	if err := json.Unmarshal(body, &tr); err != nil || tr.AccessToken == "" {
+		return "", errors.New("token request: answer holds no access_token")
+	}
+	// Renew a little early: at 90% of the lifetime, the clock having
+	// started before the request.
+	life := time.Duration(tr.ExpiresIn) * time.Second
+	if life <= 0 {
+		life = time.Minute
+	}
+	c.token, c.tokenEnd = tr.AccessToken, started.Add(life*9/10)
+	return c.token, nil
+}
+
+// do sends req with retries and returns either an answer or an error.
+func (c *Checker) do(req *retryablehttp.Request) (*http.Response, error) {
+	resp, err := c.http.Do(req)
+	if err != nil && resp != nil {
+		resp.Body.Close()
+	}
+	if err == nil && resp == nil {
+		err = errors.New("no answer")
+	}
+	if err != nil {
+		return nil, err
+	}
+	return resp, nil
+}
+
+// oauthError is ": CODE" from an OAuth2 error answer, or "". Only the
+// error code is kept: descriptions are free text.
+func oauthError(body []byte) string {
+	var e struct {
+		Error string `json:"error"`
+	}
+	if json.Unmarshal(body, &e) != nil || e.Error == "" || len(e.Error) > 64 {
+		return ""
+	}
+	for _, r := range e.Error {
+		if !(r == '_' || r == '-' || r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z') {
+			return ""
+		}
+	}
+	return " (" + e.Error + ")"
+}
+
+// transportError classifies a failed exchange: certificate problems are
+// errors (retrying will not help, and "unreachable" would mislead), the
+// rest means the server could not be reached.
+func transportError(what string, err error) error {
+	var unknownCA x509.UnknownAuthorityError
+	var hostname x509.HostnameError
+	var invalid x509.CertificateInvalidError
+	var verify *tls.CertificateVerificationError
+	if errors.As(err, &unknownCA) || errors.As(err, &hostname) || errors.As(err, &invalid) || errors.As(err, &verify) {
+		return fmt.Errorf("%s: server certificate not trusted: %w", what, err)
+	}
+	return &stateError{state: StateUnreachable, err: fmt.Errorf("%s: %w", what, err)}
+}
+
+// credentials are the contents of the credentials file.
+type credentials struct {
+	clientID, clientSecret, username, password string
+}
+
+// readCredentials reads KEY=VALUE lines; a VALUE is taken as it is up to
+// the end of its line (a final CR dropped). Errors name the file, the line
+// number and the key, never a value.
+func readCredentials(file string) (credentials, error) {
+	data, err := os.ReadFile(file)
+	if err != nil {
+		return credentials{}, fmt.Errorf("rest credentials: %w", err)
+	}
+	var cr credentials
+	fields := map[string]*string{
+		"client_id": &cr.clientID, "client_secret": &cr.clientSecret,
+		"username": &cr.username, "password": &cr.password,
+	}
+	sc := bufio.NewScanner(bytes.NewReader(data))
+	for n := 1; sc.Scan(); n++ {
+		line := strings.TrimSuffix(sc.Text(), "\r")
+		trimmed := strings.TrimSpace(line)
+		if trimmed == "" || strings.HasPrefix(trimmed, "#") {
+			continue
+		}
+		k, v, ok := strings.Cut(line, "=")
+		k = strings.TrimSpace(k)
+		p, known := fields[k]
+		switch {
+		case !ok:
+			return credentials{}, fmt.Errorf("rest credentials %s line %d: want KEY=VALUE", file, n)
+		case !known:
+			return credentials{}, fmt.Errorf("rest credentials %s line %d: unknown key %q", file, n, k)
+		}
+		*p = v
+	}
+	if err := sc.Err(); err != nil {
+		return credentials{}, fmt.Errorf("rest credentials %s: %w", file, err)
+	}
+	var missing []string
+	for _, k := range []string{"client_id", "client_secret", "username", "password"} {
+		if *fields[k] == "" {
+			missing = append(missing, k)
+		}
+	}
+	if len(missing) > 0 {
+		return credentials{}, fmt.Errorf("rest credentials %s: missing %s", file, strings.Join(missing, ", "))
+	}
+	return cr, nil
+}
+
+// parseTime reads a createdTime given as RFC 3339 text, as Java's
+// "2006-01-02T15:04:05.000+0000", or as Unix milliseconds.
+func parseTime(raw json.RawMessage) (time.Time, error) {
+	var s string
+	if err := json.Unmarshal(raw, &s); err != nil {
+		ms, err := strconv.ParseInt(string(raw), 10, 64)
+		if err != nil {
+			return time.Time{}, fmt.Errorf("createdTime %.40s: not a time", raw)
+		}
+		return time.UnixMilli(ms).UTC(), nil
+	}
+	for _, layout := range []string{time.RFC3339Nano, "2006-01-02T15:04:05.000-0700", "2006-01-02T15:04:05-0700"} {
+		if t, err := time.Parse(layout, s); err == nil {
+			return t, nil
+		}
+	}
+	return time.Time{}, fmt.Errorf("createdTime %.40q: not a time", s)
+}
