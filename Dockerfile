@@ -47,12 +47,14 @@ FROM ${BASE_IMAGE} AS runtime
 # /opt/avamar receives the site's RPM; /usr/local/avamar is the client
 # prefix (a PersistentVolume subPath in Kubernetes, so var/ and the
 # registration survive restarts); /etc/avsidecar holds the mounted Secrets.
-# Group 0 owns the writable directories with the owner's rights, so the
-# image also runs under an arbitrary non-root UID in group 0 (OpenShift's
-# restricted policy) when backing up files that UID may read is enough.
-RUN mkdir -p /opt/avamar /usr/local/avamar/var /etc/avsidecar/ssh /etc/avsidecar/browse \
-    && chgrp -R 0 /usr/local/avamar \
-    && chmod -R g=u /usr/local/avamar
+# Group 0 owns the directories the install writes (the prefix and
+# /etc/init.d, where the RPM puts its init script) with the owner's rights:
+# the layout an arbitrary non-root UID in group 0 (OpenShift's restricted
+# policy) needs. The default user stays root, which a backup client that
+# reads every file needs (examples/nginx/README.md, "Security").
+RUN mkdir -p /opt/avamar /usr/local/avamar/var /etc/init.d /etc/avsidecar/ssh /etc/avsidecar/browse \
+    && chgrp -R 0 /usr/local/avamar /etc/init.d \
+    && chmod -R g=u /usr/local/avamar /etc/init.d
 LABEL org.opencontainers.image.title="avsidecar" \
       org.opencontainers.image.description="PID 1 of the Dell Avamar backup sidecar: installs, registers and supervises the Avamar client; probes, SSH and a file browser" \
       org.opencontainers.image.source="https://github.com/avsidecar/avsidecar"
