@@ -1,0 +1,120 @@
+package integration
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/avsidecar/avsidecar/internal/testkit"
+)
+
+// TestAcrossNetworkNamespaces runs the fake MCS in a "server" network
+// namespace and the sidecar, as PID 1 of its own PID namespace, in a "pod"
+// namespace whose node address is not loopback, with every default port
+// (MCS 28001, agent 28002). The MCS registers the agent and calls it back at
+// its --iplist and --listenport. Then the pod moves to another node on the
+// same volume: nothing is registered again and the agent answers at the new
+// address; a changed server on top of the move registers from the new
+// address, and that MCS calls the agent back there.
+func TestAcrossNetworkNamespaces(t *testing.T) {
+	testkit.NeedRoot(t)
+	unshare := testkit.NeedCommand(t, "unshare")
+	bins := testkit.BuildBinaries(t)
+	n := newNetnsPair(t, "10.77.0")
+	mcs := startMCSProcess(t, n.exec(n.server, bins.Avkit, "mcs", "--addr", n.serverIP+":28001")...)
+
+	root := t.TempDir()
+	rpmDir := filepath.Join(root, "opt/avamar")
+	if err := os.MkdirAll(rpmDir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	testkit.WriteRPM(t, rpmDir, testkit.RPMOptions{})
+	const httpAddr = "127.0.0.1:9180" // inside the pod namespace
+	env := []string{
+		"PATH=" + os.Getenv("PATH"),
+		"AVSIDECAR_ROOT=" + root,
+		"AVAMAR_SERVER=" + n.serverIP,
+		"NODE_IP=" + n.podIP,
+		"POD_NAME=pod-ns",
+		"AVSIDECAR_HTTP_ADDR=" + httpAddr,
+		"AVSIDECAR_SSH_ADDR=off",
+		"AVSIDECAR_REGISTER_BACKOFF_MAX=1s",
+		"AVSIDECAR_RESTART_BACKOFF_MAX=1s",
+		"AVSIDECAR_SHUTDOWN_TIMEOUT=10s",
+		"AVSIDECAR_LOG_LEVEL=debug",
+	}
+	start := func(env []string) *sidecar {
+		s := startSidecar(t, n.exec(n.pod, unshare, "--pid", "--fork", "--mount-proc", bins.Avsidecar, "run"), env, httpAddr)
+		killTreeOnCleanup(t, s)
+		return s
+	}
+	stop := func(s *sidecar) {
+		t.Helper()
+		var init proc
+		for _, p := range descendants(s.cmd.Process.Pid) {
+			if strings.HasPrefix(p.cmdline, bins.Avsidecar+" run") {
+				init = p // the first in walk order is the topmost: PID 1 of the namespace
+				break
+			}
+		}
+		if init.pid == 0 {
+			t.Fatal("no avsidecar under unshare")
+		}
+		signal(t, init.pid, syscall.SIGTERM)
+		if code := s.exitCode(t, 20*time.Second); code != 0 {
+			t.Fatalf("exit code %d after SIGTERM", code)
+		}
+		if left := withCmdline(root); len(left) > 0 {
+			t.Fatalf("processes left: %+v", left)
+		}
+	}
+
+	// Registered from the pod's address; the MCS reaches the agent there.
+	s := start(env)
+	s.log.wait(t, 0, "registration", 60*time.Second, msg("register", "registered", "client", "pod-ns"))
+	reg := mcs.log.wait(t, 0, "the MCS's registration", 10*time.Second,
+		msg("mcs", "client registered", "name", "pod-ns", "iplist", "10.77.0.2", "listenport", 28002))
+	if !strings.HasPrefix(logField(reg, "remote"), "10.77.0.2:") {
+		t.Fatalf("registration came from %s, want the pod's address", reg["remote"])
+	}
+	mcs.log.wait(t, 0, "the MCS's callback", 30*time.Second, msg("mcs", "agent reachable", "name", "pod-ns", "agent", "10.77.0.2:28002"))
+	nsEventually(t, s, n.podDial, "/readyz", 200, 30*time.Second)
+	stop(s)
+
+	// The pod comes back on another node with the same volume.
+	n.movePod(t, "10.77.0.3")
+	moved := withEnv(env, "NODE_IP", "10.77.0.3")
+	s = start(moved)
+	s.log.wait(t, 0, "reuse of the registration", 60*time.Second, msg("register", "already registered, not registering again"))
+	nsEventually(t, s, n.podDial, "/readyz", 200, 30*time.Second)
+	if cmd := mustRead(t, filepath.Join(prefixDir(root), "var/avagent.cmd")); !strings.Contains(cmd, "--iplist=10.77.0.3\n") {
+		t.Fatalf("avagent.cmd = %q after the move", cmd)
+	}
+	ctx := testContext(t, 30*time.Second)
+	if name, err := pingAgent(ctx, n.serverDial, "10.77.0.3:28002"); err != nil || name != "pod-ns" {
+		t.Fatalf("callback from the server to the new address: %q, %v", name, err)
+	}
+	if got := mcs.registrations("pod-ns"); got != 1 {
+		t.Fatalf("the move registered again: %d registrations", got)
+	}
+	stop(s)
+
+	// Moved, and a new server: registered with it from the new address,
+	// which that MCS calls back.
+	mcs2 := startMCSProcess(t, n.exec(n.server, bins.Avkit, "mcs", "--addr", n.serverIP+":28011")...)
+	s = start(withEnv(moved, "AVAMAR_SERVER", n.serverIP+":28011"))
+	s.log.wait(t, 0, "the changed registration", 60*time.Second,
+		msg("register", "registration changed, registering again", "old_server", n.serverIP, "old_port", 28001))
+	s.log.wait(t, 0, "registration with the new server", 60*time.Second, msg("register", "registered"))
+	mcs2.log.wait(t, 0, "the new MCS's registration", 10*time.Second,
+		msg("mcs", "client registered", "name", "pod-ns", "iplist", "10.77.0.3"))
+	mcs2.log.wait(t, 0, "the new MCS's callback", 30*time.Second, msg("mcs", "agent reachable", "name", "pod-ns", "agent", "10.77.0.3:28002"))
+	nsEventually(t, s, n.podDial, "/readyz", 200, 30*time.Second)
+	if a, b := mcs.registrations("pod-ns"), mcs2.registrations("pod-ns"); a != 1 || b != 1 {
+		t.Fatalf("registrations: first server %d, second %d; want 1 and 1", a, b)
+	}
+	stop(s)
+}
