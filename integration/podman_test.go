@@ -189,6 +189,13 @@ func TestPodmanPod(t *testing.T) {
 		t.Errorf("registration is not on the volume: %v", err)
 	}
 
+	// Every probe of the manifest passes on the running pod.
+	for _, path := range manifest.probes {
+		if code, body := podmanGet(t, "http://"+net.JoinHostPort(p1.podIP, "9180")+path, ""); code != http.StatusOK {
+			t.Errorf("probe %s: %d %s", path, code, body)
+		}
+	}
+
 	// nginx serves the shared files; the browser lists the same files.
 	if code, body := podmanGet(t, "http://"+net.JoinHostPort(p1.podIP, "80")+"/", ""); code != 200 || body != page {
 		t.Errorf("nginx: %d %q", code, body)
@@ -306,6 +313,8 @@ type exampleSidecar struct {
 	capAdd []string
 	env    map[string]string
 	grace  int
+	// probes are the paths of the startup, readiness and liveness probes.
+	probes []string
 }
 
 func loadExampleSidecar(t *testing.T) exampleSidecar {
@@ -338,6 +347,12 @@ func loadExampleSidecar(t *testing.T) exampleSidecar {
 	}
 	for _, c := range ct.SecurityContext.Capabilities.Add {
 		e.capAdd = append(e.capAdd, string(c))
+	}
+	for _, p := range []*corev1.Probe{ct.StartupProbe, ct.ReadinessProbe, ct.LivenessProbe} {
+		if p == nil || p.HTTPGet == nil {
+			t.Fatal("statefulset.yaml: the avamar container lacks an httpGet probe")
+		}
+		e.probes = append(e.probes, p.HTTPGet.Path)
 	}
 	for _, v := range ct.Env {
 		if v.ValueFrom == nil {
