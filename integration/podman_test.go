@@ -141,7 +141,7 @@ func TestPodmanPod(t *testing.T) {
 	}
 	// startPod makes a new pod, as a rescheduled StatefulSet pod is: new
 	// containers (nothing kept in their filesystems), the same volume.
-	startPod := func(round int) started {
+	startPod := func(round int, image string) started {
 		t.Helper()
 		pod := pm.name(fmt.Sprintf("pod%d", round))
 		pm.run("pod", "create", "--name", pod, "--network", podNet,
@@ -164,7 +164,7 @@ func TestPodmanPod(t *testing.T) {
 			args = append(args, "-e", k+"="+v)
 		}
 		// No command: the image's ENTRYPOINT and CMD, as in the StatefulSet.
-		pm.run(append(append(args, podmanLimits...), siteImage)...)
+		pm.run(append(append(args, podmanLimits...), image)...)
 		s.log = pm.follow(s.sidecar, fmt.Sprintf("avamar[%d]", round))
 		s.podIP = pm.inspect(s.sidecar).NetworkSettings.Networks[podNet].IPAddress
 		if net.ParseIP(s.podIP) == nil {
@@ -175,7 +175,7 @@ func TestPodmanPod(t *testing.T) {
 
 	// Round 1: first start. Installs, registers, becomes ready.
 	start := time.Now()
-	p1 := startPod(1)
+	p1 := startPod(1, siteImage)
 	podmanWaitReady(t, pm, p1.sidecar, "http://"+net.JoinHostPort(p1.podIP, "9180")+"/readyz", 3*time.Minute)
 	t.Logf("round 1: ready %s after the pod started", time.Since(start).Round(time.Millisecond))
 	// The MCS called the agent back at NODE_IP:listenport, through the
@@ -283,7 +283,7 @@ func TestPodmanPod(t *testing.T) {
 
 	// Round 2: a new pod on the same volume. Nothing is installed or
 	// registered again, and the SSH host key is the same.
-	p2 := startPod(2)
+	p2 := startPod(2, siteImage)
 	podmanWaitReady(t, pm, p2.sidecar, "http://"+net.JoinHostPort(p2.podIP, "9180")+"/readyz", 2*time.Minute)
 	mcsLog.waitN(t, "the MCS reaching the restarted agent", time.Minute, reachedBefore+1, reachable)
 	if n := mcsLog.count(logMsg("mcs", "client registered", "name", "nginx-0")); n != 1 {
@@ -305,6 +305,23 @@ func TestPodmanPod(t *testing.T) {
 		t.Errorf("ssh after restart: %q", out)
 	}
 	stopAndCheck(p2)
+
+	// Round 3: the README's RPM upgrade. A site image with a newer client
+	// on the same volume installs it once and keeps the registration.
+	upDir := t.TempDir()
+	newRPM := testkit.WriteRPM(t, upDir, testkit.RPMOptions{Version: "7.5.102"})
+	upImage := pm.build("localhost/avsidecar-test-site:"+pm.id+"-up", filepath.Join(root, "examples/nginx/Dockerfile"), upDir,
+		"--build-arg", "AVSIDECAR_IMAGE="+productImage)
+	p3 := startPod(3, upImage)
+	podmanWaitReady(t, pm, p3.sidecar, "http://"+net.JoinHostPort(p3.podIP, "9180")+"/readyz", 2*time.Minute)
+	p3.log.waitN(t, "the new client installed", time.Minute, 1, logMsg("install", "package installed", "version", "7.5.102-"+testkit.DefaultRPMRelease))
+	if n := mcsLog.count(logMsg("mcs", "client registered", "name", "nginx-0")); n != 1 {
+		t.Errorf("MCS registrations of nginx-0 after the upgrade to %s: %d, want still 1", filepath.Base(newRPM), n)
+	}
+	if n := p3.log.count(logMsg("register", "registered")); n != 0 {
+		t.Errorf("the upgraded sidecar registered again")
+	}
+	stopAndCheck(p3)
 }
 
 // exampleSidecar is what the test takes from examples/nginx/statefulset.yaml,
