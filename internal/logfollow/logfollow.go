@@ -11,10 +11,13 @@
 // The follower watches the file's directory with fsnotify, so the file and
 // even the directory may appear later, and re-checks every PollInterval as a
 // safety net for file systems that do not deliver events. It survives
-// rotation by rename (the old file is read to its end, then the new one from
-// its start), removal and re-creation, and truncation in place
-// (copytruncate: reading starts again at offset 0). It only opens the file
-// read-only, so the writer is never blocked.
+// rotation by rename or removal: the old file is kept open and read for as
+// long as no new file has the name (a writer that has not reopened still
+// appends to it), then read to its end, then the new file from its start.
+// It survives truncation in place (copytruncate: reading starts again at
+// offset 0). It only opens the file read-only, so the writer is never
+// blocked. Bytes a writer appends to the old file after the new one has been
+// taken up are not read (as with tail -F).
 //
 // Memory is bounded: a line longer than MaxLineBytes (64 KiB by default) is
 // emitted in pieces of at most MaxLineBytes, each with a "part" field
@@ -93,8 +96,8 @@ type Status struct {
 	Lines uint64 `json:"lines"`
 	// Bytes is the number of bytes read from the file(s).
 	Bytes uint64 `json:"bytes"`
-	// Rotations counts the times the path was found to name another file
-	// (rename and re-create) or no file at all (removal).
+	// Rotations counts the times a new file took the path (rename or
+	// removal, then creation).
 	Rotations uint64 `json:"rotations"`
 	// Truncations counts the times the file shrank under the follower.
 	Truncations uint64 `json:"truncations"`
@@ -269,11 +272,15 @@ func (t *Follower) step(budget int64) bool {
 	}
 	fi, err := os.Stat(t.cfg.Path)
 	switch {
-	case err != nil && !errors.Is(err, fs.ErrNotExist):
+	case errors.Is(err, fs.ErrNotExist):
+		// Renamed or removed, and no new file yet: a writer that has not
+		// reopened still appends to the file we hold, so keep reading it.
+		return false
+	case err != nil:
 		t.log.Warn().Err(err).Msg("cannot stat log file")
 		return false
-	case err != nil || !os.SameFile(fi, cur):
-		// Renamed or removed: finish the old file, then move on.
+	case !os.SameFile(fi, cur):
+		// A new file took the name: finish the old one, then move on.
 		t.drain(-1)
 		t.flushPartial()
 		t.f.Close()
@@ -284,7 +291,7 @@ func (t *Follower) step(budget int64) bool {
 		t.st.Offset = 0
 		t.mu.Unlock()
 		t.log.Info().Str("path", t.cfg.Path).Msg("log file rotated")
-		return err == nil
+		return true
 	case cur.Size() < t.off:
 		t.flushPartial()
 		t.off = 0
