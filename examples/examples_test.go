@@ -97,6 +97,10 @@ spec:
 		{name: "probe port not the HTTP address", file: "statefulset.yaml", old: "value: 20s\n", new: "value: 20s\n            - name: AVSIDECAR_HTTP_ADDR\n              value: \":9181\"\n", wantError: "goes to port 9180 but AVSIDECAR_HTTP_ADDR is :9181"},
 		{name: "probe missing", file: "statefulset.yaml", old: "          startupProbe:\n            httpGet:\n              path: /startupz\n              port: avsidecar\n            periodSeconds: 5\n            failureThreshold: 60\n", new: "", wantError: "needs startup, readiness and liveness probes"},
 		{name: "grace period not above the shutdown timeout", file: "statefulset.yaml", old: "terminationGracePeriodSeconds: 30", new: "terminationGracePeriodSeconds: 20", wantError: "terminationGracePeriodSeconds 20 is not above AVSIDECAR_SHUTDOWN_TIMEOUT 20s"},
+		{name: "port name too long", file: "statefulset.yaml", old: "- name: avsidecar\n              containerPort: 9180", new: "- name: avsidecar-http-probes\n              containerPort: 9180", wantError: `container port name "avsidecar-http-probes"`},
+		{name: "Service name not a DNS label", file: "service.yaml", old: "name: nginx-1-avagent", new: "name: nginx.1.avagent", wantError: `Service name "nginx.1.avagent"`},
+		{name: "container name with capitals", file: "statefulset.yaml", old: "- name: avamar\n", new: "- name: Avamar\n", wantError: `container "Avamar"`},
+		{name: "label value with a space", file: "configmap.yaml", old: "app.kubernetes.io/component: backup", new: "app.kubernetes.io/component: back up", wantError: `metadata.labels value "back up"`},
 		{name: "shell wrapper", file: "statefulset.yaml", old: "          # No command or args: the image runs `avsidecar run` as PID 1.\n", new: "          command: [\"/bin/sh\", \"-c\", \"exec avsidecar run\"]\n", wantError: "overrides the image's ENTRYPOINT"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

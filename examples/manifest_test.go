@@ -23,6 +23,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/apimachinery/pkg/util/validation"
 	"sigs.k8s.io/yaml"
 )
 
@@ -198,6 +199,9 @@ func check(objs []object) []string {
 	c := &checker{objs: objs}
 	var pods []pod
 	for _, o := range objs {
+		c.names(o)
+	}
+	for _, o := range objs {
 		switch t := o.typed.(type) {
 		case *appsv1.StatefulSet:
 			pods = append(pods, c.statefulSet(o, t)...)
@@ -220,6 +224,89 @@ func check(objs []object) []string {
 	}
 	sort.Strings(c.problems)
 	return c.problems
+}
+
+// names applies the API server's syntax rules that the types cannot:
+// object, container, port, volume and env names, and labels. A name the
+// API server rejects fails `kubectl apply`, after everything before it in
+// the file was applied.
+func (c *checker) names(o object) {
+	bad := func(what, value string, errs []string) {
+		if len(errs) > 0 {
+			c.addf(o, "%s %q: %s", what, value, strings.Join(errs, "; "))
+		}
+	}
+	if o.kind == "Service" {
+		bad("Service name", o.name, validation.IsDNS1035Label(o.name))
+	} else {
+		bad("name", o.name, validation.IsDNS1123Subdomain(o.name))
+	}
+	if m, ok := o.typed.(metav1.Object); ok {
+		labelsOK(m.GetLabels(), "metadata.labels", bad)
+	}
+	var spec *corev1.PodSpec
+	switch t := o.typed.(type) {
+	case *appsv1.StatefulSet:
+		spec = &t.Spec.Template.Spec
+		labelsOK(t.Spec.Template.Labels, "template label", bad)
+		if t.Spec.Selector != nil {
+			labelsOK(t.Spec.Selector.MatchLabels, "selector", bad)
+		}
+		for _, v := range t.Spec.VolumeClaimTemplates {
+			bad("volumeClaimTemplate", v.Name, validation.IsDNS1123Label(v.Name))
+		}
+	case *appsv1.Deployment:
+		spec = &t.Spec.Template.Spec
+		labelsOK(t.Spec.Template.Labels, "template label", bad)
+	case *appsv1.DaemonSet:
+		spec = &t.Spec.Template.Spec
+		labelsOK(t.Spec.Template.Labels, "template label", bad)
+	case *corev1.Service:
+		labelsOK(t.Spec.Selector, "selector", bad)
+		for _, p := range t.Spec.Ports {
+			if p.Name != "" {
+				bad("Service port name", p.Name, validation.IsDNS1123Label(p.Name))
+			}
+			if p.TargetPort.Type == intstr.String {
+				bad("targetPort", p.TargetPort.StrVal, validation.IsValidPortName(p.TargetPort.StrVal))
+			}
+		}
+	case *corev1.Secret:
+		for k := range t.StringData {
+			bad("Secret key", k, validation.IsConfigMapKey(k))
+		}
+		for k := range t.Data {
+			bad("Secret key", k, validation.IsConfigMapKey(k))
+		}
+	case *corev1.ConfigMap:
+		for k := range t.Data {
+			bad("ConfigMap key", k, validation.IsConfigMapKey(k))
+		}
+	}
+	if spec == nil {
+		return
+	}
+	for _, v := range spec.Volumes {
+		bad("volume", v.Name, validation.IsDNS1123Label(v.Name))
+	}
+	for _, ct := range spec.Containers {
+		bad("container", ct.Name, validation.IsDNS1123Label(ct.Name))
+		for _, p := range ct.Ports {
+			if p.Name != "" {
+				bad("container port name", p.Name, validation.IsValidPortName(p.Name))
+			}
+		}
+		for _, e := range ct.Env {
+			bad("env", e.Name, validation.IsEnvVarName(e.Name))
+		}
+	}
+}
+
+func labelsOK(l map[string]string, what string, bad func(string, string, []string)) {
+	for k, v := range l {
+		bad(what+" key", k, validation.IsQualifiedName(k))
+		bad(what+" value", v, validation.IsValidLabelValue(v))
+	}
 }
 
 func (c *checker) find(kind, namespace, name string) (object, bool) {
