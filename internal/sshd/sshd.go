@@ -8,6 +8,10 @@
 // process. Port, agent and X11 forwarding are refused. Unauthenticated
 // connections are capped and must log in within a grace period, so a
 // flood cannot exhaust memory or lock out a real login from elsewhere.
+//
+// The user name a client sends is logged but not checked: authorized_keys
+// is the only authority, and every session runs as the server's own user,
+// as `kubectl exec` into the container would.
 package sshd
 
 import (
@@ -154,7 +158,8 @@ type Server struct {
 
 	mu        sync.Mutex
 	closing   bool
-	pending   map[*trackedConn]struct{}
+	pending   map[*trackedConn]struct{} // not authenticated yet
+	conns     map[*trackedConn]struct{} // every open connection
 	perSource map[netip.Addr]int
 	sessions  map[*session]struct{}
 	drained   chan struct{} // closed when closing and no session is left
@@ -167,8 +172,8 @@ type Server struct {
 // ctxKeyAuth holds the *authorizedKey that authenticated a connection;
 // ctxKeyConn its *trackedConn.
 var (
-	ctxKeyAuth    = &struct{ name string }{"avsidecar-auth"}
-	ctxKeyConn = &struct{ name string }{"avsidecar-pending"}
+	ctxKeyAuth = &struct{ name string }{"avsidecar-auth"}
+	ctxKeyConn = &struct{ name string }{"avsidecar-conn"}
 )
 
 // New loads (or makes) the host keys, reads the authorized keys and binds
@@ -196,6 +201,7 @@ func New(cfg Config, log zerolog.Logger) (*Server, error) {
 		cfg:       cfg,
 		log:       log,
 		pending:   map[*trackedConn]struct{}{},
+		conns:     map[*trackedConn]struct{}{},
 		perSource: map[netip.Addr]int{},
 		sessions:  map[*session]struct{}{},
 		drained:   make(chan struct{}),
@@ -266,11 +272,13 @@ func (s *Server) Run(ctx context.Context) error {
 
 // shutdown stops accepting, hangs up every session, waits for them until
 // the shutdown timeout, then kills what is left and closes every
-// connection.
+// connection. It keeps its own registry of connections rather than using
+// gliderlabs' Shutdown, whose wait races with a handshake that completes
+// meanwhile (a sync.WaitGroup Add during Wait).
 func (s *Server) shutdown() {
 	deadline := time.Now().Add(s.cfg.ShutdownTimeout)
 	s.mu.Lock()
-	s.closing = true
+	s.closing = true // admit and handleSession refuse from now on
 	sessions := make([]*session, 0, len(s.sessions))
 	for ss := range s.sessions {
 		sessions = append(sessions, ss)
@@ -284,14 +292,9 @@ func (s *Server) shutdown() {
 	}
 	s.mu.Unlock()
 
-	// Shutdown closes the listener and marks the server done; its wait
-	// for connections is bounded by our own deadline below.
-	shCtx, cancel := context.WithDeadline(context.Background(), deadline)
-	defer cancel()
-	go s.srv.Shutdown(shCtx) //nolint:errcheck // Close below settles every connection.
-	// Shutdown only closes listeners Serve has registered; closing ours
-	// too covers a cancellation that comes before Serve got that far.
-	s.ln.Close()
+	if err := s.ln.Close(); err != nil {
+		s.log.Debug().Err(err).Msg("close ssh listener")
+	}
 	for _, pc := range pending {
 		pc.Close()
 	}
@@ -315,8 +318,14 @@ func (s *Server) shutdown() {
 			ss.kill()
 		}
 	}
-	if err := s.srv.Close(); err != nil {
-		s.log.Debug().Err(err).Msg("close ssh listener")
+	s.mu.Lock()
+	conns := make([]*trackedConn, 0, len(s.conns))
+	for pc := range s.conns {
+		conns = append(conns, pc)
+	}
+	s.mu.Unlock()
+	for _, pc := range conns {
+		pc.Close()
 	}
 	// Killed processes and closed connections end their sessions at once;
 	// the short wait only keeps Run from returning under their feet.
@@ -391,6 +400,9 @@ func (pc *trackedConn) loggedIn(user, fingerprint string) {
 func (pc *trackedConn) Close() error {
 	pc.release()
 	pc.closeOnce.Do(func() {
+		pc.s.mu.Lock()
+		delete(pc.s.conns, pc)
+		pc.s.mu.Unlock()
 		pc.mu.Lock()
 		defer pc.mu.Unlock()
 		if !pc.loginAt.IsZero() {
@@ -414,6 +426,7 @@ func (s *Server) admit(ctx ssh.Context, c net.Conn) net.Conn {
 	}
 	pc := &trackedConn{Conn: c, s: s, source: source}
 	s.pending[pc] = struct{}{}
+	s.conns[pc] = struct{}{}
 	s.perSource[source]++
 	pc.timer = time.AfterFunc(s.cfg.LoginGraceTimeout, func() {
 		s.log.Info().Str("remote", c.RemoteAddr().String()).Msg("login grace timeout")
