@@ -6,12 +6,14 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -297,8 +299,10 @@ func (m *mcsProcess) registrations(name string) int {
 	return m.log.count(0, msg("mcs", "client registered", "name", name))
 }
 
-// freePorts returns n distinct loopback ports that were free a moment ago:
-// all are held open together, so none is handed out twice.
+// freePorts returns n distinct ports, free on every address a moment ago,
+// from below the kernel's ephemeral range: a port the kernel picked for
+// someone's :0 listener or outgoing connection cannot take them in the
+// meantime. All are held open together, so none is handed out twice.
 func freePorts(t *testing.T, n int) []int {
 	t.Helper()
 	var ls []net.Listener
@@ -307,14 +311,29 @@ func freePorts(t *testing.T, n int) []int {
 			l.Close()
 		}
 	}()
+	low := 32768
+	if b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range"); err == nil {
+		if f := strings.Fields(string(b)); len(f) == 2 {
+			if v, err := strconv.Atoi(f[0]); err == nil {
+				low = v
+			}
+		}
+	}
+	const base = 10000
+	if low-base < 4*n {
+		t.Fatalf("no room for %d ports below the ephemeral range at %d", n, low)
+	}
 	ports := make([]int, 0, n)
-	for range n {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
+	for p := base + rand.IntN(low-base-2*n); p < low && len(ports) < n; p++ {
+		l, err := net.Listen("tcp", ":"+strconv.Itoa(p))
 		if err != nil {
-			t.Fatal(err)
+			continue
 		}
 		ls = append(ls, l)
-		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
+		ports = append(ports, p)
+	}
+	if len(ports) < n {
+		t.Fatalf("found %d free ports, want %d", len(ports), n)
 	}
 	return ports
 }
