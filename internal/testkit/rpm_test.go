@@ -13,6 +13,14 @@ import (
 	"github.com/avsidecar/avsidecar/internal/testkit"
 )
 
+// stubAgent is a small stand-in for the avkit binary, for tests about the
+// package rather than the agent: compressing the real 13 MB binary again
+// and again made them slow on a loaded machine.
+func stubAgent(t *testing.T) string {
+	t.Helper()
+	return writeFile(t, t.TempDir(), "avagent.bin", "#!/bin/sh\necho stub agent\n")
+}
+
 // rpmQuery runs rpm -qp with a query format.
 func rpmQuery(t *testing.T, pkg, format string) string {
 	t.Helper()
@@ -25,7 +33,7 @@ func rpmQuery(t *testing.T, pkg, format string) string {
 
 func TestRPMHeader(t *testing.T) {
 	testkit.NeedCommand(t, "rpm")
-	pkg := testkit.WriteRPM(t, t.TempDir(), testkit.RPMOptions{Version: "19.4.100", Release: "124"})
+	pkg := testkit.WriteRPM(t, t.TempDir(), testkit.RPMOptions{Version: "19.4.100", Release: "124", AgentBinary: stubAgent(t)})
 
 	if got, want := filepath.Base(pkg), "AvamarClient-linux-sles11-x86_64-19.4.100-124.rpm"; got != want {
 		t.Errorf("file name %q, want %q", got, want)
@@ -63,7 +71,7 @@ func TestRPMHeader(t *testing.T) {
 // TestRPMDeterministic matters because the product keys its install
 // receipt on the RPM's SHA-256.
 func TestRPMDeterministic(t *testing.T) {
-	opts := testkit.RPMOptions{AgentBinary: testkit.BuildAvkit(t)}
+	opts := testkit.RPMOptions{AgentBinary: stubAgent(t)}
 	var a, b bytes.Buffer
 	if err := testkit.BuildRPM(&a, opts); err != nil {
 		t.Fatal(err)
@@ -84,6 +92,7 @@ func TestRPMInstallRelocated(t *testing.T) {
 		t.Run(comp, func(t *testing.T) {
 			pkg := testkit.WriteRPM(t, t.TempDir(), testkit.RPMOptions{
 				Compression: comp,
+				AgentBinary: stubAgent(t),
 				ExtraFiles: []testkit.RPMFile{
 					{Path: "lib/big.bin", Mode: 0o644, Body: bytes.Repeat([]byte("avamar"), 200000)},
 					{Path: "lib/link", Mode: os.ModeSymlink | 0o777, Body: []byte("big.bin")},
@@ -198,7 +207,7 @@ func TestRPMScripts(t *testing.T) {
 // under a root (AVSIDECAR_ROOT, no chroot) runs the control script under
 // that root, not the host's.
 func TestRPMInitScriptUnderRoot(t *testing.T) {
-	pkg := testkit.WriteRPM(t, t.TempDir(), testkit.RPMOptions{})
+	pkg := testkit.WriteRPM(t, t.TempDir(), testkit.RPMOptions{AgentBinary: stubAgent(t)})
 	root := t.TempDir()
 	installRPM(t, pkg, root, testkit.RPMPrefix)
 	r := runCmd(t, filepath.Join(root, testkit.InitScript), "status")
@@ -217,7 +226,7 @@ func TestRPMInitScriptUnderRoot(t *testing.T) {
 func TestRPMScriptletsInChroot(t *testing.T) {
 	testkit.NeedRoot(t)
 	rpmBin := testkit.NeedCommand(t, "rpm")
-	pkg := testkit.WriteRPM(t, t.TempDir(), testkit.RPMOptions{})
+	pkg := testkit.WriteRPM(t, t.TempDir(), testkit.RPMOptions{AgentBinary: stubAgent(t)})
 	root := t.TempDir()
 	for _, name := range []string{"sh", "sed", "grep", "mkdir"} {
 		copyWithLibs(t, testkit.NeedCommand(t, name), root)
