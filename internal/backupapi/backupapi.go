@@ -128,6 +128,9 @@ type Checker struct {
 	base *url.URL
 	http *retryablehttp.Client
 
+	// now is the clock; tests move it to reach a token's end.
+	now func() time.Time
+
 	// Owned by the Run goroutine.
 	token    string
 	tokenEnd time.Time
@@ -194,7 +197,7 @@ func New(cfg Config, log zerolog.Logger) (*Checker, error) {
 	}
 	u.Path = strings.TrimSuffix(u.Path, "/")
 
-	c := &Checker{cfg: cfg, log: log, base: u}
+	c := &Checker{cfg: cfg, log: log, base: u, now: time.Now}
 	transport := http.DefaultTransport.(*http.Transport).Clone()
 	transport.TLSClientConfig = &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12}
 	rc := retryablehttp.NewClient()
@@ -278,7 +281,7 @@ func (c *Checker) Check(ctx context.Context) {
 	if ctx.Err() != nil {
 		return // shutting down: not a finding about the server
 	}
-	now := time.Now()
+	now := c.now()
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.st.Checks++
@@ -403,7 +406,7 @@ func (c *Checker) get(ctx context.Context, path string, q url.Values, out any) e
 // getToken returns the current token, or a new one when fresh, when there
 // is none, or when it is about to expire.
 func (c *Checker) getToken(ctx context.Context, fresh bool) (string, error) {
-	if !fresh && c.token != "" && time.Now().Before(c.tokenEnd) {
+	if !fresh && c.token != "" && c.now().Before(c.tokenEnd) {
 		return c.token, nil
 	}
 	c.token = ""
@@ -421,7 +424,7 @@ func (c *Checker) getToken(ctx context.Context, fresh bool) (string, error) {
 	req.SetBasicAuth(cr.clientID, cr.clientSecret)
 	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
 	req.Header.Set("Accept", "application/json")
-	started := time.Now()
+	started := c.now()
 	resp, err := c.do(req)
 	if err != nil {
 		return "", transportError("token request", err)

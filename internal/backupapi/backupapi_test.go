@@ -254,6 +254,31 @@ func TestTokenExpiry(t *testing.T) {
 	}
 }
 
+// TestTokenRenewedBeforeItEnds: at 90% of its lifetime the token is
+// replaced before use, so the server never has to refuse it.
+func TestTokenRenewedBeforeItEnds(t *testing.T) {
+	f := newFixture(t, 30*time.Minute)
+	c := f.checker(t, f.config())
+	var clock time.Time
+	c.now = func() time.Time { return clock }
+	start := time.Now()
+	for _, tc := range []struct {
+		at     time.Duration
+		tokens int
+	}{
+		{0, 1},
+		{26 * time.Minute, 1},
+		{28 * time.Minute, 2},
+		{29 * time.Minute, 2},
+	} {
+		clock = start.Add(tc.at)
+		wantState(t, check(t, c), StateOK, "")
+		if n := f.srv.Counts(); n.Tokens != tc.tokens || n.Unauthorized != 0 {
+			t.Errorf("at +%s: server counts %+v, want %d tokens and no 401", tc.at, n, tc.tokens)
+		}
+	}
+}
+
 // TestTokenRefusedTwice: a fresh token that is refused too ends the check
 // as unauthorized instead of looping.
 func TestTokenRefusedTwice(t *testing.T) {
