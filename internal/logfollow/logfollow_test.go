@@ -2,6 +2,7 @@ package logfollow
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -482,4 +483,85 @@ func TestNewRejectsBadConfig(t *testing.T) {
 			t.Errorf("New(%+v) = nil error", cfg)
 		}
 	}
+}
+
+// TestWriterNeverWaits stops reading the follower's output altogether: the
+// writer, a separate process, still finishes at once, because the follower
+// only reads the file. Then every line arrives.
+func TestWriterNeverWaits(t *testing.T) {
+	const total = 100_000
+	path := filepath.Join(t.TempDir(), "avagent.log")
+	_, s, _ := start(t, Config{Path: path})
+	send, wait := startWriter(t, path)
+	send(fmt.Sprintf("write 1 %d", total))
+	finished := make(chan struct{})
+	go func() {
+		wait()
+		close(finished)
+	}()
+	select {
+	case <-finished:
+	case <-time.After(60 * time.Second):
+		t.Fatal("the writer was held up by a follower whose output is stuck")
+	}
+	s.expectNumbered(t, 1, total, 60*time.Second)
+}
+
+// FuzzConsume checks that what is emitted, pieces joined and lines ended,
+// is exactly what was read, whatever the line lengths and read sizes, and
+// that no event is longer than MaxLineBytes.
+func FuzzConsume(f *testing.F) {
+	f.Add([]byte("abc\x00defgh\x05ij"), uint8(3), uint8(2))
+	f.Add([]byte{}, uint8(0), uint8(0))
+	f.Fuzz(func(t *testing.T, raw []byte, maxLine, chunk uint8) {
+		max, step := int(maxLine%16)+1, int(chunk%32)+1
+		// A small alphabet with many newlines, so lines of every length.
+		data := make([]byte, len(raw))
+		for i, b := range raw {
+			data[i] = 'a' + b%26
+			if b%5 == 0 {
+				data[i] = '\n'
+			}
+		}
+		var out bytes.Buffer
+		fl, err := New(Config{Path: "/nonexistent", MaxLineBytes: max}, zerolog.New(&out))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i := 0; i < len(data); i += step {
+			fl.consume(data[i:min(i+step, len(data))])
+		}
+		fl.flushPartial()
+
+		var recs []record
+		dec := json.NewDecoder(&out)
+		for dec.More() {
+			var r record
+			if err := dec.Decode(&r); err != nil {
+				t.Fatal(err)
+			}
+			recs = append(recs, r)
+		}
+		var got strings.Builder
+		for i, r := range recs {
+			if len(r.Line) > max {
+				t.Fatalf("event of %d bytes, max %d", len(r.Line), max)
+			}
+			got.WriteString(r.Line)
+			last := i == len(recs)-1 || recs[i+1].Part <= 1
+			if !last && len(r.Line) != max {
+				t.Fatalf("inner piece of %d bytes, want %d", len(r.Line), max)
+			}
+			if last {
+				got.WriteByte('\n')
+			}
+		}
+		want := string(data)
+		if want != "" && !strings.HasSuffix(want, "\n") {
+			want += "\n"
+		}
+		if got.String() != want {
+			t.Fatalf("emitted %q, read %q", got.String(), want)
+		}
+	})
 }
