@@ -32,6 +32,7 @@ type demoConfig struct {
 	httpAddr   string
 	sshAddr    string
 	listenPort int
+	mode       string
 	keep       bool
 }
 
@@ -45,6 +46,7 @@ func demoCmd(args []string, stdout, stderr io.Writer) error {
 	fs.StringVar(&c.httpAddr, "http", "127.0.0.1:9180", "avsidecar HTTP address (AVSIDECAR_HTTP_ADDR)")
 	fs.StringVar(&c.sshAddr, "ssh", "127.0.0.1:2222", "avsidecar SSH address (AVSIDECAR_SSH_ADDR)")
 	fs.IntVar(&c.listenPort, "listen-port", 28002, "avagent callback port (AVAMAR_LISTEN_PORT)")
+	fs.StringVar(&c.mode, "register-mode", "direct", "AVAMAR_REGISTER_MODE: direct or initscript")
 	fs.BoolVar(&c.keep, "keep", false, "keep the demo directory at the end")
 	if err := parseFlags(fs, args); err != nil {
 		return err
@@ -125,6 +127,7 @@ func runDemo(ctx context.Context, c demoConfig, dir string, stdout, stderr io.Wr
 		"AVAMAR_SERVER="+c.mcsAddr,
 		"NODE_IP=127.0.0.1",
 		"AVAMAR_CLIENT_NAME=avkit-demo",
+		"AVAMAR_REGISTER_MODE="+c.mode,
 		fmt.Sprintf("AVAMAR_LISTEN_PORT=%d", c.listenPort),
 		"AVSIDECAR_HTTP_ADDR="+c.httpAddr,
 		"AVSIDECAR_SSH_ADDR="+c.sshAddr,
