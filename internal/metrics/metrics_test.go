@@ -286,7 +286,19 @@ func TestUnknownValuesStayBounded(t *testing.T) {
 		BrowseRequests: map[string]uint64{"/data/secret": 1, "999": 1, "-1": 1},
 		BackupAPIState: "token abc expired",
 	})
-	fams := scrape(t, serve(t, newMetrics(t, src)))
+	url := serve(t, newMetrics(t, src))
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	for _, leak := range []string{"passwd", "pod-7", "10.0.0.7", "/data/secret", "token abc"} {
+		if strings.Contains(string(body), leak) {
+			t.Errorf("scrape shows %q", leak)
+		}
+	}
+	fams := scrape(t, url)
 	allowed := map[string][]string{
 		"phase":   Phases,
 		"outcome": Outcomes,
