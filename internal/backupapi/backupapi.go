@@ -145,7 +145,9 @@ type stateError struct {
 	err   error
 }
 
+// Error is the wrapped error's message.
 func (e *stateError) Error() string { return e.err.Error() }
+// Unwrap gives errors.Is and errors.As the wrapped error.
 func (e *stateError) Unwrap() error { return e.err }
 
 func failure(state string, format string, args ...any) error {

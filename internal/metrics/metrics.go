@@ -214,6 +214,7 @@ type recorder struct {
 	code int
 }
 
+// WriteHeader records the first final status code.
 func (r *recorder) WriteHeader(code int) {
 	if r.code == 0 && code >= 200 {
 		r.code = code
@@ -221,6 +222,7 @@ func (r *recorder) WriteHeader(code int) {
 	r.ResponseWriter.WriteHeader(code)
 }
 
+// Write records an implicit 200.
 func (r *recorder) Write(b []byte) (int, error) {
 	if r.code == 0 {
 		r.code = http.StatusOK
@@ -269,6 +271,7 @@ func codeLabelString(s string) string {
 // promLogger puts promhttp's errors on the logger.
 type promLogger struct{ log zerolog.Logger }
 
+// Println logs one promhttp error.
 func (l promLogger) Println(v ...any) {
 	l.log.Warn().Str("error", fmt.Sprint(v...)).Msg("metrics scrape error")
 }
