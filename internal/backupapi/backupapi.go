@@ -147,6 +147,7 @@ type stateError struct {
 
 // Error is the wrapped error's message.
 func (e *stateError) Error() string { return e.err.Error() }
+
 // Unwrap gives errors.Is and errors.As the wrapped error.
 func (e *stateError) Unwrap() error { return e.err }
 
