@@ -122,12 +122,56 @@ func TestOpenSSHAuthAndForwardingRefused(t *testing.T) {
 		t.Errorf("password login: %v %q, want Permission denied (publickey)", err, stderr.String())
 	}
 
+	// -W forwards stdio over a direct-tcpip channel, as -L does per
+	// connection.
+	target, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer target.Close()
+	c = o.ssh("-W", target.Addr().String())
+	stderr.Reset()
+	c.Stderr = &stderr
+	if err := c.Run(); exitCode(err) != 255 || !strings.Contains(stderr.String(), "stdio forwarding failed") {
+		t.Errorf("stdio forwarding: %v %q, want it refused", err, stderr.String())
+	}
+	if ts.log.count(func(m map[string]any) bool {
+		return m["message"] == "channel refused" && m["type"] == "direct-tcpip"
+	}) != 1 {
+		t.Errorf("direct-tcpip refusal not logged")
+	}
+
 	c = o.ssh("-o", "ExitOnForwardFailure=yes", "-R", "127.0.0.1:0:127.0.0.1:9", "echo", "should-not-run")
 	stderr.Reset()
 	c.Stderr = &stderr
 	out, err := c.Output()
 	if exitCode(err) != 255 || bytes.Contains(out, []byte("should-not-run")) {
 		t.Errorf("remote forwarding: exit %d out %q stderr %q, want refused", exitCode(err), out, stderr.String())
+	}
+}
+
+// TestOpenSSHAgentForwardingRefused runs `ssh -A` under a real agent: the
+// request is refused and the session sees no agent socket.
+func TestOpenSSHAgentForwardingRefused(t *testing.T) {
+	k := newUserKey(t)
+	ts := startServer(t, k.line+"\n", nil)
+	o := newOpenSSH(t, ts, k)
+	ssh := o.ssh("-A", "echo agent=${SSH_AUTH_SOCK:-none}")
+	for i, a := range ssh.Args {
+		if a == "IdentityAgent=none" {
+			ssh.Args[i] = "IdentityAgent=SSH_AUTH_SOCK" // the agent ssh-agent starts
+		}
+	}
+	agentArgs := append([]string{"-a", filepath.Join(t.TempDir(), "agent.sock")}, ssh.Args...)
+	c := o.cmd("ssh-agent", agentArgs...)
+	out, err := c.Output()
+	if err != nil || string(out) != "agent=none\n" {
+		t.Errorf("ssh -A: %q %v, want agent=none", out, err)
+	}
+	if ts.log.count(func(m map[string]any) bool {
+		return m["message"] == "forwarding refused" && m["type"] == "auth-agent-req@openssh.com"
+	}) != 1 {
+		t.Errorf("agent forwarding refusal not logged")
 	}
 }
 
