@@ -131,7 +131,8 @@ type Checker struct {
 	// now is the clock; tests move it to reach a token's end.
 	now func() time.Time
 
-	// Owned by the Run goroutine.
+	// checking serialises checks; it guards the token.
+	checking sync.Mutex
 	token    string
 	tokenEnd time.Time
 
@@ -277,9 +278,10 @@ func (c *Checker) Run(ctx context.Context) error {
 }
 
 // Check runs one check now and records its outcome in Status. Run calls it;
-// it is exported for a manual refresh. It must not run concurrently with
-// itself.
+// it is exported for a manual refresh. Concurrent calls run one at a time.
 func (c *Checker) Check(ctx context.Context) {
+	c.checking.Lock()
+	defer c.checking.Unlock()
 	newest, found, err := c.check(ctx)
 	if ctx.Err() != nil {
 		return // shutting down: not a finding about the server

@@ -554,3 +554,22 @@ func TestParseTime(t *testing.T) {
 		}
 	}
 }
+
+// TestConcurrentChecks: a manual refresh while Run checks shares the token
+// safely (run with -race).
+func TestConcurrentChecks(t *testing.T) {
+	f := newFixture(t, 0)
+	f.srv.AddBackup(f.id, time.Now())
+	c := f.checker(t, f.config())
+	var wg sync.WaitGroup
+	for range 4 {
+		wg.Go(func() { c.Check(context.Background()) })
+	}
+	wg.Wait()
+	if st := c.Status(); st.State != StateOK || st.Checks != 4 {
+		t.Errorf("after 4 concurrent checks: %+v", st)
+	}
+	if n := f.srv.Counts(); n.Tokens != 1 {
+		t.Errorf("%d tokens for 4 serialised checks, want 1", n.Tokens)
+	}
+}
