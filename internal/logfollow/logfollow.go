@@ -160,8 +160,9 @@ func (t *Follower) Status() Status {
 }
 
 // Run follows the file until ctx is cancelled, then reads what is left (up
-// to 16 MiB), emits a final partial line, and returns nil. It returns an
-// error only when it cannot start.
+// to 16 MiB), emits a final partial line, and returns nil. Problems with the
+// file or with fsnotify are logged and retried, never returned: the agent's
+// log is worth having but never worth stopping the sidecar for.
 func (t *Follower) Run(ctx context.Context) error {
 	// Without inotify (the per-user instance limit is easily reached on a
 	// busy node) the follower still works by polling.
