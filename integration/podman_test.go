@@ -244,7 +244,16 @@ func TestPodmanPod(t *testing.T) {
 
 	// Memory of the running sidecar, for BENCHMARKS.md (bench/image/run.sh).
 	rssSum, pssSum := 0, 0
-	for _, pr := range podmanTree(t, pm.inspect(p1.sidecar).State.Pid) {
+	pid1 := pm.inspect(p1.sidecar).State.Pid
+	tree := podmanTree(t, pid1)
+	// The image's ENTRYPOINT in exec form: avsidecar itself is the
+	// container's PID 1, no shell in between to swallow SIGTERM.
+	for _, pr := range tree {
+		if pr.pid == pid1 && pr.comm != "avsidecar" {
+			t.Errorf("the container's PID 1 is %s, not avsidecar", pr.comm)
+		}
+	}
+	for _, pr := range tree {
 		t.Logf("bench: pid=%d comm=%s rss_kib=%d hwm_kib=%d pss_kib=%d cmd=%q", pr.pid, pr.comm, pr.rssKiB, pr.hwmKiB, pr.pssKiB, pr.cmdline)
 		if pr.comm == "avsidecar" {
 			rssSum, pssSum = rssSum+pr.rssKiB, pssSum+pr.pssKiB
