@@ -1,6 +1,7 @@
 package sshd
 
 import (
+	"bufio"
 	"bytes"
 	"crypto/rand"
 	"crypto/sha256"
@@ -150,21 +151,39 @@ func TestOpenSSHAuthAndForwardingRefused(t *testing.T) {
 	}
 }
 
-// TestOpenSSHAgentForwardingRefused runs `ssh -A` under a real agent: the
+// TestOpenSSHAgentForwardingRefused runs `ssh -A` with a real agent: the
 // request is refused and the session sees no agent socket.
 func TestOpenSSHAgentForwardingRefused(t *testing.T) {
 	k := newUserKey(t)
 	ts := startServer(t, k.line+"\n", nil)
 	o := newOpenSSH(t, ts, k)
+
+	sock := filepath.Join(t.TempDir(), "agent.sock")
+	agent := o.cmd("ssh-agent", "-D", "-a", sock) // -D: foreground, ours to stop
+	agentOut, err := agent.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := agent.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		agent.Process.Kill()
+		agent.Wait()
+	}()
+	// The agent prints its socket once it listens.
+	if line, err := bufio.NewReader(agentOut).ReadString('\n'); err != nil || !strings.Contains(line, sock) {
+		t.Fatalf("ssh-agent: %q %v", line, err)
+	}
+
 	ssh := o.ssh("-A", "echo agent=${SSH_AUTH_SOCK:-none}")
 	for i, a := range ssh.Args {
 		if a == "IdentityAgent=none" {
-			ssh.Args[i] = "IdentityAgent=SSH_AUTH_SOCK" // the agent ssh-agent starts
+			ssh.Args[i] = "IdentityAgent=" + sock
 		}
 	}
-	agentArgs := append([]string{"-a", filepath.Join(t.TempDir(), "agent.sock")}, ssh.Args...)
-	c := o.cmd("ssh-agent", agentArgs...)
-	out, err := c.Output()
+	ssh.Env = append(os.Environ(), "SSH_AUTH_SOCK="+sock)
+	out, err := ssh.Output()
 	if err != nil || string(out) != "agent=none\n" {
 		t.Errorf("ssh -A: %q %v, want agent=none", out, err)
 	}
