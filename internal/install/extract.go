@@ -352,7 +352,9 @@ func (in *installer) extract(ctx context.Context, f *os.File, p *pkg, pl *plan) 
 		return err
 	}
 	defer dec.Close()
-	payload := bufio.NewReaderSize(&limitedPayload{r: dec, limit: p.archiveMax}, 1<<20)
+	ra := newReadahead(dec)
+	defer ra.Close()
+	payload := bufio.NewReaderSize(&limitedPayload{r: ra, limit: p.archiveMax}, 1<<20)
 	byName := make(map[string]*item, len(pl.items))
 	for _, it := range pl.items {
 		byName[it.path] = it

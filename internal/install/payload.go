@@ -8,7 +8,7 @@ import (
 	"github.com/dsnet/compress/bzip2"
 	"github.com/klauspost/compress/gzip"
 	"github.com/klauspost/compress/zstd"
-	"github.com/ulikunitz/xz"
+	"github.com/therootcompany/xz"
 	"github.com/ulikunitz/xz/lzma"
 )
 
@@ -54,7 +54,9 @@ func decompressor(r *bufio.Reader, compressor string) (io.ReadCloser, error) {
 		}
 		return z, nil
 	case "xz":
-		z, err := xz.NewReader(r)
+		// therootcompany/xz (XZ Embedded) decodes about 1.7x faster than
+		// ulikunitz/xz; the dictionary cap bounds its memory.
+		z, err := xz.NewReader(r, 1<<28)
 		if err != nil {
 			return nil, unusable("xz payload: %w", err)
 		}
@@ -105,4 +107,93 @@ func (l *limitedPayload) Read(p []byte) (int, error) {
 		err = unusable("decompress payload: %w", err)
 	}
 	return n, err
+}
+
+// readahead decompresses in its own goroutine, a few blocks ahead of the
+// extractor, so that decompression (one core) overlaps hashing and
+// writing (the other).
+type readahead struct {
+	full  chan []byte // filled blocks, in order
+	free  chan []byte // blocks to fill again
+	block []byte      // the block being read from
+	pos   int         // how much of it has been read
+	err   error       // the producer's final error, once full is closed
+	errCh chan error
+	stop  chan struct{}
+}
+
+const (
+	readaheadBlock  = 1 << 20
+	readaheadBlocks = 4
+)
+
+func newReadahead(r io.Reader) *readahead {
+	ra := &readahead{
+		full:  make(chan []byte, readaheadBlocks),
+		free:  make(chan []byte, readaheadBlocks+1),
+		errCh: make(chan error, 1),
+		stop:  make(chan struct{}),
+	}
+	for range readaheadBlocks + 1 {
+		ra.free <- make([]byte, readaheadBlock)
+	}
+	go ra.produce(r)
+	return ra
+}
+
+func (ra *readahead) produce(r io.Reader) {
+	defer close(ra.full)
+	for {
+		var buf []byte
+		select {
+		case buf = <-ra.free:
+		case <-ra.stop:
+			ra.errCh <- io.ErrClosedPipe
+			return
+		}
+		n, err := io.ReadFull(r, buf[:cap(buf)])
+		if n > 0 {
+			select {
+			case ra.full <- buf[:n]:
+			case <-ra.stop:
+				ra.errCh <- io.ErrClosedPipe
+				return
+			}
+		}
+		if err == io.ErrUnexpectedEOF {
+			err = io.EOF
+		}
+		if err != nil {
+			ra.errCh <- err
+			return
+		}
+	}
+}
+
+func (ra *readahead) Read(p []byte) (int, error) {
+	for ra.pos == len(ra.block) {
+		if ra.block != nil {
+			ra.free <- ra.block[:cap(ra.block)]
+			ra.block = nil
+		}
+		buf, ok := <-ra.full
+		if !ok {
+			if ra.err == nil {
+				ra.err = <-ra.errCh
+			}
+			return 0, ra.err
+		}
+		ra.block, ra.pos = buf, 0
+	}
+	n := copy(p, ra.block[ra.pos:])
+	ra.pos += n
+	return n, nil
+}
+
+// Close stops the producer and waits for it.
+func (ra *readahead) Close() error {
+	close(ra.stop)
+	for range ra.full {
+	}
+	return nil
 }

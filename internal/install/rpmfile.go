@@ -15,6 +15,7 @@ import (
 	"strings"
 
 	"github.com/cavaliergopher/rpm"
+	"golang.org/x/sync/errgroup"
 )
 
 // Tags of the signature header (rpmtag.h, RPMSIGTAG_*).
@@ -520,8 +521,7 @@ func verify(f io.ReaderAt, p *pkg) (verification, error) {
 		v.checked = append(v.checked, "header-sha1")
 	}
 
-	fileHash := sha256.New()
-	writers := []io.Writer{fileHash}
+	var writers []io.Writer
 	var payloadHash hash.Hash
 	var payloadWant string
 	if want := p.tags.GetTag(tagPayloadDigest).StringSlice(); len(want) > 0 && want[0] != "" {
@@ -533,6 +533,7 @@ func verify(f io.ReaderAt, p *pkg) (verification, error) {
 			return v, unusable("unsupported payload digest algorithm %d", algo)
 		}
 		payloadWant = strings.ToLower(want[0])
+		writers = append(writers, payloadHash)
 	}
 	var md5Hash hash.Hash
 	md5Want := p.sigTags.GetTag(sigMD5).Bytes()
@@ -543,9 +544,6 @@ func verify(f io.ReaderAt, p *pkg) (verification, error) {
 		md5Hash.Write(p.hdr)
 		writers = append(writers, md5Hash)
 	}
-	if payloadHash != nil {
-		writers = append(writers, payloadHash)
-	}
 	if !headerOK && md5Hash == nil {
 		return v, unusable("no digest over the header: refusing an unverifiable package")
 	}
@@ -553,19 +551,28 @@ func verify(f io.ReaderAt, p *pkg) (verification, error) {
 		return v, unusable("no digest over the payload: refusing an unverifiable package")
 	}
 
-	// The head of the file (lead and headers) goes to the file hash only;
-	// the payload to every hash.
-	head := io.NewSectionReader(f, 0, p.payloadOff)
-	if _, err := io.Copy(fileHash, head); err != nil {
-		return v, fmt.Errorf("read rpm: %w", err)
-	}
-	buf := make([]byte, 1<<20)
-	n, err := io.CopyBuffer(io.MultiWriter(writers...), io.NewSectionReader(f, p.payloadOff, payloadLen), buf)
-	if err != nil {
-		return v, fmt.Errorf("read rpm: %w", err)
-	}
-	if n != payloadLen {
-		return v, unusable("read payload: file truncated")
+	// Two readers of the same (cached) bytes, one per core: the whole file
+	// for the receipt's SHA-256, the payload for its digests.
+	fileHash := sha256.New()
+	var g errgroup.Group
+	g.Go(func() error {
+		if _, err := io.CopyBuffer(fileHash, io.NewSectionReader(f, 0, size), make([]byte, 1<<20)); err != nil {
+			return fmt.Errorf("read rpm: %w", err)
+		}
+		return nil
+	})
+	g.Go(func() error {
+		n, err := io.CopyBuffer(io.MultiWriter(writers...), io.NewSectionReader(f, p.payloadOff, payloadLen), make([]byte, 1<<20))
+		if err != nil {
+			return fmt.Errorf("read rpm: %w", err)
+		}
+		if n != payloadLen {
+			return unusable("read payload: file truncated")
+		}
+		return nil
+	})
+	if err := g.Wait(); err != nil {
+		return v, err
 	}
 	if payloadHash != nil {
 		if got := hex.EncodeToString(payloadHash.Sum(nil)); got != payloadWant {
