@@ -184,9 +184,11 @@ func (p *podman) baseImage(ref string) string {
 }
 
 // build runs podman build and removes the image at the end of the test.
+// No layer cache: these images change with every binary, and cached
+// intermediate layers would pile up on the host run after run.
 func (p *podman) build(tag, containerfile, context string, args ...string) string {
 	p.t.Helper()
-	full := append([]string{"build", "-q", "-f", containerfile, "-t", tag}, podmanLimits...)
+	full := append([]string{"build", "-q", "--layers=false", "-f", containerfile, "-t", tag}, podmanLimits...)
 	p.run(append(append(full, args...), context)...)
 	p.cleanup("rmi", "-f", tag)
 	return tag
