@@ -75,6 +75,7 @@ spec:
 		{name: "Service selects nothing", file: "service.yaml", old: "statefulset.kubernetes.io/pod-name: nginx-1", new: "statefulset.kubernetes.io/pod-name: nginx1", wantError: "selects no pod"},
 		{name: "Service targets a missing port", file: "service.yaml", old: "targetPort: http", new: "targetPort: https", wantError: `targets https, which pod nginx-0 does not serve`},
 		{name: "per-pod Service targets the wrong ordinal's port", file: "service.yaml", old: "      targetPort: 31001\n", new: "      targetPort: 31000\n", wantError: "targets 31000, which pod nginx-1 does not serve"},
+		{name: "NodePort allocated twice", file: "service.yaml", old: "nodePort: 31001", new: "nodePort: 31000", wantError: "nodePort 31000 is also allocated to Service nginx-0-avagent"},
 		{name: "NodePort differs from the listen port", file: "service.yaml", old: "nodePort: 31001", new: "nodePort: 31101", wantError: "nodePort 31101 differs from avagent's listen port 31001"},
 		{name: "agent Service only ready endpoints", file: "service.yaml", old: "  publishNotReadyAddresses: true\n  selector:\n    app.kubernetes.io/name: nginx\n    statefulset.kubernetes.io/pod-name: nginx-1", new: "  selector:\n    app.kubernetes.io/name: nginx\n    statefulset.kubernetes.io/pod-name: nginx-1", wantError: "needs publishNotReadyAddresses"},
 		{name: "a replica without its Service", file: "statefulset.yaml", old: "replicas: 2", new: "replicas: 3", wantError: "pod nginx-2: no NodePort Service publishes avagent's listen port 31002"},

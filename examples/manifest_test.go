@@ -214,9 +214,21 @@ func check(objs []object) []string {
 	for i := range pods {
 		c.pod(&pods[i])
 	}
+	nodePorts := map[int32]string{} // cluster-wide, like the API server's allocator
 	for _, o := range objs {
-		if s, ok := o.typed.(*corev1.Service); ok {
-			c.service(o, s, pods)
+		s, ok := o.typed.(*corev1.Service)
+		if !ok {
+			continue
+		}
+		c.service(o, s, pods)
+		for _, sp := range s.Spec.Ports {
+			if sp.NodePort == 0 {
+				continue
+			}
+			if other, taken := nodePorts[sp.NodePort]; taken {
+				c.addf(o, "nodePort %d is also allocated to Service %s", sp.NodePort, other)
+			}
+			nodePorts[sp.NodePort] = o.name
 		}
 	}
 	for _, p := range pods {
