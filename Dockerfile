@@ -3,8 +3,8 @@
 # Two ways to build the same image (details in examples/nginx/README.md):
 #
 #   From source, with a Go image (the default target):
-#     docker build -t avsidecar .
-#     podman build -t avsidecar .
+#     docker build -t avsidecar .      (BuildKit, the default since Docker 23,
+#     podman build -t avsidecar .       for COPY --chmod)
 #
 #   From a binary built on the host, where no Go image can be pulled
 #   (air-gapped sites, this project's CI):
