@@ -14,12 +14,14 @@ import (
 // rpmbuildPayloads are the payload compressions of the differential
 // test, as rpmbuild names them (_binary_payload).
 var rpmbuildPayloads = map[string]string{
-	"gzip":  "w9.gzdio",
-	"xz":    "w6.xzdio",
-	"lzma":  "w6.lzdio",
-	"zstd":  "w19.zstdio",
-	"bzip2": "w9.bzdio",
-	"none":  "w.ufdio",
+	"gzip": "w9.gzdio",
+	"xz":   "w6.xzdio",
+	// Threads make rpmbuild write several xz blocks: decoded in parallel.
+	"xz-blocks": "w0T.xzdio",
+	"lzma":      "w6.lzdio",
+	"zstd":      "w19.zstdio",
+	"bzip2":     "w9.bzdio",
+	"none":      "w.ufdio",
 }
 
 var rpmbuildCache sync.Map // "payload version" -> path

@@ -346,10 +346,19 @@ func (in *installer) digestOf(rel string, algo int) (string, error) {
 // hard link as a temporary file beside its destination, checking each
 // against the header.
 func (in *installer) extract(ctx context.Context, f *os.File, p *pkg, pl *plan) error {
-	br := bufio.NewReaderSize(io.NewSectionReader(f, p.payloadOff, p.fileSize-p.payloadOff), 1<<20)
-	dec, err := decompressor(br, p.compressor)
-	if err != nil {
-		return err
+	section := io.NewSectionReader(f, p.payloadOff, p.fileSize-p.payloadOff)
+	var dec io.ReadCloser
+	if p.compressor == "xz" {
+		if blocks, header := xzIndex(section, section.Size()); blocks != nil {
+			in.log.Debug().Int("blocks", len(blocks)).Msg("decoding xz blocks in parallel")
+			dec = newParallelXZ(section, header, blocks)
+		}
+	}
+	if dec == nil {
+		var err error
+		if dec, err = decompressor(bufio.NewReaderSize(section, 1<<20), p.compressor); err != nil {
+			return err
+		}
 	}
 	defer dec.Close()
 	ra := newReadahead(dec)

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"testing"
 
@@ -118,5 +119,25 @@ func FuzzPayload(f *testing.F) {
 	f.Fuzz(func(t *testing.T, payload []byte) {
 		data := append(append([]byte(nil), head...), payload...)
 		fuzzInstall(t, data, func(p *pkg) { p.compressor = "none" })
+	})
+}
+
+// FuzzXZIndex feeds the multi-block xz reader: the index parser must
+// refuse what it does not understand, and the decoder must fail, not
+// panic, on a bad block.
+func FuzzXZIndex(f *testing.F) {
+	if xzCmd, err := exec.LookPath("xz"); err == nil {
+		cmd := exec.Command(xzCmd, "-0", "-c", "--block-size=1000")
+		cmd.Stdin = bytes.NewReader(mixedData(5000))
+		if out, err := cmd.Output(); err == nil {
+			f.Add(out)
+		}
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		blocks, header := xzIndex(bytes.NewReader(data), int64(len(data)))
+		if blocks == nil {
+			return
+		}
+		_, _ = io.Copy(io.Discard, io.LimitReader(newParallelXZ(bytes.NewReader(data), header, blocks), 1<<20))
 	})
 }

@@ -1,0 +1,89 @@
+package install
+
+import (
+	"bytes"
+	"io"
+	"math/rand/v2"
+	"os"
+	"os/exec"
+	"testing"
+
+	"github.com/avsidecar/avsidecar/internal/testkit"
+)
+
+// xzMultiBlock compresses data with the xz command into blocks of
+// blockSize bytes.
+func xzMultiBlock(t *testing.T, data []byte, blockSize string) []byte {
+	t.Helper()
+	xzCmd := testkit.NeedCommand(t, "xz")
+	cmd := exec.Command(xzCmd, "-0", "-c", "--block-size="+blockSize)
+	cmd.Stdin = bytes.NewReader(data)
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+func mixedData(n int) []byte {
+	rng := rand.New(rand.NewPCG(3, 4))
+	b := make([]byte, n)
+	for i := range b {
+		if (i/4096)%2 == 0 {
+			b[i] = byte(rng.Uint32())
+		} else {
+			b[i] = "abcdefgh\n"[rng.IntN(9)]
+		}
+	}
+	return b
+}
+
+func TestParallelXZ(t *testing.T) {
+	data := mixedData(1 << 20)
+	comp := xzMultiBlock(t, data, "100000")
+	blocks, header := xzIndex(bytes.NewReader(comp), int64(len(comp)))
+	if len(blocks) < 10 {
+		t.Fatalf("%d blocks, want 11", len(blocks))
+	}
+	got, err := io.ReadAll(newParallelXZ(bytes.NewReader(comp), header, blocks))
+	if err != nil || !bytes.Equal(got, data) {
+		t.Fatalf("decoded %d bytes (%v), want the %d bytes compressed", len(got), err, len(data))
+	}
+
+	// A corrupt block fails, whichever core decodes it.
+	bad := bytes.Clone(comp)
+	bad[blocks[5].off+blocks[5].unpadded/2] ^= 0x55
+	if _, err := io.ReadAll(newParallelXZ(bytes.NewReader(bad), header, blocks)); err == nil {
+		t.Errorf("corrupt block decoded without an error")
+	}
+
+	// One block, or something that is not xz: not handled here.
+	one := xzMultiBlock(t, data, "10000000")
+	if b, _ := xzIndex(bytes.NewReader(one), int64(len(one))); b != nil {
+		t.Errorf("single block stream: %d blocks", len(b))
+	}
+	if b, _ := xzIndex(bytes.NewReader(data), int64(len(data))); b != nil {
+		t.Errorf("not xz: %d blocks", len(b))
+	}
+}
+
+// TestRPMBuildThreadedXZ: rpmbuild with threads writes several blocks,
+// which the installer decodes in parallel (the differential test checks
+// the result).
+func TestRPMBuildThreadedXZ(t *testing.T) {
+	pkgPath := buildWithRPMBuild(t, rpmbuildPayloads["xz-blocks"], "1.0")
+	f, err := os.Open(pkgPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	st, _ := f.Stat()
+	p, err := readPackage(f, st.Size())
+	if err != nil {
+		t.Fatal(err)
+	}
+	section := io.NewSectionReader(f, p.payloadOff, p.fileSize-p.payloadOff)
+	if blocks, _ := xzIndex(section, section.Size()); len(blocks) < 2 {
+		t.Errorf("rpmbuild w0T.xzdio payload has %d blocks, want several", len(blocks))
+	}
+}
