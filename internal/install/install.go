@@ -35,6 +35,7 @@ import (
 	"time"
 
 	"github.com/rs/zerolog"
+	"golang.org/x/sys/unix"
 )
 
 // Config says what to install where. Paths "inside Root" are as the client
@@ -186,6 +187,20 @@ func install(ctx context.Context, cfg Config, log zerolog.Logger) (Result, error
 	// the receipt and a stat per owned file.
 	old, pending := in.loadState()
 	fp := fingerprintOf(st)
+	if old != nil && pending == nil && old.Prefix == cfg.Prefix && old.RPM == fp && in.intact(old) {
+		log.Info().Str("name", old.Name).Str("version", old.Version+"-"+old.Release).Str("sha256", old.SHA256).Msg("receipt matches, nothing to install")
+		return old.result(false), nil
+	}
+
+	// Installs into one root take turns. The lock is on the root directory
+	// itself, so taking it writes nothing; the receipt is read again once
+	// it is held, as another process may just have installed this file.
+	unlock, err := lockRoot(ctx, root)
+	if err != nil {
+		return Result{}, err
+	}
+	defer unlock()
+	old, pending = in.loadState()
 	if old != nil && pending == nil && old.Prefix == cfg.Prefix && old.RPM == fp && in.intact(old) {
 		log.Info().Str("name", old.Name).Str("version", old.Version+"-"+old.Release).Str("sha256", old.SHA256).Msg("receipt matches, nothing to install")
 		return old.result(false), nil
@@ -374,4 +389,32 @@ func FindRPM(root, pattern string) (string, error) {
 		return files[0], nil
 	}
 	return "", fmt.Errorf("find rpm: %d files match %s under %s, want exactly one: %s", len(files), pattern, root, strings.Join(files, ", "))
+}
+
+// lockRoot takes an exclusive flock(2) on the root directory, waiting for
+// another install to finish, or for ctx.
+func lockRoot(ctx context.Context, root *os.Root) (func(), error) {
+	d, err := root.Open(".")
+	if err != nil {
+		return nil, fmt.Errorf("lock root: %w", err)
+	}
+	fd := int(d.Fd())
+	if err := unix.Flock(fd, unix.LOCK_EX|unix.LOCK_NB); err == nil {
+		return func() { d.Close() }, nil
+	}
+	done := make(chan error, 1)
+	go func() { done <- unix.Flock(fd, unix.LOCK_EX) }()
+	select {
+	case err := <-done:
+		if err != nil {
+			d.Close()
+			return nil, fmt.Errorf("lock root: %w", err)
+		}
+		return func() { d.Close() }, nil
+	case <-ctx.Done():
+		// flock cannot be interrupted: the descriptor (and the lock, if the
+		// wait ends with one) is let go when the wait ends.
+		go func() { <-done; d.Close() }()
+		return nil, ctx.Err()
+	}
 }

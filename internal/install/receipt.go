@@ -121,6 +121,10 @@ func (in *installer) intact(r *receipt) bool {
 			ok = st.IsDir()
 		case "symlink":
 			ok = st.Mode()&fs.ModeSymlink != 0
+			if ok {
+				target, err := os.Readlink(filepath.Join(in.cfg.Root, filepath.FromSlash(f.Path)))
+				ok = err == nil && target == f.Link
+			}
 		case "file":
 			ok = st.Mode().IsRegular() && (f.Config || st.Size() == f.Size && st.ModTime().UnixNano() == f.MTime)
 		}

@@ -15,21 +15,14 @@ import (
 	"github.com/rs/zerolog"
 )
 
-// rootWithShell makes a root holding a working /bin/sh: the host's shell
-// and the libraries ldd names, so scriptlets can run chrooted in it.
-func rootWithShell(t testing.TB) string {
+// rootWithShell makes a root holding a working /bin/sh and the commands
+// named (from the host's PATH, into /bin), with the libraries ldd names,
+// so scriptlets can run chrooted in it.
+func rootWithShell(t testing.TB, commands ...string) string {
 	t.Helper()
 	testkit.NeedRoot(t)
 	ldd := testkit.NeedCommand(t, "ldd")
 	root := t.TempDir()
-	sh, err := filepath.EvalSymlinks("/bin/sh")
-	if err != nil {
-		t.Fatal(err)
-	}
-	out, err := exec.Command(ldd, sh).Output()
-	if err != nil {
-		t.Fatalf("ldd %s: %v", sh, err)
-	}
 	copyTo := func(src, dst string) {
 		b, err := os.ReadFile(src)
 		if err != nil {
@@ -40,9 +33,24 @@ func rootWithShell(t testing.TB) string {
 			t.Fatal(err)
 		}
 	}
-	copyTo(sh, "/bin/sh")
-	for _, lib := range regexp.MustCompile(`(/[^\s]+\.so[^\s]*)`).FindAllString(string(out), -1) {
-		copyTo(lib, lib)
+	libs := regexp.MustCompile(`(/[^\s]+\.so[^\s]*)`)
+	add := func(bin, dst string) {
+		real, err := filepath.EvalSymlinks(bin)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out, err := exec.Command(ldd, real).Output()
+		if err != nil {
+			t.Fatalf("ldd %s: %v", real, err)
+		}
+		copyTo(real, dst)
+		for _, lib := range libs.FindAllString(string(out), -1) {
+			copyTo(lib, lib)
+		}
+	}
+	add("/bin/sh", "/bin/sh")
+	for _, c := range commands {
+		add(testkit.NeedCommand(t, c), "/bin/"+c)
 	}
 	return root
 }
@@ -125,5 +133,34 @@ func TestScriptletWithoutShell(t *testing.T) {
 	}
 	if !strings.Contains(log.String(), "scriptlet skipped") || exists("/scriptlet-ran") {
 		t.Errorf("scriptlets not skipped:\n%s", log.String())
+	}
+}
+
+// TestTestkitRPM installs the project's fake Avamar client RPM, whose
+// %post edits the init script and logs into var/, chrooted in a root
+// with the tools it uses; a second start finds the receipt.
+func TestTestkitRPM(t *testing.T) {
+	root := rootWithShell(t, "grep", "sed", "mkdir", "cat")
+	rpmPath, err := testkit.BuildRPMFile(t.TempDir(), testkit.RPMOptions{AgentBinary: "/bin/true"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var log logBuffer
+	cfg := Config{RPM: rpmPath, Root: root, Prefix: "/opt/avamar", NoSync: true}
+	res, err := Install(context.Background(), cfg, log.logger())
+	if err != nil || !res.Changed || res.Name != testkit.RPMName {
+		t.Fatalf("install: %+v, %v\n%s", res, err, log.String())
+	}
+	if strings.Contains(log.String(), "scriptlet failed") {
+		t.Errorf("a scriptlet failed:\n%s", log.String())
+	}
+	if got := readFile(t, filepath.Join(root, "etc/init.d/avagent")); !strings.Contains(got, "AVAMAR_PREFIX=/opt/avamar\n") {
+		t.Errorf("%%post did not set the prefix in the init script:\n%s", got)
+	}
+	if got := readFile(t, filepath.Join(root, "opt/avamar/var/install.log")); !strings.Contains(got, "prefix=/opt/avamar") {
+		t.Errorf("install.log: %q", got)
+	}
+	if res, err := Install(context.Background(), cfg, log.logger()); err != nil || res.Changed {
+		t.Errorf("second start: %+v, %v", res, err)
 	}
 }

@@ -260,3 +260,32 @@ func TestModes(t *testing.T) {
 		t.Errorf("symlink: %q, %v", l, err)
 	}
 }
+
+// TestConcurrentInstalls: installs into one root take turns; all succeed
+// and exactly one of them installs.
+func TestConcurrentInstalls(t *testing.T) {
+	root := t.TempDir()
+	rpm := writeRPM(t, pack(t, packOpts{}))
+	const n = 4
+	results := make(chan Result, n)
+	errs := make(chan error, n)
+	for range n {
+		go func() {
+			res, err := run(t, rpm, root)
+			results <- res
+			errs <- err
+		}()
+	}
+	changed := 0
+	for range n {
+		if err := <-errs; err != nil {
+			t.Error(err)
+		}
+		if (<-results).Changed {
+			changed++
+		}
+	}
+	if changed != 1 {
+		t.Errorf("%d installs changed the root, want 1", changed)
+	}
+}
