@@ -21,6 +21,17 @@
 // Upgrades follow rpm: files the old package owned and the new one does
 // not are removed, modified %config files are kept (the new one is written
 // as .rpmnew), and nothing the package does not own is touched.
+//
+// Where rpm and the product differ, the product's contract wins: an edited
+// %config file is kept for plain %config as for %config(noreplace) (rpm
+// would move the edited one aside as .rpmsave); an edited %config file an
+// upgrade drops is kept as .rpmsave, as rpm does. Regular files,
+// directories and symlinks are installed; device nodes, FIFOs and sockets
+// are refused as unsupported; %ghost files are neither created nor
+// removed. Owners are resolved in the root's /etc/passwd and /etc/group
+// (unknown names become root, as with rpm) and only set when the process
+// runs as root. File and symlink mtimes are the package's; directories get
+// the package's mtime after their contents are in place.
 package install
 
 import (
