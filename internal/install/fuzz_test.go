@@ -7,7 +7,6 @@ import (
 	"errors"
 	"io"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"testing"
 
@@ -126,13 +125,7 @@ func FuzzPayload(f *testing.F) {
 // refuse what it does not understand, and the decoder must fail, not
 // panic, on a bad block.
 func FuzzXZIndex(f *testing.F) {
-	if xzCmd, err := exec.LookPath("xz"); err == nil {
-		cmd := exec.Command(xzCmd, "-0", "-c", "--block-size=1000")
-		cmd.Stdin = bytes.NewReader(mixedData(5000))
-		if out, err := cmd.Output(); err == nil {
-			f.Add(out)
-		}
-	}
+	f.Add(xzMultiBlock(f, mixedData(5000), 1000))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		blocks, header := xzIndex(bytes.NewReader(data), int64(len(data)))
 		if blocks == nil {

@@ -5,24 +5,26 @@ import (
 	"io"
 	"math/rand/v2"
 	"os"
-	"os/exec"
 	"testing"
 
-	"github.com/avsidecar/avsidecar/internal/testkit"
+	uxz "github.com/ulikunitz/xz"
 )
 
-// xzMultiBlock compresses data with the xz command into blocks of
-// blockSize bytes.
-func xzMultiBlock(t *testing.T, data []byte, blockSize string) []byte {
+// xzMultiBlock compresses data into xz blocks of blockSize bytes.
+func xzMultiBlock(t testing.TB, data []byte, blockSize int64) []byte {
 	t.Helper()
-	xzCmd := testkit.NeedCommand(t, "xz")
-	cmd := exec.Command(xzCmd, "-0", "-c", "--block-size="+blockSize)
-	cmd.Stdin = bytes.NewReader(data)
-	out, err := cmd.Output()
+	var b bytes.Buffer
+	w, err := uxz.WriterConfig{BlockSize: blockSize}.NewWriter(&b)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return out
+	if _, err := w.Write(data); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return b.Bytes()
 }
 
 func mixedData(n int) []byte {
@@ -40,7 +42,7 @@ func mixedData(n int) []byte {
 
 func TestParallelXZ(t *testing.T) {
 	data := mixedData(1 << 20)
-	comp := xzMultiBlock(t, data, "100000")
+	comp := xzMultiBlock(t, data, 100000)
 	blocks, header := xzIndex(bytes.NewReader(comp), int64(len(comp)))
 	if len(blocks) < 10 {
 		t.Fatalf("%d blocks, want 11", len(blocks))
@@ -58,7 +60,7 @@ func TestParallelXZ(t *testing.T) {
 	}
 
 	// One block, or something that is not xz: not handled here.
-	one := xzMultiBlock(t, data, "10000000")
+	one := xzMultiBlock(t, data, 10000000)
 	if b, _ := xzIndex(bytes.NewReader(one), int64(len(one))); b != nil {
 		t.Errorf("single block stream: %d blocks", len(b))
 	}
