@@ -10,6 +10,8 @@ import (
 	"path/filepath"
 	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // Files of the state dir.
@@ -109,24 +111,44 @@ func (in *installer) loadState() (old, pending *receipt) {
 // receipt alone does not prove the files are there. Modified %config files
 // count as intact; rpm would keep them too.
 func (in *installer) intact(r *receipt) bool {
+	// fstatat relative to each parent directory, opened once: a start with
+	// a matching receipt is a stat per owned file and little else.
+	dirs := map[string]int{}
+	defer func() {
+		for _, fd := range dirs {
+			unix.Close(fd)
+		}
+	}()
 	for _, f := range r.Files {
-		st, err := os.Lstat(filepath.Join(in.cfg.Root, filepath.FromSlash(f.Path)))
-		if err != nil {
+		parent, base := path.Split(f.Path)
+		fd, ok := dirs[parent]
+		if !ok {
+			var err error
+			fd, err = unix.Open(filepath.Join(in.cfg.Root, filepath.FromSlash(parent)), unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+			if err != nil {
+				in.log.Info().Str("path", parent).Msg("installed directory missing, installing again")
+				return false
+			}
+			dirs[parent] = fd
+		}
+		var st unix.Stat_t
+		if err := unix.Fstatat(fd, base, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
 			in.log.Info().Str("path", f.Path).Msg("installed file missing, installing again")
 			return false
 		}
-		ok := true
+		ok = true
 		switch f.Type {
 		case "dir":
-			ok = st.IsDir()
+			ok = st.Mode&unix.S_IFMT == unix.S_IFDIR
 		case "symlink":
-			ok = st.Mode()&fs.ModeSymlink != 0
+			ok = st.Mode&unix.S_IFMT == unix.S_IFLNK
 			if ok {
-				target, err := os.Readlink(filepath.Join(in.cfg.Root, filepath.FromSlash(f.Path)))
-				ok = err == nil && target == f.Link
+				buf := make([]byte, len(f.Link)+1)
+				n, err := unix.Readlinkat(fd, base, buf)
+				ok = err == nil && string(buf[:n]) == f.Link
 			}
 		case "file":
-			ok = st.Mode().IsRegular() && (f.Config || st.Size() == f.Size && st.ModTime().UnixNano() == f.MTime)
+			ok = st.Mode&unix.S_IFMT == unix.S_IFREG && (f.Config || st.Size == f.Size && st.Mtim.Nano() == f.MTime)
 		}
 		if !ok {
 			in.log.Info().Str("path", f.Path).Msg("installed file changed, installing again")
@@ -139,7 +161,7 @@ func (in *installer) intact(r *receipt) bool {
 // writeState writes a receipt or the journal atomically: a temporary file,
 // fsync, rename, fsync of the directory.
 func (in *installer) writeState(name string, r *receipt) error {
-	b, err := json.MarshalIndent(r, "", " ")
+	b, err := json.Marshal(r)
 	if err != nil {
 		return fmt.Errorf("encode %s: %w", name, err)
 	}
