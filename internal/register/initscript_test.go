@@ -166,3 +166,22 @@ func procsRunning(path string) []int {
 	}
 	return out
 }
+
+func TestInitScriptServerArgument(t *testing.T) {
+	for _, tt := range []struct {
+		server string
+		port   int
+		want   string
+	}{
+		{"mcs.example.com", 28001, "mcs.example.com"},
+		{"10.0.0.5", 28001, "10.0.0.5"},
+		{"10.0.0.5", 28011, "10.0.0.5:28011"},
+		{"mcs.example.com", 443, "mcs.example.com:443"},
+		{"fd00::5", 28011, "fd00::5"}, // ambiguous with a port: avagent.cmd's --mcsport carries it
+	} {
+		r := &Registrar{cfg: Config{Server: tt.server, Port: tt.port}}
+		if got := r.initScriptServer(); got != tt.want {
+			t.Errorf("server %s port %d: register verb gets %q, want %q", tt.server, tt.port, got, tt.want)
+		}
+	}
+}

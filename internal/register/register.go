@@ -232,9 +232,10 @@ func (r *Registrar) attempt(ctx context.Context) (string, error) {
 	actx, cancel := context.WithTimeout(ctx, r.cfg.Timeout)
 	defer cancel()
 	out, err := r.runRegistration(actx)
-	if r.cfg.Mode == "initscript" {
-		// Whatever the outcome, the verb may have started a daemon (a
-		// timeout can strike after it did): none may stay.
+	if r.cfg.Mode == "initscript" && (err == nil || r.cfg.Client.DaemonPID() != 0) {
+		// The verb starts a daemon when it succeeds, and may have started
+		// one when it failed (a timeout can strike after it did): none may
+		// stay.
 		r.stopInitScriptDaemon(ctx)
 	}
 	if actx.Err() == context.DeadlineExceeded && ctx.Err() == nil {
