@@ -147,6 +147,9 @@ func startSidecar(t *testing.T, argv []string, env []string, httpAddr string) *s
 	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Env = env
 	cmd.Stderr = testWriter{t, "stderr: "}
+	// Its own process group, so that a failed test kills every process the
+	// sidecar started, not only the first one.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	out, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -162,7 +165,7 @@ func startSidecar(t *testing.T, argv []string, env []string, httpAddr string) *s
 		select {
 		case <-s.done:
 		default:
-			_ = cmd.Process.Kill()
+			_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
 			<-s.done
 		}
 	})

@@ -24,6 +24,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/avsidecar/avsidecar/internal/avclient"
+	"github.com/avsidecar/avsidecar/internal/backupapi"
 	"github.com/avsidecar/avsidecar/internal/browse"
 	"github.com/avsidecar/avsidecar/internal/config"
 	"github.com/avsidecar/avsidecar/internal/health"
@@ -92,6 +93,7 @@ type sidecar struct {
 	sup     *supervise.Supervisor
 	ssh     atomic.Pointer[sshd.Server] // nil when off, and until its host keys are ready
 	browse  *browse.Handler
+	backups *backupapi.Checker // nil unless AVAMAR_REST_URL is set
 	metrics *metrics.Metrics
 	follow  *logfollow.Follower
 	http    *http.Server
@@ -129,6 +131,7 @@ func newSidecar(cfg config.Config, log zerolog.Logger) (*sidecar, error) {
 		ReceiptFile: cfg.HostPath(path.Join(cfg.StateDir, "registration.json")),
 		Timeout:     cfg.RegisterTimeout,
 		BackoffMax:  cfg.RegisterBackoffMax,
+		StopTimeout: cfg.ShutdownTimeout / 2,
 	}, s.logger("register"))
 	if err != nil {
 		return nil, err
@@ -136,6 +139,7 @@ func newSidecar(cfg config.Config, log zerolog.Logger) (*sidecar, error) {
 	s.sup, err = supervise.New(supervise.Config{
 		Path:        s.client.Agent(),
 		Args:        s.client.RunArgs(),
+		LogFile:     s.client.LogFile(),
 		BackoffMax:  cfg.RestartBackoffMax,
 		StopTimeout: cfg.ShutdownTimeout / 2,
 	}, s.logger("agent"))
@@ -164,6 +168,24 @@ func newSidecar(cfg config.Config, log zerolog.Logger) (*sidecar, error) {
 		return nil, fmt.Errorf("listen for HTTP on %s: %w", cfg.HTTPAddr, err)
 	}
 
+	if cfg.RestURL != "" {
+		caFile := ""
+		if cfg.RestCAFile != "" {
+			caFile = cfg.HostPath(cfg.RestCAFile)
+		}
+		s.backups, err = backupapi.New(backupapi.Config{
+			URL:             cfg.RestURL,
+			CredentialsFile: cfg.HostPath(cfg.RestCredentials),
+			CAFile:          caFile,
+			Domain:          cfg.Domain,
+			Client:          cfg.ClientName,
+			Interval:        cfg.RestInterval,
+		}, s.logger("backupapi"))
+		if err != nil {
+			s.browse.Close()
+			return nil, &exitError{Code: exitConfig, Err: err}
+		}
+	}
 	s.metrics, err = metrics.New(metrics.Config{Version: buildVersion(), Snapshot: s.metricsSnapshot}, s.logger("http"))
 	if err != nil {
 		s.browse.Close()
@@ -208,6 +230,9 @@ func (s *sidecar) run(ctx context.Context) error {
 	})
 	servers.Go(func() error { return s.browse.Run(serversCtx) })
 	servers.Go(func() error { return s.follow.Run(serversCtx) })
+	if s.backups != nil {
+		servers.Go(func() error { return s.backups.Run(serversCtx) })
+	}
 	// SSH after HTTP: the first start makes the host keys (RSA takes a
 	// while), and the probes must answer meanwhile.
 	if s.cfg.SSHAddr != "" {
@@ -298,7 +323,8 @@ func (s *sidecar) work(ctx context.Context) error {
 	debug.FreeOSMemory()
 
 	written, err := s.client.WriteFlags(avclient.Flags{
-		NodeIP: s.cfg.NodeIP, ListenPort: s.cfg.ListenPort, Extra: s.cfg.AgentFlags, ClientName: s.cfg.ClientName,
+		NodeIP: s.cfg.NodeIP, ListenPort: s.cfg.ListenPort, MCSPort: s.cfg.ServerPort,
+		Extra: s.cfg.AgentFlags, ClientName: s.cfg.ClientName,
 	})
 	if err != nil {
 		return err
@@ -364,6 +390,9 @@ func (s *sidecar) checkInstalled(context.Context) error {
 func (s *sidecar) agentAccepts(ctx context.Context) error {
 	st := s.sup.Status()
 	if st.CrashLoop {
+		if n := len(st.LogTail); n > 0 {
+			return fmt.Errorf("crash looping: %d short runs, last %s: %s", st.ShortRuns, st.LastExit, st.LogTail[n-1])
+		}
 		return fmt.Errorf("crash looping: %d short runs, last %s", st.ShortRuns, st.LastExit)
 	}
 	if !st.Running {
@@ -383,14 +412,15 @@ func (s *sidecar) agentAccepts(ctx context.Context) error {
 
 // statusDoc is the JSON of /v1/status.
 type statusDoc struct {
-	Version      string           `json:"version"`
-	Phase        string           `json:"phase"`
-	Install      *install.Result  `json:"install"`
-	Registration register.Status  `json:"registration"`
-	Agent        supervise.Status `json:"agent"`
-	AgentLog     logfollow.Status `json:"agent_log"`
-	SSH          *sshd.Status     `json:"ssh"`
-	Browse       browse.Status    `json:"browse"`
+	Version      string            `json:"version"`
+	Phase        string            `json:"phase"`
+	Install      *install.Result   `json:"install"`
+	Registration register.Status   `json:"registration"`
+	Agent        supervise.Status  `json:"agent"`
+	AgentLog     logfollow.Status  `json:"agent_log"`
+	SSH          *sshd.Status      `json:"ssh"`
+	Browse       browse.Status     `json:"browse"`
+	Backup       *backupapi.Status `json:"backup"`
 }
 
 func (s *sidecar) status() statusDoc {
@@ -406,6 +436,10 @@ func (s *sidecar) status() statusDoc {
 	if srv := s.ssh.Load(); srv != nil {
 		st := srv.Status()
 		d.SSH = &st
+	}
+	if s.backups != nil {
+		st := s.backups.Status()
+		d.Backup = &st
 	}
 	return d
 }
@@ -436,6 +470,9 @@ func (s *sidecar) metricsSnapshot() metrics.Snapshot {
 	}
 	if d.SSH != nil {
 		m.SSHLogins, m.SSHRefusals, m.SSHActiveSessions = d.SSH.Logins, d.SSH.Refusals, d.SSH.ActiveSessions
+	}
+	if d.Backup != nil {
+		m.LastBackup, m.LastBackupCheck, m.BackupAPIState = d.Backup.LastBackup, d.Backup.LastCheck, d.Backup.State
 	}
 	return m
 }

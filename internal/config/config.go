@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/url"
 	"os"
 	"path"
 	"path/filepath"
@@ -45,6 +46,10 @@ type env struct {
 	RegisterBackoffMax string `envconfig:"AVSIDECAR_REGISTER_BACKOFF_MAX" default:"5m" desc:"cap of the jittered exponential registration backoff"`
 	RestartBackoffMax  string `envconfig:"AVSIDECAR_RESTART_BACKOFF_MAX" default:"1m" desc:"cap between avagent restarts"`
 	ShutdownTimeout    string `envconfig:"AVSIDECAR_SHUTDOWN_TIMEOUT" default:"20s" desc:"whole graceful stop, then SIGKILL"`
+	RestURL            string `envconfig:"AVAMAR_REST_URL" desc:"Avamar REST API base https://HOST[:PORT]; turns the backup freshness check on"`
+	RestCredentials    string `envconfig:"AVAMAR_REST_CREDENTIALS_FILE" default:"/etc/avsidecar/rest/credentials" desc:"client_id, client_secret, username, password as KEY=VALUE lines"`
+	RestCAFile         string `envconfig:"AVAMAR_REST_CA_FILE" desc:"PEM CA bundle of the REST server (default: system roots)"`
+	RestInterval       string `envconfig:"AVAMAR_REST_INTERVAL" default:"5m" desc:"time between two backup freshness checks"`
 	LogLevel           string `envconfig:"AVSIDECAR_LOG_LEVEL" default:"info" desc:"trace, debug, info, warn or error"`
 	LogFormat          string `envconfig:"AVSIDECAR_LOG_FORMAT" default:"json" desc:"json or console"`
 }
@@ -96,6 +101,16 @@ type Config struct {
 	RestartBackoffMax time.Duration
 	// ShutdownTimeout bounds the whole graceful stop.
 	ShutdownTimeout time.Duration
+	// RestURL is the Avamar REST API base; empty turns the backup
+	// freshness check off.
+	RestURL string
+	// RestCredentials is the REST credentials file, in the root.
+	RestCredentials string
+	// RestCAFile is the REST server's CA bundle, in the root; empty: system
+	// roots.
+	RestCAFile string
+	// RestInterval is the time between two freshness checks.
+	RestInterval time.Duration
 	// LogLevel is the lowest level logged.
 	LogLevel zerolog.Level
 	// LogFormat is "json" or "console".
@@ -227,6 +242,18 @@ func (e env) validate(hostname func() (string, error)) (Config, error) {
 	c.RegisterBackoffMax = parseDuration(&p, "AVSIDECAR_REGISTER_BACKOFF_MAX", e.RegisterBackoffMax)
 	c.RestartBackoffMax = parseDuration(&p, "AVSIDECAR_RESTART_BACKOFF_MAX", e.RestartBackoffMax)
 	c.ShutdownTimeout = parseDuration(&p, "AVSIDECAR_SHUTDOWN_TIMEOUT", e.ShutdownTimeout)
+
+	if e.RestURL != "" {
+		if u, err := url.Parse(e.RestURL); err != nil || u.Scheme != "https" || u.Host == "" {
+			p.add("AVAMAR_REST_URL %q must be https://HOST[:PORT]: the token request carries a password", e.RestURL)
+		}
+		c.RestURL = e.RestURL
+		c.RestCredentials = absPath(&p, "AVAMAR_REST_CREDENTIALS_FILE", e.RestCredentials)
+		if e.RestCAFile != "" {
+			c.RestCAFile = absPath(&p, "AVAMAR_REST_CA_FILE", e.RestCAFile)
+		}
+		c.RestInterval = parseDuration(&p, "AVAMAR_REST_INTERVAL", e.RestInterval)
+	}
 
 	lvl, err := zerolog.ParseLevel(e.LogLevel)
 	if err != nil || e.LogLevel == "" {

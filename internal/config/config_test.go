@@ -24,7 +24,8 @@ func setEnv(t *testing.T, overrides map[string]string) string {
 	for _, k := range []string{"AVAMAR_DOMAIN", "AVAMAR_CLIENT_NAME", "AVAMAR_RPM", "AVAMAR_PREFIX", "AVAMAR_LISTEN_PORT", "AVAMAR_AGENT_FLAGS",
 		"AVAMAR_REGISTER_MODE", "AVSIDECAR_STATE_DIR", "AVSIDECAR_HTTP_ADDR", "AVSIDECAR_SSH_ADDR", "AVSIDECAR_SSH_AUTHORIZED_KEYS",
 		"AVSIDECAR_BROWSE_ROOTS", "AVSIDECAR_BROWSE_TOKEN_FILE", "AVSIDECAR_REGISTER_TIMEOUT", "AVSIDECAR_REGISTER_BACKOFF_MAX",
-		"AVSIDECAR_RESTART_BACKOFF_MAX", "AVSIDECAR_SHUTDOWN_TIMEOUT", "AVSIDECAR_LOG_LEVEL", "AVSIDECAR_LOG_FORMAT"} {
+		"AVSIDECAR_RESTART_BACKOFF_MAX", "AVSIDECAR_SHUTDOWN_TIMEOUT", "AVSIDECAR_LOG_LEVEL", "AVSIDECAR_LOG_FORMAT",
+		"AVAMAR_REST_URL", "AVAMAR_REST_CREDENTIALS_FILE", "AVAMAR_REST_CA_FILE", "AVAMAR_REST_INTERVAL"} {
 		vars[k] = ""
 	}
 	for k, v := range overrides {
@@ -113,6 +114,8 @@ func TestLoadHostile(t *testing.T) {
 		{"ssh addr", map[string]string{"AVSIDECAR_SSH_ADDR": "localhost:99999"}, []string{"AVSIDECAR_SSH_ADDR"}},
 		{"log level", map[string]string{"AVSIDECAR_LOG_LEVEL": "loud"}, []string{"AVSIDECAR_LOG_LEVEL"}},
 		{"log format", map[string]string{"AVSIDECAR_LOG_FORMAT": "xml"}, []string{"AVSIDECAR_LOG_FORMAT"}},
+		{"rest over http", map[string]string{"AVAMAR_REST_URL": "http://mcs"}, []string{"AVAMAR_REST_URL"}},
+		{"rest interval", map[string]string{"AVAMAR_REST_URL": "https://mcs", "AVAMAR_REST_INTERVAL": "often"}, []string{"AVAMAR_REST_INTERVAL"}},
 		{"relative browse root", map[string]string{"AVSIDECAR_BROWSE_ROOTS": "data"}, []string{"AVSIDECAR_BROWSE_ROOTS"}},
 		{"all at once", map[string]string{"AVAMAR_SERVER": "", "NODE_IP": "", "AVAMAR_LISTEN_PORT": "99999", "AVSIDECAR_REGISTER_BACKOFF_MAX": "soon"},
 			[]string{"AVAMAR_SERVER", "NODE_IP", "AVAMAR_LISTEN_PORT", "AVSIDECAR_REGISTER_BACKOFF_MAX"}},
