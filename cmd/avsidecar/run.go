@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/signal"
 	"path"
+	"runtime"
 	"runtime/debug"
 	"strconv"
 	"sync/atomic"
@@ -320,6 +321,7 @@ func (s *sidecar) work(ctx context.Context) error {
 	s.installed.Store(&res)
 	// An install streams the whole payload through decompressors; give
 	// those buffers back now rather than keep them for the pod's life.
+	runtime.GC() // the first collection moves sync.Pool buffers to the victim cache
 	debug.FreeOSMemory()
 
 	written, err := s.client.WriteFlags(avclient.Flags{
