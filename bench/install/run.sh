@@ -1,7 +1,8 @@
 #!/bin/sh
 # Benchmark of `avsidecar install` against `rpm -i --root --nodeps
-# --noscripts` on the same 200 MB packages (xz and gzip payloads), and of a
-# start with a matching receipt. Run from the repository root as root;
+# --noscripts` on the same 200 MB packages (xz in one block, xz in several
+# blocks as rpmbuild writes with threads, gzip), and of a start with a
+# matching receipt. Run from the repository root as root;
 # needs rpmbuild, rpm and hyperfine. Results go to $OUT (default
 # /tmp/avsidecar-bench-install).
 #
@@ -71,10 +72,11 @@ EOF
 	mv "$top"/RPMS/*/*.rpm "$OUT/$1.rpm"
 }
 build xz w2.xzdio
+build xz-mt w2T.xzdio
 build gzip w6.gzdio
 ls -l "$OUT"/*.rpm
 
-for c in xz gzip; do
+for c in xz xz-mt gzip; do
 	R="$OUT/root-rpm-$c"
 	A="$OUT/root-avs-$c"
 	mkdir -p "$A/pkgs"
@@ -93,4 +95,4 @@ A="$OUT/root-avs-gzip"
 "$OUT/avsidecar" install --root "$A" --rpm /pkgs/client.rpm --prefix /opt/avamar --noscripts --nosync >/dev/null
 hyperfine --runs 50 --warmup 3 -N --export-markdown "$OUT/receipt.md" \
 	-n "avsidecar install, receipt matches" "$OUT/avsidecar install --root $A --rpm /pkgs/client.rpm --prefix /opt/avamar --noscripts"
-cat "$OUT/xz.md" "$OUT/gzip.md" "$OUT/receipt.md"
+cat "$OUT/xz.md" "$OUT/xz-mt.md" "$OUT/gzip.md" "$OUT/receipt.md"
