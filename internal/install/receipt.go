@@ -140,6 +140,11 @@ func (in *installer) intact(r *receipt) bool {
 		switch f.Type {
 		case "dir":
 			ok = st.Mode&unix.S_IFMT == unix.S_IFDIR
+			if st.Mode&unix.S_IFMT == unix.S_IFLNK {
+				// An operator's link to a directory (var/ on a volume,
+				// say) stands for the directory, as at install.
+				ok = unix.Fstatat(fd, base, &st, 0) == nil && st.Mode&unix.S_IFMT == unix.S_IFDIR
+			}
 		case "symlink":
 			ok = st.Mode&unix.S_IFMT == unix.S_IFLNK
 			if ok {

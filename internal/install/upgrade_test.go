@@ -289,3 +289,30 @@ func TestConcurrentInstalls(t *testing.T) {
 		t.Errorf("%d installs changed the root, want 1", changed)
 	}
 }
+
+// TestDirectorySymlinkKept: an operator links var/ to a volume; installs
+// keep the link, write through it, and a start still matches the receipt.
+func TestDirectorySymlinkKept(t *testing.T) {
+	root := t.TempDir()
+	rpm := writeRPM(t, pack(t, packOpts{}))
+	volume := filepath.Join(root, "volume")
+	if err := os.MkdirAll(filepath.Join(root, "opt/avamar"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Mkdir(volume, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink("../../volume", filepath.Join(root, "opt/avamar/var")); err != nil {
+		t.Fatal(err)
+	}
+	mustRun(t, rpm, root)
+	if st, err := os.Lstat(filepath.Join(root, "opt/avamar/var")); err != nil || st.Mode()&fs.ModeSymlink == 0 {
+		t.Fatalf("var is no longer the operator's symlink: %v, %v", st, err)
+	}
+	if !exists(filepath.Join(volume, "avsidecar", receiptName)) {
+		t.Errorf("the receipt is not on the volume")
+	}
+	if res := mustRun(t, rpm, root); res.Changed {
+		t.Errorf("a start after installing through a directory symlink installs again")
+	}
+}
