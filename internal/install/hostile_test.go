@@ -309,3 +309,47 @@ func TestHostileExitCode(t *testing.T) {
 		})
 	}
 }
+
+// TestCommandLine: `avsidecar install` defaults from the environment,
+// prints a one-line summary, and exits 2 on bad usage.
+func TestCommandLine(t *testing.T) {
+	bin := avsidecarBinary(t)
+	root := t.TempDir()
+	writeFile(t, filepath.Join(root, "opt/avamar/AvamarClient-1.0.rpm"), string(pack(t, packOpts{})))
+	env := append(os.Environ(), "AVSIDECAR_ROOT="+root, "AVAMAR_PREFIX=/srv/avamar", "AVSIDECAR_LOG_LEVEL=warn")
+	runBin := func(args ...string) (string, int) {
+		cmd := exec.Command(bin, append([]string{"install"}, args...)...)
+		cmd.Env = env
+		out, err := cmd.CombinedOutput()
+		var ee *exec.ExitError
+		if errors.As(err, &ee) {
+			return string(out), ee.ExitCode()
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		return string(out), 0
+	}
+	out, code := runBin("--nosync")
+	if code != 0 || !strings.HasPrefix(out, "AvamarClient-1.0-1.x86_64 installed: ") || strings.Count(out, "\n") != 1 {
+		t.Errorf("install: exit %d:\n%s", code, out)
+	}
+	if !exists(filepath.Join(root, "srv/avamar/bin/avagent.bin")) {
+		t.Errorf("AVAMAR_PREFIX not used")
+	}
+	out, code = runBin()
+	if code != 0 || !strings.Contains(out, "already installed (receipt matches)") {
+		t.Errorf("second install: exit %d:\n%s", code, out)
+	}
+	for _, args := range [][]string{
+		{"--prefix", "relative"},
+		{"--root", "relative"},
+		{"--rpm", "/nothing/*.rpm"},
+		{"--no-such-flag"},
+		{"extra-argument"},
+	} {
+		if out, code := runBin(args...); code != 2 {
+			t.Errorf("%v: exit %d, want 2:\n%s", args, code, out)
+		}
+	}
+}
