@@ -3,7 +3,6 @@ package main
 import (
 	"cmp"
 	"context"
-	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -15,7 +14,6 @@ import (
 	"path"
 	"runtime"
 	"runtime/debug"
-	"strconv"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -341,147 +339,4 @@ func (s *sidecar) work(ctx context.Context) error {
 	}
 	s.phase.Store(phaseRunning)
 	return s.sup.Run(ctx)
-}
-
-// startupChecks pass once the client is installed and configured.
-func (s *sidecar) startupChecks() []health.Check {
-	return []health.Check{
-		{Name: "installed", Fn: s.checkInstalled},
-		{Name: "configured", Fn: func(context.Context) error {
-			if !s.configured.Load() {
-				return errors.New("flag files not written yet")
-			}
-			return nil
-		}},
-	}
-}
-
-// readyChecks are SPEC's readiness: not stopping, installed, registered,
-// and avagent accepting TCP on its listen port.
-func (s *sidecar) readyChecks() []health.Check {
-	return []health.Check{
-		{Name: "shutdown", Fn: func(context.Context) error {
-			if s.stopping.Load() {
-				return errors.New("shutting down")
-			}
-			return nil
-		}},
-		{Name: "installed", Fn: s.checkInstalled},
-		{Name: "registered", Fn: func(context.Context) error {
-			st := s.reg.Status()
-			if st.Registered {
-				return nil
-			}
-			if st.Attempts == 0 {
-				return errors.New("not registered yet")
-			}
-			return fmt.Errorf("not registered after %d attempts, last %s: %s", st.Attempts, st.LastOutcome, st.LastError)
-		}},
-		{Name: "agent", Fn: s.agentAccepts},
-	}
-}
-
-func (s *sidecar) checkInstalled(context.Context) error {
-	if s.installed.Load() == nil {
-		return fmt.Errorf("not installed yet (phase %s)", s.phase.Load())
-	}
-	return nil
-}
-
-// agentAccepts is ready when avagent accepts TCP on its listen port.
-func (s *sidecar) agentAccepts(ctx context.Context) error {
-	st := s.sup.Status()
-	if st.CrashLoop {
-		if n := len(st.LogTail); n > 0 {
-			return fmt.Errorf("crash looping: %d short runs, last %s: %s", st.ShortRuns, st.LastExit, st.LogTail[n-1])
-		}
-		return fmt.Errorf("crash looping: %d short runs, last %s", st.ShortRuns, st.LastExit)
-	}
-	if !st.Running {
-		if st.LastExit != "" {
-			return fmt.Errorf("not running, last %s", st.LastExit)
-		}
-		return errors.New("not started")
-	}
-	var d net.Dialer
-	conn, err := d.DialContext(ctx, "tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(s.cfg.ListenPort)))
-	if err != nil {
-		return fmt.Errorf("not accepting on port %d: %w", s.cfg.ListenPort, err)
-	}
-	conn.Close()
-	return nil
-}
-
-// statusDoc is the JSON of /v1/status.
-type statusDoc struct {
-	Version      string            `json:"version"`
-	Phase        string            `json:"phase"`
-	Install      *install.Result   `json:"install"`
-	Registration register.Status   `json:"registration"`
-	Agent        supervise.Status  `json:"agent"`
-	AgentLog     logfollow.Status  `json:"agent_log"`
-	SSH          *sshd.Status      `json:"ssh"`
-	Browse       browse.Status     `json:"browse"`
-	Backup       *backupapi.Status `json:"backup"`
-}
-
-func (s *sidecar) status() statusDoc {
-	d := statusDoc{
-		Version:      buildVersion(),
-		Phase:        s.phase.Load().(string),
-		Install:      s.installed.Load(),
-		Registration: s.reg.Status(),
-		Agent:        s.sup.Status(),
-		AgentLog:     s.follow.Status(),
-		Browse:       s.browse.Status(),
-	}
-	if srv := s.ssh.Load(); srv != nil {
-		st := srv.Status()
-		d.SSH = &st
-	}
-	if s.backups != nil {
-		st := s.backups.Status()
-		d.Backup = &st
-	}
-	return d
-}
-
-// metricsSnapshot is what /metrics reports, read from the same Status()
-// snapshots as /v1/status so the two never disagree.
-func (s *sidecar) metricsSnapshot() metrics.Snapshot {
-	d := s.status()
-	ready := true
-	for _, r := range health.Run(context.Background(), s.readyChecks(), time.Second) {
-		ready = ready && r.OK
-	}
-	m := metrics.Snapshot{
-		Phase:           d.Phase,
-		Ready:           ready,
-		Registrations:   d.Registration.Outcomes,
-		Registered:      d.Registration.Registered,
-		AgentUp:         d.Agent.Running,
-		AgentRestarts:   d.Agent.Restarts,
-		BrowseRequests:  d.Browse.Requests,
-		AvagentLogLines: d.AgentLog.Lines,
-	}
-	if d.Install != nil {
-		m.Install = metrics.Install{Package: d.Install.Name, Version: d.Install.Version, Release: d.Install.Release}
-	}
-	if d.Agent.Running {
-		m.AgentUptime = time.Since(d.Agent.StartedAt)
-	}
-	if d.SSH != nil {
-		m.SSHLogins, m.SSHRefusals, m.SSHActiveSessions = d.SSH.Logins, d.SSH.Refusals, d.SSH.ActiveSessions
-	}
-	if d.Backup != nil {
-		m.LastBackup, m.LastBackupCheck, m.BackupAPIState = d.Backup.LastBackup, d.Backup.LastCheck, d.Backup.State
-	}
-	return m
-}
-
-func (s *sidecar) serveStatus(w http.ResponseWriter, r *http.Request) {
-	w.Header().Set("Content-Type", "application/json")
-	enc := json.NewEncoder(w)
-	enc.SetIndent("", "  ")
-	_ = enc.Encode(s.status())
 }

@@ -1,0 +1,80 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"strconv"
+
+	"github.com/avsidecar/avsidecar/internal/health"
+)
+
+// startupChecks pass once the client is installed and configured.
+func (s *sidecar) startupChecks() []health.Check {
+	return []health.Check{
+		{Name: "installed", Fn: s.checkInstalled},
+		{Name: "configured", Fn: func(context.Context) error {
+			if !s.configured.Load() {
+				return errors.New("flag files not written yet")
+			}
+			return nil
+		}},
+	}
+}
+
+// readyChecks are SPEC's readiness: not stopping, installed, registered,
+// and avagent accepting TCP on its listen port.
+func (s *sidecar) readyChecks() []health.Check {
+	return []health.Check{
+		{Name: "shutdown", Fn: func(context.Context) error {
+			if s.stopping.Load() {
+				return errors.New("shutting down")
+			}
+			return nil
+		}},
+		{Name: "installed", Fn: s.checkInstalled},
+		{Name: "registered", Fn: func(context.Context) error {
+			st := s.reg.Status()
+			if st.Registered {
+				return nil
+			}
+			if st.Attempts == 0 {
+				return errors.New("not registered yet")
+			}
+			return fmt.Errorf("not registered after %d attempts, last %s: %s", st.Attempts, st.LastOutcome, st.LastError)
+		}},
+		{Name: "agent", Fn: s.agentAccepts},
+	}
+}
+
+func (s *sidecar) checkInstalled(context.Context) error {
+	if s.installed.Load() == nil {
+		return fmt.Errorf("not installed yet (phase %s)", s.phase.Load())
+	}
+	return nil
+}
+
+// agentAccepts is ready when avagent accepts TCP on its listen port.
+func (s *sidecar) agentAccepts(ctx context.Context) error {
+	st := s.sup.Status()
+	if st.CrashLoop {
+		if n := len(st.LogTail); n > 0 {
+			return fmt.Errorf("crash looping: %d short runs, last %s: %s", st.ShortRuns, st.LastExit, st.LogTail[n-1])
+		}
+		return fmt.Errorf("crash looping: %d short runs, last %s", st.ShortRuns, st.LastExit)
+	}
+	if !st.Running {
+		if st.LastExit != "" {
+			return fmt.Errorf("not running, last %s", st.LastExit)
+		}
+		return errors.New("not started")
+	}
+	var d net.Dialer
+	conn, err := d.DialContext(ctx, "tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(s.cfg.ListenPort)))
+	if err != nil {
+		return fmt.Errorf("not accepting on port %d: %w", s.cfg.ListenPort, err)
+	}
+	conn.Close()
+	return nil
+}
