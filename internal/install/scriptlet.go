@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 )
@@ -129,12 +130,17 @@ func (in *installer) runScriptlet(ctx context.Context, which string, p *pkg, pl 
 	return fmt.Errorf("%s(%s) scriptlet: %w", which, p.nevra(), err)
 }
 
-// logLines calls fn for each line r yields; overlong lines are split.
+// logLines calls fn for each line r yields; a line longer than 64 KiB
+// comes in pieces.
 func logLines(r io.Reader, fn func(string)) {
-	sc := bufio.NewScanner(r)
-	sc.Buffer(make([]byte, 64<<10), 64<<10)
-	for sc.Scan() {
-		fn(sc.Text())
+	br := bufio.NewReaderSize(r, 64<<10)
+	for {
+		line, err := br.ReadSlice('\n')
+		if len(line) > 0 {
+			fn(strings.TrimRight(string(line), "\r\n"))
+		}
+		if err != nil && err != bufio.ErrBufferFull {
+			return
+		}
 	}
-	_, _ = io.Copy(io.Discard, r)
 }
