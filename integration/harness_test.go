@@ -136,6 +136,9 @@ type sidecar struct {
 	cmd  *exec.Cmd
 	log  *logLines
 	http string
+	// dial reaches http from where the test runs; nil dials directly. A
+	// sidecar in a network namespace of its own needs one that enters it.
+	dial func(ctx context.Context, network, addr string) (net.Conn, error)
 	done chan struct{}
 	err  error
 }
@@ -194,6 +197,9 @@ func (s *sidecar) exitCode(t *testing.T, timeout time.Duration) int {
 func (s *sidecar) get(t *testing.T, path string) (int, string) {
 	t.Helper()
 	c := http.Client{Timeout: 5 * time.Second}
+	if s.dial != nil {
+		c.Transport = &http.Transport{DialContext: s.dial, DisableKeepAlives: true}
+	}
 	resp, err := c.Get("http://" + s.http + path)
 	if err != nil {
 		return 0, err.Error()

@@ -5,10 +5,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"math/rand/v2"
 	"net"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -199,38 +197,6 @@ func dialerIn(ns string) func(ctx context.Context, network, addr string) (net.Co
 		}()
 		r := <-ch
 		return r.c, r.err
-	}
-}
-
-// nsGet fetches http://addr/path through dial.
-func nsGet(dial func(context.Context, string, string) (net.Conn, error), addr, path string) (int, string) {
-	c := http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DialContext: dial, DisableKeepAlives: true}}
-	resp, err := c.Get("http://" + addr + path)
-	if err != nil {
-		return 0, err.Error()
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	return resp.StatusCode, string(b)
-}
-
-// nsEventually polls nsGet until it answers code, as a kubelet probe would.
-func nsEventually(t *testing.T, s *sidecar, dial func(context.Context, string, string) (net.Conn, error), path string, code int, timeout time.Duration) string {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		got, body := nsGet(dial, s.http, path)
-		if got == code {
-			return body
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("GET %s = %d %q, want %d within %s", path, got, body, code, timeout)
-		}
-		select {
-		case <-s.done:
-			t.Fatalf("avsidecar exited while waiting for GET %s = %d", path, code)
-		case <-time.After(50 * time.Millisecond):
-		}
 	}
 }
 

@@ -48,6 +48,7 @@ func TestAcrossNetworkNamespaces(t *testing.T) {
 	}
 	start := func(env []string) *sidecar {
 		s := startSidecar(t, n.exec(n.pod, unshare, "--pid", "--fork", "--mount-proc", bins.Avsidecar, "run"), env, httpAddr)
+		s.dial = n.podDial
 		killTreeOnCleanup(t, s)
 		return s
 	}
@@ -81,7 +82,7 @@ func TestAcrossNetworkNamespaces(t *testing.T) {
 		t.Fatalf("registration came from %s, want the pod's address", reg["remote"])
 	}
 	mcs.log.wait(t, 0, "the MCS's callback", 30*time.Second, msg("mcs", "agent reachable", "name", "pod-ns", "agent", "10.77.0.2:28002"))
-	nsEventually(t, s, n.podDial, "/readyz", 200, 30*time.Second)
+	s.eventually(t, "/readyz", 200, 30*time.Second)
 	stop(s)
 
 	// The pod comes back on another node with the same volume.
@@ -89,7 +90,7 @@ func TestAcrossNetworkNamespaces(t *testing.T) {
 	moved := withEnv(env, "NODE_IP", "10.77.0.3")
 	s = start(moved)
 	s.log.wait(t, 0, "reuse of the registration", 60*time.Second, msg("register", "already registered, not registering again"))
-	nsEventually(t, s, n.podDial, "/readyz", 200, 30*time.Second)
+	s.eventually(t, "/readyz", 200, 30*time.Second)
 	if cmd := mustRead(t, filepath.Join(prefixDir(root), "var/avagent.cmd")); !strings.Contains(cmd, "--iplist=10.77.0.3\n") {
 		t.Fatalf("avagent.cmd = %q after the move", cmd)
 	}
@@ -112,7 +113,7 @@ func TestAcrossNetworkNamespaces(t *testing.T) {
 	mcs2.log.wait(t, 0, "the new MCS's registration", 10*time.Second,
 		msg("mcs", "client registered", "name", "pod-ns", "iplist", "10.77.0.3"))
 	mcs2.log.wait(t, 0, "the new MCS's callback", 30*time.Second, msg("mcs", "agent reachable", "name", "pod-ns", "agent", "10.77.0.3:28002"))
-	nsEventually(t, s, n.podDial, "/readyz", 200, 30*time.Second)
+	s.eventually(t, "/readyz", 200, 30*time.Second)
 	if a, b := mcs.registrations("pod-ns"), mcs2.registrations("pod-ns"); a != 1 || b != 1 {
 		t.Fatalf("registrations: first server %d, second %d; want 1 and 1", a, b)
 	}
