@@ -1,6 +1,7 @@
 package install
 
 import (
+	"context"
 	"errors"
 	"io/fs"
 	"os"
@@ -314,5 +315,25 @@ func TestDirectorySymlinkKept(t *testing.T) {
 	}
 	if res := mustRun(t, rpm, root); res.Changed {
 		t.Errorf("a start after installing through a directory symlink installs again")
+	}
+}
+
+// TestSignaturePresent: a signed package installs (there is no keyring to
+// check it against) and says so, in the result and the log.
+func TestSignaturePresent(t *testing.T) {
+	signed := pack(t, packOpts{tweak: func(r *rpmpack.RPM) {
+		r.SetPGPSigner(func([]byte) ([]byte, error) { return []byte("not a real signature"), nil })
+	}})
+	var log logBuffer
+	res, err := Install(context.Background(), Config{RPM: writeRPM(t, signed), Root: t.TempDir(), Prefix: "/opt/avamar", NoSync: true}, log.logger())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(res.Signature, "not checked") || !strings.Contains(log.String(), "signature is not checked") {
+		t.Errorf("signature %q; log:\n%s", res.Signature, log.String())
+	}
+	res, err = Install(context.Background(), Config{RPM: writeRPM(t, pack(t, packOpts{})), Root: t.TempDir(), Prefix: "/opt/avamar", NoSync: true}, log.logger())
+	if err != nil || res.Signature != "none" {
+		t.Errorf("unsigned: %q, %v", res.Signature, err)
 	}
 }
