@@ -81,7 +81,7 @@ func (in *installer) apply(ctx context.Context, f *os.File, p *pkg, pl *plan, ol
 		return nil, err
 	}
 
-	if err := in.prepare(pl, owned, p.digestAlgo); err != nil {
+	if err := in.prepare(pl, owned); err != nil {
 		undo()
 		return nil, err
 	}
@@ -125,12 +125,19 @@ type journal struct {
 	previous map[string]receiptFile
 }
 
+// A path both own keeps every digest it may have on disk: killed installs
+// of different versions can follow each other, and an earlier one may
+// have renamed its version of a %config file into place; without its
+// digest that file would look edited by the operator and be kept.
 func (j *journal) value() *receipt {
 	r := *j.receipt
 	r.Files = append([]receiptFile(nil), r.Files...)
 	seen := make(map[string]bool, len(r.Files))
-	for _, f := range r.Files {
+	for i, f := range r.Files {
 		seen[f.Path] = true
+		if prev, ok := j.previous[f.Path]; ok {
+			r.Files[i].Digest = mergeDigests(f.Digest, prev.Digest)
+		}
 	}
 	for p, f := range j.previous {
 		if !seen[p] {
@@ -138,6 +145,17 @@ func (j *journal) value() *receipt {
 		}
 	}
 	return &r
+}
+
+// mergeDigests joins comma-separated digest lists without repeats.
+func mergeDigests(a, b string) string {
+	var out []string
+	for _, d := range strings.Split(a+","+b, ",") {
+		if d != "" && !contains(out, d) {
+			out = append(out, d)
+		}
+	}
+	return strings.Join(out, ",")
 }
 
 // ownedBy merges what the receipt and an interrupted install's journal
@@ -149,8 +167,8 @@ func ownedBy(old, pending *receipt) map[string]receiptFile {
 			continue
 		}
 		for _, f := range r.Files {
-			if prev, ok := owned[f.Path]; ok && prev.Digest != f.Digest {
-				f.Digest = prev.Digest + "," + f.Digest // either content counts as unmodified
+			if prev, ok := owned[f.Path]; ok {
+				f.Digest = mergeDigests(prev.Digest, f.Digest) // any of them counts as unmodified
 			}
 			owned[f.Path] = f
 		}
@@ -188,7 +206,7 @@ func (in *installer) removeTemps(pl *plan) {
 // prepare creates the directories, removes old symlinks that the new
 // package has no symlink for (so no write ever goes through a link the
 // package once planted), and decides what to do with each %config file.
-func (in *installer) prepare(pl *plan, owned map[string]receiptFile, algo int) error {
+func (in *installer) prepare(pl *plan, owned map[string]receiptFile) error {
 	for p, o := range owned {
 		if o.Type != "symlink" {
 			continue
@@ -220,7 +238,7 @@ func (in *installer) prepare(pl *plan, owned map[string]receiptFile, algo int) e
 			}
 			made[it.rel] = true
 		case it.isReg() && it.isConfig() && !in.isHardlinked(pl, it):
-			act, err := in.configAction(it, owned[it.dest], algo)
+			act, err := in.configAction(it, owned[it.dest])
 			if err != nil {
 				return err
 			}
@@ -303,7 +321,7 @@ func (in *installer) makeDir(it *item, owned map[string]receiptFile) error {
 // may have been edited: a file that is absent, or as the old package (or
 // the new one) shipped it, is replaced; an edited one is kept, with the
 // new version beside it as .rpmnew unless the package did not change it.
-func (in *installer) configAction(it *item, old receiptFile, algo int) (action, error) {
+func (in *installer) configAction(it *item, old receiptFile) (action, error) {
 	st, err := in.root.Lstat(it.rel)
 	if errors.Is(err, fs.ErrNotExist) {
 		return actWrite, nil
@@ -314,11 +332,11 @@ func (in *installer) configAction(it *item, old receiptFile, algo int) (action, 
 	if !st.Mode().IsRegular() {
 		return actWrite, nil
 	}
-	disk, err := in.digestOf(it.rel, algo)
+	unmodified, err := in.diskMatches(it.rel, mergeDigests(it.digest, old.Digest))
 	if err != nil {
 		return actWrite, err
 	}
-	if disk == it.digest || (old.Digest != "" && contains(strings.Split(old.Digest, ","), disk)) {
+	if unmodified {
 		return actWrite, nil
 	}
 	if old.Digest != "" && contains(strings.Split(old.Digest, ","), it.digest) {
@@ -327,6 +345,50 @@ func (in *installer) configAction(it *item, old receiptFile, algo int) (action, 
 	}
 	in.log.Warn().Str("path", it.dest).Str("new", it.dest+".rpmnew").Msg("config file modified, new version saved beside it")
 	return actRPMNew, nil
+}
+
+// diskMatches reports whether the file at rel has one of the digests in
+// the comma-separated list, each computed with the algorithm its length
+// names (packages may change algorithms between versions).
+func (in *installer) diskMatches(rel, digests string) (bool, error) {
+	got := map[int]string{}
+	for _, want := range strings.Split(digests, ",") {
+		algo := algoOfDigest(want)
+		if algo == 0 {
+			continue
+		}
+		d, ok := got[algo]
+		if !ok {
+			var err error
+			if d, err = in.digestOf(rel, algo); err != nil {
+				return false, err
+			}
+			got[algo] = d
+		}
+		if d == want {
+			return true, nil
+		}
+	}
+	return false, nil
+}
+
+// algoOfDigest names the algorithm of a hex digest by its length.
+func algoOfDigest(d string) int {
+	switch len(d) {
+	case 32:
+		return hashMD5
+	case 40:
+		return hashSHA1
+	case 56:
+		return hashSHA224
+	case 64:
+		return hashSHA256
+	case 96:
+		return hashSHA384
+	case 128:
+		return hashSHA512
+	}
+	return 0
 }
 
 func (in *installer) digestOf(rel string, algo int) (string, error) {
@@ -692,11 +754,7 @@ func (in *installer) removeStale(pl *plan, owned map[string]receiptFile) {
 		case o.Type == "symlink" && st.Mode()&fs.ModeSymlink != 0:
 		case o.Type == "file" && st.Mode().IsRegular():
 			if o.Config {
-				algo := hashSHA256
-				if len(o.Digest) == 32 || strings.Contains(o.Digest, ",") && len(strings.Split(o.Digest, ",")[0]) == 32 {
-					algo = hashMD5
-				}
-				if d, err := in.digestOf(rel, algo); err == nil && !contains(strings.Split(o.Digest, ","), d) {
+				if match, err := in.diskMatches(rel, o.Digest); err == nil && !match {
 					if err := in.root.Rename(rel, rel+".rpmsave"); err == nil {
 						in.log.Warn().Str("path", p).Str("saved", p+".rpmsave").Msg("modified config file no longer in the package, saved")
 					}

@@ -337,3 +337,40 @@ func TestSignaturePresent(t *testing.T) {
 		t.Errorf("unsigned: %q, %v", res.Signature, err)
 	}
 }
+
+// TestKilledInstallsKeepDigests replays what TestKillDuringInstall found:
+// an install of 2 killed after renaming its %config file into place, then
+// an install of 1 killed after writing its journal, then an install of 1
+// that runs to the end. The config file holds 2's content, which no
+// operator wrote: it must be replaced, not kept as "edited".
+func TestKilledInstallsKeepDigests(t *testing.T) {
+	cfgPath := testPrefix + "/etc/avagent.cfg"
+	v1 := writeRPM(t, pack(t, packOpts{version: "1.0"}))
+	v2files := v2Files("version 2\n")
+	v2 := writeRPM(t, pack(t, packOpts{version: "2.0", files: v2files}))
+	root := t.TempDir()
+	mustRun(t, v1, root)
+
+	// Install 2, killed after its config file was renamed into place: its
+	// journal and that file are what it leaves.
+	scratch := t.TempDir()
+	mustRun(t, v2, scratch)
+	state := "opt/avamar/var/avsidecar/"
+	writeFile(t, filepath.Join(root, state, journalName), readFile(t, filepath.Join(scratch, state, receiptName)))
+	writeFile(t, filepath.Join(root, "opt/avamar/etc/avagent.cfg"), "version 2\n")
+
+	// Install 1, killed after writing its journal.
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if _, err := Install(ctx, Config{RPM: v1, Root: root, Prefix: "/opt/avamar", NoSync: true}, testLogger(t)); err == nil {
+		t.Fatal("an install with a cancelled context succeeded")
+	}
+
+	mustRun(t, v1, root)
+	if got := readFile(t, filepath.Join(root, "opt/avamar/etc/avagent.cfg")); got != "--listenport=28002\n" {
+		t.Errorf("%s is %q, want 1.0's content", cfgPath, got)
+	}
+	if exists(filepath.Join(root, "opt/avamar/etc/avagent.cfg.rpmnew")) {
+		t.Errorf("an .rpmnew was made for a file no operator edited")
+	}
+}
