@@ -137,6 +137,9 @@ var hostileCases = []hostileCase{
 	{name: "file through a symlink", rpm: func(t testing.TB, _ []byte, _ *pkg) []byte {
 		return pack(t, packOpts{files: append(baseFiles("1.0"), symlink(testPrefix+"/lib", "/tmp"), file(testPrefix+"/lib/evil", 0o644, "evil"))})
 	}},
+	{name: "name too long", rpm: func(t testing.TB, _ []byte, _ *pkg) []byte {
+		return pack(t, packOpts{files: append(baseFiles("1.0"), file(testPrefix+"/bin/"+strings.Repeat("n", 250), 0o644, "x"))})
+	}},
 	{name: "file below a file", rpm: func(t testing.TB, _ []byte, _ *pkg) []byte {
 		return pack(t, packOpts{files: append(baseFiles("1.0"), file(testPrefix+"/bin/avagent.bin/evil", 0o644, "evil"))})
 	}},

@@ -454,6 +454,15 @@ func checkPath(p string) error {
 	if !strings.HasPrefix(p, "/") || p == "/" || path.Clean(p) != p || strings.ContainsRune(p, 0) {
 		return fmt.Errorf("unsafe path %q", p)
 	}
+	// Linux's PATH_MAX and NAME_MAX, less room for the temporary suffix.
+	if len(p) > 4000 {
+		return fmt.Errorf("path of %d bytes is too long", len(p))
+	}
+	for _, c := range strings.Split(p[1:], "/") {
+		if len(c) > 255-len(tmpSuffix)-len(".rpmnew") {
+			return fmt.Errorf("name %.40q... of %d bytes is too long", c, len(c))
+		}
+	}
 	return nil
 }
 
