@@ -32,6 +32,15 @@
 // (unknown names become root, as with rpm) and only set when the process
 // runs as root. File and symlink mtimes are the package's; directories get
 // the package's mtime after their contents are in place.
+//
+// Scriptlets (%pre, %post) run with their interpreter (/bin/sh), $1 (1 to
+// install, 2 to upgrade) and RPM_INSTALL_PREFIX. With Root "/" they run
+// directly; with another Root they run chrooted into it, like rpm --root,
+// when the process may chroot and Root has the interpreter, and are
+// skipped with a warning otherwise, so that a test or demo root never
+// runs a package's script against the host. A failing %pre stops the
+// install before any file is written; a failing %post is a warning, and
+// the package stays installed, as with rpm.
 package install
 
 import (
