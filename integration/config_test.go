@@ -35,10 +35,10 @@ func TestBadConfigurationExits2(t *testing.T) {
 		{"missing server", 1, map[string]string{"AVAMAR_SERVER": ""}, []string{"AVAMAR_SERVER is required"}},
 		{"bad duration", 1, map[string]string{"AVSIDECAR_REGISTER_TIMEOUT": "forever"}, []string{"AVSIDECAR_REGISTER_TIMEOUT"}},
 		{"port out of range", 1, map[string]string{"AVAMAR_LISTEN_PORT": "65536"}, []string{"AVAMAR_LISTEN_PORT"}},
-		{"no rpm", 0, nil, []string{"matches no file"}},
-		{"two rpms", 2, nil, []string{"matches 2 files"}},
+		{"no rpm", 0, nil, []string{"no file matches"}},
+		{"two rpms", 2, nil, []string{"2 files match"}},
 		{"everything at once", 0, map[string]string{"AVAMAR_SERVER": "", "NODE_IP": "", "AVSIDECAR_SHUTDOWN_TIMEOUT": "0"},
-			[]string{"AVAMAR_SERVER", "NODE_IP", "AVSIDECAR_SHUTDOWN_TIMEOUT", "matches no file"}},
+			[]string{"AVAMAR_SERVER", "NODE_IP", "AVSIDECAR_SHUTDOWN_TIMEOUT", "no file matches"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

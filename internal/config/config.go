@@ -20,6 +20,8 @@ import (
 
 	"github.com/kelseyhightower/envconfig"
 	"github.com/rs/zerolog"
+
+	"github.com/avsidecar/avsidecar/internal/install"
 )
 
 // env is the environment as the operator writes it: every value a string, so
@@ -270,28 +272,16 @@ func (e env) validate(hostname func() (string, error)) (Config, error) {
 	return c, p.err()
 }
 
-// findRPM resolves AVAMAR_RPM in the root to exactly one file.
+// findRPM resolves AVAMAR_RPM in the root to exactly one file, and returns
+// it as a path in the root.
 func findRPM(p *problems, c Config, pattern string) string {
-	if !path.IsAbs(pattern) {
-		p.add("AVAMAR_RPM %q must be an absolute path or glob", pattern)
-		return ""
-	}
-	matches, err := filepath.Glob(c.HostPath(pattern))
+	host, err := install.FindRPM(c.Root, pattern)
 	if err != nil {
-		p.add("AVAMAR_RPM %q is not a valid glob: %v", pattern, err)
+		p.add("AVAMAR_RPM: %v", err)
 		return ""
 	}
-	switch len(matches) {
-	case 0:
-		p.add("AVAMAR_RPM %q matches no file: put the Avamar client RPM there", pattern)
-		return ""
-	case 1:
-		rel, _ := filepath.Rel(c.Root, matches[0])
-		return "/" + filepath.ToSlash(rel)
-	default:
-		p.add("AVAMAR_RPM %q matches %d files, want exactly one: %s", pattern, len(matches), strings.Join(matches, ", "))
-		return ""
-	}
+	rel, _ := filepath.Rel(c.Root, host)
+	return "/" + filepath.ToSlash(rel)
 }
 
 func parseServer(p *problems, s string) (string, int) {

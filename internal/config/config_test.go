@@ -108,7 +108,7 @@ func TestLoadHostile(t *testing.T) {
 		{"relative domain", map[string]string{"AVAMAR_DOMAIN": "clients"}, []string{"AVAMAR_DOMAIN"}},
 		{"name newline", map[string]string{"AVAMAR_CLIENT_NAME": "a\n--hostname=b"}, []string{"client name"}},
 		{"agent flag", map[string]string{"AVAMAR_AGENT_FLAGS": "debug"}, []string{"AVAMAR_AGENT_FLAGS"}},
-		{"no rpm", map[string]string{"AVAMAR_RPM": "/opt/none/*.rpm"}, []string{"matches no file"}},
+		{"no rpm", map[string]string{"AVAMAR_RPM": "/opt/none/*.rpm"}, []string{"no file matches"}},
 		{"relative root", map[string]string{"AVSIDECAR_ROOT": "tmp"}, []string{"AVSIDECAR_ROOT"}},
 		{"http addr", map[string]string{"AVSIDECAR_HTTP_ADDR": "9180"}, []string{"AVSIDECAR_HTTP_ADDR"}},
 		{"ssh addr", map[string]string{"AVSIDECAR_SSH_ADDR": "localhost:99999"}, []string{"AVSIDECAR_SSH_ADDR"}},
@@ -142,7 +142,7 @@ func TestLoadTwoRPMs(t *testing.T) {
 		t.Fatal(err)
 	}
 	_, err := Load(noHostname)
-	if err == nil || !strings.Contains(err.Error(), "matches 2 files") {
+	if err == nil || !strings.Contains(err.Error(), "2 files match") {
 		t.Fatalf("want two-match error, got %v", err)
 	}
 }
