@@ -78,6 +78,7 @@ func (s *sidecar) metricsSnapshot() metrics.Snapshot {
 	}
 	if d.SSH != nil {
 		m.SSHLogins, m.SSHRefusals, m.SSHActiveSessions = d.SSH.Logins, d.SSH.Refusals, d.SSH.ActiveSessions
+		m.SSHSessionsRefused, m.SSHHandshakesDropped = d.SSH.SessionsRefused, d.SSH.HandshakesDropped
 	}
 	if d.Backup != nil {
 		m.LastBackup, m.LastBackupCheck, m.BackupAPIState = d.Backup.LastBackup, d.Backup.LastCheck, d.Backup.State

@@ -24,6 +24,8 @@
 //	agent_restarts_total                              counter
 //	agent_uptime_seconds                              seconds since avagent last started
 //	ssh_logins_total, ssh_refusals_total              counters
+//	ssh_sessions_refused_total                        counter (session cap reached)
+//	ssh_handshakes_dropped_total                      counter (unauthenticated connection caps reached)
 //	ssh_active_sessions                               gauge
 //	browse_requests_total{code}                       counter
 //	avagent_log_lines_total                           counter
@@ -110,6 +112,11 @@ type Snapshot struct {
 	SSHRefusals uint64
 	// SSHActiveSessions is the number of open SSH sessions.
 	SSHActiveSessions int
+	// SSHSessionsRefused counts sessions refused by the session cap.
+	SSHSessionsRefused uint64
+	// SSHHandshakesDropped counts connections closed at once by the
+	// unauthenticated connection caps (a flood, or a scanner).
+	SSHHandshakesDropped uint64
 	// BrowseRequests counts answered browse requests by status code, as in
 	// browse's Status().Requests ("200", "404", ...). Codes outside a fixed
 	// set are counted under their class ("4xx"); anything unparsable as
@@ -282,6 +289,7 @@ type snapshotCollector struct {
 
 	buildInfo, phase, ready, installInfo, registrations, registered,
 	agentUp, agentRestarts, agentUptime, sshLogins, sshRefusals, sshActive,
+	sshSessionsRefused, sshDropped,
 	browse, logLines, lastBackup, lastCheck, backupState *prometheus.Desc
 
 	// high keeps the highest value reported per counter series, so that a
@@ -295,25 +303,27 @@ func newSnapshotCollector(cfg Config) *snapshotCollector {
 		return prometheus.NewDesc("avsidecar_"+name, help, labels, nil)
 	}
 	return &snapshotCollector{
-		cfg:           cfg,
-		buildInfo:     d("build_info", "avsidecar's build; always 1.", "version", "revision", "goversion"),
-		phase:         d("phase", "1 for the current phase of the sidecar, 0 for the others.", "phase"),
-		ready:         d("ready", "1 when the readiness check passes."),
-		installInfo:   d("install_info", "The installed Avamar client package; always 1.", "package", "version", "release"),
-		registrations: d("registration_attempts_total", "Registration attempts by outcome.", "outcome"),
-		registered:    d("registered", "1 once the client is registered with the Avamar server."),
-		agentUp:       d("agent_up", "1 while avagent runs."),
-		agentRestarts: d("agent_restarts_total", "Restarts of avagent."),
-		agentUptime:   d("agent_uptime_seconds", "Seconds since avagent last started; 0 while down."),
-		sshLogins:     d("ssh_logins_total", "Successful SSH authentications."),
-		sshRefusals:   d("ssh_refusals_total", "Refused SSH authentication attempts."),
-		sshActive:     d("ssh_active_sessions", "Open SSH sessions."),
-		browse:        d("browse_requests_total", "Answered browse requests by status code (or class).", "code"),
-		logLines:      d("avagent_log_lines_total", "Lines of avagent.log re-emitted on the sidecar's log."),
-		lastBackup:    d("last_backup_timestamp_seconds", "Unix time of the client's newest backup on the Avamar server; absent while unknown."),
-		lastCheck:     d("last_backup_check_timestamp_seconds", "Unix time the Avamar REST API was last asked for backups."),
-		backupState:   d("backup_api_state", "1 for the current state of the backup check against the Avamar REST API.", "state"),
-		high:          map[string]float64{},
+		cfg:                cfg,
+		buildInfo:          d("build_info", "avsidecar's build; always 1.", "version", "revision", "goversion"),
+		phase:              d("phase", "1 for the current phase of the sidecar, 0 for the others.", "phase"),
+		ready:              d("ready", "1 when the readiness check passes."),
+		installInfo:        d("install_info", "The installed Avamar client package; always 1.", "package", "version", "release"),
+		registrations:      d("registration_attempts_total", "Registration attempts by outcome.", "outcome"),
+		registered:         d("registered", "1 once the client is registered with the Avamar server."),
+		agentUp:            d("agent_up", "1 while avagent runs."),
+		agentRestarts:      d("agent_restarts_total", "Restarts of avagent."),
+		agentUptime:        d("agent_uptime_seconds", "Seconds since avagent last started; 0 while down."),
+		sshLogins:          d("ssh_logins_total", "Successful SSH authentications."),
+		sshRefusals:        d("ssh_refusals_total", "Refused SSH authentication attempts."),
+		sshActive:          d("ssh_active_sessions", "Open SSH sessions."),
+		sshSessionsRefused: d("ssh_sessions_refused_total", "SSH sessions refused because the session cap was reached."),
+		sshDropped:         d("ssh_handshakes_dropped_total", "SSH connections closed at once because the unauthenticated connection caps were reached."),
+		browse:             d("browse_requests_total", "Answered browse requests by status code (or class).", "code"),
+		logLines:           d("avagent_log_lines_total", "Lines of avagent.log re-emitted on the sidecar's log."),
+		lastBackup:         d("last_backup_timestamp_seconds", "Unix time of the client's newest backup on the Avamar server; absent while unknown."),
+		lastCheck:          d("last_backup_check_timestamp_seconds", "Unix time the Avamar REST API was last asked for backups."),
+		backupState:        d("backup_api_state", "1 for the current state of the backup check against the Avamar REST API.", "state"),
+		high:               map[string]float64{},
 	}
 }
 
@@ -322,7 +332,7 @@ func (c *snapshotCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{
 		c.buildInfo, c.phase, c.ready, c.installInfo, c.registrations, c.registered,
 		c.agentUp, c.agentRestarts, c.agentUptime, c.sshLogins, c.sshRefusals, c.sshActive,
-		c.browse, c.logLines, c.lastBackup, c.lastCheck, c.backupState,
+		c.sshSessionsRefused, c.sshDropped, c.browse, c.logLines, c.lastBackup, c.lastCheck, c.backupState,
 	} {
 		ch <- d
 	}
@@ -400,6 +410,8 @@ func (c *snapshotCollector) counters(s Snapshot) []prometheus.Metric {
 	counter(c.agentRestarts, "agent_restarts", float64(s.AgentRestarts))
 	counter(c.sshLogins, "ssh_logins", float64(s.SSHLogins))
 	counter(c.sshRefusals, "ssh_refusals", float64(s.SSHRefusals))
+	counter(c.sshSessionsRefused, "ssh_sessions_refused", float64(s.SSHSessionsRefused))
+	counter(c.sshDropped, "ssh_handshakes_dropped", float64(s.SSHHandshakesDropped))
 	counter(c.logLines, "avagent_log_lines", float64(s.AvagentLogLines))
 	// Codes seen once keep their series.
 	for code, n := range browse {

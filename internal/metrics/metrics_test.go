@@ -137,15 +137,17 @@ func newMetrics(t *testing.T, src *source) *Metrics {
 func base(p string) map[string]float64 {
 	want := map[string]float64{
 		`avsidecar_build_info{goversion="` + runtime.Version() + `",revision="abc123",version="1.2.3"}`: 1,
-		`avsidecar_ready{}`:                   0,
-		`avsidecar_registered{}`:              0,
-		`avsidecar_agent_up{}`:                0,
-		`avsidecar_agent_restarts_total{}`:    0,
-		`avsidecar_agent_uptime_seconds{}`:    0,
-		`avsidecar_ssh_logins_total{}`:        0,
-		`avsidecar_ssh_refusals_total{}`:      0,
-		`avsidecar_ssh_active_sessions{}`:     0,
-		`avsidecar_avagent_log_lines_total{}`: 0,
+		`avsidecar_ready{}`:                        0,
+		`avsidecar_registered{}`:                   0,
+		`avsidecar_agent_up{}`:                     0,
+		`avsidecar_agent_restarts_total{}`:         0,
+		`avsidecar_agent_uptime_seconds{}`:         0,
+		`avsidecar_ssh_logins_total{}`:             0,
+		`avsidecar_ssh_refusals_total{}`:           0,
+		`avsidecar_ssh_active_sessions{}`:          0,
+		`avsidecar_ssh_sessions_refused_total{}`:   0,
+		`avsidecar_ssh_handshakes_dropped_total{}`: 0,
+		`avsidecar_avagent_log_lines_total{}`:      0,
 	}
 	for _, ph := range Phases {
 		want[`avsidecar_phase{phase="`+ph+`"}`] = bool01(ph == p)
@@ -183,7 +185,7 @@ func TestSeriesFollowSnapshot(t *testing.T) {
 			Phase: "running", Ready: true, Install: install, Registered: true,
 			Registrations: map[string]int{"unreachable": 2, "refused": 1, "something new": 1, "success": 1},
 			AgentUp:       true, AgentUptime: 90 * time.Second, AgentRestarts: 1,
-			SSHLogins: 3, SSHRefusals: 2, SSHActiveSessions: 1,
+			SSHLogins: 3, SSHRefusals: 2, SSHActiveSessions: 1, SSHSessionsRefused: 1, SSHHandshakesDropped: 4,
 			BrowseRequests:  map[string]uint64{"200": 5, "404": 1, "418": 1, "bad": 1},
 			AvagentLogLines: 10,
 			LastBackup:      backup, LastBackupCheck: check, BackupAPIState: "ok",
@@ -201,6 +203,8 @@ func TestSeriesFollowSnapshot(t *testing.T) {
 			w[`avsidecar_agent_restarts_total{}`] = 1
 			w[`avsidecar_ssh_logins_total{}`] = 3
 			w[`avsidecar_ssh_refusals_total{}`] = 2
+			w[`avsidecar_ssh_sessions_refused_total{}`] = 1
+			w[`avsidecar_ssh_handshakes_dropped_total{}`] = 4
 			w[`avsidecar_ssh_active_sessions{}`] = 1
 			w[`avsidecar_browse_requests_total{code="200"}`] = 5
 			w[`avsidecar_browse_requests_total{code="404"}`] = 1
@@ -230,6 +234,8 @@ func TestSeriesFollowSnapshot(t *testing.T) {
 			w[`avsidecar_agent_restarts_total{}`] = 2
 			w[`avsidecar_ssh_logins_total{}`] = 3
 			w[`avsidecar_ssh_refusals_total{}`] = 2
+			w[`avsidecar_ssh_sessions_refused_total{}`] = 1
+			w[`avsidecar_ssh_handshakes_dropped_total{}`] = 4
 			// Codes once seen keep their series.
 			w[`avsidecar_browse_requests_total{code="200"}`] = 6
 			w[`avsidecar_browse_requests_total{code="404"}`] = 1
@@ -251,6 +257,8 @@ func TestSeriesFollowSnapshot(t *testing.T) {
 			w[`avsidecar_agent_restarts_total{}`] = 2
 			w[`avsidecar_ssh_logins_total{}`] = 3
 			w[`avsidecar_ssh_refusals_total{}`] = 2
+			w[`avsidecar_ssh_sessions_refused_total{}`] = 1
+			w[`avsidecar_ssh_handshakes_dropped_total{}`] = 4
 			w[`avsidecar_browse_requests_total{code="200"}`] = 6
 			w[`avsidecar_browse_requests_total{code="404"}`] = 1
 			w[`avsidecar_browse_requests_total{code="4xx"}`] = 1
