@@ -16,9 +16,10 @@ import (
 // namespace whose node address is not loopback, with every default port
 // (MCS 28001, agent 28002). The MCS registers the agent and calls it back at
 // its --iplist and --listenport. Then the pod moves to another node on the
-// same volume: nothing is registered again and the agent answers at the new
-// address; a changed server on top of the move registers from the new
-// address, and that MCS calls the agent back there.
+// same volume: nothing is registered again, the agent checks in with the MCS
+// from its new address and the MCS calls it back there; a changed server on
+// top of the move registers from the new address, and that MCS calls the
+// agent back there.
 func TestAcrossNetworkNamespaces(t *testing.T) {
 	testkit.NeedRoot(t)
 	unshare := testkit.NeedCommand(t, "unshare")
@@ -94,10 +95,18 @@ func TestAcrossNetworkNamespaces(t *testing.T) {
 	if cmd := mustRead(t, filepath.Join(prefixDir(root), "var/avagent.cmd")); !strings.Contains(cmd, "--iplist=10.77.0.3\n") {
 		t.Fatalf("avagent.cmd = %q after the move", cmd)
 	}
-	ctx := testContext(t, 30*time.Second)
-	if name, err := pingAgent(ctx, n.serverDial, "10.77.0.3:28002"); err != nil || name != "pod-ns" {
-		t.Fatalf("callback from the server to the new address: %q, %v", name, err)
+	// The MCS learns the new address from the agent's check-in, not from a
+	// registration, and its own callback reaches the agent there.
+	hello := mcs.log.wait(t, 0, "the agent's check-in from the new node", 30*time.Second,
+		msg("mcs", "client checked in", "name", "pod-ns", "iplist", "10.77.0.3", "listenport", 28002, "moved", true))
+	if !strings.HasPrefix(logField(hello, "remote"), "10.77.0.3:") {
+		t.Fatalf("check-in came from %s, want the new node's address", hello["remote"])
 	}
+	if logField(hello, "client_id") != logField(reg, "client_id") {
+		t.Fatalf("checked in as client %s, registered as %s", hello["client_id"], reg["client_id"])
+	}
+	mcs.log.wait(t, 0, "the MCS's callback at the new address", 30*time.Second,
+		msg("mcs", "agent reachable", "name", "pod-ns", "agent", "10.77.0.3:28002"))
 	if got := mcs.registrations("pod-ns"); got != 1 {
 		t.Fatalf("the move registered again: %d registrations", got)
 	}

@@ -3,6 +3,7 @@ package testkit
 import (
 	"bufio"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -40,8 +41,8 @@ type MCSOptions struct {
 	CheckInterval time.Duration
 	// Name is what the MCS calls itself in callbacks (default "avkit-mcs").
 	Name string
-	// Log receives one line per registration and per change of an agent's
-	// reachability. The zero value logs nothing.
+	// Log receives one line per registration, per check-in and per change
+	// of an agent's reachability. The zero value logs nothing.
 	Log zerolog.Logger
 }
 
@@ -69,9 +70,11 @@ type Registration struct {
 
 // MCS is a fake Avamar Management Console Server: it accepts
 // registrations on one TCP address, records them, and calls each
-// registered agent back at its iplist:listenport. Its behaviour can be
-// changed while it runs (down, refusing, slow), so tests can play the
-// outages the product must survive.
+// registered agent back at its iplist:listenport. A registered agent that
+// says hello when it starts (a pod moved to another node) moves the
+// callback to its new address without registering again. Its behaviour
+// can be changed while it runs (down, refusing, slow), so tests can play
+// the outages the product must survive.
 type MCS struct {
 	opts   MCSOptions
 	addr   string
@@ -87,6 +90,8 @@ type MCS struct {
 	inflight  int
 	nextID    int
 	regs      []Registration
+	current   map[string]Registration // by name: the last registration, at the address of the last hello
+	checkIns  map[string]int
 	attempts  map[string]int
 	reachable map[string]bool
 	callbacks map[string]context.CancelFunc
@@ -119,6 +124,8 @@ func StartMCS(addr string, opts MCSOptions) (*MCS, error) {
 		conns:     map[net.Conn]struct{}{},
 		refuse:    opts.Refuse,
 		delay:     opts.Delay,
+		current:   map[string]Registration{},
+		checkIns:  map[string]int{},
 		attempts:  map[string]int{},
 		reachable: map[string]bool{},
 		callbacks: map[string]context.CancelFunc{},
@@ -202,6 +209,29 @@ func (m *MCS) Count(name string) int {
 		}
 	}
 	return n
+}
+
+// CheckIns returns how many hellos of name's agent the MCS accepted: each
+// start of a registered agent is one, and none is a registration.
+func (m *MCS) CheckIns(name string) int {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.checkIns[name]
+}
+
+// CallbackAddr returns where the MCS calls name's agent back
+// (iplist and listenport): the registration's, or the last hello's.
+func (m *MCS) CallbackAddr(name string) (iplist string, listenport int, ok bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	r, ok := m.current[name]
+	return r.IPList, r.ListenPort, ok
+}
+
+// WaitCheckIns returns once at least n hellos of name's agent were
+// accepted.
+func (m *MCS) WaitCheckIns(ctx context.Context, name string, n int) error {
+	return m.wait(ctx, func() bool { return m.checkIns[name] >= n }, fmt.Sprintf("%d check-ins of %s", n, name))
 }
 
 // Attempts returns how many registration requests for name arrived,
@@ -323,26 +353,50 @@ func (m *MCS) serve(ln net.Listener) {
 	}
 }
 
-// handle answers one registration request.
+// handle answers one request: a registration or an agent's hello.
 func (m *MCS) handle(conn net.Conn) {
 	log := m.opts.Log.With().Str("remote", conn.RemoteAddr().String()).Logger()
 	_ = conn.SetReadDeadline(time.Now().Add(30 * time.Second))
-	var req mcsproto.Register
-	if err := mcsproto.Read(bufio.NewReader(conn), &req); err != nil {
+	var raw json.RawMessage
+	if err := mcsproto.Read(bufio.NewReader(conn), &raw); err != nil {
 		if errors.Is(err, io.EOF) { // a TCP probe of the port, not a client
 			log.Debug().Msg("connection closed without a request")
 			return
 		}
-		log.Warn().Err(err).Msg("bad registration request")
+		log.Warn().Err(err).Msg("bad request")
 		return
 	}
 	_ = conn.SetReadDeadline(time.Time{})
+	var head struct {
+		Op string `json:"op"`
+	}
+	_ = json.Unmarshal(raw, &head) // raw is valid JSON; a non-object has no op
+	switch head.Op {
+	case mcsproto.OpRegister:
+		var req mcsproto.Register
+		if err := json.Unmarshal(raw, &req); err != nil {
+			log.Warn().Err(err).Msg("bad request")
+			_ = mcsproto.Write(conn, mcsproto.RegisterReply{Reason: "bad registration: " + err.Error()})
+			return
+		}
+		m.register(conn, log, req)
+	case mcsproto.OpHello:
+		var req mcsproto.Hello
+		if err := json.Unmarshal(raw, &req); err != nil {
+			log.Warn().Err(err).Msg("bad request")
+			_ = mcsproto.Write(conn, mcsproto.HelloReply{Reason: "bad hello: " + err.Error()})
+			return
+		}
+		m.hello(conn, log, req)
+	default:
+		_ = mcsproto.Write(conn, mcsproto.RegisterReply{Reason: "unknown operation " + head.Op})
+	}
+}
+
+// register answers one registration request.
+func (m *MCS) register(conn net.Conn, log zerolog.Logger, req mcsproto.Register) {
 	log = log.With().Str("name", req.Name).Str("domain", req.Domain).Str("iplist", req.IPList).
 		Int("listenport", req.ListenPort).Logger()
-	if req.Op != mcsproto.OpRegister {
-		_ = mcsproto.Write(conn, mcsproto.RegisterReply{Reason: "unknown operation " + req.Op})
-		return
-	}
 	if req.Name == "" {
 		_ = mcsproto.Write(conn, mcsproto.RegisterReply{Reason: "client name is empty"})
 		return
@@ -395,21 +449,62 @@ func (m *MCS) handle(conn net.Conn) {
 		Time:       time.Now(),
 	}
 	m.regs = append(m.regs, reg)
-	if stop := m.callbacks[reg.Name]; stop != nil {
-		stop()
-	}
 	delete(m.reachable, reg.Name)
-	ctx, stop := context.WithCancel(m.ctx)
-	m.callbacks[reg.Name] = stop
-	m.wg.Add(1)
+	m.startCallBack(reg)
 	m.notify()
 	m.mu.Unlock()
-	go m.callBack(ctx, reg)
 
 	log.Info().Str("client_id", reg.ClientID).Msg("client registered")
 	if err := mcsproto.Write(conn, mcsproto.RegisterReply{OK: true, ClientID: reg.ClientID}); err != nil {
 		log.Warn().Err(err).Msg("registration answer not delivered")
 	}
+}
+
+// hello answers an agent checking in at start. A known client (name and
+// current client id) moves its callback to the address it gives, and the
+// MCS calls it there at once; it is a check-in, not a registration. The
+// MCS's refusal, delay and concurrency limit are about registrations and
+// do not apply.
+func (m *MCS) hello(conn net.Conn, log zerolog.Logger, req mcsproto.Hello) {
+	log = log.With().Str("name", req.Name).Str("client_id", req.ClientID).Str("iplist", req.IPList).
+		Int("listenport", req.ListenPort).Logger()
+	m.mu.Lock()
+	reg, known := m.current[req.Name]
+	if !known || req.Name == "" || req.ClientID != reg.ClientID {
+		m.mu.Unlock()
+		reason := fmt.Sprintf("unknown client %q with id %q", req.Name, req.ClientID)
+		log.Info().Str("reason", reason).Msg("check-in refused")
+		_ = mcsproto.Write(conn, mcsproto.HelloReply{Reason: reason})
+		return
+	}
+	moved := reg.IPList != req.IPList || reg.ListenPort != req.ListenPort
+	reg.IPList, reg.ListenPort = req.IPList, req.ListenPort
+	if moved {
+		// Whether the old address answered says nothing about the new one.
+		delete(m.reachable, reg.Name)
+	}
+	m.checkIns[reg.Name]++
+	m.startCallBack(reg)
+	m.notify()
+	m.mu.Unlock()
+
+	log.Info().Bool("moved", moved).Msg("client checked in")
+	if err := mcsproto.Write(conn, mcsproto.HelloReply{OK: true}); err != nil {
+		log.Warn().Err(err).Msg("check-in answer not delivered")
+	}
+}
+
+// startCallBack makes reg where name's agent is called back, replacing the
+// callback loop it had; m.mu must be held.
+func (m *MCS) startCallBack(reg Registration) {
+	m.current[reg.Name] = reg
+	if stop := m.callbacks[reg.Name]; stop != nil {
+		stop()
+	}
+	ctx, stop := context.WithCancel(m.ctx)
+	m.callbacks[reg.Name] = stop
+	m.wg.Add(1)
+	go m.callBack(ctx, reg)
 }
 
 // callBack calls reg's agent until ctx ends: every RetryInterval while it

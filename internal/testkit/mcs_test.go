@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -180,4 +181,139 @@ func TestMCSFromNetworkNamespace(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitLog(t, filepath.Join(c.vardir, "avagent.log"), "MCS callback from avkit-mcs ("+hostIP+":")
+}
+
+// helloRaw speaks the check-in protocol directly.
+func helloRaw(t *testing.T, addr string, h mcsproto.Hello) mcsproto.HelloReply {
+	t.Helper()
+	conn, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	h.Op = mcsproto.OpHello
+	if err := mcsproto.Write(conn, h); err != nil {
+		t.Fatal(err)
+	}
+	var reply mcsproto.HelloReply
+	if err := mcsproto.Read(bufio.NewReader(conn), &reply); err != nil {
+		t.Fatal(err)
+	}
+	return reply
+}
+
+// TestMCSHelloMovesCallback plays a pod moved to another node with the same
+// volume: the agent starts again with a new --iplist and --listenport and
+// says hello; the MCS calls it back there, and it is still one
+// registration.
+func TestMCSHelloMovesCallback(t *testing.T) {
+	m := startMCS(t, testkit.MCSOptions{})
+	c := newClient(t, "pod-move")
+	if r := c.register(t, m); r.code != 0 {
+		t.Fatalf("register: exit %d, stderr %s", r.code, r.stderr)
+	}
+	agent := startAgent(t, c.bin, c.vardir)
+	if err := m.WaitReachable(ctxT(t), "pod-move"); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.WaitCheckIns(ctxT(t), "pod-move", 1); err != nil {
+		t.Fatal(err) // a registered agent checks in at every start
+	}
+	if err := agent.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	_ = agent.Wait()
+	if err := m.WaitUnreachable(ctxT(t), "pod-move"); err != nil {
+		t.Fatal(err)
+	}
+
+	// The new node: another address and port. The old port is left
+	// unused, so only a callback at the new address can succeed.
+	newPort := freePort(t)
+	writeFile(t, c.vardir, fakeagent.CmdFile, "--iplist=127.0.0.2\n--listenport="+itoa(newPort)+"\n")
+	startAgent(t, c.bin, c.vardir)
+	if err := m.WaitCheckIns(ctxT(t), "pod-move", 2); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.WaitReachable(ctxT(t), "pod-move"); err != nil {
+		t.Fatal(err)
+	}
+	if ip, port, ok := m.CallbackAddr("pod-move"); !ok || ip != "127.0.0.2" || port != newPort {
+		t.Errorf("callback at %s:%d (%v), want 127.0.0.2:%d", ip, port, ok, newPort)
+	}
+	if n := m.Count("pod-move"); n != 1 {
+		t.Errorf("count %d after the move, want 1: a hello is not a registration", n)
+	}
+	if n := m.Attempts("pod-move"); n != 1 {
+		t.Errorf("%d registration attempts, want 1", n)
+	}
+	waitLog(t, filepath.Join(c.vardir, "avagent.log"), "checked in with MCS 127.0.0.1:"+itoa(m.Port())+" as client pod-move at 127.0.0.2:"+itoa(newPort))
+	waitLog(t, filepath.Join(c.vardir, "avagent.log"), "MCS callback from avkit-mcs")
+}
+
+// TestMCSHelloRefused: only the client the MCS registered, with the id it
+// gave, may move its callback.
+func TestMCSHelloRefused(t *testing.T) {
+	m := startMCS(t, testkit.MCSOptions{})
+	reg, err := registerRaw(m.Addr(), "pod-known")
+	if err != nil || !reg.OK {
+		t.Fatalf("register: %+v, %v", reg, err)
+	}
+	tests := []struct {
+		name string
+		h    mcsproto.Hello
+	}{
+		{"unknown name", mcsproto.Hello{Name: "pod-stranger", ClientID: reg.ClientID, IPList: "127.0.0.9", ListenPort: 1}},
+		{"wrong client id", mcsproto.Hello{Name: "pod-known", ClientID: "not-the-id", IPList: "127.0.0.9", ListenPort: 1}},
+		{"no client id", mcsproto.Hello{Name: "pod-known", IPList: "127.0.0.9", ListenPort: 1}},
+		{"no name", mcsproto.Hello{ClientID: reg.ClientID, IPList: "127.0.0.9", ListenPort: 1}},
+	}
+	for _, tc := range tests {
+		if r := helloRaw(t, m.Addr(), tc.h); r.OK || r.Reason == "" {
+			t.Errorf("%s: reply %+v, want a refusal with a reason", tc.name, r)
+		}
+	}
+	if ip, port, _ := m.CallbackAddr("pod-known"); ip != "127.0.0.1" || port != 1 {
+		t.Errorf("refused hellos moved the callback to %s:%d", ip, port)
+	}
+	if n := m.CheckIns("pod-known") + m.CheckIns("pod-stranger"); n != 0 {
+		t.Errorf("%d check-ins counted from refused hellos", n)
+	}
+
+	// The known client, with its id, is heard; still one registration.
+	if r := helloRaw(t, m.Addr(), mcsproto.Hello{Name: "pod-known", ClientID: reg.ClientID, IPList: "127.0.0.9", ListenPort: 2}); !r.OK {
+		t.Fatalf("hello of the known client: %+v", r)
+	}
+	if ip, port, _ := m.CallbackAddr("pod-known"); ip != "127.0.0.9" || port != 2 {
+		t.Errorf("callback at %s:%d after the hello, want 127.0.0.9:2", ip, port)
+	}
+	if c, n := m.CheckIns("pod-known"), m.Count("pod-known"); c != 1 || n != 1 {
+		t.Errorf("check-ins %d, registrations %d; want 1 and 1", c, n)
+	}
+}
+
+// TestAgentHelloWhileMCSDown: the check-in is best effort. An agent that
+// starts while its MCS is down serves at once, logs the failed attempt,
+// and the MCS hears it when it comes back within the retries.
+func TestAgentHelloWhileMCSDown(t *testing.T) {
+	m := startMCS(t, testkit.MCSOptions{})
+	c := newClient(t, "pod-late")
+	if r := c.register(t, m); r.code != 0 {
+		t.Fatalf("register: exit %d, stderr %s", r.code, r.stderr)
+	}
+	if err := m.SetDown(true); err != nil {
+		t.Fatal(err)
+	}
+	startAgent(t, c.bin, c.vardir)
+	waitLog(t, filepath.Join(c.vardir, "avagent.log"), "check-in with MCS 127.0.0.1:"+itoa(m.Port())+" failed (attempt 1, backoff 250ms)")
+	if err := m.SetDown(false); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.WaitCheckIns(ctxT(t), "pod-late", 1); err != nil {
+		t.Fatal(err)
+	}
+	if n := m.Count("pod-late"); n != 1 {
+		t.Errorf("count %d, want 1", n)
+	}
+	waitLog(t, filepath.Join(c.vardir, "avagent.log"), "checked in with MCS")
 }

@@ -13,7 +13,12 @@
 //     and exits 0, like the init script flow;
 //   - --daemon=false runs in the foreground: it listens on --listenport,
 //     answers the MCS callback, writes human-readable lines to --logfile and
-//     exits 0 on SIGTERM.
+//     exits 0 on SIGTERM. When var/avagent.cfg exists (the client is
+//     registered) it checks in with that MCS at start, as the real agent
+//     does, so a client that moved (same volume, new --iplist) is called
+//     back at its new address without registering again. The check-in is
+//     best effort: it is retried a few times in the background and the
+//     agent serves whether or not the MCS hears it.
 //
 // Flags starting with --fake- are test hooks (crash, crash loop, orphans,
 // log volume); they reach the agent through var/avagent.cmd, which the
@@ -22,6 +27,7 @@ package fakeagent
 
 import (
 	"bufio"
+	"context"
 	"errors"
 	"flag"
 	"fmt"
@@ -69,6 +75,15 @@ const (
 	DotFile = ".avagent"
 	// PidFile holds the pid of the running agent.
 	PidFile = "avagent.pid"
+)
+
+// The check-in at start is tried checkInAttempts times, waiting
+// checkInBackoff after the first failure and twice as long after each
+// other (0.25+0.5+1+2+4s): a slow or restarting MCS still hears it, and a
+// dead one costs a few log lines.
+const (
+	checkInAttempts = 6
+	checkInBackoff  = 250 * time.Millisecond
 )
 
 // Hidden modes used to make orphans: the agent starts itself with
@@ -359,6 +374,11 @@ func run(self []string, o *options, stderr io.Writer) int {
 		spawnOrphans(self, o)
 	}
 	go serve(ln, o)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	if _, err := os.Stat(filepath.Join(o.vardir, CfgFile)); err == nil {
+		go checkIn(ctx, o)
+	}
 
 	var crash <-chan time.Time
 	if o.crashAfter > 0 {
@@ -374,6 +394,80 @@ func run(self []string, o *options, stderr io.Writer) int {
 		logf(o.logfile, "fake crash after %v with exit code %d", o.crashAfter, o.exitCode)
 		return o.exitCode
 	}
+}
+
+// errRefused marks a check-in the MCS answered with a refusal: asking
+// again would get the same answer.
+var errRefused = errors.New("refused")
+
+// checkIn tells the MCS of avagent.cfg that this client runs and where it
+// is called back now, retrying with backoff until it is heard, refused,
+// out of attempts, or the agent stops. Every attempt is logged.
+func checkIn(ctx context.Context, o *options) {
+	if o.mcsaddr == "" || o.cid == "" {
+		logf(o.logfile, "no check-in: %s lacks --mcsaddr or --cid", CfgFile)
+		return
+	}
+	server := net.JoinHostPort(o.mcsaddr, strconv.Itoa(o.mcsport))
+	backoff := checkInBackoff
+	for attempt := 1; ; attempt++ {
+		err := hello(ctx, o, server)
+		switch {
+		case err == nil:
+			logf(o.logfile, "checked in with MCS %s as client %s at %s:%d (attempt %d)",
+				server, o.hostname, o.iplist, o.listenport, attempt)
+			return
+		case ctx.Err() != nil:
+			return
+		case errors.Is(err, errRefused):
+			logf(o.logfile, "check-in with MCS %s refused (attempt %d): %v", server, attempt, err)
+			return
+		case attempt == checkInAttempts:
+			logf(o.logfile, "check-in with MCS %s abandoned (attempt %d): %v", server, attempt, err)
+			return
+		}
+		logf(o.logfile, "check-in with MCS %s failed (attempt %d, backoff %v): %v", server, attempt, backoff, err)
+		t := time.NewTimer(backoff)
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+			return
+		}
+		backoff *= 2
+	}
+}
+
+// hello is one check-in: one connection, one Hello, one answer.
+func hello(ctx context.Context, o *options, server string) error {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	var d net.Dialer
+	conn, err := d.DialContext(ctx, "tcp", server)
+	if err != nil {
+		return fmt.Errorf("connect: %w", err)
+	}
+	defer conn.Close()
+	deadline, _ := ctx.Deadline()
+	_ = conn.SetDeadline(deadline)
+	req := mcsproto.Hello{
+		Op:         mcsproto.OpHello,
+		Name:       o.hostname,
+		ClientID:   o.cid,
+		IPList:     o.iplist,
+		ListenPort: o.listenport,
+	}
+	var reply mcsproto.HelloReply
+	if err := mcsproto.Write(conn, req); err != nil {
+		return err
+	}
+	if err := mcsproto.Read(bufio.NewReader(conn), &reply); err != nil {
+		return fmt.Errorf("no answer: %w", err)
+	}
+	if !reply.OK {
+		return fmt.Errorf("%w: %s", errRefused, reply.Reason)
+	}
+	return nil
 }
 
 // serve answers MCS callbacks. A connection that closes without a message

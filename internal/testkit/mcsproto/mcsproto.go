@@ -4,8 +4,11 @@
 // The real protocol is proprietary; this one only has to carry what the
 // product depends on: a client registers with the MCS on port 28001 and
 // waits for the answer, and the MCS later connects back to the agent at
-// the address of its --iplist and its --listenport. Every message is one
-// JSON object on one line, so a human can speak it with nc.
+// the address of its --iplist and its --listenport. A registered agent
+// says hello when it starts, so the MCS learns where it now lives (a pod
+// moved to another node keeps its registration but not its address).
+// Every message is one JSON object on one line, so a human can speak it
+// with nc.
 package mcsproto
 
 import (
@@ -30,6 +33,8 @@ const (
 	OpRegister = "register"
 	// OpPing is the MCS calling an agent back.
 	OpPing = "ping"
+	// OpHello is a registered agent checking in with its MCS at start.
+	OpHello = "hello"
 )
 
 // maxLine bounds one message, so a confused peer cannot make the other
@@ -59,6 +64,30 @@ type RegisterReply struct {
 	Reason string `json:"reason,omitempty"`
 	// ClientID is the identifier the MCS gave the client.
 	ClientID string `json:"client_id,omitempty"`
+}
+
+// Hello is what a registered agent (one with avagent.cfg) sends its MCS
+// when it starts: who it is and where the MCS now reaches it. It is not a
+// registration: the MCS only moves its callback to IPList:ListenPort.
+type Hello struct {
+	// Op is OpHello.
+	Op string `json:"op"`
+	// Name is the client name the agent registered with.
+	Name string `json:"name"`
+	// ClientID is the id the MCS gave at registration (avagent.cfg --cid).
+	ClientID string `json:"client_id"`
+	// IPList is where the MCS now reaches the agent (avagent --iplist).
+	IPList string `json:"iplist"`
+	// ListenPort is the agent's callback port (avagent --listenport).
+	ListenPort int `json:"listenport"`
+}
+
+// HelloReply is the MCS's answer to a Hello.
+type HelloReply struct {
+	// OK is true when the MCS knows the client and took its address.
+	OK bool `json:"ok"`
+	// Reason says why a hello was refused (an unknown client).
+	Reason string `json:"reason,omitempty"`
 }
 
 // Ping is what the MCS sends when it connects back to an agent.
