@@ -55,7 +55,8 @@ func (in *installer) apply(ctx context.Context, f *os.File, p *pkg, pl *plan, ol
 	}
 	for _, it := range pl.sorted {
 		if !it.isGhost() {
-			next.Files = append(next.Files, receiptFile{Path: it.dest, Type: typeName(it.mode), Mode: it.mode & 0o7777, Digest: it.digest, Link: it.linkTo, Config: it.isConfig()})
+			next.Files = append(next.Files, receiptFile{Path: it.dest, Type: typeName(it.mode), Mode: it.mode & 0o7777, Digest: it.digest, Link: it.linkTo, Config: it.isConfig(),
+				Size: it.size, MTime: it.mtime * 1e9}) // as shipped, until recordDisk
 		}
 	}
 	if pending != nil {
@@ -486,6 +487,9 @@ func (in *installer) extract(ctx context.Context, f *os.File, p *pkg, pl *plan) 
 			if string(target) != it.linkTo {
 				return unusable("payload: %s: link target differs from the header", it.path)
 			}
+			if it.skip {
+				continue
+			}
 			if err := in.writeSymlink(it); err != nil {
 				return err
 			}
@@ -497,7 +501,7 @@ func (in *installer) extract(ctx context.Context, f *os.File, p *pkg, pl *plan) 
 			if e.size != it.size {
 				return unusable("payload: %s: %d bytes, header says %d", it.path, e.size, it.size)
 			}
-			if len(set) > 1 && setDone(set) {
+			if it.skip || len(set) > 1 && setDone(set) {
 				if err := checkContent(cr, it, p.digestAlgo, buf); err != nil {
 					return err
 				}
@@ -514,11 +518,23 @@ func (in *installer) extract(ctx context.Context, f *os.File, p *pkg, pl *plan) 
 		}
 	}
 	for _, set := range links {
+		if allSkipped(set) {
+			continue
+		}
 		if err := in.linkSet(set, p.digestAlgo); err != nil {
 			return err
 		}
 	}
 	return nil
+}
+
+func allSkipped(set []*item) bool {
+	for _, o := range set {
+		if !o.skip {
+			return false
+		}
+	}
+	return true
 }
 
 func setDone(set []*item) bool {
@@ -566,6 +582,9 @@ func (in *installer) writeFile(r io.Reader, it *item, algo int, buf []byte) erro
 	}
 	if err == nil {
 		t := time.Unix(it.mtime, 0)
+		if it.diskMTime != 0 {
+			t = time.Unix(0, it.diskMTime)
+		}
 		err = in.root.Chtimes(it.tmp, t, t)
 	}
 	if err != nil {
@@ -789,13 +808,24 @@ func (in *installer) syncfs() error {
 }
 
 // recordDisk stores, for each owned path, the size and mtime it has now,
-// after %post: what the next start's intact check compares.
+// after %post: what the next start's intact check compares. r.Files come
+// with the package's size and mtime; a regular file whose mtime a
+// scriptlet changed but not its size is read, to tell whether it still
+// has the package's content (sed -i that replaced nothing, say) and can
+// be restored from the payload when it goes missing.
 func (in *installer) recordDisk(r *receipt) {
 	for i := range r.Files {
 		f := &r.Files[i]
-		if st, err := in.root.Lstat(f.Path[1:]); err == nil {
-			f.Size = st.Size()
-			f.MTime = st.ModTime().UnixNano()
+		st, err := in.root.Lstat(f.Path[1:])
+		if err != nil {
+			// A scriptlet removed it: nothing a restore could reproduce.
+			f.Size, f.MTime = 0, 0
+			continue
 		}
+		if f.Type == "file" && st.Mode().IsRegular() && st.Size() == f.Size && st.ModTime().UnixNano() != f.MTime {
+			f.Shipped, _ = in.diskMatches(f.Path[1:], f.Digest)
+		}
+		f.Size = st.Size()
+		f.MTime = st.ModTime().UnixNano()
 	}
 }

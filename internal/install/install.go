@@ -18,6 +18,17 @@
 // finds the journal, or no matching receipt, installs again; an install is
 // idempotent, so an interrupted one is repaired by the next.
 //
+// A matching receipt whose files are merely missing (a new container on
+// the old volume: what the package put outside the prefix, such as
+// /etc/init.d/avagent, lived in the image layer) is repaired by a restore:
+// the missing files come from the verified payload as a full install would
+// write them, present files are not touched, no scriptlet runs and the
+// receipt is not written. A file that is present but changed (other than
+// an edited %config file), or a missing one the install left as the
+// payload cannot reproduce (a scriptlet edited it), makes a full install
+// with scriptlets, as it did before: only that restores a file whose
+// content nobody can vouch for.
+//
 // Upgrades follow rpm: files the old package owned and the new one does
 // not are removed, modified %config files are kept (the new one is written
 // as .rpmnew), and nothing the package does not own is touched.
@@ -90,6 +101,11 @@ type Config struct {
 type Result struct {
 	// Changed is false when a matching receipt made installing unnecessary.
 	Changed bool `json:"changed"`
+	// Restored counts the files, directories and links a matching receipt
+	// listed that were missing (a new container's image layer lacks what
+	// the package put outside the volume) and were restored from the
+	// payload, without scriptlets. Changed stays false then.
+	Restored int `json:"restored"`
 	// Name, Version, Release and Arch identify the package.
 	Name    string `json:"name"`
 	Version string `json:"version"`
@@ -162,9 +178,11 @@ func (c Config) withDefaults() (Config, error) {
 }
 
 // Install installs cfg.RPM under cfg.Root unless the receipt in the state
-// dir says this very file is already installed at this prefix and the
-// installed files are still there; then it returns at once with
-// Changed=false and writes nothing.
+// dir says this very file is already installed at this prefix. Then, when
+// the installed files are still there, it returns at once with
+// Changed=false and writes nothing; when some are merely missing, it
+// restores those from the payload (Restored counts them) and touches
+// nothing else: no scriptlet runs and the receipt stays as it is.
 func Install(ctx context.Context, cfg Config, log zerolog.Logger) (Result, error) {
 	start := time.Now()
 	cfg, err := cfg.withDefaults()
@@ -204,12 +222,14 @@ func install(ctx context.Context, cfg Config, log zerolog.Logger) (Result, error
 
 	// The fast path: this very file (same identity, size, times) was
 	// installed here and its files are still in place. Nothing is read but
-	// the receipt and a stat per owned file.
+	// the receipt and a stat per owned file; the RPM is read only when a
+	// file is missing or changed.
 	old, pending := in.loadState()
 	fp := fingerprintOf(st)
-	if old != nil && pending == nil && old.Prefix == cfg.Prefix && old.RPM == fp && in.intact(old) {
-		log.Info().Str("name", old.Name).Str("version", old.Version+"-"+old.Release).Str("sha256", old.SHA256).Msg("receipt matches, nothing to install")
-		return old.result(false), nil
+	if in.current(old, pending) && old.RPM == fp {
+		if missing, intact := in.inspect(old); intact && len(missing) == 0 {
+			return nothingToDo(old, log), nil
+		}
 	}
 
 	// Installs into one root take turns. The lock is on the root directory
@@ -221,9 +241,10 @@ func install(ctx context.Context, cfg Config, log zerolog.Logger) (Result, error
 	}
 	defer unlock()
 	old, pending = in.loadState()
-	if old != nil && pending == nil && old.Prefix == cfg.Prefix && old.RPM == fp && in.intact(old) {
-		log.Info().Str("name", old.Name).Str("version", old.Version+"-"+old.Release).Str("sha256", old.SHA256).Msg("receipt matches, nothing to install")
-		return old.result(false), nil
+	if in.current(old, pending) && old.RPM == fp {
+		if missing, intact := in.inspect(old); intact && len(missing) == 0 {
+			return nothingToDo(old, log), nil
+		}
 	}
 
 	p, err := readPackage(f, st.Size())
@@ -239,20 +260,49 @@ func install(ctx context.Context, cfg Config, log zerolog.Logger) (Result, error
 	if len(p.signatures) > 0 {
 		log.Warn().Strs("signatures", p.signatures).Msg("package is signed but its signature is not checked: no keyring")
 	}
-	if old != nil && pending == nil && old.Prefix == cfg.Prefix && old.SHA256 == v.sha256 && in.intact(old) {
-		log.Info().Str("name", old.Name).Str("version", old.Version+"-"+old.Release).Str("sha256", old.SHA256).Msg("receipt matches, nothing to install")
-		return old.result(false), nil
+	var missing []receiptFile
+	intact := false
+	if in.current(old, pending) && old.SHA256 == v.sha256 {
+		if missing, intact = in.inspect(old); intact && len(missing) == 0 {
+			return nothingToDo(old, log), nil
+		}
 	}
 
 	pl, err := in.plan(p)
 	if err != nil {
 		return Result{}, err
 	}
+	if intact {
+		// Only missing files: restore them, unless the install left one
+		// as something the payload cannot reproduce.
+		if items := in.restorable(pl, missing); items != nil {
+			n, err := in.restore(ctx, f, p, pl, items)
+			if err != nil {
+				return Result{}, err
+			}
+			log.Info().Str("name", old.Name).Str("version", old.Version+"-"+old.Release).Str("sha256", old.SHA256).
+				Int("restored", n).Msg("receipt matches, missing files restored")
+			res := old.result(false)
+			res.Restored = n
+			return res, nil
+		}
+	}
 	rc, err := in.apply(ctx, f, p, pl, old, pending, v, fp)
 	if err != nil {
 		return Result{}, err
 	}
 	return rc.result(true), nil
+}
+
+// current reports whether the receipt is for this prefix and no install
+// was interrupted since.
+func (in *installer) current(old, pending *receipt) bool {
+	return old != nil && pending == nil && old.Prefix == in.cfg.Prefix
+}
+
+func nothingToDo(old *receipt, log zerolog.Logger) Result {
+	log.Info().Str("name", old.Name).Str("version", old.Version+"-"+old.Release).Str("sha256", old.SHA256).Msg("receipt matches, nothing to install")
+	return old.result(false)
 }
 
 // plan is a package's file list relocated and checked against the root.
@@ -272,6 +322,10 @@ type item struct {
 	tmp  string // temporary name while the payload is extracted
 	seen bool   // the payload has had its entry
 	done bool   // the temporary file holds the checked content
+	skip bool   // a restore leaves it alone: its entry is checked, not written
+	// diskMTime, when not zero, is the mtime (Unix nanoseconds) a restore
+	// gives the file instead of the package's: the one the install left.
+	diskMTime int64
 }
 
 type action int

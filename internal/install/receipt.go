@@ -50,6 +50,10 @@ type receiptFile struct {
 	Config bool   `json:"config,omitempty"`
 	Size   int64  `json:"size"`  // on disk after the install
 	MTime  int64  `json:"mtime"` // on disk after the install, Unix nanoseconds
+	// Shipped says that a file a scriptlet rewrote (its mtime is not the
+	// package's) still has the package's content, so that a restore from
+	// the payload, with MTime, makes it as the install left it.
+	Shipped bool `json:"shipped,omitempty"`
 }
 
 // fingerprint identifies an RPM file without reading it: when it is
@@ -105,18 +109,27 @@ func (in *installer) loadState() (old, pending *receipt) {
 	return read(receiptName), read(journalName)
 }
 
-// intact reports whether every file the receipt lists is still on disk as
-// the install left it. In Kubernetes the container's file system is new at
-// each container start while the state dir (on a volume) survives: a
-// receipt alone does not prove the files are there. Modified %config files
-// count as intact; rpm would keep them too.
-func (in *installer) intact(r *receipt) bool {
+// inspect compares every file the receipt lists with the disk. In
+// Kubernetes the container's file system is new at each container start
+// while the prefix and the state dir may live on a volume: a receipt alone
+// does not prove the files are there, and files outside the prefix
+// (/etc/init.d/avagent) are gone in every new container.
+//
+// intact is false when a file is there but not as the install left it
+// (another type, or a non-%config file of another size or mtime): only a
+// full install repairs that. Otherwise missing lists the absent files,
+// parents before children, which a restore from the payload can put
+// back. Modified %config files count as intact; rpm would keep them too.
+func (in *installer) inspect(r *receipt) (missing []receiptFile, intact bool) {
 	// fstatat relative to each parent directory, opened once: a start with
 	// a matching receipt is a stat per owned file and little else.
+	const absent = -1
 	dirs := map[string]int{}
 	defer func() {
 		for _, fd := range dirs {
-			unix.Close(fd)
+			if fd != absent {
+				unix.Close(fd)
+			}
 		}
 	}()
 	for _, f := range r.Files {
@@ -125,16 +138,26 @@ func (in *installer) intact(r *receipt) bool {
 		if !ok {
 			var err error
 			fd, err = unix.Open(filepath.Join(in.cfg.Root, filepath.FromSlash(parent)), unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
-			if err != nil {
-				in.log.Info().Str("path", parent).Msg("installed directory missing, installing again")
-				return false
+			switch {
+			case errors.Is(err, unix.ENOENT):
+				fd = absent
+			case err != nil:
+				in.log.Info().Err(err).Str("path", parent).Msg("installed directory unusable, installing again")
+				return nil, false
 			}
 			dirs[parent] = fd
 		}
 		var st unix.Stat_t
-		if err := unix.Fstatat(fd, base, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
-			in.log.Info().Str("path", f.Path).Msg("installed file missing, installing again")
-			return false
+		if fd == absent {
+			missing = append(missing, f)
+			continue
+		}
+		if err := unix.Fstatat(fd, base, &st, unix.AT_SYMLINK_NOFOLLOW); errors.Is(err, unix.ENOENT) {
+			missing = append(missing, f)
+			continue
+		} else if err != nil {
+			in.log.Info().Err(err).Str("path", f.Path).Msg("installed file unusable, installing again")
+			return nil, false
 		}
 		ok = true
 		switch f.Type {
@@ -157,10 +180,10 @@ func (in *installer) intact(r *receipt) bool {
 		}
 		if !ok {
 			in.log.Info().Str("path", f.Path).Msg("installed file changed, installing again")
-			return false
+			return nil, false
 		}
 	}
-	return true
+	return missing, true
 }
 
 // writeState writes a receipt or the journal atomically: a temporary file,
