@@ -71,7 +71,10 @@ func installCmd(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	what := "installed"
-	if !res.Changed {
+	switch {
+	case res.Restored > 0:
+		what = fmt.Sprintf("already installed, %d missing files restored", res.Restored)
+	case !res.Changed:
 		what = "already installed (receipt matches)"
 	}
 	fmt.Fprintf(stdout, "%s-%s-%s.%s %s: %d files in %s under %s, %s\n",
