@@ -519,9 +519,12 @@ func spawnOrphans(self []string, o *options) {
 		logf(o.logfile, "cannot spawn orphans: %v", err)
 		return
 	}
+	// One write for all the lines: a reader woken by the first sees them all.
+	var lines []string
 	for _, l := range strings.Fields(string(out)) {
-		logf(o.logfile, "orphan pid %s", l)
+		lines = append(lines, "orphan pid "+l)
 	}
+	logLines(o.logfile, lines)
 }
 
 // orphanParent is the intermediate process of spawnOrphans: it prints the
@@ -565,6 +568,25 @@ func logf(path, format string, a ...any) {
 	}
 	defer f.Close()
 	fmt.Fprintf(f, "%s avagent Info <%d>: %s\n", time.Now().Format("2006-01-02 15:04:05.000"), os.Getpid(), fmt.Sprintf(format, a...))
+}
+
+// logLines appends lines to the agent's log file in one write, so that a
+// reader never sees some of them without the others. Best effort, as logf.
+func logLines(path string, lines []string) {
+	if len(lines) == 0 {
+		return
+	}
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
+	if err != nil {
+		return
+	}
+	defer f.Close()
+	var b strings.Builder
+	now, pid := time.Now().Format("2006-01-02 15:04:05.000"), os.Getpid()
+	for _, l := range lines {
+		fmt.Fprintf(&b, "%s avagent Info <%d>: %s\n", now, pid, l)
+	}
+	_, _ = f.WriteString(b.String())
 }
 
 // writeLogLines writes n numbered lines at once, so a test can ask for a
