@@ -1,9 +1,7 @@
 package integration
 
 import (
-	"bufio"
 	"context"
-	"errors"
 	"fmt"
 	"math/rand/v2"
 	"net"
@@ -20,7 +18,6 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/avsidecar/avsidecar/internal/testkit"
-	"github.com/avsidecar/avsidecar/internal/testkit/mcsproto"
 )
 
 // startPlain runs `avsidecar run` outside a PID namespace (its reaper is
@@ -111,11 +108,11 @@ func logField(m map[string]any, key string) string {
 // netnsPair is two network namespaces joined by a veth pair: "server" and
 // "pod", each with one address of a /24.
 type netnsPair struct {
-	server, pod         string // namespace names
-	serverIf, podIf     string // veth ends
-	serverIP, podIP     string
-	ipCmd               string
-	serverDial, podDial func(ctx context.Context, network, addr string) (net.Conn, error)
+	server, pod     string // namespace names
+	serverIf, podIf string // veth ends
+	serverIP, podIP string
+	ipCmd           string
+	podDial         func(ctx context.Context, network, addr string) (net.Conn, error)
 }
 
 // newNetnsPair makes the namespaces and the veth pair; t.Cleanup removes
@@ -142,7 +139,6 @@ func newNetnsPair(t *testing.T, subnet string) *netnsPair {
 		n.ip(t, "-n", ns.name, "link", "set", ns.dev, "up")
 		n.ip(t, "-n", ns.name, "link", "set", "lo", "up")
 	}
-	n.serverDial = dialerIn(n.server)
 	n.podDial = dialerIn(n.pod)
 	return n
 }
@@ -198,30 +194,6 @@ func dialerIn(ns string) func(ctx context.Context, network, addr string) (net.Co
 		r := <-ch
 		return r.c, r.err
 	}
-}
-
-// pingAgent calls an agent back as the MCS does and returns the name it
-// answers with.
-func pingAgent(ctx context.Context, dial func(context.Context, string, string) (net.Conn, error), addr string) (string, error) {
-	ctx, cancel := context.WithTimeout(ctx, 3*time.Second)
-	defer cancel()
-	conn, err := dial(ctx, "tcp", addr)
-	if err != nil {
-		return "", err
-	}
-	defer conn.Close()
-	_ = conn.SetDeadline(time.Now().Add(3 * time.Second))
-	if err := mcsproto.Write(conn, mcsproto.Ping{Op: mcsproto.OpPing, Server: "lifecycle-test"}); err != nil {
-		return "", err
-	}
-	var pong mcsproto.Pong
-	if err := mcsproto.Read(bufio.NewReader(conn), &pong); err != nil {
-		return "", err
-	}
-	if !pong.OK {
-		return "", errors.New("agent answered not ok")
-	}
-	return pong.Name, nil
 }
 
 // mcsProcess is `avkit mcs` running as a process (in a namespace), whose
