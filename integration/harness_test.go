@@ -3,10 +3,8 @@
 package integration
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
-	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -15,120 +13,27 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/avsidecar/avsidecar/internal/testkit"
 )
 
-// logLines collects avsidecar's JSON log lines and lets a test wait for one.
-type logLines struct {
-	mu      sync.Mutex
-	lines   []map[string]any
-	raw     []string
-	changed chan struct{}
-	closed  bool
-}
-
-func newLogLines() *logLines { return &logLines{changed: make(chan struct{})} }
-
-func (l *logLines) read(t *testing.T, r io.Reader, tee bool) {
-	sc := bufio.NewScanner(r)
-	sc.Buffer(make([]byte, 64*1024), 1<<20)
-	for sc.Scan() {
-		line := sc.Text()
-		if tee {
-			t.Log(line)
-		}
-		var m map[string]any
-		if json.Unmarshal([]byte(line), &m) != nil {
-			m = map[string]any{"raw": line}
-		}
-		l.mu.Lock()
-		l.lines = append(l.lines, m)
-		l.raw = append(l.raw, line)
-		close(l.changed)
-		l.changed = make(chan struct{})
-		l.mu.Unlock()
-	}
-	l.mu.Lock()
-	l.closed = true
-	close(l.changed)
-	l.changed = make(chan struct{})
-	l.mu.Unlock()
-}
-
-// mark is a position in the log: waits after it see only newer lines.
-func (l *logLines) mark() int {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return len(l.lines)
-}
-
-// count is how many lines since from match.
-func (l *logLines) count(from int, match func(map[string]any) bool) int {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	n := 0
-	for _, m := range l.lines[from:] {
-		if match(m) {
-			n++
-		}
-	}
-	return n
-}
-
-// wait returns the first line at or after from that matches, once it is
-// logged; it fails the test after timeout or when the log ends first.
-func (l *logLines) wait(t *testing.T, from int, what string, timeout time.Duration, match func(map[string]any) bool) map[string]any {
-	t.Helper()
-	return l.waitN(t, from, 1, what, timeout, match)
-}
-
-// waitN returns the n-th line at or after from that matches, once it is
-// logged.
-func (l *logLines) waitN(t *testing.T, from, n int, what string, timeout time.Duration, match func(map[string]any) bool) map[string]any {
-	t.Helper()
-	deadline := time.After(timeout)
-	seen := 0
-	for {
-		l.mu.Lock()
-		for i := from; i < len(l.lines); i++ {
-			if match(l.lines[i]) {
-				if seen++; seen == n {
-					m := l.lines[i]
-					l.mu.Unlock()
-					return m
-				}
-			}
-		}
-		from = len(l.lines)
-		ch, closed := l.changed, l.closed
-		l.mu.Unlock()
-		if closed {
-			t.Fatalf("log ended before %s", what)
-		}
-		select {
-		case <-ch:
-		case <-deadline:
-			t.Fatalf("no log line for %s within %s", what, timeout)
-		}
-	}
-}
+// logLines follows a process's JSON log (testkit.LogLines).
+type logLines = testkit.LogLines
 
 // msg matches a log line by component and message, and optional fields.
-func msg(component, message string, fields ...any) func(map[string]any) bool {
-	return func(m map[string]any) bool {
-		if m["component"] != component || m["message"] != message {
-			return false
-		}
-		for i := 0; i+1 < len(fields); i += 2 {
-			if fmt.Sprint(m[fields[i].(string)]) != fmt.Sprint(fields[i+1]) {
-				return false
-			}
-		}
-		return true
+var msg = testkit.Msg
+
+// follow reads r into l until it ends, echoing each line into the test log
+// when AVSIDECAR_TEST_VERBOSE is set.
+func follow(t *testing.T, l *logLines, r io.Reader) {
+	var each func(string)
+	if os.Getenv("AVSIDECAR_TEST_VERBOSE") != "" {
+		each = func(line string) { t.Log(line) }
 	}
+	l.Follow(r, each)
 }
 
 // sidecar is one avsidecar process under test.
@@ -160,9 +65,9 @@ func startSidecar(t *testing.T, argv []string, env []string, httpAddr string) *s
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	s := &sidecar{cmd: cmd, log: newLogLines(), http: httpAddr, done: make(chan struct{})}
+	s := &sidecar{cmd: cmd, log: testkit.NewLogLines(), http: httpAddr, done: make(chan struct{})}
 	readDone := make(chan struct{})
-	go func() { s.log.read(t, out, os.Getenv("AVSIDECAR_TEST_VERBOSE") != ""); close(readDone) }()
+	go func() { follow(t, s.log, out); close(readDone) }()
 	go func() { <-readDone; s.err = cmd.Wait(); close(s.done) }()
 	t.Cleanup(func() {
 		select {

@@ -30,7 +30,7 @@ func TestInstallRepairNewContainer(t *testing.T) {
 	}
 
 	s2 := w.startPID1(t)
-	s2.log.wait(t, 0, "the restore", 30*time.Second, msg("install", "restored missing file"))
+	s2.log.Wait(t, 0, "the restore", 30*time.Second, msg("install", "restored missing file"))
 	s2.eventually(t, "/readyz", 200, 30*time.Second)
 	inst := s2.status(t)["install"].(map[string]any)
 	if inst["changed"] != false || inst["restored"] != float64(1) {

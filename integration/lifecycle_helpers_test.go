@@ -217,8 +217,8 @@ func startMCSProcess(t *testing.T, argv ...string) *mcsProcess {
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	m := &mcsProcess{cmd: cmd, log: newLogLines(), done: make(chan struct{})}
-	go func() { m.log.read(t, out, os.Getenv("AVSIDECAR_TEST_VERBOSE") != ""); _ = cmd.Wait(); close(m.done) }()
+	m := &mcsProcess{cmd: cmd, log: testkit.NewLogLines(), done: make(chan struct{})}
+	go func() { follow(t, m.log, out); _ = cmd.Wait(); close(m.done) }()
 	t.Cleanup(func() {
 		_ = cmd.Process.Signal(syscall.SIGTERM)
 		select {
@@ -228,13 +228,13 @@ func startMCSProcess(t *testing.T, argv ...string) *mcsProcess {
 			<-m.done
 		}
 	})
-	m.log.wait(t, 0, "the MCS to start", 20*time.Second, msg("mcs", "mcs started"))
+	m.log.Wait(t, 0, "the MCS to start", 20*time.Second, msg("mcs", "mcs started"))
 	return m
 }
 
 // registrations counts the MCS's "client registered" lines for name.
 func (m *mcsProcess) registrations(name string) int {
-	return m.log.count(0, msg("mcs", "client registered", "name", name))
+	return m.log.Count(0, msg("mcs", "client registered", "name", name))
 }
 
 // freePorts returns n distinct ports, free on every address a moment ago,

@@ -26,7 +26,7 @@ func TestRestartKeepsIdentity(t *testing.T) {
 
 	// First start: registered once, the MCS reaches the agent.
 	s := startPlain(t, w.bins.Avsidecar, w.env, w.http)
-	s.log.wait(t, 0, "registration", 60*time.Second, msg("register", "registered", "client", "pod-0"))
+	s.log.Wait(t, 0, "registration", 60*time.Second, msg("register", "registered", "client", "pod-0"))
 	if err := w.mcs.WaitReachable(ctx, "pod-0"); err != nil {
 		t.Fatal(err)
 	}
@@ -41,9 +41,9 @@ func TestRestartKeepsIdentity(t *testing.T) {
 	// starts.
 	env := withEnv(w.env, "NODE_IP", "127.0.0.2")
 	s = startPlain(t, w.bins.Avsidecar, env, w.http)
-	reused := s.log.wait(t, 0, "reuse of the registration", 60*time.Second,
+	reused := s.log.Wait(t, 0, "reuse of the registration", 60*time.Second,
 		msg("register", "already registered, not registering again", "client", "pod-0"))
-	flags := s.log.wait(t, 0, "the flag files", time.Second, msg("main", "flag files up to date"))
+	flags := s.log.Wait(t, 0, "the flag files", time.Second, msg("main", "flag files up to date"))
 	if !strings.Contains(logField(flags, "written"), "avagent.cmd") || strings.Contains(logField(flags, "written"), ".avagent") {
 		t.Fatalf("flag files written %v, want only avagent.cmd rewritten", flags["written"])
 	}
@@ -64,7 +64,7 @@ func TestRestartKeepsIdentity(t *testing.T) {
 	rpms, _ := filepath.Glob(filepath.Join(w.root, "opt/avamar/*.rpm"))
 	linkRPM(t, rpms[0], root2)
 	s = startPlain(t, w.bins.Avsidecar, withEnv(w.env, "AVSIDECAR_ROOT", root2), w.http)
-	s.log.wait(t, 0, "registration on the new volume", 60*time.Second, msg("register", "registered", "client", "pod-0"))
+	s.log.Wait(t, 0, "registration on the new volume", 60*time.Second, msg("register", "registered", "client", "pod-0"))
 	s.eventually(t, "/readyz", 200, 20*time.Second)
 	regs := w.mcs.Registrations()
 	if len(regs) != 2 || regs[0].Name != "pod-0" || regs[1].Name != "pod-0" {
@@ -80,12 +80,12 @@ func TestRestartKeepsIdentity(t *testing.T) {
 	}
 	t.Cleanup(func() { mcs2.Close() })
 	s = startPlain(t, w.bins.Avsidecar, withEnv(w.env, "AVAMAR_SERVER", mcs2.Addr()), w.http)
-	changed := s.log.wait(t, 0, "the changed registration", 60*time.Second, msg("register", "registration changed, registering again"))
+	changed := s.log.Wait(t, 0, "the changed registration", 60*time.Second, msg("register", "registration changed, registering again"))
 	if logField(changed, "old_port") != strconv.Itoa(w.mcs.Port()) || logField(changed, "old_server") != "127.0.0.1" ||
 		logField(changed, "old_client") != "pod-0" {
 		t.Fatalf("changed registration logged %v, want the old server %s", changed, w.mcs.Addr())
 	}
-	s.log.wait(t, 0, "registration with the new server", 60*time.Second, msg("register", "registered"))
+	s.log.Wait(t, 0, "registration with the new server", 60*time.Second, msg("register", "registered"))
 	if err := mcs2.WaitReachable(ctx, "pod-0"); err != nil {
 		t.Fatal(err)
 	}
@@ -115,11 +115,11 @@ func TestCrashLoopReportedAndRecovers(t *testing.T) {
 	}
 	w := newWorld(t, false, "AVAMAR_AGENT_FLAGS=--fake-crash-if-exists="+broken, "AVSIDECAR_RESTART_BACKOFF_MAX=4s")
 	s := startPlain(t, w.bins.Avsidecar, w.env, w.http)
-	s.log.wait(t, 0, "registration", 60*time.Second, msg("register", "registered"))
+	s.log.Wait(t, 0, "registration", 60*time.Second, msg("register", "registered"))
 
 	// Three short runs in a row: a crash loop. Equal jitter from a 1s base
 	// puts the waits in [0.5,1), [1,2), [2,4) seconds: each longer.
-	third := s.log.waitN(t, 0, 3, "three crashes", 60*time.Second, msg("agent", "agent exited, restarting"))
+	third := s.log.WaitN(t, 0, 3, "three crashes", 60*time.Second, msg("agent", "agent exited, restarting"))
 	body := mustGetCode(t, s, "/readyz", 503)
 	if !strings.Contains(body, "[-]agent: crash looping: 3 short runs, last exit status 1") {
 		t.Fatalf("/readyz during the crash loop: %q", body)
@@ -129,14 +129,14 @@ func TestCrashLoopReportedAndRecovers(t *testing.T) {
 	}
 	var prev float64
 	for i := 1; i <= 3; i++ {
-		m := s.log.waitN(t, 0, i, "crash", time.Second, msg("agent", "agent exited, restarting"))
+		m := s.log.WaitN(t, 0, i, "crash", time.Second, msg("agent", "agent exited, restarting"))
 		b := m["backoff"].(float64) // ms
 		if m["attempt"].(float64) != float64(i) || m["exit_code"].(float64) != 1 || b <= prev || b < 500*float64(int(1)<<(i-1)) {
 			t.Fatalf("exit %d logged %v after a backoff of %vms, want attempt %d, exit code 1, a growing wait", i, m, prev, i)
 		}
 		prev = b
 	}
-	loop := s.log.wait(t, 0, "the crash loop report", time.Second, msg("agent", "agent is crash looping"))
+	loop := s.log.Wait(t, 0, "the crash loop report", time.Second, msg("agent", "agent is crash looping"))
 	if !strings.Contains(logField(loop, "log_tail"), "fake crash at start") || logField(loop, "exit_code") != "1" {
 		t.Fatalf("crash loop logged %v, want exit code 1 and the agent's log tail", loop)
 	}
@@ -147,11 +147,11 @@ func TestCrashLoopReportedAndRecovers(t *testing.T) {
 	}
 
 	// Fixed: the next start stays up, readiness comes back.
-	from := s.log.mark()
+	from := s.log.Mark()
 	if err := os.Remove(broken); err != nil {
 		t.Fatal(err)
 	}
-	s.log.wait(t, from, "a start after the fix", 30*time.Second, msg("agent", "agent started"))
+	s.log.Wait(t, from, "a start after the fix", 30*time.Second, msg("agent", "agent started"))
 	s.eventually(t, "/readyz", 200, 20*time.Second)
 	if err := w.mcs.WaitReachable(testContext(t, 30*time.Second), "pod-0"); err != nil {
 		t.Fatal(err)
@@ -180,8 +180,8 @@ func mustGetCode(t *testing.T, s *sidecar, path string, code int) string {
 func TestInitScriptModeLeavesOneSupervisedAgent(t *testing.T) {
 	w := newWorld(t, false, "AVAMAR_REGISTER_MODE=initscript")
 	s := startPlain(t, w.bins.Avsidecar, w.env, w.http)
-	s.log.wait(t, 0, "registration", 60*time.Second, msg("register", "registered"))
-	stopped := s.log.wait(t, 0, "the register verb's daemon stopped", 10*time.Second, msg("register", "init script daemon stopped"))
+	s.log.Wait(t, 0, "registration", 60*time.Second, msg("register", "registered"))
+	stopped := s.log.Wait(t, 0, "the register verb's daemon stopped", 10*time.Second, msg("register", "init script daemon stopped"))
 	daemon := int(stopped["pid"].(float64))
 	s.eventually(t, "/readyz", 200, 20*time.Second)
 	if err := w.mcs.WaitReachable(testContext(t, 30*time.Second), "pod-0"); err != nil {
@@ -220,11 +220,11 @@ func TestInitScriptModeLeavesOneSupervisedAgent(t *testing.T) {
 	oldPort := envValue(w.env, "AVAMAR_LISTEN_PORT")
 	newPort := strconv.Itoa(freePort(t))
 	s = startPlain(t, w.bins.Avsidecar, withEnv(w.env, "AVAMAR_LISTEN_PORT", newPort), w.http)
-	left := s.log.wait(t, 0, "the leftover daemon stopped", 30*time.Second, msg("register", "leftover agent daemon stopped"))
+	left := s.log.Wait(t, 0, "the leftover daemon stopped", 30*time.Second, msg("register", "leftover agent daemon stopped"))
 	if int(left["pid"].(float64)) != old {
 		t.Fatalf("stopped %v, want the leftover daemon %d", left["pid"], old)
 	}
-	s.log.wait(t, 0, "reuse of the registration", 10*time.Second, msg("register", "already registered, not registering again"))
+	s.log.Wait(t, 0, "reuse of the registration", 10*time.Second, msg("register", "already registered, not registering again"))
 	// Ready means the agent accepts on the new port: it runs with the new
 	// avagent.cmd. Nothing listens on the old one any more.
 	s.eventually(t, "/readyz", 200, 20*time.Second)

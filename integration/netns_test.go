@@ -76,13 +76,13 @@ func TestAcrossNetworkNamespaces(t *testing.T) {
 
 	// Registered from the pod's address; the MCS reaches the agent there.
 	s := start(env)
-	s.log.wait(t, 0, "registration", 60*time.Second, msg("register", "registered", "client", "pod-ns"))
-	reg := mcs.log.wait(t, 0, "the MCS's registration", 10*time.Second,
+	s.log.Wait(t, 0, "registration", 60*time.Second, msg("register", "registered", "client", "pod-ns"))
+	reg := mcs.log.Wait(t, 0, "the MCS's registration", 10*time.Second,
 		msg("mcs", "client registered", "name", "pod-ns", "iplist", "10.77.0.2", "listenport", 28002))
 	if !strings.HasPrefix(logField(reg, "remote"), "10.77.0.2:") {
 		t.Fatalf("registration came from %s, want the pod's address", reg["remote"])
 	}
-	mcs.log.wait(t, 0, "the MCS's callback", 30*time.Second, msg("mcs", "agent reachable", "name", "pod-ns", "agent", "10.77.0.2:28002"))
+	mcs.log.Wait(t, 0, "the MCS's callback", 30*time.Second, msg("mcs", "agent reachable", "name", "pod-ns", "agent", "10.77.0.2:28002"))
 	s.eventually(t, "/readyz", 200, 30*time.Second)
 	stop(s)
 
@@ -90,14 +90,14 @@ func TestAcrossNetworkNamespaces(t *testing.T) {
 	n.movePod(t, "10.77.0.3")
 	moved := withEnv(env, "NODE_IP", "10.77.0.3")
 	s = start(moved)
-	s.log.wait(t, 0, "reuse of the registration", 60*time.Second, msg("register", "already registered, not registering again"))
+	s.log.Wait(t, 0, "reuse of the registration", 60*time.Second, msg("register", "already registered, not registering again"))
 	s.eventually(t, "/readyz", 200, 30*time.Second)
 	if cmd := mustRead(t, filepath.Join(prefixDir(root), "var/avagent.cmd")); !strings.Contains(cmd, "--iplist=10.77.0.3\n") {
 		t.Fatalf("avagent.cmd = %q after the move", cmd)
 	}
 	// The MCS learns the new address from the agent's check-in, not from a
 	// registration, and its own callback reaches the agent there.
-	hello := mcs.log.wait(t, 0, "the agent's check-in from the new node", 30*time.Second,
+	hello := mcs.log.Wait(t, 0, "the agent's check-in from the new node", 30*time.Second,
 		msg("mcs", "client checked in", "name", "pod-ns", "iplist", "10.77.0.3", "listenport", 28002, "moved", true))
 	if !strings.HasPrefix(logField(hello, "remote"), "10.77.0.3:") {
 		t.Fatalf("check-in came from %s, want the new node's address", hello["remote"])
@@ -105,7 +105,7 @@ func TestAcrossNetworkNamespaces(t *testing.T) {
 	if logField(hello, "client_id") != logField(reg, "client_id") {
 		t.Fatalf("checked in as client %s, registered as %s", hello["client_id"], reg["client_id"])
 	}
-	mcs.log.wait(t, 0, "the MCS's callback at the new address", 30*time.Second,
+	mcs.log.Wait(t, 0, "the MCS's callback at the new address", 30*time.Second,
 		msg("mcs", "agent reachable", "name", "pod-ns", "agent", "10.77.0.3:28002"))
 	if got := mcs.registrations("pod-ns"); got != 1 {
 		t.Fatalf("the move registered again: %d registrations", got)
@@ -116,12 +116,12 @@ func TestAcrossNetworkNamespaces(t *testing.T) {
 	// which that MCS calls back.
 	mcs2 := startMCSProcess(t, n.exec(n.server, bins.Avkit, "mcs", "--addr", n.serverIP+":28011")...)
 	s = start(withEnv(moved, "AVAMAR_SERVER", n.serverIP+":28011"))
-	s.log.wait(t, 0, "the changed registration", 60*time.Second,
+	s.log.Wait(t, 0, "the changed registration", 60*time.Second,
 		msg("register", "registration changed, registering again", "old_server", n.serverIP, "old_port", 28001))
-	s.log.wait(t, 0, "registration with the new server", 60*time.Second, msg("register", "registered"))
-	mcs2.log.wait(t, 0, "the new MCS's registration", 10*time.Second,
+	s.log.Wait(t, 0, "registration with the new server", 60*time.Second, msg("register", "registered"))
+	mcs2.log.Wait(t, 0, "the new MCS's registration", 10*time.Second,
 		msg("mcs", "client registered", "name", "pod-ns", "iplist", "10.77.0.3"))
-	mcs2.log.wait(t, 0, "the new MCS's callback", 30*time.Second, msg("mcs", "agent reachable", "name", "pod-ns", "agent", "10.77.0.3:28002"))
+	mcs2.log.Wait(t, 0, "the new MCS's callback", 30*time.Second, msg("mcs", "agent reachable", "name", "pod-ns", "agent", "10.77.0.3:28002"))
 	s.eventually(t, "/readyz", 200, 30*time.Second)
 	if a, b := mcs.registrations("pod-ns"), mcs2.registrations("pod-ns"); a != 1 || b != 1 {
 		t.Fatalf("registrations: first server %d, second %d; want 1 and 1", a, b)

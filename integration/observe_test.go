@@ -74,7 +74,7 @@ func TestOperatorView(t *testing.T) {
 		[]byte("client_id=avsidecar\nclient_secret="+secret+"\nusername=backup\npassword="+password+"\n"), 0o600)
 
 	s := startSidecar(t, []string{w.bins.Avsidecar, "run"}, w.env, w.http)
-	s.log.wait(t, 0, "an unreachable registration attempt", 60*time.Second,
+	s.log.Wait(t, 0, "an unreachable registration attempt", 60*time.Second,
 		msg("register", "registration failed", "outcome", "unreachable"))
 	m := s.scrape(t)
 	if m[`avsidecar_registration_attempts_total{outcome=unreachable}`] < 1 || m[`avsidecar_registered{}`] != 0 || m[`avsidecar_ready{}`] != 0 {
@@ -108,9 +108,9 @@ func TestOperatorView(t *testing.T) {
 	// An agent restart moves the counter.
 	for _, p := range descendants(s.cmd.Process.Pid) {
 		if strings.Contains(p.cmdline, "avagent.bin --daemon=false") {
-			from := s.log.mark()
+			from := s.log.Mark()
 			signal(t, p.pid, 9)
-			s.log.wait(t, from, "the agent's restart", 10*time.Second, msg("agent", "agent started"))
+			s.log.Wait(t, from, "the agent's restart", 10*time.Second, msg("agent", "agent started"))
 		}
 	}
 	if m = s.scrape(t); m[`avsidecar_agent_restarts_total{}`] != 1 {
@@ -120,9 +120,7 @@ func TestOperatorView(t *testing.T) {
 	// Secrets appear nowhere an operator looks.
 	_, metrics := s.get(t, "/metrics")
 	_, status := s.get(t, "/v1/status")
-	s.log.mu.Lock()
-	logs := strings.Join(s.log.raw, "\n")
-	s.log.mu.Unlock()
+	logs := s.log.Raw()
 	for where, text := range map[string]string{"metrics": metrics, "status": status, "logs": logs} {
 		for _, sec := range []string{secret, password, rest.LastToken()} {
 			if sec != "" && strings.Contains(text, sec) {

@@ -1,7 +1,6 @@
 package integration
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"crypto/rand"
@@ -14,7 +13,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -250,17 +248,10 @@ func (p *podman) inspect(name string) containerState {
 	return s[0]
 }
 
-// podLog follows one container's output and lets the test wait for lines.
-type podLog struct {
-	mu      sync.Mutex
-	lines   []map[string]any
-	changed chan struct{}
-	done    chan struct{}
-}
-
-// follow streams `podman logs -f` of a container until it stops or the
-// test ends. Every line is also logged by the test, prefixed with who.
-func (p *podman) follow(container, who string) *podLog {
+// follow streams `podman logs -f` of a container into a log the test can
+// wait on, until the container stops or the test ends. Every line is also
+// logged by the test, prefixed with who.
+func (p *podman) follow(container, who string) *logLines {
 	p.t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	c := p.cmd(ctx, "logs", "-f", container)
@@ -269,90 +260,19 @@ func (p *podman) follow(container, who string) *podLog {
 	if err := c.Start(); err != nil {
 		p.t.Fatal(err)
 	}
-	l := &podLog{changed: make(chan struct{}), done: make(chan struct{})}
+	l := testkit.NewLogLines()
+	done := make(chan struct{})
 	go func() {
 		_ = c.Wait()
 		w.Close()
 	}()
 	go func() {
-		defer close(l.done)
-		sc := bufio.NewScanner(r)
-		sc.Buffer(make([]byte, 64<<10), 1<<20)
-		for sc.Scan() {
-			line := sc.Text()
-			p.t.Logf("%s: %s", who, line)
-			var m map[string]any
-			if json.Unmarshal([]byte(line), &m) != nil {
-				m = map[string]any{"raw": line}
-			}
-			l.mu.Lock()
-			l.lines = append(l.lines, m)
-			close(l.changed)
-			l.changed = make(chan struct{})
-			l.mu.Unlock()
-		}
+		defer close(done)
+		l.Follow(r, func(line string) { p.t.Logf("%s: %s", who, line) })
 	}()
 	p.t.Cleanup(func() {
 		cancel()
-		<-l.done
+		<-done
 	})
 	return l
-}
-
-// count is how many lines so far match.
-func (l *podLog) count(match func(map[string]any) bool) int {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	n := 0
-	for _, m := range l.lines {
-		if match(m) {
-			n++
-		}
-	}
-	return n
-}
-
-// waitN blocks until n lines match, the log ends, or the timeout passes.
-func (l *podLog) waitN(t *testing.T, what string, timeout time.Duration, n int, match func(map[string]any) bool) {
-	t.Helper()
-	deadline := time.NewTimer(timeout)
-	defer deadline.Stop()
-	for {
-		l.mu.Lock()
-		found := 0
-		for _, m := range l.lines {
-			if match(m) {
-				found++
-			}
-		}
-		changed := l.changed
-		l.mu.Unlock()
-		if found >= n {
-			return
-		}
-		select {
-		case <-changed:
-		case <-l.done:
-			if l.count(match) < n {
-				t.Fatalf("log ended without %s", what)
-			}
-		case <-deadline.C:
-			t.Fatalf("no %s within %s", what, timeout)
-		}
-	}
-}
-
-// logMsg matches a zerolog line by component, message and fields.
-func logMsg(component, message string, fields ...string) func(map[string]any) bool {
-	return func(m map[string]any) bool {
-		if m["component"] != component || m["message"] != message {
-			return false
-		}
-		for i := 0; i+1 < len(fields); i += 2 {
-			if fmt.Sprint(m[fields[i]]) != fields[i+1] {
-				return false
-			}
-		}
-		return true
-	}
 }

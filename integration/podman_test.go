@@ -90,7 +90,7 @@ func TestPodmanPod(t *testing.T) {
 		base, "/usr/local/bin/avkit", "mcs", "--addr", ":28001")...)
 	pm.cleanup("rm", "-f", "-t", "0", mcs)
 	mcsLog := pm.follow(mcs, "mcs")
-	mcsLog.waitN(t, "mcs started", time.Minute, 1, logMsg("mcs", "mcs started"))
+	mcsLog.WaitN(t, 0, 1, "mcs started", time.Minute, msg("mcs", "mcs started"))
 	mcsIP := pm.inspect(mcs).NetworkSettings.Networks[mcsNet].IPAddress
 
 	// The PersistentVolume: its subPaths html (nginx's files), avamar (the
@@ -137,7 +137,7 @@ func TestPodmanPod(t *testing.T) {
 	type started struct {
 		pod, sidecar, nginx string
 		podIP               string
-		log                 *podLog
+		log                 *logLines
 	}
 	// startPod makes a new pod, as a rescheduled StatefulSet pod is: new
 	// containers (nothing kept in their filesystems), the same volume.
@@ -180,9 +180,9 @@ func TestPodmanPod(t *testing.T) {
 	t.Logf("round 1: ready %s after the pod started", time.Since(start).Round(time.Millisecond))
 	// The MCS called the agent back at NODE_IP:listenport, through the
 	// node's port forward: the per-pod port scheme works end to end.
-	reachable := logMsg("mcs", "agent reachable", "name", "nginx-0")
-	mcsLog.waitN(t, "the MCS reaching the agent", time.Minute, 1, reachable)
-	if n := mcsLog.count(logMsg("mcs", "client registered", "name", "nginx-0")); n != 1 {
+	reachable := msg("mcs", "agent reachable", "name", "nginx-0")
+	mcsLog.WaitN(t, 0, 1, "the MCS reaching the agent", time.Minute, reachable)
+	if n := mcsLog.Count(0, msg("mcs", "client registered", "name", "nginx-0")); n != 1 {
 		t.Fatalf("MCS registrations of nginx-0 after the first start: %d, want 1", n)
 	}
 	if _, err := os.Stat(filepath.Join(avamar, "var", "avagent.cfg")); err != nil {
@@ -282,31 +282,31 @@ func TestPodmanPod(t *testing.T) {
 		// successor: the published port is free again.
 		pm.run("pod", "rm", s.pod)
 	}
-	unreachable := logMsg("mcs", "agent unreachable", "name", "nginx-0")
-	before := mcsLog.count(unreachable)
+	unreachable := msg("mcs", "agent unreachable", "name", "nginx-0")
+	before := mcsLog.Count(0, unreachable)
 	stopAndCheck(p1)
 	// The MCS notices the agent gone (it calls back every 2s), so its
 	// reaching the next one is news.
-	mcsLog.waitN(t, "the MCS noticing the agent gone", time.Minute, before+1, unreachable)
-	reachedBefore := mcsLog.count(reachable)
+	mcsLog.WaitN(t, 0, before+1, "the MCS noticing the agent gone", time.Minute, unreachable)
+	reachedBefore := mcsLog.Count(0, reachable)
 
 	// Round 2: a new pod on the same volume. Nothing is installed or
 	// registered again, and the SSH host key is the same.
 	p2 := startPod(2, siteImage)
 	podmanWaitReady(t, pm, p2.sidecar, "http://"+net.JoinHostPort(p2.podIP, "9180")+"/readyz", 2*time.Minute)
-	mcsLog.waitN(t, "the MCS reaching the restarted agent", time.Minute, reachedBefore+1, reachable)
-	if n := mcsLog.count(logMsg("mcs", "client registered", "name", "nginx-0")); n != 1 {
+	mcsLog.WaitN(t, 0, reachedBefore+1, "the MCS reaching the restarted agent", time.Minute, reachable)
+	if n := mcsLog.Count(0, msg("mcs", "client registered", "name", "nginx-0")); n != 1 {
 		t.Errorf("MCS registrations of nginx-0 after the restart: %d, want still 1", n)
 	}
 	// Ready implies the install step is over (startup needs it): whatever
 	// it did, it must not have installed the package or run its scriptlets.
-	p2.log.waitN(t, "the registration receipt honoured", time.Minute, 1, logMsg("register", "already registered, not registering again"))
+	p2.log.WaitN(t, 0, 1, "the registration receipt honoured", time.Minute, msg("register", "already registered, not registering again"))
 	for _, what := range []struct{ component, message string }{
 		{"install", "package installed"},
 		{"install", "scriptlet started"},
 		{"register", "registered"},
 	} {
-		if n := p2.log.count(logMsg(what.component, what.message)); n != 0 {
+		if n := p2.log.Count(0, msg(what.component, what.message)); n != 0 {
 			t.Errorf("the restarted sidecar logged %s %q %d times: it installed or registered again", what.component, what.message, n)
 		}
 	}
@@ -323,11 +323,11 @@ func TestPodmanPod(t *testing.T) {
 		"--build-arg", "AVSIDECAR_IMAGE="+productImage)
 	p3 := startPod(3, upImage)
 	podmanWaitReady(t, pm, p3.sidecar, "http://"+net.JoinHostPort(p3.podIP, "9180")+"/readyz", 2*time.Minute)
-	p3.log.waitN(t, "the new client installed", time.Minute, 1, logMsg("install", "package installed", "version", "7.5.102-"+testkit.DefaultRPMRelease))
-	if n := mcsLog.count(logMsg("mcs", "client registered", "name", "nginx-0")); n != 1 {
+	p3.log.WaitN(t, 0, 1, "the new client installed", time.Minute, msg("install", "package installed", "version", "7.5.102-"+testkit.DefaultRPMRelease))
+	if n := mcsLog.Count(0, msg("mcs", "client registered", "name", "nginx-0")); n != 1 {
 		t.Errorf("MCS registrations of nginx-0 after the upgrade to %s: %d, want still 1", filepath.Base(newRPM), n)
 	}
-	if n := p3.log.count(logMsg("register", "registered")); n != 0 {
+	if n := p3.log.Count(0, msg("register", "registered")); n != 0 {
 		t.Errorf("the upgraded sidecar registered again")
 	}
 	stopAndCheck(p3)

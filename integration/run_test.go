@@ -87,9 +87,9 @@ func TestRunAsPID1(t *testing.T) {
 	s := w.startPID1(t)
 
 	// The MCS is down: the sidecar serves probes, retries and says why.
-	s.log.wait(t, 0, "an unreachable registration attempt", 60*time.Second,
+	s.log.Wait(t, 0, "an unreachable registration attempt", 60*time.Second,
 		msg("register", "registration failed", "outcome", "unreachable"))
-	s.log.wait(t, 0, "a second attempt", 10*time.Second, msg("register", "registration failed", "attempt", 2))
+	s.log.Wait(t, 0, "a second attempt", 10*time.Second, msg("register", "registration failed", "attempt", 2))
 	if code, body := s.get(t, "/livez"); code != 200 {
 		t.Fatalf("/livez = %d %s", code, body)
 	}
@@ -104,7 +104,7 @@ func TestRunAsPID1(t *testing.T) {
 	if err := w.mcs.SetDown(false); err != nil {
 		t.Fatal(err)
 	}
-	s.log.wait(t, 0, "registration", 30*time.Second, msg("register", "registered"))
+	s.log.Wait(t, 0, "registration", 30*time.Second, msg("register", "registered"))
 	ctx := testContext(t, 30*time.Second)
 	if err := w.mcs.WaitReachable(ctx, "pod-0"); err != nil {
 		t.Fatalf("MCS never reached the agent: %v", err)
@@ -112,7 +112,7 @@ func TestRunAsPID1(t *testing.T) {
 	s.eventually(t, "/readyz", 200, 10*time.Second)
 
 	// The agent's orphans are reaped by PID 1.
-	s.log.waitN(t, 0, 3, "three reaped orphans", 30*time.Second, msg("main", "reaped orphan"))
+	s.log.WaitN(t, 0, 3, "three reaped orphans", 30*time.Second, msg("main", "reaped orphan"))
 
 	// avagent is killed: restarted, ready again.
 	var agent proc
@@ -124,10 +124,10 @@ func TestRunAsPID1(t *testing.T) {
 	if agent.pid == 0 {
 		t.Fatal("no avagent process in the sidecar")
 	}
-	from := s.log.mark()
+	from := s.log.Mark()
 	signal(t, agent.pid, syscall.SIGKILL)
-	s.log.wait(t, from, "the agent's exit", 10*time.Second, msg("agent", "agent exited, restarting"))
-	s.log.wait(t, from, "the agent's restart", 10*time.Second, msg("agent", "agent started"))
+	s.log.Wait(t, from, "the agent's exit", 10*time.Second, msg("agent", "agent exited, restarting"))
+	s.log.Wait(t, from, "the agent's restart", 10*time.Second, msg("agent", "agent started"))
 	s.eventually(t, "/readyz", 200, 10*time.Second)
 	if st := s.status(t); st["agent"].(map[string]any)["restarts"].(float64) < 1 {
 		t.Fatalf("status does not count the restart: %v", st["agent"])
@@ -145,7 +145,7 @@ func TestRunAsPID1(t *testing.T) {
 	if code := s.exitCode(t, 15*time.Second); code != 0 {
 		t.Fatalf("exit code %d after SIGTERM, want 0", code)
 	}
-	s.log.wait(t, 0, "the stop", time.Second, msg("main", "stopped"))
+	s.log.Wait(t, 0, "the stop", time.Second, msg("main", "stopped"))
 	if left := withCmdline(w.root); len(left) > 0 {
 		t.Fatalf("processes left after stop: %+v", left)
 	}
@@ -156,7 +156,7 @@ func TestRunAsPID1(t *testing.T) {
 	// A second start on the same root installs and registers nothing.
 	before := snapshot(t, filepath.Join(w.root, "usr/local/avamar"))
 	s2 := w.startPID1(t)
-	s2.log.wait(t, 0, "reuse of the registration", 30*time.Second, msg("register", "already registered, not registering again"))
+	s2.log.Wait(t, 0, "reuse of the registration", 30*time.Second, msg("register", "already registered, not registering again"))
 	s2.eventually(t, "/readyz", 200, 20*time.Second)
 	st := s2.status(t)
 	if inst := st["install"].(map[string]any); inst["changed"] != false {

@@ -66,7 +66,7 @@ func TestRegistrationStorm(t *testing.T) {
 	}
 	started := time.Since(begin)
 	for _, m := range members {
-		m.s.log.wait(t, 0, m.name+" retrying", 3*time.Minute, msg("register", "registration failed", "outcome", "unreachable"))
+		m.s.log.Wait(t, 0, m.name+" retrying", 3*time.Minute, msg("register", "registration failed", "outcome", "unreachable"))
 	}
 	installed := time.Since(begin)
 
@@ -75,7 +75,7 @@ func TestRegistrationStorm(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, m := range members {
-		m.s.log.wait(t, 0, m.name+" registered", 3*time.Minute, msg("register", "registered", "client", m.name))
+		m.s.log.Wait(t, 0, m.name+" registered", 3*time.Minute, msg("register", "registered", "client", m.name))
 	}
 	allRegistered := time.Since(up)
 	t.Logf("storm of %d: started in %s, all installed and retrying in %s; MCS up: all registered in %s",
@@ -99,7 +99,7 @@ func TestRegistrationStorm(t *testing.T) {
 		a := mcs.Attempts(m.name)
 		attempts += a
 		maxAttempts = max(maxAttempts, a)
-		busy += m.s.log.count(0, msg("register", "registration failed", "outcome", "refused"))
+		busy += m.s.log.Count(0, msg("register", "registration failed", "outcome", "refused"))
 	}
 	if n := len(mcs.Registrations()); n != stormSize {
 		t.Errorf("%d registrations in all, want %d", n, stormSize)

@@ -5,7 +5,6 @@ import (
 	"context"
 	"crypto/ed25519"
 	"crypto/rand"
-	"encoding/json"
 	"encoding/pem"
 	"net"
 	"os"
@@ -15,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/avsidecar/avsidecar/internal/testkit"
 	"github.com/rs/zerolog"
 	gossh "golang.org/x/crypto/ssh"
 )
@@ -92,70 +92,14 @@ func (k userKey) keyFile(t testing.TB) string {
 	return p
 }
 
-// logBuf collects the server's JSON log lines and lets a test wait for one.
-type logBuf struct {
-	mu      sync.Mutex
-	lines   []map[string]any
-	raw     bytes.Buffer
-	changed chan struct{}
-}
-
-func newLogBuf() *logBuf { return &logBuf{changed: make(chan struct{})} }
-
-func (l *logBuf) Write(p []byte) (int, error) {
-	var m map[string]any
-	_ = json.Unmarshal(p, &m)
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	l.raw.Write(p)
-	l.lines = append(l.lines, m)
-	close(l.changed)
-	l.changed = make(chan struct{})
-	return len(p), nil
-}
-
-// count returns how many lines match.
-func (l *logBuf) count(match func(map[string]any) bool) int {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	n := 0
-	for _, m := range l.lines {
-		if match(m) {
-			n++
-		}
-	}
-	return n
-}
-
-// waitN waits until at least n lines match, up to timeout.
-func (l *logBuf) waitN(t testing.TB, n int, timeout time.Duration, what string, match func(map[string]any) bool) {
-	t.Helper()
-	deadline := time.NewTimer(timeout)
-	defer deadline.Stop()
-	for {
-		l.mu.Lock()
-		changed := l.changed
-		l.mu.Unlock()
-		if l.count(match) >= n {
-			return
-		}
-		select {
-		case <-changed:
-		case <-deadline.C:
-			t.Fatalf("timed out after %v waiting for log: %s", timeout, what)
-		}
-	}
-}
-
-func msgIs(msg string) func(map[string]any) bool {
-	return func(m map[string]any) bool { return m["message"] == msg }
-}
+// msgIs matches a log line by its message.
+func msgIs(msg string) func(map[string]any) bool { return testkit.Msg("", msg) }
 
 // testServer is a running server and what a test needs to reach it.
 type testServer struct {
 	*Server
 	addr string
-	log  *logBuf
+	log  *testkit.LogLines
 	keys string // authorized_keys path
 	stop func() // cancels Run and waits for it
 }
@@ -180,7 +124,7 @@ func startServer(t *testing.T, authorized string, mutate func(*Config)) *testSer
 	if mutate != nil {
 		mutate(&cfg)
 	}
-	lb := newLogBuf()
+	lb := testkit.NewLogLines()
 	srv, err := New(cfg, zerolog.New(lb).Level(zerolog.DebugLevel).With().Timestamp().Logger())
 	if err != nil {
 		t.Fatal(err)
@@ -206,9 +150,7 @@ func startServer(t *testing.T, authorized string, mutate func(*Config)) *testSer
 	t.Cleanup(func() {
 		ts.stop()
 		if t.Failed() {
-			lb.mu.Lock()
-			t.Logf("server log:\n%s", lb.raw.String())
-			lb.mu.Unlock()
+			t.Logf("server log:\n%s", lb.Raw())
 		}
 	})
 	return ts

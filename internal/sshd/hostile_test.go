@@ -62,14 +62,12 @@ func TestHostileLogins(t *testing.T) {
 	}
 	// Refusals name the key by fingerprint and never print the key.
 	fp := gossh.FingerprintSHA256(far.signer.PublicKey())
-	if ts.log.count(func(m map[string]any) bool {
+	if ts.log.Count(0, func(m map[string]any) bool {
 		return m["message"] == "key refused" && m["fingerprint"] == fp && m["reason"] == errFrom.Error()
 	}) == 0 {
 		t.Errorf("no key refused log line for the from= mismatch")
 	}
-	ts.log.mu.Lock()
-	raw := ts.log.raw.String()
-	ts.log.mu.Unlock()
+	raw := ts.log.Raw()
 	for _, k := range []userKey{good, far, negated, unknown} {
 		if strings.Contains(raw, strings.Fields(k.line)[1]) {
 			t.Errorf("the log contains a public key")
@@ -113,8 +111,8 @@ func TestForwardingRefused(t *testing.T) {
 	if _, _, err := c.OpenChannel("auth-agent@openssh.com", nil); err == nil {
 		t.Errorf("agent channel opened")
 	}
-	if ts.log.count(msgIs("request refused")) == 0 || ts.log.count(msgIs("channel refused")) == 0 ||
-		ts.log.count(msgIs("forwarding refused")) != 2 {
+	if ts.log.Count(0, msgIs("request refused")) == 0 || ts.log.Count(0, msgIs("channel refused")) == 0 ||
+		ts.log.Count(0, msgIs("forwarding refused")) != 2 {
 		t.Errorf("refusals not logged")
 	}
 }
@@ -142,7 +140,7 @@ func TestTooManySessions(t *testing.T) {
 	// A closed session frees its slot.
 	s1.Close()
 	s2.Close()
-	ts.log.waitN(t, 2, 10*time.Second, "both sessions removed", msgIs("session removed"))
+	ts.log.WaitN(t, 0, 2, "both sessions removed", 10*time.Second, msgIs("session removed"))
 	if out, _, err := run(t, c1, "echo again", ""); err != nil || out != "again\n" {
 		t.Errorf("session after close: %q %v", out, err)
 	}
@@ -160,7 +158,7 @@ func TestKeysReloadedOnChange(t *testing.T) {
 		t.Fatalf("a refused before the change: %v", err)
 	}
 	writeAtomic(t, ts.keys, b.line+"\n")
-	ts.log.waitN(t, 1, 10*time.Second, "reload with 1 key", loaded(1))
+	ts.log.WaitN(t, 0, 1, "reload with 1 key", 10*time.Second, loaded(1))
 	if _, err := ts.dial(a); err == nil {
 		t.Errorf("removed key still logs in")
 	}
@@ -171,7 +169,7 @@ func TestKeysReloadedOnChange(t *testing.T) {
 	if err := os.WriteFile(ts.keys, []byte(a.line+"\n"+b.line+"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	ts.log.waitN(t, 2, 10*time.Second, "reload with 2 keys (the start was the first)", loaded(2))
+	ts.log.WaitN(t, 0, 2, "reload with 2 keys (the start was the first)", 10*time.Second, loaded(2))
 	if _, err := ts.dial(a); err != nil {
 		t.Errorf("re-added key refused: %v", err)
 	}
@@ -206,7 +204,7 @@ func TestKeysReloadedOnSecretSwap(t *testing.T) {
 	must(t, os.RemoveAll(filepath.Join(mount, "..2026_11_23_20_00_00.1")))
 
 	fpB := gossh.FingerprintSHA256(b.signer.PublicKey())
-	ts.log.waitN(t, 1, 10*time.Second, "reload after the swap", func(map[string]any) bool {
+	ts.log.WaitN(t, 0, 1, "reload after the swap", 10*time.Second, func(map[string]any) bool {
 		ks := ts.keys_()
 		return ks.count == 1 && ks.byKey[string(b.signer.PublicKey().Marshal())] != nil
 	})
@@ -226,24 +224,24 @@ func TestMissingAndEmptyKeysFile(t *testing.T) {
 	if st := ts.Status(); !st.AuthorizedKeysMissing || st.AuthorizedKeys != 0 {
 		t.Errorf("status with no file = %+v", st)
 	}
-	if ts.log.count(msgIs("authorized keys file missing; nobody can log in")) != 1 {
+	if ts.log.Count(0, msgIs("authorized keys file missing; nobody can log in")) != 1 {
 		t.Errorf("missing file not logged")
 	}
 	if _, err := ts.dial(k); err == nil {
 		t.Fatal("logged in without an authorized_keys file")
 	}
 	writeAtomic(t, ts.keys, "# only a comment\n\n")
-	ts.log.waitN(t, 1, 10*time.Second, "empty file logged", msgIs("authorized keys file has no usable key; nobody can log in"))
+	ts.log.WaitN(t, 0, 1, "empty file logged", 10*time.Second, msgIs("authorized keys file has no usable key; nobody can log in"))
 	if st := ts.Status(); st.AuthorizedKeysMissing || !st.AuthorizedKeysEmpty {
 		t.Errorf("status with empty file = %+v", st)
 	}
 	writeAtomic(t, ts.keys, k.line+"\n")
-	ts.log.waitN(t, 1, 10*time.Second, "keys loaded", msgIs("authorized keys loaded"))
+	ts.log.WaitN(t, 0, 1, "keys loaded", 10*time.Second, msgIs("authorized keys loaded"))
 	if _, err := ts.dial(k); err != nil {
 		t.Errorf("login after the file appeared: %v", err)
 	}
 	must(t, os.Remove(ts.keys))
-	ts.log.waitN(t, 2, 10*time.Second, "missing again", msgIs("authorized keys file missing; nobody can log in"))
+	ts.log.WaitN(t, 0, 2, "missing again", 10*time.Second, msgIs("authorized keys file missing; nobody can log in"))
 	if _, err := ts.dial(k); err == nil {
 		t.Errorf("logged in after the file was removed")
 	}
@@ -258,17 +256,17 @@ func TestKeysDirAppearsLater(t *testing.T) {
 		c.AuthorizedKeysFile = filepath.Join(dir, "authorized_keys")
 		c.KeysResync = 100 * time.Millisecond
 	})
-	ts.log.waitN(t, 1, 10*time.Second, "watch failure logged", msgIs("cannot watch authorized keys directory yet"))
+	ts.log.WaitN(t, 0, 1, "watch failure logged", 10*time.Second, msgIs("cannot watch authorized keys directory yet"))
 	must(t, os.Mkdir(dir, 0o755))
 	writeAtomic(t, filepath.Join(dir, "authorized_keys"), k.line+"\n")
-	ts.log.waitN(t, 1, 10*time.Second, "keys loaded", msgIs("authorized keys loaded"))
+	ts.log.WaitN(t, 0, 1, "keys loaded", 10*time.Second, msgIs("authorized keys loaded"))
 	if _, err := ts.dial(k); err != nil {
 		t.Fatalf("login: %v", err)
 	}
 	// Later changes are followed too.
 	writeAtomic(t, filepath.Join(dir, "authorized_keys"), "")
-	ts.log.waitN(t, 1, 10*time.Second, "empty file", msgIs("authorized keys file has no usable key; nobody can log in"))
-	if n := ts.log.count(msgIs("cannot watch authorized keys directory yet")); n != 1 {
+	ts.log.WaitN(t, 0, 1, "empty file", 10*time.Second, msgIs("authorized keys file has no usable key; nobody can log in"))
+	if n := ts.log.Count(0, msgIs("cannot watch authorized keys directory yet")); n != 1 {
 		t.Errorf("watch failure logged %d times, want once", n)
 	}
 }
@@ -349,7 +347,7 @@ func TestLoginGraceFreesSlots(t *testing.T) {
 		c.Close()
 		t.Fatalf("login while every handshake slot is taken")
 	}
-	ts.log.waitN(t, 2, grace+10*time.Second, "login grace timeouts", msgIs("login grace timeout"))
+	ts.log.WaitN(t, 0, 2, "login grace timeouts", grace+10*time.Second, msgIs("login grace timeout"))
 	for _, c := range held {
 		c.SetReadDeadline(time.Now().Add(5 * time.Second))
 		if _, err := io.ReadAll(c); err != nil {

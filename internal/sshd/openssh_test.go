@@ -136,7 +136,7 @@ func TestOpenSSHAuthAndForwardingRefused(t *testing.T) {
 	if err := c.Run(); exitCode(err) != 255 || !strings.Contains(stderr.String(), "stdio forwarding failed") {
 		t.Errorf("stdio forwarding: %v %q, want it refused", err, stderr.String())
 	}
-	if ts.log.count(func(m map[string]any) bool {
+	if ts.log.Count(0, func(m map[string]any) bool {
 		return m["message"] == "channel refused" && m["type"] == "direct-tcpip"
 	}) != 1 {
 		t.Errorf("direct-tcpip refusal not logged")
@@ -187,7 +187,7 @@ func TestOpenSSHAgentForwardingRefused(t *testing.T) {
 	if err != nil || string(out) != "agent=none\n" {
 		t.Errorf("ssh -A: %q %v, want agent=none", out, err)
 	}
-	if ts.log.count(func(m map[string]any) bool {
+	if ts.log.Count(0, func(m map[string]any) bool {
 		return m["message"] == "forwarding refused" && m["type"] == "auth-agent-req@openssh.com"
 	}) != 1 {
 		t.Errorf("agent forwarding refusal not logged")
@@ -283,7 +283,7 @@ func TestOpenSSHSCP(t *testing.T) {
 	}
 	// Legacy mode really went through `scp -t` and `scp -f` on the server.
 	for _, c := range []string{"scp -t", "scp -f"} {
-		if ts.log.count(func(m map[string]any) bool {
+		if ts.log.Count(0, func(m map[string]any) bool {
 			s, _ := m["command"].(string)
 			return m["message"] == "command" && strings.HasPrefix(s, c)
 		}) == 0 {

@@ -61,13 +61,13 @@ func TestExecExitStatusAndStreams(t *testing.T) {
 		})
 	}
 	fp := gossh.FingerprintSHA256(k.signer.PublicKey())
-	if n := ts.log.count(func(m map[string]any) bool {
+	if n := ts.log.Count(0, func(m map[string]any) bool {
 		return m["message"] == "command" && m["command"] == "exit 3" && m["fingerprint"] == fp
 	}); n != 1 {
 		t.Errorf("command log lines with fingerprint = %d, want 1", n)
 	}
 	c.Close()
-	ts.log.waitN(t, 1, 10*time.Second, "logout with the fingerprint", func(m map[string]any) bool {
+	ts.log.WaitN(t, 0, 1, "logout with the fingerprint", 10*time.Second, func(m map[string]any) bool {
 		return m["message"] == "logout" && m["fingerprint"] == fp
 	})
 }
@@ -307,7 +307,7 @@ func TestShutdownClosesSessions(t *testing.T) {
 			if err := s.Wait(); err == nil {
 				t.Errorf("session ended cleanly, want ended by shutdown")
 			}
-			killed := ts.log.count(msgIs("ssh sessions still open at shutdown timeout; killing them")) > 0
+			killed := ts.log.Count(0, msgIs("ssh sessions still open at shutdown timeout; killing them")) > 0
 			if killed != tt.wantKill {
 				t.Errorf("killed at timeout = %v, want %v", killed, tt.wantKill)
 			}
@@ -337,7 +337,7 @@ func TestShutdownClosesSFTP(t *testing.T) {
 	if took := time.Since(start); took > 3*time.Second {
 		t.Errorf("shutdown with an sftp session took %v", took)
 	}
-	if ts.log.count(msgIs("ssh sessions still open at shutdown timeout; killing them")) != 0 {
+	if ts.log.Count(0, msgIs("ssh sessions still open at shutdown timeout; killing them")) != 0 {
 		t.Errorf("sftp session had to be killed")
 	}
 	if _, err := sc.Getwd(); err == nil {
