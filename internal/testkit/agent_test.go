@@ -1,6 +1,7 @@
 package testkit_test
 
 import (
+	"bufio"
 	"net"
 	"os"
 	"path/filepath"
@@ -336,4 +337,31 @@ func parentOf(t *testing.T, pid int) int {
 	}
 	t.Fatalf("no PPid for %d", pid)
 	return 0
+}
+
+// TestRegisterSilentServer: a port that accepts and hangs up without an
+// answer is an unreachable MCS, not a refusal. (A shadowed error once made
+// it look like a refusal with no reason.)
+func TestRegisterSilentServer(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			conn, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			bufio.NewReader(conn).ReadString('\n') // take the request, answer nothing
+			conn.Close()
+		}
+	}()
+	c := newClient(t, "pod-s")
+	r := runCmd(t, c.bin, "--init", "--daemon=false", "--mcsaddr=127.0.0.1",
+		"--mcsport="+itoa(ln.Addr().(*net.TCPAddr).Port), "--dpndomain=/clients", "--vardir="+c.vardir)
+	if r.code != fakeagent.ExitUnreachable || !strings.Contains(r.stderr, "did not answer") {
+		t.Fatalf("silent MCS: exit %d, stderr %q; want %d, did not answer", r.code, r.stderr, fakeagent.ExitUnreachable)
+	}
 }

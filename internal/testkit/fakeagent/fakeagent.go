@@ -293,7 +293,8 @@ func register(o *options, stdout, stderr io.Writer) int {
 		ListenPort: o.listenport,
 	}
 	var reply mcsproto.RegisterReply
-	if err := mcsproto.Write(conn, req); err == nil {
+	err = mcsproto.Write(conn, req)
+	if err == nil {
 		err = mcsproto.Read(bufio.NewReader(conn), &reply)
 	}
 	if err != nil {
