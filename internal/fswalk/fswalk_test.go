@@ -259,7 +259,7 @@ func TestWalkAndDu(t *testing.T) {
 	}
 }
 
-type failAfter struct{ n int }
+type failAfter struct{}
 
 func (f *failAfter) Visit(int, string, *Entry) error {
 	return errors.New("enough")

@@ -149,18 +149,6 @@ func (s *sink) next(t *testing.T, timeout time.Duration) record {
 	}
 }
 
-// waitMessage skips events until one with message msg.
-func (s *sink) waitMessage(t *testing.T, msg string, timeout time.Duration) record {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		r := s.next(t, time.Until(deadline))
-		if r.Message == msg {
-			return r
-		}
-	}
-}
-
 // expectNumbered checks that lines from..to arrive in order, exactly once,
 // and counts the rotation and truncation notices seen meanwhile.
 func (s *sink) expectNumbered(t *testing.T, from, to int, timeout time.Duration) (notices map[string]int) {

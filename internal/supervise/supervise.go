@@ -167,7 +167,7 @@ func (s *Supervisor) Run(ctx context.Context) error {
 	attempt := 0 // exits since the last stable run
 	for {
 		started := time.Now()
-		err, requested, logStart := s.runOnce(ctx)
+		requested, logStart, err := s.runOnce(ctx)
 		if ctx.Err() != nil {
 			return nil
 		}
@@ -290,7 +290,7 @@ func (s *Supervisor) logTail(from int64) []string {
 // runOnce starts the process and waits for it to exit, for ctx, or for a
 // restart request. It reports the exit error and whether a restart was
 // requested.
-func (s *Supervisor) runOnce(ctx context.Context) (exitErr error, requested bool, logStart int64) {
+func (s *Supervisor) runOnce(ctx context.Context) (requested bool, logStart int64, exitErr error) {
 	logStart = s.logSize()
 	cmd := exec.Command(s.cfg.Path, s.cfg.Args...)
 	cmd.Env, cmd.Dir = s.cfg.Env, s.cfg.Dir
@@ -302,7 +302,7 @@ func (s *Supervisor) runOnce(ctx context.Context) (exitErr error, requested bool
 	cmd.WaitDelay = time.Second
 
 	if err := cmd.Start(); err != nil {
-		return fmt.Errorf("start %s: %w", s.cfg.Path, err), false, logStart
+		return false, logStart, fmt.Errorf("start %s: %w", s.cfg.Path, err)
 	}
 	s.mu.Lock()
 	s.status.Running, s.status.PID, s.status.StartedAt = true, cmd.Process.Pid, time.Now()
@@ -321,7 +321,7 @@ func (s *Supervisor) runOnce(ctx context.Context) (exitErr error, requested bool
 	for {
 		select {
 		case err := <-done:
-			return err, false, logStart
+			return false, logStart, err
 		case <-stable.C:
 			s.mu.Lock()
 			if s.status.ShortRuns > 0 || s.status.CrashLoop {
@@ -332,12 +332,12 @@ func (s *Supervisor) runOnce(ctx context.Context) (exitErr error, requested bool
 		case <-ctx.Done():
 			s.stop(cmd.Process.Pid, done)
 			s.markStopped()
-			return nil, false, logStart
+			return false, logStart, nil
 		case <-s.restart:
 			s.log.Info().Int("pid", cmd.Process.Pid).Msg("agent restart requested")
 			s.stop(cmd.Process.Pid, done)
 			s.markStopped()
-			return nil, true, logStart
+			return true, logStart, nil
 		}
 	}
 }
