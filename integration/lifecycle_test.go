@@ -218,7 +218,7 @@ func TestInitScriptModeLeavesOneSupervisedAgent(t *testing.T) {
 		}
 	})
 	oldPort := envValue(w.env, "AVAMAR_LISTEN_PORT")
-	newPort := strconv.Itoa(freePort(t))
+	newPort := strconv.Itoa(testkit.FreePort(t))
 	s = startPlain(t, w.bins.Avsidecar, withEnv(w.env, "AVAMAR_LISTEN_PORT", newPort), w.http)
 	left := s.log.Wait(t, 0, "the leftover daemon stopped", 30*time.Second, msg("register", "leftover agent daemon stopped"))
 	if int(left["pid"].(float64)) != old {

@@ -41,14 +41,14 @@ func newWorld(t *testing.T, mcsDown bool, extraEnv ...string) *world {
 		}
 	}
 	w.mcs = mcs
-	w.http = "127.0.0.1:" + strconv.Itoa(freePort(t))
+	w.http = "127.0.0.1:" + strconv.Itoa(testkit.FreePort(t))
 	w.env = append([]string{
 		"PATH=" + os.Getenv("PATH"),
 		"AVSIDECAR_ROOT=" + w.root,
 		"AVAMAR_SERVER=" + mcs.Addr(),
 		"NODE_IP=127.0.0.1",
 		"POD_NAME=pod-0",
-		"AVAMAR_LISTEN_PORT=" + strconv.Itoa(freePort(t)),
+		"AVAMAR_LISTEN_PORT=" + strconv.Itoa(testkit.FreePort(t)),
 		"AVSIDECAR_HTTP_ADDR=" + w.http,
 		"AVSIDECAR_SSH_ADDR=off",
 		"AVSIDECAR_REGISTER_BACKOFF_MAX=200ms",

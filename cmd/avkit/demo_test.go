@@ -23,13 +23,13 @@ import (
 // its directory.
 func TestDemo(t *testing.T) {
 	avkit := testkit.BuildAvkit(t)
-	httpAddr := "127.0.0.1:" + strconv.Itoa(freePort(t))
-	sshPort := strconv.Itoa(freePort(t))
+	httpAddr := "127.0.0.1:" + strconv.Itoa(testkit.FreePort(t))
+	sshPort := strconv.Itoa(testkit.FreePort(t))
 	demo := exec.Command(avkit, "demo",
-		"--mcs", "127.0.0.1:"+strconv.Itoa(freePort(t)),
+		"--mcs", "127.0.0.1:"+strconv.Itoa(testkit.FreePort(t)),
 		"--http", httpAddr,
 		"--ssh", "127.0.0.1:"+sshPort,
-		"--listen-port", strconv.Itoa(freePort(t)))
+		"--listen-port", strconv.Itoa(testkit.FreePort(t)))
 	stdin, err := demo.StdinPipe()
 	if err != nil {
 		t.Fatal(err)

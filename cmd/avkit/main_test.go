@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"bytes"
 	"encoding/json"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -18,16 +17,6 @@ import (
 	"github.com/avsidecar/avsidecar/internal/testkit"
 	"github.com/avsidecar/avsidecar/internal/testkit/fakeagent"
 )
-
-func freePort(t *testing.T) int {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
-}
 
 func run(t *testing.T, name string, args ...string) (int, string, string) {
 	t.Helper()
@@ -47,7 +36,7 @@ func run(t *testing.T, name string, args ...string) (int, string, string) {
 // registration shows as a JSON line on stdout.
 func TestMCSCommand(t *testing.T) {
 	avkit := testkit.BuildAvkit(t)
-	port := freePort(t)
+	port := testkit.FreePort(t)
 	mcs := exec.Command(avkit, "mcs", "--addr", "127.0.0.1:"+strconv.Itoa(port), "--delay", "10ms")
 	stdout, err := mcs.StdoutPipe()
 	if err != nil {
@@ -99,7 +88,7 @@ func TestMCSCommand(t *testing.T) {
 func TestAvagentSubcommandDaemon(t *testing.T) {
 	avkit := testkit.BuildAvkit(t)
 	vardir := t.TempDir()
-	code, out, stderr := run(t, avkit, "avagent", "--vardir="+vardir, "--listenport="+strconv.Itoa(freePort(t)))
+	code, out, stderr := run(t, avkit, "avagent", "--vardir="+vardir, "--listenport="+strconv.Itoa(testkit.FreePort(t)))
 	if code != 0 || out != "Client Agent started\n" {
 		t.Fatalf("exit %d, stdout %q, stderr %q", code, out, stderr)
 	}

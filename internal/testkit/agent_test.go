@@ -31,7 +31,7 @@ type client struct {
 // newClient prepares a var/ with the flag files the product writes.
 func newClient(t *testing.T, name string) client {
 	t.Helper()
-	c := client{bin: agentBin(t), vardir: t.TempDir(), port: freePort(t)}
+	c := client{bin: agentBin(t), vardir: t.TempDir(), port: testkit.FreePort(t)}
 	writeFile(t, c.vardir, fakeagent.CmdFile, "--iplist=127.0.0.1\n--listenport="+itoa(c.port)+"\n")
 	writeFile(t, c.vardir, fakeagent.DotFile, "--hostname="+name+"\n")
 	return c

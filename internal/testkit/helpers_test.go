@@ -3,7 +3,6 @@ package testkit_test
 import (
 	"bytes"
 	"context"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -27,17 +26,6 @@ func agentBin(t *testing.T) string {
 		t.Fatal(err)
 	}
 	return p
-}
-
-// freePort returns a TCP port that was free a moment ago on 127.0.0.1.
-func freePort(t *testing.T) int {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
 }
 
 // startMCS starts a fake MCS on 127.0.0.1 that the test closes.

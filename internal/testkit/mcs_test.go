@@ -229,7 +229,7 @@ func TestMCSHelloMovesCallback(t *testing.T) {
 
 	// The new node: another address and port. The old port is left
 	// unused, so only a callback at the new address can succeed.
-	newPort := freePort(t)
+	newPort := testkit.FreePort(t)
 	writeFile(t, c.vardir, fakeagent.CmdFile, "--iplist=127.0.0.2\n--listenport="+itoa(newPort)+"\n")
 	startAgent(t, c.bin, c.vardir)
 	if err := m.WaitCheckIns(ctxT(t), "pod-move", 2); err != nil {

@@ -1,6 +1,7 @@
 package testkit
 
 import (
+	"net"
 	"os"
 	"os/exec"
 	"testing"
@@ -35,4 +36,17 @@ func NeedCommand(tb testing.TB, name string) string {
 	p, err := exec.LookPath(name)
 	Need(tb, err == nil, "the "+name+" command")
 	return p
+}
+
+// FreePort returns a loopback TCP port that was free a moment ago, for a
+// server the test starts as a separate process and so cannot hand a
+// listener.
+func FreePort(tb testing.TB) int {
+	tb.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
 }

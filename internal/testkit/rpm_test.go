@@ -168,7 +168,7 @@ func TestRPMScripts(t *testing.T) {
 	}
 
 	m := startMCS(t, testkit.MCSOptions{})
-	port := freePort(t)
+	port := testkit.FreePort(t)
 	writeFile(t, filepath.Join(prefix, "var"), "avagent.cmd", "--iplist=127.0.0.1\n--listenport="+itoa(port)+"\n")
 	writeFile(t, filepath.Join(prefix, "var"), ".avagent", "--hostname=pod-init\n")
 	control := filepath.Join(prefix, "etc/avagent.d")
