@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"fmt"
 	"io"
 	"net"
@@ -9,24 +10,19 @@ import (
 	"time"
 )
 
-// localAddr is where the local avsidecar's HTTP server answers: the
-// configured listen address, with an unspecified host made loopback.
-func localAddr(flagAddr string) string {
-	addr := flagAddr
-	if addr == "" {
-		addr = os.Getenv("AVSIDECAR_HTTP_ADDR")
-	}
-	if addr == "" {
-		addr = ":9180"
-	}
+// localAddr is where the local avsidecar's HTTP server answers: flagAddr,
+// else AVSIDECAR_HTTP_ADDR, else :9180, with an unspecified host made
+// loopback. A malformed address is a usage error.
+func localAddr(flagAddr string) (string, error) {
+	addr := cmp.Or(flagAddr, os.Getenv("AVSIDECAR_HTTP_ADDR"), ":9180")
 	host, port, err := net.SplitHostPort(addr)
 	if err != nil {
-		return addr
+		return "", usageError("HTTP address %q: %v", addr, err)
 	}
 	if ip := net.ParseIP(host); host == "" || (ip != nil && ip.IsUnspecified()) {
 		host = "127.0.0.1"
 	}
-	return net.JoinHostPort(host, port)
+	return net.JoinHostPort(host, port), nil
 }
 
 // localGet fetches path from the local avsidecar.

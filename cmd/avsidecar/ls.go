@@ -105,19 +105,12 @@ type browseClient struct {
 }
 
 func newBrowseClient() (*browseClient, error) {
-	addr := os.Getenv("AVSIDECAR_HTTP_ADDR")
-	if addr == "" {
-		addr = ":9180"
-	}
-	host, port, err := net.SplitHostPort(addr)
+	local, err := localAddr("")
 	if err != nil {
-		return nil, usageError("AVSIDECAR_HTTP_ADDR %q: %v", addr, err)
-	}
-	if ip := net.ParseIP(host); host == "" || ip != nil && ip.IsUnspecified() {
-		host = "127.0.0.1"
+		return nil, err
 	}
 	c := &browseClient{
-		base: "http://" + net.JoinHostPort(host, port),
+		base: "http://" + local,
 		http: &http.Client{Transport: &http.Transport{
 			DialContext:           (&net.Dialer{Timeout: 5 * time.Second}).DialContext,
 			ResponseHeaderTimeout: 2 * time.Minute,

@@ -39,7 +39,11 @@ func probeCmd(args []string, stdout, stderr io.Writer) error {
 		fs.Usage()
 		return usageError("probe needs live, ready or startup, got %q", which)
 	}
-	code, body, err := localGet(localAddr(*addr), path+"?verbose")
+	local, err := localAddr(*addr)
+	if err != nil {
+		return err
+	}
+	code, body, err := localGet(local, path+"?verbose")
 	if err != nil {
 		return err
 	}

@@ -16,7 +16,11 @@ func statusCmd(args []string, stdout, stderr io.Writer) error {
 	if err := fs.Parse(args); err != nil {
 		return usageError("%v", err)
 	}
-	code, body, err := localGet(localAddr(*addr), "/v1/status")
+	local, err := localAddr(*addr)
+	if err != nil {
+		return err
+	}
+	code, body, err := localGet(local, "/v1/status")
 	if err != nil {
 		return err
 	}
