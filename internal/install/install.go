@@ -58,6 +58,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path"
 	"path/filepath"
@@ -240,6 +241,9 @@ func install(ctx context.Context, cfg Config, log zerolog.Logger) (Result, error
 		return Result{}, err
 	}
 	defer unlock()
+	if err := in.clearStateDebris(); err != nil {
+		return Result{}, err
+	}
 	old, pending = in.loadState()
 	if in.current(old, pending) && old.RPM == fp {
 		if missing, intact := in.inspect(old); intact && len(missing) == 0 {
@@ -297,7 +301,30 @@ func install(ctx context.Context, cfg Config, log zerolog.Logger) (Result, error
 // current reports whether the receipt is for this prefix and no install
 // was interrupted since.
 func (in *installer) current(old, pending *receipt) bool {
-	return old != nil && pending == nil && old.Prefix == in.cfg.Prefix
+	return old != nil && pending == nil && old.Prefix == in.cfg.Prefix && !in.stateDebris()
+}
+
+// stateDebris reports whether a kill left the temporary file of a receipt
+// or journal behind. Such a root is not current: the install takes the lock
+// and clears it (clearStateDebris) before it looks again.
+func (in *installer) stateDebris() bool {
+	for _, name := range []string{receiptName, journalName} {
+		if _, err := in.root.Lstat(in.statePath(name + tmpSuffix)); err == nil {
+			return true
+		}
+	}
+	return false
+}
+
+// clearStateDebris removes what stateDebris finds; only under the root lock,
+// where no other install can be writing those files.
+func (in *installer) clearStateDebris() error {
+	for _, name := range []string{receiptName, journalName} {
+		if err := in.root.Remove(in.statePath(name + tmpSuffix)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("remove interrupted %s: %w", name, err)
+		}
+	}
+	return nil
 }
 
 func nothingToDo(old *receipt, log zerolog.Logger) Result {

@@ -164,6 +164,29 @@ func TestReceiptMatches(t *testing.T) {
 	diffTrees(t, before, snapshot(t, root))
 }
 
+// TestStateDebrisCleared: a kill while the journal or receipt was being
+// written leaves its temporary file. The next start with a matching receipt
+// removes it and installs nothing (it once stayed forever, found by
+// TestKillDuringInstall).
+func TestStateDebrisCleared(t *testing.T) {
+	root := t.TempDir()
+	rpm := writeRPM(t, pack(t, packOpts{}))
+	mustRun(t, rpm, root)
+	state := filepath.Join(root, "opt/avamar/var/avsidecar")
+	before := snapshot(t, root, "opt/avamar/var/avsidecar")
+	for _, name := range []string{journalName, receiptName} {
+		debris := filepath.Join(state, name+tmpSuffix)
+		writeFile(t, debris, `{"format":`)
+		if res := mustRun(t, rpm, root); res.Changed || res.Restored != 0 {
+			t.Errorf("%s debris: install %+v, want nothing installed", name, res)
+		}
+		if _, err := os.Lstat(debris); !os.IsNotExist(err) {
+			t.Errorf("%s left after the next start: %v", debris, err)
+		}
+		diffTrees(t, before, snapshot(t, root, "opt/avamar/var/avsidecar"))
+	}
+}
+
 // TestRepair: a receipt without its files (a new container with the old
 // volume) installs again.
 func TestRepair(t *testing.T) {
