@@ -24,7 +24,25 @@ import (
 	"golang.org/x/crypto/ssh"
 
 	"github.com/avsidecar/avsidecar/internal/testkit"
+	"github.com/avsidecar/avsidecar/internal/testkit/avrest"
 )
+
+// The demo's client identity, in the fake MCS and the fake REST API alike.
+const (
+	demoClient = "avkit-demo"
+	demoDomain = "/clients"
+)
+
+// The REST stand-in's files, as the sidecar sees them (in its root), where
+// a pod would mount the Secret and the CA bundle.
+const (
+	demoRESTCredentials = "/etc/avsidecar/rest/credentials"
+	demoRESTCA          = "/etc/avsidecar/rest/ca.pem"
+)
+
+// demoBackupAge is how long ago the demo client's one backup was taken:
+// recent, so the freshness metric looks like a healthy client's.
+const demoBackupAge = 2 * time.Hour
 
 // demoConfig is what the demo is run with.
 type demoConfig struct {
@@ -120,13 +138,19 @@ func runDemo(ctx context.Context, c demoConfig, dir string, stdout, stderr io.Wr
 		return err
 	}
 	defer mcs.Close()
+	rest, err := startDemoREST(p.root)
+	if err != nil {
+		return err
+	}
+	defer rest.Close()
 
 	sidecar := exec.Command(filepath.Join(p.bin, "avsidecar"), "run")
 	sidecar.Env = append(demoEnviron(),
 		"AVSIDECAR_ROOT="+p.root,
 		"AVAMAR_SERVER="+c.mcsAddr,
 		"NODE_IP=127.0.0.1",
-		"AVAMAR_CLIENT_NAME=avkit-demo",
+		"AVAMAR_CLIENT_NAME="+demoClient,
+		"AVAMAR_DOMAIN="+demoDomain,
 		"AVAMAR_REGISTER_MODE="+c.mode,
 		fmt.Sprintf("AVAMAR_LISTEN_PORT=%d", c.listenPort),
 		"AVSIDECAR_HTTP_ADDR="+c.httpAddr,
@@ -135,6 +159,10 @@ func runDemo(ctx context.Context, c demoConfig, dir string, stdout, stderr io.Wr
 		"AVSIDECAR_BROWSE_ROOTS="+testkit.RPMPrefix+","+p.data,
 		"AVSIDECAR_LOG_FORMAT=console",
 		"AVSIDECAR_SHUTDOWN_TIMEOUT=10s",
+		"AVAMAR_REST_URL="+rest.URL(),
+		"AVAMAR_REST_CREDENTIALS_FILE="+demoRESTCredentials,
+		"AVAMAR_REST_CA_FILE="+demoRESTCA,
+		"AVAMAR_REST_INTERVAL=1m",
 	)
 	sidecar.Stdout, sidecar.Stderr = stdout, stderr
 	// Its own process group: Ctrl-C reaches the demo, which stops the
@@ -147,7 +175,7 @@ func runDemo(ctx context.Context, c demoConfig, dir string, stdout, stderr io.Wr
 	exited := make(chan error, 1)
 	go func() { exited <- sidecar.Wait() }()
 
-	go announce(ctx, c, p, stdout)
+	go announce(ctx, c, p, rest.URL(), stdout)
 	go controlMCS(mcs, os.Stdin, stdout)
 
 	select {
@@ -186,7 +214,7 @@ func demoEnviron() []string {
 
 // announce prints what to open and try once the sidecar answers, and
 // again when it is ready.
-func announce(ctx context.Context, c demoConfig, p demoPaths, w io.Writer) {
+func announce(ctx context.Context, c demoConfig, p demoPaths, restURL string, w io.Writer) {
 	base := "http://" + c.httpAddr
 	if !waitHTTP(ctx, base+"/livez") {
 		return
@@ -196,6 +224,7 @@ func announce(ctx context.Context, c demoConfig, p demoPaths, w io.Writer) {
 avkit demo: avsidecar runs against a fake Avamar server.
   AVSIDECAR_ROOT  %[1]s
   fake MCS        %[2]s
+  fake REST API   %[10]s (TLS, its own CA; credentials in the root, never shown)
 
 Open:
   %[3]s/                  the file browser
@@ -205,13 +234,14 @@ Open:
 
 Try:
   curl -s '%[3]s/v1/files?path=%[1]s%[4]s'
+  curl -s '%[3]s/v1/status' | grep last_backup    # the newest backup, from the fake REST API (also avsidecar status, /metrics)
   ssh -p %[5]s -i %[6]s -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null demo@%[7]s 'ls -l %[1]s%[4]s'
   sftp -P %[5]s -i %[6]s -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null demo@%[7]s
   kill $(cat %[8]s)     # avsidecar restarts the agent
   type "down" here to stop the fake MCS, "up" to start it, "refuse REASON", "accept", "delay 5s", "regs"
   Ctrl-C stops everything and removes %[9]s (--keep keeps it)
 
-`, p.root, c.mcsAddr, base, p.data, sshPort, p.key, sshHost, p.pidFile, filepath.Dir(p.root))
+`, p.root, c.mcsAddr, base, p.data, sshPort, p.key, sshHost, p.pidFile, filepath.Dir(p.root), restURL)
 	if waitHTTP(ctx, base+"/readyz") {
 		fmt.Fprintf(w, "\navkit demo: avsidecar is ready (%s/readyz answers 200)\n\n", base)
 	}
@@ -276,6 +306,44 @@ func controlMCS(m *testkit.MCS, in io.Reader, w io.Writer) {
 		}
 		fmt.Fprintf(w, "avkit demo: fake MCS: %s %s\n", verb, arg)
 	}
+}
+
+// startDemoREST starts the Avamar REST stand-in with fresh random
+// credentials, knowing the demo client and one recent backup of it, and
+// writes its credentials file and CA into root where the sidecar reads them.
+func startDemoREST(root string) (*avrest.Server, error) {
+	creds := avrest.Config{ClientID: "avsidecar", ClientSecret: rand.Text(), Username: "backup", Password: rand.Text()}
+	rest, err := avrest.Start(creds)
+	if err != nil {
+		return nil, err
+	}
+	fail := func(err error) (*avrest.Server, error) {
+		rest.Close()
+		return nil, err
+	}
+	if err := rest.AddBackup(rest.AddClient(demoDomain, demoClient), time.Now().Add(-demoBackupAge).Truncate(time.Second)); err != nil {
+		return fail(err)
+	}
+	content := fmt.Sprintf("client_id=%s\nclient_secret=%s\nusername=%s\npassword=%s\n",
+		creds.ClientID, creds.ClientSecret, creds.Username, creds.Password)
+	files := []struct {
+		path    string
+		content []byte
+		mode    os.FileMode
+	}{
+		{demoRESTCredentials, []byte(content), 0o600},
+		{demoRESTCA, rest.CAPEM(), 0o644},
+	}
+	for _, f := range files {
+		p := filepath.Join(root, f.path)
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			return fail(fmt.Errorf("demo REST files: %w", err))
+		}
+		if err := os.WriteFile(p, f.content, f.mode); err != nil {
+			return fail(fmt.Errorf("demo REST files: %w", err))
+		}
+	}
+	return rest, nil
 }
 
 // writeDemoData makes a small tree to browse, with the kinds of entries

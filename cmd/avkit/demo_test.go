@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"encoding/json"
 	"io"
+	"math"
 	"net/http"
 	"os"
 	"os/exec"
@@ -19,8 +20,9 @@ import (
 )
 
 // TestDemo runs the README's first command end to end: the demo comes up
-// ready, serves what it announces, and Ctrl-C stops it cleanly and removes
-// its directory.
+// ready, serves what it announces, shows the last backup from the REST
+// stand-in without showing its secrets, and Ctrl-C stops it cleanly and
+// removes its directory.
 func TestDemo(t *testing.T) {
 	avkit := testkit.BuildAvkit(t)
 	httpAddr := "127.0.0.1:" + strconv.Itoa(testkit.FreePort(t))
@@ -96,10 +98,64 @@ func TestDemo(t *testing.T) {
 	if code, body := get("/v1/files?path=" + data); code != 200 || !strings.Contains(body, `"README.txt"`) {
 		t.Errorf("/v1/files?path=%s: %d %s", data, code, body)
 	}
-	var status map[string]any
-	if code, body := get("/v1/status"); code != 200 || json.Unmarshal([]byte(body), &status) != nil {
-		t.Errorf("/v1/status: %d %s", code, body)
+	// The REST check runs at start: poll the real status endpoint, bounded,
+	// until it reports the demo client's backup.
+	var status struct {
+		Backup *struct {
+			State      string    `json:"state"`
+			Client     string    `json:"client"`
+			LastBackup time.Time `json:"last_backup"`
+		} `json:"backup"`
 	}
+	var statusBody string
+	for deadline := time.Now().Add(30 * time.Second); ; {
+		code, body := get("/v1/status")
+		if code != 200 || json.Unmarshal([]byte(body), &status) != nil {
+			t.Fatalf("/v1/status: %d %s", code, body)
+		}
+		statusBody = body
+		if status.Backup != nil && !status.Backup.LastBackup.IsZero() {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no last backup in /v1/status:\n%s", body)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if b := status.Backup; b.State != "ok" || b.Client != demoClient || time.Since(b.LastBackup) > 24*time.Hour {
+		t.Errorf("backup status: %+v, want state ok, client %s, a recent backup", *b, demoClient)
+	}
+	_, metrics := get("/metrics")
+	if got := metricValue(metrics, "avsidecar_last_backup_timestamp_seconds"); got != float64(status.Backup.LastBackup.Unix()) {
+		t.Errorf("avsidecar_last_backup_timestamp_seconds = %v, want %d", got, status.Backup.LastBackup.Unix())
+	}
+	// The REST secrets, read from the demo's own credentials file, appear
+	// nowhere the user looks.
+	var secrets []string
+	creds, err := os.ReadFile(filepath.Join(dir, "root", demoRESTCredentials))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(creds), "\n") {
+		key, value, _ := strings.Cut(line, "=")
+		if key != "client_secret" && key != "password" {
+			continue
+		}
+		if value == "" {
+			t.Fatalf("credentials without %s:\n%s", key, creds)
+		}
+		secrets = append(secrets, value)
+	}
+	checkSecrets := func(where, text string) {
+		t.Helper()
+		for _, sec := range secrets {
+			if strings.Contains(text, sec) {
+				t.Errorf("%s shows a REST secret", where)
+			}
+		}
+	}
+	checkSecrets("/v1/status", statusBody)
+	checkSecrets("/metrics", metrics)
 
 	if sshBin, err := exec.LookPath("ssh"); err == nil {
 		out, err := exec.Command(sshBin, "-p", sshPort, "-i", key, "-o", "BatchMode=yes",
@@ -120,12 +176,27 @@ func TestDemo(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitLine(regexp.MustCompile(`avsidecar stopped cleanly`))
-	for range lines {
+	for l := range lines {
+		transcript.WriteString(l + "\n")
 	}
+	checkSecrets("the demo output", transcript.String())
 	if err := demo.Wait(); err != nil {
 		t.Errorf("demo on Ctrl-C: %v\n%s", err, transcript.String())
 	}
 	if _, err := os.Stat(dir); !os.IsNotExist(err) {
 		t.Errorf("demo directory %s left behind: %v", dir, err)
 	}
+}
+
+// metricValue is the value of the unlabelled sample name in a Prometheus
+// text exposition; NaN when there is none.
+func metricValue(exposition, name string) float64 {
+	for _, line := range strings.Split(exposition, "\n") {
+		if v, ok := strings.CutPrefix(line, name+" "); ok {
+			if f, err := strconv.ParseFloat(v, 64); err == nil {
+				return f
+			}
+		}
+	}
+	return math.NaN()
 }
