@@ -46,7 +46,7 @@ func killTreeOnCleanup(t *testing.T, s *sidecar) {
 	})
 }
 
-// stopGracefully sends SIGTERM to the sidecar's top process (the reaper forwards it)
+// stopGracefully sends SIGTERM to the sidecar
 // and wants exit 0.
 func (s *sidecar) stopGracefully(t *testing.T) {
 	t.Helper()

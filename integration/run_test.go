@@ -2,6 +2,7 @@ package integration
 
 import (
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -83,7 +84,23 @@ func (s *sidecar) init(t *testing.T) int {
 // late, the agent is killed, orphans are reaped, SIGTERM stops everything,
 // and a second start on the same volume does nothing twice.
 func TestRunAsPID1(t *testing.T) {
-	w := newWorld(t, true, "AVAMAR_AGENT_FLAGS=--fake-orphans=3")
+	ssh := testkit.NeedCommand(t, "ssh")
+	keygen := testkit.NeedCommand(t, "ssh-keygen")
+	keys := t.TempDir()
+	key := filepath.Join(keys, "id")
+	if out, err := exec.Command(keygen, "-q", "-t", "ed25519", "-N", "", "-f", key).CombinedOutput(); err != nil {
+		t.Fatalf("ssh-keygen: %v\n%s", err, out)
+	}
+	sshPort := strconv.Itoa(testkit.FreePort(t))
+	w := newWorld(t, true, "AVAMAR_AGENT_FLAGS=--fake-orphans=3", "AVSIDECAR_SSH_ADDR=127.0.0.1:"+sshPort)
+	// The default authorized_keys, inside AVSIDECAR_ROOT.
+	authorized := filepath.Join(w.root, "etc/avsidecar/ssh/authorized_keys")
+	if err := os.MkdirAll(filepath.Dir(authorized), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(key+".pub", authorized); err != nil {
+		t.Fatal(err)
+	}
 	s := w.startPID1(t)
 
 	// The MCS is down: the sidecar serves probes, retries and says why.
@@ -112,7 +129,7 @@ func TestRunAsPID1(t *testing.T) {
 	s.eventually(t, "/readyz", 200, 10*time.Second)
 
 	// The agent's orphans are reaped by PID 1.
-	s.log.WaitN(t, 0, 3, "three reaped orphans", 30*time.Second, msg("main", "reaped orphan"))
+	s.log.WaitN(t, 0, 3, "three reaped orphans", 30*time.Second, msg("reaper", "reaped orphan"))
 
 	// avagent is killed: restarted, ready again.
 	var agent proc
@@ -132,6 +149,19 @@ func TestRunAsPID1(t *testing.T) {
 	if st := s.status(t); st["agent"].(map[string]any)["restarts"].(float64) < 1 {
 		t.Fatalf("status does not count the restart: %v", st["agent"])
 	}
+
+	// An SSH command's exit status comes back through PID 1's reaper,
+	// and its own orphan is reaped like the agent's.
+	from = s.log.Mark()
+	cmd := exec.Command(ssh, "-i", key, "-p", sshPort, "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no",
+		"-o", "UserKnownHostsFile=/dev/null", "root@127.0.0.1", "sleep 0.01 & echo via-pid1; exit 3")
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if cmd.ProcessState == nil || cmd.ProcessState.ExitCode() != 3 || string(out) != "via-pid1\n" {
+		t.Fatalf("ssh: %v, output %q; want exit 3 and via-pid1\n%s", err, out, stderr.String())
+	}
+	s.log.Wait(t, from, "the SSH command's orphan reaped", 10*time.Second, msg("reaper", "reaped orphan"))
 
 	// No zombies: every process left under PID 1 is alive.
 	for _, p := range descendants(s.cmd.Process.Pid) {

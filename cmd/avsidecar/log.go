@@ -21,9 +21,9 @@ func newLogger(w io.Writer, level zerolog.Level, format string) zerolog.Logger {
 	return zerolog.New(w).Level(level).With().Timestamp().Logger()
 }
 
-// earlyLogger is the logger of the reaper, which runs before the
-// configuration is validated: it honours the log variables when they parse
-// and falls back to the defaults otherwise (the child reports the error).
+// earlyLogger is the logger of commands that do not validate the whole
+// configuration: it honours the log variables when they parse and falls back
+// to the defaults otherwise.
 func earlyLogger(w io.Writer) zerolog.Logger {
 	level, err := zerolog.ParseLevel(os.Getenv("AVSIDECAR_LOG_LEVEL"))
 	if err != nil || os.Getenv("AVSIDECAR_LOG_LEVEL") == "" {

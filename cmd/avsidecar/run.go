@@ -52,23 +52,15 @@ func runCmd(args []string, stdout, stderr io.Writer) error {
 	if fs.NArg() > 0 {
 		return usageError("run takes no arguments, got %q", fs.Args())
 	}
-	if !pid1.IsChild() {
-		log := earlyLogger(stdout).With().Str("component", "main").Logger()
-		code, err := pid1.Run(append([]string{"run"}, args...), log)
-		if err != nil {
-			return err
-		}
-		if code != exitOK {
-			return &exitError{Code: code} // the child has said why
-		}
-		return nil
-	}
-
 	cfg, err := config.Load(os.Hostname)
 	if err != nil {
 		return &exitError{Code: exitConfig, Err: err}
 	}
 	log := newLogger(stdout, cfg.LogLevel, cfg.LogFormat)
+	// From here on every child is started through pid1, which alone waits.
+	if err := pid1.Reap(log.With().Str("component", "reaper").Logger()); err != nil {
+		return err
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 	s, err := newSidecar(cfg, log)

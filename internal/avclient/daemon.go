@@ -68,8 +68,8 @@ func (c Client) runsAgent(pid int) bool {
 // daemon the init script starts, or one an earlier avsidecar left. It
 // sends SIGTERM, waits up to timeout for the process to end, then sends
 // SIGKILL. It returns the pid it stopped (0 when none ran). The process is
-// not avsidecar's child, so it is not waited for (the reaper does that): a
-// pidfd tells when it has ended.
+// not started by avsidecar, so only the reaper waits for it (once it is
+// orphaned here): a pidfd tells when it has ended.
 func (c Client) StopDaemon(ctx context.Context, timeout time.Duration) (int, error) {
 	pid := c.DaemonPID()
 	if pid == 0 {

@@ -1,18 +1,16 @@
 package install
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
-	"strings"
 	"syscall"
-	"time"
+
+	"github.com/avsidecar/avsidecar/internal/pid1"
 )
 
 // maxScriptletLen bounds a scriptlet passed with sh -c: one argument may
@@ -65,7 +63,7 @@ func (in *installer) runScriptlet(ctx context.Context, which string, p *pkg, pl 
 	}
 
 	args := append(append([]string{}, prog[1:]...), "-c", s.body, prog[0], strconv.Itoa(arg))
-	cmd := exec.CommandContext(ctx, prog[0], args...)
+	cmd := exec.Command(prog[0], args...)
 	cmd.Dir = "/"
 	cmd.Env = []string{
 		"PATH=/sbin:/bin:/usr/sbin:/usr/bin:/usr/X11R6/bin",
@@ -86,61 +84,23 @@ func (in *installer) runScriptlet(ctx context.Context, which string, p *pkg, pl 
 	if chroot {
 		cmd.SysProcAttr.Chroot = in.cfg.Root
 	}
-	// On cancellation the whole process group goes, not just the shell.
-	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
-	cmd.WaitDelay = 5 * time.Second
-	// An *os.File, not exec's pipe: a daemon the scriptlet starts may hold
-	// the pipe open for ever, and Wait must not wait for it.
-	pr, pw, err := os.Pipe()
-	if err != nil {
-		return fmt.Errorf("%s(%s) scriptlet: %w", which, p.nevra(), err)
-	}
-	defer pr.Close()
-	cmd.Stdout, cmd.Stderr = pw, pw // one pipe: lines stay in the order they were written
-	err = cmd.Start()
-	pw.Close()
+	proc, err := pid1.StartLines(cmd, func(line string) { log.Info().Str("line", line).Msg("scriptlet output") })
 	if err != nil {
 		return fmt.Errorf("%s(%s) scriptlet: %w", which, p.nevra(), err)
 	}
 	log.Info().Int("arg", arg).Bool("chroot", chroot).Msg("scriptlet started")
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		logLines(pr, func(line string) { log.Info().Str("line", line).Msg("scriptlet output") })
-	}()
-	err = cmd.Wait()
-	select {
-	case <-done:
-	case <-time.After(time.Second):
-		// A child of the scriptlet still has the pipe: stop following it.
-		pr.Close()
-		<-done
-	}
+	// On cancellation the whole process group goes, not just the shell.
+	err = proc.WaitContext(ctx)
 	if err == nil {
 		log.Info().Msg("scriptlet done")
 		return nil
 	}
-	var ee *exec.ExitError
+	var ee *pid1.ExitError
 	if errors.As(err, &ee) {
-		if ws, ok := ee.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
-			return fmt.Errorf("%s(%s) scriptlet failed, signal %d", which, p.nevra(), ws.Signal())
+		if ee.Status.Signaled() {
+			return fmt.Errorf("%s(%s) scriptlet failed, signal %d", which, p.nevra(), ee.Status.Signal())
 		}
 		return fmt.Errorf("%s(%s) scriptlet failed, exit status %d", which, p.nevra(), ee.ExitCode())
 	}
 	return fmt.Errorf("%s(%s) scriptlet: %w", which, p.nevra(), err)
-}
-
-// logLines calls fn for each line r yields; a line longer than 64 KiB
-// comes in pieces.
-func logLines(r io.Reader, fn func(string)) {
-	br := bufio.NewReaderSize(r, 64<<10)
-	for {
-		line, err := br.ReadSlice('\n')
-		if len(line) > 0 {
-			fn(strings.TrimRight(string(line), "\r\n"))
-		}
-		if err != nil && err != bufio.ErrBufferFull {
-			return
-		}
-	}
 }

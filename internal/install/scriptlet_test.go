@@ -164,12 +164,3 @@ func TestTestkitRPM(t *testing.T) {
 		t.Errorf("second start: %+v, %v", res, err)
 	}
 }
-
-func TestLogLines(t *testing.T) {
-	long := strings.Repeat("x", 100<<10)
-	var got []string
-	logLines(strings.NewReader("one\r\n"+long+"\nlast"), func(l string) { got = append(got, l) })
-	if len(got) != 4 || got[0] != "one" || got[1]+got[2] != long || got[3] != "last" {
-		t.Errorf("got %d lines: %.20q", len(got), got)
-	}
-}

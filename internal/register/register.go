@@ -26,13 +26,13 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
 
 	"github.com/rs/zerolog"
 
 	"github.com/avsidecar/avsidecar/internal/avclient"
 	"github.com/avsidecar/avsidecar/internal/backoff"
+	"github.com/avsidecar/avsidecar/internal/pid1"
 )
 
 // Config says where and as whom to register.
@@ -241,7 +241,7 @@ func (r *Registrar) attempt(ctx context.Context) (string, error) {
 	if actx.Err() == context.DeadlineExceeded && ctx.Err() == nil {
 		return OutcomeTimeout, fmt.Errorf("no answer within %s", r.cfg.Timeout)
 	}
-	var exitErr *exec.ExitError
+	var exitErr *pid1.ExitError
 	if errors.As(err, &exitErr) {
 		// avagent --init exits 1 when the MCS refused, 2 when it could not
 		// be reached or did not answer; anything else is a local failure.
@@ -293,21 +293,32 @@ func (r *Registrar) reachable(ctx context.Context) (string, error) {
 func (r *Registrar) runRegistration(ctx context.Context) ([]byte, error) {
 	var cmd *exec.Cmd
 	if r.cfg.Mode == "initscript" {
-		cmd = exec.CommandContext(ctx, r.cfg.InitScript, "register", r.initScriptServer(), r.cfg.Domain)
+		cmd = exec.Command(r.cfg.InitScript, "register", r.initScriptServer(), r.cfg.Domain)
 	} else {
-		cmd = exec.CommandContext(ctx, r.cfg.Client.Agent(), r.cfg.Client.InitArgs(r.cfg.Server, r.cfg.Port, r.cfg.Domain)...)
+		cmd = exec.Command(r.cfg.Client.Agent(), r.cfg.Client.InitArgs(r.cfg.Server, r.cfg.Port, r.cfg.Domain)...)
 	}
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
-	cmd.WaitDelay = time.Second
+	out, err := runOutput(ctx, cmd, func(line string) {
+		r.log.Debug().Str("line", line).Msg("registration output")
+	})
+	return out, err
+}
+
+// runOutput runs cmd until it exits or ctx ends (then its group is
+// killed), and returns what it wrote to stdout and stderr, each line also
+// passed to line.
+func runOutput(ctx context.Context, cmd *exec.Cmd, line func(string)) ([]byte, error) {
 	var out bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &out
-	err := cmd.Run()
-	for _, line := range strings.Split(strings.TrimSpace(out.String()), "\n") {
-		if line != "" {
-			r.log.Debug().Str("line", line).Msg("registration output")
+	p, err := pid1.StartLines(cmd, func(l string) {
+		if line != nil {
+			line(l)
 		}
+		out.WriteString(l)
+		out.WriteByte('\n')
+	})
+	if err != nil {
+		return nil, err
 	}
+	err = p.WaitContext(ctx)
 	return out.Bytes(), err
 }
 
@@ -330,11 +341,7 @@ func (r *Registrar) stopInitScriptDaemon(ctx context.Context) {
 	sctx, cancel := context.WithTimeout(ctx, r.cfg.StopTimeout+r.cfg.CheckTimeout)
 	defer cancel()
 	pid := r.cfg.Client.DaemonPID()
-	cmd := exec.CommandContext(sctx, r.cfg.InitScript, "stop")
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
-	cmd.WaitDelay = time.Second
-	out, err := cmd.CombinedOutput()
+	out, err := runOutput(sctx, exec.Command(r.cfg.InitScript, "stop"), nil)
 	if err != nil {
 		r.log.Warn().Err(err).Str("output", tail(out)).Msg("init script stop failed")
 	} else if pid != 0 {

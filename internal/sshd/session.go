@@ -1,6 +1,7 @@
 package sshd
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -14,6 +15,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/avsidecar/avsidecar/internal/pid1"
 	"github.com/creack/pty"
 	"github.com/gliderlabs/ssh"
 	"github.com/pkg/sftp"
@@ -315,15 +317,14 @@ func (ss *session) startPipes(cmd *exec.Cmd) (func(), error) {
 	}
 	inR, inW, outR, outW, errR, errW := fds[0], fds[1], fds[2], fds[3], fds[4], fds[5]
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = inR, outW, errW
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	err := cmd.Start()
+	proc, err := pid1.Start(cmd)
 	closeAll(inR, outW, errW)
 	if err != nil {
 		closeAll(inW, outR, errR)
 		return nil, fmt.Errorf("start %s: %w", cmd.Path, err)
 	}
 	ss.mu.Lock()
-	ss.pgid = cmd.Process.Pid
+	ss.pgid = proc.Pid
 	ss.mu.Unlock()
 	return func() {
 		start := time.Now()
@@ -335,7 +336,7 @@ func (ss *session) startPipes(cmd *exec.Cmd) (func(), error) {
 		wg.Add(2)
 		go func() { defer wg.Done(); _, _ = io.Copy(ss.ch, outR) }()
 		go func() { defer wg.Done(); _, _ = io.Copy(ss.ch.Stderr(), errR) }()
-		werr := cmd.Wait()
+		werr := proc.Wait()
 		ss.mu.Lock()
 		ss.pgid = 0
 		ss.mu.Unlock()
@@ -348,7 +349,7 @@ func (ss *session) startPipes(cmd *exec.Cmd) (func(), error) {
 			<-output
 		}
 		closeAll(inW, outR, errR)
-		ss.finish(cmd.ProcessState, werr, start)
+		ss.finish(werr, start)
 	}, nil
 }
 
@@ -366,21 +367,21 @@ func (ss *session) startPTY(cmd *exec.Cmd) (func(), error) {
 	cmd.Env = append(cmd.Env, "SSH_TTY="+tty.Name())
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = tty, tty, tty
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Setctty: true}
-	err = cmd.Start()
+	proc, err := pid1.Start(cmd)
 	tty.Close()
 	if err != nil {
 		ptmx.Close()
 		return nil, fmt.Errorf("start %s: %w", cmd.Path, err)
 	}
 	ss.mu.Lock()
-	ss.pgid, ss.ptmx = cmd.Process.Pid, ptmx
+	ss.pgid, ss.ptmx = proc.Pid, ptmx
 	ss.mu.Unlock()
 	return func() {
 		start := time.Now()
 		go func() { _, _ = io.Copy(ptmx, ss.ch) }()
 		output := make(chan struct{})
 		go func() { _, _ = io.Copy(ss.ch, ptmx); close(output) }()
-		werr := cmd.Wait()
+		werr := proc.Wait()
 		ss.mu.Lock()
 		ss.pgid = 0
 		ss.mu.Unlock()
@@ -398,7 +399,7 @@ func (ss *session) startPTY(cmd *exec.Cmd) (func(), error) {
 		ptmx.Close()
 		ss.mu.Unlock()
 		<-output
-		ss.finish(cmd.ProcessState, werr, start)
+		ss.finish(werr, start)
 	}, nil
 }
 
@@ -426,21 +427,22 @@ func (ss *session) runSFTP() {
 }
 
 // finish reports how the command ended and closes the channel.
-func (ss *session) finish(ps *os.ProcessState, werr error, start time.Time) {
-	if ps == nil {
+func (ss *session) finish(werr error, start time.Time) {
+	var ee *pid1.ExitError
+	switch {
+	case werr == nil:
+		ss.sendExit(exitStatus(0), start)
+	case !errors.As(werr, &ee):
 		ss.log.Warn().Err(werr).Msg("wait for command")
 		ss.sendExit(exitStatus(255), start)
-		return
-	}
-	ws, ok := ps.Sys().(syscall.WaitStatus)
-	if ok && ws.Signaled() {
+	case ee.Status.Signaled():
 		ss.sendExit(exitSignal{
-			Signal:     strings.TrimPrefix(unix.SignalName(ws.Signal()), "SIG"),
-			CoreDumped: ws.CoreDump(),
+			Signal:     strings.TrimPrefix(unix.SignalName(ee.Status.Signal()), "SIG"),
+			CoreDumped: ee.Status.CoreDump(),
 		}, start)
-		return
+	default:
+		ss.sendExit(exitStatus(ee.ExitCode()), start)
 	}
-	ss.sendExit(exitStatus(ps.ExitCode()), start)
 }
 
 // exitStatus and exitSignal are the two ways a session reports its end

@@ -10,12 +10,10 @@
 package supervise
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"math/rand/v2"
 	"os"
 	"os/exec"
@@ -27,6 +25,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/avsidecar/avsidecar/internal/backoff"
+	"github.com/avsidecar/avsidecar/internal/pid1"
 )
 
 // Config says what to run and how to treat its exits.
@@ -294,48 +293,42 @@ func (s *Supervisor) runOnce(ctx context.Context) (requested bool, logStart int6
 	logStart = s.logSize()
 	cmd := exec.Command(s.cfg.Path, s.cfg.Args...)
 	cmd.Env, cmd.Dir = s.cfg.Env, s.cfg.Dir
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	out := lineLogger(s.log)
-	defer out.Close()
-	cmd.Stdout, cmd.Stderr = out, out
-	// Grandchildren may keep the output pipe open; do not wait on them.
-	cmd.WaitDelay = time.Second
-
-	if err := cmd.Start(); err != nil {
+	p, err := pid1.StartLines(cmd, func(line string) {
+		s.log.Info().Str("line", line).Msg("agent output")
+	})
+	if err != nil {
 		return false, logStart, fmt.Errorf("start %s: %w", s.cfg.Path, err)
 	}
 	s.mu.Lock()
-	s.status.Running, s.status.PID, s.status.StartedAt = true, cmd.Process.Pid, time.Now()
+	s.status.Running, s.status.PID, s.status.StartedAt = true, p.Pid, time.Now()
 	s.status.NextStart, s.status.Backoff, s.status.CrashLoop = time.Time{}, 0, false
 	s.status.Starts++
 	if s.status.Starts > 1 {
 		s.status.Restarts++
 	}
 	s.mu.Unlock()
-	s.log.Info().Int("pid", cmd.Process.Pid).Str("path", s.cfg.Path).Msg("agent started")
+	s.log.Info().Int("pid", p.Pid).Str("path", s.cfg.Path).Msg("agent started")
 
-	done := make(chan error, 1)
-	go func() { done <- cmd.Wait() }()
 	stable := time.NewTimer(s.cfg.StableAfter)
 	defer stable.Stop()
 	for {
 		select {
-		case err := <-done:
-			return false, logStart, err
+		case <-p.Done():
+			return false, logStart, p.Wait()
 		case <-stable.C:
 			s.mu.Lock()
 			if s.status.ShortRuns > 0 || s.status.CrashLoop {
-				s.log.Info().Int("pid", cmd.Process.Pid).Msg("agent stable again")
+				s.log.Info().Int("pid", p.Pid).Msg("agent stable again")
 			}
 			s.status.ShortRuns, s.status.CrashLoop = 0, false
 			s.mu.Unlock()
 		case <-ctx.Done():
-			s.stop(cmd.Process.Pid, done)
+			s.stop(p)
 			s.markStopped()
 			return false, logStart, nil
 		case <-s.restart:
-			s.log.Info().Int("pid", cmd.Process.Pid).Msg("agent restart requested")
-			s.stop(cmd.Process.Pid, done)
+			s.log.Info().Int("pid", p.Pid).Msg("agent restart requested")
+			s.stop(p)
 			s.markStopped()
 			return true, logStart, nil
 		}
@@ -351,25 +344,19 @@ func (s *Supervisor) markStopped() {
 // stop sends SIGTERM to the process group, waits up to StopTimeout for the
 // leader to exit, then SIGKILLs the group. The group is killed at the end in
 // any case, so no helper of the agent outlives it.
-func (s *Supervisor) stop(pid int, done <-chan error) {
-	signalGroup(pid, syscall.SIGTERM)
+func (s *Supervisor) stop(p *pid1.Process) {
+	p.SignalGroup(syscall.SIGTERM)
 	t := time.NewTimer(s.cfg.StopTimeout)
 	defer t.Stop()
 	select {
-	case err := <-done:
-		s.log.Info().Int("pid", pid).Str("exit", describeExit(err)).Msg("agent stopped")
+	case <-p.Done():
+		s.log.Info().Int("pid", p.Pid).Str("exit", describeExit(p.Wait())).Msg("agent stopped")
 	case <-t.C:
-		s.log.Warn().Int("pid", pid).Dur("timeout", s.cfg.StopTimeout).Msg("agent ignored SIGTERM, killing its group")
-		signalGroup(pid, syscall.SIGKILL)
-		<-done
+		s.log.Warn().Int("pid", p.Pid).Dur("timeout", s.cfg.StopTimeout).Msg("agent ignored SIGTERM, killing its group")
+		p.SignalGroup(syscall.SIGKILL)
+		<-p.Done()
 	}
-	signalGroup(pid, syscall.SIGKILL)
-}
-
-// signalGroup signals the process group led by pid; a group that is already
-// gone (ESRCH) is not an error.
-func signalGroup(pid int, sig syscall.Signal) {
-	_ = syscall.Kill(-pid, sig)
+	p.SignalGroup(syscall.SIGKILL)
 }
 
 // exitCodeAndSignal splits an exit into its code (-1 for a signal or a
@@ -378,12 +365,12 @@ func exitCodeAndSignal(err error) (int, string) {
 	if err == nil {
 		return 0, ""
 	}
-	var ee *exec.ExitError
+	var ee *pid1.ExitError
 	if !errors.As(err, &ee) {
 		return -1, ""
 	}
-	if ws, ok := ee.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
-		return -1, ws.Signal().String()
+	if ee.Status.Signaled() {
+		return -1, ee.Status.Signal().String()
 	}
 	return ee.ExitCode(), ""
 }
@@ -392,23 +379,5 @@ func describeExit(err error) string {
 	if err == nil {
 		return "exit status 0"
 	}
-	var ee *exec.ExitError
-	if errors.As(err, &ee) {
-		return ee.ProcessState.String()
-	}
 	return err.Error()
-}
-
-// lineLogger returns a writer that logs each line the agent prints.
-func lineLogger(log zerolog.Logger) io.WriteCloser {
-	r, w := io.Pipe()
-	go func() {
-		sc := bufio.NewScanner(r)
-		sc.Buffer(make([]byte, 0, 4096), 64*1024)
-		for sc.Scan() {
-			log.Info().Str("line", sc.Text()).Msg("agent output")
-		}
-		_, _ = io.Copy(io.Discard, r)
-	}()
-	return w
 }
