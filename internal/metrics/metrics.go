@@ -1,11 +1,14 @@
 // Package metrics serves avsidecar's Prometheus metrics at /metrics.
 //
-// Everything is registered in a registry of its own (never the global
-// default one): the Go and process collectors, the HTTP middleware's request
-// counter and latency histogram, and a collector that reads a Snapshot of the
-// sidecar at every scrape. The components keep their own counters and expose
-// them through their Status(); the caller turns those into a Snapshot, so
-// the numbers in /metrics and /v1/status can never disagree.
+// The text exposition format (version 0.0.4) is written by hand: the
+// Prometheus client library links the protobuf runtime, whose package
+// initialisation alone costs a static binary more than 4 MiB of idle RSS.
+// A scrape holds the HTTP middleware's request counter and latency
+// histogram, a few Go runtime and process series read at scrape time, and
+// the series of a Snapshot of the sidecar read at every scrape. The
+// components keep their own counters and expose them through their
+// Status(); the caller turns those into a Snapshot, so the numbers in
+// /metrics and /v1/status can never disagree.
 //
 // Label values come only from fixed sets (phases, outcomes, handler names,
 // status codes, backup states) or from the installed package's own header:
@@ -34,21 +37,26 @@
 //	backup_api_state{state}                           only when the REST API is configured
 //	http_requests_total{handler,code}                 counter, from Instrument
 //	http_request_duration_seconds{handler}            histogram, from Instrument
+//
+// and, under client_golang's names and meanings, go_goroutines,
+// go_memstats_heap_alloc_bytes, go_memstats_sys_bytes,
+// process_cpu_seconds_total, process_open_fds, process_max_fds,
+// process_virtual_memory_bytes, process_resident_memory_bytes and
+// process_start_time_seconds.
 package metrics
 
 import (
-	"fmt"
+	"bytes"
+	"maps"
 	"net/http"
 	"runtime"
 	"slices"
+	"sort"
 	"strconv"
 	"strings"
 	"sync"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/collectors"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/rs/zerolog"
 )
 
@@ -148,53 +156,90 @@ type Config struct {
 	Snapshot func() Snapshot
 }
 
-// Metrics owns the registry. Create it with New.
+// buckets are the upper bounds of the latency histogram, in seconds.
+var buckets = [...]float64{.001, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 120}
+
+// Metrics keeps the HTTP counts and serves /metrics. Create it with New.
 type Metrics struct {
-	reg      *prometheus.Registry
-	requests *prometheus.CounterVec
-	latency  *prometheus.HistogramVec
-	handler  http.Handler
+	cfg Config
+	log zerolog.Logger
+
+	mu sync.Mutex
+	// requests counts answered requests by handler and code label.
+	requests map[[2]string]uint64
+	// latency is the histogram of each instrumented handler.
+	latency map[string]*histogram
+	// high keeps the highest value reported per Snapshot counter series,
+	// so that a counter never goes backwards even if a component's count
+	// does.
+	high map[string]float64
 }
 
-// New builds the registry with every collector registered.
+// histogram counts observations per bucket (not cumulated; the last one is
+// +Inf) with their sum.
+type histogram struct {
+	counts [len(buckets) + 1]uint64
+	count  uint64
+	sum    float64
+}
+
+// observe adds one observation, in the first bucket whose bound is >= v.
+func (h *histogram) observe(v float64) {
+	h.counts[sort.SearchFloat64s(buckets[:], v)]++
+	h.count++
+	h.sum += v
+}
+
+// New makes the metrics of one sidecar; nothing is read before a scrape.
 func New(cfg Config, log zerolog.Logger) (*Metrics, error) {
-	reg := prometheus.NewRegistry()
-	m := &Metrics{
-		reg: reg,
-		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "avsidecar_http_requests_total",
-			Help: "HTTP requests answered, by handler and status code (or class).",
-		}, []string{"handler", "code"}),
-		latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
-			Name:    "avsidecar_http_request_duration_seconds",
-			Help:    "Time to answer an HTTP request (a whole stream for walk), by handler.",
-			Buckets: []float64{.001, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 120},
-		}, []string{"handler"}),
-	}
-	for _, c := range []prometheus.Collector{
-		collectors.NewGoCollector(),
-		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
-		m.requests,
-		m.latency,
-		newSnapshotCollector(cfg),
-	} {
-		if err := reg.Register(c); err != nil {
-			return nil, fmt.Errorf("register collector: %w", err)
-		}
-	}
-	m.handler = promhttp.HandlerFor(reg, promhttp.HandlerOpts{
-		Registry:      reg,
-		ErrorHandling: promhttp.ContinueOnError,
-		ErrorLog:      promLogger{log},
-	})
-	return m, nil
+	return &Metrics{
+		cfg:      cfg,
+		log:      log,
+		requests: map[[2]string]uint64{},
+		latency:  map[string]*histogram{},
+		high:     map[string]float64{},
+	}, nil
 }
 
-// Handler serves the registry in the Prometheus exposition formats.
-func (m *Metrics) Handler() http.Handler { return m.handler }
+// Handler serves the metrics in the Prometheus text format.
+func (m *Metrics) Handler() http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		var buf bytes.Buffer
+		writeText(&buf, m.families())
+		w.Header().Set("Content-Type", contentType)
+		w.Header().Set("Content-Length", strconv.Itoa(buf.Len()))
+		_, _ = buf.WriteTo(w)
+	})
+}
 
-// Registry is the registry, for callers that add a collector of their own.
-func (m *Metrics) Registry() *prometheus.Registry { return m.reg }
+// families gathers every family of one scrape.
+func (m *Metrics) families() []*family {
+	fams := append(goFamilies(), m.httpFamilies()...)
+	if proc, err := processFamilies(); err != nil {
+		m.log.Warn().Err(err).Msg("metrics scrape error")
+	} else {
+		fams = append(fams, proc...)
+	}
+	return append(fams, m.snapshotFamilies()...)
+}
+
+// httpFamilies copies Instrument's counts.
+func (m *Metrics) httpFamilies() []*family {
+	requests := &family{name: "avsidecar_http_requests_total", typ: counterType,
+		help: "HTTP requests answered, by handler and status code (or class)."}
+	latency := &family{name: "avsidecar_http_request_duration_seconds", typ: histogramType,
+		help: "Time to answer an HTTP request (a whole stream for walk), by handler."}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for k, n := range m.requests {
+		requests.add(float64(n), "code", k[1], "handler", k[0])
+	}
+	for handler, h := range m.latency {
+		c := *h
+		latency.series = append(latency.series, series{labels: []string{"handler", handler}, hist: &c})
+	}
+	return []*family{requests, latency}
+}
 
 // Instrument wraps h so that its requests are counted by status code and
 // timed, under handler, which should be one of Handlers (others are counted
@@ -203,13 +248,24 @@ func (m *Metrics) Instrument(handler string, h http.Handler) http.Handler {
 	if !slices.Contains(Handlers, handler) {
 		handler = "other"
 	}
-	latency := m.latency.WithLabelValues(handler)
+	// The latency series exists from now on, so that a handler's first
+	// request is seen as an increase from 0.
+	m.mu.Lock()
+	latency := m.latency[handler]
+	if latency == nil {
+		latency = &histogram{}
+		m.latency[handler] = latency
+	}
+	m.mu.Unlock()
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
 		rec := &recorder{ResponseWriter: w}
 		defer func() {
-			latency.Observe(time.Since(start).Seconds())
-			m.requests.WithLabelValues(handler, codeLabel(rec.status())).Inc()
+			took := time.Since(start).Seconds()
+			m.mu.Lock()
+			defer m.mu.Unlock()
+			latency.observe(took)
+			m.requests[[2]string{handler, codeLabel(rec.status())}]++
 		}()
 		h.ServeHTTP(rec, r)
 	})
@@ -275,115 +331,60 @@ func codeLabelString(s string) string {
 	return codeLabel(code)
 }
 
-// promLogger puts promhttp's errors on the logger.
-type promLogger struct{ log zerolog.Logger }
-
-// Println logs one promhttp error.
-func (l promLogger) Println(v ...any) {
-	l.log.Warn().Str("error", fmt.Sprint(v...)).Msg("metrics scrape error")
-}
-
-// snapshotCollector turns a Snapshot into series at scrape time.
-type snapshotCollector struct {
-	cfg Config
-
-	buildInfo, phase, ready, installInfo, registrations, registered,
-	agentUp, agentRestarts, agentUptime, sshLogins, sshRefusals, sshActive,
-	sshSessionsRefused, sshDropped,
-	browse, logLines, lastBackup, lastCheck, backupState *prometheus.Desc
-
-	// high keeps the highest value reported per counter series, so that a
-	// counter never goes backwards even if a component's count does.
-	mu   sync.Mutex
-	high map[string]float64
-}
-
-func newSnapshotCollector(cfg Config) *snapshotCollector {
-	d := func(name, help string, labels ...string) *prometheus.Desc {
-		return prometheus.NewDesc("avsidecar_"+name, help, labels, nil)
+// snapshotFamilies reads one Snapshot and turns it into families.
+func (m *Metrics) snapshotFamilies() []*family {
+	f := func(name, typ, help string) *family {
+		return &family{name: "avsidecar_" + name, typ: typ, help: help}
 	}
-	return &snapshotCollector{
-		cfg:                cfg,
-		buildInfo:          d("build_info", "avsidecar's build; always 1.", "version", "revision", "goversion"),
-		phase:              d("phase", "1 for the current phase of the sidecar, 0 for the others.", "phase"),
-		ready:              d("ready", "1 when the readiness check passes."),
-		installInfo:        d("install_info", "The installed Avamar client package; always 1.", "package", "version", "release"),
-		registrations:      d("registration_attempts_total", "Registration attempts by outcome.", "outcome"),
-		registered:         d("registered", "1 once the client is registered with the Avamar server."),
-		agentUp:            d("agent_up", "1 while avagent runs."),
-		agentRestarts:      d("agent_restarts_total", "Restarts of avagent."),
-		agentUptime:        d("agent_uptime_seconds", "Seconds since avagent last started; 0 while down."),
-		sshLogins:          d("ssh_logins_total", "Successful SSH authentications."),
-		sshRefusals:        d("ssh_refusals_total", "Refused SSH authentication attempts."),
-		sshActive:          d("ssh_active_sessions", "Open SSH sessions."),
-		sshSessionsRefused: d("ssh_sessions_refused_total", "SSH sessions refused because the session cap was reached."),
-		sshDropped:         d("ssh_handshakes_dropped_total", "SSH connections closed at once because the unauthenticated connection caps were reached."),
-		browse:             d("browse_requests_total", "Answered browse requests by status code (or class).", "code"),
-		logLines:           d("avagent_log_lines_total", "Lines of avagent.log re-emitted on the sidecar's log."),
-		lastBackup:         d("last_backup_timestamp_seconds", "Unix time of the client's newest backup on the Avamar server; absent while unknown."),
-		lastCheck:          d("last_backup_check_timestamp_seconds", "Unix time the Avamar REST API was last asked for backups."),
-		backupState:        d("backup_api_state", "1 for the current state of the backup check against the Avamar REST API.", "state"),
-		high:               map[string]float64{},
+	buildInfo := f("build_info", gaugeType, "avsidecar's build; always 1.")
+	buildInfo.add(1, "goversion", runtime.Version(), "revision", m.cfg.Revision, "version", m.cfg.Version)
+	if m.cfg.Snapshot == nil {
+		return []*family{buildInfo}
 	}
-}
+	s := m.cfg.Snapshot()
 
-// Describe sends every descriptor.
-func (c *snapshotCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{
-		c.buildInfo, c.phase, c.ready, c.installInfo, c.registrations, c.registered,
-		c.agentUp, c.agentRestarts, c.agentUptime, c.sshLogins, c.sshRefusals, c.sshActive,
-		c.sshSessionsRefused, c.sshDropped, c.browse, c.logLines, c.lastBackup, c.lastCheck, c.backupState,
-	} {
-		ch <- d
+	gauge := func(name, help string, v float64) *family {
+		g := f(name, gaugeType, help)
+		g.add(v)
+		return g
 	}
-}
-
-// Collect reads one Snapshot and sends its series.
-func (c *snapshotCollector) Collect(ch chan<- prometheus.Metric) {
-	gauge := func(d *prometheus.Desc, v float64, labels ...string) {
-		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, labels...)
-	}
-	ch <- prometheus.MustNewConstMetric(c.buildInfo, prometheus.GaugeValue, 1,
-		c.cfg.Version, c.cfg.Revision, runtime.Version())
-	if c.cfg.Snapshot == nil {
-		return
-	}
-	s := c.cfg.Snapshot()
-
+	phase := f("phase", gaugeType, "1 for the current phase of the sidecar, 0 for the others.")
 	for _, p := range Phases {
-		gauge(c.phase, bool01(s.Phase == p), p)
+		phase.add(bool01(s.Phase == p), "phase", p)
 	}
-	gauge(c.ready, bool01(s.Ready))
+	installInfo := f("install_info", gaugeType, "The installed Avamar client package; always 1.")
 	if s.Install.Package != "" {
-		gauge(c.installInfo, 1, s.Install.Package, s.Install.Version, s.Install.Release)
+		installInfo.add(1, "package", s.Install.Package, "release", s.Install.Release, "version", s.Install.Version)
 	}
-
-	// Counters are computed under the lock and sent after it: a send may
-	// block on the registry.
-	for _, m := range c.counters(s) {
-		ch <- m
+	fams := []*family{
+		buildInfo, phase, installInfo,
+		gauge("ready", "1 when the readiness check passes.", bool01(s.Ready)),
+		gauge("registered", "1 once the client is registered with the Avamar server.", bool01(s.Registered)),
+		gauge("agent_up", "1 while avagent runs.", bool01(s.AgentUp)),
+		gauge("agent_uptime_seconds", "Seconds since avagent last started; 0 while down.", s.AgentUptime.Seconds()),
+		gauge("ssh_active_sessions", "Open SSH sessions.", float64(s.SSHActiveSessions)),
 	}
-
-	gauge(c.registered, bool01(s.Registered))
-	gauge(c.agentUp, bool01(s.AgentUp))
-	gauge(c.agentUptime, s.AgentUptime.Seconds())
-	gauge(c.sshActive, float64(s.SSHActiveSessions))
 	if !s.LastBackup.IsZero() {
-		gauge(c.lastBackup, unixSeconds(s.LastBackup))
+		fams = append(fams, gauge("last_backup_timestamp_seconds",
+			"Unix time of the client's newest backup on the Avamar server; absent while unknown.", unixSeconds(s.LastBackup)))
 	}
 	if !s.LastBackupCheck.IsZero() {
-		gauge(c.lastCheck, unixSeconds(s.LastBackupCheck))
+		fams = append(fams, gauge("last_backup_check_timestamp_seconds",
+			"Unix time the Avamar REST API was last asked for backups.", unixSeconds(s.LastBackupCheck)))
 	}
 	if s.BackupAPIState != "" {
+		state := f("backup_api_state", gaugeType, "1 for the current state of the backup check against the Avamar REST API.")
 		for _, st := range BackupStates {
-			gauge(c.backupState, bool01(s.BackupAPIState == st), st)
+			state.add(bool01(s.BackupAPIState == st), "state", st)
 		}
+		fams = append(fams, state)
 	}
+	return append(fams, m.counters(s)...)
 }
 
-// counters builds the counter series of s, each at least as high as at the
-// previous scrape.
-func (c *snapshotCollector) counters(s Snapshot) []prometheus.Metric {
+// counters builds the counter families of s, each series at least as high
+// as at the previous scrape.
+func (m *Metrics) counters(s Snapshot) []*family {
 	outcomes := map[string]float64{}
 	for o, n := range s.Registrations {
 		if !slices.Contains(Outcomes, o) {
@@ -396,33 +397,43 @@ func (c *snapshotCollector) counters(s Snapshot) []prometheus.Metric {
 		browse[codeLabelString(code)] += float64(n)
 	}
 
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	var out []prometheus.Metric
-	counter := func(d *prometheus.Desc, key string, v float64, labels ...string) {
-		v = max(v, c.high[key])
-		c.high[key] = v
-		out = append(out, prometheus.MustNewConstMetric(d, prometheus.CounterValue, v, labels...))
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	var fams []*family
+	counter := func(name, help string) *family {
+		c := &family{name: "avsidecar_" + name, typ: counterType, help: help}
+		fams = append(fams, c)
+		return c
 	}
+	add := func(c *family, key string, v float64, labels ...string) {
+		v = max(v, m.high[key])
+		m.high[key] = v
+		c.add(v, labels...)
+	}
+	registrations := counter("registration_attempts_total", "Registration attempts by outcome.")
 	for _, o := range Outcomes {
-		counter(c.registrations, "registrations/"+o, outcomes[o], o)
+		add(registrations, "registrations/"+o, outcomes[o], "outcome", o)
 	}
-	counter(c.agentRestarts, "agent_restarts", float64(s.AgentRestarts))
-	counter(c.sshLogins, "ssh_logins", float64(s.SSHLogins))
-	counter(c.sshRefusals, "ssh_refusals", float64(s.SSHRefusals))
-	counter(c.sshSessionsRefused, "ssh_sessions_refused", float64(s.SSHSessionsRefused))
-	counter(c.sshDropped, "ssh_handshakes_dropped", float64(s.SSHHandshakesDropped))
-	counter(c.logLines, "avagent_log_lines", float64(s.AvagentLogLines))
+	add(counter("agent_restarts_total", "Restarts of avagent."), "agent_restarts", float64(s.AgentRestarts))
+	add(counter("ssh_logins_total", "Successful SSH authentications."), "ssh_logins", float64(s.SSHLogins))
+	add(counter("ssh_refusals_total", "Refused SSH authentication attempts."), "ssh_refusals", float64(s.SSHRefusals))
+	add(counter("ssh_sessions_refused_total", "SSH sessions refused because the session cap was reached."),
+		"ssh_sessions_refused", float64(s.SSHSessionsRefused))
+	add(counter("ssh_handshakes_dropped_total", "SSH connections closed at once because the unauthenticated connection caps were reached."),
+		"ssh_handshakes_dropped", float64(s.SSHHandshakesDropped))
+	add(counter("avagent_log_lines_total", "Lines of avagent.log re-emitted on the sidecar's log."),
+		"avagent_log_lines", float64(s.AvagentLogLines))
 	// Codes seen once keep their series.
 	for code, n := range browse {
-		c.high["browse/"+code] = max(c.high["browse/"+code], n)
+		m.high["browse/"+code] = max(m.high["browse/"+code], n)
 	}
-	for key, v := range c.high {
+	requests := counter("browse_requests_total", "Answered browse requests by status code (or class).")
+	for _, key := range slices.Sorted(maps.Keys(m.high)) {
 		if code, ok := strings.CutPrefix(key, "browse/"); ok {
-			out = append(out, prometheus.MustNewConstMetric(c.browse, prometheus.CounterValue, v, code))
+			requests.add(m.high[key], "code", code)
 		}
 	}
-	return out
+	return fams
 }
 
 func unixSeconds(t time.Time) float64 {

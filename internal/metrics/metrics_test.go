@@ -2,8 +2,10 @@ package metrics
 
 import (
 	"bufio"
+	"bytes"
 	"fmt"
 	"io"
+	"math"
 	"net/http"
 	"net/http/httptest"
 	"runtime"
@@ -13,8 +15,10 @@ import (
 	"sync"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"github.com/google/go-cmp/cmp"
+	"github.com/prometheus/client_golang/prometheus/testutil/promlint"
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
@@ -47,30 +51,48 @@ func serve(t *testing.T, m *Metrics) string {
 	return srv.URL
 }
 
-// scrape fetches url and parses it with the Prometheus text parser.
+// scrape fetches url, lints it with promlint and parses it with the
+// Prometheus text parser.
 func scrape(t *testing.T, url string) map[string]*dto.MetricFamily {
+	t.Helper()
+	return parse(t, get(t, url))
+}
+
+// get fetches url and checks the status and content type of a scrape.
+func get(t *testing.T, url string) string {
 	t.Helper()
 	resp, err := http.Get(url)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
 	if resp.StatusCode != http.StatusOK {
 		t.Fatalf("scrape: %s", resp.Status)
 	}
-	if ct := resp.Header.Get("Content-Type"); !strings.HasPrefix(ct, "text/plain") {
+	if ct := resp.Header.Get("Content-Type"); ct != "text/plain; version=0.0.4; charset=utf-8" {
 		t.Fatalf("scrape: content type %q", ct)
 	}
-	p := expfmt.NewTextParser(model.UTF8Validation)
-	fams, err := p.TextToMetricFamilies(resp.Body)
+	return string(body)
+}
+
+// parse lints a scrape and parses it with the official text parser.
+func parse(t *testing.T, text string) map[string]*dto.MetricFamily {
+	t.Helper()
+	problems, err := promlint.New(strings.NewReader(text)).Lint()
 	if err != nil {
-		t.Fatalf("parse scrape: %v", err)
+		t.Fatalf("lint scrape: %v", err)
 	}
-	// Collection errors are logged and skipped in production: here they fail.
-	for _, m := range fams["promhttp_metric_handler_errors_total"].GetMetric() {
-		if v := m.GetCounter().GetValue(); v > 0 {
-			t.Fatalf("scrape had %v errors (%s)", v, key("errors", m))
-		}
+	for _, p := range problems {
+		t.Errorf("promlint: %s: %s", p.Metric, p.Text)
+	}
+	p := expfmt.NewTextParser(model.UTF8Validation)
+	fams, err := p.TextToMetricFamilies(strings.NewReader(text))
+	if err != nil {
+		t.Fatalf("parse scrape: %v\n%s", err, text)
 	}
 	return fams
 }
@@ -367,23 +389,181 @@ func TestCountersNeverGoBackwards(t *testing.T) {
 	}
 }
 
+// TestGoProcessAndBuildInfo checks the Go and process series against what
+// the test process itself knows of them.
 func TestGoProcessAndBuildInfo(t *testing.T) {
+	before := time.Now()
 	fams := scrape(t, serve(t, newMetrics(t, nil)))
-	for _, name := range []string{"go_goroutines", "go_memstats_alloc_bytes", "process_start_time_seconds", "avsidecar_build_info", "avsidecar_http_requests_total"} {
-		if name == "avsidecar_http_requests_total" {
-			// No request yet: an empty vector is not exposed.
-			if _, ok := fams[name]; ok {
-				t.Errorf("%s present before any request", name)
-			}
-			continue
+	after := time.Now()
+	value := func(name string, typ dto.MetricType) float64 {
+		t.Helper()
+		f, ok := fams[name]
+		if !ok || len(f.Metric) != 1 {
+			t.Errorf("%s: missing or not a single series", name)
+			return 0
 		}
-		if _, ok := fams[name]; !ok {
-			t.Errorf("%s missing", name)
+		if f.GetType() != typ {
+			t.Errorf("%s: type %v, want %v", name, f.GetType(), typ)
 		}
+		if typ == dto.MetricType_COUNTER {
+			return f.Metric[0].GetCounter().GetValue()
+		}
+		return f.Metric[0].GetGauge().GetValue()
+	}
+	gauge := func(name string) float64 { t.Helper(); return value(name, dto.MetricType_GAUGE) }
+
+	if v := gauge("go_goroutines"); v < 1 {
+		t.Errorf("go_goroutines = %v", v)
+	}
+	if v := gauge("go_memstats_heap_alloc_bytes"); v <= 0 || v > gauge("go_memstats_sys_bytes") {
+		t.Errorf("go_memstats_heap_alloc_bytes = %v, sys %v", v, gauge("go_memstats_sys_bytes"))
+	}
+	if v := value("process_cpu_seconds_total", dto.MetricType_COUNTER); v < 0 {
+		t.Errorf("process_cpu_seconds_total = %v", v)
+	}
+	if v := gauge("process_resident_memory_bytes"); v < 1<<20 || v > gauge("process_virtual_memory_bytes") {
+		t.Errorf("process_resident_memory_bytes = %v, virtual %v", v, gauge("process_virtual_memory_bytes"))
+	}
+	if v := gauge("process_open_fds"); v < 3 || v > gauge("process_max_fds") {
+		t.Errorf("process_open_fds = %v, max %v", v, gauge("process_max_fds"))
+	}
+	// The boot time is in whole seconds: a start can read up to 1s late.
+	start := gauge("process_start_time_seconds")
+	if start > float64(after.Unix())+1 || start < float64(before.Add(-time.Hour).Unix()) {
+		t.Errorf("process_start_time_seconds = %v, scraped at %v", start, before.Unix())
+	}
+
+	if _, ok := fams["avsidecar_build_info"]; !ok {
+		t.Error("avsidecar_build_info missing")
+	}
+	// No request yet: an empty vector is not exposed.
+	if _, ok := fams["avsidecar_http_requests_total"]; ok {
+		t.Error("avsidecar_http_requests_total present before any request")
 	}
 	if _, ok := fams["avsidecar_phase"]; ok {
 		t.Error("phase exposed without a snapshot")
 	}
+}
+
+func TestParseStat(t *testing.T) {
+	// Fields 3..24 of a real line, behind hostile command names.
+	rest := " S 1 1 1 0 -1 4194560 1000 0 0 0 250 130 0 0 20 0 8 0 123456 1300000000 2000 18446744073709551615 1 1 0 0 0"
+	for _, comm := range []string{"(avsidecar)", "(a) b) (c)", "(x 1 2 3)", "())"} {
+		st, err := parseStat([]byte("42 " + comm + rest))
+		if err != nil {
+			t.Errorf("%s: %v", comm, err)
+			continue
+		}
+		if want := (procStat{utime: 250, stime: 130, starttime: 123456, vsize: 1300000000, rss: 2000}); st != want {
+			t.Errorf("%s: %+v, want %+v", comm, st, want)
+		}
+	}
+	for _, bad := range []string{"", "42 avsidecar S 1", "42 (avsidecar) S 1 1 1", "42 (a)" + strings.Replace(rest, "250", "x", 1)} {
+		if _, err := parseStat([]byte(bad)); err == nil {
+			t.Errorf("%q parsed", bad)
+		}
+	}
+}
+
+// TestExposition checks the text itself: each family once, HELP before
+// TYPE, families in name order, and the same text for the same state.
+func TestExposition(t *testing.T) {
+	src := &source{}
+	src.set(Snapshot{Phase: "running", BrowseRequests: map[string]uint64{"404": 1, "200": 2, "500": 3}, BackupAPIState: "ok"})
+	m := newMetrics(t, src)
+	url := serve(t, m)
+	m.Instrument("status", http.NotFoundHandler()).ServeHTTP(httptest.NewRecorder(), httptest.NewRequest("GET", "/", nil))
+	text := get(t, url)
+	var names []string
+	var help string
+	for line := range strings.Lines(text) {
+		switch {
+		case strings.HasPrefix(line, "# HELP "):
+			help = strings.Fields(line)[2]
+		case strings.HasPrefix(line, "# TYPE "):
+			name := strings.Fields(line)[2]
+			if help != name {
+				t.Errorf("TYPE of %s not right after its HELP", name)
+			}
+			names = append(names, name)
+		case strings.HasPrefix(line, "#"):
+			t.Errorf("stray comment %q", line)
+		}
+	}
+	if !slices.IsSorted(names) || len(slices.Compact(slices.Clone(names))) != len(names) {
+		t.Errorf("families not sorted and unique: %q", names)
+	}
+	avsidecar := func(text string) string {
+		var out []string
+		for line := range strings.Lines(text) {
+			if strings.HasPrefix(line, "avsidecar_") && !strings.Contains(line, "agent_uptime") {
+				out = append(out, line)
+			}
+		}
+		return strings.Join(out, "")
+	}
+	for _, want := range []string{
+		"avsidecar_browse_requests_total{code=\"200\"} 2\navsidecar_browse_requests_total{code=\"404\"} 1\navsidecar_browse_requests_total{code=\"500\"} 3\n",
+		"avsidecar_http_requests_total{code=\"404\",handler=\"status\"} 1\n",
+	} {
+		if !strings.Contains(text, want) {
+			t.Errorf("scrape lacks %q", want)
+		}
+	}
+	if again := get(t, url); avsidecar(again) != avsidecar(text) {
+		t.Errorf("two scrapes of the same state differ:\n%s\n%s", avsidecar(text), avsidecar(again))
+	}
+}
+
+// TestHostileLabelValues feeds package header fields that try to break out
+// of their label and checks that the official parser reads them back
+// exactly, with nothing else changed.
+func TestHostileLabelValues(t *testing.T) {
+	for _, in := range []Install{
+		{Package: `Avamar"Client`, Version: `7.5\101`, Release: "1\n2"},
+		{Package: `x"} avsidecar_ready 1`, Version: "1\navsidecar_registered 1\n# TYPE avsidecar_ready counter", Release: `\\"\`},
+		{Package: "Avamar\xffClient", Version: "7.5.\xc3", Release: "r\u00e9lease \u2028"},
+	} {
+		src := &source{}
+		src.set(Snapshot{Phase: "running", Install: in})
+		fams := scrape(t, serve(t, newMetrics(t, src)))
+		want := base("running")
+		valid := func(s string) string { return strings.ToValidUTF8(s, "\uFFFD") }
+		want[fmt.Sprintf("avsidecar_install_info{package=%q,release=%q,version=%q}", valid(in.Package), valid(in.Release), valid(in.Version))] = 1
+		if diff := cmp.Diff(want, flat(fams)); diff != "" {
+			t.Errorf("%q: series (-want +got):\n%s", in, diff)
+		}
+	}
+}
+
+// FuzzLabelValue: any label value is read back by the official parser as
+// written (invalid UTF-8 as U+FFFD), and the scrape stays one series.
+func FuzzLabelValue(f *testing.F) {
+	for _, s := range []string{"", "7.5.101", `a"b`, `a\b`, "a\nb", `\`, `\"`, "\xff", "} 1\n# HELP"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, v string) {
+		var buf bytes.Buffer
+		fam := &family{name: "x_info", typ: gaugeType, help: v}
+		fam.add(1, "v", v)
+		writeText(&buf, []*family{fam})
+		p := expfmt.NewTextParser(model.UTF8Validation)
+		fams, err := p.TextToMetricFamilies(&buf)
+		if err != nil {
+			t.Fatalf("%q: %v", v, err)
+		}
+		ms := fams["x_info"].GetMetric()
+		if len(fams) != 1 || len(ms) != 1 || len(ms[0].Label) != 1 {
+			t.Fatalf("%q: %v", v, fams)
+		}
+		if got, want := ms[0].Label[0].GetValue(), strings.ToValidUTF8(v, "\uFFFD"); got != want {
+			t.Errorf("label read back as %q, want %q", got, want)
+		}
+		// The parser skips the blanks between the name and the text.
+		if got, want := fams["x_info"].GetHelp(), strings.TrimLeft(v, " \t"); got != want && utf8.ValidString(v) {
+			t.Errorf("help read back as %q, want %q", got, want)
+		}
+	})
 }
 
 // TestInstrument serves instrumented handlers on a real server, calls them
@@ -469,6 +649,29 @@ func TestInstrument(t *testing.T) {
 	}
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("instrumented series (-want +got):\n%s", diff)
+	}
+}
+
+// TestHistogram checks the latency histogram on observations at its
+// bounds (le is inclusive) and past its last bucket.
+func TestHistogram(t *testing.T) {
+	m := newMetrics(t, nil)
+	m.Instrument("du", http.NotFoundHandler())
+	for _, v := range []float64{0.001, 0.002, 0.0025, 120, 500} {
+		m.latency["du"].observe(v)
+	}
+	fams := scrape(t, serve(t, m))
+	h := fams["avsidecar_http_request_duration_seconds"].GetMetric()[0].GetHistogram()
+	got := map[float64]uint64{}
+	for _, b := range h.GetBucket() {
+		got[b.GetUpperBound()] = b.GetCumulativeCount()
+	}
+	want := map[float64]uint64{.001: 1, .005: 3, .01: 3, .025: 3, .05: 3, .1: 3, .25: 3, .5: 3, 1: 3, 2.5: 3, 5: 3, 10: 3, 30: 3, 120: 4, math.Inf(1): 5}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("buckets (-want +got):\n%s", diff)
+	}
+	if h.GetSampleCount() != 5 || h.GetSampleSum() != 620.0055 {
+		t.Errorf("count %d, sum %v; want 5, 620.0055", h.GetSampleCount(), h.GetSampleSum())
 	}
 }
 
