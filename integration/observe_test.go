@@ -1,15 +1,19 @@
 package integration
 
 import (
+	"crypto/ed25519"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
+	"golang.org/x/crypto/ssh"
 
+	"github.com/avsidecar/avsidecar/internal/testkit"
 	"github.com/avsidecar/avsidecar/internal/testkit/avrest"
 )
 
@@ -66,7 +70,20 @@ func TestOperatorView(t *testing.T) {
 		"AVAMAR_REST_URL="+rest.URL(),
 		"AVAMAR_REST_CREDENTIALS_FILE=/etc/avsidecar/rest/credentials",
 		"AVAMAR_REST_CA_FILE=/etc/avsidecar/rest/ca.pem",
-		"AVAMAR_REST_INTERVAL=200ms")
+		"AVAMAR_REST_INTERVAL=200ms",
+		"AVSIDECAR_SSH_ADDR=127.0.0.1:"+strconv.Itoa(testkit.FreePort(t)))
+	// One usable key and one line the SSH server refuses.
+	pub, _, err := ed25519.GenerateKey(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sshPub, err := ssh.NewPublicKey(pub)
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.MkdirAll(filepath.Join(w.root, "etc/avsidecar/ssh"), 0o755)
+	os.WriteFile(filepath.Join(w.root, "etc/avsidecar/ssh/authorized_keys"),
+		append([]byte("not a key\n"), ssh.MarshalAuthorizedKey(sshPub)...), 0o644)
 	restDir := filepath.Join(w.root, "etc/avsidecar/rest")
 	os.MkdirAll(restDir, 0o755)
 	os.WriteFile(filepath.Join(restDir, "ca.pem"), rest.CAPEM(), 0o644)
@@ -90,6 +107,9 @@ func TestOperatorView(t *testing.T) {
 	}
 	if m[`avsidecar_install_info{package=AvamarClient,release=101,version=7.5.101}`] != 1 {
 		t.Fatalf("install info: %v", pick(m, "install_info"))
+	}
+	if m[`avsidecar_ssh_authorized_keys_refused{}`] != 1 {
+		t.Errorf("refused authorized_keys lines: %v", pick(m, "ssh_"))
 	}
 
 	// The newest backup appears once the REST check has run.
@@ -127,6 +147,9 @@ func TestOperatorView(t *testing.T) {
 				t.Errorf("%s shows a secret", where)
 			}
 		}
+	}
+	if !strings.Contains(status, `"authorized_keys_refused": 1,`) {
+		t.Errorf("status disagrees with /metrics on refused authorized_keys lines")
 	}
 	if !strings.Contains(status, `"last_backup": "`+backupAt.Format(time.RFC3339)) {
 		t.Errorf("status lacks the last backup %s", backupAt.Format(time.RFC3339))

@@ -79,6 +79,7 @@ func (s *sidecar) metricsSnapshot() metrics.Snapshot {
 	if d.SSH != nil {
 		m.SSHLogins, m.SSHRefusals, m.SSHActiveSessions = d.SSH.Logins, d.SSH.Refusals, d.SSH.ActiveSessions
 		m.SSHSessionsRefused, m.SSHHandshakesDropped = d.SSH.SessionsRefused, d.SSH.HandshakesDropped
+		m.SSHAuthorizedKeysRefused = d.SSH.AuthorizedKeysRefused
 	}
 	if d.Backup != nil {
 		m.LastBackup, m.LastBackupCheck, m.BackupAPIState = d.Backup.LastBackup, d.Backup.LastCheck, d.Backup.State

@@ -30,6 +30,7 @@
 //	ssh_sessions_refused_total                        counter (session cap reached)
 //	ssh_handshakes_dropped_total                      counter (unauthenticated connection caps reached)
 //	ssh_active_sessions                               gauge
+//	ssh_authorized_keys_refused                       gauge (authorized_keys lines refused)
 //	browse_requests_total{code}                       counter
 //	avagent_log_lines_total                           counter
 //	last_backup_timestamp_seconds                     only when a backup is known
@@ -125,6 +126,10 @@ type Snapshot struct {
 	// SSHHandshakesDropped counts connections closed at once by the
 	// unauthenticated connection caps (a flood, or a scanner).
 	SSHHandshakesDropped uint64
+	// SSHAuthorizedKeysRefused is the number of authorized_keys lines
+	// currently refused (unparsable, or with options the server cannot
+	// honour): keys someone meant to let in and cannot.
+	SSHAuthorizedKeysRefused int
 	// BrowseRequests counts answered browse requests by status code, as in
 	// browse's Status().Requests ("200", "404", ...). Codes outside a fixed
 	// set are counted under their class ("4xx"); anything unparsable as
@@ -363,6 +368,8 @@ func (m *Metrics) snapshotFamilies() []*family {
 		gauge("agent_up", "1 while avagent runs.", bool01(s.AgentUp)),
 		gauge("agent_uptime_seconds", "Seconds since avagent last started; 0 while down.", s.AgentUptime.Seconds()),
 		gauge("ssh_active_sessions", "Open SSH sessions.", float64(s.SSHActiveSessions)),
+		gauge("ssh_authorized_keys_refused", "Lines of authorized_keys currently refused (unparsable, or with options the server cannot honour).",
+			float64(s.SSHAuthorizedKeysRefused)),
 	}
 	if !s.LastBackup.IsZero() {
 		fams = append(fams, gauge("last_backup_timestamp_seconds",

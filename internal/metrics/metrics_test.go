@@ -167,6 +167,7 @@ func base(p string) map[string]float64 {
 		`avsidecar_ssh_logins_total{}`:             0,
 		`avsidecar_ssh_refusals_total{}`:           0,
 		`avsidecar_ssh_active_sessions{}`:          0,
+		`avsidecar_ssh_authorized_keys_refused{}`:  0,
 		`avsidecar_ssh_sessions_refused_total{}`:   0,
 		`avsidecar_ssh_handshakes_dropped_total{}`: 0,
 		`avsidecar_avagent_log_lines_total{}`:      0,
@@ -208,7 +209,7 @@ func TestSeriesFollowSnapshot(t *testing.T) {
 			Registrations: map[string]int{"unreachable": 2, "refused": 1, "something new": 1, "success": 1},
 			AgentUp:       true, AgentUptime: 90 * time.Second, AgentRestarts: 1,
 			SSHLogins: 3, SSHRefusals: 2, SSHActiveSessions: 1, SSHSessionsRefused: 1, SSHHandshakesDropped: 4,
-			BrowseRequests:  map[string]uint64{"200": 5, "404": 1, "418": 1, "bad": 1},
+			SSHAuthorizedKeysRefused: 2, BrowseRequests: map[string]uint64{"200": 5, "404": 1, "418": 1, "bad": 1},
 			AvagentLogLines: 10,
 			LastBackup:      backup, LastBackupCheck: check, BackupAPIState: "ok",
 		}, func(w map[string]float64) {
@@ -228,6 +229,7 @@ func TestSeriesFollowSnapshot(t *testing.T) {
 			w[`avsidecar_ssh_sessions_refused_total{}`] = 1
 			w[`avsidecar_ssh_handshakes_dropped_total{}`] = 4
 			w[`avsidecar_ssh_active_sessions{}`] = 1
+			w[`avsidecar_ssh_authorized_keys_refused{}`] = 2
 			w[`avsidecar_browse_requests_total{code="200"}`] = 5
 			w[`avsidecar_browse_requests_total{code="404"}`] = 1
 			w[`avsidecar_browse_requests_total{code="4xx"}`] = 1
