@@ -104,8 +104,16 @@ func run(starts int) error {
 		return err
 	}
 	fmt.Printf("idle memory (sum over processes)\n")
-	fmt.Printf("  avsidecar run (reaper + supervisor with SSH and browse on, without avagent): RSS %6.2f MiB  PSS %6.2f MiB  (%d processes)\n", mib(ours.rss), mib(ours.pss), ours.n)
-	fmt.Printf("  old recipe (sh run.sh + sshd -D):                                           RSS %6.2f MiB  PSS %6.2f MiB  (%d processes)\n", mib(peer.rss), mib(peer.pss), peer.n)
+	for _, r := range []struct {
+		name string
+		u    usage
+	}{
+		{"avsidecar run (SSH and browse on, avagent left out)", ours},
+		{"old recipe (sh run.sh + sshd -D)", peer},
+	} {
+		fmt.Printf("  %-52s RSS %6.2f MiB (anon %5.2f, file %5.2f)  PSS %6.2f MiB  (%d processes)\n",
+			r.name, mib(r.u.rss), mib(r.u.anon), mib(r.u.file), mib(r.u.pss), r.u.n)
+	}
 	fmt.Printf("  ratio avsidecar/old recipe: RSS %.2f  PSS %.2f\n", float64(ours.rss)/float64(peer.rss), float64(ours.pss)/float64(peer.pss))
 
 	// Exec to first 200 from /livez, on an installed and registered root.
@@ -169,8 +177,9 @@ func oldRecipe(dir string) (usage, error) {
 }
 
 type usage struct {
-	rss, pss int64 // bytes
-	n        int
+	rss, pss   int64 // bytes
+	anon, file int64 // RssAnon and RssFile (plus RssShmem in file), bytes
+	n          int
 }
 
 // tree sums the memory of pid and its descendants, leaving out processes
@@ -183,7 +192,10 @@ func tree(pid int, skip string) usage {
 		if skip != "" && strings.Contains(string(cl), skip) {
 			return
 		}
-		u.rss += field(fmt.Sprintf("/proc/%d/status", p), "VmRSS:")
+		status := fmt.Sprintf("/proc/%d/status", p)
+		u.rss += field(status, "VmRSS:")
+		u.anon += field(status, "RssAnon:")
+		u.file += field(status, "RssFile:") + field(status, "RssShmem:")
 		u.pss += field(fmt.Sprintf("/proc/%d/smaps_rollup", p), "Pss:")
 		u.n++
 		for _, c := range children(p) {
