@@ -145,7 +145,6 @@ func New(cfg Config, log zerolog.Logger) (*Follower, error) {
 		cfg:        cfg,
 		log:        log,
 		dir:        filepath.Dir(cfg.Path),
-		pend:       make([]byte, 0, cfg.MaxLineBytes),
 		buf:        make([]byte, readChunk),
 		startAtEnd: !cfg.FromStart,
 		st:         Status{Path: cfg.Path},
