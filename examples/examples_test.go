@@ -165,7 +165,8 @@ func TestDockerfiles(t *testing.T) {
 		`(?m)^FROM \$\{GO_IMAGE\} AS build$`,
 		`(?m)^FROM \$\{BASE_IMAGE\} AS runtime$`,
 		`(?m)^FROM runtime AS prebuilt$`,
-		`CGO_ENABLED=0 go build`,
+		`CGO_ENABLED=0 go build -trimpath -tags nethttpomithttp2 `, // both the build stage and the prebuilt recipe
+		`#     CGO_ENABLED=0 go build -trimpath -tags nethttpomithttp2 `,
 	} {
 		if !regexp.MustCompile(want).MatchString(root) {
 			t.Errorf("Dockerfile does not match %s", want)

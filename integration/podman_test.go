@@ -50,7 +50,7 @@ func TestPodmanPod(t *testing.T) {
 	}
 	// The binary as the Dockerfile's prebuilt target documents it.
 	binary := filepath.Join(ctxDir, "dist", "avsidecar")
-	build := exec.Command("go", "build", "-trimpath", "-ldflags=-s -w", "-o", binary, "./cmd/avsidecar")
+	build := exec.Command("go", "build", "-trimpath", "-tags", testkit.BuildTags, "-ldflags=-s -w", "-o", binary, "./cmd/avsidecar")
 	build.Dir, build.Env = root, append(os.Environ(), "CGO_ENABLED=0")
 	if out, err := build.CombinedOutput(); err != nil {
 		t.Fatalf("go build: %v\n%s", err, out)

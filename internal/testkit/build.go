@@ -65,14 +65,18 @@ func buildOnce(tb testing.TB, once *sync.Once, errp *error, name string) string 
 	return out
 }
 
+// BuildTags are the build tags of the shipped binary (see the Dockerfile),
+// so that tests and benchmarks run what a pod runs.
+const BuildTags = "nethttpomithttp2"
+
 // GoBuild builds the package pkg of this module (e.g. ./cmd/avkit) into
-// out, statically (CGO_ENABLED=0).
+// out, statically (CGO_ENABLED=0) and with BuildTags.
 func GoBuild(out, pkg string) error {
 	root, err := ModuleRoot()
 	if err != nil {
 		return err
 	}
-	cmd := exec.Command("go", "build", "-o", out, pkg)
+	cmd := exec.Command("go", "build", "-tags", BuildTags, "-o", out, pkg)
 	cmd.Dir = root
 	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 	if b, err := cmd.CombinedOutput(); err != nil {
