@@ -129,7 +129,7 @@ func TestRunAsPID1(t *testing.T) {
 	s.eventually(t, "/readyz", 200, 10*time.Second)
 
 	// The agent's orphans are reaped by PID 1.
-	s.log.WaitN(t, 0, 3, "three reaped orphans", 30*time.Second, msg("reaper", "reaped orphan"))
+	s.log.WaitN(t, 0, 3, "three reaped orphans", 30*time.Second, msg("main", "reaped orphan"))
 
 	// avagent is killed: restarted, ready again.
 	var agent proc
@@ -161,7 +161,7 @@ func TestRunAsPID1(t *testing.T) {
 	if cmd.ProcessState == nil || cmd.ProcessState.ExitCode() != 3 || string(out) != "via-pid1\n" {
 		t.Fatalf("ssh: %v, output %q; want exit 3 and via-pid1\n%s", err, out, stderr.String())
 	}
-	s.log.Wait(t, from, "the SSH command's orphan reaped", 10*time.Second, msg("reaper", "reaped orphan"))
+	s.log.Wait(t, from, "the SSH command's orphan reaped", 10*time.Second, msg("main", "reaped orphan"))
 
 	// No zombies: every process left under PID 1 is alive.
 	for _, p := range descendants(s.cmd.Process.Pid) {

@@ -58,7 +58,7 @@ func runCmd(args []string, stdout, stderr io.Writer) error {
 	}
 	log := newLogger(stdout, cfg.LogLevel, cfg.LogFormat)
 	// From here on every child is started through pid1, which alone waits.
-	if err := pid1.Reap(log.With().Str("component", "reaper").Logger()); err != nil {
+	if err := pid1.Reap(log.With().Str("component", "main").Logger()); err != nil {
 		return err
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
