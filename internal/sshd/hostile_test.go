@@ -378,3 +378,68 @@ func must(t testing.TB, err error) {
 		t.Fatal(err)
 	}
 }
+
+// TestHostileTermModes sends pty-reqs whose terminal modes are cut short,
+// huge or extreme: a malformed string refuses the PTY and the session goes
+// on without one; anything else gets a PTY with what could be applied, and
+// the server keeps serving.
+func TestHostileTermModes(t *testing.T) {
+	k := newUserKey(t)
+	ts := startServer(t, k.line+"\n", nil)
+	c := ts.mustDial(t, k)
+
+	verase8 := encodeModes(termMode{3, 0x08})
+	verase8 = verase8[:len(verase8)-1] // without TTY_OP_END
+	every := func(arg uint32) string {
+		var ms []termMode
+		for op := range 159 {
+			ms = append(ms, termMode{byte(op + 1), arg})
+		}
+		return encodeModes(ms...)
+	}
+	tests := []struct {
+		name  string
+		modes string
+		ok    bool
+		stty  []string // words `stty -a` shows on the PTY; nil: only that it runs
+	}{
+		{name: "argument cut short", modes: "\x03\x00\x00\x08"},
+		{name: "opcode alone", modes: verase8 + "\x35"},
+		{name: "undefined opcode then garbage", modes: verase8 + "\xa0\xff\xff\xff", ok: true, stty: []string{"erase=^H"}},
+		{name: "50000 modes", modes: strings.Repeat(verase8, 50000), ok: true, stty: []string{"erase=^H"}},
+		{name: "character out of range", modes: encodeModes(termMode{1, 0x100}, termMode{3, 0xffffffff}), ok: true,
+			stty: []string{"intr=^C", "erase=^?"}},
+		{name: "every opcode off", modes: every(0), ok: true, stty: []string{"-isig", "-icanon", "-echo", "intr=<undef>"}},
+		{name: "every opcode on", modes: every(0xffffffff), ok: true}, // olcuc: the output is upper case
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			s, err := c.NewSession()
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer s.Close()
+			ok, err := s.SendRequest("pty-req", true, gossh.Marshal(ptyRequest{Term: "xterm", Cols: 80, Rows: 24, Modes: tt.modes}))
+			if err != nil || ok != tt.ok {
+				t.Fatalf("pty-req: ok=%v err=%v, want ok=%v", ok, err, tt.ok)
+			}
+			if !tt.ok {
+				if out, err := s.Output("echo no-pty; tty"); !strings.HasPrefix(string(out), "no-pty\nnot a tty") {
+					t.Errorf("session after a refused pty-req: %q %v", out, err)
+				}
+				return
+			}
+			out, err := s.Output("stty -a")
+			if err != nil || len(out) == 0 {
+				t.Fatalf("stty -a: %q %v", out, err)
+			}
+			checkStty(t, string(out), tt.stty...)
+		})
+	}
+	if out, _, err := run(t, c, "echo alive", ""); err != nil || out != "alive\n" {
+		t.Errorf("after the hostile modes: %q %v", out, err)
+	}
+	if n := ts.log.Count(0, msgIs("pty refused: bad terminal modes")); n != 2 {
+		t.Errorf("%d bad terminal modes refusals logged, want 2", n)
+	}
+}

@@ -46,6 +46,8 @@ type session struct {
 	log  zerolog.Logger
 	env  []string // accepted client env requests
 	pty  *ptyRequest
+	// ptyModes are the pty-req's terminal modes this server applies.
+	ptyModes []termMode
 
 	mu      sync.Mutex
 	started bool
@@ -58,7 +60,8 @@ type session struct {
 	done     chan struct{} // closed when the status was sent and the channel closed
 }
 
-// ptyRequest is a "pty-req" (RFC 4254 6.2); terminal modes are not applied.
+// ptyRequest is a "pty-req" (RFC 4254 6.2). Modes is encoded as RFC 4254
+// 8 says (see parseTermModes).
 type ptyRequest struct {
 	Term                      string
 	Cols, Rows, Width, Height uint32
@@ -212,7 +215,13 @@ func (ss *session) handle(req *gossh.Request) (ok bool, run func()) {
 		if gossh.Unmarshal(req.Payload, &p) != nil {
 			return false, nil
 		}
-		ss.pty = &p
+		modes, err := parseTermModes(p.Modes)
+		if err != nil {
+			// OpenSSH drops the connection; refusing the PTY is enough.
+			ss.log.Info().Err(err).Msg("pty refused: bad terminal modes")
+			return false, nil
+		}
+		ss.pty, ss.ptyModes = &p, modes
 		return true, nil
 	case "window-change":
 		var w struct{ Cols, Rows, Width, Height uint32 }
@@ -354,13 +363,17 @@ func (ss *session) startPipes(cmd *exec.Cmd) (func(), error) {
 }
 
 // startPTY starts cmd as a session leader with a new PTY as its
-// controlling terminal.
+// controlling terminal, set to the client's terminal modes.
 func (ss *session) startPTY(cmd *exec.Cmd) (func(), error) {
 	ptmx, tty, err := pty.Open()
 	if err != nil {
 		return nil, fmt.Errorf("open pty: %w", err)
 	}
 	_ = pty.Setsize(ptmx, winsize(ss.pty))
+	if err := setTermModes(tty, ss.ptyModes); err != nil {
+		// As OpenSSH: the shell still starts, with the kernel's modes.
+		ss.log.Warn().Err(err).Msg("terminal modes not applied")
+	}
 	if ss.pty.Term != "" {
 		cmd.Env = append(cmd.Env, "TERM="+ss.pty.Term)
 	}
