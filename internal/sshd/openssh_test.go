@@ -12,10 +12,13 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/avsidecar/avsidecar/internal/testkit"
+	"github.com/creack/pty"
+	"golang.org/x/sys/unix"
 )
 
 // openssh runs OpenSSH clients against a test server.
@@ -109,6 +112,47 @@ func TestOpenSSHPTYShell(t *testing.T) {
 	if !bytes.Contains(out, []byte("TTY=/dev/pts/")) {
 		t.Errorf("no pty in the output: %q", out)
 	}
+}
+
+// TestOpenSSHTermModes runs `ssh -t` on a local terminal set to an erase
+// and a kill character that are not the kernel's defaults: OpenSSH sends
+// its terminal's modes, and the remote PTY has them.
+func TestOpenSSHTermModes(t *testing.T) {
+	k := newUserKey(t)
+	ts := startServer(t, k.line+"\n", nil)
+	o := newOpenSSH(t, ts, k)
+
+	ptmx, tty, err := pty.Open()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ptmx.Close()
+	tio, err := unix.IoctlGetTermios(int(tty.Fd()), unix.TCGETS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tio.Cc[unix.VERASE], tio.Cc[unix.VKILL] = 0x08, 0x02
+	if err := unix.IoctlSetTermios(int(tty.Fd()), unix.TCSETS, tio); err != nil {
+		t.Fatal(err)
+	}
+	c := o.ssh("-t", "stty -a")
+	c.Stdin, c.Stdout, c.Stderr = tty, tty, tty
+	c.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Setctty: true}
+	if err := c.Start(); err != nil {
+		t.Fatal(err)
+	}
+	tty.Close()
+	output := make(chan []byte, 1)
+	go func() {
+		out, _ := io.ReadAll(ptmx) // EIO once ssh exited and closed the terminal
+		output <- out
+	}()
+	werr := c.Wait()
+	out := <-output
+	if werr != nil {
+		t.Fatalf("ssh -t: %v\n%s", werr, out)
+	}
+	checkStty(t, string(out), "erase=^H", "kill=^B")
 }
 
 func TestOpenSSHAuthAndForwardingRefused(t *testing.T) {
