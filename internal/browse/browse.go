@@ -23,7 +23,9 @@
 // opened), mode is octal ("0644"), mtime RFC 3339 UTC, link_target "" unless
 // a symlink. Entries describe the name itself (lstat).
 //
-// Paths must be absolute and canonical (no "." or ".." components, no empty
+// Paths are paths inside Config.Base (AVSIDECAR_ROOT): requests name them
+// and answers show them that way, never as host paths. They must be
+// absolute and canonical (no "." or ".." components, no empty
 // components, no NUL; one trailing slash is allowed). Symlinks are followed
 // only while they stay inside the root they start in, so a link to another
 // root is refused like one to "/". Answers: 400 invalid path, 404 not found
@@ -53,6 +55,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -76,12 +79,19 @@ const (
 
 // Config configures the browser. Zero values take the defaults above.
 type Config struct {
+	// Base is the host directory the browse paths are inside
+	// (AVSIDECAR_ROOT, like rpm --root): Roots and every path of a request
+	// or an answer are paths in it. With Base "/srv/x" the root "/data" is
+	// the host directory /srv/x/data, asked for and shown as "/data"; the
+	// host path /srv/x/data is a path outside every root. Empty means "/".
+	Base string
 	// Roots are the directories that may be listed (AVSIDECAR_BROWSE_ROOTS),
-	// as absolute paths. Empty turns browsing off: every browse endpoint
-	// answers 404 {"error":"browse is off"}. A root that cannot be opened
-	// as a directory makes New fail.
+	// as absolute paths inside Base. Empty turns browsing off: every browse
+	// endpoint answers 404 {"error":"browse is off"}. A root that cannot be
+	// opened as a directory makes New fail.
 	Roots []string
-	// TokenFile holds the bearer token (AVSIDECAR_BROWSE_TOKEN_FILE). It is
+	// TokenFile is the host path of the file holding the bearer token
+	// (AVSIDECAR_BROWSE_TOKEN_FILE, already under Base). It is
 	// read at each non-loopback request, so a rotated Secret takes effect at
 	// once; surrounding white space is ignored and an empty or unreadable
 	// file matches nothing. Empty means non-loopback clients are refused.
@@ -133,6 +143,8 @@ func (c *Config) setDefaults() {
 type Handler struct {
 	cfg   Config
 	log   zerolog.Logger
+	base  string   // Config.Base cleaned, "" for "/": see hostPath and shown
+	paths []string // the roots as shown, sorted
 	roots *fswalk.Roots
 	cache *dirCache
 	codes [600]atomic.Uint64 // requests by status code
@@ -147,11 +159,33 @@ func New(cfg Config, log zerolog.Logger) (*Handler, error) {
 	if cfg.DefaultLimit < 1 || cfg.MaxWalkDepth < 1 || cfg.WalkWorkers < 1 {
 		return nil, errors.New("browse: limits must be positive")
 	}
-	roots, err := fswalk.OpenRoots(cfg.Roots)
+	base := "/"
+	if cfg.Base != "" {
+		base = filepath.Clean(cfg.Base)
+	}
+	if !filepath.IsAbs(base) {
+		return nil, fmt.Errorf("browse: base %q: not an absolute path", cfg.Base)
+	}
+	if base == "/" {
+		base = ""
+	}
+	hostRoots := make([]string, len(cfg.Roots))
+	for i, r := range cfg.Roots {
+		hostRoots[i] = r
+		// Empty and relative entries go as they are: OpenRoots drops the
+		// first and refuses the second.
+		if r = strings.TrimSpace(r); base != "" && filepath.IsAbs(r) {
+			hostRoots[i] = filepath.Join(base, r)
+		}
+	}
+	roots, err := fswalk.OpenRoots(hostRoots)
 	if err != nil {
 		return nil, fmt.Errorf("browse: %w", err)
 	}
-	h := &Handler{cfg: cfg, log: log, roots: roots}
+	h := &Handler{cfg: cfg, log: log, base: base, roots: roots}
+	for _, p := range roots.Paths() {
+		h.paths = append(h.paths, shown(base, p))
+	}
 	if roots.Len() > 0 && cfg.CacheDirs > 0 {
 		h.cache, err = newDirCache(cfg.CacheDirs, cfg.CacheBytes, cfg.CacheTTL)
 		if err != nil {
@@ -189,7 +223,7 @@ func (h *Handler) Close() error {
 type Status struct {
 	// Enabled is true when at least one root is configured.
 	Enabled bool `json:"enabled"`
-	// Roots are the browse roots.
+	// Roots are the browse roots, as paths inside Config.Base.
 	Roots []string `json:"roots"`
 	// Token is true when a token file is configured.
 	Token bool `json:"token"`
@@ -203,7 +237,7 @@ type Status struct {
 func (h *Handler) Status() Status {
 	s := Status{
 		Enabled:  h.roots.Len() > 0,
-		Roots:    h.roots.Paths(),
+		Roots:    h.paths,
 		Token:    h.cfg.TokenFile != "",
 		Requests: map[string]uint64{},
 		Cache:    h.cache.status(),
@@ -334,6 +368,30 @@ func writeError(w http.ResponseWriter, code int, msg string) {
 	w.Header().Set("Content-Length", strconv.Itoa(len(b)))
 	w.WriteHeader(code)
 	w.Write(b)
+}
+
+// hostPath turns a request path into the host path fswalk resolves. The
+// path is checked as sent, before the base goes in front of it, so the
+// base cannot make a bad path good, and the sum of a canonical path and
+// the base stays below the base.
+func (h *Handler) hostPath(p string) (string, error) {
+	p, err := fswalk.CheckPath(p)
+	if err != nil || h.base == "" {
+		return p, err
+	}
+	if p == "/" {
+		return h.base, nil
+	}
+	return h.base + p, nil
+}
+
+// shown turns a host path that hostPath made, or one below it, back into
+// the path the client knows: answers never show the base.
+func shown(base, host string) string {
+	if len(host) == len(base) {
+		return "/"
+	}
+	return host[len(base):]
 }
 
 // writePathError maps an fswalk error to the answer. The texts are fixed:

@@ -10,6 +10,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
 	"testing"
@@ -28,7 +29,7 @@ type fixture struct {
 
 const marker = "TOPSECRET-MARKER"
 
-func newFixture(t *testing.T) fixture {
+func newFixture(t testing.TB) fixture {
 	t.Helper()
 	base := t.TempDir()
 	fx := fixture{base: base, data: base + "/data", srv: base + "/srv", outside: base + "/outside"}
@@ -112,13 +113,48 @@ const (
 	errNotDir  = `{"error":"not a directory"}` + "\n"
 )
 
+// inBase is the path the API speaks for the host path p when Config.Base
+// is base: p itself with no base, else p without the base in front.
+func inBase(base, p string) string {
+	switch {
+	case base == "":
+		return p
+	case p == base:
+		return "/"
+	}
+	return strings.TrimPrefix(p, base)
+}
+
 // TestHostilePaths sends every hostile path to every endpoint: none may
 // answer 2xx (except /v1/stat describing a link itself), the answers are
-// the fixed texts, and nothing from outside ever appears.
+// the fixed texts, and nothing from outside ever appears. It runs with the
+// host's root as the base, and again with the fixture as the base, where
+// the host paths of the roots are outside paths like any other.
 func TestHostilePaths(t *testing.T) {
 	fx := newFixture(t)
-	_, srv := newServer(t, Config{Roots: []string{fx.data, fx.srv}})
-	d := fx.data
+	for _, base := range []string{"", fx.base} {
+		name := "base /"
+		if base != "" {
+			name = "base fixture"
+		}
+		t.Run(name, func(t *testing.T) { hostilePaths(t, fx, base) })
+	}
+}
+
+// linkTargets matches the link_target fields: they are the links' own
+// text, which the fixture makes with host paths on purpose.
+var linkTargets = regexp.MustCompile(`"link_target":"[^"]*"`)
+
+// showsHost reports whether an answer shows the base (a host path) other
+// than in a link's own text.
+func showsHost(body, base string) bool {
+	return base != "" && strings.Contains(linkTargets.ReplaceAllString(body, ""), base)
+}
+
+func hostilePaths(t *testing.T, fx fixture, base string) {
+	in := func(p string) string { return inBase(base, p) }
+	_, srv := newServer(t, Config{Base: base, Roots: []string{in(fx.data), in(fx.srv)}})
+	d, outside, top := in(fx.data), in(fx.outside), in(fx.base)
 	type row struct {
 		name   string
 		query  string // the raw, already URL-encoded path= value
@@ -159,12 +195,12 @@ func TestHostilePaths(t *testing.T) {
 		{"space only", "%20", errInvalid, 400, false},
 		{"unknown root etc", "/etc", errMissing, 404, false},
 		{"unknown root slash", "/", errMissing, 404, false},
-		{"outside existing", fx.outside, errMissing, 404, false},
-		{"outside marker", fx.outside + "/" + marker, errMissing, 404, false},
-		{"outside missing", fx.outside + "/nope", errMissing, 404, false},
-		{"root name prefix", fx.base + "/data-evil", errMissing, 404, false},
-		{"root name prefix marker", fx.base + "/data-evil/" + marker, errMissing, 404, false},
-		{"parent of roots", fx.base, errMissing, 404, false},
+		{"outside existing", outside, errMissing, 404, false},
+		{"outside marker", outside + "/" + marker, errMissing, 404, false},
+		{"outside missing", outside + "/nope", errMissing, 404, false},
+		{"root name prefix", in(fx.base + "/data-evil"), errMissing, 404, false},
+		{"root name prefix marker", in(fx.base + "/data-evil/" + marker), errMissing, 404, false},
+		{"parent of roots", top, errMissing, 404, false},
 		{"symlink to slash", d + "/link-root", errMissing, 404, true},
 		{"through symlink to slash", d + "/link-root/etc", errMissing, 404, false},
 		{"through symlink to slash passwd", d + "/link-root/etc/passwd", errMissing, 404, false},
@@ -197,6 +233,18 @@ func TestHostilePaths(t *testing.T) {
 	if os.Geteuid() == 0 {
 		rows = append(rows, row{"char device", d + "/null", errNotDir, 400, true})
 	}
+	if base != "" {
+		// The host paths of what lies inside: paths of the base that do not
+		// exist, not a way around it.
+		rows = append(rows,
+			row{"host path of a root", fx.data, errMissing, 404, false},
+			row{"host path inside a root", fx.data + "/html", errMissing, 404, false},
+			row{"host path of a file", fx.data + "/html/index.html", errMissing, 404, false},
+			row{"host path of the other root", fx.srv + "/www", errMissing, 404, false},
+			row{"host path of the base", base, errMissing, 404, false},
+			row{"host path dotdot", fx.data + "/../outside", errInvalid, 400, false},
+		)
+	}
 	if len(rows) < 50 {
 		t.Fatalf("only %d hostile paths", len(rows))
 	}
@@ -204,7 +252,8 @@ func TestHostilePaths(t *testing.T) {
 		t.Run(r.name, func(t *testing.T) {
 			for _, ep := range []string{"/v1/files", "/v1/walk", "/v1/du", "/v1/stat"} {
 				a := get(t, srv, ep+"?path="+r.query)
-				if strings.Contains(a.body, marker) || strings.Contains(a.body, "secret") || strings.Contains(a.body, "passwd") {
+				if strings.Contains(a.body, marker) || strings.Contains(a.body, "secret") || strings.Contains(a.body, "passwd") ||
+					showsHost(a.body, base) {
 					t.Fatalf("%s leaks: %s", ep, a.body)
 				}
 				if ep == "/v1/stat" && r.statOK {
@@ -230,18 +279,22 @@ func TestHostilePaths(t *testing.T) {
 		})
 	}
 	// Walking and summing the whole roots follows no link out.
-	for _, u := range []string{"/v1/walk?path=" + d, "/v1/du?path=" + d, "/v1/walk?path=" + fx.srv, "/v1/files?path=" + d + "&limit=1000"} {
-		if a := get(t, srv, u); a.code != 200 || strings.Contains(a.body, marker) || strings.Contains(a.body, "secret.txt") || strings.Contains(a.body, `"path":"`+fx.srv+`/www`) && strings.Contains(u, d) {
+	for _, u := range []string{"/v1/walk?path=" + d, "/v1/du?path=" + d, "/v1/walk?path=" + in(fx.srv), "/v1/files?path=" + d + "&limit=1000"} {
+		if a := get(t, srv, u); a.code != 200 || strings.Contains(a.body, marker) || strings.Contains(a.body, "secret.txt") || strings.Contains(a.body, `"path":"`+in(fx.srv)+`/www`) && strings.Contains(u, d) ||
+			showsHost(a.body, base) {
 			t.Errorf("%s: %d %s", u, a.code, a.body)
 		}
 	}
 	// A path below a symlink that leads outside is refused the same way
 	// whether or not the thing exists there.
 	pairs := [][2]string{
-		{fx.outside + "/" + marker, fx.outside + "/nothing-here"},
+		{outside + "/" + marker, outside + "/nothing-here"},
 		{d + "/link-outside/" + marker, d + "/link-outside/nothing-here"},
 		{d + "/link-root/etc", d + "/link-root/no-such-dir"},
 		{d + "/link-parent/outside", d + "/link-parent/nothing"},
+	}
+	if base != "" {
+		pairs = append(pairs, [2]string{fx.data + "/html", d + "/nothing-here"}, [2]string{fx.data + "/html/index.html", d + "/html/nothing-here"})
 	}
 	for _, p := range pairs {
 		for _, ep := range []string{"/v1/files", "/v1/stat", "/v1/walk", "/v1/du"} {
@@ -249,6 +302,119 @@ func TestHostilePaths(t *testing.T) {
 			if a != b {
 				t.Errorf("%s tells %s (%v) from %s (%v)", ep, p[0], a, p[1], b)
 			}
+		}
+	}
+}
+
+// brief renders an answer without what varies between machines and runs
+// (size, mode, mtime), as canonical JSON, one line per NDJSON line, sorted:
+// what is left is the paths, names, types and link targets.
+func brief(t *testing.T, body string) string {
+	t.Helper()
+	var lines []string
+	for _, line := range strings.Split(strings.TrimSuffix(body, "\n"), "\n") {
+		var v any
+		if err := json.Unmarshal([]byte(line), &v); err != nil {
+			return body
+		}
+		var strip func(any)
+		strip = func(v any) {
+			switch v := v.(type) {
+			case map[string]any:
+				delete(v, "size")
+				delete(v, "mode")
+				delete(v, "mtime")
+				for _, c := range v {
+					strip(c)
+				}
+			case []any:
+				for _, c := range v {
+					strip(c)
+				}
+			}
+		}
+		strip(v)
+		b, err := json.Marshal(v)
+		must(t, err)
+		lines = append(lines, string(b))
+	}
+	slices.Sort(lines)
+	return strings.Join(lines, "\n")
+}
+
+// TestInRootPaths serves roots inside a base that is not "/": requests
+// name paths in the base and answers show them so, and the host path of
+// anything inside is refused like any other path outside the roots.
+func TestInRootPaths(t *testing.T) {
+	fx := newFixture(t)
+	// data with its host path as the base: the root "/" is the whole base.
+	_, two := newServer(t, Config{Base: fx.base, Roots: []string{"/data", " /srv/ ", "/data"}})
+	_, whole := newServer(t, Config{Base: fx.data + "/", Roots: []string{"/"}})
+	const (
+		html = `{"entries":[{"link_target":"","name":"css","type":"dir"},{"link_target":"","name":"index.html","type":"file"},{"link_target":"../..","name":"link-grandparent","type":"symlink"}],"next_cursor":"","path":%q,"total":3}`
+		walk = `{"link_target":"","name":"css","path":"%[1]s/css","type":"dir"}
+{"link_target":"","name":"index.html","path":"%[1]s/index.html","type":"file"}
+{"link_target":"","name":"site.css","path":"%[1]s/css/site.css","type":"file"}
+{"link_target":"../..","name":"link-grandparent","path":"%[1]s/link-grandparent","type":"symlink"}`
+	)
+	for _, tc := range []struct {
+		name string
+		srv  *httptest.Server
+		url  string
+		code int
+		want string
+	}{
+		{"roots", two, "/v1/roots", 200, `{"roots":["/data","/srv"]}`},
+		{"files", two, "/v1/files?path=/data/html", 200, fmt.Sprintf(html, "/data/html")},
+		{"files trailing slash", two, "/v1/files?path=/data/html/", 200, fmt.Sprintf(html, "/data/html")},
+		{"files other root", two, "/v1/files?path=/srv", 200, `{"entries":[{"link_target":"","name":"www","type":"dir"}],"next_cursor":"","path":"/srv","total":1}`},
+		{"stat root", two, "/v1/stat?path=/data", 200, `{"link_target":"","name":"data","path":"/data","type":"dir"}`},
+		{"stat file", two, "/v1/stat?path=/data/html/index.html", 200, `{"link_target":"","name":"index.html","path":"/data/html/index.html","type":"file"}`},
+		{"stat link", two, "/v1/stat?path=/data/link-html", 200, `{"link_target":"html","name":"link-html","path":"/data/link-html","type":"symlink"}`},
+		{"walk", two, "/v1/walk?path=/data/html", 200, fmt.Sprintf(walk, "/data/html")},
+		{"walk through a link inside", two, "/v1/walk?path=/data/link-html", 200, fmt.Sprintf(walk, "/data/link-html")},
+		{"du", two, "/v1/du?path=/data/html", 200, `{"bytes":22,"dirs":1,"files":3,"path":"/data/html"}`},
+		{"not a root", two, "/v1/files?path=/", 404, errMissing},
+		{"outside", two, "/v1/files?path=/outside", 404, errMissing},
+		{"missing", two, "/v1/files?path=/data/nope", 404, errMissing},
+		{"host path of a root", two, "/v1/files?path=" + fx.data, 404, errMissing},
+		{"host path inside", two, "/v1/files?path=" + fx.data + "/html", 404, errMissing},
+		{"host path stat", two, "/v1/stat?path=" + fx.data + "/html/index.html", 404, errMissing},
+		{"host path walk", two, "/v1/walk?path=" + fx.srv, 404, errMissing},
+		{"host path du", two, "/v1/du?path=" + fx.data, 404, errMissing},
+		{"host path invalid", two, "/v1/files?path=" + fx.data + "/../outside", 400, errInvalid},
+		{"whole roots", whole, "/v1/roots", 200, `{"roots":["/"]}`},
+		{"whole files", whole, "/v1/files?path=/html", 200, fmt.Sprintf(html, "/html")},
+		{"whole stat", whole, "/v1/stat?path=/", 200, `{"link_target":"","name":"","path":"/","type":"dir"}`},
+		{"whole stat file", whole, "/v1/stat?path=/html/index.html", 200, `{"link_target":"","name":"index.html","path":"/html/index.html","type":"file"}`},
+		{"whole walk", whole, "/v1/walk?path=/html", 200, fmt.Sprintf(walk, "/html")},
+		{"whole du", whole, "/v1/du?path=/html", 200, `{"bytes":22,"dirs":1,"files":3,"path":"/html"}`},
+		{"whole host path", whole, "/v1/files?path=" + fx.data + "/html", 404, errMissing},
+		{"whole link out", whole, "/v1/files?path=/link-parent", 404, errMissing},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			a := get(t, tc.srv, tc.url)
+			want := tc.want
+			if tc.code == 200 {
+				want = brief(t, want)
+				a.body = brief(t, a.body)
+			}
+			if a.code != tc.code || a.body != want {
+				t.Errorf("got %d\n%s\nwant %d\n%s", a.code, a.body, tc.code, want)
+			}
+		})
+	}
+	// The page and the status show the roots as configured.
+	h, err := New(Config{Base: fx.base, Roots: []string{"/srv", "/data"}}, zerolog.New(io.Discard))
+	must(t, err)
+	defer h.Close()
+	if diff := cmp.Diff([]string{"/data", "/srv"}, h.Status().Roots); diff != "" {
+		t.Errorf("status roots (-want +got):\n%s", diff)
+	}
+	for _, bad := range []Config{{Base: "relative", Roots: []string{"/data"}}, {Base: fx.base, Roots: []string{"data"}}, {Base: fx.base, Roots: []string{"/missing"}}} {
+		if h, err := New(bad, zerolog.New(io.Discard)); err == nil {
+			h.Close()
+			t.Errorf("New(%+v) did not fail", bad)
 		}
 	}
 }

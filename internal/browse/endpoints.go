@@ -20,7 +20,7 @@ func writeJSON(w http.ResponseWriter, b []byte) {
 
 // serveRoots answers GET /v1/roots: {"roots":["/data",...]}, for the page.
 func (h *Handler) serveRoots(w http.ResponseWriter, r *http.Request) {
-	b, _ := json.Marshal(map[string][]string{"roots": h.roots.Paths()})
+	b, _ := json.Marshal(map[string][]string{"roots": h.paths})
 	writeJSON(w, append(b, '\n'))
 }
 
@@ -55,13 +55,13 @@ func (h *Handler) serveFiles(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, err.Error())
 		return
 	}
-	dir, err := h.roots.OpenDir(q.Get("path"))
+	dir, err := h.openDir(q.Get("path"))
 	if err != nil {
 		writePathError(w, err)
 		return
 	}
 	defer dir.Close()
-	key := pageKey{path: dir.Path, sort: sortKey, desc: desc, cursor: q.Get("cursor"), limit: limit}
+	key := pageKey{path: shown(h.base, dir.Path), sort: sortKey, desc: desc, cursor: q.Get("cursor"), limit: limit}
 	encode := func(l *fswalk.Listing) ([]byte, error) { return encodePage(l, key) }
 	var b []byte
 	if h.cache != nil {
@@ -107,15 +107,28 @@ func encodePage(l *fswalk.Listing, k pageKey) ([]byte, error) {
 	return append(b, "}\n"...), nil
 }
 
+// openDir opens the directory a request names.
+func (h *Handler) openDir(p string) (*fswalk.Dir, error) {
+	host, err := h.hostPath(p)
+	if err != nil {
+		return nil, err
+	}
+	return h.roots.OpenDir(host)
+}
+
 // serveStat answers GET /v1/stat: the entry itself, with its full path.
 func (h *Handler) serveStat(w http.ResponseWriter, r *http.Request) {
-	p := r.URL.Query().Get("path")
-	e, err := h.roots.Stat(p)
+	host, err := h.hostPath(r.URL.Query().Get("path"))
 	if err != nil {
 		writePathError(w, err)
 		return
 	}
-	clean, _ := fswalk.CheckPath(p)
+	e, err := h.roots.Stat(host)
+	if err != nil {
+		writePathError(w, err)
+		return
+	}
+	clean := shown(h.base, host)
 	dir := path.Dir(clean)
 	if clean == "/" {
 		e.Name = ""
@@ -125,7 +138,7 @@ func (h *Handler) serveStat(w http.ResponseWriter, r *http.Request) {
 
 // serveDu answers GET /v1/du.
 func (h *Handler) serveDu(w http.ResponseWriter, r *http.Request) {
-	dir, err := h.roots.OpenDir(r.URL.Query().Get("path"))
+	dir, err := h.openDir(r.URL.Query().Get("path"))
 	if err != nil {
 		writePathError(w, err)
 		return
@@ -140,7 +153,7 @@ func (h *Handler) serveDu(w http.ResponseWriter, r *http.Request) {
 	b, _ := json.Marshal(struct {
 		Path string `json:"path"`
 		fswalk.Usage
-	}{dir.Path, u})
+	}{shown(h.base, dir.Path), u})
 	writeJSON(w, append(b, '\n'))
 }
 
@@ -152,8 +165,10 @@ const (
 	chunkQueue = 16
 )
 
-// walkVisitor encodes entries as NDJSON into per-worker chunks.
+// walkVisitor encodes entries as NDJSON into per-worker chunks, with the
+// paths as the client knows them (see shown).
 type walkVisitor struct {
+	base string
 	out  chan<- []byte
 	pool chan []byte
 	bufs [][]byte
@@ -180,13 +195,13 @@ func (v *walkVisitor) line(worker int, b []byte) error {
 }
 
 func (v *walkVisitor) Visit(worker int, dir string, e *fswalk.Entry) error {
-	b := e.AppendJSON(v.bufs[worker], dir)
+	b := e.AppendJSON(v.bufs[worker], shown(v.base, dir))
 	return v.line(worker, append(b, '\n'))
 }
 
 func (v *walkVisitor) DirError(worker int, dir string, err error) {
 	b := append(v.bufs[worker], `{"path":`...)
-	b = fswalk.AppendString(b, dir)
+	b = fswalk.AppendString(b, shown(v.base, dir))
 	b = append(b, `,"error":`...)
 	b = fswalk.AppendString(b, err.Error())
 	v.line(worker, append(b, "}\n"...))
@@ -203,7 +218,7 @@ func (h *Handler) serveWalk(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, err.Error())
 		return
 	}
-	dir, err := h.roots.OpenDir(r.URL.Query().Get("path"))
+	dir, err := h.openDir(r.URL.Query().Get("path"))
 	if err != nil {
 		writePathError(w, err)
 		return
@@ -221,7 +236,7 @@ func (h *Handler) serveWalk(w http.ResponseWriter, r *http.Request) {
 	out := make(chan []byte, chunkQueue)
 	pool := make(chan []byte, chunkQueue+h.cfg.WalkWorkers)
 	done := make(chan struct{})
-	v := &walkVisitor{out: out, pool: pool, done: done, bufs: make([][]byte, h.cfg.WalkWorkers)}
+	v := &walkVisitor{base: h.base, out: out, pool: pool, done: done, bufs: make([][]byte, h.cfg.WalkWorkers)}
 	for i := range v.bufs {
 		v.bufs[i] = make([]byte, 0, chunkSize+4096)
 	}
