@@ -233,7 +233,7 @@ Open:
   %[3]s/v1/status         status as JSON
 
 Try:
-  curl -s '%[3]s/v1/files?path=%[1]s%[4]s'
+  curl -s '%[3]s/v1/files?path=%[4]s'
   curl -s '%[3]s/v1/status' | grep last_backup    # the newest backup, from the fake REST API (also avsidecar status, /metrics)
   ssh -p %[5]s -i %[6]s -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null demo@%[7]s 'ls -l %[1]s%[4]s'
   sftp -P %[5]s -i %[6]s -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null demo@%[7]s

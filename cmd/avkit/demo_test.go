@@ -76,6 +76,7 @@ func TestDemo(t *testing.T) {
 	}
 
 	dir := filepath.Dir(waitLine(regexp.MustCompile(`building avsidecar and avkit into (\S+)`))[1])
+	filesURL := waitLine(regexp.MustCompile(`curl -s '(\S+/v1/files\?path=\S*)'`))[1]
 	key := waitLine(regexp.MustCompile(`ssh -p \d+ -i (\S+)`))[1]
 	waitLine(regexp.MustCompile(`avsidecar is ready`))
 
@@ -92,11 +93,17 @@ func TestDemo(t *testing.T) {
 	if code, body := get("/readyz?verbose"); code != 200 {
 		t.Errorf("/readyz: %d %s", code, body)
 	}
-	// The browse API speaks host paths: under AVSIDECAR_ROOT, /data is
-	// ROOT/data.
-	data := filepath.Join(dir, "root", "data")
-	if code, body := get("/v1/files?path=" + data); code != 200 || !strings.Contains(body, `"README.txt"`) {
-		t.Errorf("/v1/files?path=%s: %d %s", data, code, body)
+	// The browse API speaks paths in AVSIDECAR_ROOT, and so does the URL
+	// the demo prints: /data, not ROOT/data, which is outside the roots.
+	if want := "http://" + httpAddr + "/v1/files?path=/data"; filesURL != want {
+		t.Errorf("the demo prints %s, want %s", filesURL, want)
+	}
+	if code, body := get("/v1/files?path=/data"); code != 200 || !strings.Contains(body, `"README.txt"`) || !strings.HasPrefix(body, `{"path":"/data",`) {
+		t.Errorf("/v1/files?path=/data: %d %s", code, body)
+	}
+	hostData := filepath.Join(dir, "root", "data")
+	if code, body := get("/v1/files?path=" + hostData); code != 404 {
+		t.Errorf("/v1/files?path=%s (the host path): %d %s, want 404", hostData, code, body)
 	}
 	// The REST check runs at start: poll the real status endpoint, bounded,
 	// until it reports the demo client's backup.

@@ -141,15 +141,11 @@ func newSidecar(cfg config.Config, log zerolog.Logger) (*sidecar, error) {
 	if err != nil {
 		return nil, err
 	}
-	var roots []string
-	for _, r := range cfg.BrowseRoots {
-		roots = append(roots, cfg.HostPath(r))
-	}
 	tokenFile := ""
 	if cfg.BrowseTokenFile != "" {
 		tokenFile = cfg.HostPath(cfg.BrowseTokenFile)
 	}
-	s.browse, err = browse.New(browse.Config{Roots: roots, TokenFile: tokenFile}, s.logger("browse"))
+	s.browse, err = browse.New(browse.Config{Base: cfg.Root, Roots: cfg.BrowseRoots, TokenFile: tokenFile}, s.logger("browse"))
 	if err != nil {
 		return nil, &exitError{Code: exitConfig, Err: fmt.Errorf("AVSIDECAR_BROWSE_ROOTS: %w", err)}
 	}
