@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"path/filepath"
 	"strings"
 	"time"
 )
@@ -117,7 +118,9 @@ func newBrowseClient() (*browseClient, error) {
 		}},
 	}
 	if f := os.Getenv("AVSIDECAR_BROWSE_TOKEN_FILE"); f != "" {
-		b, err := os.ReadFile(f)
+		// A path of the configuration, so inside AVSIDECAR_ROOT as `run`
+		// reads it.
+		b, err := os.ReadFile(filepath.Join(envOr("AVSIDECAR_ROOT", "/"), f))
 		if err != nil {
 			return nil, fmt.Errorf("read browse token: %w", err)
 		}

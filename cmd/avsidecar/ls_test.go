@@ -131,3 +131,34 @@ func TestLsErrors(t *testing.T) {
 		t.Errorf("no server: %v", err)
 	}
 }
+
+// TestLsInRoot: under an AVSIDECAR_ROOT other than "/", ls takes and shows
+// paths in the root, a host path is not found, and the token file is
+// read in the root too.
+func TestLsInRoot(t *testing.T) {
+	root := lsTree(t)
+	if err := os.WriteFile(root+"/token", []byte("tkn\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	lsServer(t, browse.Config{Base: root, Roots: []string{"/a"}, TokenFile: root + "/token"})
+	t.Setenv("AVSIDECAR_ROOT", root)
+	t.Setenv("AVSIDECAR_BROWSE_TOKEN_FILE", "/token")
+	var out, errOut bytes.Buffer
+	if err := lsCmd([]string{"-r", "/a/b"}, &out, &errOut); err != nil {
+		t.Fatalf("ls -r /a/b: %v (%s)", err, errOut.String())
+	}
+	if got := out.String(); !strings.HasSuffix(got, " /a/b/deep\n") || strings.Count(got, "\n") != 1 {
+		t.Errorf("ls -r /a/b: %q", got)
+	}
+	out.Reset()
+	if err := lsCmd([]string{"--json", "/a/b/deep"}, &out, &errOut); err != nil {
+		t.Fatal(err)
+	}
+	var e lsEntry
+	if err := json.Unmarshal(out.Bytes(), &e); err != nil || e.Path != "/a/b/deep" {
+		t.Errorf("ls /a/b/deep: %s %v", out.String(), err)
+	}
+	if err := lsCmd([]string{root + "/a"}, io.Discard, io.Discard); err == nil || err.Error() != root+"/a: not found" {
+		t.Errorf("ls of the host path: %v", err)
+	}
+}
