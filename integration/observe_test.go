@@ -2,7 +2,9 @@ package integration
 
 import (
 	"crypto/ed25519"
+	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -52,7 +54,8 @@ func (s *sidecar) scrape(t *testing.T) map[string]float64 {
 // TestOperatorView runs the sidecar with the REST freshness check against
 // the kit's REST stand-in (real TLS, its own CA): /metrics and /v1/status
 // move with registration and agent restarts, publish the newest backup, and
-// never show the REST password or client secret.
+// never show the REST password or client secret; the file browser and
+// avsidecar ls speak the paths inside AVSIDECAR_ROOT.
 func TestOperatorView(t *testing.T) {
 	const secret, password = "s3cr3t-client-secret", "p4ssw0rd-of-backup-user"
 	rest, err := avrest.Start(avrest.Config{ClientID: "avsidecar", ClientSecret: secret, Username: "backup", Password: password})
@@ -71,6 +74,8 @@ func TestOperatorView(t *testing.T) {
 		"AVAMAR_REST_CREDENTIALS_FILE=/etc/avsidecar/rest/credentials",
 		"AVAMAR_REST_CA_FILE=/etc/avsidecar/rest/ca.pem",
 		"AVAMAR_REST_INTERVAL=200ms",
+		"AVSIDECAR_BROWSE_ROOTS=/srv/data",
+		"AVSIDECAR_BROWSE_TOKEN_FILE=/etc/avsidecar/browse/token",
 		"AVSIDECAR_SSH_ADDR=127.0.0.1:"+strconv.Itoa(testkit.FreePort(t)))
 	// One usable key and one line the SSH server refuses.
 	pub, _, err := ed25519.GenerateKey(nil)
@@ -89,6 +94,10 @@ func TestOperatorView(t *testing.T) {
 	os.WriteFile(filepath.Join(restDir, "ca.pem"), rest.CAPEM(), 0o644)
 	os.WriteFile(filepath.Join(restDir, "credentials"),
 		[]byte("client_id=avsidecar\nclient_secret="+secret+"\nusername=backup\npassword="+password+"\n"), 0o600)
+	os.MkdirAll(filepath.Join(w.root, "srv/data/db"), 0o755)
+	os.WriteFile(filepath.Join(w.root, "srv/data/db/dump.sql"), []byte("--\n"), 0o644)
+	os.MkdirAll(filepath.Join(w.root, "etc/avsidecar/browse"), 0o755)
+	os.WriteFile(filepath.Join(w.root, "etc/avsidecar/browse/token"), []byte("browse-token\n"), 0o600)
 
 	s := startSidecar(t, []string{w.bins.Avsidecar, "run"}, w.env, w.http)
 	s.log.Wait(t, 0, "an unreachable registration attempt", 60*time.Second,
@@ -153,6 +162,26 @@ func TestOperatorView(t *testing.T) {
 	}
 	if !strings.Contains(status, `"last_backup": "`+backupAt.Format(time.RFC3339)) {
 		t.Errorf("status lacks the last backup %s", backupAt.Format(time.RFC3339))
+	}
+
+	// Browse paths are the paths inside AVSIDECAR_ROOT; the host path of a
+	// root is a path outside every root.
+	if code, body := s.get(t, "/v1/files?path=/srv/data/db"); code != 200 || !strings.HasPrefix(body, `{"path":"/srv/data/db","entries":[{"name":"dump.sql",`) {
+		t.Errorf("/v1/files?path=/srv/data/db: %d %s", code, body)
+	}
+	if code, body := s.get(t, "/v1/walk?path=/srv/data"); code != 200 || !strings.Contains(body, `{"path":"/srv/data/db/dump.sql",`) || strings.Contains(body, w.root) {
+		t.Errorf("/v1/walk?path=/srv/data: %d %s", code, body)
+	}
+	if code, body := s.get(t, "/v1/files?path="+filepath.Join(w.root, "srv/data")); code != 404 || body != `{"error":"not found"}`+"\n" {
+		t.Errorf("the host path of the root: %d %s, want 404", code, body)
+	}
+	if roots := s.status(t)["browse"].(map[string]any)["roots"]; fmt.Sprint(roots) != "[/srv/data]" {
+		t.Errorf("status shows the browse roots as %v, want [/srv/data]", roots)
+	}
+	ls := exec.Command(w.bins.Avsidecar, "ls", "-r", "/srv/data")
+	ls.Env = w.env
+	if out, err := ls.CombinedOutput(); err != nil || !strings.HasSuffix(string(out), " /srv/data/db/dump.sql\n") {
+		t.Errorf("avsidecar ls -r /srv/data: %v\n%s", err, out)
 	}
 }
 
