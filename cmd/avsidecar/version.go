@@ -5,14 +5,16 @@ import (
 	"io"
 	"runtime"
 	"runtime/debug"
+	"sync"
 )
 
 // version is set at build time with -ldflags "-X main.version=...".
 var version = ""
 
 // buildVersion is the release version, else the module version or VCS
-// revision the binary was built from.
-func buildVersion() string {
+// revision the binary was built from. It is read once: status and every
+// metrics scrape ask for it.
+var buildVersion = sync.OnceValue(func() string {
 	if version != "" {
 		return version
 	}
@@ -27,7 +29,7 @@ func buildVersion() string {
 		}
 	}
 	return "dev"
-}
+})
 
 func versionCmd(args []string, stdout, stderr io.Writer) error {
 	if len(args) > 0 {

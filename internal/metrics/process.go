@@ -8,6 +8,7 @@ import (
 	rtmetrics "runtime/metrics"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 )
 
@@ -42,7 +43,7 @@ func processFamilies() ([]*family, error) {
 	if err != nil {
 		return nil, err
 	}
-	boot, err := bootTime()
+	boot, err := bootTimeOnce()
 	if err != nil {
 		return nil, err
 	}
@@ -112,6 +113,10 @@ func parseStat(data []byte) (procStat, error) {
 	}
 	return st, nil
 }
+
+// bootTimeOnce is bootTime read once: /proc/stat is kilobytes long and the
+// boot time never changes.
+var bootTimeOnce = sync.OnceValues(bootTime)
 
 // bootTime reads the boot time (unix seconds) from /proc/stat: a process's
 // start time is counted from it.

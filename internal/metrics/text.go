@@ -49,40 +49,69 @@ func writeText(buf *bytes.Buffer, fams []*family) {
 			continue
 		}
 		slices.SortStableFunc(f.series, func(a, b series) int { return slices.Compare(a.labels, b.labels) })
-		buf.WriteString("# HELP " + f.name + " " + helpEscaper.Replace(f.help) + "\n")
-		buf.WriteString("# TYPE " + f.name + " " + f.typ + "\n")
+		buf.WriteString("# HELP ")
+		buf.WriteString(f.name)
+		buf.WriteByte(' ')
+		helpEscaper.WriteString(buf, f.help)
+		buf.WriteString("\n# TYPE ")
+		buf.WriteString(f.name)
+		buf.WriteByte(' ')
+		buf.WriteString(f.typ)
+		buf.WriteByte('\n')
 		for _, s := range f.series {
 			if s.hist == nil {
-				writeSample(buf, f.name, s.labels, s.value)
+				writeSample(buf, f.name, "", s.labels, "", s.value)
 				continue
 			}
 			h := s.hist
 			var cumulative uint64
-			for i, le := range buckets {
+			for i, le := range bucketLabels {
 				cumulative += h.counts[i]
-				writeSample(buf, f.name+"_bucket", append(slices.Clip(s.labels), "le", formatFloat(le)), float64(cumulative))
+				writeSample(buf, f.name, "_bucket", s.labels, le, float64(cumulative))
 			}
-			writeSample(buf, f.name+"_bucket", append(slices.Clip(s.labels), "le", "+Inf"), float64(h.count))
-			writeSample(buf, f.name+"_sum", s.labels, h.sum)
-			writeSample(buf, f.name+"_count", s.labels, float64(h.count))
+			writeSample(buf, f.name, "_bucket", s.labels, "+Inf", float64(h.count))
+			writeSample(buf, f.name, "_sum", s.labels, "", h.sum)
+			writeSample(buf, f.name, "_count", s.labels, "", float64(h.count))
 		}
 	}
 }
 
-// writeSample writes one line: name{labels} value.
-func writeSample(buf *bytes.Buffer, name string, labels []string, v float64) {
+// bucketLabels are the le label values of buckets, formatted once.
+var bucketLabels = func() []string {
+	out := make([]string, len(buckets))
+	for i, b := range buckets {
+		out[i] = formatFloat(b)
+	}
+	return out
+}()
+
+// writeSample writes one line: name+suffix{labels,le="le"} value, without
+// the le label when le is empty. It writes piece by piece: a scrape comes
+// every few seconds for the pod's life, and its garbage is idle memory.
+func writeSample(buf *bytes.Buffer, name, suffix string, labels []string, le string, v float64) {
 	buf.WriteString(name)
-	if len(labels) > 0 {
-		buf.WriteByte('{')
+	buf.WriteString(suffix)
+	if len(labels) > 0 || le != "" {
+		sep := byte('{')
 		for i := 0; i+1 < len(labels); i += 2 {
-			if i > 0 {
-				buf.WriteByte(',')
-			}
-			buf.WriteString(labels[i] + `="` + labelValue(labels[i+1]) + `"`)
+			buf.WriteByte(sep)
+			sep = ','
+			buf.WriteString(labels[i])
+			buf.WriteString(`="`)
+			writeLabelValue(buf, labels[i+1])
+			buf.WriteByte('"')
+		}
+		if le != "" {
+			buf.WriteByte(sep)
+			buf.WriteString(`le="`)
+			buf.WriteString(le)
+			buf.WriteByte('"')
 		}
 		buf.WriteByte('}')
 	}
-	buf.WriteString(" " + formatFloat(v) + "\n")
+	buf.WriteByte(' ')
+	buf.WriteString(formatFloat(v))
+	buf.WriteByte('\n')
 }
 
 var (
@@ -92,14 +121,14 @@ var (
 	labelEscaper = strings.NewReplacer(`\`, `\\`, `"`, `\"`, "\n", `\n`)
 )
 
-// labelValue escapes v for a label value. Invalid UTF-8 (a package header
-// can hold anything) becomes U+FFFD: a scraper rejects the whole scrape
-// for one bad byte.
-func labelValue(v string) string {
+// writeLabelValue writes v escaped for a label value. Invalid UTF-8 (a
+// package header can hold anything) becomes U+FFFD: a scraper rejects the
+// whole scrape for one bad byte.
+func writeLabelValue(buf *bytes.Buffer, v string) {
 	if !utf8.ValidString(v) {
 		v = strings.ToValidUTF8(v, string(utf8.RuneError))
 	}
-	return labelEscaper.Replace(v)
+	labelEscaper.WriteString(buf, v)
 }
 
 // formatFloat writes v as the format wants it: shortest form, and +Inf,
