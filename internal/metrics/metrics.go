@@ -56,7 +56,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -169,8 +168,6 @@ var buckets = [...]float64{.001, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 1
 type Metrics struct {
 	cfg Config
 	log zerolog.Logger
-	// lastSize is the length of the last scrape's text.
-	lastSize atomic.Int64
 
 	mu sync.Mutex
 	// requests counts answered requests by handler and code label.
@@ -209,16 +206,21 @@ func New(cfg Config, log zerolog.Logger) (*Metrics, error) {
 	}, nil
 }
 
+// scrapeBuffers keep the text of a scrape (some 20 KB) from one scrape to
+// the next: Prometheus scrapes every pod every few seconds for its whole
+// life, and a new buffer each time is most of an idle sidecar's garbage.
+var scrapeBuffers = sync.Pool{New: func() any { return new(bytes.Buffer) }}
+
 // Handler serves the metrics in the Prometheus text format.
 func (m *Metrics) Handler() http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		var buf bytes.Buffer
-		buf.Grow(int(m.lastSize.Load()) + 1024) // one allocation, not a dozen doublings
-		writeText(&buf, m.families())
-		m.lastSize.Store(int64(buf.Len()))
+		buf := scrapeBuffers.Get().(*bytes.Buffer)
+		defer scrapeBuffers.Put(buf)
+		buf.Reset()
+		writeText(buf, m.families())
 		w.Header().Set("Content-Type", contentType)
 		w.Header().Set("Content-Length", strconv.Itoa(buf.Len()))
-		_, _ = buf.WriteTo(w)
+		_, _ = w.Write(buf.Bytes())
 	})
 }
 
