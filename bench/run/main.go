@@ -95,16 +95,21 @@ func run(starts int) error {
 		return fmt.Errorf("%w; its log:\n%s", err, b)
 	}
 	time.Sleep(3 * time.Second) // past the start: this is idle memory
-	ours := idle(cmd.Process.Pid, "avagent.bin", func() {
-		// What an idle sidecar gets: the kubelet's probes and a Prometheus
-		// scrape, here once a second, 10 to 30 times their usual pace, so
-		// that 20 s hold the garbage of several minutes.
-		for _, path := range []string{"/livez", "/readyz", "/metrics"} {
-			if resp, err := http.Get("http://" + httpAddr + path); err == nil {
-				resp.Body.Close()
+	// What an idle sidecar gets: the kubelet's probes, and a Prometheus
+	// scrape where the PodMonitor is deployed. Both come once a second here,
+	// 10 to 30 times their usual pace, so that 20 s hold the garbage of
+	// several minutes.
+	get := func(paths ...string) func() {
+		return func() {
+			for _, path := range paths {
+				if resp, err := http.Get("http://" + httpAddr + path); err == nil {
+					resp.Body.Close()
+				}
 			}
 		}
-	})
+	}
+	ours := idle(cmd.Process.Pid, "avagent.bin", get("/livez", "/readyz", "/startupz"))
+	scraped := idle(cmd.Process.Pid, "avagent.bin", get("/livez", "/readyz", "/startupz", "/metrics"))
 	cmd.Process.Signal(syscall.SIGTERM)
 	cmd.Wait()
 
@@ -112,12 +117,13 @@ func run(starts int) error {
 	if err != nil {
 		return err
 	}
-	fmt.Printf("idle memory (sum over processes; median of %d samples over %d s, probes and a scrape once a second)\n", 2*idleSeconds, idleSeconds)
+	fmt.Printf("idle memory (sum over processes; median of %d samples over %d s, probes once a second)\n", 2*idleSeconds, idleSeconds)
 	for _, r := range []struct {
 		name string
 		u    usage
 	}{
 		{"avsidecar run (SSH and browse on, avagent left out)", ours},
+		{"  the same, scraped as well", scraped},
 		{"old recipe (sh run.sh + sshd -D)", peer},
 	} {
 		fmt.Printf("  %-52s RSS %6.2f MiB (anon %5.2f, file %5.2f; max %5.2f)  PSS %6.2f MiB  (%d processes)\n",
