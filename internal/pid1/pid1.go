@@ -128,18 +128,6 @@ type Process struct {
 // Stderr must be nil or *os.File, so that nothing but the child holds them,
 // and cmd must not come from exec.CommandContext: use WaitContext.
 func Start(cmd *exec.Cmd) (*Process, error) {
-	p, err := start(cmd)
-	if err != nil {
-		return nil, err
-	}
-	go func() {
-		<-p.exit
-		close(p.done)
-	}()
-	return p, nil
-}
-
-func start(cmd *exec.Cmd) (*Process, error) {
 	for _, f := range []any{cmd.Stdin, cmd.Stdout, cmd.Stderr} {
 		if _, ok := f.(*os.File); f != nil && !ok {
 			return nil, fmt.Errorf("start %s: stdio must be nil or *os.File, not %T", cmd.Path, f)
@@ -155,7 +143,8 @@ func start(cmd *exec.Cmd) (*Process, error) {
 		cmd.SysProcAttr.Setpgid = true
 	}
 
-	p := &Process{cmd: cmd, exit: make(chan struct{}), done: make(chan struct{})}
+	p := &Process{cmd: cmd, exit: make(chan struct{})}
+	p.done = p.exit // StartLines waits for the output as well
 	reaper.mu.Lock()
 	defer reaper.mu.Unlock()
 	if err := cmd.Start(); err != nil {
@@ -198,12 +187,14 @@ func StartLines(cmd *exec.Cmd, line func(string)) (*Process, error) {
 		return nil, fmt.Errorf("start %s: %w", cmd.Path, err)
 	}
 	cmd.Stdout, cmd.Stderr = w, w
-	p, err := start(cmd)
+	p, err := Start(cmd)
 	w.Close()
 	if err != nil {
 		r.Close()
 		return nil, err
 	}
+	// Nobody waits on p before it is returned; the reaper only closes exit.
+	p.done = make(chan struct{})
 	output := make(chan struct{})
 	go func() {
 		defer close(output)
