@@ -238,16 +238,16 @@ func (p *Process) WaitContext(ctx context.Context) error {
 	select {
 	case <-p.done:
 	case <-ctx.Done():
-		p.SignalGroup(syscall.SIGKILL)
+		_ = p.SignalGroup(syscall.SIGKILL)
 	}
 	return p.Wait()
 }
 
-// SignalGroup sends sig to the process's group. A group that is gone is not
-// an error: the kernel keeps the id from being reused while any member
-// lives, so this never hits a stranger.
-func (p *Process) SignalGroup(sig syscall.Signal) {
-	_ = syscall.Kill(-p.Pid, sig)
+// SignalGroup sends sig to the process's group. The kernel keeps the id
+// from being reused while any member lives, so this never hits a stranger;
+// ESRCH says the group is gone, which callers stopping it may ignore.
+func (p *Process) SignalGroup(sig syscall.Signal) error {
+	return syscall.Kill(-p.Pid, sig)
 }
 
 // ExitError is an exit other than status 0.

@@ -61,8 +61,8 @@ func TestReaperChild(t *testing.T) {
 	if mode == "pid1" && os.Getpid() != 1 {
 		t.Fatalf("pid %d, want 1", os.Getpid())
 	}
-	ev := &events{more: make(chan struct{})}
-	log := zerolog.New(ev).Level(zerolog.DebugLevel)
+	logs := testkit.NewLogLines()
+	log := zerolog.New(logs).Level(zerolog.DebugLevel)
 	if err := Reap(log); err != nil {
 		t.Fatal(err)
 	}
@@ -106,7 +106,9 @@ func TestReaperChild(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p.SignalGroup(syscall.SIGKILL)
+	if err := p.SignalGroup(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
 	var ee *ExitError
 	if err := p.Wait(); !errors.As(err, &ee) || !ee.Status.Signaled() || ee.ExitCode() != -1 || err.Error() != "signal: killed" {
 		t.Errorf("killed sleep: %v", err)
@@ -122,7 +124,7 @@ func TestReaperChild(t *testing.T) {
 
 	// Every orphan was reaped: wait for the log to say so, then look for
 	// zombies among this process's children.
-	ev.waitCount(t, `"message":"reaped orphan"`, orphans)
+	logs.WaitN(t, 0, orphans, "every orphan reaped", 20*time.Second, testkit.Msg("", "reaped orphan"))
 	if z := zombies(t); len(z) > 0 {
 		t.Errorf("zombie children: %v", z)
 	}
@@ -151,47 +153,6 @@ func zombies(t *testing.T) []int {
 		}
 	}
 	return z
-}
-
-// events is a zerolog writer that keeps messages and wakes waiters.
-type events struct {
-	mu   sync.Mutex
-	msgs []string
-	more chan struct{}
-}
-
-func (e *events) Write(p []byte) (int, error) {
-	e.mu.Lock()
-	e.msgs = append(e.msgs, string(p))
-	close(e.more)
-	e.more = make(chan struct{})
-	e.mu.Unlock()
-	return len(p), nil
-}
-
-// waitCount waits until n messages contain substr.
-func (e *events) waitCount(t *testing.T, substr string, n int) {
-	t.Helper()
-	timeout := time.After(20 * time.Second)
-	for {
-		e.mu.Lock()
-		c := 0
-		for _, m := range e.msgs {
-			if strings.Contains(m, substr) {
-				c++
-			}
-		}
-		more := e.more
-		e.mu.Unlock()
-		if c >= n {
-			return
-		}
-		select {
-		case <-more:
-		case <-timeout:
-			t.Fatalf("saw %d of %d %q", c, n, substr)
-		}
-	}
 }
 
 func exitCode(err error) int {
@@ -304,7 +265,7 @@ func TestStartLinesOutputGrace(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { p.SignalGroup(syscall.SIGKILL) })
+	t.Cleanup(func() { _ = p.SignalGroup(syscall.SIGKILL) })
 	if err := p.Wait(); err != nil {
 		t.Fatal(err)
 	}

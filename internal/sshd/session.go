@@ -51,8 +51,8 @@ type session struct {
 
 	mu      sync.Mutex
 	started bool
-	pgid    int      // process group of the running command, 0 when none
-	ptmx    *os.File // PTY master while a PTY command runs
+	proc    *pid1.Process // the running command, nil when none
+	ptmx    *os.File      // PTY master while a PTY command runs
 
 	hungup   chan struct{} // closed by hangup: stop waiting for output
 	hangOnce sync.Once
@@ -160,12 +160,12 @@ func (ss *session) serve(reqs <-chan *gossh.Request) {
 func (ss *session) hangup() {
 	ss.hangOnce.Do(func() { close(ss.hungup) })
 	ss.mu.Lock()
-	pgid, ch := ss.pgid, ss.ch
-	if pgid > 0 {
-		_ = syscall.Kill(-pgid, syscall.SIGHUP)
+	proc, ch := ss.proc, ss.ch
+	if proc != nil {
+		_ = proc.SignalGroup(syscall.SIGHUP)
 	}
 	ss.mu.Unlock()
-	if pgid == 0 && ch != nil {
+	if proc == nil && ch != nil {
 		ch.Close()
 	}
 }
@@ -175,9 +175,9 @@ func (ss *session) hangup() {
 func (ss *session) kill() {
 	ss.hangOnce.Do(func() { close(ss.hungup) })
 	ss.mu.Lock()
-	pgid, ch := ss.pgid, ss.ch
-	if pgid > 0 {
-		_ = syscall.Kill(-pgid, syscall.SIGKILL)
+	proc, ch := ss.proc, ss.ch
+	if proc != nil {
+		_ = proc.SignalGroup(syscall.SIGKILL)
 	}
 	ss.mu.Unlock()
 	if ch != nil {
@@ -333,7 +333,7 @@ func (ss *session) startPipes(cmd *exec.Cmd) (func(), error) {
 		return nil, fmt.Errorf("start %s: %w", cmd.Path, err)
 	}
 	ss.mu.Lock()
-	ss.pgid = proc.Pid
+	ss.proc = proc
 	ss.mu.Unlock()
 	return func() {
 		start := time.Now()
@@ -347,7 +347,7 @@ func (ss *session) startPipes(cmd *exec.Cmd) (func(), error) {
 		go func() { defer wg.Done(); _, _ = io.Copy(ss.ch.Stderr(), errR) }()
 		werr := proc.Wait()
 		ss.mu.Lock()
-		ss.pgid = 0
+		ss.proc = nil
 		ss.mu.Unlock()
 		output := make(chan struct{})
 		go func() { wg.Wait(); close(output) }()
@@ -387,7 +387,7 @@ func (ss *session) startPTY(cmd *exec.Cmd) (func(), error) {
 		return nil, fmt.Errorf("start %s: %w", cmd.Path, err)
 	}
 	ss.mu.Lock()
-	ss.pgid, ss.ptmx = proc.Pid, ptmx
+	ss.proc, ss.ptmx = proc, ptmx
 	ss.mu.Unlock()
 	return func() {
 		start := time.Now()
@@ -396,7 +396,7 @@ func (ss *session) startPTY(cmd *exec.Cmd) (func(), error) {
 		go func() { _, _ = io.Copy(ss.ch, ptmx); close(output) }()
 		werr := proc.Wait()
 		ss.mu.Lock()
-		ss.pgid = 0
+		ss.proc = nil
 		ss.mu.Unlock()
 		// The master reads EIO once every holder of the terminal closed
 		// it; a background job may keep it open, so the drain is bounded.
@@ -500,11 +500,11 @@ func (ss *session) signal(name string) bool {
 	}
 	ss.mu.Lock()
 	defer ss.mu.Unlock()
-	if ss.pgid == 0 {
+	if ss.proc == nil {
 		return false
 	}
 	ss.log.Info().Str("signal", name).Msg("signal")
-	return syscall.Kill(-ss.pgid, sig) == nil
+	return ss.proc.SignalGroup(sig) == nil
 }
 
 // environ builds the session environment: the base, the usual login

@@ -345,7 +345,7 @@ func (s *Supervisor) markStopped() {
 // leader to exit, then SIGKILLs the group. The group is killed at the end in
 // any case, so no helper of the agent outlives it.
 func (s *Supervisor) stop(p *pid1.Process) {
-	p.SignalGroup(syscall.SIGTERM)
+	_ = p.SignalGroup(syscall.SIGTERM) // ESRCH: already gone
 	t := time.NewTimer(s.cfg.StopTimeout)
 	defer t.Stop()
 	select {
@@ -353,10 +353,10 @@ func (s *Supervisor) stop(p *pid1.Process) {
 		s.log.Info().Int("pid", p.Pid).Str("exit", describeExit(p.Wait())).Msg("agent stopped")
 	case <-t.C:
 		s.log.Warn().Int("pid", p.Pid).Dur("timeout", s.cfg.StopTimeout).Msg("agent ignored SIGTERM, killing its group")
-		p.SignalGroup(syscall.SIGKILL)
+		_ = p.SignalGroup(syscall.SIGKILL)
 		<-p.Done()
 	}
-	p.SignalGroup(syscall.SIGKILL)
+	_ = p.SignalGroup(syscall.SIGKILL)
 }
 
 // exitCodeAndSignal splits an exit into its code (-1 for a signal or a
