@@ -297,10 +297,9 @@ func (r *Registrar) runRegistration(ctx context.Context) ([]byte, error) {
 	} else {
 		cmd = exec.Command(r.cfg.Client.Agent(), r.cfg.Client.InitArgs(r.cfg.Server, r.cfg.Port, r.cfg.Domain)...)
 	}
-	out, err := runOutput(ctx, cmd, func(line string) {
+	return runOutput(ctx, cmd, func(line string) {
 		r.log.Debug().Str("line", line).Msg("registration output")
 	})
-	return out, err
 }
 
 // runOutput runs cmd until it exits or ctx ends (then its group is
