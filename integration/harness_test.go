@@ -10,8 +10,6 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
-	"path/filepath"
-	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -160,49 +158,21 @@ func (w testWriter) Write(p []byte) (int, error) {
 }
 
 // proc is a process seen in /proc.
-type proc struct {
-	pid, ppid int
-	state     string
-	cmdline   string
-}
-
-func processes() map[int]proc {
-	out := map[int]proc{}
-	entries, _ := os.ReadDir("/proc")
-	for _, e := range entries {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		stat, err := os.ReadFile(filepath.Join("/proc", e.Name(), "stat"))
-		if err != nil {
-			continue
-		}
-		s := string(stat)
-		f := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
-		if len(f) < 2 {
-			continue
-		}
-		ppid, _ := strconv.Atoi(f[1])
-		cl, _ := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
-		out[pid] = proc{pid: pid, ppid: ppid, state: f[0], cmdline: strings.ReplaceAll(string(cl), "\x00", " ")}
-	}
-	return out
-}
+type proc = testkit.Proc
 
 // descendants lists every process below pid.
 func descendants(pid int) []proc {
-	all := processes()
+	all := testkit.Processes()
 	children := map[int][]proc{}
 	for _, p := range all {
-		children[p.ppid] = append(children[p.ppid], p)
+		children[p.PPID] = append(children[p.PPID], p)
 	}
 	var out []proc
 	var walk func(int)
 	walk = func(p int) {
 		for _, c := range children[p] {
 			out = append(out, c)
-			walk(c.pid)
+			walk(c.PID)
 		}
 	}
 	walk(pid)
@@ -213,8 +183,8 @@ func descendants(pid int) []proc {
 // contains s (a test's unique root directory).
 func withCmdline(s string) []proc {
 	var out []proc
-	for _, p := range processes() {
-		if strings.Contains(p.cmdline, s) {
+	for _, p := range testkit.Processes() {
+		if strings.Contains(p.Cmdline, s) {
 			out = append(out, p)
 		}
 	}

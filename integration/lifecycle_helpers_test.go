@@ -41,7 +41,7 @@ func killTreeOnCleanup(t *testing.T, s *sidecar) {
 		default:
 		}
 		for _, p := range descendants(s.cmd.Process.Pid) {
-			_ = syscall.Kill(p.pid, syscall.SIGKILL)
+			_ = syscall.Kill(p.PID, syscall.SIGKILL)
 		}
 	})
 }
@@ -61,7 +61,7 @@ func (s *sidecar) stopGracefully(t *testing.T) {
 func liveAgents(root string) []proc {
 	var out []proc
 	for _, p := range withCmdline(root) {
-		if p.state != "Z" && strings.Contains(p.cmdline, "/bin/avagent.bin") {
+		if p.State != "Z" && strings.Contains(p.Cmdline, "/bin/avagent.bin") {
 			out = append(out, p)
 		}
 	}
@@ -70,8 +70,8 @@ func liveAgents(root string) []proc {
 
 // alive reports whether pid runs (a zombie does not).
 func processAlive(pid int) bool {
-	p, ok := processes()[pid]
-	return ok && p.state != "Z"
+	p, ok := testkit.Processes()[pid]
+	return ok && p.State != "Z"
 }
 
 // setEnv returns env with key set to value (replaced or appended).

@@ -251,11 +251,11 @@ func checkOneSupervisedAgent(t *testing.T, s *sidecar, root string, pid int) {
 		t.Fatalf("%d live agents, want exactly one: %+v", len(agents), agents)
 	}
 	a := agents[0]
-	if a.pid != pid || strings.Contains(a.cmdline, "--daemon=true") || !strings.Contains(a.cmdline, "--daemon=false") {
+	if a.PID != pid || strings.Contains(a.Cmdline, "--daemon=true") || !strings.Contains(a.Cmdline, "--daemon=false") {
 		t.Fatalf("the live agent %+v is not the supervised foreground agent %d", a, pid)
 	}
-	if a.ppid != s.cmd.Process.Pid {
-		t.Fatalf("the agent's parent is %d, want avsidecar %d", a.ppid, s.cmd.Process.Pid)
+	if a.PPID != s.cmd.Process.Pid {
+		t.Fatalf("the agent's parent is %d, want avsidecar %d", a.PPID, s.cmd.Process.Pid)
 	}
 }
 

@@ -57,15 +57,15 @@ func TestAcrossNetworkNamespaces(t *testing.T) {
 		t.Helper()
 		var init proc
 		for _, p := range descendants(s.cmd.Process.Pid) {
-			if strings.HasPrefix(p.cmdline, bins.Avsidecar+" run") {
+			if strings.HasPrefix(p.Cmdline, bins.Avsidecar+" run") {
 				init = p // the first in walk order is the topmost: PID 1 of the namespace
 				break
 			}
 		}
-		if init.pid == 0 {
+		if init.PID == 0 {
 			t.Fatal("no avsidecar under unshare")
 		}
-		signal(t, init.pid, syscall.SIGTERM)
+		signal(t, init.PID, syscall.SIGTERM)
 		if code := s.exitCode(t, 20*time.Second); code != 0 {
 			t.Fatalf("exit code %d after SIGTERM", code)
 		}

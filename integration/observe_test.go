@@ -136,9 +136,9 @@ func TestOperatorView(t *testing.T) {
 
 	// An agent restart moves the counter.
 	for _, p := range descendants(s.cmd.Process.Pid) {
-		if strings.Contains(p.cmdline, "avagent.bin --daemon=false") {
+		if strings.Contains(p.Cmdline, "avagent.bin --daemon=false") {
 			from := s.log.Mark()
-			signal(t, p.pid, 9)
+			signal(t, p.PID, 9)
 			s.log.Wait(t, from, "the agent's restart", 10*time.Second, msg("agent", "agent started"))
 		}
 	}

@@ -442,8 +442,8 @@ type podmanProc struct {
 	comm   string
 	rssKiB int
 	hwmKiB int
-	// pssKiB is the proportional set size: pages shared between the
-	// processes (avsidecar's two share their text) counted once in total.
+	// pssKiB is the proportional set size: pages shared between
+	// processes counted once in total.
 	pssKiB  int
 	cmdline string
 }
@@ -452,38 +452,12 @@ type podmanProc struct {
 // descendants, with their resident memory, from the host's /proc.
 func podmanTree(t *testing.T, pid int) []podmanProc {
 	t.Helper()
-	parent := map[int]int{}
-	dirs, err := os.ReadDir("/proc")
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, d := range dirs {
-		n, err := strconv.Atoi(d.Name())
-		if err != nil {
-			continue
-		}
-		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", n))
-		if err != nil {
-			continue // gone meanwhile
-		}
-		// The command name may hold spaces and parentheses: fields start
-		// after the last ')'.
-		f := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+1:]))
-		if len(f) > 2 {
-			parent[n], _ = strconv.Atoi(f[1])
-		}
-	}
-	in := map[int]bool{pid: true}
-	for changed := true; changed; {
-		changed = false
-		for c, p := range parent {
-			if in[p] && !in[c] {
-				in[c], changed = true, true
-			}
-		}
+	in := []int{pid}
+	for _, p := range descendants(pid) {
+		in = append(in, p.PID)
 	}
 	var out []podmanProc
-	for p := range in {
+	for _, p := range in {
 		st, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", p))
 		if err != nil {
 			continue

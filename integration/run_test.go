@@ -72,8 +72,8 @@ func (w *world) startPID1(t *testing.T) *sidecar {
 func (s *sidecar) init(t *testing.T) int {
 	t.Helper()
 	for _, p := range descendants(s.cmd.Process.Pid) {
-		if p.ppid == s.cmd.Process.Pid {
-			return p.pid
+		if p.PPID == s.cmd.Process.Pid {
+			return p.PID
 		}
 	}
 	t.Fatal("no PID 1 under unshare")
@@ -134,15 +134,15 @@ func TestRunAsPID1(t *testing.T) {
 	// avagent is killed: restarted, ready again.
 	var agent proc
 	for _, p := range descendants(s.cmd.Process.Pid) {
-		if strings.Contains(p.cmdline, "avagent.bin --daemon=false") {
+		if strings.Contains(p.Cmdline, "avagent.bin --daemon=false") {
 			agent = p
 		}
 	}
-	if agent.pid == 0 {
+	if agent.PID == 0 {
 		t.Fatal("no avagent process in the sidecar")
 	}
 	from := s.log.Mark()
-	signal(t, agent.pid, syscall.SIGKILL)
+	signal(t, agent.PID, syscall.SIGKILL)
 	s.log.Wait(t, from, "the agent's exit", 10*time.Second, msg("agent", "agent exited, restarting"))
 	s.log.Wait(t, from, "the agent's restart", 10*time.Second, msg("agent", "agent started"))
 	s.eventually(t, "/readyz", 200, 10*time.Second)
@@ -165,8 +165,8 @@ func TestRunAsPID1(t *testing.T) {
 
 	// No zombies: every process left under PID 1 is alive.
 	for _, p := range descendants(s.cmd.Process.Pid) {
-		if p.state == "Z" {
-			t.Errorf("zombie %d %q", p.pid, p.cmdline)
+		if p.State == "Z" {
+			t.Errorf("zombie %d %q", p.PID, p.Cmdline)
 		}
 	}
 

@@ -125,31 +125,17 @@ func TestReaperChild(t *testing.T) {
 	// Every orphan was reaped: wait for the log to say so, then look for
 	// zombies among this process's children.
 	logs.WaitN(t, 0, orphans, "every orphan reaped", 20*time.Second, testkit.Msg("", "reaped orphan"))
-	if z := zombies(t); len(z) > 0 {
+	if z := zombies(); len(z) > 0 {
 		t.Errorf("zombie children: %v", z)
 	}
 }
 
 // zombies lists this process's children that are zombies.
-func zombies(t *testing.T) []int {
-	entries, err := os.ReadDir("/proc")
-	if err != nil {
-		t.Fatal(err)
-	}
+func zombies() []int {
 	var z []int
-	for _, e := range entries {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		b, err := os.ReadFile("/proc/" + e.Name() + "/stat")
-		if err != nil {
-			continue
-		}
-		// pid (comm) state ppid ...: comm may hold spaces, so cut at ")".
-		f := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+1:]))
-		if len(f) > 1 && f[0] == "Z" && f[1] == strconv.Itoa(os.Getpid()) {
-			z = append(z, pid)
+	for _, p := range testkit.Processes() {
+		if p.State == "Z" && p.PPID == os.Getpid() {
+			z = append(z, p.PID)
 		}
 	}
 	return z
