@@ -1,7 +1,9 @@
 // Package health serves the kubelet's probes: /livez, /startupz and
 // /readyz. Liveness only says the supervisor answers; readiness and start-up
 // run named checks and say which failed and why, in the body, the way the
-// Kubernetes API server's own probes do.
+// Kubernetes API server's own probes do. An optional check reports a side
+// part's trouble in the verbose body ("[!]ssh: ...") without failing the
+// probe: a broken side feature must not take the pod out of service.
 package health
 
 import (
@@ -18,6 +20,9 @@ type Check struct {
 	Name string
 	// Fn returns nil when the condition holds, else why not.
 	Fn func(ctx context.Context) error
+	// Optional checks never fail the probe; ?verbose shows their failures
+	// as [!]name: reason.
+	Optional bool
 }
 
 // Config lists the checks of each probe.
@@ -56,9 +61,21 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) { h.mux.Serv
 
 // Result is the outcome of one check.
 type Result struct {
-	Name string `json:"name"`
-	OK   bool   `json:"ok"`
-	Err  string `json:"error,omitempty"`
+	Name     string `json:"name"`
+	OK       bool   `json:"ok"`
+	Err      string `json:"error,omitempty"`
+	Optional bool   `json:"optional,omitempty"`
+}
+
+// Passed reports whether results pass as a probe: every check that is not
+// optional is OK.
+func Passed(results []Result) bool {
+	for _, r := range results {
+		if !r.OK && !r.Optional {
+			return false
+		}
+	}
+	return true
 }
 
 // Run runs checks and reports each result.
@@ -68,7 +85,7 @@ func Run(ctx context.Context, checks []Check, timeout time.Duration) []Result {
 		cctx, cancel := context.WithTimeout(ctx, timeout)
 		err := c.Fn(cctx)
 		cancel()
-		out[i] = Result{Name: c.Name, OK: err == nil}
+		out[i] = Result{Name: c.Name, OK: err == nil, Optional: c.Optional}
 		if err != nil {
 			out[i].Err = err.Error()
 		}
@@ -84,6 +101,10 @@ func (h *Handler) probe(name string, checks []Check) http.Handler {
 		failed := false
 		for _, res := range results {
 			switch {
+			case !res.OK && res.Optional:
+				if verbose {
+					fmt.Fprintf(&b, "[!]%s: %s\n", res.Name, oneLine(res.Err))
+				}
 			case !res.OK:
 				failed = true
 				fmt.Fprintf(&b, "[-]%s: %s\n", res.Name, oneLine(res.Err))
