@@ -100,9 +100,8 @@ type Supervisor struct {
 	cfg Config
 	log zerolog.Logger
 
-	mu      sync.Mutex
-	status  Status
-	restart chan struct{}
+	mu     sync.Mutex
+	status Status
 }
 
 // New checks cfg and fills its defaults.
@@ -137,7 +136,7 @@ func New(cfg Config, log zerolog.Logger) (*Supervisor, error) {
 	if cfg.LogTailLines <= 0 {
 		cfg.LogTailLines = 10
 	}
-	return &Supervisor{cfg: cfg, log: log, restart: make(chan struct{}, 1)}, nil
+	return &Supervisor{cfg: cfg, log: log}, nil
 }
 
 // Status returns a snapshot.
@@ -149,15 +148,6 @@ func (s *Supervisor) Status() Status {
 	return st
 }
 
-// Restart asks for the running process to be stopped and started again at
-// once, without backoff (for example after its flag files changed).
-func (s *Supervisor) Restart() {
-	select {
-	case s.restart <- struct{}{}:
-	default:
-	}
-}
-
 // Run keeps the process running until ctx is done, then stops its group and
 // returns nil. A process that cannot even start (a missing executable) is
 // retried like one that exited: the volume it lives on may come back.
@@ -166,14 +156,9 @@ func (s *Supervisor) Run(ctx context.Context) error {
 	attempt := 0 // exits since the last stable run
 	for {
 		started := time.Now()
-		requested, logStart, err := s.runOnce(ctx)
+		logStart, err := s.runOnce(ctx)
 		if ctx.Err() != nil {
 			return nil
-		}
-		if requested {
-			b.Reset()
-			attempt = 0
-			continue
 		}
 		ran := time.Since(started)
 		if ran >= s.cfg.StableAfter {
@@ -286,10 +271,9 @@ func (s *Supervisor) logTail(from int64) []string {
 	return lines
 }
 
-// runOnce starts the process and waits for it to exit, for ctx, or for a
-// restart request. It reports the exit error and whether a restart was
-// requested.
-func (s *Supervisor) runOnce(ctx context.Context) (requested bool, logStart int64, exitErr error) {
+// runOnce starts the process and waits for it to exit or for ctx. It
+// reports the size the log file had at the start, and the exit error.
+func (s *Supervisor) runOnce(ctx context.Context) (logStart int64, exitErr error) {
 	logStart = s.logSize()
 	cmd := exec.Command(s.cfg.Path, s.cfg.Args...)
 	cmd.Env, cmd.Dir = s.cfg.Env, s.cfg.Dir
@@ -297,7 +281,7 @@ func (s *Supervisor) runOnce(ctx context.Context) (requested bool, logStart int6
 		s.log.Info().Str("line", line).Msg("agent output")
 	})
 	if err != nil {
-		return false, logStart, fmt.Errorf("start %s: %w", s.cfg.Path, err)
+		return logStart, fmt.Errorf("start %s: %w", s.cfg.Path, err)
 	}
 	s.mu.Lock()
 	s.status.Running, s.status.PID, s.status.StartedAt = true, p.Pid, time.Now()
@@ -314,7 +298,7 @@ func (s *Supervisor) runOnce(ctx context.Context) (requested bool, logStart int6
 	for {
 		select {
 		case <-p.Done():
-			return false, logStart, p.Wait()
+			return logStart, p.Wait()
 		case <-stable.C:
 			s.mu.Lock()
 			if s.status.ShortRuns > 0 || s.status.CrashLoop {
@@ -325,12 +309,7 @@ func (s *Supervisor) runOnce(ctx context.Context) (requested bool, logStart int6
 		case <-ctx.Done():
 			s.stop(p)
 			s.markStopped()
-			return false, logStart, nil
-		case <-s.restart:
-			s.log.Info().Int("pid", p.Pid).Msg("agent restart requested")
-			s.stop(p)
-			s.markStopped()
-			return true, logStart, nil
+			return logStart, nil
 		}
 	}
 }

@@ -115,18 +115,6 @@ func alive(pid int) bool {
 	return len(fields) > 0 && fields[0] != "Z"
 }
 
-func TestRestartRequest(t *testing.T) {
-	s, stop := start(t, Config{Path: "/bin/sleep", Args: []string{"60"}, StopTimeout: time.Second})
-	defer stop()
-	waitFor(t, "first start", func() bool { return s.Status().Running })
-	first := s.Status().PID
-	s.Restart()
-	waitFor(t, "second start", func() bool { st := s.Status(); return st.Running && st.PID != first })
-	if st := s.Status(); st.Restarts != 1 || st.ShortRuns != 0 {
-		t.Fatalf("status after requested restart %+v", st)
-	}
-}
-
 // events is a zerolog writer that keeps every JSON line, so a test can read
 // the logged fields.
 type events struct {
