@@ -33,12 +33,16 @@ COPY go.mod go.sum ./
 RUN go mod download
 COPY cmd ./cmd
 COPY internal ./internal
-# VERSION is stamped into `avsidecar version`; empty falls back to the module version.
+# VERSION and REVISION are stamped into `avsidecar version`, /v1/status and
+# avsidecar_build_info (the builder gets no .git, so Go cannot stamp the
+# revision itself): docker build --build-arg REVISION=$(git rev-parse HEAD).
 ARG VERSION=""
+ARG REVISION=""
 # nethttpomithttp2 leaves net/http's HTTP/2 out: avsidecar serves plain
 # HTTP/1.1 and its REST client needs no more. 0.5 MB less binary, and a
 # running sidecar's memory is mostly its binary's pages (BENCHMARKS.md).
-RUN CGO_ENABLED=0 go build -trimpath -tags nethttpomithttp2 -ldflags="-s -w -X main.version=${VERSION}" \
+RUN CGO_ENABLED=0 go build -trimpath -tags nethttpomithttp2 \
+        -ldflags="-s -w -X github.com/avsidecar/avsidecar/internal/buildinfo.version=${VERSION} -X github.com/avsidecar/avsidecar/internal/buildinfo.revision=${REVISION}" \
         -o /out/avsidecar ./cmd/avsidecar
 
 # runtime is everything but the binary. The Avamar client's binaries are

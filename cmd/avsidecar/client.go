@@ -6,15 +6,34 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"os"
 	"time"
+
+	"github.com/avsidecar/avsidecar/internal/config"
 )
 
+// localConfig is the configuration of the commands that ask the local
+// avsidecar (probe, status, ls): the variables run reads, with the same
+// defaults. A bad value is a usage error.
+func localConfig() (config.Config, error) {
+	cfg, err := config.Load(config.ScopeLocal, config.Sources{})
+	if err != nil {
+		return cfg, &exitError{Code: exitConfig, Err: err}
+	}
+	return cfg, nil
+}
+
 // localAddr is where the local avsidecar's HTTP server answers: flagAddr,
-// else AVSIDECAR_HTTP_ADDR, else :9180, with an unspecified host made
-// loopback. A malformed address is a usage error.
+// else AVSIDECAR_HTTP_ADDR, with an unspecified host made loopback. A
+// malformed address is a usage error.
 func localAddr(flagAddr string) (string, error) {
-	addr := cmp.Or(flagAddr, os.Getenv("AVSIDECAR_HTTP_ADDR"), ":9180")
+	var cfg config.Config
+	if flagAddr == "" {
+		var err error
+		if cfg, err = localConfig(); err != nil {
+			return "", err
+		}
+	}
+	addr := cmp.Or(flagAddr, cfg.HTTPAddr)
 	host, port, err := net.SplitHostPort(addr)
 	if err != nil {
 		return "", usageError("HTTP address %q: %v", addr, err)

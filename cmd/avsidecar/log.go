@@ -2,7 +2,6 @@ package main
 
 import (
 	"io"
-	"os"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -19,15 +18,4 @@ func newLogger(w io.Writer, level zerolog.Level, format string) zerolog.Logger {
 		w = zerolog.ConsoleWriter{Out: w, TimeFormat: "15:04:05.000"}
 	}
 	return zerolog.New(w).Level(level).With().Timestamp().Logger()
-}
-
-// earlyLogger is the logger of commands that do not validate the whole
-// configuration: it honours the log variables when they parse and falls back
-// to the defaults otherwise.
-func earlyLogger(w io.Writer) zerolog.Logger {
-	level, err := zerolog.ParseLevel(os.Getenv("AVSIDECAR_LOG_LEVEL"))
-	if err != nil || os.Getenv("AVSIDECAR_LOG_LEVEL") == "" {
-		level = zerolog.InfoLevel
-	}
-	return newLogger(w, level, os.Getenv("AVSIDECAR_LOG_FORMAT"))
 }

@@ -12,7 +12,6 @@ import (
 	"net/http"
 	"net/url"
 	"os"
-	"path/filepath"
 	"strings"
 	"time"
 )
@@ -106,7 +105,11 @@ type browseClient struct {
 }
 
 func newBrowseClient() (*browseClient, error) {
-	local, err := localAddr("")
+	cfg, err := localConfig()
+	if err != nil {
+		return nil, err
+	}
+	local, err := localAddr(cfg.HTTPAddr)
 	if err != nil {
 		return nil, err
 	}
@@ -117,10 +120,8 @@ func newBrowseClient() (*browseClient, error) {
 			ResponseHeaderTimeout: 2 * time.Minute,
 		}},
 	}
-	if f := os.Getenv("AVSIDECAR_BROWSE_TOKEN_FILE"); f != "" {
-		// A path of the configuration, so inside AVSIDECAR_ROOT as `run`
-		// reads it.
-		b, err := os.ReadFile(filepath.Join(envOr("AVSIDECAR_ROOT", "/"), f))
+	if f := cfg.Host.BrowseTokenFile; f != "" {
+		b, err := os.ReadFile(f)
 		if err != nil {
 			return nil, fmt.Errorf("read browse token: %w", err)
 		}

@@ -1,7 +1,7 @@
 // Command avsidecar is PID 1 of the Avamar sidecar container: it installs the
 // Avamar client RPM, registers the client, supervises avagent, and serves
 // probes, SSH and a read-only file browser. main only wires; the work lives
-// in internal/.
+// in internal/ (`avsidecar run` is internal/sidecar).
 package main
 
 import (
@@ -11,6 +11,8 @@ import (
 	"os"
 
 	"github.com/avsidecar/avsidecar/internal/config"
+	"github.com/avsidecar/avsidecar/internal/install"
+	"github.com/avsidecar/avsidecar/internal/sidecar"
 )
 
 // Exit codes of SPEC "Command line".
@@ -38,6 +40,17 @@ func (e *exitError) Unwrap() error { return e.Err }
 // usageError marks a command line or configuration problem (exit 2).
 func usageError(format string, a ...any) error {
 	return &exitError{Code: exitConfig, Err: fmt.Errorf(format, a...)}
+}
+
+// exitCode maps an error of the work to SPEC's exit codes.
+func exitCode(err error) int {
+	switch {
+	case errors.Is(err, install.ErrUnusable):
+		return exitBadRPM
+	case errors.Is(err, sidecar.ErrConfig):
+		return exitConfig
+	}
+	return exitFailure
 }
 
 // command is one subcommand: it parses its own arguments and returns an
@@ -90,7 +103,7 @@ func execute(args []string, stdout, stderr io.Writer) int {
 		if ee != nil {
 			return ee.Code
 		}
-		return exitFailure
+		return exitCode(err)
 	}
 	fmt.Fprintf(stderr, "avsidecar: unknown command %q\n", name)
 	usage(stderr)

@@ -21,7 +21,10 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"sigs.k8s.io/yaml"
 
+	"github.com/avsidecar/avsidecar/internal/backupapi"
 	"github.com/avsidecar/avsidecar/internal/metrics"
+	"github.com/avsidecar/avsidecar/internal/register"
+	"github.com/avsidecar/avsidecar/internal/sidecar"
 )
 
 type rule struct {
@@ -79,7 +82,7 @@ func scrapedSeries(t *testing.T) map[string]map[string][]string {
 		BrowseRequests: map[string]uint64{"200": 1},
 		LastBackup:     time.Now(), LastBackupCheck: time.Now(), BackupAPIState: "ok",
 	}
-	m, err := metrics.New(metrics.Config{Snapshot: func() metrics.Snapshot { return full }}, zerolog.Nop())
+	m, err := metrics.New(metrics.Config{Snapshot: func() metrics.Snapshot { return full }, Labels: sidecar.MetricLabels}, zerolog.Nop())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -156,15 +159,15 @@ func TestRulesUseExportedSeries(t *testing.T) {
 }
 
 // allValues is every value a label can take: the fixed sets of
-// internal/metrics, else the values seen in the scrape.
+// their owners, else the values seen in the scrape.
 func allValues(series, label string, seen []string) []string {
 	switch label {
 	case "phase":
-		return metrics.Phases
+		return sidecar.Phases
 	case "state":
-		return metrics.BackupStates
+		return backupapi.States
 	case "outcome":
-		return metrics.Outcomes
+		return register.Outcomes
 	}
 	return seen
 }

@@ -5,16 +5,18 @@
 package avclient
 
 import (
-	"bytes"
-	"fmt"
-	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
+
+	"github.com/avsidecar/avsidecar/internal/atomicfile"
 )
 
 // Client is an installed Avamar client.
 type Client struct {
+	// Root is the host path of the root the client is installed under
+	// (AVSIDECAR_ROOT): "/" in a pod.
+	Root string
 	// Prefix is the host path of the client's installation prefix.
 	Prefix string
 }
@@ -22,8 +24,9 @@ type Client struct {
 // Agent is the avagent binary.
 func (c Client) Agent() string { return filepath.Join(c.Prefix, "bin/avagent.bin") }
 
-// ControlScript is the init-style control script with the register verb.
-func (c Client) ControlScript() string { return filepath.Join(c.Prefix, "etc/avagent.d") }
+// InitScript is /etc/init.d/avagent, the control script with the register
+// verb that the whitepaper's run.sh called.
+func (c Client) InitScript() string { return filepath.Join(c.Root, "etc/init.d/avagent") }
 
 // VarDir holds the client's state and logs.
 func (c Client) VarDir() string { return filepath.Join(c.Prefix, "var") }
@@ -92,8 +95,8 @@ func (f Flags) CmdLines() []string {
 	return append(lines, f.Extra...)
 }
 
-// WriteFlags writes avagent.cmd and .avagent, each atomically and only when
-// its content changes. It reports which files it wrote.
+// WriteFlags writes avagent.cmd and .avagent, each atomically, durably and
+// only when its content changes. It reports which files it wrote.
 func (c Client) WriteFlags(f Flags) ([]string, error) {
 	var written []string
 	for _, file := range []struct {
@@ -103,7 +106,7 @@ func (c Client) WriteFlags(f Flags) ([]string, error) {
 		{c.CmdFile(), f.CmdLines()},
 		{c.IdentityFile(), []string{"--hostname=" + f.ClientName}},
 	} {
-		changed, err := writeIfChanged(file.path, []byte(strings.Join(file.lines, "\n")+"\n"))
+		changed, err := atomicfile.WriteIfChanged(file.path, []byte(strings.Join(file.lines, "\n")+"\n"), 0o644)
 		if err != nil {
 			return written, err
 		}
@@ -112,35 +115,4 @@ func (c Client) WriteFlags(f Flags) ([]string, error) {
 		}
 	}
 	return written, nil
-}
-
-// writeIfChanged replaces path with data through a rename, so a reader
-// never sees half a file, and leaves it alone when it already holds data.
-func writeIfChanged(path string, data []byte) (bool, error) {
-	if old, err := os.ReadFile(path); err == nil && bytes.Equal(old, data) {
-		return false, nil
-	}
-	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
-		return false, fmt.Errorf("write %s: %w", path, err)
-	}
-	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp*")
-	if err != nil {
-		return false, fmt.Errorf("write %s: %w", path, err)
-	}
-	defer os.Remove(tmp.Name())
-	if _, err := tmp.Write(data); err != nil {
-		tmp.Close()
-		return false, fmt.Errorf("write %s: %w", path, err)
-	}
-	if err := tmp.Chmod(0o644); err != nil {
-		tmp.Close()
-		return false, fmt.Errorf("write %s: %w", path, err)
-	}
-	if err := tmp.Close(); err != nil {
-		return false, fmt.Errorf("write %s: %w", path, err)
-	}
-	if err := os.Rename(tmp.Name(), path); err != nil {
-		return false, fmt.Errorf("write %s: %w", path, err)
-	}
-	return true, nil
 }

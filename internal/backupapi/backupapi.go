@@ -58,6 +58,9 @@ const (
 	StateError          = "error"            // anything else; see Status.Message
 )
 
+// States lists every state: the label values of avsidecar_backup_api_state.
+var States = []string{StateUnknown, StateOK, StateUnreachable, StateUnauthorized, StateClientNotFound, StateError}
+
 // Defaults for the zero values of Config.
 const (
 	DefaultInterval       = 5 * time.Minute

@@ -3,6 +3,17 @@
 // Every variable is read once, at start. Load reports every problem it finds
 // in one error, so an operator fixes a broken Deployment in one round trip
 // instead of one variable per crash loop.
+//
+// config is a leaf: it imports no other package of avsidecar and reads
+// nothing from disk but AVSIDECAR_ROOT's existence. Paths are resolved once,
+// here, in both forms the rest of the program needs: every path of the
+// configuration is kept as the client sees it inside the root (Config.Prefix,
+// Config.StateDir, ...), and as the host path under Root (Config.Host). The
+// convention of the other packages: they take host paths, except install and
+// browse, whose job is the in-root view (the prefix rpm records, the paths an
+// operator types into an Avamar dataset): they take Root and in-root paths.
+// The RPM glob is install's (install.FindRPM): Load calls it through
+// Sources, so that a missing RPM is named with every other problem.
 package config
 
 import (
@@ -15,14 +26,13 @@ import (
 	"path"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
 
 	"github.com/kelseyhightower/envconfig"
 	"github.com/rs/zerolog"
-
-	"github.com/avsidecar/avsidecar/internal/install"
 )
 
 // env is the environment as the operator writes it: every value a string, so
@@ -58,12 +68,13 @@ type env struct {
 }
 
 // Config is avsidecar's validated configuration. Paths named "in the root"
-// are as the client sees them (for example /usr/local/avamar); HostPath maps
-// them under Root.
+// are as the client sees them (for example /usr/local/avamar); Host holds the
+// same paths on the host, under Root.
 type Config struct {
 	// Server is the MCS host name or IP, without the port.
 	Server string
-	// ServerPort is the MCS port, passed to avagent as --mcsport.
+	// ServerPort is the MCS port: DefaultMCSPort unless AVAMAR_SERVER
+	// names another.
 	ServerPort int
 	// NodeIP is the address the MCS dials back, written as --iplist.
 	NodeIP string
@@ -71,7 +82,8 @@ type Config struct {
 	Domain string
 	// ClientName is the client identity, pinned in var/.avagent.
 	ClientName string
-	// RPM is the client RPM, in the root; exactly one file matched the glob.
+	// RPM is the client RPM as configured, a path or glob in the root;
+	// Host.RPM is the one file it matched.
 	RPM string
 	// Prefix is where the client lives, in the root.
 	Prefix string
@@ -118,16 +130,53 @@ type Config struct {
 	LogLevel zerolog.Level
 	// LogFormat is "json" or "console".
 	LogFormat string
+
+	// Host holds the host paths of the paths above, resolved under Root.
+	Host HostPaths
 }
 
-// Register modes.
+// HostPaths are the configuration's paths on the host, under Config.Root.
+// An optional path that is not configured stays empty.
+type HostPaths struct {
+	// RPM is the client RPM, the one file AVAMAR_RPM matched; empty when
+	// Sources.FindRPM was not given.
+	RPM string
+	// Prefix is where the client lives.
+	Prefix string
+	// StateDir holds receipts and SSH host keys.
+	StateDir string
+	// AuthorizedKeys is the SSH authorized_keys file.
+	AuthorizedKeys string
+	// BrowseTokenFile holds the browse bearer token; empty when unset.
+	BrowseTokenFile string
+	// RestCredentials is the REST credentials file; empty while the REST
+	// API is off.
+	RestCredentials string
+	// RestCAFile is the REST server's CA bundle; empty when unset.
+	RestCAFile string
+}
+
+// DefaultMCSPort is the MCS port when AVAMAR_SERVER names none: the port
+// the Avamar client and its init script assume, so it is passed to them
+// only when it differs.
+const DefaultMCSPort = 28001
+
+// Register modes, the values of AVAMAR_REGISTER_MODE.
 const (
-	ModeDirect     = "direct"
+	// ModeDirect registers with avagent.bin --init in the foreground.
+	ModeDirect = "direct"
+	// ModeInitScript registers with the init script's register verb, as
+	// the whitepaper's run.sh did.
 	ModeInitScript = "initscript"
 )
 
-// HostPath maps a path in the root to the host.
-func (c Config) HostPath(p string) string { return filepath.Join(c.Root, p) }
+// hostPath maps a path in the root to the host; "" stays "".
+func (c Config) hostPath(p string) string {
+	if p == "" {
+		return ""
+	}
+	return filepath.Join(c.Root, p)
+}
 
 // Usage writes every variable with its default and meaning, from env's
 // tags. Not envconfig.Usage: its text/template keeps the linker from
@@ -148,14 +197,73 @@ func Usage(w io.Writer) error {
 	return err
 }
 
-// Load reads the environment and validates it. hostname is the fallback
-// client identity. The error, if any, names every problem found.
-func Load(hostname func() (string, error)) (Config, error) {
+// Scope says which command a configuration is for. Each validates only the
+// variables it uses; the defaults are the same for all.
+type Scope int
+
+const (
+	// ScopeRun is `avsidecar run`: every variable.
+	ScopeRun Scope = iota
+	// ScopeInstall is `avsidecar install`: the root, the RPM, the prefix,
+	// the state dir and the log settings.
+	ScopeInstall
+	// ScopeLocal is the commands that ask a running avsidecar (probe,
+	// status, ls): the HTTP address, the root, the browse token file and
+	// the log settings.
+	ScopeLocal
+)
+
+// Sources are what Load reads besides the environment.
+type Sources struct {
+	// Hostname is the fallback client identity (os.Hostname); ScopeRun
+	// needs it.
+	Hostname func() (string, error)
+	// Set overrides variables by name, for a command's flags that stand
+	// for one (install --rpm is AVAMAR_RPM). Empty values are ignored.
+	Set map[string]string
+	// FindRPM resolves AVAMAR_RPM, a path or glob inside root, to the host
+	// path of the one file it must match (install.FindRPM). Nil leaves
+	// Host.RPM empty.
+	FindRPM func(root, pattern string) (string, error)
+}
+
+// Load reads the environment and validates what scope uses. The error, if
+// any, names every problem found.
+func Load(scope Scope, src Sources) (Config, error) {
 	var e env
 	if err := envconfig.Process("", &e); err != nil {
 		return Config{}, fmt.Errorf("read environment: %w", err)
 	}
-	return e.validate(hostname)
+	if err := e.set(src.Set); err != nil {
+		return Config{}, err
+	}
+	c, p := e.validate(scope, src.Hostname)
+	if src.FindRPM != nil && c.RPM != "" && isDir(c.Root) {
+		if rpm, err := src.FindRPM(c.Root, c.RPM); err != nil {
+			p.add("AVAMAR_RPM: %v", err)
+		} else {
+			c.Host.RPM = rpm
+		}
+	}
+	return c, p.err()
+}
+
+// set overrides the fields of e whose variable names are keys of vars.
+func (e *env) set(vars map[string]string) error {
+	v := reflect.ValueOf(e).Elem()
+	for name, value := range vars {
+		if value == "" {
+			continue
+		}
+		i := slices.IndexFunc(reflect.VisibleFields(v.Type()), func(f reflect.StructField) bool {
+			return f.Tag.Get("envconfig") == name
+		})
+		if i < 0 {
+			return fmt.Errorf("config: no variable %s", name)
+		}
+		v.Field(i).SetString(value)
+	}
+	return nil
 }
 
 // problems collects every validation failure of one Load.
@@ -190,18 +298,76 @@ func validName(s string) bool {
 	return true
 }
 
-func (e env) validate(hostname func() (string, error)) (Config, error) {
+func (e env) validate(scope Scope, hostname func() (string, error)) (Config, problems) {
 	var p problems
-	c := Config{
-		Domain:       e.Domain,
-		RegisterMode: e.RegisterMode,
-		LogFormat:    e.LogFormat,
+	c := Config{LogFormat: e.LogFormat}
+	c.Root = filepath.Clean(e.Root)
+	if !filepath.IsAbs(e.Root) {
+		p.add("AVSIDECAR_ROOT %q must be an absolute path", e.Root)
+	} else if !isDir(c.Root) {
+		p.add("AVSIDECAR_ROOT %q is not a directory", e.Root)
 	}
+	lvl, err := zerolog.ParseLevel(e.LogLevel)
+	if err != nil || e.LogLevel == "" {
+		p.add("AVSIDECAR_LOG_LEVEL %q must be trace, debug, info, warn or error", e.LogLevel)
+	}
+	c.LogLevel = lvl
+	if c.LogFormat != "json" && c.LogFormat != "console" {
+		p.add("AVSIDECAR_LOG_FORMAT %q must be json or console", c.LogFormat)
+	}
+	switch scope {
+	case ScopeRun:
+		e.validateInstall(&p, &c)
+		e.validateLocal(&p, &c)
+		e.validateRun(&p, &c, hostname)
+	case ScopeInstall:
+		e.validateInstall(&p, &c)
+	case ScopeLocal:
+		e.validateLocal(&p, &c)
+	}
+	c.Host = HostPaths{
+		Prefix:          c.hostPath(c.Prefix),
+		StateDir:        c.hostPath(c.StateDir),
+		AuthorizedKeys:  c.hostPath(c.AuthorizedKeys),
+		BrowseTokenFile: c.hostPath(c.BrowseTokenFile),
+		RestCredentials: c.hostPath(c.RestCredentials),
+		RestCAFile:      c.hostPath(c.RestCAFile),
+	}
+	return c, p
+}
 
+// isDir reports whether path is an absolute path to a directory.
+func isDir(path string) bool {
+	fi, err := os.Stat(path)
+	return filepath.IsAbs(path) && err == nil && fi.IsDir()
+}
+
+// validateInstall checks what an install needs.
+func (e env) validateInstall(p *problems, c *Config) {
+	c.RPM = absPath(p, "AVAMAR_RPM", e.RPM)
+	c.Prefix = absPath(p, "AVAMAR_PREFIX", e.Prefix)
+	if c.Prefix == "/" {
+		p.add("AVAMAR_PREFIX %q must be a directory below /", e.Prefix)
+	}
+	c.StateDir = absPath(p, "AVSIDECAR_STATE_DIR", firstNonEmpty(e.StateDir, path.Join(c.Prefix, "var/avsidecar")))
+}
+
+// validateLocal checks what a command that asks the local avsidecar needs.
+func (e env) validateLocal(p *problems, c *Config) {
+	c.HTTPAddr = e.HTTPAddr
+	checkAddr(p, "AVSIDECAR_HTTP_ADDR", e.HTTPAddr)
+	if e.BrowseTokenFile != "" {
+		c.BrowseTokenFile = absPath(p, "AVSIDECAR_BROWSE_TOKEN_FILE", e.BrowseTokenFile)
+	}
+}
+
+// validateRun checks the rest of what `run` needs.
+func (e env) validateRun(p *problems, c *Config, hostname func() (string, error)) {
+	c.Domain, c.RegisterMode = e.Domain, e.RegisterMode
 	if e.Server == "" {
 		p.add("AVAMAR_SERVER is required (the MCS host name or IP)")
 	} else {
-		c.Server, c.ServerPort = parseServer(&p, e.Server)
+		c.Server, c.ServerPort = parseServer(p, e.Server)
 	}
 	if e.NodeIP == "" {
 		p.add("NODE_IP is required (set it from the downward API status.hostIP)")
@@ -226,81 +392,41 @@ func (e env) validate(hostname func() (string, error)) (Config, error) {
 		p.add("client name %q may only contain letters, digits, '.', '_' and '-'", c.ClientName)
 	}
 
-	c.ListenPort = parsePort(&p, "AVAMAR_LISTEN_PORT", e.ListenPort)
-	c.AgentFlags = parseAgentFlags(&p, e.AgentFlags)
+	c.ListenPort = parsePort(p, "AVAMAR_LISTEN_PORT", e.ListenPort)
+	c.AgentFlags = parseAgentFlags(p, e.AgentFlags)
 	if c.RegisterMode != ModeDirect && c.RegisterMode != ModeInitScript {
-		p.add("AVAMAR_REGISTER_MODE %q must be direct or initscript", c.RegisterMode)
+		p.add("AVAMAR_REGISTER_MODE %q must be %s or %s", c.RegisterMode, ModeDirect, ModeInitScript)
 	}
 
-	c.Root = filepath.Clean(e.Root)
-	if !filepath.IsAbs(e.Root) {
-		p.add("AVSIDECAR_ROOT %q must be an absolute path", e.Root)
-	} else if fi, err := os.Stat(c.Root); err != nil || !fi.IsDir() {
-		p.add("AVSIDECAR_ROOT %q is not a directory", e.Root)
-	}
-	c.Prefix = absPath(&p, "AVAMAR_PREFIX", e.Prefix)
-	c.StateDir = absPath(&p, "AVSIDECAR_STATE_DIR", firstNonEmpty(e.StateDir, path.Join(c.Prefix, "var/avsidecar")))
-	c.AuthorizedKeys = absPath(&p, "AVSIDECAR_SSH_AUTHORIZED_KEYS", e.AuthorizedKeys)
-	if e.BrowseTokenFile != "" {
-		c.BrowseTokenFile = absPath(&p, "AVSIDECAR_BROWSE_TOKEN_FILE", e.BrowseTokenFile)
-	}
+	c.AuthorizedKeys = absPath(p, "AVSIDECAR_SSH_AUTHORIZED_KEYS", e.AuthorizedKeys)
 	for _, r := range splitList(e.BrowseRoots) {
-		c.BrowseRoots = append(c.BrowseRoots, absPath(&p, "AVSIDECAR_BROWSE_ROOTS entry", r))
+		c.BrowseRoots = append(c.BrowseRoots, absPath(p, "AVSIDECAR_BROWSE_ROOTS entry", r))
 	}
-
-	c.HTTPAddr = e.HTTPAddr
-	checkAddr(&p, "AVSIDECAR_HTTP_ADDR", e.HTTPAddr)
 	if e.SSHAddr != "off" {
 		c.SSHAddr = e.SSHAddr
-		checkAddr(&p, "AVSIDECAR_SSH_ADDR", e.SSHAddr)
+		checkAddr(p, "AVSIDECAR_SSH_ADDR", e.SSHAddr)
 	}
 
-	c.RegisterTimeout = parseDuration(&p, "AVSIDECAR_REGISTER_TIMEOUT", e.RegisterTimeout)
-	c.RegisterBackoffMax = parseDuration(&p, "AVSIDECAR_REGISTER_BACKOFF_MAX", e.RegisterBackoffMax)
-	c.RestartBackoffMax = parseDuration(&p, "AVSIDECAR_RESTART_BACKOFF_MAX", e.RestartBackoffMax)
-	c.ShutdownTimeout = parseDuration(&p, "AVSIDECAR_SHUTDOWN_TIMEOUT", e.ShutdownTimeout)
+	c.RegisterTimeout = parseDuration(p, "AVSIDECAR_REGISTER_TIMEOUT", e.RegisterTimeout)
+	c.RegisterBackoffMax = parseDuration(p, "AVSIDECAR_REGISTER_BACKOFF_MAX", e.RegisterBackoffMax)
+	c.RestartBackoffMax = parseDuration(p, "AVSIDECAR_RESTART_BACKOFF_MAX", e.RestartBackoffMax)
+	c.ShutdownTimeout = parseDuration(p, "AVSIDECAR_SHUTDOWN_TIMEOUT", e.ShutdownTimeout)
 
 	if e.RestURL != "" {
 		if u, err := url.Parse(e.RestURL); err != nil || u.Scheme != "https" || u.Host == "" {
 			p.add("AVAMAR_REST_URL %q must be https://HOST[:PORT]: the token request carries a password", e.RestURL)
 		}
 		c.RestURL = e.RestURL
-		c.RestCredentials = absPath(&p, "AVAMAR_REST_CREDENTIALS_FILE", e.RestCredentials)
+		c.RestCredentials = absPath(p, "AVAMAR_REST_CREDENTIALS_FILE", e.RestCredentials)
 		if e.RestCAFile != "" {
-			c.RestCAFile = absPath(&p, "AVAMAR_REST_CA_FILE", e.RestCAFile)
+			c.RestCAFile = absPath(p, "AVAMAR_REST_CA_FILE", e.RestCAFile)
 		}
-		c.RestInterval = parseDuration(&p, "AVAMAR_REST_INTERVAL", e.RestInterval)
+		c.RestInterval = parseDuration(p, "AVAMAR_REST_INTERVAL", e.RestInterval)
 	}
-
-	lvl, err := zerolog.ParseLevel(e.LogLevel)
-	if err != nil || e.LogLevel == "" {
-		p.add("AVSIDECAR_LOG_LEVEL %q must be trace, debug, info, warn or error", e.LogLevel)
-	}
-	c.LogLevel = lvl
-	if c.LogFormat != "json" && c.LogFormat != "console" {
-		p.add("AVSIDECAR_LOG_FORMAT %q must be json or console", c.LogFormat)
-	}
-
-	if c.Prefix != "" && filepath.IsAbs(e.Root) {
-		c.RPM = findRPM(&p, c, e.RPM)
-	}
-	return c, p.err()
-}
-
-// findRPM resolves AVAMAR_RPM in the root to exactly one file, and returns
-// it as a path in the root.
-func findRPM(p *problems, c Config, pattern string) string {
-	host, err := install.FindRPM(c.Root, pattern)
-	if err != nil {
-		p.add("AVAMAR_RPM: %v", err)
-		return ""
-	}
-	rel, _ := filepath.Rel(c.Root, host)
-	return "/" + filepath.ToSlash(rel)
 }
 
 func parseServer(p *problems, s string) (string, int) {
-	host, port := s, "28001"
+	host, port := s, strconv.Itoa(DefaultMCSPort)
 	if h, pt, err := net.SplitHostPort(s); err == nil {
 		host, port = h, pt
 	} else if strings.Count(s, ":") == 1 {

@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/avsidecar/avsidecar/internal/install"
 )
 
 // setEnv gives the test a clean, valid environment with one RPM in a fresh
@@ -46,7 +48,7 @@ func noHostname() (string, error) { return "", errors.New("no host name") }
 
 func TestLoadDefaults(t *testing.T) {
 	setEnv(t, nil)
-	c, err := Load(noHostname)
+	c, err := Load(ScopeRun, Sources{Hostname: noHostname, FindRPM: install.FindRPM})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -56,9 +58,6 @@ func TestLoadDefaults(t *testing.T) {
 	if c.ClientName != "nginx-0" {
 		t.Errorf("client name %q, want POD_NAME", c.ClientName)
 	}
-	if c.RPM != "/opt/avamar/AvamarClient-linux-sles11-x86_64-7.5.101-101.rpm" {
-		t.Errorf("rpm %q", c.RPM)
-	}
 	if c.StateDir != "/usr/local/avamar/var/avsidecar" || c.SSHAddr != ":22" || c.ShutdownTimeout != 20*time.Second {
 		t.Errorf("defaults: %+v", c)
 	}
@@ -67,7 +66,7 @@ func TestLoadDefaults(t *testing.T) {
 func TestLoadOverrides(t *testing.T) {
 	setEnv(t, map[string]string{"AVAMAR_SERVER": "10.1.2.3:29001", "AVAMAR_CLIENT_NAME": "web", "AVSIDECAR_SSH_ADDR": "off",
 		"AVAMAR_AGENT_FLAGS": "--debug, --x=1", "AVSIDECAR_BROWSE_ROOTS": "/data,/usr/share/nginx/html"})
-	c, err := Load(noHostname)
+	c, err := Load(ScopeRun, Sources{Hostname: noHostname, FindRPM: install.FindRPM})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -81,7 +80,7 @@ func TestLoadOverrides(t *testing.T) {
 
 func TestLoadHostnameFallback(t *testing.T) {
 	setEnv(t, map[string]string{"POD_NAME": ""})
-	c, err := Load(func() (string, error) { return "node-host", nil })
+	c, err := Load(ScopeRun, Sources{Hostname: func() (string, error) { return "node-host", nil }})
 	if err != nil || c.ClientName != "node-host" {
 		t.Fatalf("%q %v", c.ClientName, err)
 	}
@@ -108,7 +107,9 @@ func TestLoadHostile(t *testing.T) {
 		{"relative domain", map[string]string{"AVAMAR_DOMAIN": "clients"}, []string{"AVAMAR_DOMAIN"}},
 		{"name newline", map[string]string{"AVAMAR_CLIENT_NAME": "a\n--hostname=b"}, []string{"client name"}},
 		{"agent flag", map[string]string{"AVAMAR_AGENT_FLAGS": "debug"}, []string{"AVAMAR_AGENT_FLAGS"}},
+		{"relative rpm", map[string]string{"AVAMAR_RPM": "opt/*.rpm"}, []string{"AVAMAR_RPM"}},
 		{"no rpm", map[string]string{"AVAMAR_RPM": "/opt/none/*.rpm"}, []string{"no file matches"}},
+		{"root prefix", map[string]string{"AVAMAR_PREFIX": "/"}, []string{"AVAMAR_PREFIX"}},
 		{"relative root", map[string]string{"AVSIDECAR_ROOT": "tmp"}, []string{"AVSIDECAR_ROOT"}},
 		{"http addr", map[string]string{"AVSIDECAR_HTTP_ADDR": "9180"}, []string{"AVSIDECAR_HTTP_ADDR"}},
 		{"ssh addr", map[string]string{"AVSIDECAR_SSH_ADDR": "localhost:99999"}, []string{"AVSIDECAR_SSH_ADDR"}},
@@ -117,13 +118,14 @@ func TestLoadHostile(t *testing.T) {
 		{"rest over http", map[string]string{"AVAMAR_REST_URL": "http://mcs"}, []string{"AVAMAR_REST_URL"}},
 		{"rest interval", map[string]string{"AVAMAR_REST_URL": "https://mcs", "AVAMAR_REST_INTERVAL": "often"}, []string{"AVAMAR_REST_INTERVAL"}},
 		{"relative browse root", map[string]string{"AVSIDECAR_BROWSE_ROOTS": "data"}, []string{"AVSIDECAR_BROWSE_ROOTS"}},
-		{"all at once", map[string]string{"AVAMAR_SERVER": "", "NODE_IP": "", "AVAMAR_LISTEN_PORT": "99999", "AVSIDECAR_REGISTER_BACKOFF_MAX": "soon"},
-			[]string{"AVAMAR_SERVER", "NODE_IP", "AVAMAR_LISTEN_PORT", "AVSIDECAR_REGISTER_BACKOFF_MAX"}},
+		{"all at once", map[string]string{"AVAMAR_SERVER": "", "NODE_IP": "", "AVAMAR_LISTEN_PORT": "99999", "AVSIDECAR_REGISTER_BACKOFF_MAX": "soon",
+			"AVAMAR_RPM": "/opt/none.rpm"},
+			[]string{"AVAMAR_SERVER", "NODE_IP", "AVAMAR_LISTEN_PORT", "AVSIDECAR_REGISTER_BACKOFF_MAX", "AVAMAR_RPM: find rpm: no file matches"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			setEnv(t, tt.env)
-			_, err := Load(noHostname)
+			_, err := Load(ScopeRun, Sources{Hostname: noHostname, FindRPM: install.FindRPM})
 			if err == nil {
 				t.Fatal("Load accepted a bad configuration")
 			}
@@ -136,12 +138,79 @@ func TestLoadHostile(t *testing.T) {
 	}
 }
 
+// TestLoadHostPaths checks that every path is resolved once, in the root
+// and on the host, and that optional paths left unset stay empty.
+func TestLoadHostPaths(t *testing.T) {
+	root := setEnv(t, map[string]string{"AVSIDECAR_BROWSE_TOKEN_FILE": "/etc/token"})
+	c, err := Load(ScopeRun, Sources{Hostname: noHostname, FindRPM: install.FindRPM})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := HostPaths{
+		RPM:             filepath.Join(root, "opt/avamar/AvamarClient-linux-sles11-x86_64-7.5.101-101.rpm"),
+		Prefix:          filepath.Join(root, "usr/local/avamar"),
+		StateDir:        filepath.Join(root, "usr/local/avamar/var/avsidecar"),
+		AuthorizedKeys:  filepath.Join(root, "etc/avsidecar/ssh/authorized_keys"),
+		BrowseTokenFile: filepath.Join(root, "etc/token"),
+	}
+	if c.Host != want {
+		t.Errorf("host paths\n got %+v\nwant %+v", c.Host, want)
+	}
+	if c.RPM != "/opt/avamar/AvamarClient-*.rpm" {
+		t.Errorf("RPM %q: config keeps the pattern as configured", c.RPM)
+	}
+}
+
+// TestLoadScopes checks that a subcommand validates only what it uses: an
+// install needs no server, a probe no RPM; and that what it uses is
+// validated with the same rules and defaults as run's.
+func TestLoadScopes(t *testing.T) {
+	setEnv(t, map[string]string{"AVAMAR_SERVER": "", "NODE_IP": "", "AVAMAR_PREFIX": "/opt/av"})
+	c, err := Load(ScopeInstall, Sources{})
+	if err != nil {
+		t.Fatalf("install scope: %v", err)
+	}
+	if c.Prefix != "/opt/av" || c.StateDir != "/opt/av/var/avsidecar" {
+		t.Errorf("install scope: %+v", c)
+	}
+	if _, err := Load(ScopeRun, Sources{Hostname: noHostname, FindRPM: install.FindRPM}); err == nil {
+		t.Error("run scope accepted a missing AVAMAR_SERVER")
+	}
+
+	setEnv(t, map[string]string{"AVAMAR_SERVER": "", "AVAMAR_RPM": "relative", "AVSIDECAR_HTTP_ADDR": "127.0.0.1:9999"})
+	c, err = Load(ScopeLocal, Sources{})
+	if err != nil || c.HTTPAddr != "127.0.0.1:9999" {
+		t.Fatalf("local scope: %q %v", c.HTTPAddr, err)
+	}
+	setEnv(t, map[string]string{"AVSIDECAR_HTTP_ADDR": "9180"})
+	if _, err := Load(ScopeLocal, Sources{}); err == nil || !strings.Contains(err.Error(), "AVSIDECAR_HTTP_ADDR") {
+		t.Errorf("local scope accepted a bad address: %v", err)
+	}
+}
+
+// TestLoadSet checks that a flag standing for a variable overrides it and
+// is validated like it.
+func TestLoadSet(t *testing.T) {
+	setEnv(t, map[string]string{"AVAMAR_PREFIX": "/env/prefix"})
+	c, err := Load(ScopeInstall, Sources{Set: map[string]string{"AVAMAR_PREFIX": "/flag/prefix", "AVAMAR_RPM": ""}})
+	if err != nil || c.Prefix != "/flag/prefix" || c.RPM != "/opt/avamar/AvamarClient-*.rpm" {
+		t.Fatalf("%+v %v", c, err)
+	}
+	_, err = Load(ScopeInstall, Sources{Set: map[string]string{"AVAMAR_PREFIX": "relative"}})
+	if err == nil || !strings.Contains(err.Error(), "AVAMAR_PREFIX") {
+		t.Errorf("a bad flag value passed: %v", err)
+	}
+	if _, err := Load(ScopeInstall, Sources{Set: map[string]string{"NO_SUCH_VARIABLE": "x"}}); err == nil {
+		t.Error("an unknown variable was accepted")
+	}
+}
+
 func TestLoadTwoRPMs(t *testing.T) {
 	root := setEnv(t, nil)
 	if err := os.WriteFile(filepath.Join(root, "opt/avamar/AvamarClient-linux-sles11-x86_64-7.6.0-1.rpm"), []byte("x"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	_, err := Load(noHostname)
+	_, err := Load(ScopeRun, Sources{Hostname: noHostname, FindRPM: install.FindRPM})
 	if err == nil || !strings.Contains(err.Error(), "2 files match") {
 		t.Fatalf("want two-match error, got %v", err)
 	}

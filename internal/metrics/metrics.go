@@ -12,6 +12,10 @@
 //
 // Label values come only from fixed sets (phases, outcomes, handler names,
 // status codes, backup states) or from the installed package's own header:
+// each set is owned by the package whose values they are and handed over in
+// Config.Labels, so a value added there gets its series here, and a
+// snapshot value outside its set is a bug reported in the log, never
+// counted under another value.
 // client names, paths and remote addresses are never labels, and a Snapshot
 // has no field that could carry a secret.
 //
@@ -61,19 +65,19 @@ import (
 	"github.com/rs/zerolog"
 )
 
-// Phases are the values of the phase label, in the order a healthy start
-// goes through them.
-var Phases = []string{"starting", "installing", "registering", "running", "stopping"}
-
-// Outcomes are the values of the outcome label of registration attempts.
-var Outcomes = []string{"success", "refused", "unreachable", "unresolved", "timeout", "error"}
-
-// BackupStates are the values of the state label of backup_api_state.
-var BackupStates = []string{"unknown", "ok", "unreachable", "unauthorized", "client-not-found", "error"}
-
-// Handlers are the handler names Instrument keeps; any other name is
-// counted as "other".
-var Handlers = []string{"livez", "readyz", "startupz", "metrics", "status", "files", "stat", "walk", "du", "ui", "other"}
+// Labels are the fixed label sets, each from the package that owns it.
+type Labels struct {
+	// Phases are the values of the phase label, in the order a healthy
+	// start goes through them.
+	Phases []string
+	// Outcomes are the values of the outcome label of registration
+	// attempts.
+	Outcomes []string
+	// BackupStates are the values of the state label of backup_api_state.
+	BackupStates []string
+	// Handlers are the handler names Instrument accepts.
+	Handlers []string
+}
 
 // codes are the status codes kept as they are in code labels; any other is
 // counted under its class ("2xx", "4xx", ...).
@@ -97,14 +101,14 @@ type Install struct {
 // from the components' Status(). Counters are totals since the process
 // started; they are never reported lower than at an earlier scrape.
 type Snapshot struct {
-	// Phase is one of Phases; any other value sets every phase series to 0.
+	// Phase is one of Labels.Phases.
 	Phase string
 	// Ready is true when /readyz passes.
 	Ready bool
 	// Install is the installed client; no info series while Package is empty.
 	Install Install
 	// Registrations counts registration attempts by outcome (register's
-	// Status().Outcomes). Outcomes not in Outcomes are counted as "error".
+	// Status().Outcomes), each one of Labels.Outcomes.
 	Registrations map[string]int
 	// Registered is true once the client is registered (or a matching
 	// receipt made it unnecessary).
@@ -144,8 +148,9 @@ type Snapshot struct {
 	LastBackup time.Time
 	// LastBackupCheck is when the REST API was last asked; zero: absent.
 	LastBackupCheck time.Time
-	// BackupAPIState is backupapi's state (see BackupStates); empty when the
-	// REST API is not configured, and then the series is absent.
+	// BackupAPIState is backupapi's state, one of Labels.BackupStates;
+	// empty when the REST API is not configured, and then the series is
+	// absent.
 	BackupAPIState string
 }
 
@@ -155,6 +160,8 @@ type Config struct {
 	Version string
 	// Revision is the VCS revision avsidecar was built from, for build_info.
 	Revision string
+	// Labels are the values of the labelled series.
+	Labels Labels
 	// Snapshot is called at every scrape, possibly from several goroutines
 	// at once; it must be cheap and must not block. Nil: only build info,
 	// HTTP, Go and process metrics.
@@ -178,6 +185,8 @@ type Metrics struct {
 	// so that a counter never goes backwards even if a component's count
 	// does.
 	high map[string]float64
+	// warned are the values outside their label sets already logged.
+	warned map[string]bool
 }
 
 // histogram counts observations per bucket (not cumulated; the last one is
@@ -203,6 +212,7 @@ func New(cfg Config, log zerolog.Logger) (*Metrics, error) {
 		requests: map[[2]string]uint64{},
 		latency:  map[string]*histogram{},
 		high:     map[string]float64{},
+		warned:   map[string]bool{},
 	}, nil
 }
 
@@ -254,11 +264,11 @@ func (m *Metrics) httpFamilies() []*family {
 }
 
 // Instrument wraps h so that its requests are counted by status code and
-// timed, under handler, which should be one of Handlers (others are counted
-// as "other"). The wrapper keeps http.Flusher working for streams.
+// timed, under handler, one of Labels.Handlers. The wrapper keeps
+// http.Flusher working for streams.
 func (m *Metrics) Instrument(handler string, h http.Handler) http.Handler {
-	if !slices.Contains(Handlers, handler) {
-		handler = "other"
+	if !slices.Contains(m.cfg.Labels.Handlers, handler) {
+		panic("metrics: handler " + handler + " is not in Labels.Handlers")
 	}
 	// The latency series exists from now on, so that a handler's first
 	// request is seen as an increase from 0.
@@ -361,7 +371,8 @@ func (m *Metrics) snapshotFamilies() []*family {
 		return g
 	}
 	phase := f("phase", gaugeType, "1 for the current phase of the sidecar, 0 for the others.")
-	for _, p := range Phases {
+	m.checkLabel("phase", m.cfg.Labels.Phases, s.Phase)
+	for _, p := range m.cfg.Labels.Phases {
 		phase.add(bool01(s.Phase == p), "phase", p)
 	}
 	installInfo := f("install_info", gaugeType, "The installed Avamar client package; always 1.")
@@ -388,7 +399,8 @@ func (m *Metrics) snapshotFamilies() []*family {
 	}
 	if s.BackupAPIState != "" {
 		state := f("backup_api_state", gaugeType, "1 for the current state of the backup check against the Avamar REST API.")
-		for _, st := range BackupStates {
+		m.checkLabel("state", m.cfg.Labels.BackupStates, s.BackupAPIState)
+		for _, st := range m.cfg.Labels.BackupStates {
 			state.add(bool01(s.BackupAPIState == st), "state", st)
 		}
 		fams = append(fams, state)
@@ -401,9 +413,7 @@ func (m *Metrics) snapshotFamilies() []*family {
 func (m *Metrics) counters(s Snapshot) []*family {
 	outcomes := map[string]float64{}
 	for o, n := range s.Registrations {
-		if !slices.Contains(Outcomes, o) {
-			o = "error"
-		}
+		m.checkLabel("outcome", m.cfg.Labels.Outcomes, o)
 		outcomes[o] += float64(n)
 	}
 	browse := map[string]float64{}
@@ -425,7 +435,7 @@ func (m *Metrics) counters(s Snapshot) []*family {
 		c.add(v, labels...)
 	}
 	registrations := counter("registration_attempts_total", "Registration attempts by outcome.")
-	for _, o := range Outcomes {
+	for _, o := range m.cfg.Labels.Outcomes {
 		add(registrations, "registrations/"+o, outcomes[o], "outcome", o)
 	}
 	add(counter("agent_restarts_total", "Restarts of avagent."), "agent_restarts", float64(s.AgentRestarts))
@@ -448,6 +458,22 @@ func (m *Metrics) counters(s Snapshot) []*family {
 		}
 	}
 	return fams
+}
+
+// checkLabel logs, once per value, a snapshot value outside its label set:
+// a component reports a value its owner did not list, a bug.
+func (m *Metrics) checkLabel(label string, set []string, v string) {
+	if slices.Contains(set, v) {
+		return
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	key := "unknown/" + label + "/" + v
+	if m.warned[key] {
+		return
+	}
+	m.warned[key] = true
+	m.log.Error().Str("label", label).Str("value", v).Msg("metrics value outside its label set")
 }
 
 func unixSeconds(t time.Time) float64 {

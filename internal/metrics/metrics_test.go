@@ -23,6 +23,8 @@ import (
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
 	"github.com/rs/zerolog"
+
+	"github.com/avsidecar/avsidecar/internal/testkit"
 )
 
 // source is a Snapshot the test changes between scrapes.
@@ -142,13 +144,26 @@ func checkCounters(t *testing.T, prev, cur map[string]*dto.MetricFamily) {
 	}
 }
 
+// testLabels stand for the sets the sidecar hands over from their owners.
+var testLabels = Labels{
+	Phases:       []string{"starting", "installing", "registering", "running", "stopping"},
+	Outcomes:     []string{"success", "refused", "unreachable", "unresolved", "timeout", "error"},
+	BackupStates: []string{"unknown", "ok", "unreachable", "unauthorized", "client-not-found", "error"},
+	Handlers:     []string{"livez", "readyz", "startupz", "metrics", "status", "files", "stat", "walk", "du", "ui", "other"},
+}
+
 func newMetrics(t *testing.T, src *source) *Metrics {
 	t.Helper()
-	cfg := Config{Version: "1.2.3", Revision: "abc123"}
+	return newMetricsLog(t, src, zerolog.Nop())
+}
+
+func newMetricsLog(t *testing.T, src *source, log zerolog.Logger) *Metrics {
+	t.Helper()
+	cfg := Config{Version: "1.2.3", Revision: "abc123", Labels: testLabels}
 	if src != nil {
 		cfg.Snapshot = src.get
 	}
-	m, err := New(cfg, zerolog.Nop())
+	m, err := New(cfg, log)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -172,10 +187,10 @@ func base(p string) map[string]float64 {
 		`avsidecar_ssh_handshakes_dropped_total{}`: 0,
 		`avsidecar_avagent_log_lines_total{}`:      0,
 	}
-	for _, ph := range Phases {
+	for _, ph := range testLabels.Phases {
 		want[`avsidecar_phase{phase="`+ph+`"}`] = bool01(ph == p)
 	}
-	for _, o := range Outcomes {
+	for _, o := range testLabels.Outcomes {
 		want[`avsidecar_registration_attempts_total{outcome="`+o+`"}`] = 0
 	}
 	return want
@@ -197,7 +212,7 @@ func TestSeriesFollowSnapshot(t *testing.T) {
 		{"installing", Snapshot{Phase: "installing"}, func(map[string]float64) {}},
 		{"registering", Snapshot{
 			Phase: "registering", Install: install,
-			Registrations: map[string]int{"unreachable": 2, "refused": 1, "something new": 1},
+			Registrations: map[string]int{"unreachable": 2, "refused": 1, "error": 1},
 		}, func(w map[string]float64) {
 			w[`avsidecar_install_info{package="AvamarClient",release="101",version="7.5.101"}`] = 1
 			w[`avsidecar_registration_attempts_total{outcome="unreachable"}`] = 2
@@ -206,7 +221,7 @@ func TestSeriesFollowSnapshot(t *testing.T) {
 		}},
 		{"running", Snapshot{
 			Phase: "running", Ready: true, Install: install, Registered: true,
-			Registrations: map[string]int{"unreachable": 2, "refused": 1, "something new": 1, "success": 1},
+			Registrations: map[string]int{"unreachable": 2, "refused": 1, "error": 1, "success": 1},
 			AgentUp:       true, AgentUptime: 90 * time.Second, AgentRestarts: 1,
 			SSHLogins: 3, SSHRefusals: 2, SSHActiveSessions: 1, SSHSessionsRefused: 1, SSHHandshakesDropped: 4,
 			SSHAuthorizedKeysRefused: 2, BrowseRequests: map[string]uint64{"200": 5, "404": 1, "418": 1, "bad": 1},
@@ -237,13 +252,13 @@ func TestSeriesFollowSnapshot(t *testing.T) {
 			w[`avsidecar_avagent_log_lines_total{}`] = 10
 			w[`avsidecar_last_backup_timestamp_seconds{}`] = float64(backup.Unix())
 			w[`avsidecar_last_backup_check_timestamp_seconds{}`] = float64(check.Unix()) + 0.5
-			for _, s := range BackupStates {
+			for _, s := range testLabels.BackupStates {
 				w[`avsidecar_backup_api_state{state="`+s+`"}`] = bool01(s == "ok")
 			}
 		}},
 		{"agent crashed, api refuses", Snapshot{
 			Phase: "running", Install: install, Registered: true,
-			Registrations: map[string]int{"unreachable": 2, "refused": 1, "something new": 1, "success": 1},
+			Registrations: map[string]int{"unreachable": 2, "refused": 1, "error": 1, "success": 1},
 			AgentRestarts: 2, SSHLogins: 3, SSHRefusals: 2,
 			BrowseRequests:  map[string]uint64{"200": 6},
 			AvagentLogLines: 12,
@@ -268,7 +283,7 @@ func TestSeriesFollowSnapshot(t *testing.T) {
 			w[`avsidecar_avagent_log_lines_total{}`] = 12
 			w[`avsidecar_last_backup_timestamp_seconds{}`] = float64(backup.Unix())
 			w[`avsidecar_last_backup_check_timestamp_seconds{}`] = float64(check.Unix()) + 60.5
-			for _, s := range BackupStates {
+			for _, s := range testLabels.BackupStates {
 				w[`avsidecar_backup_api_state{state="`+s+`"}`] = bool01(s == "unauthorized")
 			}
 		}},
@@ -309,8 +324,10 @@ func TestSeriesFollowSnapshot(t *testing.T) {
 }
 
 // TestUnknownValuesStayBounded feeds values no label set knows and checks
-// that every label value is still from a fixed set.
+// that every label value is still from a fixed set, that nothing is counted
+// under another value, and that each unknown value is logged once.
 func TestUnknownValuesStayBounded(t *testing.T) {
+	logged := testkit.NewLogLines()
 	src := &source{}
 	src.set(Snapshot{
 		Phase:          "/etc/passwd",
@@ -318,7 +335,7 @@ func TestUnknownValuesStayBounded(t *testing.T) {
 		BrowseRequests: map[string]uint64{"/data/secret": 1, "999": 1, "-1": 1},
 		BackupAPIState: "token abc expired",
 	})
-	url := serve(t, newMetrics(t, src))
+	url := serve(t, newMetricsLog(t, src, zerolog.New(logged)))
 	resp, err := http.Get(url)
 	if err != nil {
 		t.Fatal(err)
@@ -332,10 +349,10 @@ func TestUnknownValuesStayBounded(t *testing.T) {
 	}
 	fams := scrape(t, url)
 	allowed := map[string][]string{
-		"phase":   Phases,
-		"outcome": Outcomes,
+		"phase":   testLabels.Phases,
+		"outcome": testLabels.Outcomes,
 		"code":    {"200", "204", "206", "301", "302", "304", "400", "401", "403", "404", "405", "406", "409", "413", "414", "429", "500", "501", "503", "1xx", "2xx", "3xx", "4xx", "5xx", "other"},
-		"state":   BackupStates,
+		"state":   testLabels.BackupStates,
 	}
 	for name, f := range fams {
 		if !strings.HasPrefix(name, "avsidecar_") || name == "avsidecar_build_info" {
@@ -350,13 +367,21 @@ func TestUnknownValuesStayBounded(t *testing.T) {
 		}
 	}
 	got := flat(fams)
-	for _, ph := range Phases {
+	for _, ph := range testLabels.Phases {
 		if v := got[`avsidecar_phase{phase="`+ph+`"}`]; v != 0 {
 			t.Errorf("phase %s = %v for an unknown phase, want 0", ph, v)
 		}
 	}
-	if v := got[`avsidecar_registration_attempts_total{outcome="error"}`]; v != 3 {
-		t.Errorf("unknown outcome counted %v times as error, want 3", v)
+	if v := got[`avsidecar_registration_attempts_total{outcome="error"}`]; v != 0 {
+		t.Errorf("unknown outcome counted %v times as error, want 0", v)
+	}
+	scrape(t, url)
+	for _, label := range []string{"phase", "outcome", "state"} {
+		if n := logged.Count(0, func(m map[string]any) bool {
+			return m["message"] == "metrics value outside its label set" && m["label"] == label
+		}); n != 1 {
+			t.Errorf("unknown %s logged %d times over three scrapes, want once", label, n)
+		}
 	}
 	if v := got[`avsidecar_browse_requests_total{code="other"}`]; v != 3 {
 		t.Errorf("unusable codes counted %v times as other, want 3", v)
@@ -596,7 +621,7 @@ func TestInstrument(t *testing.T) {
 		}
 		io.WriteString(w, "{\"path\":\"/data/b\"}\n")
 	})))
-	mux.Handle("/teapot", m.Instrument("not a known handler", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	mux.Handle("/teapot", m.Instrument("other", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.WriteHeader(http.StatusTeapot)
 	})))
 	mux.Handle("/metrics", m.Instrument("metrics", m.Handler()))

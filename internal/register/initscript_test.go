@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/avsidecar/avsidecar/internal/avclient"
+	"github.com/avsidecar/avsidecar/internal/config"
 )
 
 // daemonClient installs a copy of sleep as avagent.bin (so that the pid
@@ -19,10 +20,13 @@ import (
 // script whose register verb starts it in the background, like the real
 // one, and whose stop verb runs stopBody.
 func daemonClient(t *testing.T, stopBody string) (avclient.Client, string) {
+	// The script is the client's own /etc/init.d/avagent, under its root.
 	t.Helper()
-	c := avclient.Client{Prefix: t.TempDir()}
+	root := t.TempDir()
+	c := avclient.Client{Root: root, Prefix: filepath.Join(root, "usr/local/avamar")}
 	os.MkdirAll(filepath.Join(c.Prefix, "bin"), 0o755)
 	os.MkdirAll(c.VarDir(), 0o755)
+	os.MkdirAll(filepath.Dir(c.InitScript()), 0o755)
 	sleep, err := exec.LookPath("sleep")
 	if err != nil {
 		t.Skip("no sleep binary")
@@ -34,7 +38,7 @@ func daemonClient(t *testing.T, stopBody string) (avclient.Client, string) {
 	if err := os.WriteFile(c.Agent(), b, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	script := filepath.Join(c.Prefix, "avagent.init")
+	script := c.InitScript()
 	body := `#!/bin/sh
 var=` + c.VarDir() + `
 case $1 in
@@ -64,10 +68,10 @@ func TestInitScriptDaemonIsStopped(t *testing.T) {
 		{"stop verb does nothing", `echo "Client Agent not running"`},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			c, script := daemonClient(t, tt.stop)
+			c, _ := daemonClient(t, tt.stop)
 			host, port := listener(t)
 			r := newRegistrar(t, c, host, port)
-			r.cfg.Mode, r.cfg.InitScript, r.cfg.StopTimeout = "initscript", script, 2*time.Second
+			r.cfg.Mode, r.cfg.StopTimeout = config.ModeInitScript, 2*time.Second
 			st := runUntil(t, r, 1)
 			if !st.Registered {
 				t.Fatalf("status %+v", st)
@@ -106,7 +110,7 @@ func TestLeftoverDaemonStopped(t *testing.T) {
 	go func() { done <- old.Wait() }()
 
 	r := newRegistrar(t, c, host, port)
-	if err := r.Run(context.Background()); err != nil {
+	if err := r.Register(context.Background()); err != nil {
 		t.Fatal(err)
 	}
 	select {

@@ -30,8 +30,10 @@ import (
 
 	"github.com/rs/zerolog"
 
+	"github.com/avsidecar/avsidecar/internal/atomicfile"
 	"github.com/avsidecar/avsidecar/internal/avclient"
 	"github.com/avsidecar/avsidecar/internal/backoff"
+	"github.com/avsidecar/avsidecar/internal/config"
 	"github.com/avsidecar/avsidecar/internal/pid1"
 )
 
@@ -42,17 +44,17 @@ type Config struct {
 	// Server is the MCS host name or IP.
 	Server string
 	// Port is the MCS port. In initscript mode it is passed to the
-	// register verb as SERVER:PORT when it is not the default 28001 (the
-	// verb takes no port of its own; avagent.cmd's --mcsport covers it too).
+	// register verb as SERVER:PORT when it is not config.DefaultMCSPort
+	// (the verb takes no port of its own; avagent.cmd's --mcsport covers
+	// it too).
 	Port int
 	// Domain is the Avamar domain.
 	Domain string
 	// ClientName is the pinned client identity.
 	ClientName string
-	// Mode is "direct" (avagent.bin --init) or "initscript".
+	// Mode is config.ModeDirect (avagent.bin --init) or
+	// config.ModeInitScript (the client's init script).
 	Mode string
-	// InitScript is the host path of /etc/init.d/avagent, for initscript mode.
-	InitScript string
 	// ReceiptFile is the host path of the registration receipt.
 	ReceiptFile string
 	// Timeout bounds one attempt.
@@ -68,9 +70,6 @@ type Config struct {
 	StopTimeout time.Duration
 }
 
-// defaultMCSPort is the MCS port the init script's register verb assumes.
-const defaultMCSPort = 28001
-
 // Outcomes of one attempt, as they appear in logs, status and metrics.
 const (
 	OutcomeSuccess     = "success"
@@ -80,6 +79,10 @@ const (
 	OutcomeTimeout     = "timeout"
 	OutcomeError       = "error"
 )
+
+// Outcomes lists every outcome an attempt can have: the label values of
+// the registration metrics.
+var Outcomes = []string{OutcomeSuccess, OutcomeRefused, OutcomeUnreachable, OutcomeUnresolved, OutcomeTimeout, OutcomeError}
 
 // Receipt records a successful registration.
 type Receipt struct {
@@ -123,9 +126,9 @@ func New(cfg Config, log zerolog.Logger) (*Registrar, error) {
 		return nil, errors.New("register: server, port, client name and receipt file are required")
 	}
 	if cfg.Mode == "" {
-		cfg.Mode = "direct"
+		cfg.Mode = config.ModeDirect
 	}
-	if cfg.Mode != "direct" && cfg.Mode != "initscript" {
+	if cfg.Mode != config.ModeDirect && cfg.Mode != config.ModeInitScript {
 		return nil, fmt.Errorf("register: unknown mode %q", cfg.Mode)
 	}
 	if cfg.BackoffBase <= 0 {
@@ -154,15 +157,16 @@ func (r *Registrar) Status() Status {
 	return s
 }
 
-// Run returns once the client is registered, or nil when ctx ends first;
-// callers check ctx to tell which. It returns an error only when the
-// receipt cannot be written.
+// Register returns nil once the client is registered, whether by an
+// attempt or by a matching receipt, and ctx's error when ctx ends first. It
+// retries every other failure, and fails only when the receipt cannot be
+// written.
 //
 // First it stops any agent daemon var/avagent.pid names (one an earlier
 // start left running, say in initscript mode outside a PID namespace): it
 // would hold the listen port with the flags of that start, and the
 // supervised agent must be the only one.
-func (r *Registrar) Run(ctx context.Context) error {
+func (r *Registrar) Register(ctx context.Context) error {
 	r.stopDaemon(ctx, "leftover agent daemon stopped")
 	want := Receipt{Server: r.cfg.Server, Port: r.cfg.Port, Domain: r.cfg.Domain, Client: r.cfg.ClientName}
 	old, haveOld := r.readReceipt()
@@ -186,7 +190,7 @@ func (r *Registrar) Run(ctx context.Context) error {
 	for attempt := 1; ; attempt++ {
 		outcome, err := r.attempt(ctx)
 		if ctx.Err() != nil {
-			return nil
+			return ctx.Err()
 		}
 		r.record(attempt, outcome, err)
 		if outcome == OutcomeSuccess {
@@ -204,7 +208,7 @@ func (r *Registrar) Run(ctx context.Context) error {
 		wait := b.Next()
 		r.log.Warn().Int("attempt", attempt).Str("outcome", outcome).Err(err).Dur("backoff", wait).Msg("registration failed")
 		if !backoff.Sleep(ctx, wait) {
-			return nil
+			return ctx.Err()
 		}
 	}
 }
@@ -232,7 +236,7 @@ func (r *Registrar) attempt(ctx context.Context) (string, error) {
 	actx, cancel := context.WithTimeout(ctx, r.cfg.Timeout)
 	defer cancel()
 	out, err := r.runRegistration(actx)
-	if r.cfg.Mode == "initscript" && (err == nil || r.cfg.Client.DaemonPID() != 0) {
+	if r.cfg.Mode == config.ModeInitScript && (err == nil || r.cfg.Client.DaemonPID() != 0) {
 		// The verb starts a daemon when it succeeds, and may have started
 		// one when it failed (a timeout can strike after it did): none may
 		// stay.
@@ -292,8 +296,8 @@ func (r *Registrar) reachable(ctx context.Context) (string, error) {
 // and returns its combined output.
 func (r *Registrar) runRegistration(ctx context.Context) ([]byte, error) {
 	var cmd *exec.Cmd
-	if r.cfg.Mode == "initscript" {
-		cmd = exec.Command(r.cfg.InitScript, "register", r.initScriptServer(), r.cfg.Domain)
+	if r.cfg.Mode == config.ModeInitScript {
+		cmd = exec.Command(r.cfg.Client.InitScript(), "register", r.initScriptServer(), r.cfg.Domain)
 	} else {
 		cmd = exec.Command(r.cfg.Client.Agent(), r.cfg.Client.InitArgs(r.cfg.Server, r.cfg.Port, r.cfg.Domain)...)
 	}
@@ -326,7 +330,7 @@ func runOutput(ctx context.Context, cmd *exec.Cmd, line func(string)) ([]byte, e
 // An IPv6 literal goes without one (SERVER:PORT would be ambiguous to the
 // script): avagent.cmd's --mcsport carries it.
 func (r *Registrar) initScriptServer() string {
-	if r.cfg.Port == defaultMCSPort || r.cfg.Port == 0 || strings.Contains(r.cfg.Server, ":") {
+	if r.cfg.Port == config.DefaultMCSPort || r.cfg.Port == 0 || strings.Contains(r.cfg.Server, ":") {
 		return r.cfg.Server
 	}
 	return net.JoinHostPort(r.cfg.Server, strconv.Itoa(r.cfg.Port))
@@ -340,7 +344,7 @@ func (r *Registrar) stopInitScriptDaemon(ctx context.Context) {
 	sctx, cancel := context.WithTimeout(ctx, r.cfg.StopTimeout+r.cfg.CheckTimeout)
 	defer cancel()
 	pid := r.cfg.Client.DaemonPID()
-	out, err := runOutput(sctx, exec.Command(r.cfg.InitScript, "stop"), nil)
+	out, err := runOutput(sctx, exec.Command(r.cfg.Client.InitScript(), "stop"), nil)
 	if err != nil {
 		r.log.Warn().Err(err).Str("output", tail(out)).Msg("init script stop failed")
 	} else if pid != 0 {
@@ -379,19 +383,15 @@ func (a Receipt) matches(b Receipt) bool {
 	return a.Server == b.Server && a.Port == b.Port && a.Domain == b.Domain && a.Client == b.Client
 }
 
+// writeReceipt records a registration durably: losing it to a crash or a
+// power cut would mean registering again, which a real server does not
+// take as a no-op.
 func writeReceipt(path string, rc Receipt) error {
 	b, err := json.MarshalIndent(rc, "", "  ")
 	if err != nil {
 		return fmt.Errorf("write registration receipt: %w", err)
 	}
-	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
-		return fmt.Errorf("write registration receipt: %w", err)
-	}
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, append(b, '\n'), 0o644); err != nil {
-		return fmt.Errorf("write registration receipt: %w", err)
-	}
-	if err := os.Rename(tmp, path); err != nil {
+	if err := atomicfile.Write(path, append(b, '\n'), 0o644); err != nil {
 		return fmt.Errorf("write registration receipt: %w", err)
 	}
 	return nil

@@ -2,6 +2,7 @@ package register
 
 import (
 	"context"
+	"errors"
 	"net"
 	"os"
 	"path/filepath"
@@ -58,7 +59,7 @@ func runUntil(t *testing.T, r *Registrar, n int) Status {
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	done := make(chan error, 1)
-	go func() { done <- r.Run(ctx) }()
+	go func() { done <- r.Register(ctx) }()
 	for {
 		select {
 		case err := <-done:
@@ -71,7 +72,10 @@ func runUntil(t *testing.T, r *Registrar, n int) Status {
 		case <-time.After(time.Millisecond):
 			if r.Status().Attempts >= n {
 				cancel()
-				<-done
+				// nil only when the last attempt registered.
+				if err := <-done; !errors.Is(err, context.Canceled) && (err != nil || !r.Status().Registered) {
+					t.Fatalf("cancelled Register returned %v, want context.Canceled", err)
+				}
 				return r.Status()
 			}
 		}

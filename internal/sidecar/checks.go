@@ -1,4 +1,4 @@
-package main
+package sidecar
 
 import (
 	"context"
@@ -11,7 +11,7 @@ import (
 )
 
 // startupChecks pass once the client is installed and configured.
-func (s *sidecar) startupChecks() []health.Check {
+func (s *Sidecar) startupChecks() []health.Check {
 	return []health.Check{
 		{Name: "installed", Fn: s.checkInstalled},
 		{Name: "configured", Fn: func(context.Context) error {
@@ -24,9 +24,10 @@ func (s *sidecar) startupChecks() []health.Check {
 }
 
 // readyChecks are SPEC's readiness: not stopping, installed, registered,
-// and avagent accepting TCP on its listen port.
-func (s *sidecar) readyChecks() []health.Check {
-	return []health.Check{
+// and avagent accepting TCP on its listen port; then the side parts, which
+// /readyz?verbose shows without failing on them.
+func (s *Sidecar) readyChecks() []health.Check {
+	checks := []health.Check{
 		{Name: "shutdown", Fn: func(context.Context) error {
 			if s.stopping.Load() {
 				return errors.New("shutting down")
@@ -35,7 +36,7 @@ func (s *sidecar) readyChecks() []health.Check {
 		}},
 		{Name: "installed", Fn: s.checkInstalled},
 		{Name: "registered", Fn: func(context.Context) error {
-			st := s.reg.Status()
+			st := s.parts.registrar.Status()
 			if st.Registered {
 				return nil
 			}
@@ -46,9 +47,18 @@ func (s *sidecar) readyChecks() []health.Check {
 		}},
 		{Name: "agent", Fn: s.agentAccepts},
 	}
+	for _, name := range []string{sideSSH, sideBrowse, sideAgentLog, sideBackupAPI} {
+		checks = append(checks, health.Check{Name: name, Optional: true, Fn: func(context.Context) error {
+			if msg, ok := s.parts.faults.get(name); ok {
+				return errors.New(msg)
+			}
+			return nil
+		}})
+	}
+	return checks
 }
 
-func (s *sidecar) checkInstalled(context.Context) error {
+func (s *Sidecar) checkInstalled(context.Context) error {
 	if s.installed.Load() == nil {
 		return fmt.Errorf("not installed yet (phase %s)", s.phase.Load())
 	}
@@ -56,8 +66,8 @@ func (s *sidecar) checkInstalled(context.Context) error {
 }
 
 // agentAccepts is ready when avagent accepts TCP on its listen port.
-func (s *sidecar) agentAccepts(ctx context.Context) error {
-	st := s.sup.Status()
+func (s *Sidecar) agentAccepts(ctx context.Context) error {
+	st := s.parts.agent.Status()
 	if st.CrashLoop {
 		if n := len(st.LogTail); n > 0 {
 			return fmt.Errorf("crash looping: %d short runs, last %s: %s", st.ShortRuns, st.LastExit, st.LogTail[n-1])

@@ -1,4 +1,4 @@
-package main
+package sidecar
 
 import (
 	"context"
@@ -8,6 +8,7 @@ import (
 
 	"github.com/avsidecar/avsidecar/internal/backupapi"
 	"github.com/avsidecar/avsidecar/internal/browse"
+	"github.com/avsidecar/avsidecar/internal/buildinfo"
 	"github.com/avsidecar/avsidecar/internal/health"
 	"github.com/avsidecar/avsidecar/internal/install"
 	"github.com/avsidecar/avsidecar/internal/logfollow"
@@ -17,57 +18,75 @@ import (
 	"github.com/avsidecar/avsidecar/internal/supervise"
 )
 
-// statusDoc is the JSON of /v1/status; /metrics is read from the same
-// snapshots.
-type statusDoc struct {
+// Status is the JSON of /v1/status; /metrics is read from the same
+// snapshots, so the two never disagree.
+type Status struct {
 	Version      string            `json:"version"`
+	Revision     string            `json:"revision,omitempty"`
 	Phase        string            `json:"phase"`
 	Install      *install.Result   `json:"install"`
 	Registration register.Status   `json:"registration"`
 	Agent        supervise.Status  `json:"agent"`
 	AgentLog     logfollow.Status  `json:"agent_log"`
 	SSH          *sshd.Status      `json:"ssh"`
-	Browse       browse.Status     `json:"browse"`
+	Browse       *browse.Status    `json:"browse"`
 	Backup       *backupapi.Status `json:"backup"`
+	// Faults are the side parts that failed or could not start, by name
+	// (ssh, browse, agent-log, backup-api), with why. The sidecar goes on
+	// without them.
+	Faults map[string]string `json:"faults,omitempty"`
 }
 
-func (s *sidecar) status() statusDoc {
-	d := statusDoc{
-		Version:      buildVersion(),
+// Status returns a snapshot of the sidecar and its parts.
+func (s *Sidecar) Status() Status {
+	d := Status{
+		Version:      buildinfo.Version(),
+		Revision:     buildinfo.Revision(),
 		Phase:        s.phase.Load().(string),
 		Install:      s.installed.Load(),
-		Registration: s.reg.Status(),
-		Agent:        s.sup.Status(),
-		AgentLog:     s.follow.Status(),
-		Browse:       s.browse.Status(),
+		Registration: s.parts.registrar.Status(),
+		Agent:        s.parts.agent.Status(),
+		AgentLog:     s.parts.follow.Status(),
+		Faults:       s.parts.faults.all(),
 	}
-	if srv := s.ssh.Load(); srv != nil {
-		st := srv.Status()
+	if len(d.Faults) == 0 {
+		d.Faults = nil
+	}
+	if s.parts.ssh != nil {
+		st := s.parts.ssh.Status()
 		d.SSH = &st
 	}
-	if s.backups != nil {
-		st := s.backups.Status()
+	if s.parts.browse != nil {
+		st := s.parts.browse.Status()
+		d.Browse = &st
+	}
+	if s.parts.backups != nil {
+		st := s.parts.backups.Status()
 		d.Backup = &st
 	}
 	return d
 }
 
+// MetricLabels are the label sets of /metrics, from the packages that own
+// them.
+var MetricLabels = metrics.Labels{
+	Phases:       Phases,
+	Outcomes:     register.Outcomes,
+	BackupStates: backupapi.States,
+	Handlers:     handlers,
+}
+
 // metricsSnapshot is what /metrics reports, read from the same Status()
-// snapshots as /v1/status so the two never disagree.
-func (s *sidecar) metricsSnapshot() metrics.Snapshot {
-	d := s.status()
-	ready := true
-	for _, r := range health.Run(context.Background(), s.readyChecks(), time.Second) {
-		ready = ready && r.OK
-	}
+// snapshots as /v1/status.
+func (s *Sidecar) metricsSnapshot() metrics.Snapshot {
+	d := s.Status()
 	m := metrics.Snapshot{
 		Phase:           d.Phase,
-		Ready:           ready,
+		Ready:           health.Passed(health.Run(context.Background(), s.readyChecks(), time.Second)),
 		Registrations:   d.Registration.Outcomes,
 		Registered:      d.Registration.Registered,
 		AgentUp:         d.Agent.Running,
 		AgentRestarts:   d.Agent.Restarts,
-		BrowseRequests:  d.Browse.Requests,
 		AvagentLogLines: d.AgentLog.Lines,
 	}
 	if d.Install != nil {
@@ -81,15 +100,18 @@ func (s *sidecar) metricsSnapshot() metrics.Snapshot {
 		m.SSHSessionsRefused, m.SSHHandshakesDropped = d.SSH.SessionsRefused, d.SSH.HandshakesDropped
 		m.SSHAuthorizedKeysRefused = d.SSH.AuthorizedKeysRefused
 	}
+	if d.Browse != nil {
+		m.BrowseRequests = d.Browse.Requests
+	}
 	if d.Backup != nil {
 		m.LastBackup, m.LastBackupCheck, m.BackupAPIState = d.Backup.LastBackup, d.Backup.LastCheck, d.Backup.State
 	}
 	return m
 }
 
-func (s *sidecar) serveStatus(w http.ResponseWriter, r *http.Request) {
+func (s *Sidecar) serveStatus(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Content-Type", "application/json")
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")
-	_ = enc.Encode(s.status())
+	_ = enc.Encode(s.Status())
 }

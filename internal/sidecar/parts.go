@@ -1,0 +1,253 @@
+package sidecar
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+
+	"github.com/rs/zerolog"
+
+	"github.com/avsidecar/avsidecar/internal/avclient"
+	"github.com/avsidecar/avsidecar/internal/backupapi"
+	"github.com/avsidecar/avsidecar/internal/browse"
+	"github.com/avsidecar/avsidecar/internal/config"
+	"github.com/avsidecar/avsidecar/internal/install"
+	"github.com/avsidecar/avsidecar/internal/logfollow"
+	"github.com/avsidecar/avsidecar/internal/register"
+	"github.com/avsidecar/avsidecar/internal/sshd"
+	"github.com/avsidecar/avsidecar/internal/supervise"
+)
+
+// The parts a sidecar drives, as the sidecar uses them. Tests drive the
+// orchestration with hand-written fakes of these.
+type (
+	registrar interface {
+		Register(ctx context.Context) error
+		Status() register.Status
+	}
+	agent interface {
+		Run(ctx context.Context) error
+		Status() supervise.Status
+	}
+	follower interface {
+		Run(ctx context.Context) error
+		Status() logfollow.Status
+	}
+	sshServer interface {
+		// Listen loads or makes the host keys and binds: slow on a first
+		// start (an RSA key), and fallible.
+		Listen() error
+		Run(ctx context.Context) error
+		Status() sshd.Status
+	}
+	browser interface {
+		http.Handler
+		Run(ctx context.Context) error
+		Status() browse.Status
+	}
+	backupChecker interface {
+		Run(ctx context.Context) error
+		Status() backupapi.Status
+	}
+)
+
+// parts are everything a sidecar runs.
+type parts struct {
+	// install installs the RPM (install.Install with the configuration).
+	install func(ctx context.Context) (install.Result, error)
+	// writeFlags writes the client's flag files, reporting which changed.
+	writeFlags func() ([]string, error)
+	registrar  registrar
+	agent      agent
+	follow     follower
+	// ssh is nil when SSH is off.
+	ssh sshServer
+	// browse is nil when browse could not be set up (see faults).
+	browse browser
+	// backups is nil when the REST API is off or could not be set up.
+	backups backupChecker
+	// faults records the side parts that failed, by check name.
+	faults *faults
+}
+
+// Names of the side parts, as checks in /readyz?verbose and keys of the
+// faults in /v1/status.
+const (
+	sideSSH       = "ssh"
+	sideBrowse    = "browse"
+	sideAgentLog  = "agent-log"
+	sideBackupAPI = "backup-api"
+)
+
+// faults are the errors of side parts that stopped or could not start.
+type faults struct {
+	mu   sync.Mutex
+	errs map[string]string
+}
+
+func (f *faults) set(name string, err error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.errs == nil {
+		f.errs = map[string]string{}
+	}
+	f.errs[name] = err.Error()
+}
+
+func (f *faults) get(name string) (string, bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	e, ok := f.errs[name]
+	return e, ok
+}
+
+func (f *faults) all() map[string]string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	out := make(map[string]string, len(f.errs))
+	for k, v := range f.errs {
+		out[k] = v
+	}
+	return out
+}
+
+// newParts builds the real parts from cfg. Only what makes the agent's
+// life impossible fails it; a side part that cannot be built is recorded
+// as a fault and left out.
+func newParts(cfg config.Config, log zerolog.Logger) (parts, error) {
+	logger := func(component string) zerolog.Logger { return log.With().Str("component", component).Logger() }
+	client := avclient.Client{Root: cfg.Root, Prefix: cfg.Host.Prefix}
+	p := parts{faults: &faults{}}
+	var err error
+
+	if cfg.Host.RPM == "" {
+		return parts{}, fmt.Errorf("%w: AVAMAR_RPM %s not resolved (config.Sources.FindRPM)", ErrConfig, cfg.RPM)
+	}
+	installLog := logger("install")
+	p.install = func(ctx context.Context) (install.Result, error) {
+		return install.Install(ctx, install.Config{RPM: cfg.Host.RPM, Root: cfg.Root, Prefix: cfg.Prefix, StateDir: cfg.StateDir}, installLog)
+	}
+	flags := avclient.Flags{
+		NodeIP: cfg.NodeIP, ListenPort: cfg.ListenPort, MCSPort: cfg.ServerPort,
+		Extra: cfg.AgentFlags, ClientName: cfg.ClientName,
+	}
+	p.writeFlags = func() ([]string, error) { return client.WriteFlags(flags) }
+	if p.registrar, err = register.New(register.Config{
+		Client:      client,
+		Server:      cfg.Server,
+		Port:        cfg.ServerPort,
+		Domain:      cfg.Domain,
+		ClientName:  cfg.ClientName,
+		Mode:        cfg.RegisterMode,
+		ReceiptFile: filepath.Join(cfg.Host.StateDir, "registration.json"),
+		Timeout:     cfg.RegisterTimeout,
+		BackoffMax:  cfg.RegisterBackoffMax,
+		StopTimeout: cfg.ShutdownTimeout / 2,
+	}, logger("register")); err != nil {
+		return parts{}, err
+	}
+	if p.agent, err = supervise.New(supervise.Config{
+		Path:        client.Agent(),
+		Args:        client.RunArgs(),
+		LogFile:     client.LogFile(),
+		BackoffMax:  cfg.RestartBackoffMax,
+		StopTimeout: cfg.ShutdownTimeout / 2,
+	}, logger("agent")); err != nil {
+		return parts{}, err
+	}
+	if p.follow, err = logfollow.New(logfollow.Config{Path: client.LogFile()}, logger("avagent.log")); err != nil {
+		return parts{}, err
+	}
+
+	// The side parts: a failure is a fault, not a failed start.
+	if h, err := browse.New(browse.Config{Base: cfg.Root, Roots: cfg.BrowseRoots, TokenFile: cfg.Host.BrowseTokenFile}, logger("browse")); err != nil {
+		p.faults.set(sideBrowse, fmt.Errorf("AVSIDECAR_BROWSE_ROOTS: %w", err))
+		blog := logger("browse")
+		blog.Error().Err(err).Msg("browse off: it could not be set up")
+	} else {
+		p.browse = h
+	}
+	if cfg.RestURL != "" {
+		c, err := backupapi.New(backupapi.Config{
+			URL:             cfg.RestURL,
+			CredentialsFile: cfg.Host.RestCredentials,
+			CAFile:          cfg.Host.RestCAFile,
+			Domain:          cfg.Domain,
+			Client:          cfg.ClientName,
+			Interval:        cfg.RestInterval,
+		}, logger("backupapi"))
+		if err != nil {
+			p.faults.set(sideBackupAPI, err)
+			blog := logger("backupapi")
+			blog.Error().Err(err).Msg("backup check off: it could not be set up")
+		} else {
+			p.backups = c
+		}
+	}
+	if cfg.SSHAddr != "" {
+		p.ssh = &lazySSH{cfg: sshd.Config{
+			Addr:               cfg.SSHAddr,
+			AuthorizedKeysFile: cfg.Host.AuthorizedKeys,
+			HostKeyDir:         cfg.Host.StateDir,
+			Dir:                cfg.Root,
+			ShutdownTimeout:    cfg.ShutdownTimeout / 4,
+		}, log: logger("sshd")}
+	}
+	return p, nil
+}
+
+// side is one side part as the sidecar runs it.
+type side struct {
+	name, component string
+	run             func(ctx context.Context) error
+}
+
+// sides are the side parts that run beside the agent.
+func (p parts) sides() []side {
+	var out []side
+	if p.browse != nil {
+		out = append(out, side{sideBrowse, "browse", p.browse.Run})
+	}
+	out = append(out, side{sideAgentLog, "avagent.log", p.follow.Run})
+	if p.backups != nil {
+		out = append(out, side{sideBackupAPI, "backupapi", p.backups.Run})
+	}
+	return out
+}
+
+// lazySSH makes the SSH server in Listen: sshd.New loads or makes the host
+// keys and binds, which may be slow or fail, and neither may hold up the
+// probes or stop the start.
+type lazySSH struct {
+	cfg sshd.Config
+	log zerolog.Logger
+	srv atomic.Pointer[sshd.Server]
+}
+
+func (l *lazySSH) Listen() error {
+	srv, err := sshd.New(l.cfg, l.log)
+	if err != nil {
+		return err
+	}
+	l.srv.Store(srv)
+	return nil
+}
+
+func (l *lazySSH) Run(ctx context.Context) error {
+	srv := l.srv.Load()
+	if srv == nil {
+		return errors.New("not listening")
+	}
+	return srv.Run(ctx)
+}
+
+func (l *lazySSH) Status() sshd.Status {
+	if srv := l.srv.Load(); srv != nil {
+		return srv.Status()
+	}
+	return sshd.Status{Addr: l.cfg.Addr}
+}

@@ -1,0 +1,276 @@
+// Package sidecar is `avsidecar run`: it builds the parts of the sidecar
+// from the configuration, starts them in SPEC's order and stops them in the
+// reverse order under one deadline.
+//
+// The start: the HTTP server first, so the kubelet's probes get answers
+// during the slow steps; the side services (SSH, the browse cache, the
+// avagent.log follower, the backup freshness check) beside it; then the
+// agent's life, one step after the other: install the RPM, write the flag
+// files, register, supervise avagent. The stop: readiness fails at once,
+// avagent gets its group stopped, then SSH and HTTP close, all within
+// AVSIDECAR_SHUTDOWN_TIMEOUT.
+//
+// A side service is optional: its failure (a damaged SSH host key, a
+// browse root that is missing, bad REST settings) is logged, shown in
+// /v1/status and in /readyz?verbose, and the rest goes on. Backups are the
+// point; nothing else may stop them.
+package sidecar
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"runtime"
+	"runtime/debug"
+	"sync/atomic"
+	"time"
+
+	"github.com/rs/zerolog"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/avsidecar/avsidecar/internal/buildinfo"
+	"github.com/avsidecar/avsidecar/internal/config"
+	"github.com/avsidecar/avsidecar/internal/install"
+	"github.com/avsidecar/avsidecar/internal/metrics"
+)
+
+// Phases of a sidecar, in the order a healthy start goes through them.
+const (
+	PhaseStarting    = "starting"
+	PhaseInstalling  = "installing"
+	PhaseRegistering = "registering"
+	PhaseRunning     = "running"
+	PhaseStopping    = "stopping"
+)
+
+// Phases lists every phase: the label values of avsidecar_phase.
+var Phases = []string{PhaseStarting, PhaseInstalling, PhaseRegistering, PhaseRunning, PhaseStopping}
+
+// ErrConfig is matched (errors.Is) by the errors of New that a change of
+// configuration fixes: avsidecar exits 2 on them.
+var ErrConfig = errors.New("bad configuration")
+
+// Sidecar is one `avsidecar run`.
+type Sidecar struct {
+	cfg   config.Config
+	log   zerolog.Logger
+	parts parts
+
+	metrics *metrics.Metrics
+	handler http.Handler
+	http    *http.Server
+	httpLn  net.Listener
+
+	phase      atomic.Value // string
+	installed  atomic.Pointer[install.Result]
+	configured atomic.Bool
+	stopping   atomic.Bool
+}
+
+// New builds every part from cfg and binds the HTTP listener, so that a bad
+// address or a missing RPM fails the start at once. Nothing runs yet.
+func New(cfg config.Config, log zerolog.Logger) (*Sidecar, error) {
+	p, err := newParts(cfg, log)
+	if err != nil {
+		return nil, err
+	}
+	return build(cfg, log, p)
+}
+
+// build makes a sidecar of given parts: New's real ones, or the tests' fakes.
+func build(cfg config.Config, log zerolog.Logger, p parts) (*Sidecar, error) {
+	s := &Sidecar{cfg: cfg, log: log, parts: p}
+	s.phase.Store(PhaseStarting)
+	var err error
+	s.metrics, err = metrics.New(metrics.Config{
+		Version: buildinfo.Version(), Revision: buildinfo.Revision(), Snapshot: s.metricsSnapshot,
+		Labels: MetricLabels,
+	}, s.logger("http"))
+	if err != nil {
+		return nil, err
+	}
+	s.handler = s.routes()
+	s.httpLn, err = net.Listen("tcp", cfg.HTTPAddr)
+	if err != nil {
+		return nil, fmt.Errorf("listen for HTTP on %s (AVSIDECAR_HTTP_ADDR): %w", cfg.HTTPAddr, err)
+	}
+	s.http = newHTTPServer(s.handler)
+	return s, nil
+}
+
+// Handler serves probes, metrics, status and browse: what the HTTP server
+// serves.
+func (s *Sidecar) Handler() http.Handler { return s.handler }
+
+// Addr is the address the HTTP server listens on.
+func (s *Sidecar) Addr() net.Addr { return s.httpLn.Addr() }
+
+func (s *Sidecar) logger(component string) zerolog.Logger {
+	return s.log.With().Str("component", component).Logger()
+}
+
+// Run serves at once, then installs, configures, registers and supervises
+// the agent until ctx ends, and stops. It returns nil after a stop that ctx
+// asked for, and the error that ended the agent's life otherwise (a bad
+// RPM matches install.ErrUnusable).
+func (s *Sidecar) Run(ctx context.Context) error {
+	mainLog := s.logger("main")
+	mainLog.Info().Str("version", buildinfo.Version()).Str("http", s.httpLn.Addr().String()).Str("ssh", s.cfg.SSHAddr).
+		Str("client", s.cfg.ClientName).Str("server", s.cfg.Server).Int("pid", os.Getpid()).Msg("avsidecar starting")
+
+	serveCtx, cancelServe := context.WithCancel(context.Background())
+	defer cancelServe()
+	httpDone := make(chan error, 1)
+	go func() {
+		err := s.http.Serve(s.httpLn)
+		if errors.Is(err, http.ErrServerClosed) {
+			err = nil
+		}
+		httpDone <- err
+	}()
+	var running errgroup.Group
+	sides := s.parts.sides()
+	// SSH listens before the agent's life starts, so that a ready sidecar
+	// takes logins; the probes answer meanwhile (a first start makes an
+	// RSA host key).
+	if s.parts.ssh != nil {
+		if err := s.parts.ssh.Listen(); err != nil {
+			s.sideFailed(side{sideSSH, "sshd", nil}, err)
+		} else {
+			sides = append(sides, side{sideSSH, "sshd", s.parts.ssh.Run})
+		}
+	}
+	for _, sd := range sides {
+		running.Go(func() error {
+			if err := sd.run(serveCtx); err != nil && serveCtx.Err() == nil {
+				s.sideFailed(sd, err)
+			}
+			return nil
+		})
+	}
+
+	workCtx, cancelWork := context.WithCancel(context.Background())
+	defer cancelWork()
+	workDone := make(chan error, 1)
+	go func() { workDone <- s.work(workCtx) }()
+
+	var result error
+	select {
+	case <-ctx.Done():
+		mainLog.Info().Dur("timeout_ms", s.cfg.ShutdownTimeout).Msg("stopping")
+	case result = <-workDone:
+		workDone = nil
+	case err := <-httpDone:
+		result, httpDone = fmt.Errorf("serve HTTP: %w", err), nil
+	}
+	return cmp.Or(s.stop(workDone, httpDone, cancelWork, cancelServe, &running), result)
+}
+
+// sideFailed records a side part's failure: the sidecar goes on.
+func (s *Sidecar) sideFailed(sd side, err error) {
+	s.parts.faults.set(sd.name, err)
+	log := s.logger(sd.component)
+	log.Error().Err(err).Msg("side part failed, the sidecar goes on without it")
+}
+
+// stop ends everything in SPEC's order within the shutdown timeout:
+// readiness fails, the agent stops, then the side services and HTTP close.
+// A nil channel is a part that has already ended.
+func (s *Sidecar) stop(workDone, httpDone <-chan error, cancelWork, cancelServe context.CancelFunc, sides *errgroup.Group) error {
+	deadline := time.Now().Add(s.cfg.ShutdownTimeout)
+	s.stopping.Store(true)
+	s.phase.Store(PhaseStopping)
+	cancelWork()
+	var result error
+	if workDone != nil {
+		select {
+		case err := <-workDone:
+			result = err
+		case <-time.After(time.Until(deadline)):
+			return errors.New("shutdown timed out waiting for the agent to stop")
+		}
+	}
+	cancelServe()
+	shutCtx, cancel := context.WithDeadline(context.Background(), deadline)
+	defer cancel()
+	if err := s.http.Shutdown(shutCtx); err != nil {
+		s.http.Close()
+	}
+	sideDone := make(chan struct{})
+	go func() { _ = sides.Wait(); close(sideDone) }()
+	select {
+	case <-sideDone:
+	case <-shutCtx.Done():
+		return errors.New("shutdown timed out waiting for the servers to close")
+	}
+	if httpDone != nil {
+		if err := <-httpDone; err != nil {
+			result = cmp.Or(result, fmt.Errorf("serve HTTP: %w", err))
+		}
+	}
+	if result == nil {
+		log := s.logger("main")
+		log.Info().Msg("stopped")
+	}
+	return result
+}
+
+// work is the agent's life: install, write the flag files, register,
+// supervise. It returns nil when ctx ends.
+func (s *Sidecar) work(ctx context.Context) error {
+	s.phase.Store(PhaseInstalling)
+	res, err := s.parts.install(ctx)
+	if ctx.Err() != nil {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	s.installed.Store(&res)
+	// An install streams the whole payload through decompressors; give
+	// those buffers back now rather than keep them for the pod's life.
+	runtime.GC() // the first collection moves sync.Pool buffers to the victim cache
+	debug.FreeOSMemory()
+
+	written, err := s.parts.writeFlags()
+	if err != nil {
+		return err
+	}
+	log := s.logger("main")
+	log.Info().Strs("written", written).Msg("flag files up to date")
+	s.configured.Store(true)
+
+	s.phase.Store(PhaseRegistering)
+	if err := s.parts.registrar.Register(ctx); err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
+		return err
+	}
+	s.phase.Store(PhaseRunning)
+	settleMemory()
+	return s.parts.agent.Run(ctx)
+}
+
+// idleGCPercent is the collector's GOGC once the sidecar runs, unless the
+// operator set GOGC.
+const idleGCPercent = 25
+
+// settleMemory readies the process for its long idle run: the start-up's
+// garbage (install, registration, host keys) is collected and given back,
+// and the collector runs at idleGCPercent rather than Go's 100. A running
+// sidecar's live heap is under 1 MiB; at 100 the heap goal never drops
+// below 4 MiB, so the garbage of probes and scrapes grows to 4 MiB between
+// collections and the freed pages stay resident, as the runtime keeps
+// memory up to its goal. At 25 that is 1 MiB, for a collection of a small
+// heap (well under a millisecond) a few times more often.
+func settleMemory() {
+	if os.Getenv("GOGC") == "" {
+		debug.SetGCPercent(idleGCPercent)
+	}
+	debug.FreeOSMemory()
+}
