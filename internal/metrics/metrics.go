@@ -40,6 +40,8 @@
 //	last_backup_timestamp_seconds                     only when a backup is known
 //	last_backup_check_timestamp_seconds               only when the REST API was asked
 //	backup_api_state{state}                           only when the REST API is configured
+//	http_connections_open                             gauge
+//	http_connections_dropped_total                    counter (connection caps reached)
 //	http_requests_total{handler,code}                 counter, from Instrument
 //	http_request_duration_seconds{handler}            histogram, from Instrument
 //
@@ -142,6 +144,11 @@ type Snapshot struct {
 	// AvagentLogLines counts avagent.log lines re-emitted (logfollow's
 	// Status().Lines).
 	AvagentLogLines uint64
+	// HTTPConnsOpen is the number of HTTP connections open now.
+	HTTPConnsOpen int
+	// HTTPConnsDropped counts HTTP connections closed at once because a
+	// connection cap was reached.
+	HTTPConnsDropped uint64
 	// LastBackup is the time of the client's newest backup; zero when
 	// unknown, and then the series is absent (not 0, which would read as
 	// "1970" and fire every freshness alert).
@@ -386,6 +393,7 @@ func (m *Metrics) snapshotFamilies() []*family {
 		gauge("agent_up", "1 while avagent runs.", bool01(s.AgentUp)),
 		gauge("agent_uptime_seconds", "Seconds since avagent last started; 0 while down.", s.AgentUptime.Seconds()),
 		gauge("ssh_active_sessions", "Open SSH sessions.", float64(s.SSHActiveSessions)),
+		gauge("http_connections_open", "HTTP connections open.", float64(s.HTTPConnsOpen)),
 		gauge("ssh_authorized_keys_refused", "Lines of authorized_keys currently refused (unparsable, or with options the server cannot honour).",
 			float64(s.SSHAuthorizedKeysRefused)),
 	}
@@ -445,6 +453,8 @@ func (m *Metrics) counters(s Snapshot) []*family {
 		"ssh_sessions_refused", float64(s.SSHSessionsRefused))
 	add(counter("ssh_handshakes_dropped_total", "SSH connections closed at once because the unauthenticated connection caps were reached."),
 		"ssh_handshakes_dropped", float64(s.SSHHandshakesDropped))
+	add(counter("http_connections_dropped_total", "HTTP connections closed at once because a connection cap was reached."),
+		"http_connections_dropped", float64(s.HTTPConnsDropped))
 	add(counter("avagent_log_lines_total", "Lines of avagent.log re-emitted on the sidecar's log."),
 		"avagent_log_lines", float64(s.AvagentLogLines))
 	// Codes seen once keep their series.

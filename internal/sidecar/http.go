@@ -58,7 +58,45 @@ func (s *Sidecar) browseUnavailable(w http.ResponseWriter, r *http.Request) {
 	_ = json.NewEncoder(w).Encode(map[string]string{"error": "browse unavailable: " + msg})
 }
 
+// httpLimits bound what clients can make the HTTP server hold: memory must
+// be bounded by configuration, not by clients, since an OOM kill of the
+// container takes avagent with it.
+type httpLimits struct {
+	// ReadHeaderTimeout and ReadTimeout bound a request's arrival (every
+	// request is a GET without a body).
+	ReadHeaderTimeout, ReadTimeout time.Duration
+	// IdleTimeout closes a keep-alive connection without a request for
+	// this long. The kubelet's probes do not keep connections; Prometheus
+	// does between scrapes, and reconnecting after a longer interval costs
+	// a handshake on loopback or the pod network, nothing else.
+	IdleTimeout time.Duration
+	// MaxHeaderBytes bounds a request's header; a GET needs little.
+	MaxHeaderBytes int
+	// MaxConns caps open connections; MaxConnsPerAddr those of one client
+	// address, so one client cannot take every slot from the probes.
+	MaxConns, MaxConnsPerAddr int
+}
+
+// defaultHTTPLimits: about 20 KiB per open connection (buffers and a
+// goroutine), so at most some 20 MiB at the cap. There is no write timeout
+// for the whole answer, which a walk of a large tree would exceed: the
+// browse handlers bound their own writes.
+var defaultHTTPLimits = httpLimits{
+	ReadHeaderTimeout: 10 * time.Second,
+	ReadTimeout:       30 * time.Second,
+	IdleTimeout:       30 * time.Second,
+	MaxHeaderBytes:    16 << 10,
+	MaxConns:          1024,
+	MaxConnsPerAddr:   64,
+}
+
 // newHTTPServer is the HTTP server of probes, metrics, status and browse.
-func newHTTPServer(h http.Handler) *http.Server {
-	return &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
+func newHTTPServer(h http.Handler, l httpLimits) *http.Server {
+	return &http.Server{
+		Handler:           h,
+		ReadHeaderTimeout: l.ReadHeaderTimeout,
+		ReadTimeout:       l.ReadTimeout,
+		IdleTimeout:       l.IdleTimeout,
+		MaxHeaderBytes:    l.MaxHeaderBytes,
+	}
 }

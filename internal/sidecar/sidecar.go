@@ -34,6 +34,7 @@ import (
 
 	"github.com/avsidecar/avsidecar/internal/buildinfo"
 	"github.com/avsidecar/avsidecar/internal/config"
+	"github.com/avsidecar/avsidecar/internal/connlimit"
 	"github.com/avsidecar/avsidecar/internal/install"
 	"github.com/avsidecar/avsidecar/internal/metrics"
 )
@@ -63,7 +64,7 @@ type Sidecar struct {
 	metrics *metrics.Metrics
 	handler http.Handler
 	http    *http.Server
-	httpLn  net.Listener
+	httpLn  *connlimit.Listener
 
 	phase      atomic.Value // string
 	installed  atomic.Pointer[install.Result]
@@ -78,11 +79,11 @@ func New(cfg config.Config, log zerolog.Logger) (*Sidecar, error) {
 	if err != nil {
 		return nil, err
 	}
-	return build(cfg, log, p)
+	return build(cfg, log, p, defaultHTTPLimits)
 }
 
 // build makes a sidecar of given parts: New's real ones, or the tests' fakes.
-func build(cfg config.Config, log zerolog.Logger, p parts) (*Sidecar, error) {
+func build(cfg config.Config, log zerolog.Logger, p parts, limits httpLimits) (*Sidecar, error) {
 	s := &Sidecar{cfg: cfg, log: log, parts: p}
 	s.phase.Store(PhaseStarting)
 	var err error
@@ -94,11 +95,12 @@ func build(cfg config.Config, log zerolog.Logger, p parts) (*Sidecar, error) {
 		return nil, err
 	}
 	s.handler = s.routes()
-	s.httpLn, err = net.Listen("tcp", cfg.HTTPAddr)
+	ln, err := net.Listen("tcp", cfg.HTTPAddr)
 	if err != nil {
 		return nil, fmt.Errorf("listen for HTTP on %s (AVSIDECAR_HTTP_ADDR): %w", cfg.HTTPAddr, err)
 	}
-	s.http = newHTTPServer(s.handler)
+	s.httpLn = connlimit.New(ln, limits.MaxConns, limits.MaxConnsPerAddr)
+	s.http = newHTTPServer(s.handler, limits)
 	return s, nil
 }
 

@@ -220,6 +220,7 @@ type world struct {
 	browse   *fakeBrowse
 	parts    parts
 	cfg      config.Config
+	limits   httpLimits
 	logs     *testkit.LogLines
 }
 
@@ -231,7 +232,7 @@ func newWorld(t *testing.T) *world {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { ln.Close() })
-	w := &world{ev: ev, install: make(gate), logs: testkit.NewLogLines()}
+	w := &world{ev: ev, install: make(gate), logs: testkit.NewLogLines(), limits: defaultHTTPLimits}
 	w.register = &fakeRegistrar{ev: ev, release: make(gate)}
 	w.agent = &fakeAgent{ev: ev, ln: ln}
 	w.ssh = &fakeSSH{fakeSide: fakeSide{ev: ev, name: "ssh"}}
@@ -272,7 +273,7 @@ type run struct {
 // start builds and runs the sidecar.
 func (w *world) start(t *testing.T) (*Sidecar, context.CancelFunc, *run) {
 	t.Helper()
-	s, err := build(w.cfg, zerolog.New(w.logs), w.parts)
+	s, err := build(w.cfg, zerolog.New(w.logs), w.parts, w.limits)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -81,13 +81,15 @@ var MetricLabels = metrics.Labels{
 func (s *Sidecar) metricsSnapshot() metrics.Snapshot {
 	d := s.Status()
 	m := metrics.Snapshot{
-		Phase:           d.Phase,
-		Ready:           health.Passed(health.Run(context.Background(), s.readyChecks(), time.Second)),
-		Registrations:   d.Registration.Outcomes,
-		Registered:      d.Registration.Registered,
-		AgentUp:         d.Agent.Running,
-		AgentRestarts:   d.Agent.Restarts,
-		AvagentLogLines: d.AgentLog.Lines,
+		Phase:            d.Phase,
+		Ready:            health.Passed(health.Run(context.Background(), s.readyChecks(), time.Second)),
+		Registrations:    d.Registration.Outcomes,
+		Registered:       d.Registration.Registered,
+		AgentUp:          d.Agent.Running,
+		AgentRestarts:    d.Agent.Restarts,
+		AvagentLogLines:  d.AgentLog.Lines,
+		HTTPConnsOpen:    s.httpLn.Open(),
+		HTTPConnsDropped: s.httpLn.Dropped(),
 	}
 	if d.Install != nil {
 		m.Install = metrics.Install{Package: d.Install.Name, Version: d.Install.Version, Release: d.Install.Release}
