@@ -174,18 +174,20 @@ func newMetricsLog(t *testing.T, src *source, log zerolog.Logger) *Metrics {
 func base(p string) map[string]float64 {
 	want := map[string]float64{
 		`avsidecar_build_info{goversion="` + runtime.Version() + `",revision="abc123",version="1.2.3"}`: 1,
-		`avsidecar_ready{}`:                        0,
-		`avsidecar_registered{}`:                   0,
-		`avsidecar_agent_up{}`:                     0,
-		`avsidecar_agent_restarts_total{}`:         0,
-		`avsidecar_agent_uptime_seconds{}`:         0,
-		`avsidecar_ssh_logins_total{}`:             0,
-		`avsidecar_ssh_refusals_total{}`:           0,
-		`avsidecar_ssh_active_sessions{}`:          0,
-		`avsidecar_ssh_authorized_keys_refused{}`:  0,
-		`avsidecar_ssh_sessions_refused_total{}`:   0,
-		`avsidecar_ssh_handshakes_dropped_total{}`: 0,
-		`avsidecar_avagent_log_lines_total{}`:      0,
+		`avsidecar_ready{}`:                          0,
+		`avsidecar_registered{}`:                     0,
+		`avsidecar_agent_up{}`:                       0,
+		`avsidecar_agent_restarts_total{}`:           0,
+		`avsidecar_agent_uptime_seconds{}`:           0,
+		`avsidecar_ssh_logins_total{}`:               0,
+		`avsidecar_ssh_refusals_total{}`:             0,
+		`avsidecar_ssh_active_sessions{}`:            0,
+		`avsidecar_ssh_authorized_keys_refused{}`:    0,
+		`avsidecar_ssh_sessions_refused_total{}`:     0,
+		`avsidecar_ssh_handshakes_dropped_total{}`:   0,
+		`avsidecar_avagent_log_lines_total{}`:        0,
+		`avsidecar_http_connections_open{}`:          0,
+		`avsidecar_http_connections_dropped_total{}`: 0,
 	}
 	for _, ph := range testLabels.Phases {
 		want[`avsidecar_phase{phase="`+ph+`"}`] = bool01(ph == p)
@@ -225,9 +227,11 @@ func TestSeriesFollowSnapshot(t *testing.T) {
 			AgentUp:       true, AgentUptime: 90 * time.Second, AgentRestarts: 1,
 			SSHLogins: 3, SSHRefusals: 2, SSHActiveSessions: 1, SSHSessionsRefused: 1, SSHHandshakesDropped: 4,
 			SSHAuthorizedKeysRefused: 2, BrowseRequests: map[string]uint64{"200": 5, "404": 1, "418": 1, "bad": 1},
-			AvagentLogLines: 10,
-			LastBackup:      backup, LastBackupCheck: check, BackupAPIState: "ok",
+			AvagentLogLines: 10, HTTPConnsOpen: 3, HTTPConnsDropped: 5,
+			LastBackup: backup, LastBackupCheck: check, BackupAPIState: "ok",
 		}, func(w map[string]float64) {
+			w[`avsidecar_http_connections_open{}`] = 3
+			w[`avsidecar_http_connections_dropped_total{}`] = 5
 			w[`avsidecar_phase{phase="registering"}`] = 0
 			w[`avsidecar_install_info{package="AvamarClient",release="101",version="7.5.101"}`] = 1
 			w[`avsidecar_ready{}`] = 1
@@ -275,6 +279,7 @@ func TestSeriesFollowSnapshot(t *testing.T) {
 			w[`avsidecar_ssh_refusals_total{}`] = 2
 			w[`avsidecar_ssh_sessions_refused_total{}`] = 1
 			w[`avsidecar_ssh_handshakes_dropped_total{}`] = 4
+			w[`avsidecar_http_connections_dropped_total{}`] = 5
 			// Codes once seen keep their series.
 			w[`avsidecar_browse_requests_total{code="200"}`] = 6
 			w[`avsidecar_browse_requests_total{code="404"}`] = 1
@@ -289,6 +294,7 @@ func TestSeriesFollowSnapshot(t *testing.T) {
 		}},
 		{"stopping", Snapshot{Phase: "stopping", Registrations: map[string]int{"success": 1}}, func(w map[string]float64) {
 			// Counters hold their highest value; gauges drop.
+			w[`avsidecar_http_connections_dropped_total{}`] = 5
 			w[`avsidecar_registration_attempts_total{outcome="unreachable"}`] = 2
 			w[`avsidecar_registration_attempts_total{outcome="refused"}`] = 1
 			w[`avsidecar_registration_attempts_total{outcome="error"}`] = 1
