@@ -4,6 +4,13 @@
 // from /livez.
 //
 //	go run ./bench/run [-starts 50]
+//
+// With -conns N it measures instead what N idle keep-alive HTTP
+// connections cost (issue 17): each sends one request and then stays
+// silent; it reports how many the sidecar keeps, its RSS before and after,
+// and how many still answer after -hold. -sources spreads the connections
+// over that many client addresses of 127/8. -avsidecar runs a given binary
+// (an older build, to compare) instead of building the tree's.
 package main
 
 import (
@@ -27,6 +34,10 @@ import (
 
 func main() {
 	starts := flag.Int("starts", 50, "exec-to-livez measurements")
+	flag.IntVar(&connBench.n, "conns", 0, "measure N idle keep-alive HTTP connections instead")
+	flag.IntVar(&connBench.sources, "sources", 1, "client addresses the connections come from")
+	flag.DurationVar(&connBench.hold, "hold", 40*time.Second, "how long the connections stay idle before they are tried again")
+	flag.StringVar(&prebuilt, "avsidecar", "", "an avsidecar binary to measure instead of building one")
 	flag.Parse()
 	if err := run(*starts); err != nil {
 		fmt.Fprintln(os.Stderr, "bench/run:", err)
@@ -41,7 +52,12 @@ func run(starts int) error {
 	}
 	defer os.RemoveAll(dir)
 	avsidecar, avkit := filepath.Join(dir, "avsidecar"), filepath.Join(dir, "avkit")
-	for bin, pkg := range map[string]string{avsidecar: "./cmd/avsidecar", avkit: "./cmd/avkit"} {
+	builds := map[string]string{avsidecar: "./cmd/avsidecar", avkit: "./cmd/avkit"}
+	if prebuilt != "" {
+		avsidecar = prebuilt
+		delete(builds, avsidecar)
+	}
+	for bin, pkg := range builds {
 		if err := testkit.GoBuild(bin, pkg); err != nil {
 			return err
 		}
@@ -95,6 +111,10 @@ func run(starts int) error {
 		return fmt.Errorf("%w; its log:\n%s", err, b)
 	}
 	time.Sleep(3 * time.Second) // past the start: this is idle memory
+	if connBench.n > 0 {
+		defer func() { cmd.Process.Signal(syscall.SIGTERM); cmd.Wait() }()
+		return idleConns(cmd.Process.Pid, httpAddr)
+	}
 	// What an idle sidecar gets: the kubelet's probes, and a Prometheus
 	// scrape where the PodMonitor is deployed. Both come once a second here,
 	// 10 to 30 times their usual pace, so that 20 s hold the garbage of
@@ -305,4 +325,63 @@ func freePort() int {
 	}
 	defer l.Close()
 	return l.Addr().(*net.TCPAddr).Port
+}
+
+// prebuilt is -avsidecar.
+var prebuilt string
+
+// connBench is -conns, -sources and -hold.
+var connBench struct {
+	n, sources int
+	hold       time.Duration
+}
+
+// idleConns opens connBench.n keep-alive connections to addr, one request
+// each, keeps them idle for connBench.hold, then tries each again.
+func idleConns(pid int, addr string) error {
+	before := tree(pid, "avagent.bin")
+	var conns []net.Conn
+	served := 0
+	for i := range connBench.n {
+		ip := net.IPv4(127, 1, byte(i%connBench.sources/256), byte(1+i%connBench.sources%256))
+		d := net.Dialer{LocalAddr: &net.TCPAddr{IP: ip}, Timeout: 5 * time.Second}
+		c, err := d.Dial("tcp", addr)
+		if err != nil {
+			return fmt.Errorf("connection %d: %w", i, err)
+		}
+		conns = append(conns, c)
+		if oneGet(c) {
+			served++
+		}
+	}
+	time.Sleep(time.Second)
+	after := tree(pid, "avagent.bin")
+	fmt.Printf("%d idle keep-alive connections from %d addresses: %d served, RSS %.2f -> %.2f MiB (+%.2f)\n",
+		connBench.n, connBench.sources, served, mib(before.rss), mib(after.rss), mib(after.rss-before.rss))
+	time.Sleep(connBench.hold)
+	alive := 0
+	for _, c := range conns {
+		if oneGet(c) {
+			alive++
+		}
+		c.Close()
+	}
+	fmt.Printf("after %v idle: %d of the %d served connections still answer; RSS %.2f MiB\n",
+		connBench.hold, alive, served, mib(tree(pid, "avagent.bin").rss))
+	return nil
+}
+
+// oneGet sends GET /livez on c and reports whether it was answered.
+func oneGet(c net.Conn) bool {
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	defer c.SetDeadline(time.Time{})
+	if _, err := fmt.Fprintf(c, "GET /livez HTTP/1.1\r\nHost: localhost\r\n\r\n"); err != nil {
+		return false
+	}
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		return false
+	}
+	resp.Body.Close()
+	return resp.StatusCode == 200
 }
