@@ -129,6 +129,9 @@ func startServer(t *testing.T, authorized string, mutate func(*Config)) *testSer
 	if err != nil {
 		t.Fatal(err)
 	}
+	if err := srv.Listen(); err != nil {
+		t.Fatal(err)
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- srv.Run(ctx) }()

@@ -21,6 +21,8 @@ import (
 	"net"
 	"net/netip"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -119,7 +121,12 @@ func (c *Config) setDefaults() {
 
 // Status is a snapshot of the server for /v1/status and /metrics.
 type Status struct {
-	// Addr is the address the server listens on.
+	// State is StateStarting, StateServing, StateFailed or StateStopped.
+	State string `json:"state"`
+	// Error is why the server failed, in StateFailed.
+	Error string `json:"error,omitempty"`
+	// Addr is the address the server listens on, or the configured one
+	// until it does.
 	Addr string `json:"addr"`
 	// HostKeyFingerprints are the SHA256 fingerprints of the host keys.
 	HostKeyFingerprints []string `json:"host_key_fingerprints"`
@@ -146,25 +153,54 @@ type Status struct {
 	HandshakesDropped uint64 `json:"handshakes_dropped_total"`
 }
 
-// Server is the embedded SSH server. Make it with New, then call Run.
+// The states of a Server, in Status.State.
+const (
+	// StateStarting is from New until the server accepts connections:
+	// Listen loads or makes the host keys (making an RSA key takes a
+	// while) and binds.
+	StateStarting = "starting"
+	// StateServing is while Run accepts connections.
+	StateServing = "serving"
+	// StateFailed is when the server could not start or serving failed;
+	// Status.Error says why. SSH is off; the rest of the sidecar is not
+	// affected.
+	StateFailed = "failed"
+	// StateStopped is after Run returned on cancellation.
+	StateStopped = "stopped"
+)
+
+// States lists every state a Server reports, for metrics label sets.
+func States() []string {
+	return []string{StateStarting, StateServing, StateFailed, StateStopped}
+}
+
+// Server is the embedded SSH server. Make it with New (cheap, no I/O),
+// then call Run, which calls Listen first unless the caller already did.
 type Server struct {
-	cfg      Config
-	log      zerolog.Logger
-	ln       net.Listener
-	srv      *ssh.Server
-	hostFPs  []string
+	cfg Config
+	log zerolog.Logger
+
+	listenMu  sync.Mutex // serialises Listen
+	listened  bool
+	listenErr error
+	ran       atomic.Bool
+
+	srv      *ssh.Server // set by Listen
+	user     sessionUser // set by Listen
 	keys     atomic.Pointer[keySet]
 	reloadMu sync.Mutex
 
 	mu        sync.Mutex
+	state     string
+	stateErr  string
+	ln        net.Listener
+	hostFPs   []string
 	closing   bool
 	pending   map[*trackedConn]struct{} // not authenticated yet
 	conns     map[*trackedConn]struct{} // every open connection
 	perSource map[netip.Addr]int
 	sessions  map[*session]struct{}
 	drained   chan struct{} // closed when closing and no session is left
-
-	user sessionUser
 
 	logins, refusals, sessionsRefused, dropped atomic.Uint64
 }
@@ -176,13 +212,13 @@ var (
 	ctxKeyConn = &struct{ name string }{"avsidecar-conn"}
 )
 
-// New loads (or makes) the host keys, reads the authorized keys and binds
-// cfg.Addr, so a bad address fails here rather than inside Run. The
-// listener is released by Run.
+// New checks cfg and returns a server in StateStarting. It touches no
+// file and no socket, so it can run at build time and its only errors are
+// configuration errors; Listen does the slow and fallible part.
 func New(cfg Config, log zerolog.Logger) (*Server, error) {
 	cfg.setDefaults()
-	if cfg.Addr == "" {
-		return nil, errors.New("ssh listen address is empty")
+	if err := checkAddr(cfg.Addr); err != nil {
+		return nil, err
 	}
 	if cfg.AuthorizedKeysFile == "" {
 		return nil, errors.New("ssh authorized keys file is empty")
@@ -193,30 +229,74 @@ func New(cfg Config, log zerolog.Logger) (*Server, error) {
 	if !filepath.IsAbs(cfg.Shell) {
 		return nil, fmt.Errorf("ssh shell %q is not an absolute path", cfg.Shell)
 	}
-	signers, err := loadHostKeys(cfg.HostKeyDir, log)
-	if err != nil {
-		return nil, fmt.Errorf("host keys: %w", err)
-	}
-	s := &Server{
+	return &Server{
 		cfg:       cfg,
 		log:       log,
+		state:     StateStarting,
 		pending:   map[*trackedConn]struct{}{},
 		conns:     map[*trackedConn]struct{}{},
 		perSource: map[netip.Addr]int{},
 		sessions:  map[*session]struct{}{},
 		drained:   make(chan struct{}),
-		user:      currentUser(),
+	}, nil
+}
+
+// checkAddr accepts HOST:PORT and :PORT with a numeric port. A host that
+// is all digits and dots must be an IPv4 address; other hosts are names,
+// resolved by Listen.
+func checkAddr(addr string) error {
+	if addr == "" {
+		return errors.New("ssh listen address is empty")
 	}
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return fmt.Errorf("ssh listen address %q: %w", addr, err)
+	}
+	if n, err := strconv.Atoi(port); err != nil || n < 0 || n > 65535 {
+		return fmt.Errorf("ssh listen address %q: bad port", addr)
+	}
+	if _, err := netip.ParseAddr(host); err != nil && host != "" && strings.Trim(host, "0123456789.") == "" {
+		return fmt.Errorf("ssh listen address %q: bad IP address", addr)
+	}
+	return nil
+}
+
+// Listen loads the host keys (making any that is missing, and setting
+// aside any that is damaged), reads the authorized keys and binds
+// cfg.Addr. It is idempotent: the first call does the work and every call
+// returns its result. An error names the file or the address and leaves
+// the server in StateFailed; the caller should treat it as "SSH off".
+func (s *Server) Listen() error {
+	s.listenMu.Lock()
+	defer s.listenMu.Unlock()
+	if s.listened {
+		return s.listenErr
+	}
+	s.listened = true
+	s.listenErr = s.listen()
+	if s.listenErr != nil {
+		s.setState(StateFailed, s.listenErr)
+	}
+	return s.listenErr
+}
+
+func (s *Server) listen() error {
+	signers, err := loadHostKeys(s.cfg.HostKeyDir, s.log)
+	if err != nil {
+		return err
+	}
+	var fps []string
 	for _, sg := range signers {
-		s.hostFPs = append(s.hostFPs, gossh.FingerprintSHA256(sg.PublicKey()))
+		fps = append(fps, gossh.FingerprintSHA256(sg.PublicKey()))
 	}
+	s.user = currentUser()
 	s.reloadKeys()
 	s.srv = &ssh.Server{
 		Version:              "avsidecar",
 		PublicKeyHandler:     s.checkKey,
 		ConnCallback:         s.admit,
 		ServerConfigCallback: s.serverConfig,
-		IdleTimeout:          cfg.IdleTimeout,
+		IdleTimeout:          s.cfg.IdleTimeout,
 		ChannelHandlers: map[string]ssh.ChannelHandler{
 			"session": s.handleSession,
 			"default": s.refuseChannel,
@@ -230,23 +310,60 @@ func New(cfg Config, log zerolog.Logger) (*Server, error) {
 	for _, sg := range signers {
 		s.srv.AddHostKey(sg)
 	}
-	ln, err := net.Listen("tcp", cfg.Addr)
+	ln, err := net.Listen("tcp", s.cfg.Addr)
 	if err != nil {
-		return nil, fmt.Errorf("listen ssh %s: %w", cfg.Addr, err)
+		return fmt.Errorf("listen ssh %s: %w", s.cfg.Addr, err)
 	}
-	s.ln = ln
-	return s, nil
+	s.mu.Lock()
+	s.ln, s.hostFPs = ln, fps
+	s.mu.Unlock()
+	return nil
 }
 
-// Addr is the address the server listens on (useful with port 0).
-func (s *Server) Addr() net.Addr { return s.ln.Addr() }
+// setState records a state and, for StateFailed, its cause.
+func (s *Server) setState(state string, err error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.state, s.stateErr = state, ""
+	if err != nil {
+		s.stateErr = err.Error()
+	}
+}
 
-// Run serves until ctx is cancelled, then stops within cfg.ShutdownTimeout
-// and returns nil. It returns an error only if serving fails.
+// Addr is the address the server listens on (useful with port 0), or nil
+// before Listen succeeded.
+func (s *Server) Addr() net.Addr {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.ln == nil {
+		return nil
+	}
+	return s.ln.Addr()
+}
+
+// Run calls Listen unless the caller did, serves until ctx is cancelled,
+// then stops within cfg.ShutdownTimeout and returns nil. It returns an
+// error only if the server could not start or serving failed: SSH is then
+// off, and the error says why. Run may be called once; it releases the
+// listener even when ctx is cancelled before it starts.
 func (s *Server) Run(ctx context.Context) error {
-	s.log.Info().Str("addr", s.ln.Addr().String()).Strs("host_keys", s.hostFPs).Msg("ssh server listening")
+	if !s.ran.CompareAndSwap(false, true) {
+		return errors.New("ssh server already run")
+	}
+	if ctx.Err() != nil {
+		s.closeUnserved()
+		return nil
+	}
+	if err := s.Listen(); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	ln, fps := s.ln, s.hostFPs
+	s.mu.Unlock()
+	s.log.Info().Str("addr", ln.Addr().String()).Strs("host_keys", fps).Msg("ssh server listening")
+	s.setState(StateServing, nil)
 	serveErr := make(chan error, 1)
-	go func() { serveErr <- s.srv.Serve(s.ln) }()
+	go func() { serveErr <- s.srv.Serve(ln) }()
 	wctx, stopWatch := context.WithCancel(ctx)
 	watchDone := make(chan struct{})
 	go func() {
@@ -266,8 +383,32 @@ func (s *Server) Run(ctx context.Context) error {
 		<-serveErr
 	}
 	<-watchDone
+	if err != nil {
+		s.setState(StateFailed, err)
+	} else {
+		s.setState(StateStopped, nil)
+	}
 	s.log.Info().Msg("ssh server stopped")
 	return err
+}
+
+// closeUnserved ends a server whose Run was cancelled before it served:
+// the listener Listen may have bound is released.
+func (s *Server) closeUnserved() {
+	s.listenMu.Lock()
+	s.listened = true // a later Listen binds nothing
+	if s.listenErr == nil {
+		s.listenErr = errors.New("ssh server stopped before it started")
+	}
+	s.listenMu.Unlock()
+	s.mu.Lock()
+	s.closing = true
+	ln := s.ln
+	s.mu.Unlock()
+	if ln != nil {
+		ln.Close()
+	}
+	s.setState(StateStopped, nil)
 }
 
 // shutdown stops accepting, hangs up every session, waits for them until
@@ -279,6 +420,7 @@ func (s *Server) shutdown() {
 	deadline := time.Now().Add(s.cfg.ShutdownTimeout)
 	s.mu.Lock()
 	s.closing = true // admit and handleSession refuse from now on
+	ln := s.ln
 	sessions := make([]*session, 0, len(s.sessions))
 	for ss := range s.sessions {
 		sessions = append(sessions, ss)
@@ -292,7 +434,7 @@ func (s *Server) shutdown() {
 	}
 	s.mu.Unlock()
 
-	if err := s.ln.Close(); err != nil {
+	if err := ln.Close(); err != nil {
 		s.log.Debug().Err(err).Msg("close ssh listener")
 	}
 	for _, pc := range pending {
@@ -336,25 +478,32 @@ func (s *Server) shutdown() {
 	}
 }
 
-// Status returns a snapshot of the server.
+// Status returns a snapshot of the server. It is safe to call at any
+// time from New on.
 func (s *Server) Status() Status {
-	ks := s.keys.Load()
 	s.mu.Lock()
-	active := len(s.sessions)
-	s.mu.Unlock()
-	return Status{
-		Addr:                  s.ln.Addr().String(),
-		HostKeyFingerprints:   append([]string(nil), s.hostFPs...),
-		AuthorizedKeys:        ks.count,
-		AuthorizedKeysMissing: ks.missing,
-		AuthorizedKeysEmpty:   !ks.missing && ks.empty(),
-		AuthorizedKeysRefused: len(ks.refused),
-		ActiveSessions:        active,
-		Logins:                s.logins.Load(),
-		Refusals:              s.refusals.Load(),
-		SessionsRefused:       s.sessionsRefused.Load(),
-		HandshakesDropped:     s.dropped.Load(),
+	st := Status{
+		State:               s.state,
+		Error:               s.stateErr,
+		Addr:                s.cfg.Addr,
+		HostKeyFingerprints: append([]string(nil), s.hostFPs...),
+		ActiveSessions:      len(s.sessions),
 	}
+	if s.ln != nil {
+		st.Addr = s.ln.Addr().String()
+	}
+	s.mu.Unlock()
+	if ks := s.keys.Load(); ks != nil { // read by Listen
+		st.AuthorizedKeys = ks.count
+		st.AuthorizedKeysMissing = ks.missing
+		st.AuthorizedKeysEmpty = !ks.missing && ks.empty()
+		st.AuthorizedKeysRefused = len(ks.refused)
+	}
+	st.Logins = s.logins.Load()
+	st.Refusals = s.refusals.Load()
+	st.SessionsRefused = s.sessionsRefused.Load()
+	st.HandshakesDropped = s.dropped.Load()
+	return st
 }
 
 // trackedConn wraps every admitted connection. Until it authenticates it
