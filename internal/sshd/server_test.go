@@ -347,10 +347,11 @@ func TestShutdownClosesSFTP(t *testing.T) {
 
 func TestHostKeysMadeOnceAndKept(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "state")
-	first, err := loadHostKeys(dir, zerolog.Nop())
+	firstKeys, err := loadHostKeys(dir, zerolog.Nop())
 	if err != nil {
 		t.Fatal(err)
 	}
+	first := firstKeys.signers
 	if len(first) != 2 || first[0].PublicKey().Type() != gossh.KeyAlgoED25519 || first[1].PublicKey().Type() != gossh.KeyAlgoRSA {
 		t.Fatalf("host key types wrong: %d keys", len(first))
 	}
@@ -364,10 +365,11 @@ func TestHostKeysMadeOnceAndKept(t *testing.T) {
 	if err := os.Chmod(filepath.Join(dir, "ssh_host_rsa_key"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	second, err := loadHostKeys(dir, zerolog.Nop())
+	secondKeys, err := loadHostKeys(dir, zerolog.Nop())
 	if err != nil {
 		t.Fatal(err)
 	}
+	second := secondKeys.signers
 	for i := range first {
 		if !bytes.Equal(first[i].PublicKey().Marshal(), second[i].PublicKey().Marshal()) {
 			t.Errorf("host key %d changed across starts", i)

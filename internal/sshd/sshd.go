@@ -12,6 +12,22 @@
 // The user name a client sends is logged but not checked: authorized_keys
 // is the only authority, and every session runs as the server's own user,
 // as `kubectl exec` into the container would.
+//
+// SSH is a side feature of a backup sidecar, so it degrades alone: New
+// only checks the configuration, and what can fail at start (host keys,
+// the bind) fails Listen or Run with an error naming the file or the
+// address, which the caller shows as "SSH off" while backups go on.
+//
+// Host keys are made once in the state dir and kept. A host key file
+// that exists but holds no usable key (empty, truncated, garbage, another
+// key type) is renamed NAME.damaged-TIME, kept for a human with mode
+// 0600, and replaced by a new key, with an error in the log and in
+// Status.HostKeysReplaced. An unparseable private key has already lost the
+// host identity: refusing to start would change nothing for clients, who
+// must accept a new key either way, but would leave operators without SSH
+// until someone deletes the file. A key file that cannot be read at all
+// (permissions, an I/O error, a directory in its place) may still hold a
+// good key, so it is never touched: Listen fails and names it.
 package sshd
 
 import (
@@ -25,6 +41,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/gliderlabs/ssh"
@@ -44,7 +61,8 @@ type Config struct {
 	AuthorizedKeysFile string
 	// HostKeyDir is the host directory (the state dir) that holds
 	// ssh_host_ed25519_key and ssh_host_rsa_key. Missing keys are made
-	// once with mode 0600 and reused on every start.
+	// once with mode 0600 and reused on every start; damaged ones are set
+	// aside and made again (see the package doc).
 	HostKeyDir string
 	// Shell runs commands (`Shell -c CMD`) and login shells. Default
 	// "/bin/sh".
@@ -130,6 +148,12 @@ type Status struct {
 	Addr string `json:"addr"`
 	// HostKeyFingerprints are the SHA256 fingerprints of the host keys.
 	HostKeyFingerprints []string `json:"host_key_fingerprints"`
+	// HostKeysReplaced counts host keys found damaged at this start, set
+	// aside and replaced by new ones: clients see a new host identity.
+	HostKeysReplaced int `json:"host_keys_replaced"`
+	// HostKeysSetAside are the damaged files, renamed
+	// NAME.damaged-TIME and kept for a human.
+	HostKeysSetAside []string `json:"host_keys_set_aside,omitempty"`
 	// AuthorizedKeys is how many keys may log in.
 	AuthorizedKeys int `json:"authorized_keys"`
 	// AuthorizedKeysMissing is true when the file does not exist.
@@ -195,6 +219,7 @@ type Server struct {
 	stateErr  string
 	ln        net.Listener
 	hostFPs   []string
+	setAside  []string // damaged host key files
 	closing   bool
 	pending   map[*trackedConn]struct{} // not authenticated yet
 	conns     map[*trackedConn]struct{} // every open connection
@@ -281,12 +306,15 @@ func (s *Server) Listen() error {
 }
 
 func (s *Server) listen() error {
-	signers, err := loadHostKeys(s.cfg.HostKeyDir, s.log)
+	hk, err := loadHostKeys(s.cfg.HostKeyDir, s.log)
+	s.mu.Lock()
+	s.setAside = hk.setAside
+	s.mu.Unlock()
 	if err != nil {
 		return err
 	}
 	var fps []string
-	for _, sg := range signers {
+	for _, sg := range hk.signers {
 		fps = append(fps, gossh.FingerprintSHA256(sg.PublicKey()))
 	}
 	s.user = currentUser()
@@ -307,11 +335,15 @@ func (s *Server) listen() error {
 			s.log.Debug().Err(err).Str("remote", c.RemoteAddr().String()).Msg("handshake failed")
 		},
 	}
-	for _, sg := range signers {
+	for _, sg := range hk.signers {
 		s.srv.AddHostKey(sg)
 	}
 	ln, err := net.Listen("tcp", s.cfg.Addr)
 	if err != nil {
+		_, port, _ := net.SplitHostPort(s.cfg.Addr)
+		if n, _ := strconv.Atoi(port); n > 0 && n < 1024 && errors.Is(err, syscall.EACCES) {
+			return fmt.Errorf("listen ssh %s: %w (ports below 1024 need root or CAP_NET_BIND_SERVICE)", s.cfg.Addr, err)
+		}
 		return fmt.Errorf("listen ssh %s: %w", s.cfg.Addr, err)
 	}
 	s.mu.Lock()
@@ -487,6 +519,8 @@ func (s *Server) Status() Status {
 		Error:               s.stateErr,
 		Addr:                s.cfg.Addr,
 		HostKeyFingerprints: append([]string(nil), s.hostFPs...),
+		HostKeysReplaced:    len(s.setAside),
+		HostKeysSetAside:    append([]string(nil), s.setAside...),
 		ActiveSessions:      len(s.sessions),
 	}
 	if s.ln != nil {
