@@ -299,15 +299,19 @@ func flood(t *testing.T, addr, source string, n int) (dropped int, held []net.Co
 	return dropped, held
 }
 
+// coinNever makes every newcomer from an address at its cap dropped.
+func coinNever(s *Server) { s.coin = func() bool { return false } }
+
 // TestUnauthenticatedFlood holds many idle connections open from one
 // address: those over the caps are closed at once, memory stays bounded,
-// and a client from another address still logs in.
+// and a client from another address still logs in, even once every slot
+// is taken.
 func TestUnauthenticatedFlood(t *testing.T) {
 	k := newUserKey(t)
 	ts := startServer(t, k.line+"\n", func(c *Config) {
 		// A long grace: no held connection may expire during the flood.
 		c.MaxHandshakes, c.MaxHandshakesPerSource, c.LoginGraceTimeout = 8, 4, time.Minute
-	})
+	}, coinNever)
 	baseGoroutines := runtime.NumGoroutine()
 	dropped, held := flood(t, ts.addr, "127.0.0.2", 200)
 	if len(held) != 4 || dropped != 196 {
@@ -322,12 +326,18 @@ func TestUnauthenticatedFlood(t *testing.T) {
 	if _, more := flood(t, ts.addr, "127.0.0.3", 10); len(more) != 4 {
 		t.Fatalf("second source held %d, want 4 (global cap 8)", len(more))
 	}
-	if c, err := ts.dial(k); err == nil {
-		c.Close()
-		t.Fatalf("login while every handshake slot is taken")
+	if st := ts.Status(); st.Handshakes != 8 {
+		t.Fatalf("handshakes = %d, want 8 (every slot)", st.Handshakes)
 	}
-	if st := ts.Status(); st.HandshakesDropped != 196+6+1 {
-		t.Errorf("dropped = %d, want %d", st.HandshakesDropped, 196+6+1)
+	// The global cap is reached: a stall of a busier address makes room.
+	c, err := ts.dial(k)
+	if err != nil {
+		t.Fatalf("login while every handshake slot is taken: %v", err)
+	}
+	c.Close()
+	if st := ts.Status(); st.HandshakesDropped != 196+6+1 || st.HandshakesEvicted != 1 || st.Handshakes != 7 {
+		t.Errorf("dropped = %d evicted = %d handshakes = %d, want %d, 1, 7", st.HandshakesDropped, st.HandshakesEvicted,
+			st.Handshakes, 196+6+1)
 	}
 }
 
@@ -338,14 +348,16 @@ func TestLoginGraceFreesSlots(t *testing.T) {
 	const grace = 3 * time.Second
 	ts := startServer(t, k.line+"\n", func(c *Config) {
 		c.MaxHandshakes, c.MaxHandshakesPerSource, c.LoginGraceTimeout = 2, 2, grace
-	})
-	_, held := flood(t, ts.addr, "127.0.0.2", 2)
+	}, coinNever)
+	// From the address the login comes from: its own crowd, so the
+	// login is dropped until the grace frees the slots.
+	_, held := flood(t, ts.addr, "127.0.0.1", 2)
 	if len(held) != 2 {
 		t.Fatalf("held %d, want 2", len(held))
 	}
 	if c, err := ts.dial(k); err == nil {
 		c.Close()
-		t.Fatalf("login while every handshake slot is taken")
+		t.Fatalf("login while every handshake slot of its address is taken and the coin says drop")
 	}
 	ts.log.WaitN(t, 0, 2, "login grace timeouts", grace+10*time.Second, msgIs("login grace timeout"))
 	for _, c := range held {

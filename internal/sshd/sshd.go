@@ -5,9 +5,18 @@
 // is offered; the file is reloaded when it changes (a Kubernetes Secret
 // mount swaps a symlink). Sessions run commands and shells through the
 // configured shell, with a PTY when asked, and serve the sftp subsystem in
-// process. Port, agent and X11 forwarding are refused. Unauthenticated
-// connections are capped and must log in within a grace period, so a
-// flood cannot exhaust memory or lock out a real login from elsewhere.
+// process. Port, agent and X11 forwarding are refused.
+//
+// Unauthenticated connections are capped in all and per client address,
+// and must log in within a grace period, so a flood cannot exhaust
+// memory. Nor can it lock a real login out: at the caps the stalest
+// connection of the address holding the most slots makes room for a
+// newcomer from an address holding fewer, and a newcomer from the
+// flooding address itself (every `kubectl port-forward` user shares
+// 127.0.0.1) replaces one of that address's stalest connections with a
+// fixed probability per try, whatever the flood's rate. A handshake that
+// stalls after connecting or after its version line never displaces a
+// login that has answered the key exchange.
 //
 // The user name a client sends is logged but not checked: authorized_keys
 // is the only authority, and every session runs as the server's own user,
@@ -77,13 +86,18 @@ type Config struct {
 	// MaxSessions caps concurrent sessions over all connections; more
 	// are refused with "resource shortage". Default 16.
 	MaxSessions int
-	// MaxHandshakes caps concurrent unauthenticated connections; more
-	// are closed at once. Default 64 (each costs tens of KiB).
+	// MaxHandshakes caps concurrent unauthenticated connections. Default
+	// 64 (each costs tens of KiB). When it is reached, the stalest
+	// connection of the address holding the most slots makes room for a
+	// newcomer from an address holding fewer.
 	MaxHandshakes int
 	// MaxHandshakesPerSource caps concurrent unauthenticated connections
-	// from one client address, so one flooding address cannot take every
-	// handshake slot. Default 16: a backup server may open many sessions
-	// at once.
+	// from one client address. Default 16: a backup server may open many
+	// sessions at once. A newcomer from an address at its cap replaces
+	// that address's stalest connection one time in four and is closed
+	// at once otherwise, so a flood from the address a real user shares
+	// (127.0.0.1 behind `kubectl port-forward`) leaves each of the user's
+	// tries a one-in-four chance.
 	MaxHandshakesPerSource int
 	// IdleTimeout closes a connection with no traffic in either direction
 	// for this long. Default 15m; negative disables it.
@@ -172,9 +186,16 @@ type Status struct {
 	Refusals uint64 `json:"refusals_total"`
 	// SessionsRefused counts sessions refused by MaxSessions.
 	SessionsRefused uint64 `json:"sessions_refused_total"`
-	// HandshakesDropped counts connections closed at once because the
-	// unauthenticated connection caps were reached.
+	// Handshakes is the number of connections open and not
+	// authenticated yet.
+	Handshakes int `json:"handshakes"`
+	// HandshakesDropped counts unauthenticated connections closed
+	// because the caps were reached: newcomers dropped at once, and the
+	// older connections closed to make room for a newcomer.
 	HandshakesDropped uint64 `json:"handshakes_dropped_total"`
+	// HandshakesEvicted counts, of HandshakesDropped, the older
+	// connections closed to make room (see MaxHandshakes).
+	HandshakesEvicted uint64 `json:"handshakes_evicted_total"`
 }
 
 // The states of a Server, in Status.State.
@@ -203,6 +224,11 @@ func States() []string {
 type Server struct {
 	cfg Config
 	log zerolog.Logger
+	// coin decides whether a newcomer from an address at its cap replaces
+	// one of the address's connections (see admit.go); tests fix it.
+	coin func() bool
+	// clock orders the events of unauthenticated connections.
+	clock atomic.Uint64
 
 	listenMu  sync.Mutex // serialises Listen
 	listened  bool
@@ -227,7 +253,7 @@ type Server struct {
 	sessions  map[*session]struct{}
 	drained   chan struct{} // closed when closing and no session is left
 
-	logins, refusals, sessionsRefused, dropped atomic.Uint64
+	logins, refusals, sessionsRefused, dropped, evicted atomic.Uint64
 }
 
 // ctxKeyAuth holds the *authorizedKey that authenticated a connection;
@@ -257,6 +283,7 @@ func New(cfg Config, log zerolog.Logger) (*Server, error) {
 	return &Server{
 		cfg:       cfg,
 		log:       log,
+		coin:      replaceCoin,
 		state:     StateStarting,
 		pending:   map[*trackedConn]struct{}{},
 		conns:     map[*trackedConn]struct{}{},
@@ -522,6 +549,7 @@ func (s *Server) Status() Status {
 		HostKeysReplaced:    len(s.setAside),
 		HostKeysSetAside:    append([]string(nil), s.setAside...),
 		ActiveSessions:      len(s.sessions),
+		Handshakes:          len(s.pending),
 	}
 	if s.ln != nil {
 		st.Addr = s.ln.Addr().String()
@@ -537,87 +565,8 @@ func (s *Server) Status() Status {
 	st.Refusals = s.refusals.Load()
 	st.SessionsRefused = s.sessionsRefused.Load()
 	st.HandshakesDropped = s.dropped.Load()
+	st.HandshakesEvicted = s.evicted.Load()
 	return st
-}
-
-// trackedConn wraps every admitted connection. Until it authenticates it
-// holds a handshake slot, and the login grace timer closes it; after, its
-// close is logged as the logout.
-type trackedConn struct {
-	net.Conn
-	s      *Server
-	source netip.Addr
-	timer  *time.Timer
-	once   sync.Once
-
-	mu          sync.Mutex
-	fingerprint string // set at login
-	user        string
-	loginAt     time.Time
-	closeOnce   sync.Once
-}
-
-// release gives the handshake slot back; called on login and on close.
-func (pc *trackedConn) release() {
-	pc.once.Do(func() {
-		pc.timer.Stop()
-		s := pc.s
-		s.mu.Lock()
-		delete(s.pending, pc)
-		if s.perSource[pc.source]--; s.perSource[pc.source] <= 0 {
-			delete(s.perSource, pc.source)
-		}
-		s.mu.Unlock()
-	})
-}
-
-// loggedIn records the login and frees the handshake slot.
-func (pc *trackedConn) loggedIn(user, fingerprint string) {
-	pc.mu.Lock()
-	pc.user, pc.fingerprint, pc.loginAt = user, fingerprint, time.Now()
-	pc.mu.Unlock()
-	pc.release()
-}
-
-// Close implements net.Conn.
-func (pc *trackedConn) Close() error {
-	pc.release()
-	pc.closeOnce.Do(func() {
-		pc.s.mu.Lock()
-		delete(pc.s.conns, pc)
-		pc.s.mu.Unlock()
-		pc.mu.Lock()
-		defer pc.mu.Unlock()
-		if !pc.loginAt.IsZero() {
-			pc.s.log.Info().Str("user", pc.user).Str("remote", pc.RemoteAddr().String()).Str("fingerprint", pc.fingerprint).
-				Int64("duration_ms", time.Since(pc.loginAt).Milliseconds()).Msg("logout")
-		}
-	})
-	return pc.Conn.Close()
-}
-
-// admit takes a handshake slot for a new connection or closes it at once.
-// Dropping is cheaper than queueing: a dropped client just retries.
-func (s *Server) admit(ctx ssh.Context, c net.Conn) net.Conn {
-	source := addrOf(c.RemoteAddr())
-	s.mu.Lock()
-	if s.closing || len(s.pending) >= s.cfg.MaxHandshakes || s.perSource[source] >= s.cfg.MaxHandshakesPerSource {
-		s.mu.Unlock()
-		s.dropped.Add(1)
-		s.log.Debug().Str("remote", c.RemoteAddr().String()).Msg("connection dropped: too many unauthenticated connections")
-		return nil
-	}
-	pc := &trackedConn{Conn: c, s: s, source: source}
-	s.pending[pc] = struct{}{}
-	s.conns[pc] = struct{}{}
-	s.perSource[source]++
-	pc.timer = time.AfterFunc(s.cfg.LoginGraceTimeout, func() {
-		s.log.Info().Str("remote", c.RemoteAddr().String()).Msg("login grace timeout")
-		pc.Close()
-	})
-	s.mu.Unlock()
-	ctx.SetValue(ctxKeyConn, pc)
-	return pc
 }
 
 // serverConfig adds what gliderlabs/ssh does not expose: the callback that
