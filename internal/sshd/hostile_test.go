@@ -1,6 +1,7 @@
 package sshd
 
 import (
+	"bytes"
 	"errors"
 	"io"
 	"net"
@@ -8,6 +9,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -453,5 +455,54 @@ func TestHostileTermModes(t *testing.T) {
 	}
 	if n := ts.log.Count(0, msgIs("pty refused: bad terminal modes")); n != 2 {
 		t.Errorf("%d bad terminal modes refusals logged, want 2", n)
+	}
+}
+
+// TestUnreadableKeysFile: an authorized_keys file that cannot be read (a
+// named pipe that would block the read forever, a directory, a file
+// larger than any Secret) lets nobody in and says why, once, in the log
+// and Status; the server serves on and takes the file once it is fixed.
+func TestUnreadableKeysFile(t *testing.T) {
+	k := newUserKey(t)
+	tests := []struct {
+		name  string
+		place func(t *testing.T, path string)
+		want  string
+	}{
+		{"named pipe", func(t *testing.T, path string) { must(t, syscall.Mkfifo(path, 0o600)) }, "not a regular file: a named pipe"},
+		{"directory", func(t *testing.T, path string) { must(t, os.Mkdir(path, 0o700)) }, "not a regular file: a directory"},
+		{"too large", func(t *testing.T, path string) {
+			must(t, os.WriteFile(path, bytes.Repeat([]byte(k.line+"\n"), maxAuthorizedKeysSize/len(k.line)+1), 0o600))
+		}, "file too large"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), "authorized_keys")
+			tt.place(t, path)
+			ts := startServer(t, "", func(c *Config) { c.AuthorizedKeysFile = path })
+			st := ts.Status()
+			if !strings.Contains(st.AuthorizedKeysError, tt.want) || !strings.Contains(st.AuthorizedKeysError, path) ||
+				st.AuthorizedKeys != 0 || st.AuthorizedKeysEmpty || st.AuthorizedKeysMissing {
+				t.Fatalf("status = %+v, want an error with %q", st, tt.want)
+			}
+			if _, err := ts.dial(k); err == nil {
+				t.Fatal("logged in with an unreadable authorized_keys")
+			}
+			if st := ts.Status(); st.State != StateServing {
+				t.Errorf("state = %q, want serving", st.State)
+			}
+			must(t, os.RemoveAll(path))
+			writeAtomic(t, path, k.line+"\n")
+			ts.log.WaitN(t, 0, 1, "keys loaded", 10*time.Second, msgIs("authorized keys loaded"))
+			if _, err := ts.dial(k); err != nil {
+				t.Fatalf("login once the file is fixed: %v", err)
+			}
+			if st := ts.Status(); st.AuthorizedKeysError != "" || st.AuthorizedKeys != 1 {
+				t.Errorf("status after the fix = %+v", st)
+			}
+			if n := ts.log.Count(0, msgIs("authorized keys unreadable; nobody can log in")); n != 1 {
+				t.Errorf("unreadable file logged %d times, want once", n)
+			}
+		})
 	}
 }

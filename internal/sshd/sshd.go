@@ -175,6 +175,9 @@ type Status struct {
 	// AuthorizedKeysEmpty is true when the file exists but holds no
 	// usable key.
 	AuthorizedKeysEmpty bool `json:"authorized_keys_empty"`
+	// AuthorizedKeysError is why the file could not be read (nobody can
+	// log in until it can).
+	AuthorizedKeysError string `json:"authorized_keys_error,omitempty"`
 	// AuthorizedKeysRefused counts lines of the file that were refused
 	// (unparsable, or with options this server cannot honour).
 	AuthorizedKeysRefused int `json:"authorized_keys_refused"`
@@ -558,7 +561,8 @@ func (s *Server) Status() Status {
 	if ks := s.keys.Load(); ks != nil { // read by Listen
 		st.AuthorizedKeys = ks.count
 		st.AuthorizedKeysMissing = ks.missing
-		st.AuthorizedKeysEmpty = !ks.missing && ks.empty()
+		st.AuthorizedKeysEmpty = !ks.missing && ks.err == "" && ks.empty()
+		st.AuthorizedKeysError = ks.err
 		st.AuthorizedKeysRefused = len(ks.refused)
 	}
 	st.Logins = s.logins.Load()
