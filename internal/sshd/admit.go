@@ -37,24 +37,32 @@ import (
 //     address too, so each try of a real client gets in with that
 //     probability whatever the flood's rate.
 //
-// The connection that gives its slot up must be one the server is
-// waiting on (a read in progress, nothing unread in the socket): a
-// connection the server has not served yet, or whose answer it has not
-// read yet, is not stalled by its client. Among those, the busiest
-// address goes first, then the connection whose client answered the
-// server the fewest times, then the one silent longest. A real client
-// answers at every step of its handshake, so once it has answered twice
-// (its version line, then its key exchange) it ranks above every stall
-// that went silent after connecting or after its version line, whatever
-// their number and rate. Only stalls that answer as often as the login
-// has can displace it, and past the key exchange that takes computing
-// the session keys, as a real client does; maxTurns caps what counts.
+// The connection that gives its slot up comes from the busiest address
+// and got least far: its client answered the server the fewest times (a
+// connection younger than quietGrace counts one answer even before it
+// speaks: OpenSSH loads its keys after connecting, and a login just let
+// in must not rank below every stall that sent its version line). Among
+// equals, the server prefers one it is waiting on with nothing unread in
+// the socket, since a connection it has not served yet, or whose answer
+// it has not read yet, is not stalled by its client; then the one silent
+// longest. A real client answers at every step of its handshake, so once
+// it has answered twice (its version line, then its key exchange) it
+// ranks above every stall that went silent after connecting or after its
+// version line, whatever their number and rate; before that, the flood
+// must get the address's other slots all retaken to displace it. Only
+// stalls that answer as often as the login has can displace it later,
+// and past the key exchange that takes computing the session keys, as a
+// real client does; maxTurns caps what counts.
 
 // replaceOdds: a newcomer from a crowded address replaces one of its
 // connections one time in replaceOdds (OpenSSH's default MaxStartups
 // drops 30% at its start and all at full; this keeps a fixed 75% at the
 // cap, where the replacement happens).
 const replaceOdds = 4
+
+// quietGrace: a real client sends its version line within this long of
+// connecting, even over `kubectl port-forward`.
+const quietGrace = time.Second
 
 // maxTurns caps the answers that rank a connection: a login answers
 // about six times (version, key exchange, new keys, then authentication).
@@ -213,41 +221,76 @@ func (s *Server) makeRoom(source netip.Addr) (victim *trackedConn, ok bool) {
 		if n == 0 || !s.coin() {
 			return nil, false
 		}
-		if victim = s.stalest(func(pc *trackedConn) bool { return pc.source == source }); victim == nil {
-			return nil, false
-		}
+		victim = s.stalest(func(pc *trackedConn) bool { return pc.source == source })
 	}
 	victim.releaseLocked()
 	return victim, true
 }
 
 // stalest returns the unauthenticated connection that keep accepts and
-// that should give up its slot first, or nil when none may: the server
-// must be waiting for the client, with nothing unread. Among those, the
-// address holding the most slots comes first, then the fewest answers,
-// then the longest silence. s.mu is held; the table is small.
+// that should give up its slot first, or nil when keep accepts none: the
+// one of the address holding the most slots, that got least far (rank),
+// and among those, one the server is waiting on with nothing unread (a
+// connection the server has not served yet, or whose answer it has not
+// read yet, is not stalled by its client), the one silent longest first.
+// s.mu is held; the table is small.
 func (s *Server) stalest(keep func(*trackedConn) bool) *trackedConn {
-	var cands []*trackedConn
+	type cand struct {
+		pc      *trackedConn
+		held    int
+		rank    uint32
+		serving bool // the server has yet to read or to serve it
+		heard   uint64
+	}
+	now := time.Now()
+	var cands []cand
 	for pc := range s.pending {
-		if keep(pc) && pc.reading.Load() > 0 {
-			cands = append(cands, pc)
+		if keep(pc) {
+			cands = append(cands, cand{pc, s.perSource[pc.source], s.rank(pc, now), pc.reading.Load() == 0, pc.heard.Load()})
 		}
 	}
-	slices.SortFunc(cands, func(a, b *trackedConn) int {
-		if c := cmp.Compare(s.perSource[b.source], s.perSource[a.source]); c != 0 {
-			return c
-		}
-		if c := cmp.Compare(a.turns.Load(), b.turns.Load()); c != 0 {
-			return c
-		}
-		return cmp.Compare(a.heard.Load(), b.heard.Load())
+	if len(cands) == 0 {
+		return nil
+	}
+	slices.SortFunc(cands, func(a, b cand) int {
+		return cmp.Or(cmp.Compare(b.held, a.held), cmp.Compare(a.rank, b.rank),
+			compareBool(a.serving, b.serving), cmp.Compare(a.heard, b.heard))
 	})
-	for _, pc := range cands {
-		if !pc.unread() {
-			return pc
+	first := cands[0]
+	for _, c := range cands {
+		if c.held != first.held || c.rank != first.rank || c.serving {
+			break
+		}
+		if !c.pc.unread() {
+			return c.pc
 		}
 	}
-	return nil
+	return first.pc
+}
+
+// compareBool orders false before true.
+func compareBool(a, b bool) int {
+	switch {
+	case a == b:
+		return 0
+	case a:
+		return 1
+	default:
+		return -1
+	}
+}
+
+// rank is how far a connection got: the answers it gave, except that a
+// connection younger than s.quietGrace counts one even if it has not
+// spoken yet, since a real client may take a moment to send its version
+// line (OpenSSH loads its keys after connecting). Otherwise a login just
+// admitted would rank below every stall that sent its version line.
+func (s *Server) rank(pc *trackedConn, now time.Time) uint32 {
+	t := pc.turns.Load()
+	if t == 0 && now.Sub(pc.since) < s.quietGrace {
+		return 1
+	}
+	return t
 }
 
 // unread reports whether the client sent bytes the server has not read

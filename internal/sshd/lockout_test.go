@@ -137,11 +137,14 @@ func TestFloodFromOtherSourcesCannotLockOut(t *testing.T) {
 // The model: a newcomer from a source at its cap replaces one of that
 // source's unauthenticated connections with probability 1/4, else it is
 // dropped. Each try of the real client is admitted with probability 1/4,
-// independently of the flood's rate. Once in, it is displaced only while
-// it ranks with the stalls: before the server has answered its version
-// line and read its key exchange init, a few milliseconds; after that
-// these stalls, which answer at most once, always go first. 40 tries all
-// dropped has probability (3/4)^40 = 1e-5: a failure here is a bug.
+// independently of the flood's rate. Once in, it ranks with the stalls
+// until the server has read its key exchange init, and the slot given up
+// for each of the flood's newcomers is the one silent longest, so 15 of
+// them must get in meanwhile to displace it; after that, these stalls,
+// which answer at most once, always go first. bench/sshd/flood.sh
+// measured 18-20% of tries logging in against a flood four times this
+// one in another process; 60 tries all failing at 18% has probability
+// 7e-6: a failure here is a bug.
 func TestFloodFromSameSourceCannotLockOut(t *testing.T) {
 	for _, mode := range []struct {
 		name string
@@ -151,9 +154,9 @@ func TestFloodFromSameSourceCannotLockOut(t *testing.T) {
 			k := newUserKey(t)
 			ts := startServer(t, k.line+"\n", func(c *Config) { c.LoginGraceTimeout = time.Minute })
 			o := newOpenSSH(t, ts, k)
-			f := startStallers(t, ts.addr, "127.0.0.1", 32, mode.mode)
+			f := startStallers(t, ts.addr, "127.0.0.1", 128, mode.mode)
 			f.waitAdmitted(t, 16)
-			const tries = 40
+			const tries = 60
 			var last string
 			for try := 1; try <= tries; try++ {
 				ok, stderr := o.sshFrom("127.0.0.1")
@@ -231,7 +234,10 @@ func TestAdmissionPolicy(t *testing.T) {
 	var heads atomic.Bool
 	ts := startServer(t, "", func(c *Config) {
 		c.MaxHandshakes, c.MaxHandshakesPerSource, c.LoginGraceTimeout = 6, 4, time.Minute
-	}, func(s *Server) { s.coin = heads.Load })
+	}, func(s *Server) {
+		s.coin = heads.Load
+		s.quietGrace = 0 // silent at once: see TestAdmissionQuietGrace
+	})
 	talked1, _ := stall(t, ts.addr, "127.0.0.2", true)
 	talked2, _ := stall(t, ts.addr, "127.0.0.2", true)
 	silent1, _ := stall(t, ts.addr, "127.0.0.2", false)
@@ -271,5 +277,23 @@ func TestAdmissionPolicy(t *testing.T) {
 	}
 	if st := ts.Status(); st.Handshakes != 6 || st.HandshakesEvicted != 2 {
 		t.Fatalf("after the global cap: %+v", st)
+	}
+}
+
+// TestAdmissionQuietGrace: a connection just admitted has a moment to
+// send its version line before it counts as silent, so a newcomer does
+// not make room for the next one ahead of the stalls that spoke earlier.
+func TestAdmissionQuietGrace(t *testing.T) {
+	ts := startServer(t, "", func(c *Config) {
+		c.MaxHandshakes, c.MaxHandshakesPerSource, c.LoginGraceTimeout = 6, 3, time.Minute
+	}, func(s *Server) { s.coin = func() bool { return true } })
+	talked1, _ := stall(t, ts.addr, "127.0.0.2", true)
+	talked2, _ := stall(t, ts.addr, "127.0.0.2", true)
+	quiet, _ := stall(t, ts.addr, "127.0.0.2", false)
+	if _, ok := stall(t, ts.addr, "127.0.0.2", false); !ok {
+		t.Fatal("newcomer dropped while the coin says replace")
+	}
+	if i := closedBy(t, talked1, talked2, quiet); i != 0 {
+		t.Fatalf("connection %d made room, want the stall that spoke first (0)", i)
 	}
 }

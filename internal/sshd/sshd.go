@@ -232,6 +232,9 @@ type Server struct {
 	coin func() bool
 	// clock orders the events of unauthenticated connections.
 	clock atomic.Uint64
+	// quietGrace is how long a new connection may stay silent and still
+	// rank as a client about to speak (see admit.go); tests shorten it.
+	quietGrace time.Duration
 
 	listenMu  sync.Mutex // serialises Listen
 	listened  bool
@@ -284,15 +287,16 @@ func New(cfg Config, log zerolog.Logger) (*Server, error) {
 		return nil, fmt.Errorf("ssh shell %q is not an absolute path", cfg.Shell)
 	}
 	return &Server{
-		cfg:       cfg,
-		log:       log,
-		coin:      replaceCoin,
-		state:     StateStarting,
-		pending:   map[*trackedConn]struct{}{},
-		conns:     map[*trackedConn]struct{}{},
-		perSource: map[netip.Addr]int{},
-		sessions:  map[*session]struct{}{},
-		drained:   make(chan struct{}),
+		cfg:        cfg,
+		log:        log,
+		coin:       replaceCoin,
+		quietGrace: quietGrace,
+		state:      StateStarting,
+		pending:    map[*trackedConn]struct{}{},
+		conns:      map[*trackedConn]struct{}{},
+		perSource:  map[netip.Addr]int{},
+		sessions:   map[*session]struct{}{},
+		drained:    make(chan struct{}),
 	}, nil
 }
 
