@@ -25,7 +25,9 @@
 // SSH is a side feature of a backup sidecar, so it degrades alone: New
 // only checks the configuration, and what can fail at start (host keys,
 // the bind) fails Listen or Run with an error naming the file or the
-// address, which the caller shows as "SSH off" while backups go on.
+// address, which the caller shows as "SSH off" while backups go on. A
+// problem with authorized_keys (missing, unreadable, no usable key) lets
+// nobody in and shows in Status, and the server serves on.
 //
 // Host keys are made once in the state dir and kept. A host key file
 // that exists but holds no usable key (empty, truncated, garbage, another
@@ -96,8 +98,8 @@ type Config struct {
 	// sessions at once. A newcomer from an address at its cap replaces
 	// that address's stalest connection one time in four and is closed
 	// at once otherwise, so a flood from the address a real user shares
-	// (127.0.0.1 behind `kubectl port-forward`) leaves each of the user's
-	// tries a one-in-four chance.
+	// (127.0.0.1 behind `kubectl port-forward`) lets each of the user's
+	// tries in with a one-in-four chance (see the package doc).
 	MaxHandshakesPerSource int
 	// IdleTimeout closes a connection with no traffic in either direction
 	// for this long. Default 15m; negative disables it.
