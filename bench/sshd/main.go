@@ -43,6 +43,9 @@ func main() {
 		HostKeyDir:         *hostKeys,
 		Dir:                *dir,
 	}, log)
+	if err == nil {
+		err = srv.Listen()
+	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "sshd-harness:", err)
 		os.Exit(1)

@@ -23,22 +23,7 @@ REQS=${REQS:-64}
 PEER_SFTP=${PEER_SFTP:-/usr/lib/openssh/sftp-server}
 CIPHER=${CIPHER:-}
 W=$(mktemp -d /tmp/sshd-bench.XXXXXX)
-PIDS=()
-cleanup() {
-	for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-	for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
-	rm -rf "$W"
-}
-trap cleanup EXIT
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-
-# wait_for CMD...: a deadline-bounded poll (no event to wait on here).
-wait_for() {
-	for _ in $(seq 200); do "$@" && return 0; sleep 0.05; done
-	echo "timed out waiting for: $*" >&2
-	return 1
-}
+. "$(dirname "$0")/lib.sh"
 
 rss_kb() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
 
@@ -48,11 +33,7 @@ rss_kb() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
 cpu_ticks() { awk '{print $14 + $15 + $16 + $17}' "/proc/$1/stat"; }
 
 go build -o "$W/harness" ./bench/sshd
-ssh-keygen -q -t ed25519 -N '' -f "$W/id"
-ssh-keygen -q -t ed25519 -N '' -f "$W/openssh_host_key"
-cp "$W/id.pub" "$W/authorized_keys"
-chmod 600 "$W/authorized_keys"
-mkdir -p /run/sshd "$W/state"
+setup_keys
 
 A=$(free_port)
 "$W/harness" -addr "127.0.0.1:$A" -keys "$W/authorized_keys" -hostkeys "$W/state" >"$W/harness.out" &
@@ -60,19 +41,7 @@ PIDS+=($!)
 HARNESS=$!
 
 B=$(free_port)
-cat >"$W/sshd_config" <<EOF
-ListenAddress 127.0.0.1
-Port $B
-HostKey $W/openssh_host_key
-AuthorizedKeysFile $W/authorized_keys
-PasswordAuthentication no
-KbdInteractiveAuthentication no
-UsePAM no
-StrictModes no
-PidFile none
-PermitRootLogin prohibit-password
-Subsystem sftp $PEER_SFTP
-EOF
+write_sshd_config "Subsystem sftp $PEER_SFTP"
 /usr/sbin/sshd -D -f "$W/sshd_config" -p "$B" &
 PIDS+=($!)
 SSHD=$!

@@ -105,7 +105,8 @@ type testServer struct {
 }
 
 // startServer runs a server on 127.0.0.1:0 with authorized_keys content.
-func startServer(t *testing.T, authorized string, mutate func(*Config)) *testServer {
+// hooks change the server between New and Listen.
+func startServer(t *testing.T, authorized string, mutate func(*Config), hooks ...func(*Server)) *testServer {
 	t.Helper()
 	dir := t.TempDir()
 	keys := filepath.Join(dir, "authorized_keys")
@@ -127,6 +128,12 @@ func startServer(t *testing.T, authorized string, mutate func(*Config)) *testSer
 	lb := testkit.NewLogLines()
 	srv, err := New(cfg, zerolog.New(lb).Level(zerolog.DebugLevel).With().Timestamp().Logger())
 	if err != nil {
+		t.Fatal(err)
+	}
+	for _, h := range hooks {
+		h(srv)
+	}
+	if err := srv.Listen(); err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())

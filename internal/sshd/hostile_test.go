@@ -1,6 +1,7 @@
 package sshd
 
 import (
+	"bytes"
 	"errors"
 	"io"
 	"net"
@@ -8,6 +9,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -299,15 +301,19 @@ func flood(t *testing.T, addr, source string, n int) (dropped int, held []net.Co
 	return dropped, held
 }
 
+// coinNever makes every newcomer from an address at its cap dropped.
+func coinNever(s *Server) { s.coin = func() bool { return false } }
+
 // TestUnauthenticatedFlood holds many idle connections open from one
 // address: those over the caps are closed at once, memory stays bounded,
-// and a client from another address still logs in.
+// and a client from another address still logs in, even once every slot
+// is taken.
 func TestUnauthenticatedFlood(t *testing.T) {
 	k := newUserKey(t)
 	ts := startServer(t, k.line+"\n", func(c *Config) {
 		// A long grace: no held connection may expire during the flood.
 		c.MaxHandshakes, c.MaxHandshakesPerSource, c.LoginGraceTimeout = 8, 4, time.Minute
-	})
+	}, coinNever)
 	baseGoroutines := runtime.NumGoroutine()
 	dropped, held := flood(t, ts.addr, "127.0.0.2", 200)
 	if len(held) != 4 || dropped != 196 {
@@ -322,12 +328,18 @@ func TestUnauthenticatedFlood(t *testing.T) {
 	if _, more := flood(t, ts.addr, "127.0.0.3", 10); len(more) != 4 {
 		t.Fatalf("second source held %d, want 4 (global cap 8)", len(more))
 	}
-	if c, err := ts.dial(k); err == nil {
-		c.Close()
-		t.Fatalf("login while every handshake slot is taken")
+	if st := ts.Status(); st.Handshakes != 8 {
+		t.Fatalf("handshakes = %d, want 8 (every slot)", st.Handshakes)
 	}
-	if st := ts.Status(); st.HandshakesDropped != 196+6+1 {
-		t.Errorf("dropped = %d, want %d", st.HandshakesDropped, 196+6+1)
+	// The global cap is reached: a stall of a busier address makes room.
+	c, err := ts.dial(k)
+	if err != nil {
+		t.Fatalf("login while every handshake slot is taken: %v", err)
+	}
+	c.Close()
+	if st := ts.Status(); st.HandshakesDropped != 196+6+1 || st.HandshakesEvicted != 1 || st.Handshakes != 7 {
+		t.Errorf("dropped = %d evicted = %d handshakes = %d, want %d, 1, 7", st.HandshakesDropped, st.HandshakesEvicted,
+			st.Handshakes, 196+6+1)
 	}
 }
 
@@ -338,14 +350,16 @@ func TestLoginGraceFreesSlots(t *testing.T) {
 	const grace = 3 * time.Second
 	ts := startServer(t, k.line+"\n", func(c *Config) {
 		c.MaxHandshakes, c.MaxHandshakesPerSource, c.LoginGraceTimeout = 2, 2, grace
-	})
-	_, held := flood(t, ts.addr, "127.0.0.2", 2)
+	}, coinNever)
+	// From the address the login comes from: its own crowd, so the
+	// login is dropped until the grace frees the slots.
+	_, held := flood(t, ts.addr, "127.0.0.1", 2)
 	if len(held) != 2 {
 		t.Fatalf("held %d, want 2", len(held))
 	}
 	if c, err := ts.dial(k); err == nil {
 		c.Close()
-		t.Fatalf("login while every handshake slot is taken")
+		t.Fatalf("login while every handshake slot of its address is taken and the coin says drop")
 	}
 	ts.log.WaitN(t, 0, 2, "login grace timeouts", grace+10*time.Second, msgIs("login grace timeout"))
 	for _, c := range held {
@@ -441,5 +455,54 @@ func TestHostileTermModes(t *testing.T) {
 	}
 	if n := ts.log.Count(0, msgIs("pty refused: bad terminal modes")); n != 2 {
 		t.Errorf("%d bad terminal modes refusals logged, want 2", n)
+	}
+}
+
+// TestUnreadableKeysFile: an authorized_keys file that cannot be read (a
+// named pipe that would block the read forever, a directory, a file
+// larger than any Secret) lets nobody in and says why, once, in the log
+// and Status; the server serves on and takes the file once it is fixed.
+func TestUnreadableKeysFile(t *testing.T) {
+	k := newUserKey(t)
+	tests := []struct {
+		name  string
+		place func(t *testing.T, path string)
+		want  string
+	}{
+		{"named pipe", func(t *testing.T, path string) { must(t, syscall.Mkfifo(path, 0o600)) }, "not a regular file: a named pipe"},
+		{"directory", func(t *testing.T, path string) { must(t, os.Mkdir(path, 0o700)) }, "not a regular file: a directory"},
+		{"too large", func(t *testing.T, path string) {
+			must(t, os.WriteFile(path, bytes.Repeat([]byte(k.line+"\n"), maxAuthorizedKeysSize/len(k.line)+1), 0o600))
+		}, "file too large"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), "authorized_keys")
+			tt.place(t, path)
+			ts := startServer(t, "", func(c *Config) { c.AuthorizedKeysFile = path })
+			st := ts.Status()
+			if !strings.Contains(st.AuthorizedKeysError, tt.want) || !strings.Contains(st.AuthorizedKeysError, path) ||
+				st.AuthorizedKeys != 0 || st.AuthorizedKeysEmpty || st.AuthorizedKeysMissing {
+				t.Fatalf("status = %+v, want an error with %q", st, tt.want)
+			}
+			if _, err := ts.dial(k); err == nil {
+				t.Fatal("logged in with an unreadable authorized_keys")
+			}
+			if st := ts.Status(); st.State != StateServing {
+				t.Errorf("state = %q, want serving", st.State)
+			}
+			must(t, os.RemoveAll(path))
+			writeAtomic(t, path, k.line+"\n")
+			ts.log.WaitN(t, 0, 1, "keys loaded", 10*time.Second, msgIs("authorized keys loaded"))
+			if _, err := ts.dial(k); err != nil {
+				t.Fatalf("login once the file is fixed: %v", err)
+			}
+			if st := ts.Status(); st.AuthorizedKeysError != "" || st.AuthorizedKeys != 1 {
+				t.Errorf("status after the fix = %+v", st)
+			}
+			if n := ts.log.Count(0, msgIs("authorized keys unreadable; nobody can log in")); n != 1 {
+				t.Errorf("unreadable file logged %d times, want once", n)
+			}
+		})
 	}
 }

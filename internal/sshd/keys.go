@@ -47,6 +47,7 @@ type keySet struct {
 	byKey    map[string][]*authorizedKey
 	count    int
 	missing  bool
+	err      string // why the file could not be read
 	refused  []keyProblem
 	warnings []keyProblem
 	raw      []byte

@@ -347,10 +347,11 @@ func TestShutdownClosesSFTP(t *testing.T) {
 
 func TestHostKeysMadeOnceAndKept(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "state")
-	first, err := loadHostKeys(dir, zerolog.Nop())
+	firstKeys, err := loadHostKeys(dir, zerolog.Nop())
 	if err != nil {
 		t.Fatal(err)
 	}
+	first := firstKeys.signers
 	if len(first) != 2 || first[0].PublicKey().Type() != gossh.KeyAlgoED25519 || first[1].PublicKey().Type() != gossh.KeyAlgoRSA {
 		t.Fatalf("host key types wrong: %d keys", len(first))
 	}
@@ -364,10 +365,11 @@ func TestHostKeysMadeOnceAndKept(t *testing.T) {
 	if err := os.Chmod(filepath.Join(dir, "ssh_host_rsa_key"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	second, err := loadHostKeys(dir, zerolog.Nop())
+	secondKeys, err := loadHostKeys(dir, zerolog.Nop())
 	if err != nil {
 		t.Fatal(err)
 	}
+	second := secondKeys.signers
 	for i := range first {
 		if !bytes.Equal(first[i].PublicKey().Marshal(), second[i].PublicKey().Marshal()) {
 			t.Errorf("host key %d changed across starts", i)
@@ -383,13 +385,17 @@ func TestHostKeysMadeOnceAndKept(t *testing.T) {
 }
 
 // TestRunCancelledAtOnce: a context cancelled before Serve starts must
-// still stop Run promptly and release the port.
+// still stop Run promptly and release the port Listen bound.
 func TestRunCancelledAtOnce(t *testing.T) {
 	for range 20 {
 		srv, err := New(Config{Addr: "127.0.0.1:0", AuthorizedKeysFile: "/nonexistent", HostKeyDir: hostKeyDir(t)}, zerolog.Nop())
 		if err != nil {
 			t.Fatal(err)
 		}
+		if err := srv.Listen(); err != nil {
+			t.Fatal(err)
+		}
+		addr := srv.Addr().String()
 		done := make(chan error, 1)
 		go func() { done <- srv.Run(cancelled()) }()
 		select {
@@ -400,7 +406,10 @@ func TestRunCancelledAtOnce(t *testing.T) {
 		case <-time.After(15 * time.Second):
 			t.Fatal("Run did not return after cancellation")
 		}
-		if l, err := net.Listen("tcp", srv.Addr().String()); err != nil {
+		if st := srv.Status(); st.State != StateStopped {
+			t.Fatalf("state after Run = %q, want %q", st.State, StateStopped)
+		}
+		if l, err := net.Listen("tcp", addr); err != nil {
 			t.Fatalf("port still held: %v", err)
 		} else {
 			l.Close()
@@ -408,15 +417,95 @@ func TestRunCancelledAtOnce(t *testing.T) {
 	}
 }
 
+// TestNewIsCheap: New touches no file and no socket; Status answers from
+// New on; Listen makes the keys and binds, once however often it is
+// called; Run serves and ends stopped.
+func TestNewIsCheap(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "state")
+	keys := filepath.Join(t.TempDir(), "authorized_keys")
+	port := freePort(t)
+	srv, err := New(Config{Addr: port, AuthorizedKeysFile: keys, HostKeyDir: dir}, zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(dir); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("New touched the host key dir: %v", err)
+	}
+	if l, err := net.Listen("tcp", port); err != nil {
+		t.Errorf("New bound the port: %v", err)
+	} else {
+		l.Close()
+	}
+	if srv.Addr() != nil {
+		t.Errorf("Addr before Listen = %v, want nil", srv.Addr())
+	}
+	if st := srv.Status(); st.State != StateStarting || st.Addr != port || len(st.HostKeyFingerprints) != 0 || st.AuthorizedKeys != 0 {
+		t.Errorf("status after New = %+v", st)
+	}
+	k := newUserKey(t)
+	writeAtomic(t, keys, k.line+"\n")
+
+	if err := srv.Listen(); err != nil {
+		t.Fatal(err)
+	}
+	if err := srv.Listen(); err != nil {
+		t.Fatalf("second Listen: %v", err)
+	}
+	if got := srv.Addr().String(); got != port {
+		t.Errorf("Addr = %s, want %s", got, port)
+	}
+	st := srv.Status()
+	if st.State != StateStarting || len(st.HostKeyFingerprints) != 2 || st.AuthorizedKeys != 1 {
+		t.Errorf("status after Listen = %+v", st)
+	}
+
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- srv.Run(ctx) }()
+	ts := &testServer{Server: srv, addr: port}
+	c, err := ts.dial(k)
+	if err != nil {
+		t.Fatalf("login: %v", err)
+	}
+	c.Close()
+	if st := srv.Status(); st.State != StateServing {
+		t.Errorf("state while serving = %q", st.State)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	if st := srv.Status(); st.State != StateStopped || st.Error != "" {
+		t.Errorf("status after Run = %+v", st)
+	}
+	if err := srv.Run(context.Background()); err == nil {
+		t.Errorf("second Run succeeded")
+	}
+}
+
+// freePort is a loopback address whose port was free a moment ago.
+func freePort(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
 func TestNewRefusesBadConfig(t *testing.T) {
 	for _, cfg := range []Config{
-		{AuthorizedKeysFile: "/x", HostKeyDir: t.TempDir()},
-		{Addr: "127.0.0.1:0", HostKeyDir: t.TempDir()},
+		{AuthorizedKeysFile: "/x", HostKeyDir: "/y"},
+		{Addr: "127.0.0.1:0", HostKeyDir: "/y"},
 		{Addr: "127.0.0.1:0", AuthorizedKeysFile: "/x"},
-		{Addr: "256.0.0.1:0", AuthorizedKeysFile: "/x", HostKeyDir: hostKeyDir(t)},
+		{Addr: "256.0.0.1:0", AuthorizedKeysFile: "/x", HostKeyDir: "/y"},
+		{Addr: "127.0.0.1", AuthorizedKeysFile: "/x", HostKeyDir: "/y"},
+		{Addr: "127.0.0.1:65536", AuthorizedKeysFile: "/x", HostKeyDir: "/y"},
+		{Addr: ":ssh", AuthorizedKeysFile: "/x", HostKeyDir: "/y"},
+		{Addr: ":22", AuthorizedKeysFile: "/x", HostKeyDir: "/y", Shell: "sh"},
 	} {
-		if s, err := New(cfg, zerolog.Nop()); err == nil {
-			s.Run(cancelled())
+		if _, err := New(cfg, zerolog.Nop()); err == nil {
 			t.Errorf("New(%+v) succeeded", cfg)
 		}
 	}

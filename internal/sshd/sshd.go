@@ -5,13 +5,40 @@
 // is offered; the file is reloaded when it changes (a Kubernetes Secret
 // mount swaps a symlink). Sessions run commands and shells through the
 // configured shell, with a PTY when asked, and serve the sftp subsystem in
-// process. Port, agent and X11 forwarding are refused. Unauthenticated
-// connections are capped and must log in within a grace period, so a
-// flood cannot exhaust memory or lock out a real login from elsewhere.
+// process. Port, agent and X11 forwarding are refused.
+//
+// Unauthenticated connections are capped in all and per client address,
+// and must log in within a grace period, so a flood cannot exhaust
+// memory. Nor can it lock a real login out: at the caps the stalest
+// connection of the address holding the most slots makes room for a
+// newcomer from an address holding fewer, and a newcomer from the
+// flooding address itself (every `kubectl port-forward` user shares
+// 127.0.0.1) replaces one of that address's stalest connections with a
+// fixed probability per try, whatever the flood's rate. A handshake that
+// stalls after connecting or after its version line never displaces a
+// login that has answered the key exchange.
 //
 // The user name a client sends is logged but not checked: authorized_keys
 // is the only authority, and every session runs as the server's own user,
 // as `kubectl exec` into the container would.
+//
+// SSH is a side feature of a backup sidecar, so it degrades alone: New
+// only checks the configuration, and what can fail at start (host keys,
+// the bind) fails Listen or Run with an error naming the file or the
+// address, which the caller shows as "SSH off" while backups go on. A
+// problem with authorized_keys (missing, unreadable, no usable key) lets
+// nobody in and shows in Status, and the server serves on.
+//
+// Host keys are made once in the state dir and kept. A host key file
+// that exists but holds no usable key (empty, truncated, garbage, another
+// key type) is renamed NAME.damaged-TIME, kept for a human with mode
+// 0600, and replaced by a new key, with an error in the log and in
+// Status.HostKeysReplaced. An unparseable private key has already lost the
+// host identity: refusing to start would change nothing for clients, who
+// must accept a new key either way, but would leave operators without SSH
+// until someone deletes the file. A key file that cannot be read at all
+// (permissions, an I/O error, a directory in its place) may still hold a
+// good key, so it is never touched: Listen fails and names it.
 package sshd
 
 import (
@@ -21,8 +48,11 @@ import (
 	"net"
 	"net/netip"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/gliderlabs/ssh"
@@ -42,7 +72,8 @@ type Config struct {
 	AuthorizedKeysFile string
 	// HostKeyDir is the host directory (the state dir) that holds
 	// ssh_host_ed25519_key and ssh_host_rsa_key. Missing keys are made
-	// once with mode 0600 and reused on every start.
+	// once with mode 0600 and reused on every start; damaged ones are set
+	// aside and made again (see the package doc).
 	HostKeyDir string
 	// Shell runs commands (`Shell -c CMD`) and login shells. Default
 	// "/bin/sh".
@@ -57,13 +88,18 @@ type Config struct {
 	// MaxSessions caps concurrent sessions over all connections; more
 	// are refused with "resource shortage". Default 16.
 	MaxSessions int
-	// MaxHandshakes caps concurrent unauthenticated connections; more
-	// are closed at once. Default 64 (each costs tens of KiB).
+	// MaxHandshakes caps concurrent unauthenticated connections. Default
+	// 64 (each costs tens of KiB). When it is reached, the stalest
+	// connection of the address holding the most slots makes room for a
+	// newcomer from an address holding fewer.
 	MaxHandshakes int
 	// MaxHandshakesPerSource caps concurrent unauthenticated connections
-	// from one client address, so one flooding address cannot take every
-	// handshake slot. Default 16: a backup server may open many sessions
-	// at once.
+	// from one client address. Default 16: a backup server may open many
+	// sessions at once. A newcomer from an address at its cap replaces
+	// that address's stalest connection one time in four and is closed
+	// at once otherwise, so a flood from the address a real user shares
+	// (127.0.0.1 behind `kubectl port-forward`) lets each of the user's
+	// tries in with a one-in-four chance (see the package doc).
 	MaxHandshakesPerSource int
 	// IdleTimeout closes a connection with no traffic in either direction
 	// for this long. Default 15m; negative disables it.
@@ -119,10 +155,21 @@ func (c *Config) setDefaults() {
 
 // Status is a snapshot of the server for /v1/status and /metrics.
 type Status struct {
-	// Addr is the address the server listens on.
+	// State is StateStarting, StateServing, StateFailed or StateStopped.
+	State string `json:"state"`
+	// Error is why the server failed, in StateFailed.
+	Error string `json:"error,omitempty"`
+	// Addr is the address the server listens on, or the configured one
+	// until it does.
 	Addr string `json:"addr"`
 	// HostKeyFingerprints are the SHA256 fingerprints of the host keys.
 	HostKeyFingerprints []string `json:"host_key_fingerprints"`
+	// HostKeysReplaced counts host keys found damaged at this start, set
+	// aside and replaced by new ones: clients see a new host identity.
+	HostKeysReplaced int `json:"host_keys_replaced"`
+	// HostKeysSetAside are the damaged files, renamed
+	// NAME.damaged-TIME and kept for a human.
+	HostKeysSetAside []string `json:"host_keys_set_aside,omitempty"`
 	// AuthorizedKeys is how many keys may log in.
 	AuthorizedKeys int `json:"authorized_keys"`
 	// AuthorizedKeysMissing is true when the file does not exist.
@@ -130,6 +177,9 @@ type Status struct {
 	// AuthorizedKeysEmpty is true when the file exists but holds no
 	// usable key.
 	AuthorizedKeysEmpty bool `json:"authorized_keys_empty"`
+	// AuthorizedKeysError is why the file could not be read (nobody can
+	// log in until it can).
+	AuthorizedKeysError string `json:"authorized_keys_error,omitempty"`
 	// AuthorizedKeysRefused counts lines of the file that were refused
 	// (unparsable, or with options this server cannot honour).
 	AuthorizedKeysRefused int `json:"authorized_keys_refused"`
@@ -141,22 +191,69 @@ type Status struct {
 	Refusals uint64 `json:"refusals_total"`
 	// SessionsRefused counts sessions refused by MaxSessions.
 	SessionsRefused uint64 `json:"sessions_refused_total"`
-	// HandshakesDropped counts connections closed at once because the
-	// unauthenticated connection caps were reached.
+	// Handshakes is the number of connections open and not
+	// authenticated yet.
+	Handshakes int `json:"handshakes"`
+	// HandshakesDropped counts unauthenticated connections closed
+	// because the caps were reached: newcomers dropped at once, and the
+	// older connections closed to make room for a newcomer.
 	HandshakesDropped uint64 `json:"handshakes_dropped_total"`
+	// HandshakesEvicted counts, of HandshakesDropped, the older
+	// connections closed to make room (see MaxHandshakes).
+	HandshakesEvicted uint64 `json:"handshakes_evicted_total"`
 }
 
-// Server is the embedded SSH server. Make it with New, then call Run.
+// The states of a Server, in Status.State.
+const (
+	// StateStarting is from New until the server accepts connections:
+	// Listen loads or makes the host keys (making an RSA key takes a
+	// while) and binds.
+	StateStarting = "starting"
+	// StateServing is while Run accepts connections.
+	StateServing = "serving"
+	// StateFailed is when the server could not start or serving failed;
+	// Status.Error says why. SSH is off; the rest of the sidecar is not
+	// affected.
+	StateFailed = "failed"
+	// StateStopped is after Run returned on cancellation.
+	StateStopped = "stopped"
+)
+
+// States lists every state a Server reports, for metrics label sets.
+func States() []string {
+	return []string{StateStarting, StateServing, StateFailed, StateStopped}
+}
+
+// Server is the embedded SSH server. Make it with New (cheap, no I/O),
+// then call Run, which calls Listen first unless the caller already did.
 type Server struct {
-	cfg      Config
-	log      zerolog.Logger
-	ln       net.Listener
-	srv      *ssh.Server
-	hostFPs  []string
+	cfg Config
+	log zerolog.Logger
+	// coin decides whether a newcomer from an address at its cap replaces
+	// one of the address's connections (see admit.go); tests fix it.
+	coin func() bool
+	// clock orders the events of unauthenticated connections.
+	clock atomic.Uint64
+	// quietGrace is how long a new connection may stay silent and still
+	// rank as a client about to speak (see admit.go); tests shorten it.
+	quietGrace time.Duration
+
+	listenMu  sync.Mutex // serialises Listen
+	listened  bool
+	listenErr error
+	ran       atomic.Bool
+
+	srv      *ssh.Server // set by Listen
+	user     sessionUser // set by Listen
 	keys     atomic.Pointer[keySet]
 	reloadMu sync.Mutex
 
 	mu        sync.Mutex
+	state     string
+	stateErr  string
+	ln        net.Listener
+	hostFPs   []string
+	setAside  []string // damaged host key files
 	closing   bool
 	pending   map[*trackedConn]struct{} // not authenticated yet
 	conns     map[*trackedConn]struct{} // every open connection
@@ -164,9 +261,7 @@ type Server struct {
 	sessions  map[*session]struct{}
 	drained   chan struct{} // closed when closing and no session is left
 
-	user sessionUser
-
-	logins, refusals, sessionsRefused, dropped atomic.Uint64
+	logins, refusals, sessionsRefused, dropped, evicted atomic.Uint64
 }
 
 // ctxKeyAuth holds the *authorizedKey that authenticated a connection;
@@ -176,13 +271,13 @@ var (
 	ctxKeyConn = &struct{ name string }{"avsidecar-conn"}
 )
 
-// New loads (or makes) the host keys, reads the authorized keys and binds
-// cfg.Addr, so a bad address fails here rather than inside Run. The
-// listener is released by Run.
+// New checks cfg and returns a server in StateStarting. It touches no
+// file and no socket, so it can run at build time and its only errors are
+// configuration errors; Listen does the slow and fallible part.
 func New(cfg Config, log zerolog.Logger) (*Server, error) {
 	cfg.setDefaults()
-	if cfg.Addr == "" {
-		return nil, errors.New("ssh listen address is empty")
+	if err := checkAddr(cfg.Addr); err != nil {
+		return nil, err
 	}
 	if cfg.AuthorizedKeysFile == "" {
 		return nil, errors.New("ssh authorized keys file is empty")
@@ -193,30 +288,79 @@ func New(cfg Config, log zerolog.Logger) (*Server, error) {
 	if !filepath.IsAbs(cfg.Shell) {
 		return nil, fmt.Errorf("ssh shell %q is not an absolute path", cfg.Shell)
 	}
-	signers, err := loadHostKeys(cfg.HostKeyDir, log)
+	return &Server{
+		cfg:        cfg,
+		log:        log,
+		coin:       replaceCoin,
+		quietGrace: quietGrace,
+		state:      StateStarting,
+		pending:    map[*trackedConn]struct{}{},
+		conns:      map[*trackedConn]struct{}{},
+		perSource:  map[netip.Addr]int{},
+		sessions:   map[*session]struct{}{},
+		drained:    make(chan struct{}),
+	}, nil
+}
+
+// checkAddr accepts HOST:PORT and :PORT with a numeric port. A host that
+// is all digits and dots must be an IPv4 address; other hosts are names,
+// resolved by Listen.
+func checkAddr(addr string) error {
+	if addr == "" {
+		return errors.New("ssh listen address is empty")
+	}
+	host, port, err := net.SplitHostPort(addr)
 	if err != nil {
-		return nil, fmt.Errorf("host keys: %w", err)
+		return fmt.Errorf("ssh listen address %q: %w", addr, err)
 	}
-	s := &Server{
-		cfg:       cfg,
-		log:       log,
-		pending:   map[*trackedConn]struct{}{},
-		conns:     map[*trackedConn]struct{}{},
-		perSource: map[netip.Addr]int{},
-		sessions:  map[*session]struct{}{},
-		drained:   make(chan struct{}),
-		user:      currentUser(),
+	if n, err := strconv.Atoi(port); err != nil || n < 0 || n > 65535 {
+		return fmt.Errorf("ssh listen address %q: bad port", addr)
 	}
-	for _, sg := range signers {
-		s.hostFPs = append(s.hostFPs, gossh.FingerprintSHA256(sg.PublicKey()))
+	if _, err := netip.ParseAddr(host); err != nil && host != "" && strings.Trim(host, "0123456789.") == "" {
+		return fmt.Errorf("ssh listen address %q: bad IP address", addr)
 	}
+	return nil
+}
+
+// Listen loads the host keys (making any that is missing, and setting
+// aside any that is damaged), reads the authorized keys and binds
+// cfg.Addr. It is idempotent: the first call does the work and every call
+// returns its result. An error names the file or the address and leaves
+// the server in StateFailed; the caller should treat it as "SSH off".
+func (s *Server) Listen() error {
+	s.listenMu.Lock()
+	defer s.listenMu.Unlock()
+	if s.listened {
+		return s.listenErr
+	}
+	s.listened = true
+	s.listenErr = s.listen()
+	if s.listenErr != nil {
+		s.setState(StateFailed, s.listenErr)
+	}
+	return s.listenErr
+}
+
+func (s *Server) listen() error {
+	hk, err := loadHostKeys(s.cfg.HostKeyDir, s.log)
+	s.mu.Lock()
+	s.setAside = hk.setAside
+	s.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	var fps []string
+	for _, sg := range hk.signers {
+		fps = append(fps, gossh.FingerprintSHA256(sg.PublicKey()))
+	}
+	s.user = currentUser()
 	s.reloadKeys()
 	s.srv = &ssh.Server{
 		Version:              "avsidecar",
 		PublicKeyHandler:     s.checkKey,
 		ConnCallback:         s.admit,
 		ServerConfigCallback: s.serverConfig,
-		IdleTimeout:          cfg.IdleTimeout,
+		IdleTimeout:          s.cfg.IdleTimeout,
 		ChannelHandlers: map[string]ssh.ChannelHandler{
 			"session": s.handleSession,
 			"default": s.refuseChannel,
@@ -227,26 +371,67 @@ func New(cfg Config, log zerolog.Logger) (*Server, error) {
 			s.log.Debug().Err(err).Str("remote", c.RemoteAddr().String()).Msg("handshake failed")
 		},
 	}
-	for _, sg := range signers {
+	for _, sg := range hk.signers {
 		s.srv.AddHostKey(sg)
 	}
-	ln, err := net.Listen("tcp", cfg.Addr)
+	ln, err := net.Listen("tcp", s.cfg.Addr)
 	if err != nil {
-		return nil, fmt.Errorf("listen ssh %s: %w", cfg.Addr, err)
+		_, port, _ := net.SplitHostPort(s.cfg.Addr)
+		if n, _ := strconv.Atoi(port); n > 0 && n < 1024 && errors.Is(err, syscall.EACCES) {
+			return fmt.Errorf("listen ssh %s: %w (ports below 1024 need root or CAP_NET_BIND_SERVICE)", s.cfg.Addr, err)
+		}
+		return fmt.Errorf("listen ssh %s: %w", s.cfg.Addr, err)
 	}
-	s.ln = ln
-	return s, nil
+	s.mu.Lock()
+	s.ln, s.hostFPs = ln, fps
+	s.mu.Unlock()
+	return nil
 }
 
-// Addr is the address the server listens on (useful with port 0).
-func (s *Server) Addr() net.Addr { return s.ln.Addr() }
+// setState records a state and, for StateFailed, its cause.
+func (s *Server) setState(state string, err error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.state, s.stateErr = state, ""
+	if err != nil {
+		s.stateErr = err.Error()
+	}
+}
 
-// Run serves until ctx is cancelled, then stops within cfg.ShutdownTimeout
-// and returns nil. It returns an error only if serving fails.
+// Addr is the address the server listens on (useful with port 0), or nil
+// before Listen succeeded.
+func (s *Server) Addr() net.Addr {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.ln == nil {
+		return nil
+	}
+	return s.ln.Addr()
+}
+
+// Run calls Listen unless the caller did, serves until ctx is cancelled,
+// then stops within cfg.ShutdownTimeout and returns nil. It returns an
+// error only if the server could not start or serving failed: SSH is then
+// off, and the error says why. Run may be called once; it releases the
+// listener even when ctx is cancelled before it starts.
 func (s *Server) Run(ctx context.Context) error {
-	s.log.Info().Str("addr", s.ln.Addr().String()).Strs("host_keys", s.hostFPs).Msg("ssh server listening")
+	if !s.ran.CompareAndSwap(false, true) {
+		return errors.New("ssh server already run")
+	}
+	if ctx.Err() != nil {
+		s.closeUnserved()
+		return nil
+	}
+	if err := s.Listen(); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	ln, fps := s.ln, s.hostFPs
+	s.mu.Unlock()
+	s.log.Info().Str("addr", ln.Addr().String()).Strs("host_keys", fps).Msg("ssh server listening")
+	s.setState(StateServing, nil)
 	serveErr := make(chan error, 1)
-	go func() { serveErr <- s.srv.Serve(s.ln) }()
+	go func() { serveErr <- s.srv.Serve(ln) }()
 	wctx, stopWatch := context.WithCancel(ctx)
 	watchDone := make(chan struct{})
 	go func() {
@@ -266,8 +451,32 @@ func (s *Server) Run(ctx context.Context) error {
 		<-serveErr
 	}
 	<-watchDone
+	if err != nil {
+		s.setState(StateFailed, err)
+	} else {
+		s.setState(StateStopped, nil)
+	}
 	s.log.Info().Msg("ssh server stopped")
 	return err
+}
+
+// closeUnserved ends a server whose Run was cancelled before it served:
+// the listener Listen may have bound is released.
+func (s *Server) closeUnserved() {
+	s.listenMu.Lock()
+	s.listened = true // a later Listen binds nothing
+	if s.listenErr == nil {
+		s.listenErr = errors.New("ssh server stopped before it started")
+	}
+	s.listenMu.Unlock()
+	s.mu.Lock()
+	s.closing = true
+	ln := s.ln
+	s.mu.Unlock()
+	if ln != nil {
+		ln.Close()
+	}
+	s.setState(StateStopped, nil)
 }
 
 // shutdown stops accepting, hangs up every session, waits for them until
@@ -279,6 +488,7 @@ func (s *Server) shutdown() {
 	deadline := time.Now().Add(s.cfg.ShutdownTimeout)
 	s.mu.Lock()
 	s.closing = true // admit and handleSession refuse from now on
+	ln := s.ln
 	sessions := make([]*session, 0, len(s.sessions))
 	for ss := range s.sessions {
 		sessions = append(sessions, ss)
@@ -292,7 +502,7 @@ func (s *Server) shutdown() {
 	}
 	s.mu.Unlock()
 
-	if err := s.ln.Close(); err != nil {
+	if err := ln.Close(); err != nil {
 		s.log.Debug().Err(err).Msg("close ssh listener")
 	}
 	for _, pc := range pending {
@@ -336,105 +546,37 @@ func (s *Server) shutdown() {
 	}
 }
 
-// Status returns a snapshot of the server.
+// Status returns a snapshot of the server. It is safe to call at any
+// time from New on.
 func (s *Server) Status() Status {
-	ks := s.keys.Load()
 	s.mu.Lock()
-	active := len(s.sessions)
-	s.mu.Unlock()
-	return Status{
-		Addr:                  s.ln.Addr().String(),
-		HostKeyFingerprints:   append([]string(nil), s.hostFPs...),
-		AuthorizedKeys:        ks.count,
-		AuthorizedKeysMissing: ks.missing,
-		AuthorizedKeysEmpty:   !ks.missing && ks.empty(),
-		AuthorizedKeysRefused: len(ks.refused),
-		ActiveSessions:        active,
-		Logins:                s.logins.Load(),
-		Refusals:              s.refusals.Load(),
-		SessionsRefused:       s.sessionsRefused.Load(),
-		HandshakesDropped:     s.dropped.Load(),
+	st := Status{
+		State:               s.state,
+		Error:               s.stateErr,
+		Addr:                s.cfg.Addr,
+		HostKeyFingerprints: append([]string(nil), s.hostFPs...),
+		HostKeysReplaced:    len(s.setAside),
+		HostKeysSetAside:    append([]string(nil), s.setAside...),
+		ActiveSessions:      len(s.sessions),
+		Handshakes:          len(s.pending),
 	}
-}
-
-// trackedConn wraps every admitted connection. Until it authenticates it
-// holds a handshake slot, and the login grace timer closes it; after, its
-// close is logged as the logout.
-type trackedConn struct {
-	net.Conn
-	s      *Server
-	source netip.Addr
-	timer  *time.Timer
-	once   sync.Once
-
-	mu          sync.Mutex
-	fingerprint string // set at login
-	user        string
-	loginAt     time.Time
-	closeOnce   sync.Once
-}
-
-// release gives the handshake slot back; called on login and on close.
-func (pc *trackedConn) release() {
-	pc.once.Do(func() {
-		pc.timer.Stop()
-		s := pc.s
-		s.mu.Lock()
-		delete(s.pending, pc)
-		if s.perSource[pc.source]--; s.perSource[pc.source] <= 0 {
-			delete(s.perSource, pc.source)
-		}
-		s.mu.Unlock()
-	})
-}
-
-// loggedIn records the login and frees the handshake slot.
-func (pc *trackedConn) loggedIn(user, fingerprint string) {
-	pc.mu.Lock()
-	pc.user, pc.fingerprint, pc.loginAt = user, fingerprint, time.Now()
-	pc.mu.Unlock()
-	pc.release()
-}
-
-// Close implements net.Conn.
-func (pc *trackedConn) Close() error {
-	pc.release()
-	pc.closeOnce.Do(func() {
-		pc.s.mu.Lock()
-		delete(pc.s.conns, pc)
-		pc.s.mu.Unlock()
-		pc.mu.Lock()
-		defer pc.mu.Unlock()
-		if !pc.loginAt.IsZero() {
-			pc.s.log.Info().Str("user", pc.user).Str("remote", pc.RemoteAddr().String()).Str("fingerprint", pc.fingerprint).
-				Int64("duration_ms", time.Since(pc.loginAt).Milliseconds()).Msg("logout")
-		}
-	})
-	return pc.Conn.Close()
-}
-
-// admit takes a handshake slot for a new connection or closes it at once.
-// Dropping is cheaper than queueing: a dropped client just retries.
-func (s *Server) admit(ctx ssh.Context, c net.Conn) net.Conn {
-	source := addrOf(c.RemoteAddr())
-	s.mu.Lock()
-	if s.closing || len(s.pending) >= s.cfg.MaxHandshakes || s.perSource[source] >= s.cfg.MaxHandshakesPerSource {
-		s.mu.Unlock()
-		s.dropped.Add(1)
-		s.log.Debug().Str("remote", c.RemoteAddr().String()).Msg("connection dropped: too many unauthenticated connections")
-		return nil
+	if s.ln != nil {
+		st.Addr = s.ln.Addr().String()
 	}
-	pc := &trackedConn{Conn: c, s: s, source: source}
-	s.pending[pc] = struct{}{}
-	s.conns[pc] = struct{}{}
-	s.perSource[source]++
-	pc.timer = time.AfterFunc(s.cfg.LoginGraceTimeout, func() {
-		s.log.Info().Str("remote", c.RemoteAddr().String()).Msg("login grace timeout")
-		pc.Close()
-	})
 	s.mu.Unlock()
-	ctx.SetValue(ctxKeyConn, pc)
-	return pc
+	if ks := s.keys.Load(); ks != nil { // read by Listen
+		st.AuthorizedKeys = ks.count
+		st.AuthorizedKeysMissing = ks.missing
+		st.AuthorizedKeysEmpty = !ks.missing && ks.err == "" && ks.empty()
+		st.AuthorizedKeysError = ks.err
+		st.AuthorizedKeysRefused = len(ks.refused)
+	}
+	st.Logins = s.logins.Load()
+	st.Refusals = s.refusals.Load()
+	st.SessionsRefused = s.sessionsRefused.Load()
+	st.HandshakesDropped = s.dropped.Load()
+	st.HandshakesEvicted = s.evicted.Load()
+	return st
 }
 
 // serverConfig adds what gliderlabs/ssh does not expose: the callback that

@@ -5,12 +5,17 @@ import (
 	"context"
 	"errors"
 	"io/fs"
-	"os"
 	"path/filepath"
 	"time"
 
 	"github.com/fsnotify/fsnotify"
 )
+
+// maxAuthorizedKeysSize bounds what is read of the authorized_keys file:
+// 16 times what a Kubernetes Secret can hold, and over 100,000 ed25519
+// keys. A larger file, like anything that is not a regular file, lets
+// nobody in and says why, rather than fill PID 1's memory or block it.
+const maxAuthorizedKeysSize = 16 << 20
 
 // reloadKeys reads the authorized_keys file and swaps the key set in. It
 // logs only when something changed, so the periodic resync stays quiet.
@@ -19,23 +24,23 @@ func (s *Server) reloadKeys() {
 	s.reloadMu.Lock()
 	defer s.reloadMu.Unlock()
 	path := s.cfg.AuthorizedKeysFile
-	data, err := os.ReadFile(path)
+	data, err := readRegular(path, maxAuthorizedKeysSize)
 	var ks *keySet
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
 		ks = &keySet{byKey: map[string][]*authorizedKey{}, missing: true}
 	case err != nil:
-		s.log.Error().Err(err).Str("path", path).Msg("authorized keys unreadable; nobody can log in")
-		ks = &keySet{byKey: map[string][]*authorizedKey{}}
+		ks = &keySet{byKey: map[string][]*authorizedKey{}, err: err.Error()}
 	default:
 		ks = parseAuthorizedKeys(data)
 	}
 	old := s.keys.Load()
-	if old != nil && (err == nil || ks.missing) && old.missing == ks.missing && bytes.Equal(old.raw, ks.raw) {
+	if old != nil && old.missing == ks.missing && old.err == ks.err && bytes.Equal(old.raw, ks.raw) {
 		return
 	}
 	s.keys.Store(ks)
-	if err != nil && !ks.missing {
+	if ks.err != "" {
+		s.log.Error().Err(err).Str("path", path).Msg("authorized keys unreadable; nobody can log in")
 		return
 	}
 	for _, p := range ks.refused {
