@@ -2,9 +2,14 @@ package integration
 
 import (
 	"net"
+	"os"
+	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/avsidecar/avsidecar/internal/testkit"
 )
 
 // TestSideFaultsDegrade starts the sidecar with every side part broken: a
@@ -46,5 +51,58 @@ func TestSideFaultsDegrade(t *testing.T) {
 	}
 	if n := w.mcs.Count("pod-0"); n != 1 {
 		t.Errorf("MCS has %d registrations, want 1", n)
+	}
+}
+
+// TestDamagedHostKeys: a truncated ed25519 host key and an empty RSA one
+// (a disk filled during a write) are set aside and made again, and SSH
+// serves; a key that cannot be read at all (a directory in its place) is
+// a fault: SSH off, the backup client ready anyway. Before, both exited 1
+// before the install, and the pod crash-looped.
+func TestDamagedHostKeys(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		damage  func(t *testing.T, stateDir string)
+		serving bool
+	}{
+		{"truncated and empty", func(t *testing.T, dir string) {
+			writeFile(t, filepath.Join(dir, "ssh_host_ed25519_key"), "-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAABG5vbmUA\n")
+			writeFile(t, filepath.Join(dir, "ssh_host_rsa_key"), "")
+		}, true},
+		{"unreadable", func(t *testing.T, dir string) {
+			if err := os.MkdirAll(filepath.Join(dir, "ssh_host_ed25519_key"), 0o700); err != nil {
+				t.Fatal(err)
+			}
+		}, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			w := newWorld(t, false, "AVSIDECAR_SSH_ADDR=127.0.0.1:"+strconv.Itoa(testkit.FreePort(t)))
+			tc.damage(t, filepath.Join(w.root, "usr/local/avamar/var/avsidecar"))
+			s := w.startPID1(t)
+			s.eventually(t, "/readyz", 200, 60*time.Second)
+			ssh, _ := s.status(t)["ssh"].(map[string]any)
+			if tc.serving {
+				if ssh["state"] != "serving" || ssh["host_keys_replaced"] != float64(2) {
+					t.Fatalf("ssh status after damaged keys: %v", ssh)
+				}
+				return
+			}
+			if ssh["state"] != "failed" {
+				t.Fatalf("ssh status with an unreadable key: %v", ssh)
+			}
+			if _, verbose := s.get(t, "/readyz?verbose"); !strings.Contains(verbose, "[!]ssh: ") {
+				t.Errorf("/readyz?verbose does not show the SSH fault:\n%s", verbose)
+			}
+		})
+	}
+}
+
+func writeFile(t *testing.T, path, content string) {
+	t.Helper()
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, []byte(content), 0o600); err != nil {
+		t.Fatal(err)
 	}
 }

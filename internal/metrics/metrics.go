@@ -35,6 +35,9 @@
 //	ssh_handshakes_dropped_total                      counter (unauthenticated connection caps reached)
 //	ssh_active_sessions                               gauge
 //	ssh_authorized_keys_refused                       gauge (authorized_keys lines refused)
+//	ssh_state{state}                                  1 for the SSH server's state; only when SSH is on
+//	ssh_host_keys_replaced                            gauge (damaged host keys set aside at this start)
+//	ssh_handshakes_evicted_total                      counter (stalled handshakes dropped for a newcomer)
 //	browse_requests_total{code}                       counter
 //	avagent_log_lines_total                           counter
 //	last_backup_timestamp_seconds                     only when a backup is known
@@ -79,6 +82,8 @@ type Labels struct {
 	BackupStates []string
 	// Handlers are the handler names Instrument accepts.
 	Handlers []string
+	// SSHStates are the values of the state label of ssh_state.
+	SSHStates []string
 }
 
 // codes are the status codes kept as they are in code labels; any other is
@@ -136,6 +141,15 @@ type Snapshot struct {
 	// currently refused (unparsable, or with options the server cannot
 	// honour): keys someone meant to let in and cannot.
 	SSHAuthorizedKeysRefused int
+	// SSHState is the SSH server's state, one of Labels.SSHStates; empty
+	// when SSH is off, and then the series is absent.
+	SSHState string
+	// SSHHostKeysReplaced is the number of damaged host keys set aside and
+	// made again at this start.
+	SSHHostKeysReplaced int
+	// SSHHandshakesEvicted counts unauthenticated connections dropped to
+	// make room for a newcomer.
+	SSHHandshakesEvicted uint64
 	// BrowseRequests counts answered browse requests by status code, as in
 	// browse's Status().Requests ("200", "404", ...). Codes outside a fixed
 	// set are counted under their class ("4xx"); anything unparsable as
@@ -394,6 +408,7 @@ func (m *Metrics) snapshotFamilies() []*family {
 		gauge("agent_uptime_seconds", "Seconds since avagent last started; 0 while down.", s.AgentUptime.Seconds()),
 		gauge("ssh_active_sessions", "Open SSH sessions.", float64(s.SSHActiveSessions)),
 		gauge("http_connections_open", "HTTP connections open.", float64(s.HTTPConnsOpen)),
+		gauge("ssh_host_keys_replaced", "Damaged SSH host keys set aside and made again at this start.", float64(s.SSHHostKeysReplaced)),
 		gauge("ssh_authorized_keys_refused", "Lines of authorized_keys currently refused (unparsable, or with options the server cannot honour).",
 			float64(s.SSHAuthorizedKeysRefused)),
 	}
@@ -404,6 +419,14 @@ func (m *Metrics) snapshotFamilies() []*family {
 	if !s.LastBackupCheck.IsZero() {
 		fams = append(fams, gauge("last_backup_check_timestamp_seconds",
 			"Unix time the Avamar REST API was last asked for backups.", unixSeconds(s.LastBackupCheck)))
+	}
+	if s.SSHState != "" {
+		state := f("ssh_state", gaugeType, "1 for the current state of the SSH server; absent while SSH is off.")
+		m.checkLabel("state", m.cfg.Labels.SSHStates, s.SSHState)
+		for _, st := range m.cfg.Labels.SSHStates {
+			state.add(bool01(s.SSHState == st), "state", st)
+		}
+		fams = append(fams, state)
 	}
 	if s.BackupAPIState != "" {
 		state := f("backup_api_state", gaugeType, "1 for the current state of the backup check against the Avamar REST API.")
@@ -453,6 +476,8 @@ func (m *Metrics) counters(s Snapshot) []*family {
 		"ssh_sessions_refused", float64(s.SSHSessionsRefused))
 	add(counter("ssh_handshakes_dropped_total", "SSH connections closed at once because the unauthenticated connection caps were reached."),
 		"ssh_handshakes_dropped", float64(s.SSHHandshakesDropped))
+	add(counter("ssh_handshakes_evicted_total", "Unauthenticated SSH connections dropped to make room for a newcomer."),
+		"ssh_handshakes_evicted", float64(s.SSHHandshakesEvicted))
 	add(counter("http_connections_dropped_total", "HTTP connections closed at once because a connection cap was reached."),
 		"http_connections_dropped", float64(s.HTTPConnsDropped))
 	add(counter("avagent_log_lines_total", "Lines of avagent.log re-emitted on the sidecar's log."),

@@ -150,6 +150,7 @@ var testLabels = Labels{
 	Outcomes:     []string{"success", "refused", "unreachable", "unresolved", "timeout", "error"},
 	BackupStates: []string{"unknown", "ok", "unreachable", "unauthorized", "client-not-found", "error"},
 	Handlers:     []string{"livez", "readyz", "startupz", "metrics", "status", "files", "stat", "walk", "du", "ui", "other"},
+	SSHStates:    []string{"starting", "serving", "failed", "stopped"},
 }
 
 func newMetrics(t *testing.T, src *source) *Metrics {
@@ -188,6 +189,8 @@ func base(p string) map[string]float64 {
 		`avsidecar_avagent_log_lines_total{}`:        0,
 		`avsidecar_http_connections_open{}`:          0,
 		`avsidecar_http_connections_dropped_total{}`: 0,
+		`avsidecar_ssh_host_keys_replaced{}`:         0,
+		`avsidecar_ssh_handshakes_evicted_total{}`:   0,
 	}
 	for _, ph := range testLabels.Phases {
 		want[`avsidecar_phase{phase="`+ph+`"}`] = bool01(ph == p)
@@ -228,9 +231,15 @@ func TestSeriesFollowSnapshot(t *testing.T) {
 			SSHLogins: 3, SSHRefusals: 2, SSHActiveSessions: 1, SSHSessionsRefused: 1, SSHHandshakesDropped: 4,
 			SSHAuthorizedKeysRefused: 2, BrowseRequests: map[string]uint64{"200": 5, "404": 1, "418": 1, "bad": 1},
 			AvagentLogLines: 10, HTTPConnsOpen: 3, HTTPConnsDropped: 5,
+			SSHState: "serving", SSHHostKeysReplaced: 1, SSHHandshakesEvicted: 7,
 			LastBackup: backup, LastBackupCheck: check, BackupAPIState: "ok",
 		}, func(w map[string]float64) {
 			w[`avsidecar_http_connections_open{}`] = 3
+			w[`avsidecar_ssh_host_keys_replaced{}`] = 1
+			w[`avsidecar_ssh_handshakes_evicted_total{}`] = 7
+			for _, st := range testLabels.SSHStates {
+				w[`avsidecar_ssh_state{state="`+st+`"}`] = bool01(st == "serving")
+			}
 			w[`avsidecar_http_connections_dropped_total{}`] = 5
 			w[`avsidecar_phase{phase="registering"}`] = 0
 			w[`avsidecar_install_info{package="AvamarClient",release="101",version="7.5.101"}`] = 1
@@ -280,6 +289,7 @@ func TestSeriesFollowSnapshot(t *testing.T) {
 			w[`avsidecar_ssh_sessions_refused_total{}`] = 1
 			w[`avsidecar_ssh_handshakes_dropped_total{}`] = 4
 			w[`avsidecar_http_connections_dropped_total{}`] = 5
+			w[`avsidecar_ssh_handshakes_evicted_total{}`] = 7
 			// Codes once seen keep their series.
 			w[`avsidecar_browse_requests_total{code="200"}`] = 6
 			w[`avsidecar_browse_requests_total{code="404"}`] = 1
@@ -295,6 +305,7 @@ func TestSeriesFollowSnapshot(t *testing.T) {
 		{"stopping", Snapshot{Phase: "stopping", Registrations: map[string]int{"success": 1}}, func(w map[string]float64) {
 			// Counters hold their highest value; gauges drop.
 			w[`avsidecar_http_connections_dropped_total{}`] = 5
+			w[`avsidecar_ssh_handshakes_evicted_total{}`] = 7
 			w[`avsidecar_registration_attempts_total{outcome="unreachable"}`] = 2
 			w[`avsidecar_registration_attempts_total{outcome="refused"}`] = 1
 			w[`avsidecar_registration_attempts_total{outcome="error"}`] = 1

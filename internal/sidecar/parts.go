@@ -2,12 +2,10 @@ package sidecar
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net/http"
 	"path/filepath"
 	"sync"
-	"sync/atomic"
 
 	"github.com/rs/zerolog"
 
@@ -189,13 +187,17 @@ func newParts(cfg config.Config, log zerolog.Logger) (parts, error) {
 		}
 	}
 	if cfg.SSHAddr != "" {
-		p.ssh = &lazySSH{cfg: sshd.Config{
+		srv, err := sshd.New(sshd.Config{
 			Addr:               cfg.SSHAddr,
 			AuthorizedKeysFile: cfg.Host.AuthorizedKeys,
 			HostKeyDir:         cfg.Host.StateDir,
 			Dir:                cfg.Root,
 			ShutdownTimeout:    cfg.ShutdownTimeout / 4,
-		}, log: logger("sshd")}
+		}, logger("sshd"))
+		if err != nil {
+			return parts{}, fmt.Errorf("%w: AVSIDECAR_SSH_ADDR: %w", ErrConfig, err)
+		}
+		p.ssh = srv
 	}
 	return p, nil
 }
@@ -206,7 +208,8 @@ type side struct {
 	run             func(ctx context.Context) error
 }
 
-// sides are the side parts that run beside the agent.
+// sides are the side parts that run beside the agent, but SSH, which
+// listens first (see Run).
 func (p parts) sides() []side {
 	var out []side
 	if p.browse != nil {
@@ -217,37 +220,4 @@ func (p parts) sides() []side {
 		out = append(out, side{sideBackupAPI, "backupapi", p.backups.Run})
 	}
 	return out
-}
-
-// lazySSH makes the SSH server in Listen: sshd.New loads or makes the host
-// keys and binds, which may be slow or fail, and neither may hold up the
-// probes or stop the start.
-type lazySSH struct {
-	cfg sshd.Config
-	log zerolog.Logger
-	srv atomic.Pointer[sshd.Server]
-}
-
-func (l *lazySSH) Listen() error {
-	srv, err := sshd.New(l.cfg, l.log)
-	if err != nil {
-		return err
-	}
-	l.srv.Store(srv)
-	return nil
-}
-
-func (l *lazySSH) Run(ctx context.Context) error {
-	srv := l.srv.Load()
-	if srv == nil {
-		return errors.New("not listening")
-	}
-	return srv.Run(ctx)
-}
-
-func (l *lazySSH) Status() sshd.Status {
-	if srv := l.srv.Load(); srv != nil {
-		return srv.Status()
-	}
-	return sshd.Status{Addr: l.cfg.Addr}
 }

@@ -27,6 +27,7 @@ import (
 	"runtime"
 	"runtime/debug"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -141,6 +142,9 @@ func (s *Sidecar) Run(ctx context.Context) error {
 	// RSA host key).
 	if s.parts.ssh != nil {
 		if err := s.parts.ssh.Listen(); err != nil {
+			if errors.Is(err, syscall.EACCES) {
+				err = fmt.Errorf("%w (set AVSIDECAR_SSH_ADDR to a port above 1023, such as :2222)", err)
+			}
 			s.sideFailed(side{sideSSH, "sshd", nil}, err)
 		} else {
 			sides = append(sides, side{sideSSH, "sshd", s.parts.ssh.Run})

@@ -74,6 +74,7 @@ var MetricLabels = metrics.Labels{
 	Outcomes:     register.Outcomes,
 	BackupStates: backupapi.States,
 	Handlers:     handlers,
+	SSHStates:    sshd.States(),
 }
 
 // metricsSnapshot is what /metrics reports, read from the same Status()
@@ -101,6 +102,7 @@ func (s *Sidecar) metricsSnapshot() metrics.Snapshot {
 		m.SSHLogins, m.SSHRefusals, m.SSHActiveSessions = d.SSH.Logins, d.SSH.Refusals, d.SSH.ActiveSessions
 		m.SSHSessionsRefused, m.SSHHandshakesDropped = d.SSH.SessionsRefused, d.SSH.HandshakesDropped
 		m.SSHAuthorizedKeysRefused = d.SSH.AuthorizedKeysRefused
+		m.SSHState, m.SSHHostKeysReplaced, m.SSHHandshakesEvicted = d.SSH.State, d.SSH.HostKeysReplaced, d.SSH.HandshakesEvicted
 	}
 	if d.Browse != nil {
 		m.BrowseRequests = d.Browse.Requests
