@@ -17,6 +17,8 @@ import (
 
 	"github.com/rs/zerolog"
 	gossh "golang.org/x/crypto/ssh"
+
+	"github.com/avsidecar/avsidecar/internal/atomicfile"
 )
 
 // hostKeyFiles are the host keys, named as OpenSSH names them so an
@@ -219,47 +221,12 @@ func makeHostKey(path string, gen func() (crypto.Signer, error)) (gossh.Signer, 
 	if err != nil {
 		return nil, fmt.Errorf("marshal ssh host key %s: %w", path, err)
 	}
-	if err := writeFileSynced(path, pem.EncodeToMemory(block)); err != nil {
-		return nil, fmt.Errorf("write ssh host key %s: %w", path, err)
+	if err := atomicfile.Write(path, pem.EncodeToMemory(block), 0o600); err != nil {
+		return nil, fmt.Errorf("ssh host key: %w", err)
 	}
 	s, err := gossh.NewSignerFromKey(key)
 	if err != nil {
 		return nil, fmt.Errorf("ssh host key signer %s: %w", path, err)
 	}
 	return s, nil
-}
-
-// writeFileSynced replaces path with data (mode 0600) through a temporary
-// file, syncing the file and then the directory.
-func writeFileSynced(path string, data []byte) error {
-	dir := filepath.Dir(path)
-	tmp, err := os.CreateTemp(dir, "."+filepath.Base(path)+".*")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(tmp.Name())
-	if err := tmp.Chmod(0o600); err != nil {
-		tmp.Close()
-		return err
-	}
-	if _, err := tmp.Write(data); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	if err := os.Rename(tmp.Name(), path); err != nil {
-		return err
-	}
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
 }
