@@ -18,10 +18,20 @@
 //	/v1/du             ?path=  {"path","files","dirs","bytes"}: non-directories,
 //	                   directories below path, apparent bytes of non-directories
 //
-// Entries are {"name","type","size","mode","mtime","link_target"}: type is
-// file, dir, symlink or other (FIFOs, sockets, devices: described, never
-// opened), mode is octal ("0644"), mtime RFC 3339 UTC, link_target "" unless
-// a symlink. Entries describe the name itself (lstat).
+// Entries are {"name","type","size","mode","mtime","link_target"} (the
+// Entry type): type is file, dir, symlink or other (FIFOs, sockets,
+// devices: described, never opened), mode is octal ("0644"), mtime RFC
+// 3339 UTC, link_target "" unless a symlink. Entries describe the name
+// itself (lstat).
+//
+// Names are bytes and need not be UTF-8. JSON text cannot hold such a
+// name, so "name" (and "path", "link_target") shows it with U+FFFD, as
+// encoding/json does, and "name_b64" ("path_b64", "link_target_b64"),
+// present only then, holds its exact bytes in standard base64: bad\xff and
+// bad\xfe are two entries with two name_b64 values. Every endpoint takes
+// the path either as path= (percent-decoded once: %FF is the byte 0xFF) or
+// as path_b64= (the exact bytes in base64), so every name listed can be
+// asked for again.
 //
 // Paths are paths inside Config.Base (AVSIDECAR_ROOT): requests name them
 // and answers show them that way, never as host paths. They must be
@@ -362,7 +372,7 @@ func (w *statusWriter) WriteHeader(code int) {
 func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 
 func writeError(w http.ResponseWriter, code int, msg string) {
-	b := append([]byte(`{"error":`), fswalk.AppendString(nil, msg)...)
+	b := append([]byte(`{"error":`), appendString(nil, msg)...)
 	b = append(b, "}\n"...)
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("Content-Length", strconv.Itoa(len(b)))

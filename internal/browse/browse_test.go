@@ -2,12 +2,14 @@ package browse
 
 import (
 	"context"
+	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -463,32 +465,18 @@ func TestSymlinkSwapRace(t *testing.T) {
 	}
 }
 
-type page struct {
-	Path    string `json:"path"`
-	Entries []struct {
-		Name       string `json:"name"`
-		Type       string `json:"type"`
-		Size       int64  `json:"size"`
-		Mode       string `json:"mode"`
-		Mtime      string `json:"mtime"`
-		LinkTarget string `json:"link_target"`
-	} `json:"entries"`
-	NextCursor string `json:"next_cursor"`
-	Total      int    `json:"total"`
-}
-
-func listPage(t *testing.T, srv *httptest.Server, q string) page {
+func listPage(t *testing.T, srv *httptest.Server, q string) Page {
 	t.Helper()
 	a := get(t, srv, "/v1/files?"+q)
 	if a.code != 200 {
 		t.Fatalf("files %s: %d %s", q, a.code, a.body)
 	}
-	var p page
+	var p Page
 	must(t, json.Unmarshal([]byte(a.body), &p))
 	return p
 }
 
-func entryNames(p page) []string {
+func entryNames(p Page) []string {
 	var out []string
 	for _, e := range p.Entries {
 		out = append(out, e.Name)
@@ -503,7 +491,7 @@ func TestCacheNeverStale(t *testing.T) {
 	h, srv := newServer(t, Config{Roots: []string{fx.data}, CacheTTL: -1})
 	dir := fx.data + "/sub"
 	q := "path=" + dir
-	list := func() page { return listPage(t, srv, q) }
+	list := func() Page { return listPage(t, srv, q) }
 	if diff := cmp.Diff([]string{"deep"}, entryNames(list())); diff != "" {
 		t.Fatal(diff)
 	}
@@ -867,5 +855,66 @@ func TestRunClosesOnCancel(t *testing.T) {
 	}
 	if err := h.Close(); err != nil {
 		t.Errorf("second Close: %v", err)
+	}
+}
+
+// TestNonUTF8Names: names that are not UTF-8 keep their exact bytes
+// through every endpoint, two of them never merge, and a directory with
+// such a name opens again by path_b64= and by percent-encoded path=.
+func TestNonUTF8Names(t *testing.T) {
+	fx := newFixture(t)
+	_, srv := newServer(t, Config{Base: fx.base, Roots: []string{"/data"}})
+	d := fx.data + "/odd"
+	must(t, os.MkdirAll(d+"/dir\xffsub", 0o755))
+	for _, n := range []string{"bad\xff", "bad\xfe", "dir\xffsub/in\xfe"} {
+		must(t, os.WriteFile(filepath.Join(d, n), []byte("abc"), 0o644))
+	}
+	must(t, os.Symlink("t\xfe", d+"/link"))
+
+	var p Page
+	must(t, json.Unmarshal([]byte(get(t, srv, "/v1/files?path=/data/odd").body), &p))
+	var names []string
+	for _, e := range p.Entries {
+		n, err := e.RawName()
+		must(t, err)
+		names = append(names, n)
+		if tgt, _ := e.RawLinkTarget(); e.Name == "link" && tgt != "t\xfe" {
+			t.Errorf("link target %q", tgt)
+		}
+	}
+	if diff := cmp.Diff([]string{"bad\xfe", "bad\xff", "dir\xffsub", "link"}, names); diff != "" {
+		t.Fatalf("names (-want +got):\n%s", diff)
+	}
+
+	sub := "/data/odd/dir\xffsub"
+	b64 := base64.StdEncoding.EncodeToString([]byte(sub))
+	for _, q := range []string{"path=" + url.QueryEscape(sub), "path_b64=" + url.QueryEscape(b64), "path_b64=" + base64.RawURLEncoding.EncodeToString([]byte(sub))} {
+		a := get(t, srv, "/v1/files?"+q)
+		must(t, json.Unmarshal([]byte(a.body), &p))
+		if pp, _ := p.RawPath(); a.code != 200 || pp != sub || p.PathB64 != b64 || len(p.Entries) != 1 || p.Entries[0].NameB64 == "" {
+			t.Errorf("files %s: %d %s", q, a.code, a.body)
+		}
+		var e Entry
+		a = get(t, srv, "/v1/walk?"+q)
+		must(t, json.Unmarshal([]byte(a.body), &e))
+		if ep, _ := e.RawPath(); a.code != 200 || ep != sub+"/in\xfe" {
+			t.Errorf("walk %s: %d %s", q, a.code, a.body)
+		}
+		a = get(t, srv, "/v1/stat?"+q)
+		must(t, json.Unmarshal([]byte(a.body), &e))
+		if ep, _ := e.RawPath(); a.code != 200 || ep != sub || e.Type != "dir" {
+			t.Errorf("stat %s: %d %s", q, a.code, a.body)
+		}
+		var u Usage
+		a = get(t, srv, "/v1/du?"+q)
+		must(t, json.Unmarshal([]byte(a.body), &u))
+		if a.code != 200 || u.PathB64 != b64 || u.Files != 1 || u.Bytes != 3 {
+			t.Errorf("du %s: %d %s", q, a.code, a.body)
+		}
+	}
+	for _, q := range []string{"path_b64=!!", "path=/data&path_b64=L2RhdGE=", "path_b64=" + base64.StdEncoding.EncodeToString([]byte("/data/../outside"))} {
+		if a := get(t, srv, "/v1/files?"+q); a.code != 400 || a.body != errInvalid {
+			t.Errorf("%s: %d %s", q, a.code, a.body)
+		}
 	}
 }

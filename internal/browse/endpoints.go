@@ -3,6 +3,7 @@ package browse
 import (
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net/http"
 	"path"
 	"strconv"
@@ -55,7 +56,7 @@ func (h *Handler) serveFiles(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, err.Error())
 		return
 	}
-	dir, err := h.openDir(q.Get("path"))
+	dir, err := h.openDir(r)
 	if err != nil {
 		writePathError(w, err)
 		return
@@ -91,25 +92,34 @@ func encodePage(l *fswalk.Listing, k pageKey) ([]byte, error) {
 		return nil, err
 	}
 	b := make([]byte, 0, 64+len(p.Entries)*128)
-	b = append(b, `{"path":`...)
-	b = fswalk.AppendString(b, k.path)
+	b = append(b, '{')
+	b = appendPathFields(b, k.path)
 	b = append(b, `,"entries":[`...)
 	for i, e := range p.Entries {
 		if i > 0 {
 			b = append(b, ',')
 		}
-		b = e.AppendJSON(b, "")
+		b = appendEntry(b, "", e)
 	}
 	b = append(b, `],"next_cursor":`...)
-	b = fswalk.AppendString(b, p.NextCursor)
+	b = appendString(b, p.NextCursor)
 	b = append(b, `,"total":`...)
 	b = strconv.AppendInt(b, int64(p.Total), 10)
 	return append(b, "}\n"...), nil
 }
 
+// requestPath is the host path of the path a request names (see pathParam).
+func (h *Handler) requestPath(r *http.Request) (string, error) {
+	p, err := pathParam(r.URL.Query())
+	if err != nil {
+		return "", fmt.Errorf("%w: %w", fswalk.ErrInvalidPath, err)
+	}
+	return h.hostPath(p)
+}
+
 // openDir opens the directory a request names.
-func (h *Handler) openDir(p string) (*fswalk.Dir, error) {
-	host, err := h.hostPath(p)
+func (h *Handler) openDir(r *http.Request) (*fswalk.Dir, error) {
+	host, err := h.requestPath(r)
 	if err != nil {
 		return nil, err
 	}
@@ -118,7 +128,7 @@ func (h *Handler) openDir(p string) (*fswalk.Dir, error) {
 
 // serveStat answers GET /v1/stat: the entry itself, with its full path.
 func (h *Handler) serveStat(w http.ResponseWriter, r *http.Request) {
-	host, err := h.hostPath(r.URL.Query().Get("path"))
+	host, err := h.requestPath(r)
 	if err != nil {
 		writePathError(w, err)
 		return
@@ -133,12 +143,12 @@ func (h *Handler) serveStat(w http.ResponseWriter, r *http.Request) {
 	if clean == "/" {
 		e.Name = ""
 	}
-	writeJSON(w, append(e.AppendJSON(nil, dir), '\n'))
+	writeJSON(w, append(appendEntry(nil, dir, &e), '\n'))
 }
 
 // serveDu answers GET /v1/du.
 func (h *Handler) serveDu(w http.ResponseWriter, r *http.Request) {
-	dir, err := h.openDir(r.URL.Query().Get("path"))
+	dir, err := h.openDir(r)
 	if err != nil {
 		writePathError(w, err)
 		return
@@ -150,10 +160,8 @@ func (h *Handler) serveDu(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusServiceUnavailable, "du interrupted")
 		return
 	}
-	b, _ := json.Marshal(struct {
-		Path string `json:"path"`
-		fswalk.Usage
-	}{shown(h.base, dir.Path), u})
+	p := shown(h.base, dir.Path)
+	b, _ := json.Marshal(Usage{Path: p, PathB64: b64IfInvalid(p), Usage: u})
 	writeJSON(w, append(b, '\n'))
 }
 
@@ -195,15 +203,15 @@ func (v *walkVisitor) line(worker int, b []byte) error {
 }
 
 func (v *walkVisitor) Visit(worker int, dir string, e *fswalk.Entry) error {
-	b := e.AppendJSON(v.bufs[worker], shown(v.base, dir))
+	b := appendEntry(v.bufs[worker], shown(v.base, dir), e)
 	return v.line(worker, append(b, '\n'))
 }
 
 func (v *walkVisitor) DirError(worker int, dir string, err error) {
-	b := append(v.bufs[worker], `{"path":`...)
-	b = fswalk.AppendString(b, shown(v.base, dir))
+	b := append(v.bufs[worker], '{')
+	b = appendPathFields(b, shown(v.base, dir))
 	b = append(b, `,"error":`...)
-	b = fswalk.AppendString(b, err.Error())
+	b = appendString(b, err.Error())
 	v.line(worker, append(b, "}\n"...))
 }
 
@@ -218,7 +226,7 @@ func (h *Handler) serveWalk(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, err.Error())
 		return
 	}
-	dir, err := h.openDir(r.URL.Query().Get("path"))
+	dir, err := h.openDir(r)
 	if err != nil {
 		writePathError(w, err)
 		return
@@ -269,7 +277,7 @@ func (h *Handler) serveWalk(w http.ResponseWriter, r *http.Request) {
 	}
 	if err := <-walkErr; err != nil && r.Context().Err() == nil && !failed {
 		h.log.Warn().Err(err).Msg("walk stopped")
-		b := append([]byte(`{"error":`), fswalk.AppendString(nil, "walk stopped: "+err.Error())...)
+		b := append([]byte(`{"error":`), appendString(nil, "walk stopped: "+err.Error())...)
 		w.Write(append(b, "}\n"...))
 	}
 }
