@@ -43,11 +43,21 @@
 // root alike, so nothing outside can be probed), 400 not a directory, 403
 // permission denied.
 //
-// Access: loopback clients (kubectl port-forward) are always served, also
-// when a token file is set, provided the Host header is localhost or an IP
-// literal (a DNS-rebinding web page cannot use an operator's port-forward).
-// Other clients need "Authorization: Bearer <token>" matching the token
-// file, read at each request; without a token file they get 403.
+// Access: with a token file (Config.TokenFile), every client, loopback
+// included, must send "Authorization: Bearer <token>" matching the file,
+// read at each request; the page asks for the token and keeps it in the
+// tab's memory, and `avsidecar ls` reads the file itself. Without a token
+// file only clients connecting from exactly 127.0.0.1 or ::1 (kubectl
+// port-forward) are served, and only when the Host header is localhost or
+// an IP literal, so a DNS-rebinding web page cannot use an operator's
+// port-forward; everyone else gets 403.
+//
+// In a service mesh, loopback is not the pod's own: Istio's sidecar
+// forwards traffic from outside the pod from 127.0.0.6 (other meshes use
+// other loopback addresses), and every container of the pod shares the
+// loopback interface. That is why the rest of 127.0.0.0/8 is not trusted,
+// and why a mesh, or a pod with containers that must not browse, needs a
+// token file: then nobody browses without the token.
 //
 // Recently listed directories are cached as encoded answers and kept exact
 // with inotify: the queue is drained before every lookup, so a change that
@@ -64,6 +74,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -101,11 +112,11 @@ type Config struct {
 	// opened as a directory makes New fail.
 	Roots []string
 	// TokenFile is the host path of the file holding the bearer token
-	// (AVSIDECAR_BROWSE_TOKEN_FILE, already under Base). It is
-	// read at each non-loopback request, so a rotated Secret takes effect at
-	// once; surrounding white space is ignored and an empty or unreadable
-	// file matches nothing. Empty means non-loopback clients are refused.
-	// Loopback clients never need the token.
+	// (AVSIDECAR_BROWSE_TOKEN_FILE, already under Base). When set, every
+	// client, loopback included, must present the token. It is read at each
+	// request, so a rotated Secret takes effect at once; surrounding white
+	// space is ignored and an empty or unreadable file matches nothing.
+	// Empty means only clients from 127.0.0.1 or ::1 are served.
 	TokenFile string
 	// DefaultLimit is the page size of /v1/files without limit= (200).
 	DefaultLimit int
@@ -310,16 +321,14 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request) {
 	route(w, r)
 }
 
-// allow applies the access rule. Loopback clients are free, but only when
-// they name the host as localhost or an IP literal: a web page the
-// operator visits cannot then reach a port-forward through DNS rebinding.
-// Everyone else needs the token. It returns 0 when the request may go on.
+// allow applies the access rule of the package doc. It returns 0 when the
+// request may go on.
 func (h *Handler) allow(r *http.Request) (int, string) {
-	if isLoopback(r.RemoteAddr) && safeHost(r.Host) {
-		return 0, ""
-	}
 	if h.cfg.TokenFile == "" {
-		return http.StatusForbidden, "browse is for loopback clients only (use kubectl port-forward)"
+		if isLocal(r.RemoteAddr) && safeHost(r.Host) {
+			return 0, ""
+		}
+		return http.StatusForbidden, "without a token file, browse is for clients on 127.0.0.1 or ::1 only (use kubectl port-forward)"
 	}
 	auth := r.Header.Get("Authorization")
 	if len(auth) < 7 || !strings.EqualFold(auth[:7], "bearer ") {
@@ -338,13 +347,16 @@ func (h *Handler) allow(r *http.Request) (int, string) {
 	return 0, ""
 }
 
-func isLoopback(remote string) bool {
-	host, _, err := net.SplitHostPort(remote)
+// isLocal reports whether the client connected from exactly 127.0.0.1 or
+// ::1 (an IPv4-mapped 127.0.0.1 too), not from the rest of 127.0.0.0/8,
+// where mesh proxies forward outside traffic from.
+func isLocal(remote string) bool {
+	ap, err := netip.ParseAddrPort(remote)
 	if err != nil {
-		host = remote
+		return false
 	}
-	ip := net.ParseIP(host)
-	return ip != nil && ip.IsLoopback()
+	a := ap.Addr().Unmap()
+	return a == netip.AddrFrom4([4]byte{127, 0, 0, 1}) || a == netip.IPv6Loopback()
 }
 
 func safeHost(hostport string) bool {

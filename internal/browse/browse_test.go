@@ -670,8 +670,8 @@ func TestBrowseOff(t *testing.T) {
 	}
 }
 
-// TestAccess exercises the loopback-or-token rule through the handler with
-// the remote address set by hand (tests only have loopback sockets).
+// TestAccess exercises the access rule through the handler with the
+// remote address set by hand; TestAccessRealSockets does it over TCP.
 func TestAccess(t *testing.T) {
 	fx := newFixture(t)
 	tokenFile := filepath.Join(t.TempDir(), "token")
@@ -700,11 +700,15 @@ func TestAccess(t *testing.T) {
 	}{
 		{"loopback v4", open, "127.0.0.1:5000", "127.0.0.1:9180", "", 200},
 		{"loopback v6", open, "[::1]:5000", "localhost:9180", "", 200},
-		{"loopback other 127/8", open, "127.9.9.9:5000", "[::1]:9180", "", 200},
+		{"loopback other 127/8", open, "127.9.9.9:5000", "[::1]:9180", "", 403},
+		{"istio passthrough", open, "127.0.0.6:5000", "127.0.0.1:9180", "", 403},
+		{"v4-mapped loopback", open, "[::ffff:127.0.0.1]:5000", "localhost", "", 200},
 		{"remote without token file", open, "10.1.2.3:5000", "10.0.0.7:9180", "", 403},
 		{"remote bearer but no token file", open, "10.1.2.3:5000", "10.0.0.7:9180", "Bearer s3cret", 403},
 		{"rebinding host name on loopback", open, "127.0.0.1:5000", "evil.example:9180", "", 403},
-		{"loopback free with token file", tok, "127.0.0.1:5000", "localhost", "", 200},
+		{"loopback needs the token too", tok, "127.0.0.1:5000", "localhost", "", 401},
+		{"loopback wrong token", tok, "[::1]:5000", "localhost", "Bearer nope", 401},
+		{"loopback with token", tok, "127.0.0.1:5000", "localhost", "Bearer s3cret", 200},
 		{"remote no header", tok, "10.1.2.3:5000", "pod:9180", "", 401},
 		{"remote wrong token", tok, "10.1.2.3:5000", "pod:9180", "Bearer nope", 401},
 		{"remote token prefix", tok, "10.1.2.3:5000", "pod:9180", "Bearer s3cre", 401},
@@ -915,6 +919,52 @@ func TestNonUTF8Names(t *testing.T) {
 	for _, q := range []string{"path_b64=!!", "path=/data&path_b64=L2RhdGE=", "path_b64=" + base64.StdEncoding.EncodeToString([]byte("/data/../outside"))} {
 		if a := get(t, srv, "/v1/files?"+q); a.code != 400 || a.body != errInvalid {
 			t.Errorf("%s: %d %s", q, a.code, a.body)
+		}
+	}
+}
+
+// TestAccessRealSockets connects from real loopback addresses: a client
+// bound to 127.0.0.6 (where Istio forwards outside traffic from) is refused
+// without a token file; with a token file, 127.0.0.1 itself needs the
+// token and is served with it.
+func TestAccessRealSockets(t *testing.T) {
+	fx := newFixture(t)
+	tokenFile := filepath.Join(t.TempDir(), "token")
+	must(t, os.WriteFile(tokenFile, []byte("s3cret\n"), 0o600))
+	_, open := newServer(t, Config{Roots: []string{fx.data}})
+	_, tok := newServer(t, Config{Roots: []string{fx.data}, TokenFile: tokenFile})
+	from := func(ip string) *http.Client {
+		d := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(ip)}, Timeout: 10 * time.Second}
+		return &http.Client{Timeout: 20 * time.Second, Transport: &http.Transport{DialContext: d.DialContext}}
+	}
+	do := func(c *http.Client, srv *httptest.Server, auth string) (int, string) {
+		req, err := http.NewRequest("GET", srv.URL+"/v1/files?path="+fx.data, nil)
+		must(t, err)
+		if auth != "" {
+			req.Header.Set("Authorization", auth)
+		}
+		resp, err := c.Do(req)
+		must(t, err)
+		defer resp.Body.Close()
+		b, err := io.ReadAll(resp.Body)
+		must(t, err)
+		return resp.StatusCode, string(b)
+	}
+	for _, tc := range []struct {
+		name, from string
+		srv        *httptest.Server
+		auth       string
+		want       int
+	}{
+		{"127.0.0.1 without token file", "127.0.0.1", open, "", 200},
+		{"127.0.0.6 without token file", "127.0.0.6", open, "", 403},
+		{"127.0.0.6 with a bearer but no token file", "127.0.0.6", open, "Bearer s3cret", 403},
+		{"127.0.0.1 without the token", "127.0.0.1", tok, "", 401},
+		{"127.0.0.1 with the token", "127.0.0.1", tok, "Bearer s3cret", 200},
+		{"127.0.0.6 with the token", "127.0.0.6", tok, "Bearer s3cret", 200},
+	} {
+		if code, body := do(from(tc.from), tc.srv, tc.auth); code != tc.want {
+			t.Errorf("%s: %d %s, want %d", tc.name, code, body, tc.want)
 		}
 	}
 }
