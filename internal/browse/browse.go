@@ -59,6 +59,15 @@
 // and why a mesh, or a pod with containers that must not browse, needs a
 // token file: then nobody browses without the token.
 //
+// Load: memory is bounded by the configuration, not by the clients.
+// Requests for the same listing at the same time share one read of the
+// directory (and identical /v1/du requests one sum), directory reads run at
+// most Config.MaxReads at once and walks and du at most Config.MaxWalks;
+// past that the answer is 503 with Retry-After, at once, so waiting
+// requests hold nothing. Every write to a client has Config.WriteTimeout,
+// renewed for each chunk of a walk: a walk streams as long as the client
+// reads, and a client that stops reading is dropped and its walk stopped.
+//
 // Recently listed directories are cached as encoded answers and kept exact
 // with inotify: the queue is drained before every lookup, so a change that
 // returned before a request started is always seen by it. What inotify
@@ -85,6 +94,7 @@ import (
 
 	"github.com/avsidecar/avsidecar/internal/fswalk"
 	"github.com/rs/zerolog"
+	"golang.org/x/sync/singleflight"
 )
 
 // Defaults of Config.
@@ -96,6 +106,9 @@ const (
 	DefaultCacheDirs    = 256
 	DefaultCacheBytes   = 64 << 20
 	DefaultCacheTTL     = 2 * time.Second
+	DefaultMaxReads     = 4
+	DefaultMaxWalks     = 2
+	DefaultWriteTimeout = 30 * time.Second
 )
 
 // Config configures the browser. Zero values take the defaults above.
@@ -139,6 +152,25 @@ type Config struct {
 	// subdirectory (its mtime), so this bounds that staleness. Negative
 	// means no bound.
 	CacheTTL time.Duration
+	// MaxReads bounds the directories read from disk at once for /v1/files
+	// (4). Requests for the same directory at the same time share one read
+	// and count once, and answers from the cache need none; a request that
+	// needs a read beyond the bound gets 503 with Retry-After. A read holds
+	// the whole directory, about 100 bytes an entry (20 MB for 200,000
+	// entries), so this is what bounds the memory of listings, whatever
+	// the number of clients.
+	MaxReads int
+	// MaxWalks bounds the /v1/walk streams and /v1/du sums running at once
+	// (2); beyond it they get 503 with Retry-After. Identical du requests at
+	// the same time share one sum. A walk holds about 2 MB (its workers'
+	// buffers and the chunks queued for the client), however big the tree.
+	MaxWalks int
+	// WriteTimeout bounds each write of an answer to the client (30s), and
+	// each chunk of a walk: a client that takes longer to accept it, for
+	// instance one that stopped reading, is dropped and its walk stops.
+	// It replaces the server's WriteTimeout for these answers, so a long
+	// walk is not cut while it makes progress.
+	WriteTimeout time.Duration
 }
 
 func (c *Config) setDefaults() {
@@ -156,6 +188,11 @@ func (c *Config) setDefaults() {
 	if c.CacheTTL == 0 {
 		c.CacheTTL = DefaultCacheTTL
 	}
+	def(&c.MaxReads, DefaultMaxReads)
+	def(&c.MaxWalks, DefaultMaxWalks)
+	if c.WriteTimeout == 0 {
+		c.WriteTimeout = DefaultWriteTimeout
+	}
 	c.DefaultLimit = min(c.DefaultLimit, c.MaxLimit)
 }
 
@@ -170,6 +207,13 @@ type Handler struct {
 	cache *dirCache
 	codes [600]atomic.Uint64 // requests by status code
 
+	reads, walks chan struct{}      // slots of Config.MaxReads, MaxWalks
+	group        singleflight.Group // shares identical reads and du sums
+	load         loadCounters
+	hooks        hooks
+	closing      context.Context // ends shared work (du) when the handler closes
+	stopShared   context.CancelFunc
+
 	closeOnce sync.Once
 	closeErr  error
 }
@@ -177,7 +221,7 @@ type Handler struct {
 // New opens the roots and, unless disabled, the inotify-backed cache.
 func New(cfg Config, log zerolog.Logger) (*Handler, error) {
 	cfg.setDefaults()
-	if cfg.DefaultLimit < 1 || cfg.MaxWalkDepth < 1 || cfg.WalkWorkers < 1 {
+	if cfg.DefaultLimit < 1 || cfg.MaxWalkDepth < 1 || cfg.WalkWorkers < 1 || cfg.MaxReads < 1 || cfg.MaxWalks < 1 || cfg.WriteTimeout < 0 {
 		return nil, errors.New("browse: limits must be positive")
 	}
 	base := "/"
@@ -203,7 +247,9 @@ func New(cfg Config, log zerolog.Logger) (*Handler, error) {
 	if err != nil {
 		return nil, fmt.Errorf("browse: %w", err)
 	}
-	h := &Handler{cfg: cfg, log: log, base: base, roots: roots}
+	h := &Handler{cfg: cfg, log: log, base: base, roots: roots,
+		reads: make(chan struct{}, cfg.MaxReads), walks: make(chan struct{}, cfg.MaxWalks)}
+	h.closing, h.stopShared = context.WithCancel(context.Background())
 	for _, p := range roots.Paths() {
 		h.paths = append(h.paths, shown(base, p))
 	}
@@ -232,6 +278,7 @@ func (h *Handler) Run(ctx context.Context) error {
 // again does nothing.
 func (h *Handler) Close() error {
 	h.closeOnce.Do(func() {
+		h.stopShared()
 		if h.cache != nil {
 			h.cache.close()
 		}
@@ -252,6 +299,8 @@ type Status struct {
 	Requests map[string]uint64 `json:"requests"`
 	// Cache describes the listing cache.
 	Cache CacheStatus `json:"cache"`
+	// Load describes the work in flight and what was shared or refused.
+	Load LoadStatus `json:"load"`
 }
 
 // Status returns the current state and counters.
@@ -262,6 +311,7 @@ func (h *Handler) Status() Status {
 		Token:    h.cfg.TokenFile != "",
 		Requests: map[string]uint64{},
 		Cache:    h.cache.status(),
+		Load:     h.loadStatus(),
 	}
 	for code := range h.codes {
 		if n := h.codes[code].Load(); n > 0 {
@@ -282,6 +332,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 }
 
 func (h *Handler) serve(w http.ResponseWriter, r *http.Request) {
+	// Every answer is written within Config.WriteTimeout; a walk renews it
+	// for each chunk and du when its sum is ready.
+	h.deadline(w)
 	w.Header().Set("X-Content-Type-Options", "nosniff")
 	w.Header().Set("Cache-Control", "no-store")
 	var route func(http.ResponseWriter, *http.Request)

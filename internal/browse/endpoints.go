@@ -66,14 +66,15 @@ func (h *Handler) serveFiles(w http.ResponseWriter, r *http.Request) {
 	encode := func(l *fswalk.Listing) ([]byte, error) { return encodePage(l, key) }
 	var b []byte
 	if h.cache != nil {
-		b, err = h.cache.page(dir, key, encode)
+		b, err = h.cache.page(dir, key, encode, h.readShared)
 	} else {
-		var l *fswalk.Listing
-		if l, err = fswalk.ReadDir(dir); err == nil {
-			b, err = encode(l)
-		}
+		b, err = uncached(dir, encode, h.readShared)
 	}
 	if err != nil {
+		if errors.Is(err, errBusy) {
+			h.writeBusy(w, retryRead)
+			return
+		}
 		if errors.Is(err, fswalk.ErrBadCursor) {
 			writeError(w, http.StatusBadRequest, "invalid cursor: it belongs to another sort or order, or is damaged")
 			return
@@ -146,7 +147,8 @@ func (h *Handler) serveStat(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, append(appendEntry(nil, dir, &e), '\n'))
 }
 
-// serveDu answers GET /v1/du.
+// serveDu answers GET /v1/du. Identical requests at the same time share
+// one sum.
 func (h *Handler) serveDu(w http.ResponseWriter, r *http.Request) {
 	dir, err := h.openDir(r)
 	if err != nil {
@@ -154,14 +156,33 @@ func (h *Handler) serveDu(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	defer dir.Close()
+	// The sum may outlast a server-wide WriteTimeout; the answer gets its
+	// own deadline when it is ready.
 	http.NewResponseController(w).SetWriteDeadline(time.Time{})
-	u, err := fswalk.Du(r.Context(), dir, fswalk.WalkOptions{MaxDepth: h.cfg.MaxWalkDepth, Workers: h.cfg.WalkWorkers})
-	if err != nil {
+	leader := false
+	v, err, _ := h.group.Do("du/"+dirID(dir), func() (any, error) {
+		leader = true
+		if !take(h.walks) {
+			return nil, errBusy
+		}
+		defer func() { <-h.walks }()
+		// Not the request's context: others may share the sum, so it runs to
+		// its end unless the handler closes.
+		return fswalk.Du(h.closing, dir, fswalk.WalkOptions{MaxDepth: h.cfg.MaxWalkDepth, Workers: h.cfg.WalkWorkers})
+	})
+	switch {
+	case errors.Is(err, errBusy):
+		h.writeBusy(w, retryWalk)
+		return
+	case err != nil:
 		writeError(w, http.StatusServiceUnavailable, "du interrupted")
 		return
+	case !leader:
+		h.load.sharedDu.Add(1)
 	}
 	p := shown(h.base, dir.Path)
-	b, _ := json.Marshal(Usage{Path: p, PathB64: b64IfInvalid(p), Usage: u})
+	b, _ := json.Marshal(Usage{Path: p, PathB64: b64IfInvalid(p), Usage: v.(fswalk.Usage)})
+	h.deadline(w)
 	writeJSON(w, append(b, '\n'))
 }
 
@@ -232,9 +253,20 @@ func (h *Handler) serveWalk(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	defer dir.Close()
-	// A walk of a big tree outlasts any server-wide WriteTimeout; the
-	// client's context still ends it.
-	http.NewResponseController(w).SetWriteDeadline(time.Time{})
+	if !take(h.walks) {
+		h.writeBusy(w, retryWalk)
+		return
+	}
+	failed := false // a write to the client failed
+	defer func() {
+		<-h.walks
+		if h.hooks.walkEnded != nil {
+			h.hooks.walkEnded(failed)
+		}
+	}()
+	// A walk of a big tree outlasts any server-wide WriteTimeout: each
+	// chunk gets Config.WriteTimeout instead, so a walk goes on while the
+	// client reads and stops when it does not.
 	w.Header().Set("Content-Type", "application/x-ndjson")
 	w.WriteHeader(http.StatusOK)
 	if r.Method == http.MethodHead {
@@ -262,9 +294,9 @@ func (h *Handler) serveWalk(w http.ResponseWriter, r *http.Request) {
 		close(out)
 		walkErr <- err
 	}()
-	failed := false
 	for b := range out {
 		if !failed {
+			h.deadline(w)
 			if _, err := w.Write(b); err != nil {
 				failed = true
 				close(done)
@@ -278,6 +310,7 @@ func (h *Handler) serveWalk(w http.ResponseWriter, r *http.Request) {
 	if err := <-walkErr; err != nil && r.Context().Err() == nil && !failed {
 		h.log.Warn().Err(err).Msg("walk stopped")
 		b := append([]byte(`{"error":`), appendString(nil, "walk stopped: "+err.Error())...)
+		h.deadline(w)
 		w.Write(append(b, "}\n"...))
 	}
 }

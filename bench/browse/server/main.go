@@ -24,6 +24,8 @@ func main() {
 	maxLimit := flag.Int("max-limit", 0, "largest page size (0: browse default)")
 	workers := flag.Int("workers", 0, "walk workers (0: browse default)")
 	cacheDirs := flag.Int("cache-dirs", 0, "cached directories, negative: off (0: browse default)")
+	maxReads := flag.Int("max-reads", 0, "directory reads at once (0: browse default)")
+	maxWalks := flag.Int("max-walks", 0, "walks and du at once (0: browse default)")
 	flag.Parse()
 
 	log := zerolog.New(os.Stderr).With().Timestamp().Str("component", "browse").Logger().Level(zerolog.InfoLevel)
@@ -32,6 +34,8 @@ func main() {
 		MaxLimit:    *maxLimit,
 		WalkWorkers: *workers,
 		CacheDirs:   *cacheDirs,
+		MaxReads:    *maxReads,
+		MaxWalks:    *maxWalks,
 	}, log)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
