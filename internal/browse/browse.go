@@ -46,7 +46,8 @@
 // Access: with a token file (Config.TokenFile), every client, loopback
 // included, must send "Authorization: Bearer <token>" matching the file,
 // read at each request; the page asks for the token and keeps it in the
-// tab's memory, and `avsidecar ls` reads the file itself. Without a token
+// tab's memory (so the page itself, which holds no data, is served without
+// the token), and `avsidecar ls` reads the file itself. Without a token
 // file only clients connecting from exactly 127.0.0.1 or ::1 (kubectl
 // port-forward) are served, and only when the Host header is localhost or
 // an IP literal, so a DNS-rebinding web page cannot use an operator's
@@ -364,7 +365,9 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusMethodNotAllowed, "method not allowed")
 		return
 	}
-	if code, msg := h.allow(r); code != 0 {
+	// With a token file the page itself is served to everyone: it holds no
+	// data, and it is where the token is typed in.
+	if code, msg := h.allow(r); code != 0 && !(r.URL.Path == "/" && h.cfg.TokenFile != "") {
 		if code == http.StatusUnauthorized {
 			w.Header().Set("WWW-Authenticate", `Bearer realm="avsidecar browse"`)
 		}

@@ -372,7 +372,7 @@ func TestInRootPaths(t *testing.T) {
 		{"files other root", two, "/v1/files?path=/srv", 200, `{"entries":[{"link_target":"","name":"www","type":"dir"}],"next_cursor":"","path":"/srv","total":1}`},
 		{"stat root", two, "/v1/stat?path=/data", 200, `{"link_target":"","name":"data","path":"/data","type":"dir"}`},
 		{"stat file", two, "/v1/stat?path=/data/html/index.html", 200, `{"link_target":"","name":"index.html","path":"/data/html/index.html","type":"file"}`},
-		{"stat link", two, "/v1/stat?path=/data/link-html", 200, `{"link_target":"html","name":"link-html","path":"/data/link-html","type":"symlink"}`},
+		{"stat link", two, "/v1/stat?path=/data/link-html", 200, `{"link_target":"html","name":"link-html","path":"/data/link-html","target_type":"dir","type":"symlink"}`},
 		{"walk", two, "/v1/walk?path=/data/html", 200, fmt.Sprintf(walk, "/data/html")},
 		{"walk through a link inside", two, "/v1/walk?path=/data/link-html", 200, fmt.Sprintf(walk, "/data/link-html")},
 		{"du", two, "/v1/du?path=/data/html", 200, `{"bytes":22,"dirs":1,"files":3,"path":"/data/html"}`},
@@ -966,5 +966,48 @@ func TestAccessRealSockets(t *testing.T) {
 		if code, body := do(from(tc.from), tc.srv, tc.auth); code != tc.want {
 			t.Errorf("%s: %d %s, want %d", tc.name, code, body, tc.want)
 		}
+	}
+	// With a token file the page, which holds no data, is served without
+	// the token (the token is typed into it); nothing else is.
+	for path, want := range map[string]int{"/": 200, "/v1/roots": 401} {
+		resp, err := from("127.0.0.6").Get(tok.URL + path)
+		must(t, err)
+		resp.Body.Close()
+		if resp.StatusCode != want {
+			t.Errorf("%s from 127.0.0.6 without the token: %d, want %d", path, resp.StatusCode, want)
+		}
+	}
+	if resp, err := from("127.0.0.6").Get(open.URL + "/"); err != nil || resp.StatusCode != 403 {
+		t.Errorf("the page from 127.0.0.6 without a token file: %v %v", resp, err)
+	} else {
+		resp.Body.Close()
+	}
+}
+
+// TestTargetType: a symlink's target_type tells what it leads to inside
+// its root, and nothing for every way out, which all look alike.
+func TestTargetType(t *testing.T) {
+	fx := newFixture(t)
+	must(t, os.Symlink("html/index.html", fx.data+"/link-file"))
+	must(t, os.Symlink("fifo", fx.data+"/link-fifo"))
+	_, srv := newServer(t, Config{Base: fx.base, Roots: []string{"/data", "/srv"}})
+	got := map[string]string{}
+	for _, e := range listPage(t, srv, "path=/data&limit=100").Entries {
+		if e.Type == "symlink" {
+			got[e.Name] = e.TargetType
+		}
+	}
+	want := map[string]string{
+		"link-html": "dir", "link-file": "file", "link-fifo": "other",
+		"dangling": "", "link-root": "", "link-parent": "", "link-outside": "", "link-outside-rel": "",
+		"link-sibling-abs": "", "link-sibling-rel": "", "link-evil": "", "link-proc": "", "loop-a": "", "loop-b": "", "self": "",
+	}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("target types (-want +got):\n%s", diff)
+	}
+	var e Entry
+	must(t, json.Unmarshal([]byte(get(t, srv, "/v1/stat?path=/data/link-file").body), &e))
+	if e.TargetType != "file" {
+		t.Errorf("stat of link-file: %+v", e)
 	}
 }

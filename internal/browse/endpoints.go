@@ -63,7 +63,10 @@ func (h *Handler) serveFiles(w http.ResponseWriter, r *http.Request) {
 	}
 	defer dir.Close()
 	key := pageKey{path: shown(h.base, dir.Path), sort: sortKey, desc: desc, cursor: q.Get("cursor"), limit: limit}
-	encode := func(l *fswalk.Listing) ([]byte, error) { return encodePage(l, key) }
+	hostDir := dir.Path
+	encode := func(l *fswalk.Listing) ([]byte, error) {
+		return encodePage(l, key, func(name string) string { return h.targetType(joinShown(hostDir, name)) })
+	}
 	var b []byte
 	if h.cache != nil {
 		b, err = h.cache.page(dir, key, encode, h.readShared)
@@ -86,8 +89,9 @@ func (h *Handler) serveFiles(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, b)
 }
 
-// encodePage encodes one page of /v1/files.
-func encodePage(l *fswalk.Listing, k pageKey) ([]byte, error) {
+// encodePage encodes one page of /v1/files; targetType gives the
+// target_type of a symlink by its name.
+func encodePage(l *fswalk.Listing, k pageKey, targetType func(name string) string) ([]byte, error) {
 	p, err := l.Page(k.sort, k.desc, k.cursor, k.limit)
 	if err != nil {
 		return nil, err
@@ -100,13 +104,28 @@ func encodePage(l *fswalk.Listing, k pageKey) ([]byte, error) {
 		if i > 0 {
 			b = append(b, ',')
 		}
-		b = appendEntry(b, "", e)
+		target := ""
+		if e.Type == fswalk.TypeSymlink {
+			target = targetType(e.Name)
+		}
+		b = appendEntry(b, "", e, target)
 	}
 	b = append(b, `],"next_cursor":`...)
 	b = appendString(b, p.NextCursor)
 	b = append(b, `,"total":`...)
 	b = strconv.AppendInt(b, int64(p.Total), 10)
 	return append(b, "}\n"...), nil
+}
+
+// targetType is the target_type of the symlink at host path p ("" when
+// it leads nowhere inside its root). A cached page keeps it until the
+// directory changes or Config.CacheTTL ends: a change at the target is
+// not seen before.
+func (h *Handler) targetType(p string) string {
+	if t, ok := h.roots.TargetType(p); ok {
+		return t.String()
+	}
+	return ""
 }
 
 // requestPath is the host path of the path a request names (see pathParam).
@@ -144,7 +163,11 @@ func (h *Handler) serveStat(w http.ResponseWriter, r *http.Request) {
 	if clean == "/" {
 		e.Name = ""
 	}
-	writeJSON(w, append(appendEntry(nil, dir, &e), '\n'))
+	target := ""
+	if e.Type == fswalk.TypeSymlink {
+		target = h.targetType(host)
+	}
+	writeJSON(w, append(appendEntry(nil, dir, &e, target), '\n'))
 }
 
 // serveDu answers GET /v1/du. Identical requests at the same time share
@@ -224,7 +247,7 @@ func (v *walkVisitor) line(worker int, b []byte) error {
 }
 
 func (v *walkVisitor) Visit(worker int, dir string, e *fswalk.Entry) error {
-	b := appendEntry(v.bufs[worker], shown(v.base, dir), e)
+	b := appendEntry(v.bufs[worker], shown(v.base, dir), e, "")
 	return v.line(worker, append(b, '\n'))
 }
 

@@ -46,6 +46,11 @@ type Entry struct {
 	LinkTarget string `json:"link_target"`
 	// LinkTargetB64 is LinkTarget's exact bytes when they are not valid UTF-8.
 	LinkTargetB64 string `json:"link_target_b64,omitempty"`
+	// TargetType is, for a symlink in /v1/files and /v1/stat, the type of
+	// what it leads to (file, dir or other), following links only inside
+	// its root; absent for other entries, in walks, and for a link that
+	// leads nowhere inside its root (dangling, a loop, or out of it).
+	TargetType string `json:"target_type,omitempty"`
 	// Error is set, with Path, on a walk line for a directory that could not
 	// be read, and alone on a last line when a walk stopped early.
 	Error string `json:"error,omitempty"`
@@ -110,7 +115,7 @@ func b64IfInvalid(s string) string {
 
 // newEntry is what appendEntry encodes, as the Entry value: the reference
 // the encoder is tested against. dir is as for appendEntry.
-func newEntry(dir string, e *fswalk.Entry) Entry {
+func newEntry(dir string, e *fswalk.Entry, target string) Entry {
 	w := Entry{
 		Name:       e.Name,
 		NameB64:    b64IfInvalid(e.Name),
@@ -121,6 +126,7 @@ func newEntry(dir string, e *fswalk.Entry) Entry {
 		LinkTarget: e.LinkTarget,
 	}
 	w.LinkTargetB64 = b64IfInvalid(e.LinkTarget)
+	w.TargetType = target
 	if dir != "" {
 		w.SetPath(joinShown(dir, e.Name))
 	}
@@ -136,8 +142,8 @@ func joinShown(dir, name string) string {
 
 // appendEntry appends e as the JSON of an Entry. When dir is not empty,
 // "path" comes first with the entry's full path, dir + "/" + name (walk
-// lines and /v1/stat carry it).
-func appendEntry(b []byte, dir string, e *fswalk.Entry) []byte {
+// lines and /v1/stat carry it); target is the TargetType, "" for none.
+func appendEntry(b []byte, dir string, e *fswalk.Entry, target string) []byte {
 	b = append(b, '{')
 	if dir != "" {
 		b = append(b, `"path":"`...)
@@ -176,6 +182,11 @@ func appendEntry(b []byte, dir string, e *fswalk.Entry) []byte {
 	if !ok {
 		b = append(b, `,"link_target_b64":"`...)
 		b = appendB64(b, e.LinkTarget)
+		b = append(b, '"')
+	}
+	if target != "" {
+		b = append(b, `,"target_type":"`...)
+		b = append(b, target...)
 		b = append(b, '"')
 	}
 	return append(b, '}')
