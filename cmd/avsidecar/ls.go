@@ -13,6 +13,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 	"unicode"
@@ -144,17 +145,42 @@ type apiError struct {
 
 func (e *apiError) Error() string { return e.Msg }
 
+// lsBusyTries is how many times ls asks while the server answers 503
+// (its listing or walk slots all taken), waiting its Retry-After between.
+const lsBusyTries = 4
+
+// get asks once, and again after Retry-After while the server is busy.
 func (c *browseClient) get(ctx context.Context, endpoint string, q url.Values) (*http.Response, error) {
+	for try := 1; ; try++ {
+		resp, retryAfter, err := c.getOnce(ctx, endpoint, q)
+		var ae *apiError
+		if try == lsBusyTries || !errors.As(err, &ae) || ae.Code != http.StatusServiceUnavailable || retryAfter < 0 {
+			return resp, err
+		}
+		t := time.NewTimer(retryAfter)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil, err
+		case <-t.C:
+		}
+	}
+}
+
+// getOnce is one request; retryAfter is the server's Retry-After (at most
+// 10s), or -1 without one.
+func (c *browseClient) getOnce(ctx context.Context, endpoint string, q url.Values) (resp *http.Response, retryAfter time.Duration, err error) {
+	retryAfter = -1
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.base+endpoint+"?"+q.Encode(), nil)
 	if err != nil {
-		return nil, err
+		return nil, retryAfter, err
 	}
 	if c.token != "" {
 		req.Header.Set("Authorization", "Bearer "+c.token)
 	}
-	resp, err := c.http.Do(req)
+	resp, err = c.http.Do(req)
 	if err != nil {
-		return nil, fmt.Errorf("browse api: %w", err)
+		return nil, retryAfter, fmt.Errorf("browse api: %w", err)
 	}
 	if resp.StatusCode != http.StatusOK {
 		defer resp.Body.Close()
@@ -164,9 +190,12 @@ func (c *browseClient) get(ctx context.Context, endpoint string, q url.Values) (
 		if json.NewDecoder(io.LimitReader(resp.Body, 1<<16)).Decode(&body) != nil || body.Error == "" {
 			body.Error = resp.Status
 		}
-		return nil, &apiError{Code: resp.StatusCode, Msg: body.Error}
+		if s, err := strconv.Atoi(resp.Header.Get("Retry-After")); err == nil && s >= 0 {
+			retryAfter = min(time.Duration(s)*time.Second, 10*time.Second)
+		}
+		return nil, retryAfter, &apiError{Code: resp.StatusCode, Msg: body.Error}
 	}
-	return resp, nil
+	return resp, retryAfter, nil
 }
 
 func (c *browseClient) list(ctx context.Context, path string, withPath bool, emit func(*browse.Entry) error) error {

@@ -5,11 +5,13 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
+	"net/http"
 	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 
 	"github.com/avsidecar/avsidecar/internal/browse"
@@ -262,5 +264,37 @@ func TestShellQuote(t *testing.T) {
 		if err != nil || string(back) != name {
 			t.Errorf("bash reads %s as %q (%v), want %q", got, back, err, name)
 		}
+	}
+}
+
+// TestLsRetriesWhenBusy: ls asks again after Retry-After while the server
+// answers 503, and gives the server's message after the last try.
+func TestLsRetriesWhenBusy(t *testing.T) {
+	root := lsTree(t)
+	h, err := browse.New(browse.Config{Roots: []string{root}}, zerolog.New(io.Discard))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { h.Close() })
+	var busy atomic.Int32
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if busy.Add(-1) >= 0 {
+			w.Header().Set("Retry-After", "0")
+			w.WriteHeader(http.StatusServiceUnavailable)
+			io.WriteString(w, `{"error":"busy: too many listings at once, retry after 0s"}`)
+			return
+		}
+		h.ServeHTTP(w, r)
+	}))
+	t.Cleanup(srv.Close)
+	t.Setenv("AVSIDECAR_HTTP_ADDR", strings.TrimPrefix(srv.URL, "http://"))
+	busy.Store(lsBusyTries - 1)
+	var out bytes.Buffer
+	if err := lsCmd([]string{root}, &out, io.Discard); err != nil || strings.Count(out.String(), "\n") != 2 {
+		t.Fatalf("after %d busy answers: %v %q", lsBusyTries-1, err, out.String())
+	}
+	busy.Store(lsBusyTries)
+	if err := lsCmd([]string{root}, io.Discard, io.Discard); err == nil || !strings.Contains(err.Error(), "busy: too many listings") {
+		t.Fatalf("after %d busy answers: %v", lsBusyTries, err)
 	}
 }
