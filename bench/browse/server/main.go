@@ -13,6 +13,7 @@ import (
 	"os/signal"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/avsidecar/avsidecar/internal/browse"
 	"github.com/rs/zerolog"
@@ -26,6 +27,9 @@ func main() {
 	cacheDirs := flag.Int("cache-dirs", 0, "cached directories, negative: off (0: browse default)")
 	maxReads := flag.Int("max-reads", 0, "directory reads at once (0: browse default)")
 	maxWalks := flag.Int("max-walks", 0, "walks and du at once (0: browse default)")
+	idle := flag.Duration("idle-timeout", 0, "http.Server IdleTimeout (0: none, as avsidecar run today)")
+	readTimeout := flag.Duration("read-timeout", 0, "http.Server ReadTimeout (0: none)")
+	maxHeader := flag.Int("max-header-bytes", 0, "http.Server MaxHeaderBytes (0: Go's 1 MB)")
 	flag.Parse()
 
 	log := zerolog.New(os.Stderr).With().Timestamp().Str("component", "browse").Logger().Level(zerolog.InfoLevel)
@@ -43,7 +47,8 @@ func main() {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
-	srv := &http.Server{Addr: *addr, Handler: h}
+	srv := &http.Server{Addr: *addr, Handler: h, ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout: *idle, ReadTimeout: *readTimeout, MaxHeaderBytes: *maxHeader}
 	go func() {
 		<-ctx.Done()
 		srv.Close()

@@ -1,0 +1,32 @@
+#!/bin/sh
+# What idle keep-alive connections cost the server, and whether an
+# IdleTimeout closes them: CONNS connections send one /v1/roots each and
+# stay idle for HOLD; VmRSS of the server is read before, when all are
+# idle, and after HOLD. Run once without IdleTimeout (avsidecar run today
+# sets only ReadHeaderTimeout) and once with IDLE.
+#   bench/browse/conns.sh        (needs curl, go; from the repo)
+set -eu
+B=${BENCH_DIR:-/tmp/bb}
+CONNS=${CONNS:-8000}
+IDLE=${IDLE:-60s}
+HOLD=${HOLD:-65s}
+PORT=${PORT:-9185}
+go build -o "$B/bsrv" ./bench/browse/server
+go build -o "$B/idle" ./bench/browse/idle
+mkdir -p "$B/connsroot"
+SRV=
+trap '[ -z "$SRV" ] || kill $SRV 2>/dev/null' EXIT
+rss() { awk '/VmRSS/ {print $2}' /proc/$SRV/status; }
+for idle in 0 "$IDLE"; do
+	"$B/bsrv" -addr 127.0.0.1:$PORT -roots "$B/connsroot" -idle-timeout "$idle" & SRV=$!
+	until curl -sf -o /dev/null "http://127.0.0.1:$PORT/v1/roots"; do
+		kill -0 $SRV 2>/dev/null || { echo "server did not start" >&2; exit 1; }
+	done
+	before=$(rss)
+	"$B/idle" -addr 127.0.0.1:$PORT -conns "$CONNS" -hold "$HOLD" | while read -r line; do
+		echo "idle-timeout=$idle: $line; server VmRSS $(rss) kB (before: $before kB)"
+	done
+	kill $SRV
+	wait $SRV 2>/dev/null || true
+	SRV=
+done
