@@ -17,6 +17,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"strings"
 	"sync"
 	"time"
 )
@@ -26,6 +27,7 @@ func main() {
 	n := flag.Int("conns", 1000, "connections")
 	path := flag.String("path", "/v1/roots", "the request sent on each")
 	hold := flag.Duration("hold", 10*time.Second, "how long to hold them idle before counting")
+	headerBytes := flag.Int("header-bytes", 0, "instead: send a header line of this many bytes and never end the request")
 	flag.Parse()
 
 	conns := make([]net.Conn, 0, *n)
@@ -34,6 +36,13 @@ func main() {
 		c, err := net.DialTimeout("tcp", *addr, 5*time.Second)
 		if err != nil {
 			failed++
+			continue
+		}
+		if *headerBytes > 0 {
+			// A request that is all header, never ended: the server holds it
+			// until ReadHeaderTimeout or refuses it past MaxHeaderBytes.
+			go fmt.Fprintf(c, "GET %s HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Pad: %s", *path, strings.Repeat("a", *headerBytes))
+			conns = append(conns, c)
 			continue
 		}
 		fmt.Fprintf(c, "GET %s HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n", *path)
@@ -47,6 +56,10 @@ func main() {
 		io.Copy(io.Discard, resp.Body)
 		resp.Body.Close()
 		conns = append(conns, c)
+	}
+	if *headerBytes > 0 {
+		// Let the headers arrive before the server's memory is read.
+		time.Sleep(*hold / 2)
 	}
 	fmt.Printf("idle: %d connections, %d failed\n", len(conns), failed)
 	os.Stdout.Sync()
