@@ -36,6 +36,9 @@ func TestIdenticalListingsShareOneRead(t *testing.T) {
 			h, srv := newServer(t, Config{Roots: []string{fx.data}, CacheDirs: cacheDirs, MaxReads: 1})
 			const n = 20
 			all, gate := make(chan struct{}), make(chan struct{})
+			var release sync.Once
+			open := func() { release.Do(func() { close(gate) }) }
+			t.Cleanup(open)
 			h.hooks.waiting = func(k int64) {
 				if k == n {
 					close(all)
@@ -62,7 +65,7 @@ func TestIdenticalListingsShareOneRead(t *testing.T) {
 				}()
 			}
 			waitFor(t, all, "20 requests waiting for one read")
-			close(gate)
+			open()
 			var first string
 			for range n {
 				r := <-results
@@ -86,6 +89,9 @@ func TestReadCapAnswers503(t *testing.T) {
 	fx := newFixture(t)
 	h, srv := newServer(t, Config{Roots: []string{fx.data}, MaxReads: 1})
 	reading, gate := make(chan struct{}, 8), make(chan struct{})
+	var release sync.Once
+	open := func() { release.Do(func() { close(gate) }) }
+	t.Cleanup(open) // before the server's cleanup, which waits for handlers
 	h.hooks.beforeRead = func() {
 		reading <- struct{}{}
 		<-gate
@@ -103,14 +109,15 @@ func TestReadCapAnswers503(t *testing.T) {
 	waitFor(t, reading, "the held read")
 	waitFor(t, joined, "a second request joining it")
 
-	resp, err := srv.Client().Get(srv.URL + "/v1/files?path=" + fx.data + "/sub")
+	c := &http.Client{Timeout: 20 * time.Second}
+	resp, err := c.Get(srv.URL + "/v1/files?path=" + fx.data + "/sub")
 	must(t, err)
 	body, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
 	if resp.StatusCode != 503 || resp.Header.Get("Retry-After") != "1" || !strings.HasPrefix(string(body), `{"error":"busy`) {
 		t.Fatalf("beyond the cap: %d Retry-After %q %s", resp.StatusCode, resp.Header.Get("Retry-After"), body)
 	}
-	close(gate)
+	open()
 	for range 2 {
 		if a := <-held; a.code != 200 {
 			t.Fatalf("held listing: %d %s", a.code, a.body)
