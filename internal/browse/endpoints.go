@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"net/url"
 	"path"
 	"strconv"
 	"time"
@@ -26,8 +27,8 @@ func (h *Handler) serveRoots(w http.ResponseWriter, r *http.Request) {
 }
 
 // intParam reads an optional positive integer query parameter.
-func intParam(r *http.Request, name string, def, max int) (int, error) {
-	s := r.URL.Query().Get(name)
+func intParam(q url.Values, name string, def, max int) (int, error) {
+	s := q.Get(name)
 	if s == "" {
 		return def, nil
 	}
@@ -51,12 +52,12 @@ func (h *Handler) serveFiles(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, err.Error())
 		return
 	}
-	limit, err := intParam(r, "limit", h.cfg.DefaultLimit, h.cfg.MaxLimit)
+	limit, err := intParam(q, "limit", h.cfg.DefaultLimit, h.cfg.MaxLimit)
 	if err != nil {
 		writeError(w, http.StatusBadRequest, err.Error())
 		return
 	}
-	dir, err := h.openDir(r)
+	dir, err := h.openDir(q)
 	if err != nil {
 		writePathError(w, err)
 		return
@@ -129,8 +130,8 @@ func (h *Handler) targetType(p string) string {
 }
 
 // requestPath is the host path of the path a request names (see pathParam).
-func (h *Handler) requestPath(r *http.Request) (string, error) {
-	p, err := pathParam(r.URL.Query())
+func (h *Handler) requestPath(q url.Values) (string, error) {
+	p, err := pathParam(q)
 	if err != nil {
 		return "", fmt.Errorf("%w: %w", fswalk.ErrInvalidPath, err)
 	}
@@ -138,8 +139,8 @@ func (h *Handler) requestPath(r *http.Request) (string, error) {
 }
 
 // openDir opens the directory a request names.
-func (h *Handler) openDir(r *http.Request) (*fswalk.Dir, error) {
-	host, err := h.requestPath(r)
+func (h *Handler) openDir(q url.Values) (*fswalk.Dir, error) {
+	host, err := h.requestPath(q)
 	if err != nil {
 		return nil, err
 	}
@@ -148,7 +149,7 @@ func (h *Handler) openDir(r *http.Request) (*fswalk.Dir, error) {
 
 // serveStat answers GET /v1/stat: the entry itself, with its full path.
 func (h *Handler) serveStat(w http.ResponseWriter, r *http.Request) {
-	host, err := h.requestPath(r)
+	host, err := h.requestPath(r.URL.Query())
 	if err != nil {
 		writePathError(w, err)
 		return
@@ -173,7 +174,7 @@ func (h *Handler) serveStat(w http.ResponseWriter, r *http.Request) {
 // serveDu answers GET /v1/du. Identical requests at the same time share
 // one sum.
 func (h *Handler) serveDu(w http.ResponseWriter, r *http.Request) {
-	dir, err := h.openDir(r)
+	dir, err := h.openDir(r.URL.Query())
 	if err != nil {
 		writePathError(w, err)
 		return
@@ -265,12 +266,13 @@ func (v *walkVisitor) DirError(worker int, dir string, err error) {
 // stops early for a reason other than the client leaving ends with a line
 // holding only "error".
 func (h *Handler) serveWalk(w http.ResponseWriter, r *http.Request) {
-	depth, err := intParam(r, "max_depth", h.cfg.MaxWalkDepth, h.cfg.MaxWalkDepth)
+	q := r.URL.Query()
+	depth, err := intParam(q, "max_depth", h.cfg.MaxWalkDepth, h.cfg.MaxWalkDepth)
 	if err != nil {
 		writeError(w, http.StatusBadRequest, err.Error())
 		return
 	}
-	dir, err := h.openDir(r)
+	dir, err := h.openDir(q)
 	if err != nil {
 		writePathError(w, err)
 		return
