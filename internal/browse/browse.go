@@ -22,7 +22,9 @@
 // Entry type): type is file, dir, symlink or other (FIFOs, sockets,
 // devices: described, never opened), mode is octal ("0644"), mtime RFC
 // 3339 UTC, link_target "" unless a symlink. Entries describe the name
-// itself (lstat).
+// itself (lstat); a symlink's entry in /v1/files and /v1/stat adds
+// "target_type", the type of what it leads to inside its root, absent when
+// it leads nowhere there (dangling, a loop, or out of the root look alike).
 //
 // Names are bytes and need not be UTF-8. JSON text cannot hold such a
 // name, so "name" (and "path", "link_target") shows it with U+FFFD, as
@@ -41,7 +43,7 @@
 // root is refused like one to "/". Answers: 400 invalid path, 404 not found
 // (for missing paths, paths outside every root, and paths that leave their
 // root alike, so nothing outside can be probed), 400 not a directory, 403
-// permission denied.
+// permission denied, 503 with Retry-After when busy (see Load below).
 //
 // Access: with a token file (Config.TokenFile), every client, loopback
 // included, must send "Authorization: Bearer <token>" matching the file,
