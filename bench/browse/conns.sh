@@ -51,3 +51,22 @@ for mh in 0 "$MAXHDR"; do
 	wait $SRV 2>/dev/null || true
 	SRV=
 done
+
+# A cap on connections that never blocks accept (bench/browse/server
+# -max-conns: past the cap a new connection closes the oldest idle one):
+# CONNS connections as above, with and without MAXCONNS, and whether a new
+# request is still served at once.
+MAXCONNS=${MAXCONNS:-512}
+for mc in 0 "$MAXCONNS"; do
+	"$B/bsrv" -addr 127.0.0.1:$PORT -roots "$B/connsroot" -idle-timeout "$IDLE" -max-header-bytes "$MAXHDR" -max-conns "$mc" & SRV=$!
+	until curl -sf -o /dev/null "http://127.0.0.1:$PORT/v1/roots"; do
+		kill -0 $SRV 2>/dev/null || { echo "server did not start" >&2; exit 1; }
+	done
+	before=$(rss)
+	"$B/idle" -addr 127.0.0.1:$PORT -conns "$CONNS" -hold 5s | while read -r line; do
+		echo "max-conns=$mc: $line; server VmRSS $(rss) kB (before: $before kB); a new request: $(curl -s -o /dev/null -w '%{http_code} in %{time_total}s' "http://127.0.0.1:$PORT/v1/roots")"
+	done
+	kill $SRV
+	wait $SRV 2>/dev/null || true
+	SRV=
+done
