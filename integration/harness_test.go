@@ -99,11 +99,24 @@ func (s *sidecar) exitCode(t *testing.T, timeout time.Duration) int {
 // get fetches path from the sidecar's HTTP server.
 func (s *sidecar) get(t *testing.T, path string) (int, string) {
 	t.Helper()
+	return s.getAuth(t, path, "")
+}
+
+// getAuth is get with a bearer token, unless token is empty.
+func (s *sidecar) getAuth(t *testing.T, path, token string) (int, string) {
+	t.Helper()
 	c := http.Client{Timeout: 5 * time.Second}
 	if s.dial != nil {
 		c.Transport = &http.Transport{DialContext: s.dial, DisableKeepAlives: true}
 	}
-	resp, err := c.Get("http://" + s.http + path)
+	req, err := http.NewRequest(http.MethodGet, "http://"+s.http+path, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	resp, err := c.Do(req)
 	if err != nil {
 		return 0, err.Error()
 	}

@@ -165,14 +165,18 @@ func TestOperatorView(t *testing.T) {
 	}
 
 	// Browse paths are the paths inside AVSIDECAR_ROOT; the host path of a
-	// root is a path outside every root.
-	if code, body := s.get(t, "/v1/files?path=/srv/data/db"); code != 200 || !strings.HasPrefix(body, `{"path":"/srv/data/db","entries":[{"name":"dump.sql",`) {
+	// root is a path outside every root. With a token file, loopback
+	// clients need the token too.
+	if code, body := s.get(t, "/v1/files?path=/srv/data/db"); code != 401 {
+		t.Errorf("/v1/files without the token from loopback: %d %s, want 401", code, body)
+	}
+	if code, body := s.getAuth(t, "/v1/files?path=/srv/data/db", "browse-token"); code != 200 || !strings.HasPrefix(body, `{"path":"/srv/data/db","entries":[{"name":"dump.sql",`) {
 		t.Errorf("/v1/files?path=/srv/data/db: %d %s", code, body)
 	}
-	if code, body := s.get(t, "/v1/walk?path=/srv/data"); code != 200 || !strings.Contains(body, `{"path":"/srv/data/db/dump.sql",`) || strings.Contains(body, w.root) {
+	if code, body := s.getAuth(t, "/v1/walk?path=/srv/data", "browse-token"); code != 200 || !strings.Contains(body, `{"path":"/srv/data/db/dump.sql",`) || strings.Contains(body, w.root) {
 		t.Errorf("/v1/walk?path=/srv/data: %d %s", code, body)
 	}
-	if code, body := s.get(t, "/v1/files?path="+filepath.Join(w.root, "srv/data")); code != 404 || body != `{"error":"not found"}`+"\n" {
+	if code, body := s.getAuth(t, "/v1/files?path="+filepath.Join(w.root, "srv/data"), "browse-token"); code != 404 || body != `{"error":"not found"}`+"\n" {
 		t.Errorf("the host path of the root: %d %s, want 404", code, body)
 	}
 	if roots := s.status(t)["browse"].(map[string]any)["roots"]; fmt.Sprint(roots) != "[/srv/data]" {

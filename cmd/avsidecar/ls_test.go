@@ -5,13 +5,18 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
+	"net/http"
 	"net/http/httptest"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 
 	"github.com/avsidecar/avsidecar/internal/browse"
+	"github.com/avsidecar/avsidecar/internal/testkit"
+	"github.com/google/go-cmp/cmp"
 	"github.com/rs/zerolog"
 )
 
@@ -65,7 +70,7 @@ func TestLsTable(t *testing.T) {
 	if len(lines) != 1501 {
 		t.Fatalf("paged listing: %d lines", len(lines))
 	}
-	var e lsEntry
+	var e browse.Entry
 	if err := json.Unmarshal([]byte(lines[1500]), &e); err != nil || e.Path != root+"/a/f1499" || e.Size != 2 || e.Mode != "0640" {
 		t.Errorf("last entry %+v %v", e, err)
 	}
@@ -154,11 +159,142 @@ func TestLsInRoot(t *testing.T) {
 	if err := lsCmd([]string{"--json", "/a/b/deep"}, &out, &errOut); err != nil {
 		t.Fatal(err)
 	}
-	var e lsEntry
+	var e browse.Entry
 	if err := json.Unmarshal(out.Bytes(), &e); err != nil || e.Path != "/a/b/deep" {
 		t.Errorf("ls /a/b/deep: %s %v", out.String(), err)
 	}
 	if err := lsCmd([]string{root + "/a"}, io.Discard, io.Discard); err == nil || err.Error() != root+"/a: not found" {
 		t.Errorf("ls of the host path: %v", err)
+	}
+}
+
+// TestLsNonUTF8 lists real files whose names are not UTF-8: two names
+// that differ in one invalid byte stay two names, a directory with such a
+// name is listed by its exact bytes, and every printed name, pasted into
+// a real bash, is the file's exact name.
+func TestLsNonUTF8(t *testing.T) {
+	bash := testkit.NeedCommand(t, "bash")
+	root := t.TempDir()
+	for _, n := range []string{"bad\xff", "bad\xfe", "dir\xffsub/in\xfe file"} {
+		if err := os.MkdirAll(filepath.Dir(filepath.Join(root, n)), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(root, n), []byte("x"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.Symlink("to\xff", filepath.Join(root, "link")); err != nil {
+		t.Fatal(err)
+	}
+	lsServer(t, browse.Config{Roots: []string{root}})
+
+	var out, errOut bytes.Buffer
+	if err := lsCmd([]string{root}, &out, &errOut); err != nil {
+		t.Fatalf("ls: %v (%s)", err, errOut.String())
+	}
+	var got []string
+	for _, line := range strings.Split(strings.TrimSpace(out.String()), "\n") {
+		f := strings.Fields(line)
+		got = append(got, strings.Join(f[4:], " "))
+	}
+	want := []string{`$'bad\xfe'`, `$'bad\xff'`, `$'dir\xffsub'`, `link -> $'to\xff'`}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Fatalf("ls (-want +got):\n%s", diff)
+	}
+
+	// The directory by its exact bytes, and its whole path printed quoted.
+	out.Reset()
+	if err := lsCmd([]string{"-r", root + "/dir\xffsub"}, &out, &errOut); err != nil {
+		t.Fatalf("ls -r: %v (%s)", err, errOut.String())
+	}
+	line := strings.TrimSpace(out.String())
+	quoted := line[strings.Index(line, "$'"):]
+	back, err := exec.Command(bash, "-c", "printf %s "+quoted).Output()
+	if err != nil || string(back) != root+"/dir\xffsub/in\xfe file" {
+		t.Fatalf("ls -r printed %q, bash reads it as %q (%v)", line, back, err)
+	}
+
+	// --json carries the exact bytes, in a listing and in a walk.
+	for _, args := range [][]string{{"--json", root + "/dir\xffsub"}, {"--json", "-r", root + "/dir\xffsub"}} {
+		out.Reset()
+		if err := lsCmd(args, &out, &errOut); err != nil {
+			t.Fatal(err)
+		}
+		var e browse.Entry
+		if err := json.Unmarshal(out.Bytes(), &e); err != nil {
+			t.Fatalf("%q: %v", args, err)
+		}
+		name, err1 := e.RawName()
+		p, err2 := e.RawPath()
+		if err1 != nil || err2 != nil || name != "in\xfe file" || p != root+"/dir\xffsub/in\xfe file" || e.NameB64 == "" {
+			t.Errorf("ls %q: %s", args, out.String())
+		}
+	}
+}
+
+// TestShellQuote: what shellQuote prints, and that a real bash reads
+// every quoted form back as the exact bytes.
+func TestShellQuote(t *testing.T) {
+	bash := testkit.NeedCommand(t, "bash")
+	for name, want := range map[string]string{
+		"plain.txt":        "plain.txt",
+		"ü-ß_日本.log":       "ü-ß_日本.log",
+		"mid file.log":     "$'mid file.log'",
+		"bad\xff":          `$'bad\xff'`,
+		"it's":             `$'it\'s'`,
+		`back\slash`:       `$'back\\slash'`,
+		"new\nline\ttab":   `$'new\nline\ttab'`,
+		"$'fake'":          `$'$\'fake\''`,
+		"a -> b":           "$'a -> b'",
+		"nb\u00a0sp":       "$'nb\u00a0sp'",
+		"zw\u200bj":        `$'zw\xe2\x80\x8bj'`,
+		"\x7fdel\x01":      `$'\x7fdel\x01'`,
+		"real\ufffd":       "$'real\ufffd'",
+		"\xc0\xae\xed\xa0": `$'\xc0\xae\xed\xa0'`,
+		"":                 "$''",
+	} {
+		got := shellQuote(name)
+		if got != want {
+			t.Errorf("shellQuote(%q) = %s, want %s", name, got, want)
+		}
+		if name == "" {
+			continue
+		}
+		back, err := exec.Command(bash, "-c", "printf %s "+got).Output()
+		if err != nil || string(back) != name {
+			t.Errorf("bash reads %s as %q (%v), want %q", got, back, err, name)
+		}
+	}
+}
+
+// TestLsRetriesWhenBusy: ls asks again after Retry-After while the server
+// answers 503, and gives the server's message after the last try.
+func TestLsRetriesWhenBusy(t *testing.T) {
+	root := lsTree(t)
+	h, err := browse.New(browse.Config{Roots: []string{root}}, zerolog.New(io.Discard))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { h.Close() })
+	var busy atomic.Int32
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if busy.Add(-1) >= 0 {
+			w.Header().Set("Retry-After", "0")
+			w.WriteHeader(http.StatusServiceUnavailable)
+			io.WriteString(w, `{"error":"busy: too many listings at once, retry after 0s"}`)
+			return
+		}
+		h.ServeHTTP(w, r)
+	}))
+	t.Cleanup(srv.Close)
+	t.Setenv("AVSIDECAR_HTTP_ADDR", strings.TrimPrefix(srv.URL, "http://"))
+	busy.Store(lsBusyTries - 1)
+	var out bytes.Buffer
+	if err := lsCmd([]string{root}, &out, io.Discard); err != nil || strings.Count(out.String(), "\n") != 2 {
+		t.Fatalf("after %d busy answers: %v %q", lsBusyTries-1, err, out.String())
+	}
+	busy.Store(lsBusyTries)
+	if err := lsCmd([]string{root}, io.Discard, io.Discard); err == nil || !strings.Contains(err.Error(), "busy: too many listings") {
+		t.Fatalf("after %d busy answers: %v", lsBusyTries, err)
 	}
 }

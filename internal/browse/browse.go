@@ -18,10 +18,22 @@
 //	/v1/du             ?path=  {"path","files","dirs","bytes"}: non-directories,
 //	                   directories below path, apparent bytes of non-directories
 //
-// Entries are {"name","type","size","mode","mtime","link_target"}: type is
-// file, dir, symlink or other (FIFOs, sockets, devices: described, never
-// opened), mode is octal ("0644"), mtime RFC 3339 UTC, link_target "" unless
-// a symlink. Entries describe the name itself (lstat).
+// Entries are {"name","type","size","mode","mtime","link_target"} (the
+// Entry type): type is file, dir, symlink or other (FIFOs, sockets,
+// devices: described, never opened), mode is octal ("0644"), mtime RFC
+// 3339 UTC, link_target "" unless a symlink. Entries describe the name
+// itself (lstat); a symlink's entry in /v1/files and /v1/stat adds
+// "target_type", the type of what it leads to inside its root, absent when
+// it leads nowhere there (dangling, a loop, or out of the root look alike).
+//
+// Names are bytes and need not be UTF-8. JSON text cannot hold such a
+// name, so "name" (and "path", "link_target") shows it with U+FFFD, as
+// encoding/json does, and "name_b64" ("path_b64", "link_target_b64"),
+// present only then, holds its exact bytes in standard base64: bad\xff and
+// bad\xfe are two entries with two name_b64 values. Every endpoint takes
+// the path either as path= (percent-decoded once: %FF is the byte 0xFF) or
+// as path_b64= (the exact bytes in base64), so every name listed can be
+// asked for again.
 //
 // Paths are paths inside Config.Base (AVSIDECAR_ROOT): requests name them
 // and answers show them that way, never as host paths. They must be
@@ -31,13 +43,33 @@
 // root is refused like one to "/". Answers: 400 invalid path, 404 not found
 // (for missing paths, paths outside every root, and paths that leave their
 // root alike, so nothing outside can be probed), 400 not a directory, 403
-// permission denied.
+// permission denied, 503 with Retry-After when busy (see Load below).
 //
-// Access: loopback clients (kubectl port-forward) are always served, also
-// when a token file is set, provided the Host header is localhost or an IP
-// literal (a DNS-rebinding web page cannot use an operator's port-forward).
-// Other clients need "Authorization: Bearer <token>" matching the token
-// file, read at each request; without a token file they get 403.
+// Access: with a token file (Config.TokenFile), every client, loopback
+// included, must send "Authorization: Bearer <token>" matching the file,
+// read at each request; the page asks for the token and keeps it in the
+// tab's memory (so the page itself, which holds no data, is served without
+// the token), and `avsidecar ls` reads the file itself. Without a token
+// file only clients connecting from exactly 127.0.0.1 or ::1 (kubectl
+// port-forward) are served, and only when the Host header is localhost or
+// an IP literal, so a DNS-rebinding web page cannot use an operator's
+// port-forward; everyone else gets 403.
+//
+// In a service mesh, loopback is not the pod's own: Istio's sidecar
+// forwards traffic from outside the pod from 127.0.0.6 (other meshes use
+// other loopback addresses), and every container of the pod shares the
+// loopback interface. That is why the rest of 127.0.0.0/8 is not trusted,
+// and why a mesh, or a pod with containers that must not browse, needs a
+// token file: then nobody browses without the token.
+//
+// Load: memory is bounded by the configuration, not by the clients.
+// Requests for the same listing at the same time share one read of the
+// directory (and identical /v1/du requests one sum), directory reads run at
+// most Config.MaxReads at once and walks and du at most Config.MaxWalks;
+// past that the answer is 503 with Retry-After, at once, so waiting
+// requests hold nothing. Every write to a client has Config.WriteTimeout,
+// renewed for each chunk of a walk: a walk streams as long as the client
+// reads, and a client that stops reading is dropped and its walk stopped.
 //
 // Recently listed directories are cached as encoded answers and kept exact
 // with inotify: the queue is drained before every lookup, so a change that
@@ -54,6 +86,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -64,6 +97,7 @@ import (
 
 	"github.com/avsidecar/avsidecar/internal/fswalk"
 	"github.com/rs/zerolog"
+	"golang.org/x/sync/singleflight"
 )
 
 // Defaults of Config.
@@ -75,6 +109,9 @@ const (
 	DefaultCacheDirs    = 256
 	DefaultCacheBytes   = 64 << 20
 	DefaultCacheTTL     = 2 * time.Second
+	DefaultMaxReads     = 4
+	DefaultMaxWalks     = 2
+	DefaultWriteTimeout = 30 * time.Second
 )
 
 // Config configures the browser. Zero values take the defaults above.
@@ -91,11 +128,11 @@ type Config struct {
 	// opened as a directory makes New fail.
 	Roots []string
 	// TokenFile is the host path of the file holding the bearer token
-	// (AVSIDECAR_BROWSE_TOKEN_FILE, already under Base). It is
-	// read at each non-loopback request, so a rotated Secret takes effect at
-	// once; surrounding white space is ignored and an empty or unreadable
-	// file matches nothing. Empty means non-loopback clients are refused.
-	// Loopback clients never need the token.
+	// (AVSIDECAR_BROWSE_TOKEN_FILE, already under Base). When set, every
+	// client, loopback included, must present the token. It is read at each
+	// request, so a rotated Secret takes effect at once; surrounding white
+	// space is ignored and an empty or unreadable file matches nothing.
+	// Empty means only clients from 127.0.0.1 or ::1 are served.
 	TokenFile string
 	// DefaultLimit is the page size of /v1/files without limit= (200).
 	DefaultLimit int
@@ -118,6 +155,25 @@ type Config struct {
 	// subdirectory (its mtime), so this bounds that staleness. Negative
 	// means no bound.
 	CacheTTL time.Duration
+	// MaxReads bounds the directories read from disk at once for /v1/files
+	// (4). Requests for the same directory at the same time share one read
+	// and count once, and answers from the cache need none; a request that
+	// needs a read beyond the bound gets 503 with Retry-After. A read holds
+	// the whole directory, about 100 bytes an entry (20 MB for 200,000
+	// entries), so this is what bounds the memory of listings, whatever
+	// the number of clients.
+	MaxReads int
+	// MaxWalks bounds the /v1/walk streams and /v1/du sums running at once
+	// (2); beyond it they get 503 with Retry-After. Identical du requests at
+	// the same time share one sum. A walk holds about 2 MB (its workers'
+	// buffers and the chunks queued for the client), however big the tree.
+	MaxWalks int
+	// WriteTimeout bounds each write of an answer to the client (30s), and
+	// each chunk of a walk: a client that takes longer to accept it, for
+	// instance one that stopped reading, is dropped and its walk stops.
+	// It replaces the server's WriteTimeout for these answers, so a long
+	// walk is not cut while it makes progress.
+	WriteTimeout time.Duration
 }
 
 func (c *Config) setDefaults() {
@@ -135,6 +191,11 @@ func (c *Config) setDefaults() {
 	if c.CacheTTL == 0 {
 		c.CacheTTL = DefaultCacheTTL
 	}
+	def(&c.MaxReads, DefaultMaxReads)
+	def(&c.MaxWalks, DefaultMaxWalks)
+	if c.WriteTimeout == 0 {
+		c.WriteTimeout = DefaultWriteTimeout
+	}
 	c.DefaultLimit = min(c.DefaultLimit, c.MaxLimit)
 }
 
@@ -149,6 +210,13 @@ type Handler struct {
 	cache *dirCache
 	codes [600]atomic.Uint64 // requests by status code
 
+	reads, walks chan struct{}      // slots of Config.MaxReads, MaxWalks
+	group        singleflight.Group // shares identical reads and du sums
+	load         loadCounters
+	hooks        hooks
+	closing      context.Context // ends shared work (du) when the handler closes
+	stopShared   context.CancelFunc
+
 	closeOnce sync.Once
 	closeErr  error
 }
@@ -156,7 +224,7 @@ type Handler struct {
 // New opens the roots and, unless disabled, the inotify-backed cache.
 func New(cfg Config, log zerolog.Logger) (*Handler, error) {
 	cfg.setDefaults()
-	if cfg.DefaultLimit < 1 || cfg.MaxWalkDepth < 1 || cfg.WalkWorkers < 1 {
+	if cfg.DefaultLimit < 1 || cfg.MaxWalkDepth < 1 || cfg.WalkWorkers < 1 || cfg.MaxReads < 1 || cfg.MaxWalks < 1 || cfg.WriteTimeout < 0 {
 		return nil, errors.New("browse: limits must be positive")
 	}
 	base := "/"
@@ -182,7 +250,9 @@ func New(cfg Config, log zerolog.Logger) (*Handler, error) {
 	if err != nil {
 		return nil, fmt.Errorf("browse: %w", err)
 	}
-	h := &Handler{cfg: cfg, log: log, base: base, roots: roots}
+	h := &Handler{cfg: cfg, log: log, base: base, roots: roots,
+		reads: make(chan struct{}, cfg.MaxReads), walks: make(chan struct{}, cfg.MaxWalks)}
+	h.closing, h.stopShared = context.WithCancel(context.Background())
 	for _, p := range roots.Paths() {
 		h.paths = append(h.paths, shown(base, p))
 	}
@@ -211,6 +281,7 @@ func (h *Handler) Run(ctx context.Context) error {
 // again does nothing.
 func (h *Handler) Close() error {
 	h.closeOnce.Do(func() {
+		h.stopShared()
 		if h.cache != nil {
 			h.cache.close()
 		}
@@ -231,6 +302,8 @@ type Status struct {
 	Requests map[string]uint64 `json:"requests"`
 	// Cache describes the listing cache.
 	Cache CacheStatus `json:"cache"`
+	// Load describes the work in flight and what was shared or refused.
+	Load LoadStatus `json:"load"`
 }
 
 // Status returns the current state and counters.
@@ -241,6 +314,7 @@ func (h *Handler) Status() Status {
 		Token:    h.cfg.TokenFile != "",
 		Requests: map[string]uint64{},
 		Cache:    h.cache.status(),
+		Load:     h.loadStatus(),
 	}
 	for code := range h.codes {
 		if n := h.codes[code].Load(); n > 0 {
@@ -261,6 +335,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 }
 
 func (h *Handler) serve(w http.ResponseWriter, r *http.Request) {
+	// Every answer is written within Config.WriteTimeout; a walk renews it
+	// for each chunk and du when its sum is ready.
+	h.deadline(w)
 	w.Header().Set("X-Content-Type-Options", "nosniff")
 	w.Header().Set("Cache-Control", "no-store")
 	var route func(http.ResponseWriter, *http.Request)
@@ -290,7 +367,9 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusMethodNotAllowed, "method not allowed")
 		return
 	}
-	if code, msg := h.allow(r); code != 0 {
+	// With a token file the page itself is served to everyone: it holds no
+	// data, and it is where the token is typed in.
+	if code, msg := h.allow(r); code != 0 && !(r.URL.Path == "/" && h.cfg.TokenFile != "") {
 		if code == http.StatusUnauthorized {
 			w.Header().Set("WWW-Authenticate", `Bearer realm="avsidecar browse"`)
 		}
@@ -300,16 +379,14 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request) {
 	route(w, r)
 }
 
-// allow applies the access rule. Loopback clients are free, but only when
-// they name the host as localhost or an IP literal: a web page the
-// operator visits cannot then reach a port-forward through DNS rebinding.
-// Everyone else needs the token. It returns 0 when the request may go on.
+// allow applies the access rule of the package doc. It returns 0 when the
+// request may go on.
 func (h *Handler) allow(r *http.Request) (int, string) {
-	if isLoopback(r.RemoteAddr) && safeHost(r.Host) {
-		return 0, ""
-	}
 	if h.cfg.TokenFile == "" {
-		return http.StatusForbidden, "browse is for loopback clients only (use kubectl port-forward)"
+		if isLocal(r.RemoteAddr) && safeHost(r.Host) {
+			return 0, ""
+		}
+		return http.StatusForbidden, "without a token file, browse is for clients on 127.0.0.1 or ::1 only (use kubectl port-forward)"
 	}
 	auth := r.Header.Get("Authorization")
 	if len(auth) < 7 || !strings.EqualFold(auth[:7], "bearer ") {
@@ -328,13 +405,16 @@ func (h *Handler) allow(r *http.Request) (int, string) {
 	return 0, ""
 }
 
-func isLoopback(remote string) bool {
-	host, _, err := net.SplitHostPort(remote)
+// isLocal reports whether the client connected from exactly 127.0.0.1 or
+// ::1 (an IPv4-mapped 127.0.0.1 too), not from the rest of 127.0.0.0/8,
+// where mesh proxies forward outside traffic from.
+func isLocal(remote string) bool {
+	ap, err := netip.ParseAddrPort(remote)
 	if err != nil {
-		host = remote
+		return false
 	}
-	ip := net.ParseIP(host)
-	return ip != nil && ip.IsLoopback()
+	a := ap.Addr().Unmap()
+	return a == netip.AddrFrom4([4]byte{127, 0, 0, 1}) || a == netip.IPv6Loopback()
 }
 
 func safeHost(hostport string) bool {
@@ -362,7 +442,7 @@ func (w *statusWriter) WriteHeader(code int) {
 func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 
 func writeError(w http.ResponseWriter, code int, msg string) {
-	b := append([]byte(`{"error":`), fswalk.AppendString(nil, msg)...)
+	b := append([]byte(`{"error":`), appendString(nil, msg)...)
 	b = append(b, "}\n"...)
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("Content-Length", strconv.Itoa(len(b)))

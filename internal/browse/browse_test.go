@@ -2,12 +2,14 @@ package browse
 
 import (
 	"context"
+	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -370,7 +372,7 @@ func TestInRootPaths(t *testing.T) {
 		{"files other root", two, "/v1/files?path=/srv", 200, `{"entries":[{"link_target":"","name":"www","type":"dir"}],"next_cursor":"","path":"/srv","total":1}`},
 		{"stat root", two, "/v1/stat?path=/data", 200, `{"link_target":"","name":"data","path":"/data","type":"dir"}`},
 		{"stat file", two, "/v1/stat?path=/data/html/index.html", 200, `{"link_target":"","name":"index.html","path":"/data/html/index.html","type":"file"}`},
-		{"stat link", two, "/v1/stat?path=/data/link-html", 200, `{"link_target":"html","name":"link-html","path":"/data/link-html","type":"symlink"}`},
+		{"stat link", two, "/v1/stat?path=/data/link-html", 200, `{"link_target":"html","name":"link-html","path":"/data/link-html","target_type":"dir","type":"symlink"}`},
 		{"walk", two, "/v1/walk?path=/data/html", 200, fmt.Sprintf(walk, "/data/html")},
 		{"walk through a link inside", two, "/v1/walk?path=/data/link-html", 200, fmt.Sprintf(walk, "/data/link-html")},
 		{"du", two, "/v1/du?path=/data/html", 200, `{"bytes":22,"dirs":1,"files":3,"path":"/data/html"}`},
@@ -463,32 +465,18 @@ func TestSymlinkSwapRace(t *testing.T) {
 	}
 }
 
-type page struct {
-	Path    string `json:"path"`
-	Entries []struct {
-		Name       string `json:"name"`
-		Type       string `json:"type"`
-		Size       int64  `json:"size"`
-		Mode       string `json:"mode"`
-		Mtime      string `json:"mtime"`
-		LinkTarget string `json:"link_target"`
-	} `json:"entries"`
-	NextCursor string `json:"next_cursor"`
-	Total      int    `json:"total"`
-}
-
-func listPage(t *testing.T, srv *httptest.Server, q string) page {
+func listPage(t *testing.T, srv *httptest.Server, q string) Page {
 	t.Helper()
 	a := get(t, srv, "/v1/files?"+q)
 	if a.code != 200 {
 		t.Fatalf("files %s: %d %s", q, a.code, a.body)
 	}
-	var p page
+	var p Page
 	must(t, json.Unmarshal([]byte(a.body), &p))
 	return p
 }
 
-func entryNames(p page) []string {
+func entryNames(p Page) []string {
 	var out []string
 	for _, e := range p.Entries {
 		out = append(out, e.Name)
@@ -503,7 +491,7 @@ func TestCacheNeverStale(t *testing.T) {
 	h, srv := newServer(t, Config{Roots: []string{fx.data}, CacheTTL: -1})
 	dir := fx.data + "/sub"
 	q := "path=" + dir
-	list := func() page { return listPage(t, srv, q) }
+	list := func() Page { return listPage(t, srv, q) }
 	if diff := cmp.Diff([]string{"deep"}, entryNames(list())); diff != "" {
 		t.Fatal(diff)
 	}
@@ -682,8 +670,8 @@ func TestBrowseOff(t *testing.T) {
 	}
 }
 
-// TestAccess exercises the loopback-or-token rule through the handler with
-// the remote address set by hand (tests only have loopback sockets).
+// TestAccess exercises the access rule through the handler with the
+// remote address set by hand; TestAccessRealSockets does it over TCP.
 func TestAccess(t *testing.T) {
 	fx := newFixture(t)
 	tokenFile := filepath.Join(t.TempDir(), "token")
@@ -712,11 +700,15 @@ func TestAccess(t *testing.T) {
 	}{
 		{"loopback v4", open, "127.0.0.1:5000", "127.0.0.1:9180", "", 200},
 		{"loopback v6", open, "[::1]:5000", "localhost:9180", "", 200},
-		{"loopback other 127/8", open, "127.9.9.9:5000", "[::1]:9180", "", 200},
+		{"loopback other 127/8", open, "127.9.9.9:5000", "[::1]:9180", "", 403},
+		{"istio passthrough", open, "127.0.0.6:5000", "127.0.0.1:9180", "", 403},
+		{"v4-mapped loopback", open, "[::ffff:127.0.0.1]:5000", "localhost", "", 200},
 		{"remote without token file", open, "10.1.2.3:5000", "10.0.0.7:9180", "", 403},
 		{"remote bearer but no token file", open, "10.1.2.3:5000", "10.0.0.7:9180", "Bearer s3cret", 403},
 		{"rebinding host name on loopback", open, "127.0.0.1:5000", "evil.example:9180", "", 403},
-		{"loopback free with token file", tok, "127.0.0.1:5000", "localhost", "", 200},
+		{"loopback needs the token too", tok, "127.0.0.1:5000", "localhost", "", 401},
+		{"loopback wrong token", tok, "[::1]:5000", "localhost", "Bearer nope", 401},
+		{"loopback with token", tok, "127.0.0.1:5000", "localhost", "Bearer s3cret", 200},
 		{"remote no header", tok, "10.1.2.3:5000", "pod:9180", "", 401},
 		{"remote wrong token", tok, "10.1.2.3:5000", "pod:9180", "Bearer nope", 401},
 		{"remote token prefix", tok, "10.1.2.3:5000", "pod:9180", "Bearer s3cre", 401},
@@ -867,5 +859,155 @@ func TestRunClosesOnCancel(t *testing.T) {
 	}
 	if err := h.Close(); err != nil {
 		t.Errorf("second Close: %v", err)
+	}
+}
+
+// TestNonUTF8Names: names that are not UTF-8 keep their exact bytes
+// through every endpoint, two of them never merge, and a directory with
+// such a name opens again by path_b64= and by percent-encoded path=.
+func TestNonUTF8Names(t *testing.T) {
+	fx := newFixture(t)
+	_, srv := newServer(t, Config{Base: fx.base, Roots: []string{"/data"}})
+	d := fx.data + "/odd"
+	must(t, os.MkdirAll(d+"/dir\xffsub", 0o755))
+	for _, n := range []string{"bad\xff", "bad\xfe", "dir\xffsub/in\xfe"} {
+		must(t, os.WriteFile(filepath.Join(d, n), []byte("abc"), 0o644))
+	}
+	must(t, os.Symlink("t\xfe", d+"/link"))
+
+	var p Page
+	must(t, json.Unmarshal([]byte(get(t, srv, "/v1/files?path=/data/odd").body), &p))
+	var names []string
+	for _, e := range p.Entries {
+		n, err := e.RawName()
+		must(t, err)
+		names = append(names, n)
+		if tgt, _ := e.RawLinkTarget(); e.Name == "link" && tgt != "t\xfe" {
+			t.Errorf("link target %q", tgt)
+		}
+	}
+	if diff := cmp.Diff([]string{"bad\xfe", "bad\xff", "dir\xffsub", "link"}, names); diff != "" {
+		t.Fatalf("names (-want +got):\n%s", diff)
+	}
+
+	sub := "/data/odd/dir\xffsub"
+	b64 := base64.StdEncoding.EncodeToString([]byte(sub))
+	for _, q := range []string{"path=" + url.QueryEscape(sub), "path_b64=" + url.QueryEscape(b64), "path_b64=" + base64.RawURLEncoding.EncodeToString([]byte(sub))} {
+		a := get(t, srv, "/v1/files?"+q)
+		must(t, json.Unmarshal([]byte(a.body), &p))
+		if pp, _ := p.RawPath(); a.code != 200 || pp != sub || p.PathB64 != b64 || len(p.Entries) != 1 || p.Entries[0].NameB64 == "" {
+			t.Errorf("files %s: %d %s", q, a.code, a.body)
+		}
+		var e Entry
+		a = get(t, srv, "/v1/walk?"+q)
+		must(t, json.Unmarshal([]byte(a.body), &e))
+		if ep, _ := e.RawPath(); a.code != 200 || ep != sub+"/in\xfe" {
+			t.Errorf("walk %s: %d %s", q, a.code, a.body)
+		}
+		a = get(t, srv, "/v1/stat?"+q)
+		must(t, json.Unmarshal([]byte(a.body), &e))
+		if ep, _ := e.RawPath(); a.code != 200 || ep != sub || e.Type != "dir" {
+			t.Errorf("stat %s: %d %s", q, a.code, a.body)
+		}
+		var u Usage
+		a = get(t, srv, "/v1/du?"+q)
+		must(t, json.Unmarshal([]byte(a.body), &u))
+		if a.code != 200 || u.PathB64 != b64 || u.Files != 1 || u.Bytes != 3 {
+			t.Errorf("du %s: %d %s", q, a.code, a.body)
+		}
+	}
+	for _, q := range []string{"path_b64=!!", "path=/data&path_b64=L2RhdGE=", "path_b64=" + base64.StdEncoding.EncodeToString([]byte("/data/../outside"))} {
+		if a := get(t, srv, "/v1/files?"+q); a.code != 400 || a.body != errInvalid {
+			t.Errorf("%s: %d %s", q, a.code, a.body)
+		}
+	}
+}
+
+// TestAccessRealSockets connects from real loopback addresses: a client
+// bound to 127.0.0.6 (where Istio forwards outside traffic from) is refused
+// without a token file; with a token file, 127.0.0.1 itself needs the
+// token and is served with it.
+func TestAccessRealSockets(t *testing.T) {
+	fx := newFixture(t)
+	tokenFile := filepath.Join(t.TempDir(), "token")
+	must(t, os.WriteFile(tokenFile, []byte("s3cret\n"), 0o600))
+	_, open := newServer(t, Config{Roots: []string{fx.data}})
+	_, tok := newServer(t, Config{Roots: []string{fx.data}, TokenFile: tokenFile})
+	from := func(ip string) *http.Client {
+		d := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(ip)}, Timeout: 10 * time.Second}
+		return &http.Client{Timeout: 20 * time.Second, Transport: &http.Transport{DialContext: d.DialContext}}
+	}
+	do := func(c *http.Client, srv *httptest.Server, auth string) (int, string) {
+		req, err := http.NewRequest("GET", srv.URL+"/v1/files?path="+fx.data, nil)
+		must(t, err)
+		if auth != "" {
+			req.Header.Set("Authorization", auth)
+		}
+		resp, err := c.Do(req)
+		must(t, err)
+		defer resp.Body.Close()
+		b, err := io.ReadAll(resp.Body)
+		must(t, err)
+		return resp.StatusCode, string(b)
+	}
+	for _, tc := range []struct {
+		name, from string
+		srv        *httptest.Server
+		auth       string
+		want       int
+	}{
+		{"127.0.0.1 without token file", "127.0.0.1", open, "", 200},
+		{"127.0.0.6 without token file", "127.0.0.6", open, "", 403},
+		{"127.0.0.6 with a bearer but no token file", "127.0.0.6", open, "Bearer s3cret", 403},
+		{"127.0.0.1 without the token", "127.0.0.1", tok, "", 401},
+		{"127.0.0.1 with the token", "127.0.0.1", tok, "Bearer s3cret", 200},
+		{"127.0.0.6 with the token", "127.0.0.6", tok, "Bearer s3cret", 200},
+	} {
+		if code, body := do(from(tc.from), tc.srv, tc.auth); code != tc.want {
+			t.Errorf("%s: %d %s, want %d", tc.name, code, body, tc.want)
+		}
+	}
+	// With a token file the page, which holds no data, is served without
+	// the token (the token is typed into it); nothing else is.
+	for path, want := range map[string]int{"/": 200, "/v1/roots": 401} {
+		resp, err := from("127.0.0.6").Get(tok.URL + path)
+		must(t, err)
+		resp.Body.Close()
+		if resp.StatusCode != want {
+			t.Errorf("%s from 127.0.0.6 without the token: %d, want %d", path, resp.StatusCode, want)
+		}
+	}
+	if resp, err := from("127.0.0.6").Get(open.URL + "/"); err != nil || resp.StatusCode != 403 {
+		t.Errorf("the page from 127.0.0.6 without a token file: %v %v", resp, err)
+	} else {
+		resp.Body.Close()
+	}
+}
+
+// TestTargetType: a symlink's target_type tells what it leads to inside
+// its root, and nothing for every way out, which all look alike.
+func TestTargetType(t *testing.T) {
+	fx := newFixture(t)
+	must(t, os.Symlink("html/index.html", fx.data+"/link-file"))
+	must(t, os.Symlink("fifo", fx.data+"/link-fifo"))
+	_, srv := newServer(t, Config{Base: fx.base, Roots: []string{"/data", "/srv"}})
+	got := map[string]string{}
+	for _, e := range listPage(t, srv, "path=/data&limit=100").Entries {
+		if e.Type == "symlink" {
+			got[e.Name] = e.TargetType
+		}
+	}
+	want := map[string]string{
+		"link-html": "dir", "link-file": "file", "link-fifo": "other",
+		"dangling": "", "link-root": "", "link-parent": "", "link-outside": "", "link-outside-rel": "",
+		"link-sibling-abs": "", "link-sibling-rel": "", "link-evil": "", "link-proc": "", "loop-a": "", "loop-b": "", "self": "",
+	}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("target types (-want +got):\n%s", diff)
+	}
+	var e Entry
+	must(t, json.Unmarshal([]byte(get(t, srv, "/v1/stat?path=/data/link-file").body), &e))
+	if e.TargetType != "file" {
+		t.Errorf("stat of link-file: %+v", e)
 	}
 }

@@ -38,6 +38,7 @@ type pageKey struct {
 }
 
 type cachedDir struct {
+	id      uint64 // unique for the cache's life: with gen, the read-sharing key
 	key     dirKey
 	wd      int32
 	gen     uint64 // bumped by every event; a load that saw a bump is not kept
@@ -67,6 +68,7 @@ type dirCache struct {
 	evbuf  []byte
 	bytes  int // sum of cachedDir.cost
 	closed bool
+	lastID uint64
 
 	hits, misses, invalidations, overflows atomic.Uint64
 }
@@ -160,15 +162,22 @@ func (c *dirCache) remove(d *cachedDir, rmWatch bool) {
 	}
 }
 
+// readFunc reads dir; requests with the same key at the same time may
+// share one read.
+type readFunc func(dir *fswalk.Dir, key string) (*fswalk.Listing, error)
+
 // page returns the encoded page for q of dir, from the cache when it is
-// there and fresh, otherwise made by encode from a listing that is cached
-// when no event arrived while it was read.
-func (c *dirCache) page(dir *fswalk.Dir, q pageKey, encode func(*fswalk.Listing) ([]byte, error)) ([]byte, error) {
+// there and fresh, otherwise made by encode from a listing that read
+// gives, which is cached when no event arrived while it was read. Reads
+// are shared under the key (directory entry in the cache, generation):
+// a request after a change has a new generation, so it never joins a
+// read that started before the change.
+func (c *dirCache) page(dir *fswalk.Dir, q pageKey, encode func(*fswalk.Listing) ([]byte, error), read readFunc) ([]byte, error) {
 	key := dirKey{dir.Dev, dir.Ino}
 	c.mu.Lock()
 	if c.closed {
 		c.mu.Unlock()
-		return c.uncached(dir, encode)
+		return uncached(dir, encode, read)
 	}
 	c.drain()
 	d := c.byKey[key]
@@ -197,24 +206,25 @@ func (c *dirCache) page(dir *fswalk.Dir, q pageKey, encode func(*fswalk.Listing)
 		wd, err := unix.InotifyAddWatch(c.ifd, "/proc/self/fd/"+strconv.Itoa(dir.FD()), watchMask)
 		if err != nil {
 			c.mu.Unlock()
-			return c.uncached(dir, encode)
+			return uncached(dir, encode, read)
 		}
 		if old := c.byWD[int32(wd)]; old != nil {
 			// Same inode under a new key (cannot happen unless inode numbers
 			// are reused while watched): start clean.
 			c.remove(old, false)
 		}
-		d = &cachedDir{key: key, wd: int32(wd)}
+		c.lastID++
+		d = &cachedDir{id: c.lastID, key: key, wd: int32(wd)}
 		d.elem = c.lru.PushFront(d)
 		c.byKey[key], c.byWD[d.wd] = d, d
 		for c.lru.Len() > c.max {
 			c.remove(c.lru.Back().Value.(*cachedDir), true)
 		}
 	}
-	gen := d.gen
+	gen, id := d.gen, d.id
 	c.mu.Unlock()
 
-	l, err := fswalk.ReadDir(dir)
+	l, err := read(dir, "c"+strconv.FormatUint(id, 10)+"/"+strconv.FormatUint(gen, 10))
 	if err != nil {
 		return nil, err
 	}
@@ -272,8 +282,11 @@ func listingCost(l *fswalk.Listing) int {
 	return n
 }
 
-func (c *dirCache) uncached(dir *fswalk.Dir, encode func(*fswalk.Listing) ([]byte, error)) ([]byte, error) {
-	l, err := fswalk.ReadDir(dir)
+// uncached reads dir without the cache; the read is shared by directory
+// alone (without inotify nothing tells a change: a request may get a read
+// that started before it, at most one read's time older).
+func uncached(dir *fswalk.Dir, encode func(*fswalk.Listing) ([]byte, error), read readFunc) ([]byte, error) {
+	l, err := read(dir, "u"+dirID(dir))
 	if err != nil {
 		return nil, err
 	}

@@ -229,6 +229,15 @@ return document.getElementById("error").textContent;`)
 	}
 	c.eval(pageHelpers + `history.back(); await ready(` + js(sub+"/deep") + `); return true;`)
 
+	screenshot(t, c, "browse-page.png", 1100)
+}
+
+// screenshot sizes the page to width (by 800 pixels), saves a PNG in
+// $AVSIDECAR_SCREENSHOT_DIR (a temporary directory without it) and
+// returns its path.
+func screenshot(t *testing.T, c *cdp, name string, width int) string {
+	t.Helper()
+	c.call("Emulation.setDeviceMetricsOverride", map[string]any{"width": width, "height": 800, "deviceScaleFactor": 1, "mobile": false}, "")
 	raw := c.call("Page.captureScreenshot", map[string]any{"format": "png"}, "")
 	var shot struct {
 		Data string `json:"data"`
@@ -240,12 +249,13 @@ return document.getElementById("error").textContent;`)
 	if dir == "" {
 		dir = t.TempDir()
 	}
-	out := filepath.Join(dir, "browse-page.png")
+	out := filepath.Join(dir, name)
 	must(t, os.WriteFile(out, png, 0o644))
 	if len(png) < 10000 || string(png[1:4]) != "PNG" {
 		t.Fatalf("screenshot of %d bytes", len(png))
 	}
 	t.Logf("screenshot: %s (%d bytes)", out, len(png))
+	return out
 }
 
 func js(s string) string {

@@ -3,7 +3,9 @@ package browse
 import (
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net/http"
+	"net/url"
 	"path"
 	"strconv"
 	"time"
@@ -25,8 +27,8 @@ func (h *Handler) serveRoots(w http.ResponseWriter, r *http.Request) {
 }
 
 // intParam reads an optional positive integer query parameter.
-func intParam(r *http.Request, name string, def, max int) (int, error) {
-	s := r.URL.Query().Get(name)
+func intParam(q url.Values, name string, def, max int) (int, error) {
+	s := q.Get(name)
 	if s == "" {
 		return def, nil
 	}
@@ -50,29 +52,33 @@ func (h *Handler) serveFiles(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, err.Error())
 		return
 	}
-	limit, err := intParam(r, "limit", h.cfg.DefaultLimit, h.cfg.MaxLimit)
+	limit, err := intParam(q, "limit", h.cfg.DefaultLimit, h.cfg.MaxLimit)
 	if err != nil {
 		writeError(w, http.StatusBadRequest, err.Error())
 		return
 	}
-	dir, err := h.openDir(q.Get("path"))
+	dir, err := h.openDir(q)
 	if err != nil {
 		writePathError(w, err)
 		return
 	}
 	defer dir.Close()
 	key := pageKey{path: shown(h.base, dir.Path), sort: sortKey, desc: desc, cursor: q.Get("cursor"), limit: limit}
-	encode := func(l *fswalk.Listing) ([]byte, error) { return encodePage(l, key) }
+	hostDir := dir.Path
+	encode := func(l *fswalk.Listing) ([]byte, error) {
+		return encodePage(l, key, func(name string) string { return h.targetType(joinShown(hostDir, name)) })
+	}
 	var b []byte
 	if h.cache != nil {
-		b, err = h.cache.page(dir, key, encode)
+		b, err = h.cache.page(dir, key, encode, h.readShared)
 	} else {
-		var l *fswalk.Listing
-		if l, err = fswalk.ReadDir(dir); err == nil {
-			b, err = encode(l)
-		}
+		b, err = uncached(dir, encode, h.readShared)
 	}
 	if err != nil {
+		if errors.Is(err, errBusy) {
+			h.writeBusy(w, retryRead)
+			return
+		}
 		if errors.Is(err, fswalk.ErrBadCursor) {
 			writeError(w, http.StatusBadRequest, "invalid cursor: it belongs to another sort or order, or is damaged")
 			return
@@ -84,32 +90,57 @@ func (h *Handler) serveFiles(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, b)
 }
 
-// encodePage encodes one page of /v1/files.
-func encodePage(l *fswalk.Listing, k pageKey) ([]byte, error) {
+// encodePage encodes one page of /v1/files; targetType gives the
+// target_type of a symlink by its name.
+func encodePage(l *fswalk.Listing, k pageKey, targetType func(name string) string) ([]byte, error) {
 	p, err := l.Page(k.sort, k.desc, k.cursor, k.limit)
 	if err != nil {
 		return nil, err
 	}
 	b := make([]byte, 0, 64+len(p.Entries)*128)
-	b = append(b, `{"path":`...)
-	b = fswalk.AppendString(b, k.path)
+	b = append(b, '{')
+	b = appendPathFields(b, k.path)
 	b = append(b, `,"entries":[`...)
 	for i, e := range p.Entries {
 		if i > 0 {
 			b = append(b, ',')
 		}
-		b = e.AppendJSON(b, "")
+		target := ""
+		if e.Type == fswalk.TypeSymlink {
+			target = targetType(e.Name)
+		}
+		b = appendEntry(b, "", e, target)
 	}
 	b = append(b, `],"next_cursor":`...)
-	b = fswalk.AppendString(b, p.NextCursor)
+	b = appendString(b, p.NextCursor)
 	b = append(b, `,"total":`...)
 	b = strconv.AppendInt(b, int64(p.Total), 10)
 	return append(b, "}\n"...), nil
 }
 
+// targetType is the target_type of the symlink at host path p ("" when
+// it leads nowhere inside its root). A cached page keeps it until the
+// directory changes or Config.CacheTTL ends: a change at the target is
+// not seen before.
+func (h *Handler) targetType(p string) string {
+	if t, ok := h.roots.TargetType(p); ok {
+		return t.String()
+	}
+	return ""
+}
+
+// requestPath is the host path of the path a request names (see pathParam).
+func (h *Handler) requestPath(q url.Values) (string, error) {
+	p, err := pathParam(q)
+	if err != nil {
+		return "", fmt.Errorf("%w: %w", fswalk.ErrInvalidPath, err)
+	}
+	return h.hostPath(p)
+}
+
 // openDir opens the directory a request names.
-func (h *Handler) openDir(p string) (*fswalk.Dir, error) {
-	host, err := h.hostPath(p)
+func (h *Handler) openDir(q url.Values) (*fswalk.Dir, error) {
+	host, err := h.requestPath(q)
 	if err != nil {
 		return nil, err
 	}
@@ -118,7 +149,7 @@ func (h *Handler) openDir(p string) (*fswalk.Dir, error) {
 
 // serveStat answers GET /v1/stat: the entry itself, with its full path.
 func (h *Handler) serveStat(w http.ResponseWriter, r *http.Request) {
-	host, err := h.hostPath(r.URL.Query().Get("path"))
+	host, err := h.requestPath(r.URL.Query())
 	if err != nil {
 		writePathError(w, err)
 		return
@@ -133,27 +164,49 @@ func (h *Handler) serveStat(w http.ResponseWriter, r *http.Request) {
 	if clean == "/" {
 		e.Name = ""
 	}
-	writeJSON(w, append(e.AppendJSON(nil, dir), '\n'))
+	target := ""
+	if e.Type == fswalk.TypeSymlink {
+		target = h.targetType(host)
+	}
+	writeJSON(w, append(appendEntry(nil, dir, &e, target), '\n'))
 }
 
-// serveDu answers GET /v1/du.
+// serveDu answers GET /v1/du. Identical requests at the same time share
+// one sum.
 func (h *Handler) serveDu(w http.ResponseWriter, r *http.Request) {
-	dir, err := h.openDir(r.URL.Query().Get("path"))
+	dir, err := h.openDir(r.URL.Query())
 	if err != nil {
 		writePathError(w, err)
 		return
 	}
 	defer dir.Close()
+	// The sum may outlast a server-wide WriteTimeout; the answer gets its
+	// own deadline when it is ready.
 	http.NewResponseController(w).SetWriteDeadline(time.Time{})
-	u, err := fswalk.Du(r.Context(), dir, fswalk.WalkOptions{MaxDepth: h.cfg.MaxWalkDepth, Workers: h.cfg.WalkWorkers})
-	if err != nil {
+	leader := false
+	v, err, _ := h.group.Do("du/"+dirID(dir), func() (any, error) {
+		leader = true
+		if !take(h.walks) {
+			return nil, errBusy
+		}
+		defer func() { <-h.walks }()
+		// Not the request's context: others may share the sum, so it runs to
+		// its end unless the handler closes.
+		return fswalk.Du(h.closing, dir, fswalk.WalkOptions{MaxDepth: h.cfg.MaxWalkDepth, Workers: h.cfg.WalkWorkers})
+	})
+	switch {
+	case errors.Is(err, errBusy):
+		h.writeBusy(w, retryWalk)
+		return
+	case err != nil:
 		writeError(w, http.StatusServiceUnavailable, "du interrupted")
 		return
+	case !leader:
+		h.load.sharedDu.Add(1)
 	}
-	b, _ := json.Marshal(struct {
-		Path string `json:"path"`
-		fswalk.Usage
-	}{shown(h.base, dir.Path), u})
+	p := shown(h.base, dir.Path)
+	b, _ := json.Marshal(Usage{Path: p, PathB64: b64IfInvalid(p), Usage: v.(fswalk.Usage)})
+	h.deadline(w)
 	writeJSON(w, append(b, '\n'))
 }
 
@@ -195,15 +248,15 @@ func (v *walkVisitor) line(worker int, b []byte) error {
 }
 
 func (v *walkVisitor) Visit(worker int, dir string, e *fswalk.Entry) error {
-	b := e.AppendJSON(v.bufs[worker], shown(v.base, dir))
+	b := appendEntry(v.bufs[worker], shown(v.base, dir), e, "")
 	return v.line(worker, append(b, '\n'))
 }
 
 func (v *walkVisitor) DirError(worker int, dir string, err error) {
-	b := append(v.bufs[worker], `{"path":`...)
-	b = fswalk.AppendString(b, shown(v.base, dir))
+	b := append(v.bufs[worker], '{')
+	b = appendPathFields(b, shown(v.base, dir))
 	b = append(b, `,"error":`...)
-	b = fswalk.AppendString(b, err.Error())
+	b = appendString(b, err.Error())
 	v.line(worker, append(b, "}\n"...))
 }
 
@@ -213,20 +266,32 @@ func (v *walkVisitor) DirError(worker int, dir string, err error) {
 // stops early for a reason other than the client leaving ends with a line
 // holding only "error".
 func (h *Handler) serveWalk(w http.ResponseWriter, r *http.Request) {
-	depth, err := intParam(r, "max_depth", h.cfg.MaxWalkDepth, h.cfg.MaxWalkDepth)
+	q := r.URL.Query()
+	depth, err := intParam(q, "max_depth", h.cfg.MaxWalkDepth, h.cfg.MaxWalkDepth)
 	if err != nil {
 		writeError(w, http.StatusBadRequest, err.Error())
 		return
 	}
-	dir, err := h.openDir(r.URL.Query().Get("path"))
+	dir, err := h.openDir(q)
 	if err != nil {
 		writePathError(w, err)
 		return
 	}
 	defer dir.Close()
-	// A walk of a big tree outlasts any server-wide WriteTimeout; the
-	// client's context still ends it.
-	http.NewResponseController(w).SetWriteDeadline(time.Time{})
+	if !take(h.walks) {
+		h.writeBusy(w, retryWalk)
+		return
+	}
+	failed := false // a write to the client failed
+	defer func() {
+		<-h.walks
+		if h.hooks.walkEnded != nil {
+			h.hooks.walkEnded(failed)
+		}
+	}()
+	// A walk of a big tree outlasts any server-wide WriteTimeout: each
+	// chunk gets Config.WriteTimeout instead, so a walk goes on while the
+	// client reads and stops when it does not.
 	w.Header().Set("Content-Type", "application/x-ndjson")
 	w.WriteHeader(http.StatusOK)
 	if r.Method == http.MethodHead {
@@ -254,9 +319,9 @@ func (h *Handler) serveWalk(w http.ResponseWriter, r *http.Request) {
 		close(out)
 		walkErr <- err
 	}()
-	failed := false
 	for b := range out {
 		if !failed {
+			h.deadline(w)
 			if _, err := w.Write(b); err != nil {
 				failed = true
 				close(done)
@@ -269,7 +334,8 @@ func (h *Handler) serveWalk(w http.ResponseWriter, r *http.Request) {
 	}
 	if err := <-walkErr; err != nil && r.Context().Err() == nil && !failed {
 		h.log.Warn().Err(err).Msg("walk stopped")
-		b := append([]byte(`{"error":`), fswalk.AppendString(nil, "walk stopped: "+err.Error())...)
+		b := append([]byte(`{"error":`), appendString(nil, "walk stopped: "+err.Error())...)
+		h.deadline(w)
 		w.Write(append(b, "}\n"...))
 	}
 }

@@ -1,6 +1,7 @@
 package browse
 
 import (
+	"encoding/base64"
 	"io"
 	"net/http/httptest"
 	"net/url"
@@ -15,9 +16,9 @@ import (
 // shownPaths matches the "path" fields of an answer.
 var shownPaths = regexp.MustCompile(`"path":"([^"]*)"`)
 
-// FuzzInRootPath sends arbitrary paths to every endpoint of a handler
-// whose base is not "/": as they come, below a root, and below the host
-// path of a root. Whatever is answered lies in the root the request named
+// FuzzInRootPath sends arbitrary paths, as path= and as path_b64=, to
+// every endpoint of a handler whose base is not "/": as they come, below a
+// root, and below the host path of a root. Whatever is answered lies in the root the request named
 // and is shown as a path in the base; a host path is never served;
 // refusals are the fixed texts; nothing from outside appears.
 func FuzzInRootPath(f *testing.F) {
@@ -43,6 +44,15 @@ func FuzzInRootPath(f *testing.F) {
 				w := httptest.NewRecorder()
 				h.ServeHTTP(w, r)
 				body := w.Body.String()
+				// The same path by its bytes in base64 gets the same answer
+				// (walks come in no order: compared for du, files and stat).
+				r = httptest.NewRequest("GET", ep+"?path_b64="+url.QueryEscape(base64.StdEncoding.EncodeToString([]byte(p))), nil)
+				r.RemoteAddr, r.Host = "127.0.0.1:1", "127.0.0.1"
+				w64 := httptest.NewRecorder()
+				h.ServeHTTP(w64, r)
+				if w64.Code != w.Code || ep != "/v1/walk" && w64.Body.String() != body {
+					t.Fatalf("%s %q: path= %d %s, path_b64= %d %s", ep, p, w.Code, body, w64.Code, w64.Body.String())
+				}
 				if strings.Contains(body, marker) || strings.Contains(body, "secret") || showsHost(body, fx.base) {
 					t.Fatalf("%s %q leaks: %s", ep, p, body)
 				}

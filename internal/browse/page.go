@@ -7,8 +7,11 @@ import (
 )
 
 // pageHTML is the whole browser UI: one file, no external assets, so it
-// works offline through kubectl port-forward. It reads /v1/roots and
-// /v1/files and never anything else.
+// works offline through kubectl port-forward. It reads /v1/roots,
+// /v1/files and /v1/du, and for its header /readyz?verbose and /v1/status
+// (served by the same server, without a token; it shows "?" where they are
+// missing). The bearer token, when the server wants one, is typed into the
+// page and kept in a variable of the tab: never in storage or a cookie.
 //
 //go:embed index.html
 var pageHTML []byte

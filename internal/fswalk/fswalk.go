@@ -239,3 +239,29 @@ func (rs *Roots) Stat(p string) (Entry, error) {
 	}
 	return e, nil
 }
+
+// TargetType is the type of what the symlink p leads to, following links
+// only while they stay inside p's root. ok is false when it leads nowhere
+// inside the root: dangling, a loop, or out of the root look alike on
+// purpose, so nothing is told about what lies outside.
+func (rs *Roots) TargetType(p string) (t Type, ok bool) {
+	p, err := CheckPath(p)
+	if err != nil {
+		return 0, false
+	}
+	r, rel, err := rs.resolve(p)
+	if err != nil {
+		return 0, false
+	}
+	fi, err := r.r.Stat(rel)
+	if err != nil {
+		return 0, false
+	}
+	switch {
+	case fi.Mode().IsRegular():
+		return TypeFile, true
+	case fi.IsDir():
+		return TypeDir, true
+	}
+	return TypeOther, true
+}

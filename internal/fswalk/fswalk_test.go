@@ -181,18 +181,6 @@ func TestCursorSurvivesChanges(t *testing.T) {
 	}
 }
 
-func TestEntryJSON(t *testing.T) {
-	e := Entry{Name: "a\"b\x01\xff<", Type: TypeSymlink, Mode: 04755, Size: 7, Mtime: 1e9, LinkTarget: "../t"}
-	got := string(e.AppendJSON(nil, "/d"))
-	want := `{"path":"/d/a\"b\u0001\ufffd\u003c","name":"a\"b\u0001\ufffd\u003c","type":"symlink","size":7,"mode":"4755","mtime":"1970-01-01T00:00:01Z","link_target":"../t"}`
-	if got != want {
-		t.Errorf("got  %s\nwant %s", got, want)
-	}
-	if got := string(AppendMode(nil, 0o7)); got != "0007" {
-		t.Errorf("mode 7: %s", got)
-	}
-}
-
 type collect struct {
 	mu    sync.Mutex
 	paths []string

@@ -70,7 +70,9 @@ type httpLimits struct {
 	// does between scrapes, and reconnecting after a longer interval costs
 	// a handshake on loopback or the pod network, nothing else.
 	IdleTimeout time.Duration
-	// MaxHeaderBytes bounds a request's header; a GET needs little.
+	// MaxHeaderBytes bounds a request's header: Go's default of 1 MB let
+	// 300 connections hold 775 MB (BENCHMARKS.md, Browse); the longest URL
+	// the page makes, a 4 KiB path as path_b64, is about 21 KB.
 	MaxHeaderBytes int
 	// MaxConns caps open connections; MaxConnsPerAddr those of one client
 	// address, so one client cannot take every slot from the probes.
@@ -85,7 +87,7 @@ var defaultHTTPLimits = httpLimits{
 	ReadHeaderTimeout: 10 * time.Second,
 	ReadTimeout:       30 * time.Second,
 	IdleTimeout:       30 * time.Second,
-	MaxHeaderBytes:    16 << 10,
+	MaxHeaderBytes:    64 << 10,
 	MaxConns:          1024,
 	MaxConnsPerAddr:   64,
 }
