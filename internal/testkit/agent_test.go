@@ -67,6 +67,9 @@ func TestRegisterAccepted(t *testing.T) {
 			t.Errorf("avagent.cfg lacks %q:\n%s", line, cfg)
 		}
 	}
+	if cid, err := os.ReadFile(filepath.Join(c.vardir, fakeagent.IDFile)); err != nil || strings.TrimSpace(string(cid)) != got[0].ClientID {
+		t.Errorf("cid.bin = %q (%v), want the client id %s", cid, err, got[0].ClientID)
+	}
 	if m.Count("pod-a") != 1 || m.Attempts("pod-a") != 1 {
 		t.Errorf("count %d, attempts %d; want 1, 1", m.Count("pod-a"), m.Attempts("pod-a"))
 	}
@@ -77,11 +80,13 @@ func TestRegisterRefused(t *testing.T) {
 	c := newClient(t, "pod-r")
 
 	r := c.register(t, m)
-	if r.code != fakeagent.ExitRefused || !strings.Contains(r.stderr, "license expired") {
-		t.Fatalf("refused register: exit %d, stderr %q; want %d and the reason", r.code, r.stderr, fakeagent.ExitRefused)
+	if r.code != fakeagent.ExitFailure || !strings.Contains(r.stderr, "license expired") {
+		t.Fatalf("refused register: exit %d, stderr %q; want %d and the reason", r.code, r.stderr, fakeagent.ExitFailure)
 	}
-	if _, err := os.Stat(filepath.Join(c.vardir, fakeagent.CfgFile)); !os.IsNotExist(err) {
-		t.Errorf("avagent.cfg written after a refusal: %v", err)
+	for _, f := range []string{fakeagent.CfgFile, fakeagent.IDFile} {
+		if _, err := os.Stat(filepath.Join(c.vardir, f)); !os.IsNotExist(err) {
+			t.Errorf("%s written after a refusal: %v", f, err)
+		}
 	}
 
 	m.SetRefuse("")
@@ -97,8 +102,8 @@ func TestRegisterDownThenUp(t *testing.T) {
 	m := startMCS(t, testkit.MCSOptions{Down: true})
 	c := newClient(t, "pod-d")
 
-	if r := c.register(t, m); r.code != fakeagent.ExitUnreachable {
-		t.Fatalf("register with the MCS down: exit %d, stderr %s; want %d", r.code, r.stderr, fakeagent.ExitUnreachable)
+	if r := c.register(t, m); r.code != fakeagent.ExitFailure {
+		t.Fatalf("register with the MCS down: exit %d, stderr %s; want %d", r.code, r.stderr, fakeagent.ExitFailure)
 	}
 	if err := m.SetDown(false); err != nil {
 		t.Fatal(err)
@@ -109,8 +114,8 @@ func TestRegisterDownThenUp(t *testing.T) {
 	if err := m.SetDown(true); err != nil {
 		t.Fatal(err)
 	}
-	if r := c.register(t, m); r.code != fakeagent.ExitUnreachable {
-		t.Fatalf("register with the MCS down again: exit %d; want %d", r.code, fakeagent.ExitUnreachable)
+	if r := c.register(t, m); r.code != fakeagent.ExitFailure {
+		t.Fatalf("register with the MCS down again: exit %d; want %d", r.code, fakeagent.ExitFailure)
 	}
 	if m.Count("pod-d") != 1 {
 		t.Errorf("count %d, want 1", m.Count("pod-d"))
@@ -147,7 +152,7 @@ func TestMaxConcurrentBusy(t *testing.T) {
 		}
 	}
 	r := newClient(t, "pod-late").register(t, m)
-	if r.code != fakeagent.ExitRefused || !strings.Contains(r.stderr, "busy") {
+	if r.code != fakeagent.ExitFailure || !strings.Contains(r.stderr, "busy") {
 		t.Errorf("third registration: exit %d, stderr %q; want busy refusal", r.code, r.stderr)
 	}
 	wg.Wait()
@@ -173,9 +178,9 @@ func TestRunAnswersCallback(t *testing.T) {
 	if !strings.Contains(log, "client pod-cb") {
 		t.Errorf("log does not name the client:\n%s", log)
 	}
-	pid, _ := os.ReadFile(filepath.Join(c.vardir, fakeagent.PidFile))
-	if strings.TrimSpace(string(pid)) != itoa(agent.Process.Pid) {
-		t.Errorf("pid file %q, want %d", pid, agent.Process.Pid)
+	lck, _ := os.ReadFile(filepath.Join(c.vardir, fakeagent.LockFile))
+	if f := strings.Fields(string(lck)); len(f) == 0 || f[0] != itoa(agent.Process.Pid) {
+		t.Errorf("lock file %q, want the pid %d first", lck, agent.Process.Pid)
 	}
 
 	if err := agent.Process.Signal(syscall.SIGTERM); err != nil {
@@ -188,8 +193,8 @@ func TestRunAnswersCallback(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitLog(t, filepath.Join(c.vardir, "avagent.log"), "Client Agent stopping")
-	if _, err := os.Stat(filepath.Join(c.vardir, fakeagent.PidFile)); !os.IsNotExist(err) {
-		t.Errorf("pid file left after a clean stop: %v", err)
+	if _, err := os.Stat(filepath.Join(c.vardir, fakeagent.LockFile)); !os.IsNotExist(err) {
+		t.Errorf("lock file left after a clean stop: %v", err)
 	}
 }
 
@@ -220,21 +225,36 @@ func TestFlagFiles(t *testing.T) {
 	}
 }
 
+// lockPID reads the pid, the first field of a lock file.
+func lockPID(t *testing.T, path string) int {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := strings.Fields(string(b))
+	if len(f) == 0 {
+		t.Fatalf("empty lock file %s", path)
+	}
+	pid, err := strconv.Atoi(f[0])
+	if err != nil {
+		t.Fatalf("lock file %q: %v", b, err)
+	}
+	return pid
+}
+
 // TestDaemon checks the init script flow: avagent.bin (daemon by default)
-// starts a detached copy, writes its pid and says "Client Agent started".
+// starts a detached copy, which records its pid in avagent.lck, and says
+// "Client Agent started" once it has.
 func TestDaemon(t *testing.T) {
 	c := newClient(t, "pod-daemon")
 	r := runCmd(t, c.bin, "--vardir="+c.vardir)
 	if r.code != 0 || !strings.Contains(r.stdout, "Client Agent started") {
 		t.Fatalf("daemon start: exit %d, stdout %q, stderr %q", r.code, r.stdout, r.stderr)
 	}
-	b, err := os.ReadFile(filepath.Join(c.vardir, fakeagent.PidFile))
-	if err != nil {
-		t.Fatal(err)
-	}
-	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
-	if err != nil || !alive(pid) {
-		t.Fatalf("pid file %q: no live daemon (%v)", b, err)
+	pid := lockPID(t, filepath.Join(c.vardir, fakeagent.LockFile))
+	if !alive(pid) {
+		t.Fatalf("lock file names %d: no live daemon", pid)
 	}
 	t.Cleanup(func() { _ = syscall.Kill(pid, syscall.SIGKILL) })
 	waitLog(t, filepath.Join(c.vardir, "avagent.log"), "Client Agent started: pid "+itoa(pid))
@@ -260,9 +280,40 @@ func TestCrashAfter(t *testing.T) {
 		t.Fatalf("exit %d, want 7 (stderr %s)", r.code, r.stderr)
 	}
 	waitLog(t, filepath.Join(c.vardir, "avagent.log"), "fake crash after 100ms")
-	if _, err := os.Stat(filepath.Join(c.vardir, fakeagent.PidFile)); err != nil {
-		t.Errorf("a crash should leave its stale pid file: %v", err)
+	if _, err := os.Stat(filepath.Join(c.vardir, fakeagent.LockFile)); err != nil {
+		t.Errorf("a crash should leave its stale lock file: %v", err)
 	}
+}
+
+// TestDaemonizeAnyway: with --fake-daemonize (here from avagent.cmd, as
+// AVAMAR_AGENT_FLAGS puts it) an agent told --daemon=false exits 0 at once
+// and leaves a daemon of its own session, which records itself in
+// avagent.lck and serves.
+func TestDaemonizeAnyway(t *testing.T) {
+	c := newClient(t, "pod-forks")
+	writeFile(t, c.vardir, fakeagent.CmdFile, "--iplist=127.0.0.1\n--listenport="+itoa(c.port)+"\n--fake-daemonize\n")
+	r := runCmd(t, c.bin, "--daemon=false", "--vardir="+c.vardir)
+	if r.code != 0 {
+		t.Fatalf("exit %d, stderr %q", r.code, r.stderr)
+	}
+	log := waitLog(t, filepath.Join(c.vardir, "avagent.log"), "Client Agent started: pid")
+	pid := lockPID(t, filepath.Join(c.vardir, fakeagent.LockFile))
+	t.Cleanup(func() { _ = syscall.Kill(pid, syscall.SIGKILL) })
+	if !strings.Contains(log, "daemonized despite --daemon=false: daemon pid "+itoa(pid)) {
+		t.Errorf("log does not name the daemon %d:\n%s", pid, log)
+	}
+	if sid, _ := unix.Getsid(pid); sid != pid {
+		t.Errorf("daemon session %d, want its own (%d)", sid, pid)
+	}
+	conn, err := net.Dial("tcp", "127.0.0.1:"+itoa(c.port))
+	if err != nil {
+		t.Fatalf("daemon does not listen: %v", err)
+	}
+	conn.Close()
+	if err := syscall.Kill(pid, syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	waitExit(t, pid)
 }
 
 // TestCrashIfExists plays a crash loop and its fix, through avagent.cmd as
@@ -361,7 +412,7 @@ func TestRegisterSilentServer(t *testing.T) {
 	c := newClient(t, "pod-s")
 	r := runCmd(t, c.bin, "--init", "--daemon=false", "--mcsaddr=127.0.0.1",
 		"--mcsport="+itoa(ln.Addr().(*net.TCPAddr).Port), "--dpndomain=/clients", "--vardir="+c.vardir)
-	if r.code != fakeagent.ExitUnreachable || !strings.Contains(r.stderr, "did not answer") {
-		t.Fatalf("silent MCS: exit %d, stderr %q; want %d, did not answer", r.code, r.stderr, fakeagent.ExitUnreachable)
+	if r.code != fakeagent.ExitFailure || !strings.Contains(r.stderr, "did not answer") {
+		t.Fatalf("silent MCS: exit %d, stderr %q; want %d, did not answer", r.code, r.stderr, fakeagent.ExitFailure)
 	}
 }

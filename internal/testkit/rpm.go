@@ -297,11 +297,12 @@ bin=$prefix/bin
 var=$prefix/var
 etc=$prefix/etc
 agent=$bin/avagent.bin
-pidfile=$var/avagent.pid
+lockfile=$var/avagent.lck
 
+# The running agent's pid is the first field of its lock file.
 running() {
-	[ -f "$pidfile" ] || return 1
-	pid=$(cat "$pidfile" 2>/dev/null)
+	[ -f "$lockfile" ] || return 1
+	read -r pid rest < "$lockfile" 2>/dev/null
 	[ -n "$pid" ] && kill -0 "$pid" 2>/dev/null
 }
 
@@ -316,7 +317,7 @@ start() {
 stop() {
 	if ! running; then
 		echo "Client Agent not running"
-		rm -f "$pidfile"
+		rm -f "$lockfile"
 		return 0
 	fi
 	kill "$pid"
@@ -329,7 +330,7 @@ stop() {
 		fi
 		sleep 0.1
 	done
-	rm -f "$pidfile"
+	rm -f "$lockfile"
 	echo "Client Agent stopped"
 }
 
@@ -370,7 +371,7 @@ status)
 	;;
 unregister)
 	stop
-	rm -f "$var/avagent.cfg"
+	rm -f "$var/avagent.cfg" "$var/cid.bin"
 	echo "Client unregistered"
 	;;
 *)
