@@ -179,6 +179,7 @@ func newParts(cfg config.Config, log zerolog.Logger) (parts, error) {
 			Domain:          cfg.Domain,
 			Client:          cfg.ClientName,
 			Interval:        cfg.RestInterval,
+			Scope:           cfg.RestScope,
 		}, logger("backupapi"))
 		if err != nil {
 			p.faults.set(sideBackupAPI, err)
