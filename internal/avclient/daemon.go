@@ -99,12 +99,15 @@ func (c Client) StopDaemon(ctx context.Context, timeout time.Duration) (int, err
 // FindDaemon waits up to wait for the lock file to name a running agent
 // other than exited whose lock file was written at or after since: the
 // daemon an agent started in its place when it daemonized although it was
-// told --daemon=false. It returns that daemon, watched, or nil.
+// told --daemon=false. It returns that daemon, watched, or nil. When ctx
+// ends it still looks for a moment (cancelGrace), so that a stop that
+// comes as the agent forks still finds the daemon, to stop it.
 func (c Client) FindDaemon(ctx context.Context, since time.Time, exited int, wait time.Duration) *Daemon {
 	tick := time.NewTicker(lockPoll)
 	defer tick.Stop()
 	deadline := time.NewTimer(wait)
 	defer deadline.Stop()
+	done := ctx.Done()
 	for {
 		if fi, err := os.Stat(c.LockFile()); err == nil && !fi.ModTime().Before(since.Truncate(time.Second)) {
 			if pid := recordedPID(c.LockFile()); pid != 0 && pid != exited && c.runsAgent(pid) {
@@ -117,11 +120,16 @@ func (c Client) FindDaemon(ctx context.Context, since time.Time, exited int, wai
 		case <-tick.C:
 		case <-deadline.C:
 			return nil
-		case <-ctx.Done():
-			return nil
+		case <-done:
+			done = nil
+			deadline.Reset(min(wait, cancelGrace))
 		}
 	}
 }
+
+// cancelGrace is how long FindDaemon goes on looking once its context has
+// ended.
+const cancelGrace = time.Second
 
 // lockPoll is how often FindDaemon looks at the lock file: a daemon writes
 // it once, soon after it starts.

@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/rs/zerolog"
 
@@ -59,6 +60,11 @@ type (
 type parts struct {
 	// install installs the RPM (install.Install with the configuration).
 	install func(ctx context.Context) (install.Result, error)
+	// locate finds, once the client is installed, where it keeps its state
+	// (avclient.Locate), and builds the parts whose paths depend on it:
+	// the flag files, the registrar, the supervisor and the log follower.
+	// Nil for parts that need no locating (the tests' fakes).
+	locate func() (avclient.Layout, error)
 	// writeFlags writes the client's flag files, reporting which changed.
 	writeFlags func() ([]string, error)
 	registrar  registrar
@@ -120,9 +126,7 @@ func (f *faults) all() map[string]string {
 // as a fault and left out.
 func newParts(cfg config.Config, log zerolog.Logger) (parts, error) {
 	logger := func(component string) zerolog.Logger { return log.With().Str("component", component).Logger() }
-	client := avclient.Client{Root: cfg.Root, Prefix: cfg.Host.Prefix}
 	p := parts{faults: &faults{}}
-	var err error
 
 	if cfg.Host.RPM == "" {
 		return parts{}, fmt.Errorf("%w: AVAMAR_RPM %s not resolved (config.Sources.FindRPM)", ErrConfig, cfg.RPM)
@@ -131,37 +135,78 @@ func newParts(cfg config.Config, log zerolog.Logger) (parts, error) {
 	p.install = func(ctx context.Context) (install.Result, error) {
 		return install.Install(ctx, install.Config{RPM: cfg.Host.RPM, Root: cfg.Root, Prefix: cfg.Prefix, StateDir: cfg.StateDir}, installLog)
 	}
+
+	// The parts that use the client's var dir are made with the prefix's
+	// var/ first, for their status, and made again once locate has found
+	// the var dir the installed client uses; only those run.
+	unlocated := avclient.Client{Root: cfg.Root, Prefix: cfg.Host.Prefix}
+	client := unlocated // the located one, once locate has run
+	build := func(c avclient.Client) (*register.Registrar, *supervise.Supervisor, *logfollow.Follower, error) {
+		r, err := register.New(register.Config{
+			Client:      c,
+			Server:      cfg.Server,
+			Port:        cfg.ServerPort,
+			Domain:      cfg.Domain,
+			ClientName:  cfg.ClientName,
+			Mode:        cfg.RegisterMode,
+			ReceiptFile: filepath.Join(cfg.Host.StateDir, "registration.json"),
+			Timeout:     cfg.RegisterTimeout,
+			BackoffMax:  cfg.RegisterBackoffMax,
+			StopTimeout: cfg.ShutdownTimeout / 2,
+		}, logger("register"))
+		if err != nil {
+			return nil, nil, nil, err
+		}
+		a, err := supervise.New(supervise.Config{
+			Path:        c.Agent(),
+			Args:        c.RunArgs(),
+			LogFile:     c.LogFile(),
+			BackoffMax:  cfg.RestartBackoffMax,
+			StopTimeout: cfg.ShutdownTimeout / 2,
+			Adopt: func(ctx context.Context, started time.Time, pid int) supervise.Daemon {
+				// A daemon writes its lock file soon after it starts.
+				if d := c.FindDaemon(ctx, started, pid, daemonWait); d != nil {
+					return d
+				}
+				return nil
+			},
+		}, logger("agent"))
+		if err != nil {
+			return nil, nil, nil, err
+		}
+		f, err := logfollow.New(logfollow.Config{Path: c.LogFile()}, logger("avagent.log"))
+		if err != nil {
+			return nil, nil, nil, err
+		}
+		return r, a, f, nil
+	}
+	r, a, f, err := build(unlocated)
+	if err != nil {
+		return parts{}, err
+	}
+	reg, agent, follow := newLate(r), newLate(a), newLate(f)
+	p.registrar, p.agent, p.follow = lateRegistrar{reg}, lateAgent{agent}, lateFollower{follow}
+	p.locate = func() (avclient.Layout, error) {
+		located, layout, err := unlocated.Locate(cfg.Host.VarDir)
+		if err != nil {
+			return layout, err
+		}
+		r, a, f, err := build(located)
+		if err != nil {
+			return layout, err
+		}
+		client = located
+		reg.set(r)
+		agent.set(a)
+		follow.set(f)
+		return layout, nil
+	}
 	flags := avclient.Flags{
 		NodeIP: cfg.NodeIP, ListenPort: cfg.ListenPort, MCSPort: cfg.ServerPort,
 		Extra: cfg.AgentFlags, ClientName: cfg.ClientName,
 	}
+	// Called after locate, on the same goroutine.
 	p.writeFlags = func() ([]string, error) { return client.WriteFlags(flags) }
-	if p.registrar, err = register.New(register.Config{
-		Client:      client,
-		Server:      cfg.Server,
-		Port:        cfg.ServerPort,
-		Domain:      cfg.Domain,
-		ClientName:  cfg.ClientName,
-		Mode:        cfg.RegisterMode,
-		ReceiptFile: filepath.Join(cfg.Host.StateDir, "registration.json"),
-		Timeout:     cfg.RegisterTimeout,
-		BackoffMax:  cfg.RegisterBackoffMax,
-		StopTimeout: cfg.ShutdownTimeout / 2,
-	}, logger("register")); err != nil {
-		return parts{}, err
-	}
-	if p.agent, err = supervise.New(supervise.Config{
-		Path:        client.Agent(),
-		Args:        client.RunArgs(),
-		LogFile:     client.LogFile(),
-		BackoffMax:  cfg.RestartBackoffMax,
-		StopTimeout: cfg.ShutdownTimeout / 2,
-	}, logger("agent")); err != nil {
-		return parts{}, err
-	}
-	if p.follow, err = logfollow.New(logfollow.Config{Path: client.LogFile()}, logger("avagent.log")); err != nil {
-		return parts{}, err
-	}
 
 	// The side parts: a failure is a fault, not a failed start.
 	if h, err := browse.New(browse.Config{Base: cfg.Root, Roots: cfg.BrowseRoots, TokenFile: cfg.Host.BrowseTokenFile}, logger("browse")); err != nil {
@@ -199,6 +244,64 @@ func newParts(cfg config.Config, log zerolog.Logger) (parts, error) {
 		}, log: logger("sshd")}
 	}
 	return p, nil
+}
+
+// daemonWait is how long the supervisor waits, after the agent exited 0 by
+// itself, for the lock file of a daemon it left in its place.
+const daemonWait = 10 * time.Second
+
+// late is a part that can only be built once the client is located: its
+// methods go to the one set by set, and until then to the one made with the
+// prefix's var/, which only answers for its status.
+type late[T any] struct {
+	p     atomic.Pointer[T]
+	ready chan struct{}
+}
+
+func newLate[T any](first *T) *late[T] {
+	l := &late[T]{ready: make(chan struct{})}
+	l.p.Store(first)
+	return l
+}
+
+// set makes v the part, once.
+func (l *late[T]) set(v *T) {
+	l.p.Store(v)
+	close(l.ready)
+}
+
+func (l *late[T]) get() *T { return l.p.Load() }
+
+type lateRegistrar struct{ *late[register.Registrar] }
+
+func (l lateRegistrar) Register(ctx context.Context) error { return l.get().Register(ctx) }
+func (l lateRegistrar) Status() register.Status            { return l.get().Status() }
+
+type lateAgent struct{ *late[supervise.Supervisor] }
+
+func (l lateAgent) Run(ctx context.Context) error { return l.get().Run(ctx) }
+func (l lateAgent) Status() supervise.Status      { return l.get().Status() }
+
+// lateFollower is a side part, started with the sidecar: it waits for the
+// client to be located before it follows the log there.
+type lateFollower struct{ *late[logfollow.Follower] }
+
+func (l lateFollower) Run(ctx context.Context) error {
+	select {
+	case <-l.ready:
+		return l.get().Run(ctx)
+	case <-ctx.Done():
+		return nil
+	}
+}
+
+func (l lateFollower) Status() logfollow.Status {
+	select {
+	case <-l.ready:
+		return l.get().Status()
+	default:
+		return logfollow.Status{}
+	}
 }
 
 // side is one side part as the sidecar runs it.

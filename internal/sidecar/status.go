@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"time"
 
+	"github.com/avsidecar/avsidecar/internal/avclient"
 	"github.com/avsidecar/avsidecar/internal/backupapi"
 	"github.com/avsidecar/avsidecar/internal/browse"
 	"github.com/avsidecar/avsidecar/internal/buildinfo"
@@ -21,10 +22,13 @@ import (
 // Status is the JSON of /v1/status; /metrics is read from the same
 // snapshots, so the two never disagree.
 type Status struct {
-	Version      string            `json:"version"`
-	Revision     string            `json:"revision,omitempty"`
-	Phase        string            `json:"phase"`
-	Install      *install.Result   `json:"install"`
+	Version  string          `json:"version"`
+	Revision string          `json:"revision,omitempty"`
+	Phase    string          `json:"phase"`
+	Install  *install.Result `json:"install"`
+	// Client is where the installed client lives: its prefix and the var
+	// dir it keeps its state and avagent.log in, and how that was found.
+	Client       *avclient.Layout  `json:"client,omitempty"`
 	Registration register.Status   `json:"registration"`
 	Agent        supervise.Status  `json:"agent"`
 	AgentLog     logfollow.Status  `json:"agent_log"`
@@ -44,6 +48,7 @@ func (s *Sidecar) Status() Status {
 		Revision:     buildinfo.Revision(),
 		Phase:        s.phase.Load().(string),
 		Install:      s.installed.Load(),
+		Client:       s.layout.Load(),
 		Registration: s.parts.registrar.Status(),
 		Agent:        s.parts.agent.Status(),
 		AgentLog:     s.parts.follow.Status(),

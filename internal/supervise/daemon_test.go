@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/rs/zerolog"
+
 	"github.com/avsidecar/avsidecar/internal/avclient"
 	"github.com/avsidecar/avsidecar/internal/testkit"
 )
@@ -155,4 +157,32 @@ func killPID(pid int) error {
 		return fmt.Errorf("kill %d: %w", pid, err)
 	}
 	return nil
+}
+
+// TestStopWhileLookingForTheDaemon: a stop that comes as the agent forks,
+// before its daemon is found, still finds the daemon and stops it.
+func TestStopWhileLookingForTheDaemon(t *testing.T) {
+	c, _ := fakeClient(t, "--fake-daemonize")
+	cfg := agentConfig(c)
+	ctx, cancel := context.WithCancel(context.Background())
+	find := cfg.Adopt
+	cfg.Adopt = func(actx context.Context, started time.Time, pid int) Daemon {
+		cancel() // the stop comes now
+		<-actx.Done()
+		return find(actx, started, pid)
+	}
+	ev := &events{}
+	s, err := New(cfg, zerolog.New(ev))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Run(ctx); err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	if pids := agentPIDs(c); len(pids) != 0 {
+		t.Fatalf("agents left after the stop: %v", pids)
+	}
+	if len(ev.with("agent daemon stopped")) != 1 {
+		t.Errorf("the daemon was not found and stopped")
+	}
 }

@@ -67,7 +67,9 @@ type Config struct {
 	// Adopt, when set, is called when the process exits with status 0 by
 	// itself. started is when this run began, pid the process that exited.
 	// It returns the daemon the process left in its place, watched, or nil
-	// when there is none (then the exit is an exit like any other).
+	// when there is none (then the exit is an exit like any other). It is
+	// called even when ctx has ended meanwhile, and should look for a
+	// moment then too: a daemon it finds is stopped at once.
 	Adopt func(ctx context.Context, started time.Time, pid int) Daemon
 }
 
@@ -331,9 +333,11 @@ func (s *Supervisor) runOnce(ctx context.Context) (logStart int64, exitErr error
 		select {
 		case <-p.Done():
 			err := p.Wait()
-			if err != nil || s.cfg.Adopt == nil || ctx.Err() != nil {
+			if err != nil || s.cfg.Adopt == nil {
 				return logStart, err
 			}
+			// Even when a stop has come meanwhile: a daemon left in the
+			// agent's place must be found to be stopped.
 			d := s.cfg.Adopt(ctx, started, p.Pid)
 			if d == nil {
 				return logStart, nil
