@@ -529,3 +529,33 @@ func TestMetricsLabelSets(t *testing.T) {
 		}
 	}
 }
+
+// TestInboundPorts: the ports of AVAMAR_INBOUND_PORTS are dialled on
+// loopback: /v1/status lists them with the listen port, and a closed one
+// shows in /readyz?verbose without failing readiness.
+func TestInboundPorts(t *testing.T) {
+	w := newWorld(t)
+	open, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer open.Close()
+	closed := testkit.FreePort(t)
+	openPort := open.Addr().(*net.TCPAddr).Port
+	w.cfg.InboundPorts = []int{openPort, closed}
+	close(w.install)
+	close(w.register.release)
+	s, _, _ := w.start(t)
+	w.ev.wait(t, "agent started")
+	expect(t, s, "/readyz", 200, "ok")
+	expect(t, s, "/readyz?verbose", 200, fmt.Sprintf("[!]inbound-ports: not accepting on %d", closed))
+	_, body := get(t, s, "/v1/status")
+	var st Status
+	if err := json.Unmarshal([]byte(body), &st); err != nil {
+		t.Fatal(err)
+	}
+	want := []InboundPort{{w.cfg.ListenPort, "listen", true}, {openPort, "extra", true}, {closed, "extra", false}}
+	if !slices.Equal(st.InboundPorts, want) {
+		t.Errorf("inbound ports %+v, want %+v", st.InboundPorts, want)
+	}
+}

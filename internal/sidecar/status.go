@@ -35,6 +35,10 @@ type Status struct {
 	SSH          *sshd.Status      `json:"ssh"`
 	Browse       *browse.Status    `json:"browse"`
 	Backup       *backupapi.Status `json:"backup"`
+	// InboundPorts are the ports the client should accept connections on
+	// (the listen port, and AVAMAR_INBOUND_PORTS), dialled on loopback;
+	// only /v1/status fills it.
+	InboundPorts []InboundPort `json:"inbound_ports,omitempty"`
 	// Faults are the side parts that failed or could not start, by name
 	// (ssh, browse, agent-log, backup-api), with why. The sidecar goes on
 	// without them.
@@ -115,8 +119,12 @@ func (s *Sidecar) metricsSnapshot() metrics.Snapshot {
 }
 
 func (s *Sidecar) serveStatus(w http.ResponseWriter, r *http.Request) {
+	st := s.Status()
+	if st.Phase == PhaseRunning {
+		st.InboundPorts = s.inboundPorts(r.Context())
+	}
 	w.Header().Set("Content-Type", "application/json")
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")
-	_ = enc.Encode(s.Status())
+	_ = enc.Encode(st)
 }
