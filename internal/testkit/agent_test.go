@@ -19,6 +19,7 @@ import (
 
 	"github.com/avsidecar/avsidecar/internal/testkit"
 	"github.com/avsidecar/avsidecar/internal/testkit/fakeagent"
+	"github.com/avsidecar/avsidecar/internal/testkit/mcsproto"
 )
 
 // client is one fake client's var/ directory and ports.
@@ -415,4 +416,69 @@ func TestRegisterSilentServer(t *testing.T) {
 	if r.code != fakeagent.ExitFailure || !strings.Contains(r.stderr, "did not answer") {
 		t.Fatalf("silent MCS: exit %d, stderr %q; want %d, did not answer", r.code, r.stderr, fakeagent.ExitFailure)
 	}
+}
+
+// TestBackupRunsScripts: a backup work order runs the dataset's
+// run-at-start script, the backup (which reads the dataset's files), then
+// the run-at-end script, from the scripts directory next to --sysdir; a
+// failed start script aborts the backup and skips the end script; a failed
+// end script fails the backup after it was taken.
+func TestBackupRunsScripts(t *testing.T) {
+	c := newClient(t, "pod-backup")
+	sysdir := t.TempDir()
+	scripts := filepath.Join(sysdir, "scripts")
+	if err := os.Mkdir(scripts, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	data := writeFile(t, t.TempDir(), "data", "")
+	script := func(name, body string) {
+		p := writeFile(t, scripts, name, "#!/bin/sh\n"+body+"\n")
+		if err := os.Chmod(p, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	script("pre.sh", `echo pre >> "`+data+`"; echo "pre says $0"`)
+	script("post.sh", `echo post >> "`+data+`"`)
+	script("bad-pre.sh", `echo "cannot quiesce" >&2; exit 3`)
+	script("bad-post.sh", `exit 4`)
+	startAgent(t, c.bin, c.vardir, "--sysdir="+sysdir+"/")
+	addr := "127.0.0.1:" + itoa(c.port)
+	steps := func(r mcsproto.BackupReply) string {
+		var out []string
+		for _, s := range r.Steps {
+			out = append(out, s.Step+"="+itoa(s.ExitCode))
+		}
+		return strings.Join(out, " ")
+	}
+
+	r, err := testkit.RunBackup(ctxT(t), addr, mcsproto.Backup{RunAtStart: "pre.sh", RunAtEnd: "post.sh", Paths: []string{data}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !r.OK || steps(r) != "run_at_start=0 backup=0 run_at_end=0" || r.Captured[data] != "pre\n" {
+		t.Fatalf("backup %+v, want start, backup (seeing only pre), end", r)
+	}
+	if got, _ := os.ReadFile(data); string(got) != "pre\npost\n" {
+		t.Errorf("data %q, want pre then post", got)
+	}
+	if out := r.Steps[0].Output; len(out) != 1 || !strings.HasSuffix(out[0], "scripts/pre.sh") {
+		t.Errorf("start script output %q", out)
+	}
+
+	r, _ = testkit.RunBackup(ctxT(t), addr, mcsproto.Backup{RunAtStart: "bad-pre.sh", RunAtEnd: "post.sh", Paths: []string{data}})
+	if r.OK || steps(r) != "run_at_start=3" || !strings.Contains(r.Reason, "aborted") || r.Steps[0].Output[0] != "cannot quiesce" {
+		t.Fatalf("backup with a failing start script %+v", r)
+	}
+	r, _ = testkit.RunBackup(ctxT(t), addr, mcsproto.Backup{RunAtEnd: "bad-post.sh", Paths: []string{data}})
+	if r.OK || steps(r) != "backup=0 run_at_end=4" || !strings.Contains(r.Reason, "exception") {
+		t.Fatalf("backup with a failing end script %+v", r)
+	}
+	r, _ = testkit.RunBackup(ctxT(t), addr, mcsproto.Backup{RunAtStart: "../pre.sh"})
+	if r.OK || steps(r) != "run_at_start=-1" {
+		t.Fatalf("backup with a path for a script %+v", r)
+	}
+	if got, _ := os.ReadFile(data); string(got) != "pre\npost\n" {
+		t.Errorf("data %q: a failed or refused script ran anyway", got)
+	}
+	waitLog(t, filepath.Join(c.vardir, "avagent.log"), "run_at_end script bad-post.sh exited 4")
 }

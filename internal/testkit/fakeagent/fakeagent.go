@@ -38,6 +38,7 @@ package fakeagent
 import (
 	"bufio"
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -550,10 +551,22 @@ func serve(ln net.Listener, o *options) {
 		go func() {
 			defer conn.Close()
 			_ = conn.SetDeadline(time.Now().Add(10 * time.Second))
-			var ping mcsproto.Ping
-			if err := mcsproto.Read(bufio.NewReader(conn), &ping); err != nil {
+			var raw json.RawMessage
+			if err := mcsproto.Read(bufio.NewReader(conn), &raw); err != nil {
 				if !errors.Is(err, io.EOF) {
 					logf(o.logfile, "bad callback from %s: %v", conn.RemoteAddr(), err)
+				}
+				return
+			}
+			var ping mcsproto.Ping
+			_ = json.Unmarshal(raw, &ping)
+			if ping.Op == mcsproto.OpBackup {
+				var order mcsproto.Backup
+				_ = json.Unmarshal(raw, &order)
+				// A backup takes as long as it takes: the scripts bound it.
+				_ = conn.SetDeadline(time.Time{})
+				if err := mcsproto.Write(conn, backup(o, order)); err != nil {
+					logf(o.logfile, "backup work order from %s: %v", conn.RemoteAddr(), err)
 				}
 				return
 			}
@@ -573,6 +586,100 @@ func serve(ln net.Listener, o *options) {
 			}
 		}()
 	}
+}
+
+// Bounds of a backup's reply: what a step's output and the capture of one
+// path keep, and how many paths are captured.
+const (
+	stepOutputLines = 20
+	captureBytes    = 4 << 10
+	capturePaths    = 8
+)
+
+// backup runs a work order as the real client does with a dataset's
+// run_at_start and run_at_end plug-in options: the start script (from the
+// scripts directory next to --sysdir), then the backup, then the end
+// script. A start script that fails aborts the backup: no backup, no end
+// script (the kit takes the option to abort on a failed script as set). An
+// end script that fails makes the backup fail, after the fact.
+func backup(o *options, order mcsproto.Backup) mcsproto.BackupReply {
+	reply := mcsproto.BackupReply{OK: true, Steps: []mcsproto.BackupStep{}}
+	logf(o.logfile, "backup work order: run_at_start=%q run_at_end=%q, %d paths", order.RunAtStart, order.RunAtEnd, len(order.Paths))
+	if order.RunAtStart != "" {
+		step := runScript(o, mcsproto.StepRunAtStart, order.RunAtStart)
+		reply.Steps = append(reply.Steps, step)
+		if step.ExitCode != 0 {
+			reply.OK, reply.Reason = false, fmt.Sprintf("run_at_start script %s exited %d: backup aborted", order.RunAtStart, step.ExitCode)
+			logf(o.logfile, "%s", reply.Reason)
+			return reply
+		}
+	}
+	started := time.Now()
+	reply.Captured = map[string]string{}
+	for _, p := range order.Paths[:min(len(order.Paths), capturePaths)] {
+		b, err := readHead(p, captureBytes)
+		if err != nil {
+			reply.Captured[p] = "error: " + err.Error()
+			continue
+		}
+		reply.Captured[p] = string(b)
+	}
+	reply.Steps = append(reply.Steps, mcsproto.BackupStep{Step: mcsproto.StepBackup, DurationMS: time.Since(started).Milliseconds()})
+	logf(o.logfile, "backup of %d paths done", len(reply.Captured))
+	if order.RunAtEnd != "" {
+		step := runScript(o, mcsproto.StepRunAtEnd, order.RunAtEnd)
+		reply.Steps = append(reply.Steps, step)
+		if step.ExitCode != 0 {
+			reply.OK, reply.Reason = false, fmt.Sprintf("run_at_end script %s exited %d: backup completed with an exception", order.RunAtEnd, step.ExitCode)
+			logf(o.logfile, "%s", reply.Reason)
+		}
+	}
+	return reply
+}
+
+// runScript runs a dataset's script by name from the scripts directory
+// next to --sysdir (PREFIX/etc/scripts), with its output kept for the
+// reply and the log.
+func runScript(o *options, step, name string) mcsproto.BackupStep {
+	s := mcsproto.BackupStep{Step: step, Script: name, ExitCode: -1}
+	started := time.Now()
+	defer func() { s.DurationMS = time.Since(started).Milliseconds() }()
+	if name != filepath.Base(name) || name == "." || name == ".." {
+		s.Output = []string{"script name " + name + " is not a file name"}
+		return s
+	}
+	dir := filepath.Join(o.sysdir, "scripts")
+	cmd := exec.Command(filepath.Join(dir, name))
+	cmd.Dir = dir
+	out, err := cmd.CombinedOutput()
+	lines := strings.Split(strings.TrimRight(string(out), "\n"), "\n")
+	if len(lines) > stepOutputLines {
+		lines = lines[len(lines)-stepOutputLines:]
+	}
+	if len(out) > 0 {
+		s.Output = lines
+	}
+	var ee *exec.ExitError
+	switch {
+	case err == nil:
+		s.ExitCode = 0
+	case errors.As(err, &ee):
+		s.ExitCode = ee.ExitCode()
+	default:
+		s.Output = append(s.Output, err.Error())
+	}
+	logf(o.logfile, "%s script %s exited %d", step, name, s.ExitCode)
+	return s
+}
+
+// readHead reads at most n bytes from the start of path.
+func readHead(path string, n int64) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	return io.ReadAll(io.LimitReader(f, n))
 }
 
 // spawnOrphans starts an intermediate copy of the agent that starts
