@@ -237,8 +237,8 @@ const (
 	// the state dir and the log settings.
 	ScopeInstall
 	// ScopeLocal is the commands that ask a running avsidecar (probe,
-	// status, ls): the HTTP address, the root, the browse token file and
-	// the log settings.
+	// status, ls, hook): the HTTP address, the root, the browse token file,
+	// the hooks socket and the log settings.
 	ScopeLocal
 )
 
@@ -391,6 +391,7 @@ func (e env) validateLocal(p *problems, c *Config) {
 	if e.BrowseTokenFile != "" {
 		c.BrowseTokenFile = absPath(p, "AVSIDECAR_BROWSE_TOKEN_FILE", e.BrowseTokenFile)
 	}
+	c.HooksSocket = absPath(p, "AVSIDECAR_HOOKS_SOCKET", e.HooksSocket)
 }
 
 // validateRun checks the rest of what `run` needs.
@@ -481,7 +482,6 @@ func (e env) validateRun(p *problems, c *Config, hostname func() (string, error)
 	if e.HooksFile != "" {
 		c.HooksFile = absPath(p, "AVSIDECAR_HOOKS_FILE", e.HooksFile)
 	}
-	c.HooksSocket = absPath(p, "AVSIDECAR_HOOKS_SOCKET", e.HooksSocket)
 }
 
 // validScope reports whether s is an OAuth 2.0 scope (RFC 6749 3.3):
