@@ -150,6 +150,9 @@ var testLabels = Labels{
 	Outcomes:     []string{"success", "refused", "unreachable", "unresolved", "timeout", "error"},
 	BackupStates: []string{"unknown", "ok", "unreachable", "unauthorized", "client-not-found", "error"},
 	Handlers:     []string{"livez", "readyz", "startupz", "metrics", "status", "files", "stat", "walk", "du", "ui", "other"},
+	HookPhases:   []string{"pre", "post"},
+	HookOutcomes: []string{"ok", "failed", "timeout", "error"},
+	HookResults:  []string{"passed", "failed"},
 }
 
 func newMetrics(t *testing.T, src *source) *Metrics {
@@ -179,6 +182,7 @@ func base(p string) map[string]float64 {
 		`avsidecar_agent_up{}`:                     0,
 		`avsidecar_agent_restarts_total{}`:         0,
 		`avsidecar_agent_uptime_seconds{}`:         0,
+		`avsidecar_agent_daemonized{}`:             0,
 		`avsidecar_ssh_logins_total{}`:             0,
 		`avsidecar_ssh_refusals_total{}`:           0,
 		`avsidecar_ssh_active_sessions{}`:          0,
@@ -196,13 +200,29 @@ func base(p string) map[string]float64 {
 	return want
 }
 
+// hookSeries sets the whole grid of hook series in w, at 0 unless runs or
+// calls say otherwise.
+func hookSeries(w map[string]float64, runs, calls map[string]float64) {
+	for _, ph := range testLabels.HookPhases {
+		for _, o := range testLabels.HookOutcomes {
+			w[`avsidecar_hook_runs_total{outcome="`+o+`",phase="`+ph+`"}`] = runs[ph+"/"+o]
+		}
+		for _, r := range testLabels.HookResults {
+			w[`avsidecar_hook_calls_total{phase="`+ph+`",result="`+r+`"}`] = calls[ph+"/"+r]
+		}
+	}
+}
+
 // TestSeriesFollowSnapshot walks a sidecar through its life and checks the
 // exact set of avsidecar_ series at every step, and that no counter ever
 // goes down.
 func TestSeriesFollowSnapshot(t *testing.T) {
 	backup := time.Date(2026, 11, 22, 23, 0, 0, 0, time.UTC)
 	check := time.Date(2026, 11, 23, 20, 0, 0, 500_000_000, time.UTC)
+	checkin := time.Date(2026, 11, 23, 19, 30, 0, 0, time.UTC)
 	install := Install{Package: "AvamarClient", Version: "7.5.101", Release: "101"}
+	runs := map[string]float64{"pre/ok": 3, "pre/timeout": 1, "post/ok": 2, "post/failed": 1}
+	calls := map[string]float64{"pre/passed": 2, "pre/failed": 1, "post/passed": 1, "post/failed": 1}
 	steps := []struct {
 		name string
 		snap Snapshot
@@ -227,7 +247,13 @@ func TestSeriesFollowSnapshot(t *testing.T) {
 			SSHAuthorizedKeysRefused: 2, BrowseRequests: map[string]uint64{"200": 5, "404": 1, "418": 1, "bad": 1},
 			AvagentLogLines: 10,
 			LastBackup:      backup, LastBackupCheck: check, BackupAPIState: "ok",
+			LastCheckin: checkin, AgentDaemonized: true, HooksConfigured: true,
+			HookRuns:  map[string]uint64{"pre/ok": 3, "pre/timeout": 1, "post/ok": 2, "post/failed": 1},
+			HookCalls: map[string]uint64{"pre/passed": 2, "pre/failed": 1, "post/passed": 1, "post/failed": 1},
 		}, func(w map[string]float64) {
+			w[`avsidecar_agent_daemonized{}`] = 1
+			w[`avsidecar_last_checkin_timestamp_seconds{}`] = float64(checkin.Unix())
+			hookSeries(w, runs, calls)
 			w[`avsidecar_phase{phase="registering"}`] = 0
 			w[`avsidecar_install_info{package="AvamarClient",release="101",version="7.5.101"}`] = 1
 			w[`avsidecar_ready{}`] = 1
@@ -263,7 +289,9 @@ func TestSeriesFollowSnapshot(t *testing.T) {
 			BrowseRequests:  map[string]uint64{"200": 6},
 			AvagentLogLines: 12,
 			LastBackup:      backup, LastBackupCheck: check.Add(time.Minute), BackupAPIState: "unauthorized",
+			HooksConfigured: true, HookRuns: map[string]uint64{"pre/ok": 1},
 		}, func(w map[string]float64) {
+			hookSeries(w, runs, calls) // counters hold their highest value
 			w[`avsidecar_install_info{package="AvamarClient",release="101",version="7.5.101"}`] = 1
 			w[`avsidecar_registered{}`] = 1
 			w[`avsidecar_registration_attempts_total{outcome="unreachable"}`] = 2
@@ -303,6 +331,7 @@ func TestSeriesFollowSnapshot(t *testing.T) {
 			w[`avsidecar_browse_requests_total{code="4xx"}`] = 1
 			w[`avsidecar_browse_requests_total{code="other"}`] = 1
 			w[`avsidecar_avagent_log_lines_total{}`] = 12
+			hookSeries(w, runs, calls)
 		}},
 	}
 	src := &source{}

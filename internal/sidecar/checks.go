@@ -52,7 +52,7 @@ func (s *Sidecar) readyChecks() []health.Check {
 	if len(s.cfg.InboundPorts) > 0 {
 		checks = append(checks, health.Check{Name: "inbound-ports", Optional: true, Fn: s.inboundAccepts})
 	}
-	for _, name := range []string{sideSSH, sideBrowse, sideAgentLog, sideBackupAPI} {
+	for _, name := range []string{sideSSH, sideBrowse, sideAgentLog, sideBackupAPI, sideHooks} {
 		checks = append(checks, health.Check{Name: name, Optional: true, Fn: func(context.Context) error {
 			if msg, ok := s.parts.faults.get(name); ok {
 				return errors.New(msg)

@@ -13,8 +13,10 @@ import (
 
 	"github.com/avsidecar/avsidecar/internal/avclient"
 	"github.com/avsidecar/avsidecar/internal/config"
+	"github.com/avsidecar/avsidecar/internal/hooks"
 	"github.com/avsidecar/avsidecar/internal/install"
 	"github.com/avsidecar/avsidecar/internal/testkit"
+	"github.com/avsidecar/avsidecar/internal/testkit/mcsproto"
 )
 
 // realSidecar builds the sidecar's real parts for the kit's client RPM
@@ -153,4 +155,66 @@ func TestClientStateInVarAvamar(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestHooksThroughTheClient: with hooks configured, a backup the MCS
+// starts with avsidecar's scripts selected runs the pre hooks, the backup
+// and the post hooks; /v1/status and /metrics show the runs. A broken
+// configuration is a fault, not a failed start, and fails the backup.
+func TestHooksThroughTheClient(t *testing.T) {
+	avsidecar := testkit.BuildAvsidecar(t)
+	old := hookCommand
+	hookCommand = func() (string, error) { return avsidecar, nil }
+	t.Cleanup(func() { hookCommand = old })
+	data := filepath.Join(t.TempDir(), "db")
+	os.WriteFile(data, nil, 0o644)
+	rec := func(word string) string { return `["/bin/sh", "-c", "echo ` + word + ` >> ` + data + `"]` }
+	order := mcsproto.Backup{RunAtStart: hooks.PreScript, RunAtEnd: hooks.PostScript, Paths: []string{data}}
+
+	t.Run("configured", func(t *testing.T) {
+		s, _, m := realSidecar(t, testkit.RPMOptions{}, map[string]string{
+			"AVSIDECAR_HOOKS": `{"pre": [{"name": "checkpoint", "command": ` + rec("pre") + `}], "post": [{"name": "resume", "command": ` + rec("post") + `}]}`,
+		})
+		eventually(t, s, "scripts installed and the agent running", func(st Status) bool {
+			return st.Phase == PhaseRunning && st.Agent.Running && st.Hooks != nil && len(st.Hooks.Scripts) == 2
+		})
+		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+		defer cancel()
+		if err := m.WaitReachable(ctx, "pod-0"); err != nil {
+			t.Fatal(err)
+		}
+		r, err := m.Backup(ctx, "pod-0", order)
+		if err != nil || !r.OK || r.Captured[data] != "pre\n" {
+			t.Fatalf("backup %+v, %v", r, err)
+		}
+		if b, _ := os.ReadFile(data); string(b) != "pre\npost\n" {
+			t.Errorf("data %q", b)
+		}
+		st := s.Status()
+		if len(st.Hooks.Runs) != 2 || st.Hooks.Calls["pre/passed"] != 1 || st.Hooks.Calls["post/passed"] != 1 || st.Faults != nil {
+			t.Errorf("hooks status %+v, faults %v", st.Hooks, st.Faults)
+		}
+		_, body := get(t, s, "/metrics")
+		for _, want := range []string{`avsidecar_hook_calls_total{phase="pre",result="passed"} 1`, `avsidecar_hook_runs_total{outcome="ok",phase="post"} 1`} {
+			if !strings.Contains(body, want) {
+				t.Errorf("no %s in /metrics", want)
+			}
+		}
+	})
+
+	t.Run("broken", func(t *testing.T) {
+		s, _, m := realSidecar(t, testkit.RPMOptions{}, map[string]string{"AVSIDECAR_HOOKS": `{"pre": [{"command": ["true"], "on_error": "maybe"}]}`})
+		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+		defer cancel()
+		if err := m.WaitReachable(ctx, "pod-0"); err != nil {
+			t.Fatal(err)
+		}
+		eventually(t, s, "a running agent", func(st Status) bool { return st.Phase == PhaseRunning && st.Agent.Running })
+		expect(t, s, "/readyz?verbose", 200, `[!]hooks: hooks: pre hook "pre-1": on_error "maybe"`)
+		eventually(t, s, "the scripts", func(st Status) bool { return len(st.Hooks.Scripts) == 2 })
+		r, err := m.Backup(ctx, "pod-0", order)
+		if err != nil || r.OK || len(r.Steps) != 1 {
+			t.Fatalf("backup %+v, %v: want it aborted", r, err)
+		}
+	})
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"os"
 	"path/filepath"
 	"sync"
 	"sync/atomic"
@@ -16,6 +17,7 @@ import (
 	"github.com/avsidecar/avsidecar/internal/backupapi"
 	"github.com/avsidecar/avsidecar/internal/browse"
 	"github.com/avsidecar/avsidecar/internal/config"
+	"github.com/avsidecar/avsidecar/internal/hooks"
 	"github.com/avsidecar/avsidecar/internal/install"
 	"github.com/avsidecar/avsidecar/internal/logfollow"
 	"github.com/avsidecar/avsidecar/internal/register"
@@ -54,6 +56,10 @@ type (
 		Run(ctx context.Context) error
 		Status() backupapi.Status
 	}
+	hookRunner interface {
+		Run(ctx context.Context) error
+		Status() hooks.Status
+	}
 )
 
 // parts are everything a sidecar runs.
@@ -76,6 +82,11 @@ type parts struct {
 	browse browser
 	// backups is nil when the REST API is off or could not be set up.
 	backups backupChecker
+	// hooks is nil when no hooks are configured.
+	hooks hookRunner
+	// installed is closed once the client is installed (nil: nothing
+	// waits for it).
+	installed chan struct{}
 	// faults records the side parts that failed, by check name.
 	faults *faults
 }
@@ -87,6 +98,7 @@ const (
 	sideBrowse    = "browse"
 	sideAgentLog  = "agent-log"
 	sideBackupAPI = "backup-api"
+	sideHooks     = "hooks"
 )
 
 // faults are the errors of side parts that stopped or could not start.
@@ -234,6 +246,36 @@ func newParts(cfg config.Config, log zerolog.Logger) (parts, error) {
 			p.backups = c
 		}
 	}
+	if cfg.Hooks != "" || cfg.HooksFile != "" {
+		hlog := logger("hooks")
+		exe, err := hookCommand()
+		if err != nil {
+			exe = "avsidecar"
+		}
+		p.installed = make(chan struct{})
+		h, err := hooks.New(hooks.Config{
+			Spec:       cfg.Hooks,
+			File:       cfg.Host.HooksFile,
+			Socket:     cfg.Host.HooksSocket,
+			ScriptsDir: unlocated.ScriptsDir(),
+			Command:    exe,
+			Installed:  p.installed,
+		}, hlog)
+		switch {
+		case err != nil:
+			p.faults.set(sideHooks, err)
+			hlog.Error().Err(err).Msg("hooks off: they could not be set up")
+		default:
+			// A broken configuration is a fault, and the hooks still run:
+			// the scripts answer with the error, so a backup that relies on
+			// them fails instead of running without them.
+			if err := h.ConfigError(); err != nil {
+				p.faults.set(sideHooks, err)
+				hlog.Error().Err(err).Msg("hook configuration broken: every hook call fails until it is fixed")
+			}
+			p.hooks = h
+		}
+	}
 	if cfg.SSHAddr != "" {
 		p.ssh = &lazySSH{cfg: sshd.Config{
 			Addr:               cfg.SSHAddr,
@@ -245,6 +287,10 @@ func newParts(cfg config.Config, log zerolog.Logger) (parts, error) {
 	}
 	return p, nil
 }
+
+// hookCommand is the avsidecar binary the hook scripts run: this one. (A
+// test of the real parts runs in a test binary, and names a built one.)
+var hookCommand = os.Executable
 
 // daemonWait is how long the supervisor waits, after the agent exited 0 by
 // itself, for the lock file of a daemon it left in its place.
@@ -319,6 +365,9 @@ func (p parts) sides() []side {
 	out = append(out, side{sideAgentLog, "avagent.log", p.follow.Run})
 	if p.backups != nil {
 		out = append(out, side{sideBackupAPI, "backupapi", p.backups.Run})
+	}
+	if p.hooks != nil {
+		out = append(out, side{sideHooks, "hooks", p.hooks.Run})
 	}
 	return out
 }

@@ -235,6 +235,9 @@ func (s *Sidecar) work(ctx context.Context) error {
 		return err
 	}
 	s.installed.Store(&res)
+	if s.parts.installed != nil {
+		close(s.parts.installed)
+	}
 	// An install streams the whole payload through decompressors; give
 	// those buffers back now rather than keep them for the pod's life.
 	runtime.GC() // the first collection moves sync.Pool buffers to the victim cache

@@ -11,6 +11,7 @@ import (
 	"github.com/avsidecar/avsidecar/internal/browse"
 	"github.com/avsidecar/avsidecar/internal/buildinfo"
 	"github.com/avsidecar/avsidecar/internal/health"
+	"github.com/avsidecar/avsidecar/internal/hooks"
 	"github.com/avsidecar/avsidecar/internal/install"
 	"github.com/avsidecar/avsidecar/internal/logfollow"
 	"github.com/avsidecar/avsidecar/internal/metrics"
@@ -35,13 +36,16 @@ type Status struct {
 	SSH          *sshd.Status      `json:"ssh"`
 	Browse       *browse.Status    `json:"browse"`
 	Backup       *backupapi.Status `json:"backup"`
+	// Hooks are the backup hooks, when configured: the scripts, the hooks,
+	// the last runs and the counts.
+	Hooks *hooks.Status `json:"hooks,omitempty"`
 	// InboundPorts are the ports the client should accept connections on
 	// (the listen port, and AVAMAR_INBOUND_PORTS), dialled on loopback;
 	// only /v1/status fills it.
 	InboundPorts []InboundPort `json:"inbound_ports,omitempty"`
 	// Faults are the side parts that failed or could not start, by name
-	// (ssh, browse, agent-log, backup-api), with why. The sidecar goes on
-	// without them.
+	// (ssh, browse, agent-log, backup-api, hooks), with why. The sidecar
+	// goes on without them.
 	Faults map[string]string `json:"faults,omitempty"`
 }
 
@@ -73,6 +77,10 @@ func (s *Sidecar) Status() Status {
 		st := s.parts.backups.Status()
 		d.Backup = &st
 	}
+	if s.parts.hooks != nil {
+		st := s.parts.hooks.Status()
+		d.Hooks = &st
+	}
 	return d
 }
 
@@ -83,6 +91,9 @@ var MetricLabels = metrics.Labels{
 	Outcomes:     register.Outcomes,
 	BackupStates: backupapi.States,
 	Handlers:     handlers,
+	HookPhases:   hooks.Phases,
+	HookOutcomes: hooks.Outcomes,
+	HookResults:  hooks.Results,
 }
 
 // metricsSnapshot is what /metrics reports, read from the same Status()
@@ -96,6 +107,7 @@ func (s *Sidecar) metricsSnapshot() metrics.Snapshot {
 		Registered:      d.Registration.Registered,
 		AgentUp:         d.Agent.Running,
 		AgentRestarts:   d.Agent.Restarts,
+		AgentDaemonized: d.Agent.Daemonized,
 		AvagentLogLines: d.AgentLog.Lines,
 	}
 	if d.Install != nil {
@@ -114,6 +126,10 @@ func (s *Sidecar) metricsSnapshot() metrics.Snapshot {
 	}
 	if d.Backup != nil {
 		m.LastBackup, m.LastBackupCheck, m.BackupAPIState = d.Backup.LastBackup, d.Backup.LastCheck, d.Backup.State
+		m.LastCheckin = d.Backup.LastCheckin
+	}
+	if d.Hooks != nil {
+		m.HooksConfigured, m.HookRuns, m.HookCalls = true, d.Hooks.Hooks, d.Hooks.Calls
 	}
 	return m
 }
