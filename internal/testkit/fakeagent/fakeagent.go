@@ -348,19 +348,28 @@ func register(o *options, stdout, stderr io.Writer) int {
 // and returns once the daemon has recorded its pid in avagent.lck, as the
 // init script's start does.
 func daemonize(self, args []string, o *options, stdout, stderr io.Writer) int {
-	pid, err := startDaemon(self, append(args, "--daemon=false"))
+	cmd, err := startDaemon(self, append(args, "--daemon=false"))
 	if err != nil {
 		fmt.Fprintf(stderr, "avagent Error: start daemon: %v\n", err)
 		return ExitFailure
 	}
+	pid := cmd.Process.Pid
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
 	lock := filepath.Join(o.vardir, LockFile)
-	deadline := time.Now().Add(10 * time.Second)
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	deadline := time.After(30 * time.Second)
 	for lockPID(lock) != pid {
-		if time.Now().After(deadline) {
+		select {
+		case err := <-exited:
+			fmt.Fprintf(stderr, "avagent Error: daemon %d ended before it started: %v\n", pid, err)
+			return ExitFailure
+		case <-deadline:
 			fmt.Fprintf(stderr, "avagent Error: daemon %d did not start\n", pid)
 			return ExitFailure
+		case <-tick.C:
 		}
-		time.Sleep(10 * time.Millisecond) // the daemon is not our child to wait on
 	}
 	fmt.Fprintln(stdout, "Client Agent started")
 	return ExitOK
@@ -370,27 +379,25 @@ func daemonize(self, args []string, o *options, stdout, stderr io.Writer) int {
 // a daemon in its place and exits 0 at once, before the daemon has written
 // its lock file, as an agent that ignores --daemon=false might.
 func daemonizeAnyway(self, args []string, o *options, stderr io.Writer) int {
-	pid, err := startDaemon(self, append(args, "--daemon=false", "--fake-daemonize=false"))
+	cmd, err := startDaemon(self, append(args, "--daemon=false", "--fake-daemonize=false"))
 	if err != nil {
 		fmt.Fprintf(stderr, "avagent Error: start daemon: %v\n", err)
 		return ExitFailure
 	}
-	logf(o.logfile, "daemonized despite --daemon=false: daemon pid %d", pid)
+	logf(o.logfile, "daemonized despite --daemon=false: daemon pid %d", cmd.Process.Pid)
 	return ExitOK
 }
 
-// startDaemon starts the agent with args in a session of its own and lets
-// it go: it is reparented to the nearest subreaper when this process exits.
-func startDaemon(self, args []string) (int, error) {
+// startDaemon starts the agent with args in a session of its own; it is
+// reparented to the nearest subreaper when this process exits.
+func startDaemon(self, args []string) (*exec.Cmd, error) {
 	argv := append(append([]string{}, self[1:]...), args...)
 	cmd := exec.Command(self[0], argv...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	if err := cmd.Start(); err != nil {
-		return 0, err
+		return nil, err
 	}
-	pid := cmd.Process.Pid
-	_ = cmd.Process.Release()
-	return pid, nil
+	return cmd, nil
 }
 
 // lockPID is the pid in the first field of a lock file, or 0.
