@@ -148,12 +148,13 @@ func newParts(cfg config.Config, log zerolog.Logger) (parts, error) {
 		return install.Install(ctx, install.Config{RPM: cfg.Host.RPM, Root: cfg.Root, Prefix: cfg.Prefix, StateDir: cfg.StateDir}, installLog)
 	}
 
-	// The parts that use the client's var dir are made with the prefix's
-	// var/ first, for their status, and made again once locate has found
-	// the var dir the installed client uses; only those run.
+	// The registrar and the supervisor use the client's var dir: they are
+	// made with the prefix's var/ first, for their status, and made again
+	// once locate has found the var dir the installed client uses; only
+	// those run. The log follower is only made then.
 	unlocated := avclient.Client{Root: cfg.Root, Prefix: cfg.Host.Prefix}
 	client := unlocated // the located one, once locate has run
-	build := func(c avclient.Client) (*register.Registrar, *supervise.Supervisor, *logfollow.Follower, error) {
+	build := func(c avclient.Client) (*register.Registrar, *supervise.Supervisor, error) {
 		r, err := register.New(register.Config{
 			Client:      c,
 			Server:      cfg.Server,
@@ -167,7 +168,7 @@ func newParts(cfg config.Config, log zerolog.Logger) (parts, error) {
 			StopTimeout: cfg.ShutdownTimeout / 2,
 		}, logger("register"))
 		if err != nil {
-			return nil, nil, nil, err
+			return nil, nil, err
 		}
 		a, err := supervise.New(supervise.Config{
 			Path:        c.Agent(),
@@ -184,26 +185,26 @@ func newParts(cfg config.Config, log zerolog.Logger) (parts, error) {
 			},
 		}, logger("agent"))
 		if err != nil {
-			return nil, nil, nil, err
+			return nil, nil, err
 		}
-		f, err := logfollow.New(logfollow.Config{Path: c.LogFile()}, logger("avagent.log"))
-		if err != nil {
-			return nil, nil, nil, err
-		}
-		return r, a, f, nil
+		return r, a, nil
 	}
-	r, a, f, err := build(unlocated)
+	r, a, err := build(unlocated)
 	if err != nil {
 		return parts{}, err
 	}
-	reg, agent, follow := newLate(r), newLate(a), newLate(f)
+	reg, agent, follow := newLate(r), newLate(a), newLate[logfollow.Follower](nil)
 	p.registrar, p.agent, p.follow = lateRegistrar{reg}, lateAgent{agent}, lateFollower{follow}
 	p.locate = func() (avclient.Layout, error) {
 		located, layout, err := unlocated.Locate(cfg.Host.VarDir)
 		if err != nil {
 			return layout, err
 		}
-		r, a, f, err := build(located)
+		r, a, err := build(located)
+		if err != nil {
+			return layout, err
+		}
+		f, err := logfollow.New(logfollow.Config{Path: located.LogFile()}, logger("avagent.log"))
 		if err != nil {
 			return layout, err
 		}
@@ -298,7 +299,7 @@ const daemonWait = 10 * time.Second
 
 // late is a part that can only be built once the client is located: its
 // methods go to the one set by set, and until then to the one made with the
-// prefix's var/, which only answers for its status.
+// prefix's var/ (if any), which only answers for its status.
 type late[T any] struct {
 	p     atomic.Pointer[T]
 	ready chan struct{}
