@@ -211,7 +211,7 @@ func TestInitScriptModeLeavesOneSupervisedAgent(t *testing.T) {
 	if err != nil || !strings.Contains(string(out), "Client Agent started") {
 		t.Fatalf("init script start: %v\n%s", err, out)
 	}
-	old, _ := strconv.Atoi(strings.TrimSpace(mustRead(t, filepath.Join(prefixDir(w.root), "var/avagent.pid"))))
+	old, _ := strconv.Atoi(strings.Fields(mustRead(t, filepath.Join(prefixDir(w.root), "var/avagent.lck")) + " x")[0])
 	t.Cleanup(func() {
 		if processAlive(old) {
 			_ = exec.Command("kill", "-9", strconv.Itoa(old)).Run()

@@ -88,20 +88,20 @@ func demoCmd(args []string, stdout, stderr io.Writer) error {
 
 // demoPaths are the files of one demo run, under its directory.
 type demoPaths struct {
-	bin     string // avsidecar and avkit
-	root    string // AVSIDECAR_ROOT
-	key     string // SSH private key for the user
-	data    string // demo data to browse, in the root
-	pidFile string // avagent's pid file, on the host
+	bin      string // avsidecar and avkit
+	root     string // AVSIDECAR_ROOT
+	key      string // SSH private key for the user
+	data     string // demo data to browse, in the root
+	lockFile string // avagent's lock file (pid first), on the host
 }
 
 func runDemo(ctx context.Context, c demoConfig, dir string, stdout, stderr io.Writer) error {
 	p := demoPaths{
-		bin:     filepath.Join(dir, "bin"),
-		root:    filepath.Join(dir, "root"),
-		key:     filepath.Join(dir, "id_ed25519"),
-		data:    "/data",
-		pidFile: filepath.Join(dir, "root", testkit.RPMPrefix, "var", "avagent.pid"),
+		bin:      filepath.Join(dir, "bin"),
+		root:     filepath.Join(dir, "root"),
+		key:      filepath.Join(dir, "id_ed25519"),
+		data:     "/data",
+		lockFile: filepath.Join(dir, "root", testkit.RPMPrefix, "var", "avagent.lck"),
 	}
 	fmt.Fprintf(stdout, "avkit demo: building avsidecar and avkit into %s\n", p.bin)
 	for _, name := range []string{"avsidecar", "avkit"} {
@@ -237,11 +237,11 @@ Try:
   curl -s '%[3]s/v1/status' | grep last_backup    # the newest backup, from the fake REST API (also avsidecar status, /metrics)
   ssh -p %[5]s -i %[6]s -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null demo@%[7]s 'ls -l %[1]s%[4]s'
   sftp -P %[5]s -i %[6]s -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null demo@%[7]s
-  kill $(cat %[8]s)     # avsidecar restarts the agent
+  kill $(cut -d' ' -f1 %[8]s)     # avsidecar restarts the agent
   type "down" here to stop the fake MCS, "up" to start it, "refuse REASON", "accept", "delay 5s", "regs"
   Ctrl-C stops everything and removes %[9]s (--keep keeps it)
 
-`, p.root, c.mcsAddr, base, p.data, sshPort, p.key, sshHost, p.pidFile, filepath.Dir(p.root), restURL)
+`, p.root, c.mcsAddr, base, p.data, sshPort, p.key, sshHost, p.lockFile, filepath.Dir(p.root), restURL)
 	if waitHTTP(ctx, base+"/readyz") {
 		fmt.Fprintf(w, "\navkit demo: avsidecar is ready (%s/readyz answers 200)\n\n", base)
 	}

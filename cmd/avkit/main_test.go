@@ -92,11 +92,11 @@ func TestAvagentSubcommandDaemon(t *testing.T) {
 	if code != 0 || out != "Client Agent started\n" {
 		t.Fatalf("exit %d, stdout %q, stderr %q", code, out, stderr)
 	}
-	b, err := os.ReadFile(filepath.Join(vardir, fakeagent.PidFile))
+	b, err := os.ReadFile(filepath.Join(vardir, fakeagent.LockFile))
 	if err != nil {
 		t.Fatal(err)
 	}
-	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	pid, err := strconv.Atoi(strings.Fields(string(b) + " x")[0])
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -68,6 +68,7 @@ func commands() []command {
 		{"probe", "probe live|ready|startup: exit 0 when that check passes", probeCmd},
 		{"ls", "ls [-r] [--json] PATH: list a directory through the local browse API", lsCmd},
 		{"status", "print the local /v1/status", statusCmd},
+		{"hook", "hook pre|post: run the sidecar's backup hooks (the Avamar run-at-start and run-at-end scripts call it)", hookCmd},
 		{"version", "print the version", versionCmd},
 	}
 }

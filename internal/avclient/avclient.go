@@ -1,7 +1,8 @@
 // Package avclient knows the Avamar client's layout on disk and how its
 // binaries are called: where avagent.bin lives, which flags put it in the
-// foreground, and the flag files it reads at start (SPEC "Facts about the
-// Avamar client"). Nothing else in avsidecar spells these paths.
+// foreground, where it keeps its state, and the flag files it reads at
+// start (SPEC "Facts about the Avamar client"). Nothing else in avsidecar
+// spells these paths.
 package avclient
 
 import (
@@ -10,6 +11,7 @@ import (
 	"strings"
 
 	"github.com/avsidecar/avsidecar/internal/atomicfile"
+	"github.com/avsidecar/avsidecar/internal/config"
 )
 
 // Client is an installed Avamar client.
@@ -19,6 +21,9 @@ type Client struct {
 	Root string
 	// Prefix is the host path of the client's installation prefix.
 	Prefix string
+	// Var is the host path of the directory the client keeps its state and
+	// logs in, once known (see Locate); empty means Prefix/var.
+	Var string
 }
 
 // Agent is the avagent binary.
@@ -28,23 +33,40 @@ func (c Client) Agent() string { return filepath.Join(c.Prefix, "bin/avagent.bin
 // verb that the whitepaper's run.sh called.
 func (c Client) InitScript() string { return filepath.Join(c.Root, "etc/init.d/avagent") }
 
-// VarDir holds the client's state and logs.
-func (c Client) VarDir() string { return filepath.Join(c.Prefix, "var") }
+// ScriptsDir is etc/scripts under the prefix, where the scripts a dataset
+// names as run-at-start and run-at-end scripts live.
+func (c Client) ScriptsDir() string { return filepath.Join(c.Prefix, "etc/scripts") }
+
+// VarDir holds the client's state and logs: Var when set, else Prefix/var.
+func (c Client) VarDir() string {
+	if c.Var != "" {
+		return c.Var
+	}
+	return filepath.Join(c.Prefix, "var")
+}
 
 // LogFile is avagent's own log.
-func (c Client) LogFile() string { return filepath.Join(c.Prefix, "var/avagent.log") }
+func (c Client) LogFile() string { return filepath.Join(c.VarDir(), "avagent.log") }
 
-// RegisteredFile exists once the client is registered with an MCS.
-func (c Client) RegisteredFile() string { return filepath.Join(c.Prefix, "var/avagent.cfg") }
+// RegisteredFile is written when the client registers with an MCS; with
+// IDFile it is the client's registration.
+func (c Client) RegisteredFile() string { return filepath.Join(c.VarDir(), "avagent.cfg") }
+
+// IDFile holds the client's unique id, given at registration.
+func (c Client) IDFile() string { return filepath.Join(c.VarDir(), "cid.bin") }
 
 // CmdFile holds avagent's extra flags (--iplist, --listenport, ...).
-func (c Client) CmdFile() string { return filepath.Join(c.Prefix, "var/avagent.cmd") }
+func (c Client) CmdFile() string { return filepath.Join(c.VarDir(), "avagent.cmd") }
 
 // IdentityFile holds --hostname, which forces the client name.
-func (c Client) IdentityFile() string { return filepath.Join(c.Prefix, "var/.avagent") }
+func (c Client) IdentityFile() string { return filepath.Join(c.VarDir(), ".avagent") }
 
-// PIDFile is where the control script's daemon records its pid.
-func (c Client) PIDFile() string { return filepath.Join(c.Prefix, "var/avagent.pid") }
+// LockFile is where a running agent records its pid: the first
+// whitespace-separated field of var/avagent.lck.
+func (c Client) LockFile() string { return filepath.Join(c.VarDir(), "avagent.lck") }
+
+// PIDFile is var/avagent.pid, read when there is no usable lock file.
+func (c Client) PIDFile() string { return filepath.Join(c.VarDir(), "avagent.pid") }
 
 // dirArgs are the flags that point avagent at its own directories.
 func (c Client) dirArgs() []string {
@@ -62,10 +84,16 @@ func (c Client) RunArgs() []string {
 }
 
 // InitArgs are avagent's arguments to register with an MCS in the
-// foreground without starting a daemon.
+// foreground without starting a daemon. server is a bare host, as every
+// public registration script passes it; --mcsport, which no public source
+// documents for avagent, is added only for a port other than
+// config.DefaultMCSPort.
 func (c Client) InitArgs(server string, port int, domain string) []string {
-	return append([]string{"--init", "--daemon=false", "--mcsaddr=" + server,
-		"--mcsport=" + strconv.Itoa(port), "--dpndomain=" + domain}, c.dirArgs()...)
+	args := []string{"--init", "--daemon=false", "--mcsaddr=" + server}
+	if port != 0 && port != config.DefaultMCSPort {
+		args = append(args, "--mcsport="+strconv.Itoa(port))
+	}
+	return append(append(args, "--dpndomain="+domain), c.dirArgs()...)
 }
 
 // Flags is what avsidecar writes into the client's flag files.
@@ -78,18 +106,19 @@ type Flags struct {
 	Extra []string
 	// ClientName pins the client identity (--hostname in .avagent).
 	ClientName string
-	// MCSPort, when not zero, is written as --mcsport, so that every
-	// invocation (the init script's register verb, which takes no port, and
-	// the agent itself) uses the configured MCS port rather than the one an
-	// earlier registration left in avagent.cfg (avagent.cmd is read after
-	// it, and wins).
+	// MCSPort is the MCS port. It is written as --mcsport only when it is
+	// not config.DefaultMCSPort: the flag is not documented for avagent, so
+	// a client on the default port never sees it. When written, every
+	// invocation (the init script's register verb, which is given a bare
+	// host, and the agent itself) uses it rather than the one an earlier
+	// registration left in avagent.cfg (avagent.cmd is read after it).
 	MCSPort int
 }
 
 // CmdLines is the content of avagent.cmd.
 func (f Flags) CmdLines() []string {
 	lines := []string{"--iplist=" + f.NodeIP, "--listenport=" + strconv.Itoa(f.ListenPort)}
-	if f.MCSPort != 0 {
+	if f.MCSPort != 0 && f.MCSPort != config.DefaultMCSPort {
 		lines = append(lines, "--mcsport="+strconv.Itoa(f.MCSPort))
 	}
 	return append(lines, f.Extra...)

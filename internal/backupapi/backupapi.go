@@ -2,16 +2,25 @@
 // this client's newest backup was taken, so that an operator can alert on
 // backup freshness (metric avsidecar_last_backup_timestamp_seconds).
 //
-// One check: get an OAuth2 token (password grant at /api/oauth/token, the
-// OAuth client authenticated by HTTP basic auth), find the client by name in
-// its domain (/api/v1/clients?domain=D&filter=name==N), then read its
-// backups newest first (/api/v1/clients/{id}/backups?sort=createdTime,desc)
-// and keep the newest createdTime. Tokens are reused until shortly before
-// they expire; an API call answered 401 gets a new token once. Transport
-// errors, 429 and 5xx answers are retried with capped exponential backoff
-// (go-retryablehttp) that stops when the context ends. TLS is verified,
-// against the system roots or a CA file; plain http is refused because a
-// password travels in the token request.
+// One check, in the shapes the public clients of the API use (the Dell
+// PowerShell module of SkunkworksAutomation/Avamar, Python clients, an
+// asset-inventory adapter): get an OAuth2 token (password grant at
+// /api/oauth/token, the OAuth client authenticated by HTTP basic auth, with
+// a scope: write, as all of them send); find the client by name in its
+// domain, reading every page (page, size; content, totalPages) of
+// /api/v1/clients?domain=D&filter=name==N; take the newest backup's time
+// from the client record's lastBackupTime, else from
+// /api/v1/clients/{id}/backup-statistics, else from the backups list
+// /api/v1/clients/{id}/backups, every page of it, the newest found here:
+// no public client asks the server to sort. The record's lastCheckinTime,
+// when present, says when the server last heard from the agent.
+//
+// Tokens are reused until shortly before they expire; an API call answered
+// 401 gets a new token once. Transport errors, 429 and 5xx answers are
+// retried with capped exponential backoff (go-retryablehttp) that stops
+// when the context ends. TLS is verified, against the system roots or a CA
+// file; plain http is refused because a password travels in the token
+// request.
 //
 // The check is only on when AVAMAR_REST_URL is set:
 //
@@ -21,6 +30,7 @@
 //	| `AVAMAR_REST_CREDENTIALS_FILE` | `/etc/avsidecar/rest/credentials` | `KEY=VALUE` lines `client_id`, `client_secret` (the OAuth client), `username`, `password` (the Avamar user); `#` comments; re-read at every token request, so a rotated Secret is picked up |
 //	| `AVAMAR_REST_CA_FILE` | empty (system roots) | PEM CA bundle that signed the server's certificate |
 //	| `AVAMAR_REST_INTERVAL` | `5m` | time between two checks |
+//	| `AVAMAR_REST_SCOPE` | `write` | the scope of the token request |
 //
 // The client is looked up by AVAMAR_CLIENT_NAME in AVAMAR_DOMAIN. Secrets
 // (client secret, password, tokens) never reach logs, Status or errors.
@@ -63,6 +73,7 @@ var States = []string{StateUnknown, StateOK, StateUnreachable, StateUnauthorized
 
 // Defaults for the zero values of Config.
 const (
+	DefaultScope          = "write"
 	DefaultInterval       = 5 * time.Minute
 	DefaultRequestTimeout = 30 * time.Second
 	DefaultRetryMax       = 4
@@ -87,6 +98,9 @@ type Config struct {
 	Domain string
 	// Client is the client's name (AVAMAR_CLIENT_NAME). Required.
 	Client string
+	// Scope is the scope of the token request (AVAMAR_REST_SCOPE); empty
+	// means DefaultScope.
+	Scope string
 	// Interval is the time between two checks (AVAMAR_REST_INTERVAL);
 	// zero means DefaultInterval.
 	Interval time.Duration
@@ -115,6 +129,12 @@ type Status struct {
 	// LastBackup is the time of the newest backup; zero while unknown. It
 	// keeps the last value learnt while the server cannot be asked.
 	LastBackup time.Time `json:"last_backup,omitzero"`
+	// BackupSource says where LastBackup came from: client (the client
+	// record's lastBackupTime), backup-statistics, or backups (the list).
+	BackupSource string `json:"backup_source,omitempty"`
+	// LastCheckin is when the server last heard from the agent (the client
+	// record's lastCheckinTime); zero while unknown.
+	LastCheckin time.Time `json:"last_checkin,omitzero"`
 	// LastCheck is when the last check finished.
 	LastCheck time.Time `json:"last_check,omitzero"`
 	// LastSuccess is when a check last succeeded.
@@ -155,6 +175,18 @@ func (e *stateError) Error() string { return e.err.Error() }
 // Unwrap gives errors.Is and errors.As the wrapped error.
 func (e *stateError) Unwrap() error { return e.err }
 
+// httpError is an API answer other than 200, 401 and 403.
+type httpError struct {
+	code int
+	err  error
+}
+
+// Error is the wrapped error's message.
+func (e *httpError) Error() string { return e.err.Error() }
+
+// Unwrap gives errors.Is and errors.As the wrapped error.
+func (e *httpError) Unwrap() error { return e.err }
+
 func failure(state string, format string, args ...any) error {
 	return &stateError{state: state, err: fmt.Errorf(format, args...)}
 }
@@ -191,6 +223,9 @@ func New(cfg Config, log zerolog.Logger) (*Checker, error) {
 	}
 	if len(problems) > 0 {
 		return nil, fmt.Errorf("backupapi: %w", errors.Join(problems...))
+	}
+	if cfg.Scope == "" {
+		cfg.Scope = DefaultScope
 	}
 	setDefault(&cfg.Interval, DefaultInterval)
 	setDefault(&cfg.RequestTimeout, DefaultRequestTimeout)
@@ -308,64 +343,180 @@ func (c *Checker) Check(ctx context.Context) {
 		return
 	}
 	if c.st.State != StateOK {
-		c.log.Info().Time("last_backup", newest).Bool("found", found).Msg("backup check ok")
+		c.log.Info().Time("last_backup", newest.time).Str("source", newest.source).Bool("found", found).Msg("backup check ok")
 	}
 	c.st.State, c.st.Message = StateOK, ""
 	c.st.LastSuccess = now
+	c.st.LastCheckin = newest.checkin
 	if found {
-		c.st.LastBackup = newest
+		c.st.LastBackup, c.st.BackupSource = newest.time, newest.source
 	} else {
-		c.st.LastBackup = time.Time{}
+		c.st.LastBackup, c.st.BackupSource = time.Time{}, ""
 		c.st.Message = "the client has no backup yet"
 	}
 }
 
+// Sources of the newest backup's time, as in Status.BackupSource.
+const (
+	SourceClient     = "client"
+	SourceStatistics = "backup-statistics"
+	SourceBackups    = "backups"
+)
+
+// pageSize is the size of the pages asked for; maxPages bounds how many
+// pages of one list a check reads.
+const (
+	pageSize = 100
+	maxPages = 100
+)
+
+// finding is what one check learnt.
+type finding struct {
+	time    time.Time // the newest backup
+	source  string    // where time came from
+	checkin time.Time // the client record's lastCheckinTime
+}
+
+// clientRecord is what the check reads of a client record.
+type clientRecord struct {
+	ID              string          `json:"id"`
+	Name            string          `json:"name"`
+	DomainFqdn      string          `json:"domainFqdn"`
+	LastBackupTime  json.RawMessage `json:"lastBackupTime"`
+	LastCheckinTime json.RawMessage `json:"lastCheckinTime"`
+}
+
 // check finds the client and its newest backup.
-func (c *Checker) check(ctx context.Context) (time.Time, bool, error) {
-	var clients struct {
-		Content []struct {
-			ID     string `json:"id"`
-			Name   string `json:"name"`
-			Domain string `json:"domain"`
-		} `json:"content"`
+func (c *Checker) check(ctx context.Context) (finding, bool, error) {
+	rec, err := c.findClient(ctx)
+	if err != nil {
+		return finding{}, false, err
 	}
-	q := url.Values{"domain": {c.cfg.Domain}, "filter": {"name==" + c.cfg.Client}}
-	if err := c.get(ctx, "/api/v1/clients", q, &clients); err != nil {
-		return time.Time{}, false, err
+	var f finding
+	if t, ok, err := optionalTime(rec.LastCheckinTime); err != nil {
+		return finding{}, false, fmt.Errorf("client record lastCheckinTime: %w", err)
+	} else if ok {
+		f.checkin = t
 	}
-	id := ""
-	for _, cl := range clients.Content {
-		// The filter is the server's business; the exact name is ours.
-		if cl.Name == c.cfg.Client {
-			id = cl.ID
+	if t, ok, err := optionalTime(rec.LastBackupTime); err != nil {
+		return finding{}, false, fmt.Errorf("client record lastBackupTime: %w", err)
+	} else if ok {
+		f.time, f.source = t, SourceClient
+		return f, true, nil
+	}
+	if t, ok, err := c.statistics(ctx, rec.ID); err != nil {
+		return finding{}, false, err
+	} else if ok {
+		f.time, f.source = t, SourceStatistics
+		return f, true, nil
+	}
+	t, ok, err := c.newestInList(ctx, rec.ID)
+	if err != nil || !ok {
+		return f, false, err
+	}
+	f.time, f.source = t, SourceBackups
+	return f, true, nil
+}
+
+// findClient reads the pages of the domain's clients of that name and
+// returns the one whose name (and domainFqdn, when the record has one) is
+// exactly the configured one: the filter is the server's business, the
+// match is ours.
+func (c *Checker) findClient(ctx context.Context) (clientRecord, error) {
+	q := url.Values{"domain": {c.cfg.Domain}, "filter": {"name==" + c.cfg.Client}, "size": {strconv.Itoa(pageSize)}}
+	for p := 0; p < maxPages; p++ {
+		var page struct {
+			Content    []clientRecord `json:"content"`
+			TotalPages int            `json:"totalPages"`
+		}
+		q.Set("page", strconv.Itoa(p))
+		if err := c.get(ctx, "/api/v1/clients", q, &page); err != nil {
+			return clientRecord{}, err
+		}
+		for _, rec := range page.Content {
+			if rec.Name == c.cfg.Client && (rec.DomainFqdn == "" || rec.DomainFqdn == c.cfg.Domain) && rec.ID != "" {
+				return rec, nil
+			}
+		}
+		if p+1 >= page.TotalPages || len(page.Content) == 0 {
 			break
 		}
 	}
-	if id == "" {
-		return time.Time{}, false, failure(StateClientNotFound, "no client %q in domain %q", c.cfg.Client, c.cfg.Domain)
-	}
+	return clientRecord{}, failure(StateClientNotFound, "no client %q in domain %q", c.cfg.Client, c.cfg.Domain)
+}
 
-	var backups struct {
-		Content []struct {
-			CreatedTime json.RawMessage `json:"createdTime"`
-		} `json:"content"`
+// statistics reads lastBackupTime from the client's backup statistics. A
+// server without that endpoint (404) is no error: the list comes next.
+func (c *Checker) statistics(ctx context.Context, id string) (time.Time, bool, error) {
+	var stats struct {
+		LastBackupTime json.RawMessage `json:"lastBackupTime"`
 	}
-	q = url.Values{"sort": {"createdTime,desc"}, "page": {"0"}, "size": {"20"}}
-	if err := c.get(ctx, "/api/v1/clients/"+url.PathEscape(id)+"/backups", q, &backups); err != nil {
+	err := c.get(ctx, "/api/v1/clients/"+url.PathEscape(id)+"/backup-statistics", nil, &stats)
+	var he *httpError
+	if errors.As(err, &he) && (he.code == http.StatusNotFound || he.code == http.StatusMethodNotAllowed) {
+		return time.Time{}, false, nil
+	}
+	if err != nil {
 		return time.Time{}, false, err
 	}
+	t, ok, err := optionalTime(stats.LastBackupTime)
+	if err != nil {
+		return time.Time{}, false, fmt.Errorf("backup statistics lastBackupTime: %w", err)
+	}
+	return t, ok, nil
+}
+
+// backupTimeFields are the fields of a backup in the list read as its time,
+// the first present winning. No public source shows the list's fields: the
+// list is the last resort, for servers whose records and statistics carry
+// no time.
+var backupTimeFields = []string{"createdTime", "created", "createdDate", "backupTime", "startTime"}
+
+// newestInList reads every page of the client's backups and returns the
+// newest time found: no public client asks the server to sort.
+func (c *Checker) newestInList(ctx context.Context, id string) (time.Time, bool, error) {
+	q := url.Values{"size": {strconv.Itoa(pageSize)}}
 	var newest time.Time
 	found := false
-	for _, b := range backups.Content {
-		t, err := parseTime(b.CreatedTime)
-		if err != nil {
-			return time.Time{}, false, fmt.Errorf("backup list: %w", err)
+	for p := 0; p < maxPages; p++ {
+		var page struct {
+			Content    []map[string]json.RawMessage `json:"content"`
+			TotalPages int                          `json:"totalPages"`
 		}
-		if !found || t.After(newest) {
-			newest, found = t, true
+		q.Set("page", strconv.Itoa(p))
+		if err := c.get(ctx, "/api/v1/clients/"+url.PathEscape(id)+"/backups", q, &page); err != nil {
+			return time.Time{}, false, err
+		}
+		for _, b := range page.Content {
+			t, ok, err := backupTime(b)
+			if err != nil {
+				return time.Time{}, false, fmt.Errorf("backup list: %w", err)
+			}
+			if ok && (!found || t.After(newest)) {
+				newest, found = t, true
+			}
+		}
+		if p+1 >= page.TotalPages || len(page.Content) == 0 {
+			break
 		}
 	}
 	return newest, found, nil
+}
+
+// backupTime is the time of one backup of the list.
+func backupTime(b map[string]json.RawMessage) (time.Time, bool, error) {
+	for _, name := range backupTimeFields {
+		if raw, ok := b[name]; ok {
+			t, ok, err := optionalTime(raw)
+			if err != nil {
+				return time.Time{}, false, fmt.Errorf("%s: %w", name, err)
+			}
+			if ok {
+				return t, true, nil
+			}
+		}
+	}
+	return time.Time{}, false, nil
 }
 
 // get calls the API with a token, getting a new token once if the call is
@@ -402,7 +553,7 @@ func (c *Checker) get(ctx context.Context, path string, q url.Values, out any) e
 		case resp.StatusCode == http.StatusUnauthorized, resp.StatusCode == http.StatusForbidden:
 			return failure(StateUnauthorized, "get %s: %s%s", path, resp.Status, oauthError(body))
 		case resp.StatusCode != http.StatusOK:
-			return fmt.Errorf("get %s: %s", path, resp.Status)
+			return &httpError{code: resp.StatusCode, err: fmt.Errorf("get %s: %s", path, resp.Status)}
 		}
 		if err := json.Unmarshal(body, out); err != nil {
 			return fmt.Errorf("get %s: decode answer: %w", path, err)
@@ -422,7 +573,7 @@ func (c *Checker) getToken(ctx context.Context, fresh bool) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	form := url.Values{"grant_type": {"password"}, "username": {cr.username}, "password": {cr.password}}
+	form := url.Values{"grant_type": {"password"}, "username": {cr.username}, "password": {cr.password}, "scope": {c.cfg.Scope}}
 	u := *c.base
 	u.Path += "/api/oauth/token"
 	req, err := retryablehttp.NewRequestWithContext(ctx, http.MethodPost, u.String(), []byte(form.Encode()))
@@ -563,14 +714,24 @@ func readCredentials(file string) (credentials, error) {
 	return cr, nil
 }
 
-// parseTime reads a createdTime given as RFC 3339 text, as Java's
+// optionalTime reads a time that may be absent or null (a client never
+// backed up): ok is false then.
+func optionalTime(raw json.RawMessage) (time.Time, bool, error) {
+	if len(raw) == 0 || string(raw) == "null" {
+		return time.Time{}, false, nil
+	}
+	t, err := parseTime(raw)
+	return t, err == nil, err
+}
+
+// parseTime reads a time given as RFC 3339 text, as Java's
 // "2006-01-02T15:04:05.000+0000", or as Unix milliseconds.
 func parseTime(raw json.RawMessage) (time.Time, error) {
 	var s string
 	if err := json.Unmarshal(raw, &s); err != nil {
 		ms, err := strconv.ParseInt(string(raw), 10, 64)
 		if err != nil {
-			return time.Time{}, fmt.Errorf("createdTime %.40s: not a time", raw)
+			return time.Time{}, fmt.Errorf("%.40s: not a time", raw)
 		}
 		return time.UnixMilli(ms).UTC(), nil
 	}
@@ -579,5 +740,5 @@ func parseTime(raw json.RawMessage) (time.Time, error) {
 			return t, nil
 		}
 	}
-	return time.Time{}, fmt.Errorf("createdTime %.40q: not a time", s)
+	return time.Time{}, fmt.Errorf("%.40q: not a time", s)
 }

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -78,10 +79,15 @@ type fixture struct {
 
 func newFixture(t *testing.T, ttl time.Duration) *fixture {
 	t.Helper()
-	srv, err := avrest.Start(avrest.Config{
-		ClientID: clientID, ClientSecret: clientSecret,
-		Username: username, Password: password, TokenTTL: ttl,
-	})
+	return newFixtureWith(t, avrest.Config{TokenTTL: ttl})
+}
+
+// newFixtureWith starts a stand-in with cfg's switches and the fixture's
+// accounts.
+func newFixtureWith(t *testing.T, cfg avrest.Config) *fixture {
+	t.Helper()
+	cfg.ClientID, cfg.ClientSecret, cfg.Username, cfg.Password = clientID, clientSecret, username, password
+	srv, err := avrest.Start(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -145,32 +151,46 @@ func wantState(t *testing.T, st Status, state, msgPart string) {
 	}
 }
 
-func TestNewestBackup(t *testing.T) {
-	f := newFixture(t, 0)
+// addUnsorted adds 25 daily backups, the newest added 23rd, and returns
+// the newest's time.
+func addUnsorted(t *testing.T, f *fixture, n int) time.Time {
+	t.Helper()
 	base := time.Date(2026, 11, 1, 22, 0, 0, 0, time.UTC)
-	// 25 daily backups, the newest added 23rd: unsorted, it is on page 2.
-	newest := base.Add(24 * 24 * time.Hour)
-	for i := range 25 {
+	newest := base.Add(time.Duration(n-1) * 24 * time.Hour)
+	for i := range n {
 		day := i
 		switch i {
-		case 22:
-			day = 24
-		case 24:
-			day = 22
+		case n - 3:
+			day = n - 1
+		case n - 1:
+			day = n - 3
 		}
-		at := base.Add(time.Duration(day) * 24 * time.Hour)
-		if err := f.srv.AddBackup(f.id, at); err != nil {
+		if err := f.srv.AddBackup(f.id, base.Add(time.Duration(day)*24*time.Hour)); err != nil {
 			t.Fatal(err)
 		}
 	}
+	return newest
+}
+
+// TestNewestBackup: the time comes from the client record's lastBackupTime,
+// with the record's lastCheckinTime; no other call is needed, and the
+// token is sent for scope=write.
+func TestNewestBackup(t *testing.T) {
+	f := newFixture(t, 0)
+	newest := addUnsorted(t, f, 25)
+	checkin := time.Date(2026, 11, 27, 8, 30, 0, 0, time.UTC)
+	f.srv.SetCheckin(f.id, checkin)
 	c := f.checker(t, f.config())
 	if st := c.Status(); st.State != StateUnknown {
 		t.Fatalf("state before any check: %q", st.State)
 	}
 	st := check(t, c)
 	wantState(t, st, StateOK, "")
-	if !st.LastBackup.Equal(newest) {
-		t.Errorf("last backup %s, want %s", st.LastBackup, newest)
+	if !st.LastBackup.Equal(newest) || st.BackupSource != SourceClient || !st.LastCheckin.Equal(checkin) {
+		t.Errorf("last backup %s from %q, checkin %s; want %s from the client record, %s", st.LastBackup, st.BackupSource, st.LastCheckin, newest, checkin)
+	}
+	if f.srv.LastScope() != "write" {
+		t.Errorf("token requested for scope %q, want write", f.srv.LastScope())
 	}
 	// A second check reuses the token.
 	later := newest.Add(time.Hour)
@@ -179,17 +199,89 @@ func TestNewestBackup(t *testing.T) {
 	if !st.LastBackup.Equal(later) || st.Checks != 2 || st.Failures != 0 {
 		t.Errorf("second check: %+v", st)
 	}
-	if n := f.srv.Counts(); n.Tokens != 1 || n.Unauthorized != 0 {
-		t.Errorf("server counts %+v, want 1 token and no 401", n)
+	if n := f.srv.Counts(); n.Tokens != 1 || n.Unauthorized != 0 || n.Statistics != 0 || n.BackupLists != 0 || n.Sorted != 0 {
+		t.Errorf("server counts %+v, want 1 token, no 401, no other call", n)
 	}
+}
+
+// TestFallbacks: without times in the client record, the statistics give
+// the time; without those either, the newest of every page of the backups
+// list, never asking the server to sort.
+func TestFallbacks(t *testing.T) {
+	for _, tt := range []struct {
+		name   string
+		cfg    avrest.Config
+		source string
+	}{
+		{"statistics", avrest.Config{NoClientTimes: true}, SourceStatistics},
+		{"backups list", avrest.Config{NoClientTimes: true, NoStatistics: true}, SourceBackups},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			f := newFixtureWith(t, tt.cfg)
+			// 250 backups: three pages of 100, the newest on the third.
+			newest := addUnsorted(t, f, 250)
+			st := check(t, f.checker(t, f.config()))
+			wantState(t, st, StateOK, "")
+			if !st.LastBackup.Equal(newest) || st.BackupSource != tt.source || !st.LastCheckin.IsZero() {
+				t.Errorf("last backup %s from %q, checkin %s; want %s from %s", st.LastBackup, st.BackupSource, st.LastCheckin, newest, tt.source)
+			}
+			if n := f.srv.Counts(); n.Sorted != 0 {
+				t.Errorf("%d calls asked the server to sort", n.Sorted)
+			}
+		})
+	}
+}
+
+// TestScope: the token request carries the configured scope, write by
+// default; a scope the OAuth client lacks is refused as unauthorized.
+func TestScope(t *testing.T) {
+	f := newFixtureWith(t, avrest.Config{Scopes: []string{"read"}})
+	c := f.checker(t, f.config())
+	wantState(t, check(t, c), StateUnauthorized, "400 Bad Request (invalid_scope)")
+	if f.srv.LastScope() != "write" {
+		t.Errorf("scope %q, want write", f.srv.LastScope())
+	}
+	cfg := f.config()
+	cfg.Scope = "read"
+	wantState(t, check(t, f.checker(t, cfg)), StateOK, "")
+	if f.srv.LastScope() != "read" {
+		t.Errorf("scope %q, want read", f.srv.LastScope())
+	}
+}
+
+// TestClientPages: a server that does not filter is read page by page
+// until the exact name in the exact domain turns up: here on the third
+// page of 100, after names that only start like it.
+func TestClientPages(t *testing.T) {
+	f := newFixtureWith(t, avrest.Config{NoFilter: true})
+	const late = clientName + "-late"
+	for i := range 230 {
+		f.srv.AddClient(domain, late+strconv.Itoa(i))
+	}
+	id := f.srv.AddClient(domain, late)
+	when := time.Date(2026, 10, 1, 0, 0, 0, 0, time.UTC)
+	f.srv.AddBackup(id, when)
+	cfg := f.config()
+	cfg.Client = late
+	st := check(t, f.checker(t, cfg))
+	wantState(t, st, StateOK, "")
+	if !st.LastBackup.Equal(when) {
+		t.Errorf("last backup %s, want %s", st.LastBackup, when)
+	}
+	cfg.Client = clientName + "-absent"
+	wantState(t, check(t, f.checker(t, cfg)), StateClientNotFound, clientName+"-absent")
 }
 
 func TestNoBackupYet(t *testing.T) {
 	f := newFixture(t, 0)
 	st := check(t, f.checker(t, f.config()))
 	wantState(t, st, StateOK, "no backup yet")
-	if !st.LastBackup.IsZero() {
-		t.Errorf("last backup %s, want none", st.LastBackup)
+	if !st.LastBackup.IsZero() || st.BackupSource != "" {
+		t.Errorf("last backup %s from %q, want none", st.LastBackup, st.BackupSource)
+	}
+	// Every source was asked before concluding.
+	if n := f.srv.Counts(); n.Statistics != 1 || n.BackupLists != 1 {
+		t.Errorf("counts %+v, want one statistics call and one list", n)
 	}
 }
 

@@ -63,6 +63,12 @@ type env struct {
 	RestCredentials    string `envconfig:"AVAMAR_REST_CREDENTIALS_FILE" default:"/etc/avsidecar/rest/credentials" desc:"client_id, client_secret, username, password as KEY=VALUE lines"`
 	RestCAFile         string `envconfig:"AVAMAR_REST_CA_FILE" desc:"PEM CA bundle of the REST server (default: system roots)"`
 	RestInterval       string `envconfig:"AVAMAR_REST_INTERVAL" default:"5m" desc:"time between two backup freshness checks"`
+	RestScope          string `envconfig:"AVAMAR_REST_SCOPE" default:"write" desc:"scope of the REST token request"`
+	VarDir             string `envconfig:"AVAMAR_VAR_DIR" desc:"where the client keeps its state and logs (default: found once installed: a var/ symlink, /var/avamar, else $AVAMAR_PREFIX/var)"`
+	InboundPorts       string `envconfig:"AVAMAR_INBOUND_PORTS" desc:"further ports the client listens on besides AVAMAR_LISTEN_PORT, comma separated; shown in status and /readyz?verbose"`
+	Hooks              string `envconfig:"AVSIDECAR_HOOKS" desc:"pre and post backup hooks, as JSON (see README)"`
+	HooksFile          string `envconfig:"AVSIDECAR_HOOKS_FILE" desc:"file holding the hooks' JSON, instead of AVSIDECAR_HOOKS"`
+	HooksSocket        string `envconfig:"AVSIDECAR_HOOKS_SOCKET" default:"/run/avsidecar/hooks.sock" desc:"unix socket the run-at-start and run-at-end scripts reach the sidecar on"`
 	LogLevel           string `envconfig:"AVSIDECAR_LOG_LEVEL" default:"info" desc:"trace, debug, info, warn or error"`
 	LogFormat          string `envconfig:"AVSIDECAR_LOG_FORMAT" default:"json" desc:"json or console"`
 }
@@ -126,6 +132,23 @@ type Config struct {
 	RestCAFile string
 	// RestInterval is the time between two freshness checks.
 	RestInterval time.Duration
+	// RestScope is the scope of the REST token request.
+	RestScope string
+	// VarDir is where the client keeps its state and logs, in the root;
+	// empty means it is found once the client is installed.
+	VarDir string
+	// InboundPorts are further ports the client listens on besides
+	// ListenPort, in the order given.
+	InboundPorts []int
+	// Hooks is the hooks' JSON as given in AVSIDECAR_HOOKS; it is parsed
+	// by the hooks part, so that a broken one is a fault, not a failed
+	// start.
+	Hooks string
+	// HooksFile is the file holding the hooks' JSON, in the root; empty
+	// when unset.
+	HooksFile string
+	// HooksSocket is the unix socket of the hook scripts, in the root.
+	HooksSocket string
 	// LogLevel is the lowest level logged.
 	LogLevel zerolog.Level
 	// LogFormat is "json" or "console".
@@ -154,6 +177,12 @@ type HostPaths struct {
 	RestCredentials string
 	// RestCAFile is the REST server's CA bundle; empty when unset.
 	RestCAFile string
+	// VarDir is the client's configured var dir; empty when unset.
+	VarDir string
+	// HooksFile is the hooks' file; empty when unset.
+	HooksFile string
+	// HooksSocket is the hook scripts' unix socket.
+	HooksSocket string
 }
 
 // DefaultMCSPort is the MCS port when AVAMAR_SERVER names none: the port
@@ -208,8 +237,8 @@ const (
 	// the state dir and the log settings.
 	ScopeInstall
 	// ScopeLocal is the commands that ask a running avsidecar (probe,
-	// status, ls): the HTTP address, the root, the browse token file and
-	// the log settings.
+	// status, ls, hook): the HTTP address, the root, the browse token file,
+	// the hooks socket and the log settings.
 	ScopeLocal
 )
 
@@ -332,6 +361,9 @@ func (e env) validate(scope Scope, hostname func() (string, error)) (Config, pro
 		BrowseTokenFile: c.hostPath(c.BrowseTokenFile),
 		RestCredentials: c.hostPath(c.RestCredentials),
 		RestCAFile:      c.hostPath(c.RestCAFile),
+		VarDir:          c.hostPath(c.VarDir),
+		HooksFile:       c.hostPath(c.HooksFile),
+		HooksSocket:     c.hostPath(c.HooksSocket),
 	}
 	return c, p
 }
@@ -359,6 +391,7 @@ func (e env) validateLocal(p *problems, c *Config) {
 	if e.BrowseTokenFile != "" {
 		c.BrowseTokenFile = absPath(p, "AVSIDECAR_BROWSE_TOKEN_FILE", e.BrowseTokenFile)
 	}
+	c.HooksSocket = absPath(p, "AVSIDECAR_HOOKS_SOCKET", e.HooksSocket)
 }
 
 // validateRun checks the rest of what `run` needs.
@@ -422,7 +455,48 @@ func (e env) validateRun(p *problems, c *Config, hostname func() (string, error)
 			c.RestCAFile = absPath(p, "AVAMAR_REST_CA_FILE", e.RestCAFile)
 		}
 		c.RestInterval = parseDuration(p, "AVAMAR_REST_INTERVAL", e.RestInterval)
+		c.RestScope = e.RestScope
+		if !validScope(e.RestScope) {
+			p.add("AVAMAR_REST_SCOPE %q must be one or more OAuth scope words separated by spaces, such as write", e.RestScope)
+		}
 	}
+
+	if e.VarDir != "" {
+		c.VarDir = absPath(p, "AVAMAR_VAR_DIR", e.VarDir)
+	}
+	for _, f := range splitList(e.InboundPorts) {
+		port := parsePort(p, "AVAMAR_INBOUND_PORTS entry", f)
+		switch {
+		case port == 0:
+		case port == c.ListenPort:
+			p.add("AVAMAR_INBOUND_PORTS entry %d is AVAMAR_LISTEN_PORT already", port)
+		case slices.Contains(c.InboundPorts, port):
+			p.add("AVAMAR_INBOUND_PORTS lists %d twice", port)
+		default:
+			c.InboundPorts = append(c.InboundPorts, port)
+		}
+	}
+	// The hooks' JSON is the hooks part's to read: a broken one must not
+	// stop backups (it is a fault there). Only the paths are checked here.
+	c.Hooks = e.Hooks
+	if e.HooksFile != "" {
+		c.HooksFile = absPath(p, "AVSIDECAR_HOOKS_FILE", e.HooksFile)
+	}
+}
+
+// validScope reports whether s is an OAuth 2.0 scope (RFC 6749 3.3):
+// words of printable ASCII other than space, '"' and backslash, one space
+// apart.
+func validScope(s string) bool {
+	if s == "" || strings.HasPrefix(s, " ") || strings.HasSuffix(s, " ") || strings.Contains(s, "  ") {
+		return false
+	}
+	for _, r := range s {
+		if r != ' ' && (r < 0x21 || r > 0x7e || r == '"' || r == '\\') {
+			return false
+		}
+	}
+	return true
 }
 
 func parseServer(p *problems, s string) (string, int) {

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -27,7 +28,8 @@ func setEnv(t *testing.T, overrides map[string]string) string {
 		"AVAMAR_REGISTER_MODE", "AVSIDECAR_STATE_DIR", "AVSIDECAR_HTTP_ADDR", "AVSIDECAR_SSH_ADDR", "AVSIDECAR_SSH_AUTHORIZED_KEYS",
 		"AVSIDECAR_BROWSE_ROOTS", "AVSIDECAR_BROWSE_TOKEN_FILE", "AVSIDECAR_REGISTER_TIMEOUT", "AVSIDECAR_REGISTER_BACKOFF_MAX",
 		"AVSIDECAR_RESTART_BACKOFF_MAX", "AVSIDECAR_SHUTDOWN_TIMEOUT", "AVSIDECAR_LOG_LEVEL", "AVSIDECAR_LOG_FORMAT",
-		"AVAMAR_REST_URL", "AVAMAR_REST_CREDENTIALS_FILE", "AVAMAR_REST_CA_FILE", "AVAMAR_REST_INTERVAL"} {
+		"AVAMAR_REST_URL", "AVAMAR_REST_CREDENTIALS_FILE", "AVAMAR_REST_CA_FILE", "AVAMAR_REST_INTERVAL", "AVAMAR_REST_SCOPE",
+		"AVAMAR_VAR_DIR", "AVAMAR_INBOUND_PORTS", "AVSIDECAR_HOOKS", "AVSIDECAR_HOOKS_FILE", "AVSIDECAR_HOOKS_SOCKET"} {
 		vars[k] = ""
 	}
 	for k, v := range overrides {
@@ -61,6 +63,13 @@ func TestLoadDefaults(t *testing.T) {
 	if c.StateDir != "/usr/local/avamar/var/avsidecar" || c.SSHAddr != ":22" || c.ShutdownTimeout != 20*time.Second {
 		t.Errorf("defaults: %+v", c)
 	}
+	if c.VarDir != "" || c.InboundPorts != nil || c.Hooks != "" || c.HooksFile != "" || c.HooksSocket != "/run/avsidecar/hooks.sock" {
+		t.Errorf("client and hook defaults: %+v", c)
+	}
+	setEnv(t, map[string]string{"AVAMAR_REST_URL": "https://mcs"})
+	if c, err = Load(ScopeRun, Sources{Hostname: noHostname, FindRPM: install.FindRPM}); err != nil || c.RestScope != "write" {
+		t.Errorf("REST scope %q (%v), want write by default", c.RestScope, err)
+	}
 }
 
 func TestLoadOverrides(t *testing.T) {
@@ -75,6 +84,23 @@ func TestLoadOverrides(t *testing.T) {
 	}
 	if strings.Join(c.AgentFlags, "|") != "--debug|--x=1" || strings.Join(c.BrowseRoots, "|") != "/data|/usr/share/nginx/html" {
 		t.Errorf("lists: %q %q", c.AgentFlags, c.BrowseRoots)
+	}
+
+	hooks := `{"pre":[{"name":"x","command":["true"]}]}`
+	root := setEnv(t, map[string]string{"AVAMAR_REST_URL": "https://mcs", "AVAMAR_REST_SCOPE": "read write", "AVAMAR_VAR_DIR": "/var/avamar/",
+		"AVAMAR_INBOUND_PORTS": "30001, 30002", "AVSIDECAR_HOOKS": hooks, "AVSIDECAR_HOOKS_FILE": "/etc/hooks.json",
+		"AVSIDECAR_HOOKS_SOCKET": "/tmp/h.sock"})
+	c, err = Load(ScopeRun, Sources{Hostname: noHostname, FindRPM: install.FindRPM})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.RestScope != "read write" || c.VarDir != "/var/avamar" || !slices.Equal(c.InboundPorts, []int{30001, 30002}) ||
+		c.Hooks != hooks || c.HooksFile != "/etc/hooks.json" || c.HooksSocket != "/tmp/h.sock" {
+		t.Errorf("%+v", c)
+	}
+	if c.Host.VarDir != filepath.Join(root, "var/avamar") || c.Host.HooksFile != filepath.Join(root, "etc/hooks.json") ||
+		c.Host.HooksSocket != filepath.Join(root, "tmp/h.sock") {
+		t.Errorf("host paths %+v", c.Host)
 	}
 }
 
@@ -118,6 +144,14 @@ func TestLoadHostile(t *testing.T) {
 		{"rest over http", map[string]string{"AVAMAR_REST_URL": "http://mcs"}, []string{"AVAMAR_REST_URL"}},
 		{"rest interval", map[string]string{"AVAMAR_REST_URL": "https://mcs", "AVAMAR_REST_INTERVAL": "often"}, []string{"AVAMAR_REST_INTERVAL"}},
 		{"relative browse root", map[string]string{"AVSIDECAR_BROWSE_ROOTS": "data"}, []string{"AVSIDECAR_BROWSE_ROOTS"}},
+		{"rest scope", map[string]string{"AVAMAR_REST_URL": "https://mcs", "AVAMAR_REST_SCOPE": "write\nx"}, []string{"AVAMAR_REST_SCOPE"}},
+		{"rest scope spaces", map[string]string{"AVAMAR_REST_URL": "https://mcs", "AVAMAR_REST_SCOPE": "read  write"}, []string{"AVAMAR_REST_SCOPE"}},
+		{"relative var dir", map[string]string{"AVAMAR_VAR_DIR": "var/avamar"}, []string{"AVAMAR_VAR_DIR"}},
+		{"inbound port text", map[string]string{"AVAMAR_INBOUND_PORTS": "30001,web"}, []string{"AVAMAR_INBOUND_PORTS entry"}},
+		{"inbound port twice", map[string]string{"AVAMAR_INBOUND_PORTS": "30001,30001"}, []string{"lists 30001 twice"}},
+		{"inbound port is the listen port", map[string]string{"AVAMAR_INBOUND_PORTS": "28002"}, []string{"is AVAMAR_LISTEN_PORT already"}},
+		{"relative hooks file", map[string]string{"AVSIDECAR_HOOKS_FILE": "hooks.json"}, []string{"AVSIDECAR_HOOKS_FILE"}},
+		{"relative hooks socket", map[string]string{"AVSIDECAR_HOOKS_SOCKET": "hooks.sock"}, []string{"AVSIDECAR_HOOKS_SOCKET"}},
 		{"all at once", map[string]string{"AVAMAR_SERVER": "", "NODE_IP": "", "AVAMAR_LISTEN_PORT": "99999", "AVSIDECAR_REGISTER_BACKOFF_MAX": "soon",
 			"AVAMAR_RPM": "/opt/none.rpm"},
 			[]string{"AVAMAR_SERVER", "NODE_IP", "AVAMAR_LISTEN_PORT", "AVSIDECAR_REGISTER_BACKOFF_MAX", "AVAMAR_RPM: find rpm: no file matches"}},
@@ -152,6 +186,7 @@ func TestLoadHostPaths(t *testing.T) {
 		StateDir:        filepath.Join(root, "usr/local/avamar/var/avsidecar"),
 		AuthorizedKeys:  filepath.Join(root, "etc/avsidecar/ssh/authorized_keys"),
 		BrowseTokenFile: filepath.Join(root, "etc/token"),
+		HooksSocket:     filepath.Join(root, "run/avsidecar/hooks.sock"),
 	}
 	if c.Host != want {
 		t.Errorf("host paths\n got %+v\nwant %+v", c.Host, want)

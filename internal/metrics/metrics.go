@@ -30,6 +30,7 @@
 //	agent_up                                          0/1
 //	agent_restarts_total                              counter
 //	agent_uptime_seconds                              seconds since avagent last started
+//	agent_daemonized                                  1 while the supervised avagent is a daemon it forked
 //	ssh_logins_total, ssh_refusals_total              counters
 //	ssh_sessions_refused_total                        counter (session cap reached)
 //	ssh_handshakes_dropped_total                      counter (unauthenticated connection caps reached)
@@ -42,6 +43,9 @@
 //	avagent_log_lines_total                           counter
 //	last_backup_timestamp_seconds                     only when a backup is known
 //	last_backup_check_timestamp_seconds               only when the REST API was asked
+//	last_checkin_timestamp_seconds                    only when the REST API said when the agent last checked in
+//	hook_runs_total{phase,outcome}                    counter, only when hooks are configured
+//	hook_calls_total{phase,result}                    counter (scripts' calls), only when hooks are configured
 //	backup_api_state{state}                           only when the REST API is configured
 //	http_connections_open                             gauge
 //	http_connections_dropped_total                    counter (connection caps reached)
@@ -84,6 +88,9 @@ type Labels struct {
 	Handlers []string
 	// SSHStates are the values of the state label of ssh_state.
 	SSHStates []string
+	// HookPhases, HookOutcomes and HookResults are the values of the phase,
+	// outcome and result labels of the hook series.
+	HookPhases, HookOutcomes, HookResults []string
 }
 
 // codes are the status codes kept as they are in code labels; any other is
@@ -173,6 +180,19 @@ type Snapshot struct {
 	// empty when the REST API is not configured, and then the series is
 	// absent.
 	BackupAPIState string
+	// LastCheckin is when the Avamar server last heard from the agent;
+	// zero: absent.
+	LastCheckin time.Time
+	// AgentDaemonized is true while the supervised avagent is a daemon it
+	// forked despite --daemon=false.
+	AgentDaemonized bool
+	// HooksConfigured makes the hook series exist (from then on).
+	HooksConfigured bool
+	// HookRuns counts hook runs by "phase/outcome" (hooks' Status().Hooks).
+	HookRuns map[string]uint64
+	// HookCalls counts the scripts' calls by "phase/result" (hooks'
+	// Status().Calls).
+	HookCalls map[string]uint64
 }
 
 // Config says what the metrics describe.
@@ -208,6 +228,8 @@ type Metrics struct {
 	high map[string]float64
 	// warned are the values outside their label sets already logged.
 	warned map[string]bool
+	// hooksSeen is true once a snapshot had hooks configured.
+	hooksSeen bool
 }
 
 // histogram counts observations per bucket (not cumulated; the last one is
@@ -406,6 +428,7 @@ func (m *Metrics) snapshotFamilies() []*family {
 		gauge("registered", "1 once the client is registered with the Avamar server.", bool01(s.Registered)),
 		gauge("agent_up", "1 while avagent runs.", bool01(s.AgentUp)),
 		gauge("agent_uptime_seconds", "Seconds since avagent last started; 0 while down.", s.AgentUptime.Seconds()),
+		gauge("agent_daemonized", "1 while the supervised avagent is a daemon it forked despite --daemon=false.", bool01(s.AgentDaemonized)),
 		gauge("ssh_active_sessions", "Open SSH sessions.", float64(s.SSHActiveSessions)),
 		gauge("http_connections_open", "HTTP connections open.", float64(s.HTTPConnsOpen)),
 		gauge("ssh_host_keys_replaced", "Damaged SSH host keys set aside and made again at this start.", float64(s.SSHHostKeysReplaced)),
@@ -427,6 +450,10 @@ func (m *Metrics) snapshotFamilies() []*family {
 			state.add(bool01(s.SSHState == st), "state", st)
 		}
 		fams = append(fams, state)
+	}
+	if !s.LastCheckin.IsZero() {
+		fams = append(fams, gauge("last_checkin_timestamp_seconds",
+			"Unix time the Avamar server last heard from the agent, from the REST API; absent while unknown.", unixSeconds(s.LastCheckin)))
 	}
 	if s.BackupAPIState != "" {
 		state := f("backup_api_state", gaugeType, "1 for the current state of the backup check against the Avamar REST API.")
@@ -490,6 +517,20 @@ func (m *Metrics) counters(s Snapshot) []*family {
 	for _, key := range slices.Sorted(maps.Keys(m.high)) {
 		if code, ok := strings.CutPrefix(key, "browse/"); ok {
 			requests.add(m.high[key], "code", code)
+		}
+	}
+	// Once there, the hook counters stay, as every counter does.
+	m.hooksSeen = m.hooksSeen || s.HooksConfigured
+	if m.hooksSeen {
+		runs := counter("hook_runs_total", "Backup hook runs by phase and outcome.")
+		calls := counter("hook_calls_total", "Calls of the run-at-start (pre) and run-at-end (post) scripts by phase and result.")
+		for _, phase := range m.cfg.Labels.HookPhases {
+			for _, o := range m.cfg.Labels.HookOutcomes {
+				add(runs, "hook_runs/"+phase+"/"+o, float64(s.HookRuns[phase+"/"+o]), "outcome", o, "phase", phase)
+			}
+			for _, r := range m.cfg.Labels.HookResults {
+				add(calls, "hook_calls/"+phase+"/"+r, float64(s.HookCalls[phase+"/"+r]), "phase", phase, "result", r)
+			}
 		}
 	}
 	return fams

@@ -151,6 +151,9 @@ var testLabels = Labels{
 	BackupStates: []string{"unknown", "ok", "unreachable", "unauthorized", "client-not-found", "error"},
 	Handlers:     []string{"livez", "readyz", "startupz", "metrics", "status", "files", "stat", "walk", "du", "ui", "other"},
 	SSHStates:    []string{"starting", "serving", "failed", "stopped"},
+	HookPhases:   []string{"pre", "post"},
+	HookOutcomes: []string{"ok", "failed", "timeout", "error"},
+	HookResults:  []string{"passed", "failed"},
 }
 
 func newMetrics(t *testing.T, src *source) *Metrics {
@@ -191,6 +194,7 @@ func base(p string) map[string]float64 {
 		`avsidecar_http_connections_dropped_total{}`: 0,
 		`avsidecar_ssh_host_keys_replaced{}`:         0,
 		`avsidecar_ssh_handshakes_evicted_total{}`:   0,
+		`avsidecar_agent_daemonized{}`:               0,
 	}
 	for _, ph := range testLabels.Phases {
 		want[`avsidecar_phase{phase="`+ph+`"}`] = bool01(ph == p)
@@ -201,13 +205,29 @@ func base(p string) map[string]float64 {
 	return want
 }
 
+// hookSeries sets the whole grid of hook series in w, at 0 unless runs or
+// calls say otherwise.
+func hookSeries(w map[string]float64, runs, calls map[string]float64) {
+	for _, ph := range testLabels.HookPhases {
+		for _, o := range testLabels.HookOutcomes {
+			w[`avsidecar_hook_runs_total{outcome="`+o+`",phase="`+ph+`"}`] = runs[ph+"/"+o]
+		}
+		for _, r := range testLabels.HookResults {
+			w[`avsidecar_hook_calls_total{phase="`+ph+`",result="`+r+`"}`] = calls[ph+"/"+r]
+		}
+	}
+}
+
 // TestSeriesFollowSnapshot walks a sidecar through its life and checks the
 // exact set of avsidecar_ series at every step, and that no counter ever
 // goes down.
 func TestSeriesFollowSnapshot(t *testing.T) {
 	backup := time.Date(2026, 11, 22, 23, 0, 0, 0, time.UTC)
 	check := time.Date(2026, 11, 23, 20, 0, 0, 500_000_000, time.UTC)
+	checkin := time.Date(2026, 11, 23, 19, 30, 0, 0, time.UTC)
 	install := Install{Package: "AvamarClient", Version: "7.5.101", Release: "101"}
+	runs := map[string]float64{"pre/ok": 3, "pre/timeout": 1, "post/ok": 2, "post/failed": 1}
+	calls := map[string]float64{"pre/passed": 2, "pre/failed": 1, "post/passed": 1, "post/failed": 1}
 	steps := []struct {
 		name string
 		snap Snapshot
@@ -233,6 +253,9 @@ func TestSeriesFollowSnapshot(t *testing.T) {
 			AvagentLogLines: 10, HTTPConnsOpen: 3, HTTPConnsDropped: 5,
 			SSHState: "serving", SSHHostKeysReplaced: 1, SSHHandshakesEvicted: 7,
 			LastBackup: backup, LastBackupCheck: check, BackupAPIState: "ok",
+			LastCheckin: checkin, AgentDaemonized: true, HooksConfigured: true,
+			HookRuns:  map[string]uint64{"pre/ok": 3, "pre/timeout": 1, "post/ok": 2, "post/failed": 1},
+			HookCalls: map[string]uint64{"pre/passed": 2, "pre/failed": 1, "post/passed": 1, "post/failed": 1},
 		}, func(w map[string]float64) {
 			w[`avsidecar_http_connections_open{}`] = 3
 			w[`avsidecar_ssh_host_keys_replaced{}`] = 1
@@ -241,6 +264,9 @@ func TestSeriesFollowSnapshot(t *testing.T) {
 				w[`avsidecar_ssh_state{state="`+st+`"}`] = bool01(st == "serving")
 			}
 			w[`avsidecar_http_connections_dropped_total{}`] = 5
+			w[`avsidecar_agent_daemonized{}`] = 1
+			w[`avsidecar_last_checkin_timestamp_seconds{}`] = float64(checkin.Unix())
+			hookSeries(w, runs, calls)
 			w[`avsidecar_phase{phase="registering"}`] = 0
 			w[`avsidecar_install_info{package="AvamarClient",release="101",version="7.5.101"}`] = 1
 			w[`avsidecar_ready{}`] = 1
@@ -276,7 +302,9 @@ func TestSeriesFollowSnapshot(t *testing.T) {
 			BrowseRequests:  map[string]uint64{"200": 6},
 			AvagentLogLines: 12,
 			LastBackup:      backup, LastBackupCheck: check.Add(time.Minute), BackupAPIState: "unauthorized",
+			HooksConfigured: true, HookRuns: map[string]uint64{"pre/ok": 1},
 		}, func(w map[string]float64) {
+			hookSeries(w, runs, calls) // counters hold their highest value
 			w[`avsidecar_install_info{package="AvamarClient",release="101",version="7.5.101"}`] = 1
 			w[`avsidecar_registered{}`] = 1
 			w[`avsidecar_registration_attempts_total{outcome="unreachable"}`] = 2
@@ -320,6 +348,7 @@ func TestSeriesFollowSnapshot(t *testing.T) {
 			w[`avsidecar_browse_requests_total{code="4xx"}`] = 1
 			w[`avsidecar_browse_requests_total{code="other"}`] = 1
 			w[`avsidecar_avagent_log_lines_total{}`] = 12
+			hookSeries(w, runs, calls)
 		}},
 	}
 	src := &source{}

@@ -15,7 +15,7 @@ import (
 	"github.com/avsidecar/avsidecar/internal/config"
 )
 
-// daemonClient installs a copy of sleep as avagent.bin (so that the pid
+// daemonClient installs a copy of sleep as avagent.bin (so that the lock
 // file names a process that really runs the client's binary) and an init
 // script whose register verb starts it in the background, like the real
 // one, and whose stop verb runs stopBody.
@@ -45,8 +45,9 @@ case $1 in
 register)
 	echo "$2 $3" >> "$var/register.args"
 	echo "--cid=1" > "$var/avagent.cfg"
+	echo 1 > "$var/cid.bin"
 	"` + c.Agent() + `" 300 </dev/null >/dev/null 2>&1 &
-	echo $! > "$var/avagent.pid"
+	echo "$! avagent" > "$var/avagent.lck"
 	echo "Client Agent started"
 	;;
 stop)
@@ -61,10 +62,11 @@ esac
 }
 
 // TestInitScriptDaemonIsStopped: whatever the stop verb does, no daemon
-// is left once Run returns, and the register verb got SERVER:PORT.
+// is left once Run returns, and the register verb got a bare host, even
+// for a port other than the default (avagent.cmd's --mcsport carries it).
 func TestInitScriptDaemonIsStopped(t *testing.T) {
 	for _, tt := range []struct{ name, stop string }{
-		{"stop verb works", `kill $(cat "$var/avagent.pid"); rm -f "$var/avagent.pid"; echo "Client Agent stopped"`},
+		{"stop verb works", `kill $(cut -d" " -f1 "$var/avagent.lck"); rm -f "$var/avagent.lck"; echo "Client Agent stopped"`},
 		{"stop verb does nothing", `echo "Client Agent not running"`},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
@@ -77,7 +79,7 @@ func TestInitScriptDaemonIsStopped(t *testing.T) {
 				t.Fatalf("status %+v", st)
 			}
 			args, _ := os.ReadFile(filepath.Join(c.VarDir(), "register.args"))
-			if want := host + ":" + strconv.Itoa(port) + " /clients\n"; string(args) != want {
+			if want := host + " /clients\n"; string(args) != want {
 				t.Errorf("register verb got %q, want %q", args, want)
 			}
 			if pid := c.DaemonPID(); pid != 0 {
@@ -95,17 +97,18 @@ func TestInitScriptDaemonIsStopped(t *testing.T) {
 func TestLeftoverDaemonStopped(t *testing.T) {
 	c, _ := daemonClient(t, "")
 	host, port := listener(t)
-	// Registered before: a matching receipt and avagent.cfg.
+	// Registered before: a matching receipt, avagent.cfg and cid.bin.
 	if err := writeReceipt(filepath.Join(c.Prefix, "var/avsidecar/registration.json"),
 		Receipt{Server: host, Port: port, Domain: "/clients", Client: "pod-0"}); err != nil {
 		t.Fatal(err)
 	}
 	os.WriteFile(c.RegisteredFile(), []byte("--cid=1\n"), 0o644)
+	os.WriteFile(c.IDFile(), []byte("1\n"), 0o644)
 	old := exec.Command(c.Agent(), "300")
 	if err := old.Start(); err != nil {
 		t.Fatal(err)
 	}
-	os.WriteFile(c.PIDFile(), []byte(strconv.Itoa(old.Process.Pid)+"\n"), 0o644)
+	os.WriteFile(c.LockFile(), []byte(strconv.Itoa(old.Process.Pid)+" avagent\n"), 0o644)
 	done := make(chan error, 1)
 	go func() { done <- old.Wait() }()
 
@@ -124,16 +127,16 @@ func TestLeftoverDaemonStopped(t *testing.T) {
 	}
 }
 
-// TestPIDFileOfAnotherProcess: a stale pid file naming a process that does
-// not run the agent is left alone.
-func TestPIDFileOfAnotherProcess(t *testing.T) {
+// TestLockFileOfAnotherProcess: a stale lock file naming a process that
+// does not run the agent is left alone.
+func TestLockFileOfAnotherProcess(t *testing.T) {
 	c, _ := daemonClient(t, "")
 	other := exec.Command("sleep", "300")
 	if err := other.Start(); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { other.Process.Kill(); other.Wait() })
-	os.WriteFile(c.PIDFile(), []byte(strconv.Itoa(other.Process.Pid)+"\n"), 0o644)
+	os.WriteFile(c.LockFile(), []byte(strconv.Itoa(other.Process.Pid)+"\n"), 0o644)
 	if pid := c.DaemonPID(); pid != 0 {
 		t.Fatalf("DaemonPID = %d for a process that is not the agent", pid)
 	}
@@ -169,23 +172,4 @@ func procsRunning(path string) []int {
 		}
 	}
 	return out
-}
-
-func TestInitScriptServerArgument(t *testing.T) {
-	for _, tt := range []struct {
-		server string
-		port   int
-		want   string
-	}{
-		{"mcs.example.com", 28001, "mcs.example.com"},
-		{"10.0.0.5", 28001, "10.0.0.5"},
-		{"10.0.0.5", 28011, "10.0.0.5:28011"},
-		{"mcs.example.com", 443, "mcs.example.com:443"},
-		{"fd00::5", 28011, "fd00::5"}, // ambiguous with a port: avagent.cmd's --mcsport carries it
-	} {
-		r := &Registrar{cfg: Config{Server: tt.server, Port: tt.port}}
-		if got := r.initScriptServer(); got != tt.want {
-			t.Errorf("server %s port %d: register verb gets %q, want %q", tt.server, tt.port, got, tt.want)
-		}
-	}
 }

@@ -2,15 +2,22 @@
 // receipt, so that a restarted pod does not register again: registering is
 // not idempotent on a real server.
 //
+// A client is registered when it has both var/avagent.cfg and var/cid.bin
+// (its unique id), and the receipt matches the server, domain and name.
+//
 // Every attempt is bounded by a timeout, preceded by a cheap reachability
 // check that tells a name that does not resolve from a server that does not
 // answer, and followed by a full-jitter exponential backoff. It never gives
-// up: a sidecar that stops trying needs a human to notice.
+// up: a sidecar that stops trying needs a human to notice. A failed attempt
+// is classified from the reachability check (made again after the failure)
+// and from what the command wrote, never from avagent's exit code: no
+// public source documents its codes.
 //
 // In initscript mode the init script's register verb also starts avagent
 // as a daemon; the registrar stops it (with the script's stop verb, then
-// for certain by its pid) so that avagent runs in the foreground under
-// supervision, with the flags of this start, and nowhere else.
+// for certain by the pid in var/avagent.lck) so that avagent runs in the
+// foreground under supervision, with the flags of this start, and nowhere
+// else.
 package register
 
 import (
@@ -43,10 +50,10 @@ type Config struct {
 	Client avclient.Client
 	// Server is the MCS host name or IP.
 	Server string
-	// Port is the MCS port. In initscript mode it is passed to the
-	// register verb as SERVER:PORT when it is not config.DefaultMCSPort
-	// (the verb takes no port of its own; avagent.cmd's --mcsport covers
-	// it too).
+	// Port is the MCS port. The register verb gets a bare host, as every
+	// public script passes it; a port other than config.DefaultMCSPort
+	// reaches avagent through avagent.cmd's --mcsport (and, in direct mode,
+	// the command line).
 	Port int
 	// Domain is the Avamar domain.
 	Domain string
@@ -72,12 +79,23 @@ type Config struct {
 
 // Outcomes of one attempt, as they appear in logs, status and metrics.
 const (
-	OutcomeSuccess     = "success"
-	OutcomeUnresolved  = "unresolved"
+	// OutcomeSuccess: the command succeeded and left a registration.
+	OutcomeSuccess = "success"
+	// OutcomeUnresolved: the MCS name does not resolve.
+	OutcomeUnresolved = "unresolved"
+	// OutcomeUnreachable: the MCS port does not accept TCP (before the
+	// command, or again after it failed), or the command said it could not
+	// reach or hear the server.
 	OutcomeUnreachable = "unreachable"
-	OutcomeRefused     = "refused"
-	OutcomeTimeout     = "timeout"
-	OutcomeError       = "error"
+	// OutcomeRefused: the server was reachable before and after, and the
+	// command failed without naming a network or a local problem: the
+	// server did not take the registration.
+	OutcomeRefused = "refused"
+	// OutcomeTimeout: the command did not finish within Timeout.
+	OutcomeTimeout = "timeout"
+	// OutcomeError: a local failure: the command could not start, named a
+	// local problem, or claimed success without leaving a registration.
+	OutcomeError = "error"
 )
 
 // Outcomes lists every outcome an attempt can have: the label values of
@@ -162,7 +180,7 @@ func (r *Registrar) Status() Status {
 // retries every other failure, and fails only when the receipt cannot be
 // written.
 //
-// First it stops any agent daemon var/avagent.pid names (one an earlier
+// First it stops any agent daemon var/avagent.lck names (one an earlier
 // start left running, say in initscript mode outside a PID namespace): it
 // would hold the listen port with the flags of that start, and the
 // supervised agent must be the only one.
@@ -170,8 +188,8 @@ func (r *Registrar) Register(ctx context.Context) error {
 	r.stopDaemon(ctx, "leftover agent daemon stopped")
 	want := Receipt{Server: r.cfg.Server, Port: r.cfg.Port, Domain: r.cfg.Domain, Client: r.cfg.ClientName}
 	old, haveOld := r.readReceipt()
-	_, cfgErr := os.Stat(r.cfg.Client.RegisteredFile())
-	if haveOld && old.matches(want) && cfgErr == nil {
+	missing := r.missingIdentity()
+	if haveOld && old.matches(want) && missing == "" {
 		r.mu.Lock()
 		r.status.Registered, r.status.Reused, r.status.RegisteredAt = true, true, old.Time
 		r.mu.Unlock()
@@ -183,7 +201,7 @@ func (r *Registrar) Register(ctx context.Context) error {
 		r.log.Warn().Str("old_server", old.Server).Int("old_port", old.Port).Str("old_domain", old.Domain).Str("old_client", old.Client).
 			Str("server", want.Server).Str("domain", want.Domain).Msg("registration changed, registering again")
 	} else if haveOld {
-		r.log.Warn().Str("missing", r.cfg.Client.RegisteredFile()).Msg("receipt without client registration, registering again")
+		r.log.Warn().Str("missing", missing).Msg("receipt without client registration, registering again")
 	}
 
 	b := backoff.Backoff{Base: r.cfg.BackoffBase, Max: r.cfg.BackoffMax, Jitter: true}
@@ -226,6 +244,17 @@ func (r *Registrar) record(attempt int, outcome string, err error) {
 	}
 }
 
+// missingIdentity names the first file of the client's registration that
+// is missing (avagent.cfg, then cid.bin), or is empty when both exist.
+func (r *Registrar) missingIdentity() string {
+	for _, f := range []string{r.cfg.Client.RegisteredFile(), r.cfg.Client.IDFile()} {
+		if _, err := os.Stat(f); err != nil {
+			return f
+		}
+	}
+	return ""
+}
+
 // attempt makes one registration attempt and classifies its outcome.
 func (r *Registrar) attempt(ctx context.Context) (string, error) {
 	if outcome, err := r.reachable(ctx); err != nil {
@@ -247,16 +276,11 @@ func (r *Registrar) attempt(ctx context.Context) (string, error) {
 	}
 	var exitErr *pid1.ExitError
 	if errors.As(err, &exitErr) {
-		// avagent --init exits 1 when the MCS refused, 2 when it could not
-		// be reached or did not answer; anything else is a local failure.
-		switch exitErr.ExitCode() {
-		case 1:
-			return OutcomeRefused, fmt.Errorf("%w: %s", err, tail(out))
-		case 2:
-			return OutcomeUnreachable, fmt.Errorf("%w: %s", err, tail(out))
-		default:
-			return OutcomeError, fmt.Errorf("%w: %s", err, tail(out))
+		outcome, gone := r.classify(ctx, out)
+		if gone != nil {
+			return outcome, fmt.Errorf("%w: %s; then %w", err, tail(out), gone)
 		}
+		return outcome, fmt.Errorf("%w: %s", err, tail(out))
 	}
 	if err != nil {
 		return OutcomeError, fmt.Errorf("run registration: %w", err)
@@ -268,7 +292,43 @@ func (r *Registrar) attempt(ctx context.Context) (string, error) {
 	if before != nil && os.SameFile(before, after) && before.ModTime().Equal(after.ModTime()) && before.Size() == after.Size() {
 		return OutcomeError, fmt.Errorf("registration claimed success but did not rewrite %s", filepath.Base(r.cfg.Client.RegisteredFile()))
 	}
+	if _, err := os.Stat(r.cfg.Client.IDFile()); err != nil {
+		return OutcomeError, fmt.Errorf("registration claimed success but left no %s", filepath.Base(r.cfg.Client.IDFile()))
+	}
 	return OutcomeSuccess, nil
+}
+
+// Words in a failed registration's output that name a problem on this
+// side, and ones that name a network problem. Checked in this order, case
+// folded; they are the generic words of system and network errors, not an
+// Avamar message catalogue (none is public).
+var (
+	localWords   = []string{"cannot write", "can't write", "read-only file system", "no space left", "disk quota", "cannot create", "can't create", "no such file or directory"}
+	networkWords = []string{"connect", "unreachable", "timed out", "timeout", "no route", "did not answer", "not respond", "no response", "network"}
+)
+
+// classify tells why a registration command failed: the server is checked
+// again (it may have gone away during the attempt), then the output is
+// read for a local or a network problem; a reachable server that did not
+// register the client refused it. The exit code is not read: avagent's
+// codes are documented nowhere. The error is the second check's, when the
+// server has gone.
+func (r *Registrar) classify(ctx context.Context, out []byte) (string, error) {
+	if outcome, err := r.reachable(ctx); err != nil {
+		return outcome, err
+	}
+	text := strings.ToLower(string(out))
+	for _, w := range localWords {
+		if strings.Contains(text, w) {
+			return OutcomeError, nil
+		}
+	}
+	for _, w := range networkWords {
+		if strings.Contains(text, w) {
+			return OutcomeUnreachable, nil
+		}
+	}
+	return OutcomeRefused, nil
 }
 
 // reachable checks that the MCS name resolves and its port accepts TCP, so
@@ -297,7 +357,7 @@ func (r *Registrar) reachable(ctx context.Context) (string, error) {
 func (r *Registrar) runRegistration(ctx context.Context) ([]byte, error) {
 	var cmd *exec.Cmd
 	if r.cfg.Mode == config.ModeInitScript {
-		cmd = exec.Command(r.cfg.Client.InitScript(), "register", r.initScriptServer(), r.cfg.Domain)
+		cmd = exec.Command(r.cfg.Client.InitScript(), "register", r.cfg.Server, r.cfg.Domain)
 	} else {
 		cmd = exec.Command(r.cfg.Client.Agent(), r.cfg.Client.InitArgs(r.cfg.Server, r.cfg.Port, r.cfg.Domain)...)
 	}
@@ -325,21 +385,10 @@ func runOutput(ctx context.Context, cmd *exec.Cmd, line func(string)) ([]byte, e
 	return out.Bytes(), err
 }
 
-// initScriptServer is the register verb's MCS argument: the server as the
-// whitepaper's run.sh passes it, with the port when it is not the default.
-// An IPv6 literal goes without one (SERVER:PORT would be ambiguous to the
-// script): avagent.cmd's --mcsport carries it.
-func (r *Registrar) initScriptServer() string {
-	if r.cfg.Port == config.DefaultMCSPort || r.cfg.Port == 0 || strings.Contains(r.cfg.Server, ":") {
-		return r.cfg.Server
-	}
-	return net.JoinHostPort(r.cfg.Server, strconv.Itoa(r.cfg.Port))
-}
-
 // stopInitScriptDaemon stops the daemon that the init script's register verb
 // starts, so that avagent runs in the foreground under supervision instead:
 // first with the script's own stop verb, as an operator would, then for
-// certain by the pid file, in case the script failed or was not waited for.
+// certain by the lock file, in case the script failed or was not waited for.
 func (r *Registrar) stopInitScriptDaemon(ctx context.Context) {
 	sctx, cancel := context.WithTimeout(ctx, r.cfg.StopTimeout+r.cfg.CheckTimeout)
 	defer cancel()
@@ -353,7 +402,7 @@ func (r *Registrar) stopInitScriptDaemon(ctx context.Context) {
 	r.stopDaemon(ctx, "init script daemon killed")
 }
 
-// stopDaemon stops the agent the pid file names, if one still runs, and
+// stopDaemon stops the agent the lock file names, if one still runs, and
 // logs message with its pid.
 func (r *Registrar) stopDaemon(ctx context.Context, message string) {
 	pid, err := r.cfg.Client.StopDaemon(ctx, r.cfg.StopTimeout)

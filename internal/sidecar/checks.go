@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"net"
 	"strconv"
+	"strings"
+	"time"
 
 	"github.com/avsidecar/avsidecar/internal/health"
 )
@@ -47,7 +49,10 @@ func (s *Sidecar) readyChecks() []health.Check {
 		}},
 		{Name: "agent", Fn: s.agentAccepts},
 	}
-	for _, name := range []string{sideSSH, sideBrowse, sideAgentLog, sideBackupAPI} {
+	if len(s.cfg.InboundPorts) > 0 {
+		checks = append(checks, health.Check{Name: "inbound-ports", Optional: true, Fn: s.inboundAccepts})
+	}
+	for _, name := range []string{sideSSH, sideBrowse, sideAgentLog, sideBackupAPI, sideHooks} {
 		checks = append(checks, health.Check{Name: name, Optional: true, Fn: func(context.Context) error {
 			if msg, ok := s.parts.faults.get(name); ok {
 				return errors.New(msg)
@@ -86,5 +91,51 @@ func (s *Sidecar) agentAccepts(ctx context.Context) error {
 		return fmt.Errorf("not accepting on port %d: %w", s.cfg.ListenPort, err)
 	}
 	conn.Close()
+	return nil
+}
+
+// InboundPort is one port the client is expected to listen on, as
+// /v1/status shows it.
+type InboundPort struct {
+	Port int `json:"port"`
+	// Role is "listen" for avagent's --listenport, where the MCS connects
+	// (confirmed), and "extra" for AVAMAR_INBOUND_PORTS.
+	Role string `json:"role"`
+	// Accepting is whether something accepts TCP on it in the pod now.
+	Accepting bool `json:"accepting"`
+}
+
+// inboundPorts dials the listen port and AVAMAR_INBOUND_PORTS on loopback.
+func (s *Sidecar) inboundPorts(ctx context.Context) []InboundPort {
+	out := []InboundPort{{Port: s.cfg.ListenPort, Role: "listen"}}
+	for _, p := range s.cfg.InboundPorts {
+		out = append(out, InboundPort{Port: p, Role: "extra"})
+	}
+	var d net.Dialer
+	for i := range out {
+		cctx, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
+		conn, err := d.DialContext(cctx, "tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(out[i].Port)))
+		cancel()
+		if err == nil {
+			conn.Close()
+			out[i].Accepting = true
+		}
+	}
+	return out
+}
+
+// inboundAccepts is the optional check of AVAMAR_INBOUND_PORTS: it names
+// the ports nothing accepts on, without failing readiness (what those
+// ports serve is not confirmed).
+func (s *Sidecar) inboundAccepts(ctx context.Context) error {
+	var closed []string
+	for _, p := range s.inboundPorts(ctx) {
+		if p.Role == "extra" && !p.Accepting {
+			closed = append(closed, strconv.Itoa(p.Port))
+		}
+	}
+	if len(closed) > 0 {
+		return fmt.Errorf("not accepting on %s", strings.Join(closed, ", "))
+	}
 	return nil
 }

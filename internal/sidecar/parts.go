@@ -4,8 +4,11 @@ import (
 	"context"
 	"fmt"
 	"net/http"
+	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
+	"time"
 
 	"github.com/rs/zerolog"
 
@@ -13,6 +16,7 @@ import (
 	"github.com/avsidecar/avsidecar/internal/backupapi"
 	"github.com/avsidecar/avsidecar/internal/browse"
 	"github.com/avsidecar/avsidecar/internal/config"
+	"github.com/avsidecar/avsidecar/internal/hooks"
 	"github.com/avsidecar/avsidecar/internal/install"
 	"github.com/avsidecar/avsidecar/internal/logfollow"
 	"github.com/avsidecar/avsidecar/internal/register"
@@ -51,12 +55,21 @@ type (
 		Run(ctx context.Context) error
 		Status() backupapi.Status
 	}
+	hookRunner interface {
+		Run(ctx context.Context) error
+		Status() hooks.Status
+	}
 )
 
 // parts are everything a sidecar runs.
 type parts struct {
 	// install installs the RPM (install.Install with the configuration).
 	install func(ctx context.Context) (install.Result, error)
+	// locate finds, once the client is installed, where it keeps its state
+	// (avclient.Locate), and builds the parts whose paths depend on it:
+	// the flag files, the registrar, the supervisor and the log follower.
+	// Nil for parts that need no locating (the tests' fakes).
+	locate func() (avclient.Layout, error)
 	// writeFlags writes the client's flag files, reporting which changed.
 	writeFlags func() ([]string, error)
 	registrar  registrar
@@ -68,6 +81,11 @@ type parts struct {
 	browse browser
 	// backups is nil when the REST API is off or could not be set up.
 	backups backupChecker
+	// hooks is nil when no hooks are configured.
+	hooks hookRunner
+	// installed is closed once the client is installed (nil: nothing
+	// waits for it).
+	installed chan struct{}
 	// faults records the side parts that failed, by check name.
 	faults *faults
 }
@@ -79,6 +97,7 @@ const (
 	sideBrowse    = "browse"
 	sideAgentLog  = "agent-log"
 	sideBackupAPI = "backup-api"
+	sideHooks     = "hooks"
 )
 
 // faults are the errors of side parts that stopped or could not start.
@@ -118,9 +137,7 @@ func (f *faults) all() map[string]string {
 // as a fault and left out.
 func newParts(cfg config.Config, log zerolog.Logger) (parts, error) {
 	logger := func(component string) zerolog.Logger { return log.With().Str("component", component).Logger() }
-	client := avclient.Client{Root: cfg.Root, Prefix: cfg.Host.Prefix}
 	p := parts{faults: &faults{}}
-	var err error
 
 	if cfg.Host.RPM == "" {
 		return parts{}, fmt.Errorf("%w: AVAMAR_RPM %s not resolved (config.Sources.FindRPM)", ErrConfig, cfg.RPM)
@@ -129,37 +146,79 @@ func newParts(cfg config.Config, log zerolog.Logger) (parts, error) {
 	p.install = func(ctx context.Context) (install.Result, error) {
 		return install.Install(ctx, install.Config{RPM: cfg.Host.RPM, Root: cfg.Root, Prefix: cfg.Prefix, StateDir: cfg.StateDir}, installLog)
 	}
+
+	// The registrar and the supervisor use the client's var dir: they are
+	// made with the prefix's var/ first, for their status, and made again
+	// once locate has found the var dir the installed client uses; only
+	// those run. The log follower is only made then.
+	unlocated := avclient.Client{Root: cfg.Root, Prefix: cfg.Host.Prefix}
+	client := unlocated // the located one, once locate has run
+	build := func(c avclient.Client) (*register.Registrar, *supervise.Supervisor, error) {
+		r, err := register.New(register.Config{
+			Client:      c,
+			Server:      cfg.Server,
+			Port:        cfg.ServerPort,
+			Domain:      cfg.Domain,
+			ClientName:  cfg.ClientName,
+			Mode:        cfg.RegisterMode,
+			ReceiptFile: filepath.Join(cfg.Host.StateDir, "registration.json"),
+			Timeout:     cfg.RegisterTimeout,
+			BackoffMax:  cfg.RegisterBackoffMax,
+			StopTimeout: cfg.ShutdownTimeout / 2,
+		}, logger("register"))
+		if err != nil {
+			return nil, nil, err
+		}
+		a, err := supervise.New(supervise.Config{
+			Path:        c.Agent(),
+			Args:        c.RunArgs(),
+			LogFile:     c.LogFile(),
+			BackoffMax:  cfg.RestartBackoffMax,
+			StopTimeout: cfg.ShutdownTimeout / 2,
+			Adopt: func(ctx context.Context, started time.Time, pid int) supervise.Daemon {
+				// A daemon writes its lock file soon after it starts.
+				if d := c.FindDaemon(ctx, started, pid, daemonWait); d != nil {
+					return d
+				}
+				return nil
+			},
+		}, logger("agent"))
+		if err != nil {
+			return nil, nil, err
+		}
+		return r, a, nil
+	}
+	r, a, err := build(unlocated)
+	if err != nil {
+		return parts{}, err
+	}
+	reg, agent, follow := newLate(r), newLate(a), newLate[logfollow.Follower](nil)
+	p.registrar, p.agent, p.follow = lateRegistrar{reg}, lateAgent{agent}, lateFollower{follow}
+	p.locate = func() (avclient.Layout, error) {
+		located, layout, err := unlocated.Locate(cfg.Host.VarDir)
+		if err != nil {
+			return layout, err
+		}
+		r, a, err := build(located)
+		if err != nil {
+			return layout, err
+		}
+		f, err := logfollow.New(logfollow.Config{Path: located.LogFile()}, logger("avagent.log"))
+		if err != nil {
+			return layout, err
+		}
+		client = located
+		reg.set(r)
+		agent.set(a)
+		follow.set(f)
+		return layout, nil
+	}
 	flags := avclient.Flags{
 		NodeIP: cfg.NodeIP, ListenPort: cfg.ListenPort, MCSPort: cfg.ServerPort,
 		Extra: cfg.AgentFlags, ClientName: cfg.ClientName,
 	}
+	// Called after locate, on the same goroutine.
 	p.writeFlags = func() ([]string, error) { return client.WriteFlags(flags) }
-	if p.registrar, err = register.New(register.Config{
-		Client:      client,
-		Server:      cfg.Server,
-		Port:        cfg.ServerPort,
-		Domain:      cfg.Domain,
-		ClientName:  cfg.ClientName,
-		Mode:        cfg.RegisterMode,
-		ReceiptFile: filepath.Join(cfg.Host.StateDir, "registration.json"),
-		Timeout:     cfg.RegisterTimeout,
-		BackoffMax:  cfg.RegisterBackoffMax,
-		StopTimeout: cfg.ShutdownTimeout / 2,
-	}, logger("register")); err != nil {
-		return parts{}, err
-	}
-	if p.agent, err = supervise.New(supervise.Config{
-		Path:        client.Agent(),
-		Args:        client.RunArgs(),
-		LogFile:     client.LogFile(),
-		BackoffMax:  cfg.RestartBackoffMax,
-		StopTimeout: cfg.ShutdownTimeout / 2,
-	}, logger("agent")); err != nil {
-		return parts{}, err
-	}
-	if p.follow, err = logfollow.New(logfollow.Config{Path: client.LogFile()}, logger("avagent.log")); err != nil {
-		return parts{}, err
-	}
 
 	// The side parts: a failure is a fault, not a failed start.
 	if h, err := browse.New(browse.Config{Base: cfg.Root, Roots: cfg.BrowseRoots, TokenFile: cfg.Host.BrowseTokenFile}, logger("browse")); err != nil {
@@ -177,6 +236,7 @@ func newParts(cfg config.Config, log zerolog.Logger) (parts, error) {
 			Domain:          cfg.Domain,
 			Client:          cfg.ClientName,
 			Interval:        cfg.RestInterval,
+			Scope:           cfg.RestScope,
 		}, logger("backupapi"))
 		if err != nil {
 			p.faults.set(sideBackupAPI, err)
@@ -184,6 +244,36 @@ func newParts(cfg config.Config, log zerolog.Logger) (parts, error) {
 			blog.Error().Err(err).Msg("backup check off: it could not be set up")
 		} else {
 			p.backups = c
+		}
+	}
+	if cfg.Hooks != "" || cfg.HooksFile != "" {
+		hlog := logger("hooks")
+		exe, err := hookCommand()
+		if err != nil {
+			exe = "avsidecar"
+		}
+		p.installed = make(chan struct{})
+		h, err := hooks.New(hooks.Config{
+			Spec:       cfg.Hooks,
+			File:       cfg.Host.HooksFile,
+			Socket:     cfg.Host.HooksSocket,
+			ScriptsDir: unlocated.ScriptsDir(),
+			Command:    exe,
+			Installed:  p.installed,
+		}, hlog)
+		switch {
+		case err != nil:
+			p.faults.set(sideHooks, err)
+			hlog.Error().Err(err).Msg("hooks off: they could not be set up")
+		default:
+			// A broken configuration is a fault, and the hooks still run:
+			// the scripts answer with the error, so a backup that relies on
+			// them fails instead of running without them.
+			if err := h.ConfigError(); err != nil {
+				p.faults.set(sideHooks, err)
+				hlog.Error().Err(err).Msg("hook configuration broken: every hook call fails until it is fixed")
+			}
+			p.hooks = h
 		}
 	}
 	if cfg.SSHAddr != "" {
@@ -202,6 +292,68 @@ func newParts(cfg config.Config, log zerolog.Logger) (parts, error) {
 	return p, nil
 }
 
+// hookCommand is the avsidecar binary the hook scripts run: this one. (A
+// test of the real parts runs in a test binary, and names a built one.)
+var hookCommand = os.Executable
+
+// daemonWait is how long the supervisor waits, after the agent exited 0 by
+// itself, for the lock file of a daemon it left in its place.
+const daemonWait = 10 * time.Second
+
+// late is a part that can only be built once the client is located: its
+// methods go to the one set by set, and until then to the one made with the
+// prefix's var/ (if any), which only answers for its status.
+type late[T any] struct {
+	p     atomic.Pointer[T]
+	ready chan struct{}
+}
+
+func newLate[T any](first *T) *late[T] {
+	l := &late[T]{ready: make(chan struct{})}
+	l.p.Store(first)
+	return l
+}
+
+// set makes v the part, once.
+func (l *late[T]) set(v *T) {
+	l.p.Store(v)
+	close(l.ready)
+}
+
+func (l *late[T]) get() *T { return l.p.Load() }
+
+type lateRegistrar struct{ *late[register.Registrar] }
+
+func (l lateRegistrar) Register(ctx context.Context) error { return l.get().Register(ctx) }
+func (l lateRegistrar) Status() register.Status            { return l.get().Status() }
+
+type lateAgent struct{ *late[supervise.Supervisor] }
+
+func (l lateAgent) Run(ctx context.Context) error { return l.get().Run(ctx) }
+func (l lateAgent) Status() supervise.Status      { return l.get().Status() }
+
+// lateFollower is a side part, started with the sidecar: it waits for the
+// client to be located before it follows the log there.
+type lateFollower struct{ *late[logfollow.Follower] }
+
+func (l lateFollower) Run(ctx context.Context) error {
+	select {
+	case <-l.ready:
+		return l.get().Run(ctx)
+	case <-ctx.Done():
+		return nil
+	}
+}
+
+func (l lateFollower) Status() logfollow.Status {
+	select {
+	case <-l.ready:
+		return l.get().Status()
+	default:
+		return logfollow.Status{}
+	}
+}
+
 // side is one side part as the sidecar runs it.
 type side struct {
 	name, component string
@@ -218,6 +370,9 @@ func (p parts) sides() []side {
 	out = append(out, side{sideAgentLog, "avagent.log", p.follow.Run})
 	if p.backups != nil {
 		out = append(out, side{sideBackupAPI, "backupapi", p.backups.Run})
+	}
+	if p.hooks != nil {
+		out = append(out, side{sideHooks, "hooks", p.hooks.Run})
 	}
 	return out
 }

@@ -6,8 +6,10 @@
 // during the slow steps; the side services (SSH, the browse cache, the
 // avagent.log follower, the backup freshness check) beside it; then the
 // agent's life, one step after the other: install the RPM, write the flag
-// files, register, supervise avagent. The stop: readiness fails at once,
-// avagent gets its group stopped, then SSH and HTTP close, all within
+// files, register, supervise avagent. The client's var dir is located once
+// it is installed (the package makes it), so the registrar, the supervisor
+// and the avagent.log follower are built then. The stop: readiness fails at
+// once, avagent gets its group stopped, then SSH and HTTP close, all within
 // AVSIDECAR_SHUTDOWN_TIMEOUT.
 //
 // A side service is optional: its failure (a damaged SSH host key, a
@@ -33,6 +35,7 @@ import (
 	"github.com/rs/zerolog"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/avsidecar/avsidecar/internal/avclient"
 	"github.com/avsidecar/avsidecar/internal/buildinfo"
 	"github.com/avsidecar/avsidecar/internal/config"
 	"github.com/avsidecar/avsidecar/internal/connlimit"
@@ -69,6 +72,7 @@ type Sidecar struct {
 
 	phase      atomic.Value // string
 	installed  atomic.Pointer[install.Result]
+	layout     atomic.Pointer[avclient.Layout]
 	configured atomic.Bool
 	stopping   atomic.Bool
 }
@@ -225,8 +229,8 @@ func (s *Sidecar) stop(workDone, httpDone <-chan error, cancelWork, cancelServe 
 	return result
 }
 
-// work is the agent's life: install, write the flag files, register,
-// supervise. It returns nil when ctx ends.
+// work is the agent's life: install, locate the client's state, write the
+// flag files, register, supervise. It returns nil when ctx ends.
 func (s *Sidecar) work(ctx context.Context) error {
 	s.phase.Store(PhaseInstalling)
 	res, err := s.parts.install(ctx)
@@ -237,16 +241,27 @@ func (s *Sidecar) work(ctx context.Context) error {
 		return err
 	}
 	s.installed.Store(&res)
+	if s.parts.installed != nil {
+		close(s.parts.installed)
+	}
 	// An install streams the whole payload through decompressors; give
 	// those buffers back now rather than keep them for the pod's life.
 	runtime.GC() // the first collection moves sync.Pool buffers to the victim cache
 	debug.FreeOSMemory()
 
+	log := s.logger("main")
+	if s.parts.locate != nil {
+		layout, err := s.parts.locate()
+		if err != nil {
+			return fmt.Errorf("locate the client's var dir: %w", err)
+		}
+		s.layout.Store(&layout)
+		log.Info().Str("var_dir", layout.VarDir).Str("found_by", layout.FoundBy).Msg("client located")
+	}
 	written, err := s.parts.writeFlags()
 	if err != nil {
 		return err
 	}
-	log := s.logger("main")
 	log.Info().Strs("written", written).Msg("flag files up to date")
 	s.configured.Store(true)
 

@@ -16,6 +16,7 @@ import (
 
 	"github.com/rs/zerolog"
 
+	"github.com/avsidecar/avsidecar/internal/avclient"
 	"github.com/avsidecar/avsidecar/internal/backupapi"
 	"github.com/avsidecar/avsidecar/internal/browse"
 	"github.com/avsidecar/avsidecar/internal/config"
@@ -245,6 +246,10 @@ func newWorld(t *testing.T) *world {
 			}
 			return install.Result{Name: "AvamarClient", Version: "7.5.101", Release: "101", Changed: true}, nil
 		},
+		locate: func() (avclient.Layout, error) {
+			ev.add("locate")
+			return avclient.Layout{Prefix: "/usr/local/avamar", VarDir: "/var/avamar", FoundBy: avclient.VarStateDir}, nil
+		},
 		writeFlags: func() ([]string, error) { ev.add("flags"); return []string{"avagent.cmd"}, nil },
 		registrar:  w.register,
 		agent:      w.agent,
@@ -345,7 +350,8 @@ func TestStartOrder(t *testing.T) {
 	w.ev.wait(t, "register")
 	expect(t, s, "/startupz", 200, "ok")
 	expect(t, s, "/readyz", 503, "[-]registered: not registered after 1 attempts, last unreachable: connect to MCS: refused")
-	if st := s.Status(); st.Phase != PhaseRegistering || st.Install == nil || st.Install.Version != "7.5.101" {
+	if st := s.Status(); st.Phase != PhaseRegistering || st.Install == nil || st.Install.Version != "7.5.101" ||
+		st.Client == nil || st.Client.VarDir != "/var/avamar" {
 		t.Errorf("status while registering: %+v", st)
 	}
 
@@ -362,7 +368,7 @@ func TestStartOrder(t *testing.T) {
 			life = append(life, e)
 		}
 	}
-	if want := []string{"ssh listening", "install", "flags", "register", "registered", "agent started"}; !slices.Equal(life, want) {
+	if want := []string{"ssh listening", "install", "locate", "flags", "register", "registered", "agent started"}; !slices.Equal(life, want) {
 		t.Errorf("the agent's life went %q, want %q", life, want)
 	}
 }
@@ -434,6 +440,20 @@ func TestFailuresEndRun(t *testing.T) {
 		}
 		if slices.Contains(w.ev.snapshot(), "register") {
 			t.Error("registered after a failed install")
+		}
+	})
+	t.Run("locate", func(t *testing.T) {
+		w := newWorld(t)
+		close(w.install)
+		w.parts.locate = func() (avclient.Layout, error) {
+			return avclient.Layout{}, errors.New("client var dir: /usr/local/avamar/var leads out of the root")
+		}
+		_, _, done := w.start(t)
+		if err := done.wait(t); err == nil || !strings.Contains(err.Error(), "locate the client's var dir") {
+			t.Fatalf("Run = %v, want the locate error", err)
+		}
+		if slices.Contains(w.ev.snapshot(), "flags") {
+			t.Error("flag files written for a client not located")
 		}
 	})
 	t.Run("register", func(t *testing.T) {
@@ -508,5 +528,35 @@ func TestMetricsLabelSets(t *testing.T) {
 		if !strings.Contains(body, want) {
 			t.Errorf("no %s in\n%s", want, body)
 		}
+	}
+}
+
+// TestInboundPorts: the ports of AVAMAR_INBOUND_PORTS are dialled on
+// loopback: /v1/status lists them with the listen port, and a closed one
+// shows in /readyz?verbose without failing readiness.
+func TestInboundPorts(t *testing.T) {
+	w := newWorld(t)
+	open, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer open.Close()
+	closed := testkit.FreePort(t)
+	openPort := open.Addr().(*net.TCPAddr).Port
+	w.cfg.InboundPorts = []int{openPort, closed}
+	close(w.install)
+	close(w.register.release)
+	s, _, _ := w.start(t)
+	w.ev.wait(t, "agent started")
+	expect(t, s, "/readyz", 200, "ok")
+	expect(t, s, "/readyz?verbose", 200, fmt.Sprintf("[!]inbound-ports: not accepting on %d", closed))
+	_, body := get(t, s, "/v1/status")
+	var st Status
+	if err := json.Unmarshal([]byte(body), &st); err != nil {
+		t.Fatal(err)
+	}
+	want := []InboundPort{{w.cfg.ListenPort, "listen", true}, {openPort, "extra", true}, {closed, "extra", false}}
+	if !slices.Equal(st.InboundPorts, want) {
+		t.Errorf("inbound ports %+v, want %+v", st.InboundPorts, want)
 	}
 }

@@ -6,10 +6,12 @@ import (
 	"net/http"
 	"time"
 
+	"github.com/avsidecar/avsidecar/internal/avclient"
 	"github.com/avsidecar/avsidecar/internal/backupapi"
 	"github.com/avsidecar/avsidecar/internal/browse"
 	"github.com/avsidecar/avsidecar/internal/buildinfo"
 	"github.com/avsidecar/avsidecar/internal/health"
+	"github.com/avsidecar/avsidecar/internal/hooks"
 	"github.com/avsidecar/avsidecar/internal/install"
 	"github.com/avsidecar/avsidecar/internal/logfollow"
 	"github.com/avsidecar/avsidecar/internal/metrics"
@@ -21,19 +23,29 @@ import (
 // Status is the JSON of /v1/status; /metrics is read from the same
 // snapshots, so the two never disagree.
 type Status struct {
-	Version      string            `json:"version"`
-	Revision     string            `json:"revision,omitempty"`
-	Phase        string            `json:"phase"`
-	Install      *install.Result   `json:"install"`
+	Version  string          `json:"version"`
+	Revision string          `json:"revision,omitempty"`
+	Phase    string          `json:"phase"`
+	Install  *install.Result `json:"install"`
+	// Client is where the installed client lives: its prefix and the var
+	// dir it keeps its state and avagent.log in, and how that was found.
+	Client       *avclient.Layout  `json:"client,omitempty"`
 	Registration register.Status   `json:"registration"`
 	Agent        supervise.Status  `json:"agent"`
 	AgentLog     logfollow.Status  `json:"agent_log"`
 	SSH          *sshd.Status      `json:"ssh"`
 	Browse       *browse.Status    `json:"browse"`
 	Backup       *backupapi.Status `json:"backup"`
+	// Hooks are the backup hooks, when configured: the scripts, the hooks,
+	// the last runs and the counts.
+	Hooks *hooks.Status `json:"hooks,omitempty"`
+	// InboundPorts are the ports the client should accept connections on
+	// (the listen port, and AVAMAR_INBOUND_PORTS), dialled on loopback;
+	// only /v1/status fills it.
+	InboundPorts []InboundPort `json:"inbound_ports,omitempty"`
 	// Faults are the side parts that failed or could not start, by name
-	// (ssh, browse, agent-log, backup-api), with why. The sidecar goes on
-	// without them.
+	// (ssh, browse, agent-log, backup-api, hooks), with why. The sidecar
+	// goes on without them.
 	Faults map[string]string `json:"faults,omitempty"`
 }
 
@@ -44,6 +56,7 @@ func (s *Sidecar) Status() Status {
 		Revision:     buildinfo.Revision(),
 		Phase:        s.phase.Load().(string),
 		Install:      s.installed.Load(),
+		Client:       s.layout.Load(),
 		Registration: s.parts.registrar.Status(),
 		Agent:        s.parts.agent.Status(),
 		AgentLog:     s.parts.follow.Status(),
@@ -64,6 +77,10 @@ func (s *Sidecar) Status() Status {
 		st := s.parts.backups.Status()
 		d.Backup = &st
 	}
+	if s.parts.hooks != nil {
+		st := s.parts.hooks.Status()
+		d.Hooks = &st
+	}
 	return d
 }
 
@@ -75,6 +92,9 @@ var MetricLabels = metrics.Labels{
 	BackupStates: backupapi.States,
 	Handlers:     handlers,
 	SSHStates:    sshd.States(),
+	HookPhases:   hooks.Phases,
+	HookOutcomes: hooks.Outcomes,
+	HookResults:  hooks.Results,
 }
 
 // metricsSnapshot is what /metrics reports, read from the same Status()
@@ -88,6 +108,7 @@ func (s *Sidecar) metricsSnapshot() metrics.Snapshot {
 		Registered:       d.Registration.Registered,
 		AgentUp:          d.Agent.Running,
 		AgentRestarts:    d.Agent.Restarts,
+		AgentDaemonized:  d.Agent.Daemonized,
 		AvagentLogLines:  d.AgentLog.Lines,
 		HTTPConnsOpen:    s.httpLn.Open(),
 		HTTPConnsDropped: s.httpLn.Dropped(),
@@ -109,13 +130,21 @@ func (s *Sidecar) metricsSnapshot() metrics.Snapshot {
 	}
 	if d.Backup != nil {
 		m.LastBackup, m.LastBackupCheck, m.BackupAPIState = d.Backup.LastBackup, d.Backup.LastCheck, d.Backup.State
+		m.LastCheckin = d.Backup.LastCheckin
+	}
+	if d.Hooks != nil {
+		m.HooksConfigured, m.HookRuns, m.HookCalls = true, d.Hooks.Hooks, d.Hooks.Calls
 	}
 	return m
 }
 
 func (s *Sidecar) serveStatus(w http.ResponseWriter, r *http.Request) {
+	st := s.Status()
+	if st.Phase == PhaseRunning {
+		st.InboundPorts = s.inboundPorts(r.Context())
+	}
 	w.Header().Set("Content-Type", "application/json")
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")
-	_ = enc.Encode(s.Status())
+	_ = enc.Encode(st)
 }

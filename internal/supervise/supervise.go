@@ -2,6 +2,13 @@
 // its own process group, restarts it with capped backoff when it exits,
 // reports crash loops, and stops the whole group on shutdown.
 //
+// A process told to stay in the foreground may daemonize anyway: it exits 0
+// at once and leaves a daemon in its place, in a session of its own. With
+// Config.Adopt the supervisor asks, after such an exit, for that daemon; it
+// then supervises the daemon as it would its own child (its end is an
+// exit, restarted with backoff; a stop is SIGTERM, then SIGKILL, to it and
+// its group) and says so in Status.Daemonized.
+//
 // Restart waits use "equal jitter": the n-th wait is drawn from
 // [c/2, c) where c = min(BackoffMax, BackoffBase*2^n). Unlike full jitter
 // every wait is at least as long as the one before (until the cap), so a
@@ -57,6 +64,26 @@ type Config struct {
 	LogFile string
 	// LogTailLines is how many lines of LogFile to keep (default 10).
 	LogTailLines int
+	// Adopt, when set, is called when the process exits with status 0 by
+	// itself. started is when this run began, pid the process that exited.
+	// It returns the daemon the process left in its place, watched, or nil
+	// when there is none (then the exit is an exit like any other). It is
+	// called even when ctx has ended meanwhile, and should look for a
+	// moment then too: a daemon it finds is stopped at once.
+	Adopt func(ctx context.Context, started time.Time, pid int) Daemon
+}
+
+// Daemon is a process that is not the supervisor's child but runs in the
+// place of one: an agent that daemonized.
+type Daemon interface {
+	// PID is the daemon's process id.
+	PID() int
+	// Done is closed once the daemon has ended.
+	Done() <-chan struct{}
+	// Stop ends the daemon: SIGTERM, then SIGKILL after timeout.
+	Stop(ctx context.Context, timeout time.Duration) error
+	// Close stops watching it.
+	Close()
 }
 
 // maxTailBytes bounds how much of the end of LogFile is read at an exit.
@@ -93,6 +120,12 @@ type Status struct {
 	Backoff time.Duration `json:"backoff_ns,omitempty"`
 	// NextStart is when the next restart is due while it waits out a backoff.
 	NextStart time.Time `json:"next_start,omitzero"`
+	// Daemonized is true while the supervised process is a daemon the
+	// started one left in its place (see Config.Adopt); PID is the
+	// daemon's then.
+	Daemonized bool `json:"daemonized,omitempty"`
+	// Adoptions counts the daemons adopted so far.
+	Adoptions int `json:"adoptions,omitempty"`
 }
 
 // Supervisor runs one process under supervision.
@@ -198,7 +231,7 @@ func (s *Supervisor) exited(err error, ran, wait time.Duration, logStart int64) 
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	st := &s.status
-	st.Running, st.PID = false, 0
+	st.Running, st.PID, st.Daemonized = false, 0, false
 	st.LastExit, st.LastExitAt, st.LastRun = describeExit(err), time.Now(), ran
 	st.LastExitCode, st.LastSignal = exitCodeAndSignal(err)
 	st.LogTail = tail
@@ -275,6 +308,7 @@ func (s *Supervisor) logTail(from int64) []string {
 // reports the size the log file had at the start, and the exit error.
 func (s *Supervisor) runOnce(ctx context.Context) (logStart int64, exitErr error) {
 	logStart = s.logSize()
+	started := time.Now()
 	cmd := exec.Command(s.cfg.Path, s.cfg.Args...)
 	cmd.Env, cmd.Dir = s.cfg.Env, s.cfg.Dir
 	p, err := pid1.StartLines(cmd, func(line string) {
@@ -298,14 +332,19 @@ func (s *Supervisor) runOnce(ctx context.Context) (logStart int64, exitErr error
 	for {
 		select {
 		case <-p.Done():
-			return logStart, p.Wait()
-		case <-stable.C:
-			s.mu.Lock()
-			if s.status.ShortRuns > 0 || s.status.CrashLoop {
-				s.log.Info().Int("pid", p.Pid).Msg("agent stable again")
+			err := p.Wait()
+			if err != nil || s.cfg.Adopt == nil {
+				return logStart, err
 			}
-			s.status.ShortRuns, s.status.CrashLoop = 0, false
-			s.mu.Unlock()
+			// Even when a stop has come meanwhile: a daemon left in the
+			// agent's place must be found to be stopped.
+			d := s.cfg.Adopt(ctx, started, p.Pid)
+			if d == nil {
+				return logStart, nil
+			}
+			return logStart, s.superviseDaemon(ctx, d, stable)
+		case <-stable.C:
+			s.stableAgain(p.Pid)
 		case <-ctx.Done():
 			s.stop(p)
 			s.markStopped()
@@ -314,9 +353,51 @@ func (s *Supervisor) runOnce(ctx context.Context) (logStart int64, exitErr error
 	}
 }
 
+// stableAgain records that the run of pid has lasted StableAfter.
+func (s *Supervisor) stableAgain(pid int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.status.ShortRuns > 0 || s.status.CrashLoop {
+		s.log.Info().Int("pid", pid).Msg("agent stable again")
+	}
+	s.status.ShortRuns, s.status.CrashLoop = 0, false
+}
+
+// errDaemonEnded is the exit of an adopted daemon: not being its parent,
+// the supervisor cannot know its status.
+var errDaemonEnded = errors.New("daemon ended")
+
+// superviseDaemon supervises the daemon a started process left in its
+// place until it ends (errDaemonEnded) or ctx is done (it is stopped: nil).
+func (s *Supervisor) superviseDaemon(ctx context.Context, d Daemon, stable *time.Timer) error {
+	defer d.Close()
+	s.mu.Lock()
+	s.status.PID, s.status.Daemonized = d.PID(), true
+	s.status.Adoptions++
+	s.mu.Unlock()
+	s.log.Warn().Int("pid", d.PID()).Msg("agent daemonized despite --daemon=false, supervising the daemon")
+	for {
+		select {
+		case <-d.Done():
+			s.log.Warn().Int("pid", d.PID()).Msg("agent daemon ended")
+			return fmt.Errorf("%w: pid %d", errDaemonEnded, d.PID())
+		case <-stable.C:
+			s.stableAgain(d.PID())
+		case <-ctx.Done():
+			if err := d.Stop(context.Background(), s.cfg.StopTimeout); err != nil {
+				s.log.Error().Err(err).Int("pid", d.PID()).Msg("agent daemon not stopped")
+			} else {
+				s.log.Info().Int("pid", d.PID()).Msg("agent daemon stopped")
+			}
+			s.markStopped()
+			return nil
+		}
+	}
+}
+
 func (s *Supervisor) markStopped() {
 	s.mu.Lock()
-	s.status.Running, s.status.PID = false, 0
+	s.status.Running, s.status.PID, s.status.Daemonized = false, 0, false
 	s.mu.Unlock()
 }
 

@@ -19,6 +19,7 @@ import (
 
 	"github.com/avsidecar/avsidecar/internal/testkit"
 	"github.com/avsidecar/avsidecar/internal/testkit/fakeagent"
+	"github.com/avsidecar/avsidecar/internal/testkit/mcsproto"
 )
 
 // client is one fake client's var/ directory and ports.
@@ -67,6 +68,9 @@ func TestRegisterAccepted(t *testing.T) {
 			t.Errorf("avagent.cfg lacks %q:\n%s", line, cfg)
 		}
 	}
+	if cid, err := os.ReadFile(filepath.Join(c.vardir, fakeagent.IDFile)); err != nil || strings.TrimSpace(string(cid)) != got[0].ClientID {
+		t.Errorf("cid.bin = %q (%v), want the client id %s", cid, err, got[0].ClientID)
+	}
 	if m.Count("pod-a") != 1 || m.Attempts("pod-a") != 1 {
 		t.Errorf("count %d, attempts %d; want 1, 1", m.Count("pod-a"), m.Attempts("pod-a"))
 	}
@@ -77,11 +81,13 @@ func TestRegisterRefused(t *testing.T) {
 	c := newClient(t, "pod-r")
 
 	r := c.register(t, m)
-	if r.code != fakeagent.ExitRefused || !strings.Contains(r.stderr, "license expired") {
-		t.Fatalf("refused register: exit %d, stderr %q; want %d and the reason", r.code, r.stderr, fakeagent.ExitRefused)
+	if r.code != fakeagent.ExitFailure || !strings.Contains(r.stderr, "license expired") {
+		t.Fatalf("refused register: exit %d, stderr %q; want %d and the reason", r.code, r.stderr, fakeagent.ExitFailure)
 	}
-	if _, err := os.Stat(filepath.Join(c.vardir, fakeagent.CfgFile)); !os.IsNotExist(err) {
-		t.Errorf("avagent.cfg written after a refusal: %v", err)
+	for _, f := range []string{fakeagent.CfgFile, fakeagent.IDFile} {
+		if _, err := os.Stat(filepath.Join(c.vardir, f)); !os.IsNotExist(err) {
+			t.Errorf("%s written after a refusal: %v", f, err)
+		}
 	}
 
 	m.SetRefuse("")
@@ -97,8 +103,8 @@ func TestRegisterDownThenUp(t *testing.T) {
 	m := startMCS(t, testkit.MCSOptions{Down: true})
 	c := newClient(t, "pod-d")
 
-	if r := c.register(t, m); r.code != fakeagent.ExitUnreachable {
-		t.Fatalf("register with the MCS down: exit %d, stderr %s; want %d", r.code, r.stderr, fakeagent.ExitUnreachable)
+	if r := c.register(t, m); r.code != fakeagent.ExitFailure {
+		t.Fatalf("register with the MCS down: exit %d, stderr %s; want %d", r.code, r.stderr, fakeagent.ExitFailure)
 	}
 	if err := m.SetDown(false); err != nil {
 		t.Fatal(err)
@@ -109,8 +115,8 @@ func TestRegisterDownThenUp(t *testing.T) {
 	if err := m.SetDown(true); err != nil {
 		t.Fatal(err)
 	}
-	if r := c.register(t, m); r.code != fakeagent.ExitUnreachable {
-		t.Fatalf("register with the MCS down again: exit %d; want %d", r.code, fakeagent.ExitUnreachable)
+	if r := c.register(t, m); r.code != fakeagent.ExitFailure {
+		t.Fatalf("register with the MCS down again: exit %d; want %d", r.code, fakeagent.ExitFailure)
 	}
 	if m.Count("pod-d") != 1 {
 		t.Errorf("count %d, want 1", m.Count("pod-d"))
@@ -147,7 +153,7 @@ func TestMaxConcurrentBusy(t *testing.T) {
 		}
 	}
 	r := newClient(t, "pod-late").register(t, m)
-	if r.code != fakeagent.ExitRefused || !strings.Contains(r.stderr, "busy") {
+	if r.code != fakeagent.ExitFailure || !strings.Contains(r.stderr, "busy") {
 		t.Errorf("third registration: exit %d, stderr %q; want busy refusal", r.code, r.stderr)
 	}
 	wg.Wait()
@@ -173,9 +179,9 @@ func TestRunAnswersCallback(t *testing.T) {
 	if !strings.Contains(log, "client pod-cb") {
 		t.Errorf("log does not name the client:\n%s", log)
 	}
-	pid, _ := os.ReadFile(filepath.Join(c.vardir, fakeagent.PidFile))
-	if strings.TrimSpace(string(pid)) != itoa(agent.Process.Pid) {
-		t.Errorf("pid file %q, want %d", pid, agent.Process.Pid)
+	lck, _ := os.ReadFile(filepath.Join(c.vardir, fakeagent.LockFile))
+	if f := strings.Fields(string(lck)); len(f) == 0 || f[0] != itoa(agent.Process.Pid) {
+		t.Errorf("lock file %q, want the pid %d first", lck, agent.Process.Pid)
 	}
 
 	if err := agent.Process.Signal(syscall.SIGTERM); err != nil {
@@ -188,8 +194,8 @@ func TestRunAnswersCallback(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitLog(t, filepath.Join(c.vardir, "avagent.log"), "Client Agent stopping")
-	if _, err := os.Stat(filepath.Join(c.vardir, fakeagent.PidFile)); !os.IsNotExist(err) {
-		t.Errorf("pid file left after a clean stop: %v", err)
+	if _, err := os.Stat(filepath.Join(c.vardir, fakeagent.LockFile)); !os.IsNotExist(err) {
+		t.Errorf("lock file left after a clean stop: %v", err)
 	}
 }
 
@@ -220,21 +226,36 @@ func TestFlagFiles(t *testing.T) {
 	}
 }
 
+// lockPID reads the pid, the first field of a lock file.
+func lockPID(t *testing.T, path string) int {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := strings.Fields(string(b))
+	if len(f) == 0 {
+		t.Fatalf("empty lock file %s", path)
+	}
+	pid, err := strconv.Atoi(f[0])
+	if err != nil {
+		t.Fatalf("lock file %q: %v", b, err)
+	}
+	return pid
+}
+
 // TestDaemon checks the init script flow: avagent.bin (daemon by default)
-// starts a detached copy, writes its pid and says "Client Agent started".
+// starts a detached copy, which records its pid in avagent.lck, and says
+// "Client Agent started" once it has.
 func TestDaemon(t *testing.T) {
 	c := newClient(t, "pod-daemon")
 	r := runCmd(t, c.bin, "--vardir="+c.vardir)
 	if r.code != 0 || !strings.Contains(r.stdout, "Client Agent started") {
 		t.Fatalf("daemon start: exit %d, stdout %q, stderr %q", r.code, r.stdout, r.stderr)
 	}
-	b, err := os.ReadFile(filepath.Join(c.vardir, fakeagent.PidFile))
-	if err != nil {
-		t.Fatal(err)
-	}
-	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
-	if err != nil || !alive(pid) {
-		t.Fatalf("pid file %q: no live daemon (%v)", b, err)
+	pid := lockPID(t, filepath.Join(c.vardir, fakeagent.LockFile))
+	if !alive(pid) {
+		t.Fatalf("lock file names %d: no live daemon", pid)
 	}
 	t.Cleanup(func() { _ = syscall.Kill(pid, syscall.SIGKILL) })
 	waitLog(t, filepath.Join(c.vardir, "avagent.log"), "Client Agent started: pid "+itoa(pid))
@@ -260,9 +281,40 @@ func TestCrashAfter(t *testing.T) {
 		t.Fatalf("exit %d, want 7 (stderr %s)", r.code, r.stderr)
 	}
 	waitLog(t, filepath.Join(c.vardir, "avagent.log"), "fake crash after 100ms")
-	if _, err := os.Stat(filepath.Join(c.vardir, fakeagent.PidFile)); err != nil {
-		t.Errorf("a crash should leave its stale pid file: %v", err)
+	if _, err := os.Stat(filepath.Join(c.vardir, fakeagent.LockFile)); err != nil {
+		t.Errorf("a crash should leave its stale lock file: %v", err)
 	}
+}
+
+// TestDaemonizeAnyway: with --fake-daemonize (here from avagent.cmd, as
+// AVAMAR_AGENT_FLAGS puts it) an agent told --daemon=false exits 0 at once
+// and leaves a daemon of its own session, which records itself in
+// avagent.lck and serves.
+func TestDaemonizeAnyway(t *testing.T) {
+	c := newClient(t, "pod-forks")
+	writeFile(t, c.vardir, fakeagent.CmdFile, "--iplist=127.0.0.1\n--listenport="+itoa(c.port)+"\n--fake-daemonize\n")
+	r := runCmd(t, c.bin, "--daemon=false", "--vardir="+c.vardir)
+	if r.code != 0 {
+		t.Fatalf("exit %d, stderr %q", r.code, r.stderr)
+	}
+	log := waitLog(t, filepath.Join(c.vardir, "avagent.log"), "Client Agent started: pid")
+	pid := lockPID(t, filepath.Join(c.vardir, fakeagent.LockFile))
+	t.Cleanup(func() { _ = syscall.Kill(pid, syscall.SIGKILL) })
+	if !strings.Contains(log, "daemonized despite --daemon=false: daemon pid "+itoa(pid)) {
+		t.Errorf("log does not name the daemon %d:\n%s", pid, log)
+	}
+	if sid, _ := unix.Getsid(pid); sid != pid {
+		t.Errorf("daemon session %d, want its own (%d)", sid, pid)
+	}
+	conn, err := net.Dial("tcp", "127.0.0.1:"+itoa(c.port))
+	if err != nil {
+		t.Fatalf("daemon does not listen: %v", err)
+	}
+	conn.Close()
+	if err := syscall.Kill(pid, syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	waitExit(t, pid)
 }
 
 // TestCrashIfExists plays a crash loop and its fix, through avagent.cmd as
@@ -361,7 +413,72 @@ func TestRegisterSilentServer(t *testing.T) {
 	c := newClient(t, "pod-s")
 	r := runCmd(t, c.bin, "--init", "--daemon=false", "--mcsaddr=127.0.0.1",
 		"--mcsport="+itoa(ln.Addr().(*net.TCPAddr).Port), "--dpndomain=/clients", "--vardir="+c.vardir)
-	if r.code != fakeagent.ExitUnreachable || !strings.Contains(r.stderr, "did not answer") {
-		t.Fatalf("silent MCS: exit %d, stderr %q; want %d, did not answer", r.code, r.stderr, fakeagent.ExitUnreachable)
+	if r.code != fakeagent.ExitFailure || !strings.Contains(r.stderr, "did not answer") {
+		t.Fatalf("silent MCS: exit %d, stderr %q; want %d, did not answer", r.code, r.stderr, fakeagent.ExitFailure)
 	}
+}
+
+// TestBackupRunsScripts: a backup work order runs the dataset's
+// run-at-start script, the backup (which reads the dataset's files), then
+// the run-at-end script, from the scripts directory next to --sysdir; a
+// failed start script aborts the backup and skips the end script; a failed
+// end script fails the backup after it was taken.
+func TestBackupRunsScripts(t *testing.T) {
+	c := newClient(t, "pod-backup")
+	sysdir := t.TempDir()
+	scripts := filepath.Join(sysdir, "scripts")
+	if err := os.Mkdir(scripts, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	data := writeFile(t, t.TempDir(), "data", "")
+	script := func(name, body string) {
+		p := writeFile(t, scripts, name, "#!/bin/sh\n"+body+"\n")
+		if err := os.Chmod(p, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	script("pre.sh", `echo pre >> "`+data+`"; echo "pre says $0"`)
+	script("post.sh", `echo post >> "`+data+`"`)
+	script("bad-pre.sh", `echo "cannot quiesce" >&2; exit 3`)
+	script("bad-post.sh", `exit 4`)
+	startAgent(t, c.bin, c.vardir, "--sysdir="+sysdir+"/")
+	addr := "127.0.0.1:" + itoa(c.port)
+	steps := func(r mcsproto.BackupReply) string {
+		var out []string
+		for _, s := range r.Steps {
+			out = append(out, s.Step+"="+itoa(s.ExitCode))
+		}
+		return strings.Join(out, " ")
+	}
+
+	r, err := testkit.RunBackup(ctxT(t), addr, mcsproto.Backup{RunAtStart: "pre.sh", RunAtEnd: "post.sh", Paths: []string{data}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !r.OK || steps(r) != "run_at_start=0 backup=0 run_at_end=0" || r.Captured[data] != "pre\n" {
+		t.Fatalf("backup %+v, want start, backup (seeing only pre), end", r)
+	}
+	if got, _ := os.ReadFile(data); string(got) != "pre\npost\n" {
+		t.Errorf("data %q, want pre then post", got)
+	}
+	if out := r.Steps[0].Output; len(out) != 1 || !strings.HasSuffix(out[0], "scripts/pre.sh") {
+		t.Errorf("start script output %q", out)
+	}
+
+	r, _ = testkit.RunBackup(ctxT(t), addr, mcsproto.Backup{RunAtStart: "bad-pre.sh", RunAtEnd: "post.sh", Paths: []string{data}})
+	if r.OK || steps(r) != "run_at_start=3" || !strings.Contains(r.Reason, "aborted") || r.Steps[0].Output[0] != "cannot quiesce" {
+		t.Fatalf("backup with a failing start script %+v", r)
+	}
+	r, _ = testkit.RunBackup(ctxT(t), addr, mcsproto.Backup{RunAtEnd: "bad-post.sh", Paths: []string{data}})
+	if r.OK || steps(r) != "backup=0 run_at_end=4" || !strings.Contains(r.Reason, "exception") {
+		t.Fatalf("backup with a failing end script %+v", r)
+	}
+	r, _ = testkit.RunBackup(ctxT(t), addr, mcsproto.Backup{RunAtStart: "../pre.sh"})
+	if r.OK || steps(r) != "run_at_start=-1" {
+		t.Fatalf("backup with a path for a script %+v", r)
+	}
+	if got, _ := os.ReadFile(data); string(got) != "pre\npost\n" {
+		t.Errorf("data %q: a failed or refused script ran anyway", got)
+	}
+	waitLog(t, filepath.Join(c.vardir, "avagent.log"), "run_at_end script bad-post.sh exited 4")
 }

@@ -584,3 +584,39 @@ func (m *MCS) pingOne(ctx context.Context, addr, name string) error {
 	}
 	return nil
 }
+
+// Backup starts a backup of name's client as a real MCS does when a
+// schedule or an administrator runs a dataset: it sends the agent a work
+// order over its callback (iplist:listenport), naming the dataset's
+// run-at-start and run-at-end scripts, and returns the agent's reply once
+// the backup is over or ctx ends.
+func (m *MCS) Backup(ctx context.Context, name string, order mcsproto.Backup) (mcsproto.BackupReply, error) {
+	iplist, port, ok := m.CallbackAddr(name)
+	if !ok {
+		return mcsproto.BackupReply{}, fmt.Errorf("backup %s: no such client", name)
+	}
+	return RunBackup(ctx, net.JoinHostPort(strings.TrimSpace(strings.Split(iplist, ",")[0]), strconv.Itoa(port)), order)
+}
+
+// RunBackup sends a backup work order to the agent at addr and waits for
+// its reply: what the fake MCS's Backup does, for tests that run an agent
+// without an MCS.
+func RunBackup(ctx context.Context, addr string, order mcsproto.Backup) (mcsproto.BackupReply, error) {
+	order.Op = mcsproto.OpBackup
+	var d net.Dialer
+	conn, err := d.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return mcsproto.BackupReply{}, fmt.Errorf("backup at %s: %w", addr, err)
+	}
+	defer conn.Close()
+	stop := context.AfterFunc(ctx, func() { conn.Close() })
+	defer stop()
+	var reply mcsproto.BackupReply
+	if err := mcsproto.Write(conn, order); err != nil {
+		return reply, fmt.Errorf("backup at %s: %w", addr, err)
+	}
+	if err := mcsproto.Read(bufio.NewReader(conn), &reply); err != nil {
+		return reply, fmt.Errorf("backup at %s: %w", addr, err)
+	}
+	return reply, nil
+}

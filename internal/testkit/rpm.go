@@ -10,6 +10,7 @@ import (
 	"path"
 	"path/filepath"
 	"sort"
+	"strings"
 	"text/template"
 	"time"
 
@@ -79,6 +80,16 @@ type RPMOptions struct {
 	// ExtraFiles are added to the payload, for tests that need bigger or
 	// special content.
 	ExtraFiles []RPMFile
+	// StateDir, when set (many real installs use /var/avamar), is where
+	// the client keeps its state and logs instead of the prefix's var/:
+	// the package ships that directory (not relocated) and its control
+	// script passes it as --vardir. Under a root that is not "/" (tests,
+	// the demo) the control script finds it under the root it derives from
+	// its own path, which holds while the prefix is the default one.
+	StateDir string
+	// StateLink makes the prefix's var/ a relative symbolic link to
+	// StateDir (right for the default prefix) instead of a directory.
+	StateLink bool
 }
 
 // RPMFileName is the file name of the client package of version-release,
@@ -141,16 +152,31 @@ func BuildRPM(w io.Writer, opts RPMOptions) error {
 		return fmt.Errorf("build rpm: %w", err)
 	}
 
+	if opts.StateDir != "" && (!path.IsAbs(opts.StateDir) || path.Clean(opts.StateDir) == "/") {
+		return fmt.Errorf("build rpm: state dir %q is not an absolute directory", opts.StateDir)
+	}
+	if opts.StateLink && opts.StateDir == "" {
+		return errors.New("build rpm: a var/ link needs a state dir")
+	}
+	varDir := RPMFile{Path: "var", Mode: os.ModeDir | 0o755}
+	if opts.StateLink {
+		// From <prefix>/var, up to the root, down to the state dir.
+		up := strings.Repeat("../", strings.Count(strings.Trim(RPMPrefix, "/"), "/")+1)
+		varDir = RPMFile{Path: "var", Mode: os.ModeSymlink | 0o777, Body: []byte(up + strings.TrimPrefix(path.Clean(opts.StateDir), "/"))}
+	}
 	files := []RPMFile{
 		{Path: ".", Mode: os.ModeDir | 0o755},
 		{Path: "bin", Mode: os.ModeDir | 0o755},
 		{Path: "etc", Mode: os.ModeDir | 0o755},
-		{Path: "var", Mode: os.ModeDir | 0o755},
+		varDir,
 		{Path: "bin/avagent.bin", Mode: 0o755, Body: agent},
 		{Path: "bin/avtar.bin", Mode: 0o755, Body: []byte(avtarScript)},
-		{Path: "etc/avagent.d", Mode: 0o755, Body: []byte(controlScript)},
+		{Path: "etc/avagent.d", Mode: 0o755, Body: render(controlScriptTmpl, opts)},
 		{Path: "etc/avagent.cfg.default", Mode: 0o644, Body: []byte(defaultConfig), Config: true},
 		{Path: InitScript, Mode: 0o755, Body: render(initScriptTmpl, nil)},
+	}
+	if opts.StateDir != "" {
+		files = append(files, RPMFile{Path: path.Clean(opts.StateDir), Mode: os.ModeDir | 0o755})
 	}
 	files = append(files, opts.ExtraFiles...)
 	final := map[string]rpmpack.RPMFile{} // what rpmpack keeps: the last file of each name
@@ -285,23 +311,33 @@ const defaultConfig = `# Avamar client defaults (avsidecar test kit stand-in).
 --listenport=28002
 `
 
-// controlScript is etc/avagent.d, the control script behind
+// controlScriptTmpl is etc/avagent.d, the control script behind
 // /etc/init.d/avagent. It finds the prefix from its own location, so it
-// works wherever the package was relocated to.
-const controlScript = `#!/bin/sh
+// works wherever the package was relocated to; with RPMOptions.StateDir
+// its state is there, under the root the default prefix implies.
+var controlScriptTmpl = template.Must(template.New("control").Funcs(tmplFuncs).Parse(`#!/bin/sh
 # avagent.d: control script of the Avamar client agent (avsidecar test kit
 # stand-in). Verbs: register MCS[:PORT] [DOMAIN], start, stop, status,
 # unregister.
 prefix=$(cd "$(dirname "$0")/.." && pwd -P) || exit 1
 bin=$prefix/bin
 var=$prefix/var
+{{- if .StateDir}}
+# The client keeps its state in {{.StateDir}}: under the root this prefix
+# lies in (a test root), else as it is.
+case $prefix in
+*{{prefix}}) var=${prefix%{{prefix}}}{{.StateDir}} ;;
+*) var={{.StateDir}} ;;
+esac
+{{- end}}
 etc=$prefix/etc
 agent=$bin/avagent.bin
-pidfile=$var/avagent.pid
+lockfile=$var/avagent.lck
 
+# The running agent's pid is the first field of its lock file.
 running() {
-	[ -f "$pidfile" ] || return 1
-	pid=$(cat "$pidfile" 2>/dev/null)
+	[ -f "$lockfile" ] || return 1
+	read -r pid rest < "$lockfile" 2>/dev/null
 	[ -n "$pid" ] && kill -0 "$pid" 2>/dev/null
 }
 
@@ -316,7 +352,7 @@ start() {
 stop() {
 	if ! running; then
 		echo "Client Agent not running"
-		rm -f "$pidfile"
+		rm -f "$lockfile"
 		return 0
 	fi
 	kill "$pid"
@@ -329,7 +365,7 @@ stop() {
 		fi
 		sleep 0.1
 	done
-	rm -f "$pidfile"
+	rm -f "$lockfile"
 	echo "Client Agent stopped"
 }
 
@@ -370,7 +406,7 @@ status)
 	;;
 unregister)
 	stop
-	rm -f "$var/avagent.cfg"
+	rm -f "$var/avagent.cfg" "$var/cid.bin"
 	echo "Client unregistered"
 	;;
 *)
@@ -378,7 +414,7 @@ unregister)
 	exit 2
 	;;
 esac
-`
+`))
 
 // initScriptTmpl is /etc/init.d/avagent. %post writes the real prefix into
 // AVAMAR_PREFIX. When it lies under another root (the product's

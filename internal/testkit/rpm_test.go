@@ -10,6 +10,7 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 
+	"github.com/avsidecar/avsidecar/internal/avclient"
 	"github.com/avsidecar/avsidecar/internal/testkit"
 )
 
@@ -283,5 +284,60 @@ func copyWithLibs(t *testing.T, prog, root string) {
 		if err := os.WriteFile(dst, b, 0o755); err != nil {
 			t.Fatal(err)
 		}
+	}
+}
+
+// TestRPMStateDir: the package variant that keeps the client's state in
+// /var/avamar ships that directory, with the prefix's var/ as a directory
+// or as a link to it; its control script registers and logs there, under
+// a root too; and the product's avclient.Locate finds it both ways.
+func TestRPMStateDir(t *testing.T) {
+	for _, link := range []bool{false, true} {
+		t.Run(map[bool]string{false: "package dir", true: "var link"}[link], func(t *testing.T) {
+			pkg := testkit.WriteRPM(t, t.TempDir(), testkit.RPMOptions{StateDir: "/var/avamar", StateLink: link})
+			files := rpmQuery(t, pkg, "[%{FILENAMES} %{FILEMODES:perms} %{FILELINKTOS}\n]")
+			wantVar := "/usr/local/avamar/var drwxr-xr-x \n"
+			if link {
+				wantVar = "/usr/local/avamar/var lrwxrwxrwx ../../../var/avamar\n"
+			}
+			if !strings.Contains(files, "/var/avamar drwxr-xr-x \n") || !strings.Contains(files, wantVar) {
+				t.Fatalf("files lack /var/avamar or %q:\n%s", wantVar, files)
+			}
+			root := t.TempDir()
+			installRPM(t, pkg, root, testkit.RPMPrefix)
+			state := filepath.Join(root, "var/avamar")
+			c, layout, err := avclient.Client{Root: root, Prefix: filepath.Join(root, testkit.RPMPrefix)}.Locate("")
+			wantHow := map[bool]string{false: avclient.VarStateDir, true: avclient.VarSymlink}[link]
+			if err != nil || c.VarDir() != state || layout.FoundBy != wantHow {
+				t.Fatalf("Locate = %+v, %v; want %s found by %s", layout, err, state, wantHow)
+			}
+
+			m := startMCS(t, testkit.MCSOptions{})
+			port := testkit.FreePort(t)
+			writeFile(t, state, "avagent.cmd", "--iplist=127.0.0.1\n--listenport="+itoa(port)+"\n--mcsport="+itoa(m.Port())+"\n")
+			writeFile(t, state, ".avagent", "--hostname=pod-state\n")
+			initScript := filepath.Join(root, testkit.InitScript)
+			r := runCmd(t, initScript, "register", "127.0.0.1", "/clients")
+			if r.code != 0 || !strings.Contains(r.stdout, "Client Agent started") {
+				t.Fatalf("register: exit %d\nstdout %s\nstderr %s", r.code, r.stdout, r.stderr)
+			}
+			t.Cleanup(func() { runCmd(t, initScript, "stop") })
+			if err := m.WaitReachable(ctxT(t), "pod-state"); err != nil {
+				t.Fatal(err)
+			}
+			for _, f := range []string{"avagent.cfg", "cid.bin", "avagent.lck", "avagent.log"} {
+				if _, err := os.Stat(filepath.Join(state, f)); err != nil {
+					t.Errorf("%s not in /var/avamar: %v", f, err)
+				}
+			}
+			if !link {
+				if entries, _ := os.ReadDir(filepath.Join(root, testkit.RPMPrefix, "var")); len(entries) != 0 {
+					t.Errorf("the prefix's var/ got %d entries, want none", len(entries))
+				}
+			}
+			if r := runCmd(t, initScript, "stop"); r.code != 0 || !strings.Contains(r.stdout, "stopped") {
+				t.Errorf("stop: exit %d, %q", r.code, r.stdout)
+			}
+		})
 	}
 }

@@ -1,30 +1,49 @@
 // Package avrest is a stand-in for the Avamar server's REST API, for tests
 // and the demo. It serves, on a real loopback listener and by default over
-// TLS with a CA of its own:
+// TLS with a CA of its own, the shapes that public clients of the real API
+// rely on (the Dell PowerShell module of SkunkworksAutomation/Avamar, Python
+// clients, an asset-inventory adapter):
 //
 //	POST /api/oauth/token               OAuth2 password grant; the OAuth
 //	                                    client authenticates with HTTP basic
 //	                                    auth, the user with the form fields
 //	                                    grant_type=password, username,
-//	                                    password. 200 {"access_token",
-//	                                    "token_type":"bearer","expires_in"};
-//	                                    a bad client 401 {"error":
-//	                                    "invalid_client"}, a bad user 400
-//	                                    {"error":"invalid_grant"}.
-//	GET  /api/v1/clients?domain=D&filter=name==N
-//	                                    {"content":[{"id","name","domain",
-//	                                    "href"}],"number","size",
-//	                                    "totalElements","totalPages"}
-//	GET  /api/v1/clients/{id}/backups?sort=createdTime,desc&page=P&size=S
-//	                                    {"content":[{"id","name",
-//	                                    "createdTime","expirationTime"}],...}
-//	                                    in the order they were added unless
-//	                                    sorted; 20 a page by default.
+//	                                    password, and scope (every public
+//	                                    client sends scope=write). 200
+//	                                    {"access_token","token_type":"bearer",
+//	                                    "expires_in","scope"}; a bad client
+//	                                    401 {"error":"invalid_client"}, a bad
+//	                                    user 400 {"error":"invalid_grant"}, a
+//	                                    scope the OAuth client lacks 400
+//	                                    {"error":"invalid_scope"}.
+//	GET  /api/v1/clients?domain=D&recursive=&filter=name==N&page=P&size=S
+//	                                    a page {"content":[{"id","name",
+//	                                    "domainFqdn","lastBackupTime",
+//	                                    "lastCheckinTime","enabled","href"}],
+//	                                    "number","size","totalElements",
+//	                                    "totalPages","first","last"}; 20 a
+//	                                    page by default. filter may be
+//	                                    repeated: name==N (or name=='N'),
+//	                                    domainFqdn==D, domainFqdn!=D.
+//	GET  /api/v1/clients/{id}/backup-statistics
+//	                                    {"lastBackupTime","totalBackups",
+//	                                    "backupCount","failedBackupCount",
+//	                                    "nextBackupTime"}
+//	GET  /api/v1/clients/{id}/backups?page=P&size=S
+//	                                    a page of {"id","name","createdTime",
+//	                                    "expirationTime"} in the order the
+//	                                    backups were added: no sort
+//	                                    parameter is honoured (none is
+//	                                    public), and the name of the time
+//	                                    field is the kit's own guess.
 //
-// API calls need "Authorization: Bearer TOKEN" and answer 401
-// {"error":"invalid_token"} otherwise. Switches make it go down (connections
-// refused), refuse every credential, expire all tokens now, or fail API calls
-// with a status code.
+// Times are RFC 3339 text; a client never backed up has null times. API
+// calls need "Authorization: Bearer TOKEN" and answer 401
+// {"error":"invalid_token"} otherwise. Switches make it go down
+// (connections refused), refuse every credential, expire all tokens now, or
+// fail API calls with a status code; Config can leave the times out of
+// client records or the statistics endpoint out of the API, so that a
+// client of it must take the next source.
 package avrest
 
 import (
@@ -62,6 +81,18 @@ type Config struct {
 	TokenTTL time.Duration
 	// Plain serves HTTP instead of HTTPS.
 	Plain bool
+	// Scopes are the OAuth client's scopes; a token request naming another
+	// is refused. Empty means read and write, as the public clients
+	// register theirs.
+	Scopes []string
+	// NoClientTimes leaves lastBackupTime and lastCheckinTime out of client
+	// records.
+	NoClientTimes bool
+	// NoStatistics answers /backup-statistics with 404.
+	NoStatistics bool
+	// NoFilter ignores the filter parameters of /api/v1/clients, so that a
+	// client of the API must read every page and match names itself.
+	NoFilter bool
 }
 
 // Backup is one backup of a client.
@@ -75,6 +106,7 @@ type Backup struct {
 type client struct {
 	id, name, domain string
 	backups          []Backup
+	checkin          time.Time
 }
 
 // Counts are the requests the server has answered, by kind.
@@ -87,6 +119,11 @@ type Counts struct {
 	Calls int
 	// Unauthorized is the number of API calls refused with 401.
 	Unauthorized int
+	// Statistics and BackupLists count the calls to /backup-statistics and
+	// to /backups.
+	Statistics, BackupLists int
+	// Sorted counts API calls that asked for a sort order.
+	Sorted int
 }
 
 // Server is a running stand-in. Create it with Start; Close it when done.
@@ -105,12 +142,16 @@ type Server struct {
 	counts    Counts
 	nextID    int
 	lastToken string
+	lastScope string
 }
 
 // Start listens on 127.0.0.1 at a free port and serves.
 func Start(cfg Config) (*Server, error) {
 	if cfg.TokenTTL == 0 {
 		cfg.TokenTTL = 30 * time.Minute
+	}
+	if len(cfg.Scopes) == 0 {
+		cfg.Scopes = []string{"read", "write"}
 	}
 	s := &Server{cfg: cfg, tokens: map[string]time.Time{}}
 	if !cfg.Plain {
@@ -158,6 +199,19 @@ func (s *Server) AddBackup(clientID string, created time.Time) error {
 		if c.id == clientID {
 			s.nextID++
 			c.backups = append(c.backups, Backup{ID: strconv.Itoa(s.nextID), Created: created})
+			return nil
+		}
+	}
+	return fmt.Errorf("avrest: no client %q", clientID)
+}
+
+// SetCheckin records when the client with id clientID last checked in.
+func (s *Server) SetCheckin(clientID string, at time.Time) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, c := range s.clients {
+		if c.id == clientID {
+			c.checkin = at
 			return nil
 		}
 	}
@@ -217,6 +271,14 @@ func (s *Server) Counts() Counts {
 	return s.counts
 }
 
+// LastScope is the scope of the last token request, as sent ("" when it
+// named none).
+func (s *Server) LastScope() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.lastScope
+}
+
 // LastToken is the last token issued, so a test can look for it in logs.
 func (s *Server) LastToken() string {
 	s.mu.Lock()
@@ -240,6 +302,7 @@ func (s *Server) serveLocked(ln net.Listener) {
 	mux.HandleFunc("POST /api/oauth/token", s.token)
 	mux.HandleFunc("GET /api/v1/clients", s.api(s.listClients))
 	mux.HandleFunc("GET /api/v1/clients/{id}/backups", s.api(s.listBackups))
+	mux.HandleFunc("GET /api/v1/clients/{id}/backup-statistics", s.api(s.statistics))
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second,
 		// Refused handshakes are what some tests are about: no noise.
 		ErrorLog: log.New(io.Discard, "", 0)}
@@ -276,6 +339,18 @@ func (s *Server) token(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusBadRequest, map[string]string{"error": "invalid_grant", "error_description": "Bad credentials"})
 		return
 	}
+	scope := r.PostFormValue("scope")
+	s.lastScope = scope
+	for _, sc := range strings.Fields(scope) {
+		if !slices.Contains(s.cfg.Scopes, sc) {
+			s.counts.TokenRefusals++
+			writeJSON(w, http.StatusBadRequest, map[string]string{"error": "invalid_scope", "error_description": "Invalid scope: " + sc})
+			return
+		}
+	}
+	if scope == "" {
+		scope = strings.Join(s.cfg.Scopes, " ")
+	}
 	tok := randHex(24)
 	s.tokens[tok] = time.Now().Add(s.cfg.TokenTTL)
 	s.lastToken = tok
@@ -284,7 +359,7 @@ func (s *Server) token(w http.ResponseWriter, r *http.Request) {
 		"access_token": tok,
 		"token_type":   "bearer",
 		"expires_in":   int(s.cfg.TokenTTL.Seconds()),
-		"scope":        "read write",
+		"scope":        scope,
 	})
 }
 
@@ -306,6 +381,9 @@ func (s *Server) api(h func(w http.ResponseWriter, r *http.Request)) http.Handle
 			writeJSON(w, s.failCode, map[string]string{"error": http.StatusText(s.failCode)})
 			return
 		}
+		if r.FormValue("sort") != "" {
+			s.counts.Sorted++
+		}
 		s.counts.Calls++
 		h(w, r)
 	}
@@ -313,11 +391,13 @@ func (s *Server) api(h func(w http.ResponseWriter, r *http.Request)) http.Handle
 
 // page is the paged envelope of list answers.
 type page struct {
-	Content       any `json:"content"`
-	Number        int `json:"number"`
-	Size          int `json:"size"`
-	TotalElements int `json:"totalElements"`
-	TotalPages    int `json:"totalPages"`
+	Content       any  `json:"content"`
+	Number        int  `json:"number"`
+	Size          int  `json:"size"`
+	TotalElements int  `json:"totalElements"`
+	TotalPages    int  `json:"totalPages"`
+	First         bool `json:"first"`
+	Last          bool `json:"last"`
 }
 
 // paginate cuts items to the page asked for in r.
@@ -330,32 +410,118 @@ func paginate[T any](r *http.Request, items []T) page {
 	num = max(num, 0)
 	from := min(num*size, len(items))
 	to := min(from+size, len(items))
+	pages := (len(items) + size - 1) / size
 	return page{
 		Content:       items[from:to],
 		Number:        num,
 		Size:          size,
 		TotalElements: len(items),
-		TotalPages:    (len(items) + size - 1) / size,
+		TotalPages:    pages,
+		First:         num == 0,
+		Last:          num >= pages-1,
 	}
 }
 
+// clientJSON is a client record. The times are pointers so that a client
+// never backed up shows null, and NoClientTimes leaves them out.
 type clientJSON struct {
-	ID     string `json:"id"`
-	Name   string `json:"name"`
-	Domain string `json:"domain"`
-	Href   string `json:"href"`
+	ID              string           `json:"id"`
+	Name            string           `json:"name"`
+	DomainFqdn      string           `json:"domainFqdn"`
+	LastBackupTime  *json.RawMessage `json:"lastBackupTime,omitempty"`
+	LastCheckinTime *json.RawMessage `json:"lastCheckinTime,omitempty"`
+	Enabled         bool             `json:"enabled"`
+	Href            string           `json:"href"`
+}
+
+// timeJSON is t as RFC 3339 text, or null when t is zero.
+func timeJSON(t time.Time) *json.RawMessage {
+	raw := json.RawMessage("null")
+	if !t.IsZero() {
+		raw, _ = json.Marshal(t.UTC().Format(time.RFC3339))
+	}
+	return &raw
+}
+
+// newest is the time of c's newest backup, zero when it has none.
+func (c *client) newest() time.Time {
+	var t time.Time
+	for _, b := range c.backups {
+		if b.Created.After(t) {
+			t = b.Created
+		}
+	}
+	return t
+}
+
+// matches reports whether c passes every filter of the request.
+func (c *client) matches(filters []string) bool {
+	for _, f := range filters {
+		switch {
+		case strings.HasPrefix(f, "name=="):
+			if strings.Trim(strings.TrimPrefix(f, "name=="), "'") != c.name {
+				return false
+			}
+		case strings.HasPrefix(f, "domainFqdn=="):
+			if strings.Trim(strings.TrimPrefix(f, "domainFqdn=="), "'") != c.domain {
+				return false
+			}
+		case strings.HasPrefix(f, "domainFqdn!="):
+			if strings.Trim(strings.TrimPrefix(f, "domainFqdn!="), "'") == c.domain {
+				return false
+			}
+		}
+	}
+	return true
 }
 
 func (s *Server) listClients(w http.ResponseWriter, r *http.Request) {
 	domain := r.FormValue("domain")
-	name, byName := strings.CutPrefix(r.FormValue("filter"), "name==")
+	recursive := r.FormValue("recursive") == "true"
 	out := []clientJSON{}
 	for _, c := range s.clients {
-		if (domain == "" || c.domain == domain) && (!byName || c.name == name) {
-			out = append(out, clientJSON{ID: c.id, Name: c.name, Domain: c.domain, Href: s.URL() + "/api/v1/clients/" + c.id})
+		inDomain := domain == "" || c.domain == domain ||
+			recursive && (domain == "/" || strings.HasPrefix(c.domain, strings.TrimSuffix(domain, "/")+"/"))
+		if !inDomain || !s.cfg.NoFilter && !c.matches(r.Form["filter"]) {
+			continue
 		}
+		rec := clientJSON{ID: c.id, Name: c.name, DomainFqdn: c.domain, Enabled: true, Href: s.URL() + "/api/v1/clients/" + c.id}
+		if !s.cfg.NoClientTimes {
+			rec.LastBackupTime, rec.LastCheckinTime = timeJSON(c.newest()), timeJSON(c.checkin)
+		}
+		out = append(out, rec)
 	}
 	writeJSON(w, http.StatusOK, paginate(r, out))
+}
+
+// clientByID finds the client of the path's {id}, or answers 404.
+func (s *Server) clientByID(w http.ResponseWriter, r *http.Request) *client {
+	id := r.PathValue("id")
+	i := slices.IndexFunc(s.clients, func(c *client) bool { return c.id == id })
+	if i < 0 {
+		writeJSON(w, http.StatusNotFound, map[string]string{"error": "client not found"})
+		return nil
+	}
+	return s.clients[i]
+}
+
+func (s *Server) statistics(w http.ResponseWriter, r *http.Request) {
+	if s.cfg.NoStatistics {
+		writeJSON(w, http.StatusNotFound, map[string]string{"error": "Not Found"})
+		return
+	}
+	c := s.clientByID(w, r)
+	if c == nil {
+		return
+	}
+	s.counts.Statistics++
+	writeJSON(w, http.StatusOK, map[string]any{
+		"lastBackupTime":    timeJSON(c.newest()),
+		"totalBackups":      len(c.backups),
+		"backupCount":       len(c.backups),
+		"failedBackupCount": 0,
+		"nextBackupTime":    nil,
+	})
 }
 
 type backupJSON struct {
@@ -366,21 +532,13 @@ type backupJSON struct {
 }
 
 func (s *Server) listBackups(w http.ResponseWriter, r *http.Request) {
-	id := r.PathValue("id")
-	i := slices.IndexFunc(s.clients, func(c *client) bool { return c.id == id })
-	if i < 0 {
-		writeJSON(w, http.StatusNotFound, map[string]string{"error": "client not found"})
+	c := s.clientByID(w, r)
+	if c == nil {
 		return
 	}
-	backups := slices.Clone(s.clients[i].backups)
-	switch r.FormValue("sort") {
-	case "createdTime,desc":
-		slices.SortStableFunc(backups, func(a, b Backup) int { return b.Created.Compare(a.Created) })
-	case "createdTime,asc", "createdTime":
-		slices.SortStableFunc(backups, func(a, b Backup) int { return a.Created.Compare(b.Created) })
-	}
-	out := make([]backupJSON, len(backups))
-	for i, b := range backups {
+	s.counts.BackupLists++
+	out := make([]backupJSON, len(c.backups))
+	for i, b := range c.backups {
 		out[i] = backupJSON{
 			ID:             b.ID,
 			Name:           "MOD-" + strconv.FormatInt(b.Created.UnixMilli(), 10),

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"net/http"
 	"net/url"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -39,10 +40,19 @@ func start(t *testing.T, cfg Config) (*Server, *http.Client) {
 	return srv, testClient(t, srv)
 }
 
-// grant asks for a token and returns the status code and decoded answer.
+// grant asks for a token with scope=write, as every public client does,
+// and returns the status code and decoded answer.
 func grant(t *testing.T, srv *Server, c *http.Client, id, secret, user, pw string) (int, map[string]any) {
 	t.Helper()
+	return grantScope(t, srv, c, id, secret, user, pw, "write")
+}
+
+func grantScope(t *testing.T, srv *Server, c *http.Client, id, secret, user, pw, scope string) (int, map[string]any) {
+	t.Helper()
 	form := url.Values{"grant_type": {"password"}, "username": {user}, "password": {pw}}
+	if scope != "" {
+		form.Set("scope", scope)
+	}
 	req, _ := http.NewRequest(http.MethodPost, srv.URL()+"/api/oauth/token", strings.NewReader(form.Encode()))
 	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
 	req.SetBasicAuth(id, secret)
@@ -91,11 +101,27 @@ func TestTokenEndpoint(t *testing.T) {
 			t.Errorf("token answer %v", body)
 		}
 	}
+	for _, tc := range []struct {
+		scope, code, granted string
+	}{
+		{"write", "200", "write"},
+		{"read write", "200", "read write"},
+		{"", "200", "read write"},
+		{"admin", "400", ""},
+	} {
+		code, body := grantScope(t, srv, c, "cid", "csecret", "user", "pw", tc.scope)
+		if strconv.Itoa(code) != tc.code || code == 200 && body["scope"] != tc.granted || code == 400 && body["error"] != "invalid_scope" {
+			t.Errorf("scope %q: %d %v; want %s granting %q", tc.scope, code, body, tc.code, tc.granted)
+		}
+		if srv.LastScope() != tc.scope {
+			t.Errorf("LastScope %q, want %q", srv.LastScope(), tc.scope)
+		}
+	}
 	srv.SetBadCredentials(true)
 	if code, _ := grant(t, srv, c, "cid", "csecret", "user", "pw"); code != 401 {
 		t.Errorf("bad-credentials switch: %d, want 401", code)
 	}
-	if n := srv.Counts(); n.Tokens != 1 || n.TokenRefusals != 3 {
+	if n := srv.Counts(); n.Tokens != 4 || n.TokenRefusals != 4 {
 		t.Errorf("counts %+v", n)
 	}
 }
@@ -115,13 +141,38 @@ func TestClientsAndBackups(t *testing.T) {
 		t.Error("AddBackup to an unknown client worked")
 	}
 
+	checkin := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+	srv.SetCheckin(id, checkin)
 	var clients struct {
-		Content       []clientJSON `json:"content"`
-		TotalElements int          `json:"totalElements"`
+		Content       []map[string]any `json:"content"`
+		TotalElements int              `json:"totalElements"`
+		TotalPages    int              `json:"totalPages"`
 	}
-	if code := call(t, srv, c, tok, "/api/v1/clients?domain=/clients&filter=name==db-0", &clients); code != 200 ||
-		len(clients.Content) != 1 || clients.Content[0].ID != id {
-		t.Fatalf("clients: %d %+v", code, clients)
+	for _, q := range []string{"domain=/clients&filter=name==db-0", "domain=/clients&filter=name=='db-0'",
+		"domain=/&recursive=true&filter=name==db-0&filter=domainFqdn!=/other"} {
+		if code := call(t, srv, c, tok, "/api/v1/clients?"+q, &clients); code != 200 || len(clients.Content) != 1 ||
+			clients.TotalPages != 1 || clients.Content[0]["id"] != id {
+			t.Fatalf("clients?%s: %d %+v", q, code, clients)
+		}
+	}
+	rec := clients.Content[0]
+	if rec["domainFqdn"] != "/clients" || rec["lastBackupTime"] != "2026-01-01T03:00:00Z" || rec["lastCheckinTime"] != "2026-01-02T03:04:05Z" {
+		t.Errorf("client record %v", rec)
+	}
+	if call(t, srv, c, tok, "/api/v1/clients?domain=/&recursive=true&size=2&page=1", &clients); len(clients.Content) != 1 || clients.TotalPages != 2 {
+		t.Errorf("second page of all clients: %+v", clients)
+	}
+	call(t, srv, c, tok, "/api/v1/clients?domain=/clients&filter=name==db-1", &clients)
+	if r := clients.Content[0]; r["lastBackupTime"] != nil || r["lastCheckinTime"] != nil {
+		t.Errorf("a client never backed up: %v, want null times", r)
+	}
+	if _, ok := clients.Content[0]["lastBackupTime"]; !ok {
+		t.Error("null times left out instead of null")
+	}
+	var stats map[string]any
+	if code := call(t, srv, c, tok, "/api/v1/clients/"+id+"/backup-statistics", &stats); code != 200 ||
+		stats["lastBackupTime"] != "2026-01-01T03:00:00Z" || stats["totalBackups"] != float64(4) {
+		t.Errorf("statistics: %d %v", code, stats)
 	}
 
 	created := func(q string) string {
@@ -137,15 +188,19 @@ func TestClientsAndBackups(t *testing.T) {
 		}
 		return strings.Join(out, ",")
 	}
+	// No sort is honoured: the order is the order of the backups.
 	for q, want := range map[string]string{
 		"":                              "02,00,03,01",
-		"?sort=createdTime,desc":        "03,02,01,00",
-		"?sort=createdTime,desc&size=1": "03",
+		"?sort=createdTime,desc":        "02,00,03,01",
+		"?sort=createdTime,desc&size=1": "02",
 		"?size=3&page=1":                "01",
 	} {
 		if got := created(q); got != want {
 			t.Errorf("backups%s: %s, want %s", q, got, want)
 		}
+	}
+	if n := srv.Counts(); n.Sorted != 2 || n.Statistics != 1 || n.BackupLists != 4 {
+		t.Errorf("counts %+v", n)
 	}
 	if code := call(t, srv, c, "not-a-token", "/api/v1/clients", nil); code != 401 {
 		t.Errorf("bad token: %d, want 401", code)
@@ -162,6 +217,26 @@ func TestClientsAndBackups(t *testing.T) {
 }
 
 // TestShortTokenLifetime: tokens die by themselves after TokenTTL.
+// TestWithoutTimesOrStatistics: the switches a client of the API needs to
+// reach its fallbacks.
+func TestWithoutTimesOrStatistics(t *testing.T) {
+	srv, c := start(t, Config{NoClientTimes: true, NoStatistics: true})
+	_, body := grant(t, srv, c, "cid", "csecret", "user", "pw")
+	tok := body["access_token"].(string)
+	id := srv.AddClient("/clients", "db-0")
+	srv.AddBackup(id, time.Now())
+	var clients struct {
+		Content []map[string]any `json:"content"`
+	}
+	call(t, srv, c, tok, "/api/v1/clients?domain=/clients", &clients)
+	if _, ok := clients.Content[0]["lastBackupTime"]; ok {
+		t.Errorf("record %v has lastBackupTime", clients.Content[0])
+	}
+	if code := call(t, srv, c, tok, "/api/v1/clients/"+id+"/backup-statistics", nil); code != 404 {
+		t.Errorf("statistics: %d, want 404", code)
+	}
+}
+
 func TestShortTokenLifetime(t *testing.T) {
 	srv, c := start(t, Config{TokenTTL: 50 * time.Millisecond})
 	_, body := grant(t, srv, c, "cid", "csecret", "user", "pw")

@@ -6,28 +6,39 @@
 //     var/avagent.cfg, var/avagent.cmd and var/.avagent (one --flag=value a
 //     line; the command line wins over the files);
 //   - --init registers the client with the MCS in the foreground, writes
-//     var/avagent.cfg and exits (0 registered, 1 refused, 2 MCS unreachable);
-//     it never retries by itself;
+//     var/avagent.cfg and var/cid.bin (the client's unique id) and exits 0;
+//     a failure exits 1 whatever went wrong, with the reason on stderr (no
+//     public source documents avagent's exit codes, so the kit gives them
+//     no meaning). A registration starts afresh: it does not read the
+//     avagent.cfg it replaces. It never retries by itself;
 //   - --daemon (the default) starts the agent again, detached, with
-//     --daemon=false, writes var/avagent.pid, prints "Client Agent started"
-//     and exits 0, like the init script flow;
-//   - --daemon=false runs in the foreground: it listens on --listenport,
-//     answers the MCS callback, writes human-readable lines to --logfile and
-//     exits 0 on SIGTERM. When var/avagent.cfg exists (the client is
-//     registered) it checks in with that MCS at start, as the real agent
-//     does, so a client that moved (same volume, new --iplist) is called
-//     back at its new address without registering again. The check-in is
-//     best effort: it is retried a few times in the background and the
-//     agent serves whether or not the MCS hears it.
+//     --daemon=false, prints "Client Agent started" and exits 0, like the
+//     init script flow; the daemon records its pid in var/avagent.lck;
+//   - --daemon=false runs in the foreground: it writes its pid as the first
+//     field of var/avagent.lck, listens on --listenport, answers the MCS
+//     callback, writes human-readable lines to --logfile and exits 0 on
+//     SIGTERM. When var/avagent.cfg exists (the client is registered) it
+//     checks in with that MCS at start, as the real agent does, so a client
+//     that moved (same volume, new --iplist) is called back at its new
+//     address without registering again. The check-in is best effort: it
+//     is retried a few times in the background and the agent serves
+//     whether or not the MCS hears it. With --fake-daemonize it forks a
+//     daemon in its place anyway and exits 0, as a real agent might;
+//   - a "backup" work order from the MCS on the callback port runs the
+//     backup as the real client does with a dataset's run-at-start and
+//     run-at-end scripts (plug-in options run_at_start and run_at_end):
+//     the start script from --sysdir's scripts/, then the backup, then the
+//     end script, and answers with each step.
 //
 // Flags starting with --fake- are test hooks (crash, crash loop, orphans,
-// log volume); they reach the agent through var/avagent.cmd, which the
-// operator extends with AVAMAR_AGENT_FLAGS.
+// log volume, daemonizing); they reach the agent through var/avagent.cmd,
+// which the operator extends with AVAMAR_AGENT_FLAGS.
 package fakeagent
 
 import (
 	"bufio"
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -46,20 +57,15 @@ import (
 	"github.com/avsidecar/avsidecar/internal/testkit/mcsproto"
 )
 
-// Exit codes of the fake agent. The product tells a refusal from an
-// unreachable server by them (and by stderr), as it would with the real one.
+// Exit codes of the fake agent. Only success and failure: the reason is on
+// stderr and in the log, and the product must not read more into a code
+// than the real agent's documentation promises, which is nothing.
 const (
 	// ExitOK is success: registered, daemon started, or clean stop.
 	ExitOK = 0
-	// ExitRefused is a registration the MCS refused, and the default code
-	// of a --fake-crash-after crash.
-	ExitRefused = 1
-	// ExitUnreachable is an MCS that could not be reached or answered
-	// nonsense.
-	ExitUnreachable = 2
-	// ExitUsage is a bad command line or a local failure (cannot write
-	// avagent.cfg, cannot listen).
-	ExitUsage = 3
+	// ExitFailure is any failure, and the default code of a
+	// --fake-crash-after crash.
+	ExitFailure = 1
 )
 
 // DefaultPrefix is the installation prefix of the Avamar client RPM.
@@ -73,8 +79,10 @@ const (
 	CmdFile = "avagent.cmd"
 	// DotFile pins the client name (--hostname=NAME).
 	DotFile = ".avagent"
-	// PidFile holds the pid of the running agent.
-	PidFile = "avagent.pid"
+	// LockFile holds the pid of the running agent as its first field.
+	LockFile = "avagent.lck"
+	// IDFile holds the client id the MCS gave at registration.
+	IDFile = "cid.bin"
 )
 
 // The check-in at start is tried checkInAttempts times, waiting
@@ -116,6 +124,7 @@ type options struct {
 	orphans       int
 	orphanLife    time.Duration
 	logLines      int
+	daemonize     bool
 }
 
 func newFlagSet(o *options) *flag.FlagSet {
@@ -135,11 +144,12 @@ func newFlagSet(o *options) *flag.FlagSet {
 	fs.StringVar(&o.hostname, "hostname", "", "client name (default: the host name)")
 	fs.StringVar(&o.cid, "cid", "", "client id given by the MCS (written by --init)")
 	fs.DurationVar(&o.crashAfter, "fake-crash-after", 0, "test hook: exit with --fake-exit-code after this long")
-	fs.IntVar(&o.exitCode, "fake-exit-code", ExitRefused, "test hook: exit code of --fake-crash-after")
+	fs.IntVar(&o.exitCode, "fake-exit-code", ExitFailure, "test hook: exit code of --fake-crash-after")
 	fs.StringVar(&o.crashIfExists, "fake-crash-if-exists", "", "test hook: exit 1 at start while this path exists")
 	fs.IntVar(&o.orphans, "fake-orphans", 0, "test hook: leave this many orphaned grandchildren at start")
 	fs.DurationVar(&o.orphanLife, "fake-orphan-life", 500*time.Millisecond, "test hook: how long each orphan lives")
 	fs.IntVar(&o.logLines, "fake-log-lines", 0, "test hook: write this many numbered lines to the log at start")
+	fs.BoolVar(&o.daemonize, "fake-daemonize", false, "test hook: with --daemon=false, fork a daemon in this agent's place anyway and exit 0")
 	return fs
 }
 
@@ -163,13 +173,15 @@ func Main(self, args []string, stdout, stderr io.Writer) int {
 	o, err := parse(args, stderr)
 	if err != nil {
 		fmt.Fprintf(stderr, "avagent Error: %v\n", err)
-		return ExitUsage
+		return ExitFailure
 	}
 	switch {
 	case o.init:
 		return register(o, stdout, stderr)
 	case o.daemon:
 		return daemonize(self, args, o, stdout, stderr)
+	case o.daemonize:
+		return daemonizeAnyway(self, args, o, stderr)
 	default:
 		return run(self, o, stderr)
 	}
@@ -185,7 +197,9 @@ func usage(w io.Writer) {
 }
 
 // parse reads the command line, then the flag files in --vardir, and
-// parses them together with the command line last so that it wins.
+// parses them together with the command line last so that it wins. A
+// registration (--init) does not read the avagent.cfg it is about to
+// replace: the old registration's server and port must not leak into it.
 func parse(args []string, stderr io.Writer) (*options, error) {
 	var first options
 	cmdline := known(newFlagSet(&first), args, "command line", stderr)
@@ -193,8 +207,12 @@ func parse(args []string, stderr io.Writer) (*options, error) {
 		return nil, fmt.Errorf("parse command line: %w", err)
 	}
 
+	files := []string{CfgFile, CmdFile, DotFile}
+	if first.init {
+		files = files[1:]
+	}
 	var all []string
-	for _, name := range []string{CfgFile, CmdFile, DotFile} {
+	for _, name := range files {
 		lines, err := ReadFlagFile(filepath.Join(first.vardir, name))
 		if err != nil {
 			return nil, err
@@ -273,7 +291,7 @@ func known(fs *flag.FlagSet, args []string, source string, stderr io.Writer) []s
 func register(o *options, stdout, stderr io.Writer) int {
 	if o.mcsaddr == "" {
 		fmt.Fprintln(stderr, "avagent Error: --init needs --mcsaddr")
-		return ExitUsage
+		return ExitFailure
 	}
 	server := net.JoinHostPort(o.mcsaddr, strconv.Itoa(o.mcsport))
 	logf(o.logfile, "registering client %s in domain %s with MCS %s", o.hostname, o.dpndomain, server)
@@ -282,7 +300,7 @@ func register(o *options, stdout, stderr io.Writer) int {
 	if err != nil {
 		fmt.Fprintf(stderr, "avagent Error: cannot connect to MCS %s: %v\n", server, err)
 		logf(o.logfile, "registration failed: cannot connect to MCS %s: %v", server, err)
-		return ExitUnreachable
+		return ExitFailure
 	}
 	defer conn.Close()
 	req := mcsproto.Register{
@@ -300,19 +318,25 @@ func register(o *options, stdout, stderr io.Writer) int {
 	if err != nil {
 		fmt.Fprintf(stderr, "avagent Error: MCS %s did not answer the registration: %v\n", server, err)
 		logf(o.logfile, "registration failed: MCS %s did not answer: %v", server, err)
-		return ExitUnreachable
+		return ExitFailure
 	}
 	if !reply.OK {
 		fmt.Fprintf(stderr, "avagent Error: registration refused by MCS %s: %s\n", server, reply.Reason)
 		logf(o.logfile, "registration refused by MCS %s: %s", server, reply.Reason)
-		return ExitRefused
+		return ExitFailure
 	}
 
 	cfg := fmt.Sprintf("--mcsaddr=%s\n--mcsport=%d\n--dpndomain=%s\n--hostname=%s\n--cid=%s\n",
 		o.mcsaddr, o.mcsport, o.dpndomain, o.hostname, reply.ClientID)
+	// The id first: a registration is avagent.cfg and cid.bin, and
+	// avagent.cfg is the one the product takes as the sign it happened.
+	if err := writeAtomic(filepath.Join(o.vardir, IDFile), []byte(reply.ClientID+"\n")); err != nil {
+		fmt.Fprintf(stderr, "avagent Error: %v\n", err)
+		return ExitFailure
+	}
 	if err := writeAtomic(filepath.Join(o.vardir, CfgFile), []byte(cfg)); err != nil {
 		fmt.Fprintf(stderr, "avagent Error: %v\n", err)
-		return ExitUsage
+		return ExitFailure
 	}
 	logf(o.logfile, "client %s registered with MCS %s as %s", o.hostname, server, reply.ClientID)
 	fmt.Fprintf(stdout, "avagent Info: Registration of client %s with MCS %s succeeded (client id %s)\n",
@@ -321,23 +345,73 @@ func register(o *options, stdout, stderr io.Writer) int {
 }
 
 // daemonize starts the agent again in the background with --daemon=false
-// and returns at once, as the init script's start does.
+// and returns once the daemon has recorded its pid in avagent.lck, as the
+// init script's start does.
 func daemonize(self, args []string, o *options, stdout, stderr io.Writer) int {
-	argv := append(append(append([]string{}, self[1:]...), args...), "--daemon=false")
-	cmd := exec.Command(self[0], argv...)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-	if err := cmd.Start(); err != nil {
+	cmd, err := startDaemon(self, append(args, "--daemon=false"))
+	if err != nil {
 		fmt.Fprintf(stderr, "avagent Error: start daemon: %v\n", err)
-		return ExitUsage
+		return ExitFailure
 	}
 	pid := cmd.Process.Pid
-	_ = cmd.Process.Release()
-	if err := writeAtomic(filepath.Join(o.vardir, PidFile), []byte(strconv.Itoa(pid)+"\n")); err != nil {
-		fmt.Fprintf(stderr, "avagent Error: %v\n", err)
-		return ExitUsage
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	lock := filepath.Join(o.vardir, LockFile)
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	deadline := time.After(30 * time.Second)
+	for lockPID(lock) != pid {
+		select {
+		case err := <-exited:
+			fmt.Fprintf(stderr, "avagent Error: daemon %d ended before it started: %v\n", pid, err)
+			return ExitFailure
+		case <-deadline:
+			fmt.Fprintf(stderr, "avagent Error: daemon %d did not start\n", pid)
+			return ExitFailure
+		case <-tick.C:
+		}
 	}
 	fmt.Fprintln(stdout, "Client Agent started")
 	return ExitOK
+}
+
+// daemonizeAnyway is --daemon=false with --fake-daemonize: the agent forks
+// a daemon in its place and exits 0 at once, before the daemon has written
+// its lock file, as an agent that ignores --daemon=false might.
+func daemonizeAnyway(self, args []string, o *options, stderr io.Writer) int {
+	cmd, err := startDaemon(self, append(args, "--daemon=false", "--fake-daemonize=false"))
+	if err != nil {
+		fmt.Fprintf(stderr, "avagent Error: start daemon: %v\n", err)
+		return ExitFailure
+	}
+	logf(o.logfile, "daemonized despite --daemon=false: daemon pid %d", cmd.Process.Pid)
+	return ExitOK
+}
+
+// startDaemon starts the agent with args in a session of its own; it is
+// reparented to the nearest subreaper when this process exits.
+func startDaemon(self, args []string) (*exec.Cmd, error) {
+	argv := append(append([]string{}, self[1:]...), args...)
+	cmd := exec.Command(self[0], argv...)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+	return cmd, nil
+}
+
+// lockPID is the pid in the first field of a lock file, or 0.
+func lockPID(path string) int {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return 0
+	}
+	f := strings.Fields(string(b))
+	if len(f) == 0 {
+		return 0
+	}
+	pid, _ := strconv.Atoi(f[0])
+	return pid
 }
 
 // run is the agent in the foreground.
@@ -357,14 +431,15 @@ func run(self []string, o *options, stderr io.Writer) int {
 	if err != nil {
 		logf(o.logfile, "cannot listen on port %d: %v", o.listenport, err)
 		fmt.Fprintf(stderr, "avagent Error: listen: %v\n", err)
-		return ExitUsage
+		return ExitFailure
 	}
 	defer ln.Close()
-	pidPath := filepath.Join(o.vardir, PidFile)
+	// The lock file: the pid first, then (the kit's own choice) the port.
+	lockPath := filepath.Join(o.vardir, LockFile)
 	pid := strconv.Itoa(os.Getpid())
-	if err := writeAtomic(pidPath, []byte(pid+"\n")); err != nil {
+	if err := writeAtomic(lockPath, []byte(pid+" "+strconv.Itoa(o.listenport)+"\n")); err != nil {
 		fmt.Fprintf(stderr, "avagent Error: %v\n", err)
-		return ExitUsage
+		return ExitFailure
 	}
 
 	logf(o.logfile, "Client Agent started: pid %s, client %s, listening on %s", pid, o.hostname, ln.Addr())
@@ -388,10 +463,10 @@ func run(self []string, o *options, stderr io.Writer) int {
 	select {
 	case s := <-sigs:
 		logf(o.logfile, "Client Agent stopping on %v", s)
-		removeIfOurs(pidPath, pid)
+		removeIfOurs(lockPath, pid)
 		return ExitOK
 	case <-crash:
-		// A crash leaves its pid file behind, stale, as a real one would.
+		// A crash leaves its lock file behind, stale, as a real one would.
 		logf(o.logfile, "fake crash after %v with exit code %d", o.crashAfter, o.exitCode)
 		return o.exitCode
 	}
@@ -483,10 +558,22 @@ func serve(ln net.Listener, o *options) {
 		go func() {
 			defer conn.Close()
 			_ = conn.SetDeadline(time.Now().Add(10 * time.Second))
-			var ping mcsproto.Ping
-			if err := mcsproto.Read(bufio.NewReader(conn), &ping); err != nil {
+			var raw json.RawMessage
+			if err := mcsproto.Read(bufio.NewReader(conn), &raw); err != nil {
 				if !errors.Is(err, io.EOF) {
 					logf(o.logfile, "bad callback from %s: %v", conn.RemoteAddr(), err)
+				}
+				return
+			}
+			var ping mcsproto.Ping
+			_ = json.Unmarshal(raw, &ping)
+			if ping.Op == mcsproto.OpBackup {
+				var order mcsproto.Backup
+				_ = json.Unmarshal(raw, &order)
+				// A backup takes as long as it takes: the scripts bound it.
+				_ = conn.SetDeadline(time.Time{})
+				if err := mcsproto.Write(conn, backup(o, order)); err != nil {
+					logf(o.logfile, "backup work order from %s: %v", conn.RemoteAddr(), err)
 				}
 				return
 			}
@@ -506,6 +593,100 @@ func serve(ln net.Listener, o *options) {
 			}
 		}()
 	}
+}
+
+// Bounds of a backup's reply: what a step's output and the capture of one
+// path keep, and how many paths are captured.
+const (
+	stepOutputLines = 20
+	captureBytes    = 4 << 10
+	capturePaths    = 8
+)
+
+// backup runs a work order as the real client does with a dataset's
+// run_at_start and run_at_end plug-in options: the start script (from the
+// scripts directory next to --sysdir), then the backup, then the end
+// script. A start script that fails aborts the backup: no backup, no end
+// script (the kit takes the option to abort on a failed script as set). An
+// end script that fails makes the backup fail, after the fact.
+func backup(o *options, order mcsproto.Backup) mcsproto.BackupReply {
+	reply := mcsproto.BackupReply{OK: true, Steps: []mcsproto.BackupStep{}}
+	logf(o.logfile, "backup work order: run_at_start=%q run_at_end=%q, %d paths", order.RunAtStart, order.RunAtEnd, len(order.Paths))
+	if order.RunAtStart != "" {
+		step := runScript(o, mcsproto.StepRunAtStart, order.RunAtStart)
+		reply.Steps = append(reply.Steps, step)
+		if step.ExitCode != 0 {
+			reply.OK, reply.Reason = false, fmt.Sprintf("run_at_start script %s exited %d: backup aborted", order.RunAtStart, step.ExitCode)
+			logf(o.logfile, "%s", reply.Reason)
+			return reply
+		}
+	}
+	started := time.Now()
+	reply.Captured = map[string]string{}
+	for _, p := range order.Paths[:min(len(order.Paths), capturePaths)] {
+		b, err := readHead(p, captureBytes)
+		if err != nil {
+			reply.Captured[p] = "error: " + err.Error()
+			continue
+		}
+		reply.Captured[p] = string(b)
+	}
+	reply.Steps = append(reply.Steps, mcsproto.BackupStep{Step: mcsproto.StepBackup, DurationMS: time.Since(started).Milliseconds()})
+	logf(o.logfile, "backup of %d paths done", len(reply.Captured))
+	if order.RunAtEnd != "" {
+		step := runScript(o, mcsproto.StepRunAtEnd, order.RunAtEnd)
+		reply.Steps = append(reply.Steps, step)
+		if step.ExitCode != 0 {
+			reply.OK, reply.Reason = false, fmt.Sprintf("run_at_end script %s exited %d: backup completed with an exception", order.RunAtEnd, step.ExitCode)
+			logf(o.logfile, "%s", reply.Reason)
+		}
+	}
+	return reply
+}
+
+// runScript runs a dataset's script by name from the scripts directory
+// next to --sysdir (PREFIX/etc/scripts), with its output kept for the
+// reply and the log.
+func runScript(o *options, step, name string) mcsproto.BackupStep {
+	s := mcsproto.BackupStep{Step: step, Script: name, ExitCode: -1}
+	started := time.Now()
+	defer func() { s.DurationMS = time.Since(started).Milliseconds() }()
+	if name != filepath.Base(name) || name == "." || name == ".." {
+		s.Output = []string{"script name " + name + " is not a file name"}
+		return s
+	}
+	dir := filepath.Join(o.sysdir, "scripts")
+	cmd := exec.Command(filepath.Join(dir, name))
+	cmd.Dir = dir
+	out, err := cmd.CombinedOutput()
+	lines := strings.Split(strings.TrimRight(string(out), "\n"), "\n")
+	if len(lines) > stepOutputLines {
+		lines = lines[len(lines)-stepOutputLines:]
+	}
+	if len(out) > 0 {
+		s.Output = lines
+	}
+	var ee *exec.ExitError
+	switch {
+	case err == nil:
+		s.ExitCode = 0
+	case errors.As(err, &ee):
+		s.ExitCode = ee.ExitCode()
+	default:
+		s.Output = append(s.Output, err.Error())
+	}
+	logf(o.logfile, "%s script %s exited %d", step, name, s.ExitCode)
+	return s
+}
+
+// readHead reads at most n bytes from the start of path.
+func readHead(path string, n int64) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	return io.ReadAll(io.LimitReader(f, n))
 }
 
 // spawnOrphans starts an intermediate copy of the agent that starts
@@ -533,12 +714,12 @@ func spawnOrphans(self []string, o *options) {
 func orphanParent(self, args []string, stdout io.Writer) int {
 	n, err := strconv.Atoi(strings.TrimPrefix(args[0], orphanParentFlag))
 	if err != nil {
-		return ExitUsage
+		return ExitFailure
 	}
 	for range n {
 		cmd := exec.Command(self[0], append(append(append([]string{}, self[1:]...), orphanChildFlag), args[1:]...)...)
 		if err := cmd.Start(); err != nil {
-			return ExitUsage
+			return ExitFailure
 		}
 		fmt.Fprintln(stdout, cmd.Process.Pid)
 	}
@@ -618,10 +799,9 @@ func writeAtomic(path string, data []byte) error {
 	return nil
 }
 
-// removeIfOurs removes the pid file unless another agent replaced it.
+// removeIfOurs removes the lock file unless another agent replaced it.
 func removeIfOurs(path, pid string) {
-	b, err := os.ReadFile(path)
-	if err == nil && strings.TrimSpace(string(b)) == pid {
+	if strconv.Itoa(lockPID(path)) == pid {
 		_ = os.Remove(path)
 	}
 }

@@ -6,7 +6,9 @@
 // waits for the answer, and the MCS later connects back to the agent at
 // the address of its --iplist and its --listenport. A registered agent
 // says hello when it starts, so the MCS learns where it now lives (a pod
-// moved to another node keeps its registration but not its address).
+// moved to another node keeps its registration but not its address). The
+// MCS starts a backup on an agent with a work order over the same
+// callback, naming the dataset's run-at-start and run-at-end scripts.
 // Every message is one JSON object on one line, so a human can speak it
 // with nc.
 package mcsproto
@@ -35,6 +37,8 @@ const (
 	OpPing = "ping"
 	// OpHello is a registered agent checking in with its MCS at start.
 	OpHello = "hello"
+	// OpBackup is the MCS starting a backup on an agent.
+	OpBackup = "backup"
 )
 
 // maxLine bounds one message, so a confused peer cannot make the other
@@ -107,6 +111,56 @@ type Pong struct {
 	Name string `json:"name"`
 	// ClientID is the client id from the agent's avagent.cfg, if any.
 	ClientID string `json:"client_id,omitempty"`
+}
+
+// Backup is a work order the MCS sends an agent: back the client up, with
+// the dataset's plug-in options run_at_start and run_at_end, which name
+// scripts in the client's etc/scripts directory.
+type Backup struct {
+	// Op is OpBackup.
+	Op string `json:"op"`
+	// RunAtStart is the script to run before the backup; empty: none.
+	RunAtStart string `json:"run_at_start,omitempty"`
+	// RunAtEnd is the script to run after it; empty: none.
+	RunAtEnd string `json:"run_at_end,omitempty"`
+	// Paths are the dataset's files.
+	Paths []string `json:"paths,omitempty"`
+}
+
+// Steps of a backup, in BackupReply.Steps.
+const (
+	StepRunAtStart = "run_at_start"
+	StepBackup     = "backup"
+	StepRunAtEnd   = "run_at_end"
+)
+
+// BackupReply is the agent's answer to a Backup, once it is over.
+type BackupReply struct {
+	// OK is true when every step succeeded.
+	OK bool `json:"ok"`
+	// Reason says why not.
+	Reason string `json:"reason,omitempty"`
+	// Steps are the steps taken, in order.
+	Steps []BackupStep `json:"steps"`
+	// Captured holds, for each path of the dataset, what the backup read:
+	// the file's content (its first 4 KiB), or "error: ..." when it could
+	// not be read.
+	Captured map[string]string `json:"captured,omitempty"`
+}
+
+// BackupStep is one step of a backup.
+type BackupStep struct {
+	// Step is StepRunAtStart, StepBackup or StepRunAtEnd.
+	Step string `json:"step"`
+	// Script is the script a run-at step ran.
+	Script string `json:"script,omitempty"`
+	// ExitCode is a script's exit status (-1 for a signal or a failure to
+	// start).
+	ExitCode int `json:"exit_code"`
+	// Output is the script's last lines of output.
+	Output []string `json:"output,omitempty"`
+	// DurationMS is how long the step took.
+	DurationMS int64 `json:"duration_ms"`
 }
 
 // Write sends v as one JSON line.

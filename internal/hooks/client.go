@@ -1,0 +1,52 @@
+package hooks
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+)
+
+// Call asks the sidecar serving socket to run phase, as the scripts do
+// through `avsidecar hook`, and returns the run. It waits as long as the
+// phase takes: each hook's timeout bounds it.
+func Call(ctx context.Context, socket, phase string, args []string) (PhaseRun, error) {
+	c := &http.Client{Transport: &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", socket)
+		},
+	}}
+	body, _ := json.Marshal(request{Args: args})
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://avsidecar/v1/hooks/"+phase, bytes.NewReader(body))
+	if err != nil {
+		return PhaseRun{}, fmt.Errorf("call hooks: %w", err)
+	}
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := c.Do(req)
+	if err != nil {
+		return PhaseRun{}, fmt.Errorf("call the sidecar's hooks at %s: %w", socket, err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(io.LimitReader(resp.Body, 4<<20))
+	if err != nil {
+		return PhaseRun{}, fmt.Errorf("read the hooks' answer: %w", err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		var e struct {
+			Error string `json:"error"`
+		}
+		if json.Unmarshal(b, &e) == nil && e.Error != "" {
+			return PhaseRun{}, fmt.Errorf("the sidecar did not run the %s hooks: %s", phase, e.Error)
+		}
+		return PhaseRun{}, fmt.Errorf("the sidecar answered %s", resp.Status)
+	}
+	var run PhaseRun
+	if err := json.Unmarshal(b, &run); err != nil {
+		return PhaseRun{}, fmt.Errorf("read the hooks' answer: %w", err)
+	}
+	return run, nil
+}
