@@ -38,7 +38,11 @@ func (s *Sidecar) readyChecks() []health.Check {
 		}},
 		{Name: "installed", Fn: s.checkInstalled},
 		{Name: "registered", Fn: func(context.Context) error {
-			st := s.parts.registrar.Status()
+			cp := s.client.Load()
+			if cp == nil {
+				return errors.New("not registered yet")
+			}
+			st := cp.registrar.Status()
 			if st.Registered {
 				return nil
 			}
@@ -72,7 +76,11 @@ func (s *Sidecar) checkInstalled(context.Context) error {
 
 // agentAccepts is ready when avagent accepts TCP on its listen port.
 func (s *Sidecar) agentAccepts(ctx context.Context) error {
-	st := s.parts.agent.Status()
+	cp := s.client.Load()
+	if cp == nil {
+		return errors.New("not started")
+	}
+	st := cp.agent.Status()
 	if st.CrashLoop {
 		if n := len(st.LogTail); n > 0 {
 			return fmt.Errorf("crash looping: %d short runs, last %s: %s", st.ShortRuns, st.LastExit, st.LogTail[n-1])

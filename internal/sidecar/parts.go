@@ -7,7 +7,6 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -65,16 +64,9 @@ type (
 type parts struct {
 	// install installs the RPM (install.Install with the configuration).
 	install func(ctx context.Context) (install.Result, error)
-	// locate finds, once the client is installed, where it keeps its state
-	// (avclient.Locate), and builds the parts whose paths depend on it:
-	// the flag files, the registrar, the supervisor and the log follower.
-	// Nil for parts that need no locating (the tests' fakes).
-	locate func() (avclient.Layout, error)
-	// writeFlags writes the client's flag files, reporting which changed.
-	writeFlags func() ([]string, error)
-	registrar  registrar
-	agent      agent
-	follow     follower
+	// client finds, once the client is installed, where it keeps its state
+	// (avclient.Locate), and makes the parts that work there.
+	client func() (*clientParts, error)
 	// ssh is nil when SSH is off.
 	ssh sshServer
 	// browse is nil when browse could not be set up (see faults).
@@ -88,6 +80,19 @@ type parts struct {
 	installed chan struct{}
 	// faults records the side parts that failed, by check name.
 	faults *faults
+}
+
+// clientParts are the parts that work on the installed client, in the var
+// dir it uses: they can only be made once it is installed and located.
+type clientParts struct {
+	// layout says where the client keeps its state, and how that was found.
+	layout avclient.Layout
+	// writeFlags writes the client's flag files, reporting which changed.
+	writeFlags func() ([]string, error)
+	registrar  registrar
+	agent      agent
+	// follow re-emits avagent.log; a side part, started once made.
+	follow follower
 }
 
 // Names of the side parts, as checks in /readyz?verbose and keys of the
@@ -147,14 +152,18 @@ func newParts(cfg config.Config, log zerolog.Logger) (parts, error) {
 		return install.Install(ctx, install.Config{RPM: cfg.Host.RPM, Root: cfg.Root, Prefix: cfg.Prefix, StateDir: cfg.StateDir}, installLog)
 	}
 
-	// The registrar and the supervisor use the client's var dir: they are
-	// made with the prefix's var/ first, for their status, and made again
-	// once locate has found the var dir the installed client uses; only
-	// those run. The log follower is only made then.
 	unlocated := avclient.Client{Root: cfg.Root, Prefix: cfg.Host.Prefix}
-	client := unlocated // the located one, once locate has run
-	build := func(c avclient.Client) (*register.Registrar, *supervise.Supervisor, error) {
-		r, err := register.New(register.Config{
+	flags := avclient.Flags{
+		NodeIP: cfg.NodeIP, ListenPort: cfg.ListenPort, MCSPort: cfg.ServerPort,
+		Extra: cfg.AgentFlags, ClientName: cfg.ClientName,
+	}
+	p.client = func() (*clientParts, error) {
+		c, layout, err := unlocated.Locate(cfg.Host.VarDir)
+		if err != nil {
+			return nil, err
+		}
+		cp := &clientParts{layout: layout, writeFlags: func() ([]string, error) { return c.WriteFlags(flags) }}
+		if cp.registrar, err = register.New(register.Config{
 			Client:      c,
 			Server:      cfg.Server,
 			Port:        cfg.ServerPort,
@@ -165,11 +174,10 @@ func newParts(cfg config.Config, log zerolog.Logger) (parts, error) {
 			Timeout:     cfg.RegisterTimeout,
 			BackoffMax:  cfg.RegisterBackoffMax,
 			StopTimeout: cfg.ShutdownTimeout / 2,
-		}, logger("register"))
-		if err != nil {
-			return nil, nil, err
+		}, logger("register")); err != nil {
+			return nil, err
 		}
-		a, err := supervise.New(supervise.Config{
+		if cp.agent, err = supervise.New(supervise.Config{
 			Path:        c.Agent(),
 			Args:        c.RunArgs(),
 			LogFile:     c.LogFile(),
@@ -182,43 +190,14 @@ func newParts(cfg config.Config, log zerolog.Logger) (parts, error) {
 				}
 				return nil
 			},
-		}, logger("agent"))
-		if err != nil {
-			return nil, nil, err
+		}, logger("agent")); err != nil {
+			return nil, err
 		}
-		return r, a, nil
-	}
-	r, a, err := build(unlocated)
-	if err != nil {
-		return parts{}, err
-	}
-	reg, agent, follow := newLate(r), newLate(a), newLate[logfollow.Follower](nil)
-	p.registrar, p.agent, p.follow = lateRegistrar{reg}, lateAgent{agent}, lateFollower{follow}
-	p.locate = func() (avclient.Layout, error) {
-		located, layout, err := unlocated.Locate(cfg.Host.VarDir)
-		if err != nil {
-			return layout, err
+		if cp.follow, err = logfollow.New(logfollow.Config{Path: c.LogFile()}, logger("avagent.log")); err != nil {
+			return nil, err
 		}
-		r, a, err := build(located)
-		if err != nil {
-			return layout, err
-		}
-		f, err := logfollow.New(logfollow.Config{Path: located.LogFile()}, logger("avagent.log"))
-		if err != nil {
-			return layout, err
-		}
-		client = located
-		reg.set(r)
-		agent.set(a)
-		follow.set(f)
-		return layout, nil
+		return cp, nil
 	}
-	flags := avclient.Flags{
-		NodeIP: cfg.NodeIP, ListenPort: cfg.ListenPort, MCSPort: cfg.ServerPort,
-		Extra: cfg.AgentFlags, ClientName: cfg.ClientName,
-	}
-	// Called after locate, on the same goroutine.
-	p.writeFlags = func() ([]string, error) { return client.WriteFlags(flags) }
 
 	// The side parts: a failure is a fault, not a failed start.
 	if h, err := browse.New(browse.Config{Base: cfg.Root, Roots: cfg.BrowseRoots, TokenFile: cfg.Host.BrowseTokenFile}, logger("browse")); err != nil {
@@ -300,74 +279,20 @@ var hookCommand = os.Executable
 // itself, for the lock file of a daemon it left in its place.
 const daemonWait = 10 * time.Second
 
-// late is a part that can only be built once the client is located: its
-// methods go to the one set by set, and until then to the one made with the
-// prefix's var/ (if any), which only answers for its status.
-type late[T any] struct {
-	p     atomic.Pointer[T]
-	ready chan struct{}
-}
-
-func newLate[T any](first *T) *late[T] {
-	l := &late[T]{ready: make(chan struct{})}
-	l.p.Store(first)
-	return l
-}
-
-// set makes v the part, once.
-func (l *late[T]) set(v *T) {
-	l.p.Store(v)
-	close(l.ready)
-}
-
-func (l *late[T]) get() *T { return l.p.Load() }
-
-type lateRegistrar struct{ *late[register.Registrar] }
-
-func (l lateRegistrar) Register(ctx context.Context) error { return l.get().Register(ctx) }
-func (l lateRegistrar) Status() register.Status            { return l.get().Status() }
-
-type lateAgent struct{ *late[supervise.Supervisor] }
-
-func (l lateAgent) Run(ctx context.Context) error { return l.get().Run(ctx) }
-func (l lateAgent) Status() supervise.Status      { return l.get().Status() }
-
-// lateFollower is a side part, started with the sidecar: it waits for the
-// client to be located before it follows the log there.
-type lateFollower struct{ *late[logfollow.Follower] }
-
-func (l lateFollower) Run(ctx context.Context) error {
-	select {
-	case <-l.ready:
-		return l.get().Run(ctx)
-	case <-ctx.Done():
-		return nil
-	}
-}
-
-func (l lateFollower) Status() logfollow.Status {
-	select {
-	case <-l.ready:
-		return l.get().Status()
-	default:
-		return logfollow.Status{}
-	}
-}
-
 // side is one side part as the sidecar runs it.
 type side struct {
 	name, component string
 	run             func(ctx context.Context) error
 }
 
-// sides are the side parts that run beside the agent, but SSH, which
-// listens first (see Run).
+// sides are the side parts that run beside the agent from the start: not
+// SSH, which listens first, nor the log follower, made once the client is
+// located (see Run and work).
 func (p parts) sides() []side {
 	var out []side
 	if p.browse != nil {
 		out = append(out, side{sideBrowse, "browse", p.browse.Run})
 	}
-	out = append(out, side{sideAgentLog, "avagent.log", p.follow.Run})
 	if p.backups != nil {
 		out = append(out, side{sideBackupAPI, "backupapi", p.backups.Run})
 	}

@@ -35,7 +35,6 @@ import (
 	"github.com/rs/zerolog"
 	"golang.org/x/sync/errgroup"
 
-	"github.com/avsidecar/avsidecar/internal/avclient"
 	"github.com/avsidecar/avsidecar/internal/buildinfo"
 	"github.com/avsidecar/avsidecar/internal/config"
 	"github.com/avsidecar/avsidecar/internal/connlimit"
@@ -70,9 +69,13 @@ type Sidecar struct {
 	http    *http.Server
 	httpLn  *connlimit.Listener
 
+	// serveCtx ends the side parts, which run in sides.
+	serveCtx context.Context
+	sides    errgroup.Group
+
 	phase      atomic.Value // string
 	installed  atomic.Pointer[install.Result]
-	layout     atomic.Pointer[avclient.Layout]
+	client     atomic.Pointer[clientParts] // nil until the client is located
 	configured atomic.Bool
 	stopping   atomic.Bool
 }
@@ -130,6 +133,7 @@ func (s *Sidecar) Run(ctx context.Context) error {
 		Str("client", s.cfg.ClientName).Str("server", s.cfg.Server).Int("pid", os.Getpid()).Msg("avsidecar starting")
 
 	serveCtx, cancelServe := context.WithCancel(context.Background())
+	s.serveCtx = serveCtx
 	defer cancelServe()
 	httpDone := make(chan error, 1)
 	go func() {
@@ -139,7 +143,6 @@ func (s *Sidecar) Run(ctx context.Context) error {
 		}
 		httpDone <- err
 	}()
-	var running errgroup.Group
 	sides := s.parts.sides()
 	// SSH listens before the agent's life starts, so that a ready sidecar
 	// takes logins; the probes answer meanwhile (a first start makes an
@@ -155,12 +158,7 @@ func (s *Sidecar) Run(ctx context.Context) error {
 		}
 	}
 	for _, sd := range sides {
-		running.Go(func() error {
-			if err := sd.run(serveCtx); err != nil && serveCtx.Err() == nil {
-				s.sideFailed(sd, err)
-			}
-			return nil
-		})
+		s.startSide(sd)
 	}
 
 	workCtx, cancelWork := context.WithCancel(context.Background())
@@ -177,7 +175,18 @@ func (s *Sidecar) Run(ctx context.Context) error {
 	case err := <-httpDone:
 		result, httpDone = fmt.Errorf("serve HTTP: %w", err), nil
 	}
-	return cmp.Or(s.stop(workDone, httpDone, cancelWork, cancelServe, &running), result)
+	return cmp.Or(s.stop(workDone, httpDone, cancelWork, cancelServe), result)
+}
+
+// startSide runs a side part until the side parts stop; its failure is a
+// fault.
+func (s *Sidecar) startSide(sd side) {
+	s.sides.Go(func() error {
+		if err := sd.run(s.serveCtx); err != nil && s.serveCtx.Err() == nil {
+			s.sideFailed(sd, err)
+		}
+		return nil
+	})
 }
 
 // sideFailed records a side part's failure: the sidecar goes on.
@@ -190,7 +199,7 @@ func (s *Sidecar) sideFailed(sd side, err error) {
 // stop ends everything in SPEC's order within the shutdown timeout:
 // readiness fails, the agent stops, then the side services and HTTP close.
 // A nil channel is a part that has already ended.
-func (s *Sidecar) stop(workDone, httpDone <-chan error, cancelWork, cancelServe context.CancelFunc, sides *errgroup.Group) error {
+func (s *Sidecar) stop(workDone, httpDone <-chan error, cancelWork, cancelServe context.CancelFunc) error {
 	deadline := time.Now().Add(s.cfg.ShutdownTimeout)
 	s.stopping.Store(true)
 	s.phase.Store(PhaseStopping)
@@ -211,7 +220,7 @@ func (s *Sidecar) stop(workDone, httpDone <-chan error, cancelWork, cancelServe 
 		s.http.Close()
 	}
 	sideDone := make(chan struct{})
-	go func() { _ = sides.Wait(); close(sideDone) }()
+	go func() { _ = s.sides.Wait(); close(sideDone) }()
 	select {
 	case <-sideDone:
 	case <-shutCtx.Done():
@@ -250,15 +259,15 @@ func (s *Sidecar) work(ctx context.Context) error {
 	debug.FreeOSMemory()
 
 	log := s.logger("main")
-	if s.parts.locate != nil {
-		layout, err := s.parts.locate()
-		if err != nil {
-			return fmt.Errorf("locate the client's var dir: %w", err)
-		}
-		s.layout.Store(&layout)
-		log.Info().Str("var_dir", layout.VarDir).Str("found_by", layout.FoundBy).Msg("client located")
+	cp, err := s.parts.client()
+	if err != nil {
+		return fmt.Errorf("locate the client's var dir: %w", err)
 	}
-	written, err := s.parts.writeFlags()
+	s.client.Store(cp)
+	log.Info().Str("var_dir", cp.layout.VarDir).Str("found_by", cp.layout.FoundBy).Msg("client located")
+	// The follower is a side part: it keeps reading while the agent stops.
+	s.startSide(side{sideAgentLog, "avagent.log", cp.follow.Run})
+	written, err := cp.writeFlags()
 	if err != nil {
 		return err
 	}
@@ -266,7 +275,7 @@ func (s *Sidecar) work(ctx context.Context) error {
 	s.configured.Store(true)
 
 	s.phase.Store(PhaseRegistering)
-	if err := s.parts.registrar.Register(ctx); err != nil {
+	if err := cp.registrar.Register(ctx); err != nil {
 		if ctx.Err() != nil {
 			return nil
 		}
@@ -274,7 +283,7 @@ func (s *Sidecar) work(ctx context.Context) error {
 	}
 	s.phase.Store(PhaseRunning)
 	settleMemory()
-	return s.parts.agent.Run(ctx)
+	return cp.agent.Run(ctx)
 }
 
 // idleGCPercent is the collector's GOGC once the sidecar runs, unless the

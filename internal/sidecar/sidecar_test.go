@@ -246,18 +246,20 @@ func newWorld(t *testing.T) *world {
 			}
 			return install.Result{Name: "AvamarClient", Version: "7.5.101", Release: "101", Changed: true}, nil
 		},
-		locate: func() (avclient.Layout, error) {
+		client: func() (*clientParts, error) {
 			ev.add("locate")
-			return avclient.Layout{Prefix: "/usr/local/avamar", VarDir: "/var/avamar", FoundBy: avclient.VarStateDir}, nil
+			return &clientParts{
+				layout:     avclient.Layout{Prefix: "/usr/local/avamar", VarDir: "/var/avamar", FoundBy: avclient.VarStateDir},
+				writeFlags: func() ([]string, error) { ev.add("flags"); return []string{"avagent.cmd"}, nil },
+				registrar:  w.register,
+				agent:      w.agent,
+				follow:     &fakeFollower{fakeSide{ev: ev, name: "agent-log"}},
+			}, nil
 		},
-		writeFlags: func() ([]string, error) { ev.add("flags"); return []string{"avagent.cmd"}, nil },
-		registrar:  w.register,
-		agent:      w.agent,
-		follow:     &fakeFollower{fakeSide{ev: ev, name: "agent-log"}},
-		ssh:        w.ssh,
-		browse:     w.browse,
-		backups:    &fakeBackups{fakeSide{ev: ev, name: "backup-api"}},
-		faults:     &faults{},
+		ssh:     w.ssh,
+		browse:  w.browse,
+		backups: &fakeBackups{fakeSide{ev: ev, name: "backup-api"}},
+		faults:  &faults{},
 	}
 	w.cfg = config.Config{
 		HTTPAddr:        "127.0.0.1:0",
@@ -339,15 +341,16 @@ func TestStartOrder(t *testing.T) {
 	expect(t, s, "/livez", 200, "ok")
 	expect(t, s, "/startupz?verbose", 503, "[-]installed: not installed yet (phase installing)")
 	expect(t, s, "/readyz", 503, "[-]installed")
-	if st := s.Status(); st.Phase != PhaseInstalling || st.Install != nil {
+	if st := s.Status(); st.Phase != PhaseInstalling || st.Install != nil || st.Client != nil || st.Registration.Server != "mcs.example.com" {
 		t.Errorf("status while installing: %+v", st)
 	}
-	for _, side := range []string{"ssh started", "browse started", "agent-log started", "backup-api started"} {
+	for _, side := range []string{"ssh started", "browse started", "backup-api started"} {
 		w.ev.wait(t, side)
 	}
 
 	close(w.install)
 	w.ev.wait(t, "register")
+	w.ev.wait(t, "agent-log started") // once the client is located
 	expect(t, s, "/startupz", 200, "ok")
 	expect(t, s, "/readyz", 503, "[-]registered: not registered after 1 attempts, last unreachable: connect to MCS: refused")
 	if st := s.Status(); st.Phase != PhaseRegistering || st.Install == nil || st.Install.Version != "7.5.101" ||
@@ -445,8 +448,8 @@ func TestFailuresEndRun(t *testing.T) {
 	t.Run("locate", func(t *testing.T) {
 		w := newWorld(t)
 		close(w.install)
-		w.parts.locate = func() (avclient.Layout, error) {
-			return avclient.Layout{}, errors.New("client var dir: /usr/local/avamar/var leads out of the root")
+		w.parts.client = func() (*clientParts, error) {
+			return nil, errors.New("client var dir: /usr/local/avamar/var leads out of the root")
 		}
 		_, _, done := w.start(t)
 		if err := done.wait(t); err == nil || !strings.Contains(err.Error(), "locate the client's var dir") {

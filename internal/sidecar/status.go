@@ -56,11 +56,12 @@ func (s *Sidecar) Status() Status {
 		Revision:     buildinfo.Revision(),
 		Phase:        s.phase.Load().(string),
 		Install:      s.installed.Load(),
-		Client:       s.layout.Load(),
-		Registration: s.parts.registrar.Status(),
-		Agent:        s.parts.agent.Status(),
-		AgentLog:     s.parts.follow.Status(),
+		Registration: register.Status{Server: s.cfg.Server, Domain: s.cfg.Domain, Client: s.cfg.ClientName, Mode: s.cfg.RegisterMode},
 		Faults:       s.parts.faults.all(),
+	}
+	if cp := s.client.Load(); cp != nil {
+		d.Client = &cp.layout
+		d.Registration, d.Agent, d.AgentLog = cp.registrar.Status(), cp.agent.Status(), cp.follow.Status()
 	}
 	if len(d.Faults) == 0 {
 		d.Faults = nil
