@@ -8,9 +8,11 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
 	"slices"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -478,6 +480,26 @@ func TestSideFaults(t *testing.T) {
 	case <-done.done:
 		t.Fatalf("Run ended on a side fault: %v", done.err)
 	default:
+	}
+}
+
+// TestSSHPermissionDenied: SSH on a privileged port without the right to
+// bind it (the default :22 as non-root) is a fault that names the variable
+// to change.
+func TestSSHPermissionDenied(t *testing.T) {
+	w := newWorld(t)
+	// What net.Listen returns for :22 without NET_BIND_SERVICE.
+	w.ssh.listenErr = fmt.Errorf("listen ssh :22: %w", &net.OpError{Op: "listen", Net: "tcp",
+		Addr: &net.TCPAddr{Port: 22}, Err: os.NewSyscallError("bind", syscall.EACCES)})
+	close(w.install)
+	close(w.register.release)
+	s, _, _ := w.start(t)
+	w.ev.wait(t, "agent started")
+	w.logs.Wait(t, 0, "ssh fault log", 5*time.Second, testkit.Msg("sshd", "side part failed, the sidecar goes on without it"))
+	expect(t, s, "/readyz?verbose", 200, "[!]ssh: listen ssh :22: listen tcp :22: bind: permission denied (ports below 1024 need root or the NET_BIND_SERVICE capability: set AVSIDECAR_SSH_ADDR to an unprivileged port such as :2222)")
+	// Another failure gets no such advice.
+	if err := sshListenHint(errors.New("address already in use")); strings.Contains(err.Error(), "AVSIDECAR_SSH_ADDR") {
+		t.Errorf("advice on the wrong error: %v", err)
 	}
 }
 
