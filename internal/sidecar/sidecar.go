@@ -140,7 +140,10 @@ func (s *Sidecar) Run(ctx context.Context) error {
 	// RSA host key).
 	if s.parts.ssh != nil {
 		if err := s.parts.ssh.Listen(); err != nil {
-			s.sideFailed(side{sideSSH, "sshd", nil}, sshListenHint(err))
+			if errors.Is(err, syscall.EACCES) {
+				err = fmt.Errorf("%w (set AVSIDECAR_SSH_ADDR to a port above 1023, such as :2222)", err)
+			}
+			s.sideFailed(side{sideSSH, "sshd", nil}, err)
 		} else {
 			sides = append(sides, side{sideSSH, "sshd", s.parts.ssh.Run})
 		}
@@ -169,15 +172,6 @@ func (s *Sidecar) Run(ctx context.Context) error {
 		result, httpDone = fmt.Errorf("serve HTTP: %w", err), nil
 	}
 	return cmp.Or(s.stop(workDone, httpDone, cancelWork, cancelServe, &running), result)
-}
-
-// sshListenHint says what to change when SSH may not bind its port: below
-// 1024 that takes root or NET_BIND_SERVICE, and SSH's default is :22.
-func sshListenHint(err error) error {
-	if errors.Is(err, syscall.EACCES) {
-		return fmt.Errorf("%w (ports below 1024 need root or the NET_BIND_SERVICE capability: set AVSIDECAR_SSH_ADDR to an unprivileged port such as :2222)", err)
-	}
-	return err
 }
 
 // sideFailed records a side part's failure: the sidecar goes on.
