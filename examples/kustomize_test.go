@@ -18,9 +18,8 @@ import (
 	"github.com/avsidecar/avsidecar/internal/testkit"
 )
 
-// kustomize is the kustomize the tests render with: the release of
-// kubectl 1.35's `kubectl kustomize`, run from the Go module proxy (Debian
-// has no kustomize recent enough for components).
+// kustomize is the kustomize the tests render with, a current release run
+// from the Go module proxy (Debian's kubectl is too old for components).
 const kustomize = "sigs.k8s.io/kustomize/kustomize/v5@v5.8.1"
 
 var kustomizeOK = sync.OnceValues(func() ([]byte, error) {
