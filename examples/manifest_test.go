@@ -75,14 +75,23 @@ var builtinGroups = map[string]bool{
 	"admissionregistration.k8s.io": true, "certificates.k8s.io": true,
 }
 
-// loadDir decodes every *.yaml and *.yml file under dir.
+// loadDir decodes every *.yaml and *.yml file under dir but those that are
+// not manifests: kustomize directories (their patches are partial objects;
+// kustomize_test.go checks what they render) and *_test.yaml files
+// (promtool's rule tests).
 func loadDir(dir string) ([]object, error) {
 	var objs []object
 	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
 		if err != nil {
 			return err
 		}
-		if d.IsDir() || (filepath.Ext(p) != ".yaml" && filepath.Ext(p) != ".yml") {
+		if d.IsDir() {
+			if _, err := os.Stat(filepath.Join(p, "kustomization.yaml")); err == nil {
+				return filepath.SkipDir
+			}
+			return nil
+		}
+		if (filepath.Ext(p) != ".yaml" && filepath.Ext(p) != ".yml") || strings.HasSuffix(strings.TrimSuffix(p, filepath.Ext(p)), "_test") {
 			return nil
 		}
 		b, err := os.ReadFile(p)
@@ -666,8 +675,10 @@ func (c *checker) sidecar(p pod, ct corev1.Container, env map[string]string, vol
 	if _, named := env["AVAMAR_CLIENT_NAME"]; !named && fieldOf("POD_NAME") != "metadata.name" {
 		c.addf(o, "container %s: POD_NAME must come from metadata.name (the client name) unless AVAMAR_CLIENT_NAME is set", ct.Name)
 	}
-	if ct.StartupProbe == nil || ct.ReadinessProbe == nil || ct.LivenessProbe == nil {
-		c.addf(o, "container %s needs startup, readiness and liveness probes", ct.Name)
+	// A readiness probe is the operator's choice: without one a backup
+	// outage does not take the application out of its Services.
+	if ct.StartupProbe == nil || ct.LivenessProbe == nil {
+		c.addf(o, "container %s needs startup and liveness probes", ct.Name)
 	}
 
 	grace := int64(defaultGracePeriod)
@@ -723,8 +734,25 @@ func (c *checker) sidecar(p pod, ct corev1.Container, env map[string]string, vol
 	}
 }
 
-// listenPort is avagent's --listenport in this container's environment.
+// listenPort is avagent's --listenport in this container's environment:
+// AVAMAR_LISTEN_PORT, or AVAMAR_LISTEN_PORT_BASE + POD_INDEX as
+// internal/config computes it.
 func listenPort(env map[string]string) (int, error) {
+	if base := env["AVAMAR_LISTEN_PORT_BASE"]; base != "" {
+		b, err := strconv.Atoi(base)
+		i, ierr := strconv.Atoi(env["POD_INDEX"])
+		switch {
+		case env["AVAMAR_LISTEN_PORT"] != "":
+			return 0, fmt.Errorf("AVAMAR_LISTEN_PORT and AVAMAR_LISTEN_PORT_BASE are both set")
+		case err != nil || b < 1 || b > 65535:
+			return 0, fmt.Errorf("AVAMAR_LISTEN_PORT_BASE %q is not a port number", base)
+		case ierr != nil || i < 0:
+			return 0, fmt.Errorf("POD_INDEX %q is not a pod ordinal, which AVAMAR_LISTEN_PORT_BASE needs", env["POD_INDEX"])
+		case b+i > 65535:
+			return 0, fmt.Errorf("AVAMAR_LISTEN_PORT_BASE %d + POD_INDEX %d is not a port number", b, i)
+		}
+		return b + i, nil
+	}
 	v := envOr(env, "AVAMAR_LISTEN_PORT", defaultListenPort)
 	n, err := strconv.Atoi(v)
 	if err != nil || n < 1 || n > 65535 {

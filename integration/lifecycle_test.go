@@ -130,7 +130,7 @@ func TestCrashLoopReportedAndRecovers(t *testing.T) {
 	var prev float64
 	for i := 1; i <= 3; i++ {
 		m := s.log.WaitN(t, 0, i, "crash", time.Second, msg("agent", "agent exited, restarting"))
-		b := m["backoff"].(float64) // ms
+		b := m["backoff_ms"].(float64) // ms
 		if m["attempt"].(float64) != float64(i) || m["exit_code"].(float64) != 1 || b <= prev || b < 500*float64(int(1)<<(i-1)) {
 			t.Fatalf("exit %d logged %v after a backoff of %vms, want attempt %d, exit code 1, a growing wait", i, m, prev, i)
 		}

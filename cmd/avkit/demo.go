@@ -69,6 +69,9 @@ func demoCmd(args []string, stdout, stderr io.Writer) error {
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
+	if err := checkPorts(c); err != nil {
+		return err
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 
@@ -84,6 +87,26 @@ func demoCmd(args []string, stdout, stderr io.Writer) error {
 		os.RemoveAll(dir)
 	}()
 	return runDemo(ctx, c, dir, stdout, stderr)
+}
+
+// checkPorts fails before anything is built when an address the demo
+// needs is taken (a second demo, a real avsidecar, an sshd), naming the
+// flag that moves it: later, the failure would surface as a sidecar that
+// ended by itself, or an SSH fault.
+func checkPorts(c demoConfig) error {
+	for _, a := range []struct{ flag, addr string }{
+		{"-mcs", c.mcsAddr},
+		{"-http", c.httpAddr},
+		{"-ssh", c.sshAddr},
+		{"-listen-port", fmt.Sprintf(":%d", c.listenPort)},
+	} {
+		ln, err := net.Listen("tcp", a.addr)
+		if err != nil {
+			return usageErr{fmt.Errorf("%s %s: %w: choose a free address with %s", a.flag, a.addr, err, a.flag)}
+		}
+		ln.Close()
+	}
+	return nil
 }
 
 // demoPaths are the files of one demo run, under its directory.
@@ -225,6 +248,7 @@ avkit demo: avsidecar runs against a fake Avamar server.
   AVSIDECAR_ROOT  %[1]s
   fake MCS        %[2]s
   fake REST API   %[10]s (TLS, its own CA; credentials in the root, never shown)
+  binaries        %[11]s (avsidecar, avkit; removed at the end unless --keep)
 
 Open:
   %[3]s/                  the file browser
@@ -234,14 +258,15 @@ Open:
 
 Try:
   curl -s '%[3]s/v1/files?path=%[4]s'
-  curl -s '%[3]s/v1/status' | grep last_backup    # the newest backup, from the fake REST API (also avsidecar status, /metrics)
+  curl -s '%[3]s/v1/status' | grep last_backup    # the newest backup, from the fake REST API (also /metrics)
+  %[11]s/avsidecar status --addr %[12]s    # the same, summed up
   ssh -p %[5]s -i %[6]s -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null demo@%[7]s 'ls -l %[1]s%[4]s'
   sftp -P %[5]s -i %[6]s -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null demo@%[7]s
   kill $(cut -d' ' -f1 %[8]s)     # avsidecar restarts the agent
   type "down" here to stop the fake MCS, "up" to start it, "refuse REASON", "accept", "delay 5s", "regs"
   Ctrl-C stops everything and removes %[9]s (--keep keeps it)
 
-`, p.root, c.mcsAddr, base, p.data, sshPort, p.key, sshHost, p.lockFile, filepath.Dir(p.root), restURL)
+`, p.root, c.mcsAddr, base, p.data, sshPort, p.key, sshHost, p.lockFile, filepath.Dir(p.root), restURL, p.bin, c.httpAddr)
 	if waitHTTP(ctx, base+"/readyz") {
 		fmt.Fprintf(w, "\navkit demo: avsidecar is ready (%s/readyz answers 200)\n\n", base)
 	}

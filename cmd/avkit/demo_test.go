@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"io"
 	"math"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -132,6 +133,35 @@ func TestDemo(t *testing.T) {
 	if b := status.Backup; b.State != "ok" || b.Client != demoClient || time.Since(b.LastBackup) > 24*time.Hour {
 		t.Errorf("backup status: %+v, want state ok, client %s, a recent backup", *b, demoClient)
 	}
+	// avsidecar status, from the binary the demo built: the summary an
+	// operator reads, and the JSON for scripts.
+	avsidecar := filepath.Join(dir, "bin", "avsidecar")
+	summary, err := exec.Command(avsidecar, "status", "--addr", httpAddr).CombinedOutput()
+	if err != nil {
+		t.Fatalf("avsidecar status: %v\n%s", err, summary)
+	}
+	for _, want := range []string{
+		"\nphase:       running\n",
+		"\nready:       yes\n",
+		"\nregistered:  yes, " + demoClient + " in " + demoDomain + " on 127.0.0.1 at ",
+		"\ninstalled:   AvamarClient ",
+		"\nagent:       running, pid ",
+		"\nlast backup: " + status.Backup.LastBackup.UTC().Format(time.RFC3339) + " (2h",
+		"\nssh:         127.0.0.1:" + sshPort + ", 1 authorized keys, 0 sessions open\n",
+		"\nbrowse:      /data, /usr/local/avamar, loopback clients only (no token file)\n",
+	} {
+		if !strings.Contains(string(summary), want) {
+			t.Errorf("avsidecar status lacks %q:\n%s", want, summary)
+		}
+	}
+	asJSON, err := exec.Command(avsidecar, "status", "-o", "json", "--addr", httpAddr).Output()
+	var st struct {
+		Phase string `json:"phase"`
+	}
+	if err != nil || json.Unmarshal(asJSON, &st) != nil || st.Phase != "running" {
+		t.Errorf("avsidecar status -o json: %v\n%s", err, asJSON)
+	}
+
 	_, metrics := get("/metrics")
 	if got := metricValue(metrics, "avsidecar_last_backup_timestamp_seconds"); got != float64(status.Backup.LastBackup.Unix()) {
 		t.Errorf("avsidecar_last_backup_timestamp_seconds = %v, want %d", got, status.Backup.LastBackup.Unix())
@@ -206,4 +236,35 @@ func metricValue(exposition, name string) float64 {
 		}
 	}
 	return math.NaN()
+}
+
+// TestDemoPortInUse: an address the demo needs that another process holds
+// is refused at once, exit 2, naming the flag that moves it.
+func TestDemoPortInUse(t *testing.T) {
+	held, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer held.Close()
+	busy := held.Addr().String()
+	_, busyPort, _ := net.SplitHostPort(busy)
+	free := func() string { return "127.0.0.1:" + strconv.Itoa(testkit.FreePort(t)) }
+	for _, flag := range []string{"-mcs", "-http", "-ssh", "-listen-port"} {
+		args := map[string]string{"-mcs": free(), "-http": free(), "-ssh": free(), "-listen-port": strconv.Itoa(testkit.FreePort(t))}
+		args[flag] = busy
+		if flag == "-listen-port" {
+			args[flag] = busyPort
+		}
+		argv := []string{"avkit", "demo"}
+		for _, f := range []string{"-mcs", "-http", "-ssh", "-listen-port"} {
+			argv = append(argv, f, args[f])
+		}
+		var out, errOut strings.Builder
+		code := execute(argv, &out, &errOut)
+		want := "choose a free address with " + flag + "\n"
+		if code != 2 || !strings.HasPrefix(errOut.String(), "avkit demo: "+flag+" ") || !strings.HasSuffix(errOut.String(), want) ||
+			!strings.Contains(errOut.String(), "address already in use") || out.Len() != 0 {
+			t.Errorf("%s on a busy port: exit %d, stdout %q, stderr %q", flag, code, out.String(), errOut.String())
+		}
+	}
 }

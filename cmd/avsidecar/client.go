@@ -2,6 +2,7 @@ package main
 
 import (
 	"cmp"
+	"flag"
 	"fmt"
 	"io"
 	"net"
@@ -20,6 +21,11 @@ func localConfig() (config.Config, error) {
 		return cfg, &exitError{Code: exitConfig, Err: err}
 	}
 	return cfg, nil
+}
+
+// addrFlag is --addr of the commands that ask the local avsidecar.
+func addrFlag(fs *flag.FlagSet) *string {
+	return fs.String("addr", "", "HOST:PORT of avsidecar's HTTP server; an empty or unspecified host is 127.0.0.1 (default $AVSIDECAR_HTTP_ADDR, else :9180)")
 }
 
 // localAddr is where the local avsidecar's HTTP server answers: flagAddr,

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -17,7 +16,10 @@ import (
 // flag stands for one of them.
 func installCmd(args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("install", flag.ContinueOnError)
-	fs.SetOutput(stderr)
+	fs.Usage = func() {
+		fmt.Fprintln(fs.Output(), "usage: avsidecar install [--rpm PATH] [--root DIR] [--prefix DIR] [--state-dir DIR] [--noscripts] [--nosync]")
+		fs.PrintDefaults()
+	}
 	set := map[string]*string{
 		"AVAMAR_RPM":          fs.String("rpm", "", "client RPM, a path or glob inside the root with exactly one match (default $AVAMAR_RPM)"),
 		"AVSIDECAR_ROOT":      fs.String("root", "", "host directory everything is installed under, like rpm --root (default $AVSIDECAR_ROOT)"),
@@ -26,11 +28,8 @@ func installCmd(args []string, stdout, stderr io.Writer) error {
 	}
 	noScripts := fs.Bool("noscripts", false, "do not run %pre and %post, like rpm --noscripts")
 	noSync := fs.Bool("nosync", false, "skip the syncfs before the receipt: safe against kills, not against power loss")
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return nil
-		}
-		return usageError("%v", err)
+	if help, err := parseFlags(fs, args, stdout); help || err != nil {
+		return err
 	}
 	if fs.NArg() > 0 {
 		return usageError("install takes no arguments, got %q", fs.Args())

@@ -28,21 +28,17 @@ import (
 // entries, with the exact bytes of such a name in name_b64.
 func lsCmd(args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("ls", flag.ContinueOnError)
-	fs.SetOutput(stderr)
 	recursive := fs.Bool("r", false, "list the whole tree (through /v1/walk)")
 	asJSON := fs.Bool("json", false, "print one JSON object per entry")
 	fs.Usage = func() {
-		fmt.Fprintln(stderr, "usage: avsidecar ls [-r] [--json] PATH")
+		fmt.Fprintln(fs.Output(), "usage: avsidecar ls [-r] [--json] PATH")
 		fs.PrintDefaults()
 	}
 	// Flags may come before or after PATH.
 	var paths []string
 	for {
-		if err := fs.Parse(args); err != nil {
-			if errors.Is(err, flag.ErrHelp) {
-				return nil
-			}
-			return usageError("%v", err)
+		if help, err := parseFlags(fs, args, stdout); help || err != nil {
+			return err
 		}
 		if fs.NArg() == 0 {
 			break

@@ -67,9 +67,10 @@ func commands() []command {
 		{"install", "install the RPM payload as run would, then exit", installCmd},
 		{"probe", "probe live|ready|startup: exit 0 when that check passes", probeCmd},
 		{"ls", "ls [-r] [--json] PATH: list a directory through the local browse API", lsCmd},
-		{"status", "print the local /v1/status", statusCmd},
+		{"status", "status [-o json] [--addr HOST:PORT]: a summary of the local avsidecar, or its /v1/status", statusCmd},
 		{"hook", "hook pre|post: run the sidecar's backup hooks (the Avamar run-at-start and run-at-end scripts call it)", hookCmd},
-		{"version", "print the version", versionCmd},
+		{"inject", "inject -f FILE --image IMAGE: add the sidecar to StatefulSet and Deployment manifests", injectCmd},
+		{"version", "print the version and VCS revision (also --version)", versionCmd},
 	}
 }
 
@@ -83,6 +84,10 @@ func execute(args []string, stdout, stderr io.Writer) int {
 	name := "run"
 	if len(args) > 0 && (args[0] == "-h" || args[0] == "--help" || args[0] == "" || args[0][0] != '-') {
 		name, args = args[0], args[1:]
+	}
+	// avsidecar --version, as most commands answer it.
+	if name == "run" && len(args) == 1 && (args[0] == "--version" || args[0] == "-version") {
+		name, args = "version", nil
 	}
 	if name == "help" || name == "--help" || name == "-h" {
 		usage(stdout)
@@ -117,6 +122,15 @@ func usage(w io.Writer) {
 	for _, c := range commands() {
 		fmt.Fprintf(w, "  %-8s %s\n", c.name, c.summary)
 	}
+	fmt.Fprintln(w)
+	fmt.Fprintln(w, "avsidecar COMMAND -h describes the flags of a command. probe, status and ls ask")
+	fmt.Fprintln(w, "the avsidecar of this container at AVSIDECAR_HTTP_ADDR, or --addr HOST:PORT.")
+	fmt.Fprintln(w)
+	fmt.Fprintln(w, "Exit codes:")
+	fmt.Fprintf(w, "  %d  success; run: a clean stop (SIGTERM or SIGINT)\n", exitOK)
+	fmt.Fprintf(w, "  %d  anything else (probe: the check fails)\n", exitFailure)
+	fmt.Fprintf(w, "  %d  bad configuration, flags or input, every problem named in one message\n", exitConfig)
+	fmt.Fprintf(w, "  %d  the RPM is unusable: corrupt, truncated, digest mismatch, unsafe paths\n", exitBadRPM)
 	fmt.Fprintln(w)
 	fmt.Fprintln(w, "Configuration of run, from the environment:")
 	_ = config.Usage(w)

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -12,21 +11,17 @@ import (
 // passes and prints the failing checks otherwise.
 func probeCmd(args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("probe", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	addr := fs.String("addr", "", "HOST:PORT of avsidecar's HTTP server (default from AVSIDECAR_HTTP_ADDR)")
+	addr := addrFlag(fs)
 	fs.Usage = func() {
-		fmt.Fprintln(stderr, "usage: avsidecar probe live|ready|startup [--addr HOST:PORT]")
+		fmt.Fprintln(fs.Output(), "usage: avsidecar probe live|ready|startup [--addr HOST:PORT]")
 		fs.PrintDefaults()
 	}
 	var which string
 	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
 		which, args = args[0], args[1:]
 	}
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return nil
-		}
-		return usageError("%v", err)
+	if help, err := parseFlags(fs, args, stdout); help || err != nil {
+		return err
 	}
 	if which == "" && fs.NArg() == 1 {
 		which = fs.Arg(0)
@@ -36,8 +31,7 @@ func probeCmd(args []string, stdout, stderr io.Writer) error {
 	paths := map[string]string{"live": "/livez", "ready": "/readyz", "startup": "/startupz"}
 	path, ok := paths[which]
 	if !ok {
-		fs.Usage()
-		return usageError("probe needs live, ready or startup, got %q", which)
+		return usageError("probe needs live, ready or startup, got %q (avsidecar probe -h)", which)
 	}
 	local, err := localAddr(*addr)
 	if err != nil {

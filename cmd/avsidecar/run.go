@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -18,16 +17,12 @@ import (
 // reaper, build the sidecar and run it until a stop signal.
 func runCmd(args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("run", flag.ContinueOnError)
-	fs.SetOutput(stderr)
 	fs.Usage = func() {
-		fmt.Fprintln(stdout, "usage: avsidecar [run]\n\nConfiguration, from the environment:")
-		_ = config.Usage(stdout)
+		fmt.Fprintln(fs.Output(), "usage: avsidecar [run]\n\nConfiguration, from the environment:")
+		_ = config.Usage(fs.Output())
 	}
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return nil
-		}
-		return usageError("%v", err)
+	if help, err := parseFlags(fs, args, stdout); help || err != nil {
+		return err
 	}
 	if fs.NArg() > 0 {
 		return usageError("run takes no arguments, got %q", fs.Args())

@@ -6,15 +6,31 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/avsidecar/avsidecar/internal/sidecar"
 )
 
-// statusCmd prints the local /v1/status, indented.
+// statusCmd prints the local avsidecar's state: a summary for people, or
+// /v1/status itself with -o json.
 func statusCmd(args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("status", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	addr := fs.String("addr", "", "HOST:PORT of avsidecar's HTTP server (default from AVSIDECAR_HTTP_ADDR)")
-	if err := fs.Parse(args); err != nil {
-		return usageError("%v", err)
+	addr := addrFlag(fs)
+	format := fs.String("o", "summary", "output: summary (for people) or json (/v1/status, for scripts)")
+	fs.Usage = func() {
+		fmt.Fprintln(fs.Output(), "usage: avsidecar status [-o summary|json] [--addr HOST:PORT]")
+		fs.PrintDefaults()
+	}
+	if help, err := parseFlags(fs, args, stdout); help || err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return usageError("status takes no arguments, got %q", fs.Args())
+	}
+	if *format != "summary" && *format != "json" {
+		return usageError("-o %q: want summary or json", *format)
 	}
 	local, err := localAddr(*addr)
 	if err != nil {
@@ -27,11 +43,130 @@ func statusCmd(args []string, stdout, stderr io.Writer) error {
 	if code != 200 {
 		return fmt.Errorf("status answered HTTP %d: %s", code, bytes.TrimSpace(body))
 	}
-	var out bytes.Buffer
-	if err := json.Indent(&out, body, "", "  "); err != nil {
-		return fmt.Errorf("status is not JSON: %w", err)
+	if *format == "json" {
+		var out bytes.Buffer
+		if err := json.Indent(&out, body, "", "  "); err != nil {
+			return fmt.Errorf("status is not JSON: %w", err)
+		}
+		out.WriteByte('\n')
+		_, err = stdout.Write(out.Bytes())
+		return err
 	}
-	out.WriteByte('\n')
-	_, err = stdout.Write(out.Bytes())
+	var st sidecar.Status
+	if err := json.Unmarshal(body, &st); err != nil {
+		return fmt.Errorf("status is not avsidecar's JSON: %w", err)
+	}
+	code, ready, err := localGet(local, "/readyz?verbose")
+	if err != nil {
+		return err
+	}
+	_, err = io.WriteString(stdout, summary(st, local, code == 200, string(ready), time.Now()))
 	return err
+}
+
+// summary renders a status for people: one line per part, what an operator
+// asks first (is it ready, is it registered, when was the last backup).
+func summary(st sidecar.Status, addr string, ready bool, readyz string, now time.Time) string {
+	var b strings.Builder
+	line := func(key, format string, a ...any) {
+		fmt.Fprintf(&b, "%-12s %s\n", key+":", fmt.Sprintf(format, a...))
+	}
+	ago := func(t time.Time) string {
+		return fmt.Sprintf("%s (%s ago)", t.UTC().Format(time.RFC3339), now.Sub(t).Round(time.Second))
+	}
+
+	version := st.Version
+	if st.Revision != "" {
+		version += " (revision " + st.Revision + ")"
+	}
+	line("avsidecar", "%s at %s", version, addr)
+	line("phase", "%s", st.Phase)
+	if ready {
+		line("ready", "yes")
+	} else {
+		// The failing checks, as /readyz names them.
+		var why []string
+		for _, l := range strings.Split(readyz, "\n") {
+			if strings.HasPrefix(l, "[-]") {
+				why = append(why, strings.TrimPrefix(l, "[-]"))
+			}
+		}
+		line("ready", "no: %s", strings.Join(why, "; "))
+	}
+
+	r := st.Registration
+	switch {
+	case r.Registered && r.Reused:
+		line("registered", "yes, %s in %s on %s (receipt kept from an earlier start)", r.Client, r.Domain, r.Server)
+	case r.Registered:
+		line("registered", "yes, %s in %s on %s at %s", r.Client, r.Domain, r.Server, r.RegisteredAt.UTC().Format(time.RFC3339))
+	case r.Attempts == 0:
+		line("registered", "not yet, %s in %s on %s", r.Client, r.Domain, r.Server)
+	default:
+		line("registered", "no, %s in %s on %s: %d attempts, last %s: %s", r.Client, r.Domain, r.Server, r.Attempts, r.LastOutcome, r.LastError)
+	}
+
+	if in := st.Install; in != nil {
+		line("installed", "%s %s-%s in %s", in.Name, in.Version, in.Release, in.Prefix)
+	} else {
+		line("installed", "not yet")
+	}
+
+	a := st.Agent
+	switch {
+	case a.Running:
+		line("agent", "running, pid %d, up %s, %d restarts", a.PID, now.Sub(a.StartedAt).Round(time.Second), a.Restarts)
+	case a.CrashLoop:
+		line("agent", "crash looping: %d short runs, last %s, %d restarts", a.ShortRuns, a.LastExit, a.Restarts)
+	case a.LastExit != "":
+		line("agent", "down, last %s, %d restarts", a.LastExit, a.Restarts)
+	default:
+		line("agent", "not started")
+	}
+
+	switch bk := st.Backup; {
+	case bk == nil:
+		line("last backup", "unknown (the backup check is off: AVAMAR_REST_URL)")
+	case bk.LastBackup.IsZero() && bk.State == "ok":
+		line("last backup", "none on the server")
+	case bk.LastBackup.IsZero():
+		line("last backup", "unknown, check %s: %s", bk.State, bk.Message)
+	case bk.State != "ok":
+		line("last backup", "%s, but the check is %s: %s", ago(bk.LastBackup), bk.State, bk.Message)
+	default:
+		line("last backup", "%s", ago(bk.LastBackup))
+	}
+
+	if s := st.SSH; s == nil {
+		line("ssh", "off")
+	} else {
+		keys := fmt.Sprintf("%d authorized keys", s.AuthorizedKeys)
+		switch {
+		case s.AuthorizedKeysMissing:
+			keys = "no authorized_keys file: nobody can log in"
+		case s.AuthorizedKeysEmpty:
+			keys = "authorized_keys holds no usable key: nobody can log in"
+		}
+		line("ssh", "%s, %s, %d sessions open", s.Addr, keys, s.ActiveSessions)
+	}
+
+	if br := st.Browse; br == nil || !br.Enabled {
+		line("browse", "off")
+	} else {
+		who := "loopback clients only (no token file)"
+		if br.Token {
+			who = "a bearer token for clients other than loopback"
+		}
+		line("browse", "%s, %s", strings.Join(br.Roots, ", "), who)
+	}
+
+	names := make([]string, 0, len(st.Faults))
+	for n := range st.Faults {
+		names = append(names, n)
+	}
+	slices.Sort(names)
+	for _, n := range names {
+		line("fault", "%s: %s", n, st.Faults[n])
+	}
+	return b.String()
 }

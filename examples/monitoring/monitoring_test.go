@@ -1,7 +1,10 @@
 // Package monitoring_test keeps the monitoring examples in step with what
 // avsidecar exports: every avsidecar_ series and label value the alerts use
 // must appear in a real scrape of internal/metrics, and the container and
-// port they name must exist in the nginx example.
+// port they name must exist in the nginx example; promtool checks the rules
+// and runs their unit tests; every alert has its runbook; and every query
+// of the Grafana dashboard answers from a real Prometheus scraping a real
+// avsidecar.
 package monitoring_test
 
 import (
@@ -30,7 +33,7 @@ import (
 type rule struct {
 	Alert       string            `json:"alert"`
 	Expr        string            `json:"expr"`
-	For         string            `json:"for"`
+	For         string            `json:"for,omitempty"`
 	Labels      map[string]string `json:"labels"`
 	Annotations map[string]string `json:"annotations"`
 }
@@ -50,7 +53,8 @@ type ruleFile struct {
 	} `json:"spec"`
 }
 
-func loadRules(t *testing.T) []rule {
+// loadRuleFile decodes prometheusrule.yaml strictly.
+func loadRuleFile(t *testing.T) ruleFile {
 	t.Helper()
 	data, err := os.ReadFile("prometheusrule.yaml")
 	if err != nil {
@@ -63,6 +67,12 @@ func loadRules(t *testing.T) []rule {
 	if f.APIVersion != "monitoring.coreos.com/v1" || f.Kind != "PrometheusRule" {
 		t.Fatalf("prometheusrule.yaml is %s %s", f.APIVersion, f.Kind)
 	}
+	return f
+}
+
+func loadRules(t *testing.T) []rule {
+	t.Helper()
+	f := loadRuleFile(t)
 	var rules []rule
 	for _, g := range f.Spec.Groups {
 		rules = append(rules, g.Rules...)
@@ -185,7 +195,7 @@ func TestRulesMatchTheExample(t *testing.T) {
 	}
 	i := slices.IndexFunc(sts.Spec.Template.Spec.Containers, func(c corev1.Container) bool { return c.Name == "avamar" })
 	if i < 0 {
-		t.Fatal(`no container "avamar" in the nginx example: kube_pod_container_status_ready{container="avamar"} would match nothing`)
+		t.Fatal(`no container "avamar" in the nginx example, which the runbooks and the PodMonitor name`)
 	}
 	ports := sts.Spec.Template.Spec.Containers[i].Ports
 	if !slices.ContainsFunc(ports, func(p corev1.ContainerPort) bool { return p.Name == "avsidecar" }) {

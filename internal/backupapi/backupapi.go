@@ -250,7 +250,7 @@ func New(cfg Config, log zerolog.Logger) (*Checker, error) {
 	rc.RetryWaitMax = cfg.RetryWaitMax
 	rc.Backoff = func(min, max time.Duration, attempt int, resp *http.Response) time.Duration {
 		d := retryablehttp.DefaultBackoff(min, max, attempt, resp)
-		ev := log.Warn().Int("attempt", attempt+1).Dur("backoff", d)
+		ev := log.Warn().Int("attempt", attempt+1).Dur("backoff_ms", d)
 		if resp != nil {
 			ev = ev.Int("status", resp.StatusCode)
 		}

@@ -45,7 +45,9 @@ type env struct {
 	PodName            string `envconfig:"POD_NAME" desc:"pod name, the default client identity"`
 	RPM                string `envconfig:"AVAMAR_RPM" default:"/opt/avamar/AvamarClient-*.rpm" desc:"client RPM, path or glob with exactly one match"`
 	Prefix             string `envconfig:"AVAMAR_PREFIX" default:"/usr/local/avamar" desc:"where the client is installed (relocation target)"`
-	ListenPort         string `envconfig:"AVAMAR_LISTEN_PORT" default:"28002" desc:"avagent --listenport"`
+	ListenPort         string `envconfig:"AVAMAR_LISTEN_PORT" desc:"avagent --listenport (default 28002; not with AVAMAR_LISTEN_PORT_BASE)"`
+	ListenPortBase     string `envconfig:"AVAMAR_LISTEN_PORT_BASE" desc:"first port of a block: avagent listens on AVAMAR_LISTEN_PORT_BASE + POD_INDEX, one port per StatefulSet replica"`
+	PodIndex           string `envconfig:"POD_INDEX" desc:"the pod's ordinal, from the downward API metadata.labels['apps.kubernetes.io/pod-index']; needed by AVAMAR_LISTEN_PORT_BASE"`
 	AgentFlags         string `envconfig:"AVAMAR_AGENT_FLAGS" desc:"extra --flag=value lines for avagent.cmd, comma separated"`
 	RegisterMode       string `envconfig:"AVAMAR_REGISTER_MODE" default:"direct" desc:"direct (avagent.bin --init) or initscript (/etc/init.d/avagent register)"`
 	Root               string `envconfig:"AVSIDECAR_ROOT" default:"/" desc:"filesystem root everything is installed and written under"`
@@ -93,7 +95,8 @@ type Config struct {
 	RPM string
 	// Prefix is where the client lives, in the root.
 	Prefix string
-	// ListenPort is avagent's --listenport, where the MCS connects.
+	// ListenPort is avagent's --listenport, where the MCS connects:
+	// AVAMAR_LISTEN_PORT, or AVAMAR_LISTEN_PORT_BASE + POD_INDEX.
 	ListenPort int
 	// AgentFlags are extra --flag=value lines for avagent.cmd.
 	AgentFlags []string
@@ -184,6 +187,11 @@ type HostPaths struct {
 	// HooksSocket is the hook scripts' unix socket.
 	HooksSocket string
 }
+
+// DefaultListenPort is avagent's --listenport when neither
+// AVAMAR_LISTEN_PORT nor AVAMAR_LISTEN_PORT_BASE is set: the agent's own
+// default.
+const DefaultListenPort = 28002
 
 // DefaultMCSPort is the MCS port when AVAMAR_SERVER names none: the port
 // the Avamar client and its init script assume, so it is passed to them
@@ -425,7 +433,7 @@ func (e env) validateRun(p *problems, c *Config, hostname func() (string, error)
 		p.add("client name %q may only contain letters, digits, '.', '_' and '-'", c.ClientName)
 	}
 
-	c.ListenPort = parsePort(p, "AVAMAR_LISTEN_PORT", e.ListenPort)
+	c.ListenPort = e.listenPort(p)
 	c.AgentFlags = parseAgentFlags(p, e.AgentFlags)
 	if c.RegisterMode != ModeDirect && c.RegisterMode != ModeInitScript {
 		p.add("AVAMAR_REGISTER_MODE %q must be %s or %s", c.RegisterMode, ModeDirect, ModeInitScript)
@@ -497,6 +505,39 @@ func validScope(s string) bool {
 		}
 	}
 	return true
+}
+
+// listenPort is avagent's port: fixed (AVAMAR_LISTEN_PORT), or one per
+// replica (AVAMAR_LISTEN_PORT_BASE + POD_INDEX), so that a StatefulSet of
+// any size gets one NodePort per pod from a single template.
+func (e env) listenPort(p *problems) int {
+	switch {
+	case e.ListenPortBase == "" && e.ListenPort == "":
+		return DefaultListenPort
+	case e.ListenPortBase == "":
+		return parsePort(p, "AVAMAR_LISTEN_PORT", e.ListenPort)
+	case e.ListenPort != "":
+		p.add("AVAMAR_LISTEN_PORT %q and AVAMAR_LISTEN_PORT_BASE %q are both set: set one (the base gives each pod base + POD_INDEX)", e.ListenPort, e.ListenPortBase)
+		return 0
+	}
+	base := parsePort(p, "AVAMAR_LISTEN_PORT_BASE", e.ListenPortBase)
+	if e.PodIndex == "" {
+		p.add("POD_INDEX is required with AVAMAR_LISTEN_PORT_BASE (set it from the downward API metadata.labels['apps.kubernetes.io/pod-index'], Kubernetes 1.28 or later)")
+		return 0
+	}
+	index, err := strconv.Atoi(e.PodIndex)
+	if err != nil || index < 0 {
+		p.add("POD_INDEX %q must be a pod ordinal: 0, 1, 2...", e.PodIndex)
+		return 0
+	}
+	if base == 0 {
+		return 0
+	}
+	if index > 65535-base {
+		p.add("AVAMAR_LISTEN_PORT_BASE %d + POD_INDEX %d is above 65535, the last port: lower the base", base, index)
+		return 0
+	}
+	return base + index
 }
 
 func parseServer(p *problems, s string) (string, int) {

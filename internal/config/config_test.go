@@ -24,7 +24,7 @@ func setEnv(t *testing.T, overrides map[string]string) string {
 		t.Fatal(err)
 	}
 	vars := map[string]string{"AVAMAR_SERVER": "mcs.example.com", "NODE_IP": "10.0.0.7", "AVSIDECAR_ROOT": root, "POD_NAME": "nginx-0"}
-	for _, k := range []string{"AVAMAR_DOMAIN", "AVAMAR_CLIENT_NAME", "AVAMAR_RPM", "AVAMAR_PREFIX", "AVAMAR_LISTEN_PORT", "AVAMAR_AGENT_FLAGS",
+	for _, k := range []string{"AVAMAR_DOMAIN", "AVAMAR_CLIENT_NAME", "AVAMAR_RPM", "AVAMAR_PREFIX", "AVAMAR_LISTEN_PORT", "AVAMAR_LISTEN_PORT_BASE", "POD_INDEX", "AVAMAR_AGENT_FLAGS",
 		"AVAMAR_REGISTER_MODE", "AVSIDECAR_STATE_DIR", "AVSIDECAR_HTTP_ADDR", "AVSIDECAR_SSH_ADDR", "AVSIDECAR_SSH_AUTHORIZED_KEYS",
 		"AVSIDECAR_BROWSE_ROOTS", "AVSIDECAR_BROWSE_TOKEN_FILE", "AVSIDECAR_REGISTER_TIMEOUT", "AVSIDECAR_REGISTER_BACKOFF_MAX",
 		"AVSIDECAR_RESTART_BACKOFF_MAX", "AVSIDECAR_SHUTDOWN_TIMEOUT", "AVSIDECAR_LOG_LEVEL", "AVSIDECAR_LOG_FORMAT",
@@ -104,6 +104,28 @@ func TestLoadOverrides(t *testing.T) {
 	}
 }
 
+// TestLoadListenPortBase checks the per-replica port scheme: each pod of
+// a StatefulSet listens on the base plus its ordinal, past ten replicas
+// too (a "3100$(POD_INDEX)" prefix would make pod 10 listen on 310010).
+func TestLoadListenPortBase(t *testing.T) {
+	for _, tc := range []struct {
+		index string
+		want  int
+	}{{"0", 31000}, {"9", 31009}, {"10", 31010}, {"1767", 32767}} {
+		setEnv(t, map[string]string{"AVAMAR_LISTEN_PORT_BASE": "31000", "POD_INDEX": tc.index})
+		c, err := Load(ScopeRun, Sources{Hostname: noHostname, FindRPM: install.FindRPM})
+		if err != nil || c.ListenPort != tc.want {
+			t.Errorf("POD_INDEX %s: port %d, %v; want %d", tc.index, c.ListenPort, err, tc.want)
+		}
+	}
+	// POD_INDEX alone changes nothing: the fixed port stays.
+	setEnv(t, map[string]string{"AVAMAR_LISTEN_PORT": "31005", "POD_INDEX": "3"})
+	c, err := Load(ScopeRun, Sources{Hostname: noHostname, FindRPM: install.FindRPM})
+	if err != nil || c.ListenPort != 31005 {
+		t.Errorf("fixed port with POD_INDEX: %d, %v", c.ListenPort, err)
+	}
+}
+
 func TestLoadHostnameFallback(t *testing.T) {
 	setEnv(t, map[string]string{"POD_NAME": ""})
 	c, err := Load(ScopeRun, Sources{Hostname: func() (string, error) { return "node-host", nil }})
@@ -127,6 +149,13 @@ func TestLoadHostile(t *testing.T) {
 		{"server flag injection", map[string]string{"AVAMAR_SERVER": "--evil"}, []string{"not a host name"}},
 		{"listen port zero", map[string]string{"AVAMAR_LISTEN_PORT": "0"}, []string{"AVAMAR_LISTEN_PORT"}},
 		{"listen port text", map[string]string{"AVAMAR_LISTEN_PORT": "http"}, []string{"AVAMAR_LISTEN_PORT"}},
+		{"listen port and base", map[string]string{"AVAMAR_LISTEN_PORT": "31000", "AVAMAR_LISTEN_PORT_BASE": "31000", "POD_INDEX": "0"}, []string{"are both set"}},
+		{"base without index", map[string]string{"AVAMAR_LISTEN_PORT_BASE": "31000"}, []string{"POD_INDEX is required"}},
+		{"index not a number", map[string]string{"AVAMAR_LISTEN_PORT_BASE": "31000", "POD_INDEX": "nginx-0"}, []string{`POD_INDEX "nginx-0"`}},
+		{"negative index", map[string]string{"AVAMAR_LISTEN_PORT_BASE": "31000", "POD_INDEX": "-1"}, []string{`POD_INDEX "-1"`}},
+		{"base not a port", map[string]string{"AVAMAR_LISTEN_PORT_BASE": "3100$(POD_INDEX)", "POD_INDEX": "0"}, []string{"AVAMAR_LISTEN_PORT_BASE"}},
+		{"base plus index past the last port", map[string]string{"AVAMAR_LISTEN_PORT_BASE": "65000", "POD_INDEX": "536"}, []string{"AVAMAR_LISTEN_PORT_BASE 65000 + POD_INDEX 536 is above 65535"}},
+		{"huge index", map[string]string{"AVAMAR_LISTEN_PORT_BASE": "31000", "POD_INDEX": "9223372036854775807"}, []string{"is above 65535"}},
 		{"bad duration", map[string]string{"AVSIDECAR_REGISTER_TIMEOUT": "2 minutes"}, []string{"AVSIDECAR_REGISTER_TIMEOUT"}},
 		{"negative duration", map[string]string{"AVSIDECAR_SHUTDOWN_TIMEOUT": "-1s"}, []string{"must be positive"}},
 		{"bad mode", map[string]string{"AVAMAR_REGISTER_MODE": "magic"}, []string{"AVAMAR_REGISTER_MODE"}},

@@ -412,7 +412,9 @@ func (t *Follower) flushPartial() {
 	}
 }
 
-// emit writes one line (or piece of a line: part > 0) on the logger.
+// emit writes one line (or piece of a line: part > 0) on the logger, its
+// text as the event's message: log stores (Loki, Elasticsearch) show the
+// message column, and avagent's line is the message.
 func (t *Follower) emit(line []byte, part int) {
 	line = bytes.TrimSuffix(line, []byte{'\r'})
 	ev := t.log.WithLevel(levelOf(line))
@@ -422,7 +424,8 @@ func (t *Follower) emit(line []byte, part int) {
 	if part > 0 {
 		ev = ev.Int("part", part)
 	}
-	ev.Bytes("line", line).Msg("avagent")
+	// Bytes, not Msg(string(line)): no copy of every line.
+	ev.Bytes(zerolog.MessageFieldName, line).Send()
 }
 
 // levelOf maps avagent's severity word ("2026-01-02 10:11:12 avagent Error

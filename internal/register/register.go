@@ -224,7 +224,7 @@ func (r *Registrar) Register(ctx context.Context) error {
 			return nil
 		}
 		wait := b.Next()
-		r.log.Warn().Int("attempt", attempt).Str("outcome", outcome).Err(err).Dur("backoff", wait).Msg("registration failed")
+		r.log.Warn().Int("attempt", attempt).Str("outcome", outcome).Err(err).Dur("backoff_ms", wait).Msg("registration failed")
 		if !backoff.Sleep(ctx, wait) {
 			return ctx.Err()
 		}

@@ -8,9 +8,11 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
 	"slices"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -503,6 +505,22 @@ func TestSideFaults(t *testing.T) {
 		t.Fatalf("Run ended on a side fault: %v", done.err)
 	default:
 	}
+}
+
+// TestSSHPermissionDenied: SSH on a privileged port without the right to
+// bind it (the default :22 as non-root) is a fault that names the variable
+// to change.
+func TestSSHPermissionDenied(t *testing.T) {
+	w := newWorld(t)
+	// What net.Listen returns for :22 without NET_BIND_SERVICE.
+	w.ssh.listenErr = fmt.Errorf("listen ssh :22: %w", &net.OpError{Op: "listen", Net: "tcp",
+		Addr: &net.TCPAddr{Port: 22}, Err: os.NewSyscallError("bind", syscall.EACCES)})
+	close(w.install)
+	close(w.register.release)
+	s, _, _ := w.start(t)
+	w.ev.wait(t, "agent started")
+	w.logs.Wait(t, 0, "ssh fault log", 5*time.Second, testkit.Msg("sshd", "side part failed, the sidecar goes on without it"))
+	expect(t, s, "/readyz?verbose", 200, "[!]ssh: listen ssh :22: listen tcp :22: bind: permission denied (set AVSIDECAR_SSH_ADDR to a port above 1023, such as :2222)")
 }
 
 // TestMetricsLabelSets: /metrics carries every phase and every

@@ -508,7 +508,7 @@ func (s *Server) shutdown() {
 	for _, pc := range pending {
 		pc.Close()
 	}
-	s.log.Info().Int("sessions", len(sessions)).Dur("timeout", s.cfg.ShutdownTimeout).Msg("closing ssh sessions")
+	s.log.Info().Int("sessions", len(sessions)).Dur("timeout_ms", s.cfg.ShutdownTimeout).Msg("closing ssh sessions")
 	for _, ss := range sessions {
 		ss.hangup()
 	}

@@ -79,7 +79,7 @@ func (s *Server) watchKeys(ctx context.Context) {
 		}
 		if err := w.Add(dir); err != nil {
 			if !warned {
-				s.log.Warn().Err(err).Str("dir", dir).Dur("resync", s.cfg.KeysResync).Msg("cannot watch authorized keys directory yet")
+				s.log.Warn().Err(err).Str("dir", dir).Dur("resync_ms", s.cfg.KeysResync).Msg("cannot watch authorized keys directory yet")
 				warned = true
 			}
 			return

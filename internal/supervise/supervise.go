@@ -205,8 +205,8 @@ func (s *Supervisor) Run(ctx context.Context) error {
 		if st.CrashLoop {
 			ev = s.log.Error()
 		}
-		ev.Int("attempt", attempt).Dur("backoff", wait).Str("exit", st.LastExit).Int("exit_code", st.LastExitCode).
-			Str("signal", st.LastSignal).Dur("ran", ran).Int("short_runs", st.ShortRuns).Bool("crash_loop", st.CrashLoop).
+		ev.Int("attempt", attempt).Dur("backoff_ms", wait).Str("exit", st.LastExit).Int("exit_code", st.LastExitCode).
+			Str("signal", st.LastSignal).Dur("ran_ms", ran).Int("short_runs", st.ShortRuns).Bool("crash_loop", st.CrashLoop).
 			Strs("log_tail", st.LogTail).Msg("agent exited, restarting")
 		if !backoff.Sleep(ctx, wait) {
 			return nil
@@ -412,7 +412,7 @@ func (s *Supervisor) stop(p *pid1.Process) {
 	case <-p.Done():
 		s.log.Info().Int("pid", p.Pid).Str("exit", describeExit(p.Wait())).Msg("agent stopped")
 	case <-t.C:
-		s.log.Warn().Int("pid", p.Pid).Dur("timeout", s.cfg.StopTimeout).Msg("agent ignored SIGTERM, killing its group")
+		s.log.Warn().Int("pid", p.Pid).Dur("timeout_ms", s.cfg.StopTimeout).Msg("agent ignored SIGTERM, killing its group")
 		_ = p.SignalGroup(syscall.SIGKILL)
 		<-p.Done()
 	}

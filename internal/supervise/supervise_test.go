@@ -189,7 +189,7 @@ func TestCrashLoopKeepsLogTailAndGrowsBackoff(t *testing.T) {
 	// fifth is at the cap, in [80, 160).
 	var prev float64
 	for i, m := range exits[:5] {
-		b := m["backoff"].(float64) // zerolog writes durations in ms
+		b := m["backoff_ms"].(float64) // zerolog writes durations in ms
 		if m["attempt"].(float64) != float64(i+1) {
 			t.Errorf("exit %d logged attempt %v", i+1, m["attempt"])
 		}
@@ -201,7 +201,7 @@ func TestCrashLoopKeepsLogTailAndGrowsBackoff(t *testing.T) {
 		}
 		prev = b
 	}
-	if first := exits[0]["backoff"].(float64); first < 10 || first >= 20 {
+	if first := exits[0]["backoff_ms"].(float64); first < 10 || first >= 20 {
 		t.Errorf("first backoff %vms, want [10,20)", first)
 	}
 	if loops := ev.with("agent is crash looping"); len(loops) != 1 || loops[0]["exit_code"].(float64) != 7 ||
@@ -233,7 +233,7 @@ func TestStableRunResetsBackoff(t *testing.T) {
 	defer stop()
 	waitFor(t, "backoff at its cap", func() bool {
 		ex := ev.with("agent exited, restarting")
-		return len(ex) >= 4 && ex[len(ex)-1]["backoff"].(float64) >= 40
+		return len(ex) >= 4 && ex[len(ex)-1]["backoff_ms"].(float64) >= 40
 	})
 	os.WriteFile(stable, nil, 0o644)
 	waitFor(t, "a stable run", func() bool { return len(ev.with("agent stable again")) == 1 })
@@ -244,7 +244,7 @@ func TestStableRunResetsBackoff(t *testing.T) {
 	os.Remove(stable)
 	waitFor(t, "the stable run's exit", func() bool { return len(ev.with("agent exited, restarting")) > n })
 	m := ev.with("agent exited, restarting")[n]
-	if m["attempt"].(float64) != 1 || m["backoff"].(float64) >= 10 || m["short_runs"].(float64) != 0 {
+	if m["attempt"].(float64) != 1 || m["backoff_ms"].(float64) >= 10 || m["short_runs"].(float64) != 0 {
 		t.Fatalf("exit after a stable run logged %v, want attempt 1, backoff < 10ms, no short run", m)
 	}
 }
