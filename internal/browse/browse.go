@@ -331,7 +331,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	h.serve(rw, r)
 	h.codes[min(max(rw.code, 0), len(h.codes)-1)].Add(1)
 	h.log.Debug().Str("method", r.Method).Str("url_path", r.URL.Path).Int("code", rw.code).
-		Dur("took", time.Since(start)).Msg("browse request")
+		Dur("took_ms", time.Since(start)).Msg("browse request")
 }
 
 func (h *Handler) serve(w http.ResponseWriter, r *http.Request) {

@@ -214,7 +214,7 @@ func (h *Hooks) RunPhase(ctx context.Context, phase string) (PhaseRun, error) {
 		ev = h.log.Error()
 	}
 	ev.Str("phase", phase).Str("result", run.Result).Int("hooks", len(run.Hooks)).Strs("skipped", run.Skipped).
-		Dur("took", run.Duration).Msg("hook phase ran")
+		Dur("took_ms", run.Duration).Msg("hook phase ran")
 	return run, nil
 }
 

@@ -94,7 +94,7 @@ func (h *Hooks) runPhase(ctx context.Context, phase string, hooks []Hook) PhaseR
 			ev = h.log.Warn()
 		}
 		ev.Str("phase", phase).Str("hook", r.Name).Str("kind", r.Kind).Str("outcome", r.Outcome).
-			Str("on_error", r.OnError).Dur("took", r.Duration).Str("error", r.Error).Msg("hook ran")
+			Str("on_error", r.OnError).Dur("took_ms", r.Duration).Str("error", r.Error).Msg("hook ran")
 		if r.Outcome != OutcomeOK && hook.OnError == OnErrorFail {
 			run.Result = ResultFailed
 		}
