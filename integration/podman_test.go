@@ -37,7 +37,7 @@ func TestPodmanPod(t *testing.T) {
 	manifest := loadExampleSidecar(t)
 
 	// Images: base (cached), nginx (cached), product and site (per run).
-	base := pm.baseImage(podmanBaseImage)
+	base := pm.BaseImage(testkit.PodmanBaseImage)
 	nginxImage := pm.nginxImage(base)
 	bins := testkit.BuildBinaries(t)
 	root, err := testkit.ModuleRoot()
@@ -55,15 +55,15 @@ func TestPodmanPod(t *testing.T) {
 	if out, err := build.CombinedOutput(); err != nil {
 		t.Fatalf("go build: %v\n%s", err, out)
 	}
-	productImage := pm.build("localhost/avsidecar-test:"+pm.id, filepath.Join(root, "Dockerfile"), ctxDir,
+	productImage := pm.Build("localhost/avsidecar-test:"+pm.ID, filepath.Join(root, "Dockerfile"), ctxDir,
 		"--target", "prebuilt", "--build-arg", "BASE_IMAGE="+base)
 	siteDir := t.TempDir()
 	rpm := testkit.WriteRPM(t, siteDir, testkit.RPMOptions{})
-	siteImage := pm.build("localhost/avsidecar-test-site:"+pm.id, filepath.Join(root, "examples/nginx/Dockerfile"), siteDir,
+	siteImage := pm.Build("localhost/avsidecar-test-site:"+pm.ID, filepath.Join(root, "examples/nginx/Dockerfile"), siteDir,
 		"--build-arg", "AVSIDECAR_IMAGE="+productImage)
 	t.Logf("images: product %s, site %s (RPM %s), nginx %s", productImage, siteImage, filepath.Base(rpm), nginxImage)
 	for _, img := range []struct{ role, ref string }{{"base", base}, {"product", productImage}, {"site", siteImage}} {
-		t.Logf("bench: image=%s size_bytes=%s", img.role, pm.run("image", "inspect", "--format", "{{.Size}}", img.ref))
+		t.Logf("bench: image=%s size_bytes=%s", img.role, pm.Run("image", "inspect", "--format", "{{.Size}}", img.ref))
 	}
 	if fi, err := os.Stat(binary); err == nil {
 		t.Logf("bench: binary=avsidecar size_bytes=%d", fi.Size())
@@ -74,21 +74,21 @@ func TestPodmanPod(t *testing.T) {
 
 	// Networks: the MCS's own, and the pod's. NODE_IP is the host's
 	// address on the pod's network, as status.hostIP is the node's.
-	mcsNet, podNet := pm.name("mcs"), pm.name("pod")
+	mcsNet, podNet := pm.Name("mcs"), pm.Name("pod")
 	for _, n := range []string{mcsNet, podNet} {
-		pm.run("network", "create", n)
-		pm.cleanup("network", "rm", "-f", n)
+		pm.Run("network", "create", n)
+		pm.Cleanup("network", "rm", "-f", n)
 	}
-	nodeIP := pm.run("network", "inspect", "--format", "{{range .Subnets}}{{.Gateway}}{{end}}", podNet)
+	nodeIP := pm.Run("network", "inspect", "--format", "{{range .Subnets}}{{.Gateway}}{{end}}", podNet)
 	if net.ParseIP(nodeIP) == nil {
 		t.Fatalf("gateway of %s: %q", podNet, nodeIP)
 	}
 
-	mcs := pm.name("mcs")
-	pm.run(append(append([]string{"run", "-d", "--name", mcs, "--network", mcsNet,
-		"-v", bins.Avkit + ":/usr/local/bin/avkit:ro"}, podmanLimits...),
+	mcs := pm.Name("mcs")
+	pm.Run(append(append([]string{"run", "-d", "--name", mcs, "--network", mcsNet,
+		"-v", bins.Avkit + ":/usr/local/bin/avkit:ro"}, testkit.PodmanLimits...),
 		base, "/usr/local/bin/avkit", "mcs", "--addr", ":28001")...)
-	pm.cleanup("rm", "-f", "-t", "0", mcs)
+	pm.Cleanup("rm", "-f", "-t", "0", mcs)
 	mcsLog := pm.follow(mcs, "mcs")
 	mcsLog.WaitN(t, 0, 1, "mcs started", time.Minute, msg("mcs", "mcs started"))
 	mcsIP := pm.inspect(mcs).NetworkSettings.Networks[mcsNet].IPAddress
@@ -143,13 +143,13 @@ func TestPodmanPod(t *testing.T) {
 	// containers (nothing kept in their filesystems), the same volume.
 	startPod := func(round int, image string) started {
 		t.Helper()
-		pod := pm.name(fmt.Sprintf("pod%d", round))
-		pm.run("pod", "create", "--name", pod, "--network", podNet,
+		pod := pm.Name(fmt.Sprintf("pod%d", round))
+		pm.Run("pod", "create", "--name", pod, "--network", podNet,
 			"-p", fmt.Sprintf("%d:%d", listenPort, listenPort))
-		pm.cleanup("pod", "rm", "-f", "-t", "0", pod)
+		pm.Cleanup("pod", "rm", "-f", "-t", "0", pod)
 		s := started{pod: pod, sidecar: pod + "-avamar", nginx: pod + "-nginx"}
-		pm.run(append(append([]string{"run", "-d", "--pod", pod, "--name", s.nginx,
-			"-v", html + ":/var/www/html:ro"}, podmanLimits...), nginxImage)...)
+		pm.Run(append(append([]string{"run", "-d", "--pod", pod, "--name", s.nginx,
+			"-v", html + ":/var/www/html:ro"}, testkit.PodmanLimits...), nginxImage)...)
 		args := []string{"run", "-d", "--pod", pod, "--name", s.sidecar,
 			"--cap-drop", "all", "--security-opt", "no-new-privileges",
 			"-v", html + ":/var/www/html",
@@ -164,7 +164,7 @@ func TestPodmanPod(t *testing.T) {
 			args = append(args, "-e", k+"="+v)
 		}
 		// No command: the image's ENTRYPOINT and CMD, as in the StatefulSet.
-		pm.run(append(append(args, podmanLimits...), image)...)
+		pm.Run(append(append(args, testkit.PodmanLimits...), image)...)
 		s.log = pm.follow(s.sidecar, fmt.Sprintf("avamar[%d]", round))
 		s.podIP = pm.inspect(s.sidecar).NetworkSettings.Networks[podNet].IPAddress
 		if net.ParseIP(s.podIP) == nil {
@@ -267,7 +267,7 @@ func TestPodmanPod(t *testing.T) {
 		t.Helper()
 		grace := manifest.grace
 		begin := time.Now()
-		pm.run("stop", "-t", strconv.Itoa(grace), s.sidecar)
+		pm.Run("stop", "-t", strconv.Itoa(grace), s.sidecar)
 		took := time.Since(begin)
 		st := pm.inspect(s.sidecar).State
 		t.Logf("stop took %s, exit code %d", took.Round(time.Millisecond), st.ExitCode)
@@ -277,10 +277,10 @@ func TestPodmanPod(t *testing.T) {
 		if took >= time.Duration(grace)*time.Second {
 			t.Errorf("stop took %s, not inside the grace period %ds", took, grace)
 		}
-		pm.run("stop", "-t", "10", s.nginx)
+		pm.Run("stop", "-t", "10", s.nginx)
 		// Deleted, as the StatefulSet deletes a pod before making its
 		// successor: the published port is free again.
-		pm.run("pod", "rm", s.pod)
+		pm.Run("pod", "rm", s.pod)
 	}
 	unreachable := msg("mcs", "agent unreachable", "name", "nginx-0")
 	before := mcsLog.Count(0, unreachable)
@@ -319,7 +319,7 @@ func TestPodmanPod(t *testing.T) {
 	// on the same volume installs it once and keeps the registration.
 	upDir := t.TempDir()
 	newRPM := testkit.WriteRPM(t, upDir, testkit.RPMOptions{Version: "7.5.102"})
-	upImage := pm.build("localhost/avsidecar-test-site:"+pm.id+"-up", filepath.Join(root, "examples/nginx/Dockerfile"), upDir,
+	upImage := pm.Build("localhost/avsidecar-test-site:"+pm.ID+"-up", filepath.Join(root, "examples/nginx/Dockerfile"), upDir,
 		"--build-arg", "AVSIDECAR_IMAGE="+productImage)
 	p3 := startPod(3, upImage)
 	podmanWaitReady(t, pm, p3.sidecar, "http://"+net.JoinHostPort(p3.podIP, "9180")+"/readyz", 2*time.Minute)
