@@ -40,27 +40,8 @@ func TestPodmanPod(t *testing.T) {
 	base := pm.BaseImage(testkit.PodmanBaseImage)
 	nginxImage := pm.nginxImage(base)
 	bins := testkit.BuildBinaries(t)
-	root, err := testkit.ModuleRoot()
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctxDir := t.TempDir()
-	if err := os.MkdirAll(filepath.Join(ctxDir, "dist"), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	// The binary as the Dockerfile's prebuilt target documents it.
-	binary := filepath.Join(ctxDir, "dist", "avsidecar")
-	build := exec.Command("go", "build", "-trimpath", "-tags", testkit.BuildTags, "-ldflags=-s -w", "-o", binary, "./cmd/avsidecar")
-	build.Dir, build.Env = root, append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
-	productImage := pm.Build("localhost/avsidecar-test:"+pm.ID, filepath.Join(root, "Dockerfile"), ctxDir,
-		"--target", "prebuilt", "--build-arg", "BASE_IMAGE="+base)
-	siteDir := t.TempDir()
-	rpm := testkit.WriteRPM(t, siteDir, testkit.RPMOptions{})
-	siteImage := pm.Build("localhost/avsidecar-test-site:"+pm.ID, filepath.Join(root, "examples/nginx/Dockerfile"), siteDir,
-		"--build-arg", "AVSIDECAR_IMAGE="+productImage)
+	productImage, binary := pm.ProductImage(base)
+	siteImage, rpm := pm.SiteImage(productImage, "localhost/avsidecar-test-site:"+pm.ID, testkit.RPMOptions{})
 	t.Logf("images: product %s, site %s (RPM %s), nginx %s", productImage, siteImage, filepath.Base(rpm), nginxImage)
 	for _, img := range []struct{ role, ref string }{{"base", base}, {"product", productImage}, {"site", siteImage}} {
 		t.Logf("bench: image=%s size_bytes=%s", img.role, pm.Run("image", "inspect", "--format", "{{.Size}}", img.ref))
@@ -317,10 +298,7 @@ func TestPodmanPod(t *testing.T) {
 
 	// Round 3: the README's RPM upgrade. A site image with a newer client
 	// on the same volume installs it once and keeps the registration.
-	upDir := t.TempDir()
-	newRPM := testkit.WriteRPM(t, upDir, testkit.RPMOptions{Version: "7.5.102"})
-	upImage := pm.Build("localhost/avsidecar-test-site:"+pm.ID+"-up", filepath.Join(root, "examples/nginx/Dockerfile"), upDir,
-		"--build-arg", "AVSIDECAR_IMAGE="+productImage)
+	upImage, newRPM := pm.SiteImage(productImage, "localhost/avsidecar-test-site:"+pm.ID+"-up", testkit.RPMOptions{Version: "7.5.102"})
 	p3 := startPod(3, upImage)
 	podmanWaitReady(t, pm, p3.sidecar, "http://"+net.JoinHostPort(p3.podIP, "9180")+"/readyz", 2*time.Minute)
 	p3.log.WaitN(t, 0, 1, "the new client installed", time.Minute, msg("install", "package installed", "version", "7.5.102-"+testkit.DefaultRPMRelease))
@@ -339,7 +317,8 @@ type exampleSidecar struct {
 	capAdd []string
 	env    map[string]string
 	grace  int
-	// probes are the paths of the startup, readiness and liveness probes.
+	// probes are the paths of the startup and liveness probes (the
+	// example has no readiness probe on the sidecar).
 	probes []string
 }
 
@@ -374,7 +353,7 @@ func loadExampleSidecar(t *testing.T) exampleSidecar {
 	for _, c := range ct.SecurityContext.Capabilities.Add {
 		e.capAdd = append(e.capAdd, string(c))
 	}
-	for _, p := range []*corev1.Probe{ct.StartupProbe, ct.ReadinessProbe, ct.LivenessProbe} {
+	for _, p := range []*corev1.Probe{ct.StartupProbe, ct.LivenessProbe} {
 		if p == nil || p.HTTPGet == nil {
 			t.Fatal("statefulset.yaml: the avamar container lacks an httpGet probe")
 		}

@@ -219,3 +219,42 @@ func (p *Podman) CachedImage(repo, base, cf string, files map[string][]byte) str
 	p.Run(append(full, dir)...)
 	return tag // kept: the next run reuses it
 }
+
+// ProductImage builds the product's image as the README documents for
+// sites without a Go image: the static binary built on the host
+// (CGO_ENABLED=0, BuildTags, stripped) into dist/, then the Dockerfile's
+// prebuilt target on base. It returns the image (removed when the test
+// ends) and the binary's path.
+func (p *Podman) ProductImage(base string) (image, binary string) {
+	p.t.Helper()
+	root, err := ModuleRoot()
+	if err != nil {
+		p.t.Fatal(err)
+	}
+	ctxDir := p.t.TempDir()
+	binary = filepath.Join(ctxDir, "dist", "avsidecar")
+	build := exec.Command("go", "build", "-trimpath", "-tags", BuildTags, "-ldflags=-s -w", "-o", binary, "./cmd/avsidecar")
+	build.Dir, build.Env = root, append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := build.CombinedOutput(); err != nil {
+		p.t.Fatalf("go build: %v\n%s", err, out)
+	}
+	image = p.Build("localhost/avsidecar-test:"+p.ID, filepath.Join(root, "Dockerfile"), ctxDir,
+		"--target", "prebuilt", "--build-arg", "BASE_IMAGE="+base)
+	return image, binary
+}
+
+// SiteImage builds examples/nginx/Dockerfile on product with a kit RPM
+// made with opts, as step 2 of the example's README does with a site's
+// RPM. It returns the image (removed when the test ends) and the RPM's
+// path.
+func (p *Podman) SiteImage(product, tag string, opts RPMOptions) (image, rpm string) {
+	p.t.Helper()
+	root, err := ModuleRoot()
+	if err != nil {
+		p.t.Fatal(err)
+	}
+	dir := p.t.TempDir()
+	rpm = WriteRPM(p.t, dir, opts)
+	image = p.Build(tag, filepath.Join(root, "examples/nginx/Dockerfile"), dir, "--build-arg", "AVSIDECAR_IMAGE="+product)
+	return image, rpm
+}
