@@ -346,7 +346,7 @@ func (s sshClient) run(addr, alias, key, strict, cmd string) (string, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	out, err := exec.CommandContext(ctx, s.ssh, "-i", key, "-p", port,
-		"-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes", "-o", "ConnectTimeout=10",
+		"-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes", "-o", "ConnectTimeout=10", "-o", "LogLevel=ERROR",
 		"-o", "HostKeyAlias="+alias, "-o", "UserKnownHostsFile="+s.knownHosts,
 		"-o", "StrictHostKeyChecking="+strict, "root@"+host, cmd).CombinedOutput()
 	if err != nil {

@@ -161,18 +161,18 @@ func TestNginxExample(t *testing.T) {
 		}
 
 		web := "http://" + c.portForward(ns, "pod/nginx-0", 9180)
-		code, body := httpGet(web + "/")
-		if code != http.StatusOK || !strings.Contains(body, "<html") {
-			t.Errorf("browse page: %d %.200q", code, body)
+		code, page := httpGet(web + "/")
+		if code != http.StatusOK || !strings.Contains(page, "<html") {
+			t.Errorf("browse page: %d %.200q", code, page)
 		}
-		code, body = httpGet(web + "/v1/files?path=/usr/share/nginx/html")
+		code, body := httpGet(web + "/v1/files?path=/usr/share/nginx/html")
 		var listing struct {
 			Entries []struct{ Name, Type string }
 		}
 		if err := json.Unmarshal([]byte(body), &listing); code != http.StatusOK || err != nil || len(listing.Entries) != 1 || listing.Entries[0].Name != "index.html" {
 			t.Errorf("browse API: %d %v %s", code, err, body)
 		}
-		t.Logf("port-forward 9180: GET / %d (%d bytes of HTML); /v1/files lists %+v", http.StatusOK, len(body), listing.Entries)
+		t.Logf("port-forward 9180: GET / %d (%d bytes of HTML); /v1/files lists %+v", http.StatusOK, len(page), listing.Entries)
 
 		out, err := ssh.run(c.portForward(ns, "pod/nginx-0", 2222), "nginx-0", oldKey, "accept-new",
 			"cat /usr/share/nginx/html/index.html && test -f /usr/local/avamar/var/avagent.cfg && echo registered")
