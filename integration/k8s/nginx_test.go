@@ -161,9 +161,9 @@ func TestNginxExample(t *testing.T) {
 		}
 
 		web := "http://" + c.portForward(ns, "pod/nginx-0", 9180)
-		code, page := httpGet(web + "/")
-		if code != http.StatusOK || !strings.Contains(page, "<html") {
-			t.Errorf("browse page: %d %.200q", code, page)
+		code, browsePage := httpGet(web + "/")
+		if code != http.StatusOK || !strings.Contains(browsePage, "<html") {
+			t.Errorf("browse page: %d %.200q", code, browsePage)
 		}
 		code, body := httpGet(web + "/v1/files?path=/usr/share/nginx/html")
 		var listing struct {
@@ -172,7 +172,7 @@ func TestNginxExample(t *testing.T) {
 		if err := json.Unmarshal([]byte(body), &listing); code != http.StatusOK || err != nil || len(listing.Entries) != 1 || listing.Entries[0].Name != "index.html" {
 			t.Errorf("browse API: %d %v %s", code, err, body)
 		}
-		t.Logf("port-forward 9180: GET / %d (%d bytes of HTML); /v1/files lists %+v", http.StatusOK, len(page), listing.Entries)
+		t.Logf("port-forward 9180: GET / %d (%d bytes of HTML); /v1/files lists %+v", http.StatusOK, len(browsePage), listing.Entries)
 
 		out, err := ssh.run(c.portForward(ns, "pod/nginx-0", 2222), "nginx-0", oldKey, "accept-new",
 			"cat /usr/share/nginx/html/index.html && test -f /usr/local/avamar/var/avagent.cfg && echo registered")
