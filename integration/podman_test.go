@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"os"
@@ -172,20 +171,20 @@ func TestPodmanPod(t *testing.T) {
 
 	// Every probe of the manifest passes on the running pod.
 	for _, path := range manifest.probes {
-		if code, body := podmanGet(t, "http://"+net.JoinHostPort(p1.podIP, "9180")+path, ""); code != http.StatusOK {
+		if code, body := testkit.Get("http://"+net.JoinHostPort(p1.podIP, "9180")+path, ""); code != http.StatusOK {
 			t.Errorf("probe %s: %d %s", path, code, body)
 		}
 	}
 
 	// nginx serves the shared files; the browser lists the same files.
-	if code, body := podmanGet(t, "http://"+net.JoinHostPort(p1.podIP, "80")+"/", ""); code != 200 || body != page {
+	if code, body := testkit.Get("http://"+net.JoinHostPort(p1.podIP, "80")+"/", ""); code != 200 || body != page {
 		t.Errorf("nginx: %d %q", code, body)
 	}
 	filesURL := "http://" + net.JoinHostPort(p1.podIP, "9180") + "/v1/files?path=/var/www/html"
-	if code, _ := podmanGet(t, filesURL, ""); code != http.StatusUnauthorized && code != http.StatusForbidden {
+	if code, _ := testkit.Get(filesURL, ""); code != http.StatusUnauthorized && code != http.StatusForbidden {
 		t.Errorf("browse from another address without the token: %d, want 401 or 403", code)
 	}
-	code, body := podmanGet(t, filesURL, token)
+	code, body := testkit.Get(filesURL, token)
 	var listing struct {
 		Path    string
 		Entries []struct{ Name, Type string }
@@ -381,7 +380,7 @@ func podmanWaitReady(t *testing.T, pm *podman, container, url string, timeout ti
 	defer tick.Stop()
 	last := ""
 	for time.Now().Before(deadline) {
-		code, body := podmanGet(t, url, "")
+		code, body := testkit.Get(url, "")
 		if code == http.StatusOK {
 			return
 		}
@@ -392,27 +391,6 @@ func podmanWaitReady(t *testing.T, pm *podman, container, url string, timeout ti
 		<-tick.C
 	}
 	t.Fatalf("%s not ready within %s; last probe: %s", url, timeout, last)
-}
-
-// podmanGet is one GET with an optional bearer token; a connection error is
-// code 0.
-func podmanGet(t *testing.T, url, token string) (int, string) {
-	t.Helper()
-	req, err := http.NewRequest(http.MethodGet, url, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if token != "" {
-		req.Header.Set("Authorization", "Bearer "+token)
-	}
-	c := http.Client{Timeout: 5 * time.Second}
-	resp, err := c.Do(req)
-	if err != nil {
-		return 0, err.Error()
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	return resp.StatusCode, string(b)
 }
 
 // podmanProc is one process of a container, seen from the host.

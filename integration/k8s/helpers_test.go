@@ -5,8 +5,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -318,18 +316,6 @@ func (w *podWatch) stopOf(uid, container string) (stopOf, error) {
 	}
 	s.took = finished.Sub(requested)
 	return s, nil
-}
-
-// httpGet is one GET; a connection error is code 0 with the error as body.
-func httpGet(url string) (int, string) {
-	client := http.Client{Timeout: 10 * time.Second}
-	resp, err := client.Get(url)
-	if err != nil {
-		return 0, err.Error()
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	return resp.StatusCode, string(b)
 }
 
 // sshClient runs OpenSSH's ssh against a port-forwarded sidecar.

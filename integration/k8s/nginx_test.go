@@ -161,11 +161,11 @@ func TestNginxExample(t *testing.T) {
 		}
 
 		web := "http://" + c.portForward(ns, "pod/nginx-0", 9180)
-		code, browsePage := httpGet(web + "/")
+		code, browsePage := testkit.Get(web+"/", "")
 		if code != http.StatusOK || !strings.Contains(browsePage, "<html") {
 			t.Errorf("browse page: %d %.200q", code, browsePage)
 		}
-		code, body := httpGet(web + "/v1/files?path=/usr/share/nginx/html")
+		code, body := testkit.Get(web+"/v1/files?path=/usr/share/nginx/html", "")
 		var listing struct {
 			Entries []struct{ Name, Type string }
 		}
@@ -243,14 +243,14 @@ func TestNginxExample(t *testing.T) {
 		cs0, _ := containerStatus(before, "avamar")
 		web := "http://" + c.portForward(ns, "pod/nginx-0", 9180)
 		restarts := func() (int, float64) {
-			_, body := httpGet(web + "/v1/status")
+			_, body := testkit.Get(web+"/v1/status", "")
 			var st struct {
 				Agent struct{ Restarts int }
 			}
 			if err := json.Unmarshal([]byte(body), &st); err != nil {
 				t.Fatalf("/v1/status: %v %s", err, body)
 			}
-			_, text := httpGet(web + "/metrics")
+			_, text := testkit.Get(web+"/metrics", "")
 			m, _ := metric(text, "avsidecar_agent_restarts_total")
 			return st.Agent.Restarts, m
 		}
@@ -387,14 +387,14 @@ func mcsDown(t *testing.T, c *cluster, mcs *testkit.MCS, ns, page, pod string, c
 	var code int
 	var body string
 	c.waitFor(pod+"'s /readyz naming the registration", 2*time.Minute, func() error {
-		code, body = httpGet(web + "/readyz?verbose")
+		code, body = testkit.Get(web+"/readyz?verbose", "")
 		if code != http.StatusServiceUnavailable || !strings.Contains(body, "[-]registered: not registered after") {
 			return fmt.Errorf("%d %s", code, body)
 		}
 		return nil
 	})
 	t.Logf("%s Ready=%v with the MCS down; /readyz: %d\n%s", pod, podReady(p), code, body)
-	_, text := httpGet(web + "/metrics")
+	_, text := testkit.Get(web+"/metrics", "")
 	if v, ok := metric(text, "avsidecar_ready"); !ok || v != 0 {
 		t.Errorf("%s: avsidecar_ready %v (found %v), want 0", pod, v, ok)
 	}
@@ -431,12 +431,12 @@ func mcsDown(t *testing.T, c *cluster, mcs *testkit.MCS, ns, page, pod string, c
 		t.Errorf("Service nginx: ready endpoints %v, pods %d", ready, len(pods))
 	}
 	for name, addr := range ready {
-		if code, body := httpGet("http://" + net.JoinHostPort(addr, "80") + "/"); code != http.StatusOK || body != page {
+		if code, body := testkit.Get("http://"+net.JoinHostPort(addr, "80")+"/", ""); code != http.StatusOK || body != page {
 			t.Errorf("nginx at endpoint %s (%s): %d %q", addr, name, code, body)
 		}
 	}
 	t.Logf("Service nginx ready endpoints with the MCS down: %v, each serving the page", ready)
-	if code, body := httpGet("http://" + c.portForward(ns, "service/nginx", 80) + "/"); code != http.StatusOK || body != page {
+	if code, body := testkit.Get("http://"+c.portForward(ns, "service/nginx", 80)+"/", ""); code != http.StatusOK || body != page {
 		t.Errorf("port-forward service/nginx: %d %q", code, body)
 	}
 
@@ -451,7 +451,7 @@ func mcsDown(t *testing.T, c *cluster, mcs *testkit.MCS, ns, page, pod string, c
 		return nil
 	})
 	c.waitFor(pod+"'s /readyz", time.Minute, func() error {
-		if code, body := httpGet(web + "/readyz"); code != http.StatusOK {
+		if code, body := testkit.Get(web+"/readyz", ""); code != http.StatusOK {
 			return fmt.Errorf("%d %s", code, body)
 		}
 		return nil
