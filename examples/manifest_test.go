@@ -655,7 +655,8 @@ func envOr(env map[string]string, name, def string) string {
 
 // sidecar checks the avsidecar container against SPEC: downward API
 // identity, shutdown within the grace period, state on a PersistentVolume,
-// Secrets mounted as directories, probes present, and no shell wrapper.
+// Secrets mounted as directories, startup and liveness probes and no
+// readiness probe, and no shell wrapper.
 func (c *checker) sidecar(p pod, ct corev1.Container, env map[string]string, vols map[string]*corev1.Volume) {
 	o := p.owner
 	if len(ct.Command) > 0 {
@@ -675,10 +676,13 @@ func (c *checker) sidecar(p pod, ct corev1.Container, env map[string]string, vol
 	if _, named := env["AVAMAR_CLIENT_NAME"]; !named && fieldOf("POD_NAME") != "metadata.name" {
 		c.addf(o, "container %s: POD_NAME must come from metadata.name (the client name) unless AVAMAR_CLIENT_NAME is set", ct.Name)
 	}
-	// A readiness probe is the operator's choice: without one a backup
-	// outage does not take the application out of its Services.
 	if ct.StartupProbe == nil || ct.LivenessProbe == nil {
 		c.addf(o, "container %s needs startup and liveness probes", ct.Name)
+	}
+	// The pod's readiness is the application's: a backup outage (server
+	// down, avagent crash looping) must not take it out of its Services.
+	if ct.ReadinessProbe != nil {
+		c.addf(o, "container %s has a readinessProbe: a backup outage would take the application out of service (alert on /readyz and avsidecar_ready instead)", ct.Name)
 	}
 
 	grace := int64(defaultGracePeriod)

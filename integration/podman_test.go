@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"os"
@@ -37,33 +36,14 @@ func TestPodmanPod(t *testing.T) {
 	manifest := loadExampleSidecar(t)
 
 	// Images: base (cached), nginx (cached), product and site (per run).
-	base := pm.baseImage(podmanBaseImage)
+	base := pm.BaseImage(testkit.PodmanBaseImage)
 	nginxImage := pm.nginxImage(base)
 	bins := testkit.BuildBinaries(t)
-	root, err := testkit.ModuleRoot()
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctxDir := t.TempDir()
-	if err := os.MkdirAll(filepath.Join(ctxDir, "dist"), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	// The binary as the Dockerfile's prebuilt target documents it.
-	binary := filepath.Join(ctxDir, "dist", "avsidecar")
-	build := exec.Command("go", "build", "-trimpath", "-tags", testkit.BuildTags, "-ldflags=-s -w", "-o", binary, "./cmd/avsidecar")
-	build.Dir, build.Env = root, append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
-	productImage := pm.build("localhost/avsidecar-test:"+pm.id, filepath.Join(root, "Dockerfile"), ctxDir,
-		"--target", "prebuilt", "--build-arg", "BASE_IMAGE="+base)
-	siteDir := t.TempDir()
-	rpm := testkit.WriteRPM(t, siteDir, testkit.RPMOptions{})
-	siteImage := pm.build("localhost/avsidecar-test-site:"+pm.id, filepath.Join(root, "examples/nginx/Dockerfile"), siteDir,
-		"--build-arg", "AVSIDECAR_IMAGE="+productImage)
+	productImage, binary := pm.ProductImage(base)
+	siteImage, rpm := pm.SiteImage(productImage, "localhost/avsidecar-test-site:"+pm.ID, testkit.RPMOptions{})
 	t.Logf("images: product %s, site %s (RPM %s), nginx %s", productImage, siteImage, filepath.Base(rpm), nginxImage)
 	for _, img := range []struct{ role, ref string }{{"base", base}, {"product", productImage}, {"site", siteImage}} {
-		t.Logf("bench: image=%s size_bytes=%s", img.role, pm.run("image", "inspect", "--format", "{{.Size}}", img.ref))
+		t.Logf("bench: image=%s size_bytes=%s", img.role, pm.Run("image", "inspect", "--format", "{{.Size}}", img.ref))
 	}
 	if fi, err := os.Stat(binary); err == nil {
 		t.Logf("bench: binary=avsidecar size_bytes=%d", fi.Size())
@@ -74,21 +54,21 @@ func TestPodmanPod(t *testing.T) {
 
 	// Networks: the MCS's own, and the pod's. NODE_IP is the host's
 	// address on the pod's network, as status.hostIP is the node's.
-	mcsNet, podNet := pm.name("mcs"), pm.name("pod")
+	mcsNet, podNet := pm.Name("mcs"), pm.Name("pod")
 	for _, n := range []string{mcsNet, podNet} {
-		pm.run("network", "create", n)
-		pm.cleanup("network", "rm", "-f", n)
+		pm.Run("network", "create", n)
+		pm.Cleanup("network", "rm", "-f", n)
 	}
-	nodeIP := pm.run("network", "inspect", "--format", "{{range .Subnets}}{{.Gateway}}{{end}}", podNet)
+	nodeIP := pm.Run("network", "inspect", "--format", "{{range .Subnets}}{{.Gateway}}{{end}}", podNet)
 	if net.ParseIP(nodeIP) == nil {
 		t.Fatalf("gateway of %s: %q", podNet, nodeIP)
 	}
 
-	mcs := pm.name("mcs")
-	pm.run(append(append([]string{"run", "-d", "--name", mcs, "--network", mcsNet,
-		"-v", bins.Avkit + ":/usr/local/bin/avkit:ro"}, podmanLimits...),
+	mcs := pm.Name("mcs")
+	pm.Run(append(append([]string{"run", "-d", "--name", mcs, "--network", mcsNet,
+		"-v", bins.Avkit + ":/usr/local/bin/avkit:ro"}, testkit.PodmanLimits...),
 		base, "/usr/local/bin/avkit", "mcs", "--addr", ":28001")...)
-	pm.cleanup("rm", "-f", "-t", "0", mcs)
+	pm.Cleanup("rm", "-f", "-t", "0", mcs)
 	mcsLog := pm.follow(mcs, "mcs")
 	mcsLog.WaitN(t, 0, 1, "mcs started", time.Minute, msg("mcs", "mcs started"))
 	mcsIP := pm.inspect(mcs).NetworkSettings.Networks[mcsNet].IPAddress
@@ -143,13 +123,13 @@ func TestPodmanPod(t *testing.T) {
 	// containers (nothing kept in their filesystems), the same volume.
 	startPod := func(round int, image string) started {
 		t.Helper()
-		pod := pm.name(fmt.Sprintf("pod%d", round))
-		pm.run("pod", "create", "--name", pod, "--network", podNet,
+		pod := pm.Name(fmt.Sprintf("pod%d", round))
+		pm.Run("pod", "create", "--name", pod, "--network", podNet,
 			"-p", fmt.Sprintf("%d:%d", listenPort, listenPort))
-		pm.cleanup("pod", "rm", "-f", "-t", "0", pod)
+		pm.Cleanup("pod", "rm", "-f", "-t", "0", pod)
 		s := started{pod: pod, sidecar: pod + "-avamar", nginx: pod + "-nginx"}
-		pm.run(append(append([]string{"run", "-d", "--pod", pod, "--name", s.nginx,
-			"-v", html + ":/var/www/html:ro"}, podmanLimits...), nginxImage)...)
+		pm.Run(append(append([]string{"run", "-d", "--pod", pod, "--name", s.nginx,
+			"-v", html + ":/var/www/html:ro"}, testkit.PodmanLimits...), nginxImage)...)
 		args := []string{"run", "-d", "--pod", pod, "--name", s.sidecar,
 			"--cap-drop", "all", "--security-opt", "no-new-privileges",
 			"-v", html + ":/var/www/html",
@@ -164,7 +144,7 @@ func TestPodmanPod(t *testing.T) {
 			args = append(args, "-e", k+"="+v)
 		}
 		// No command: the image's ENTRYPOINT and CMD, as in the StatefulSet.
-		pm.run(append(append(args, podmanLimits...), image)...)
+		pm.Run(append(append(args, testkit.PodmanLimits...), image)...)
 		s.log = pm.follow(s.sidecar, fmt.Sprintf("avamar[%d]", round))
 		s.podIP = pm.inspect(s.sidecar).NetworkSettings.Networks[podNet].IPAddress
 		if net.ParseIP(s.podIP) == nil {
@@ -191,20 +171,20 @@ func TestPodmanPod(t *testing.T) {
 
 	// Every probe of the manifest passes on the running pod.
 	for _, path := range manifest.probes {
-		if code, body := podmanGet(t, "http://"+net.JoinHostPort(p1.podIP, "9180")+path, ""); code != http.StatusOK {
+		if code, body := testkit.Get("http://"+net.JoinHostPort(p1.podIP, "9180")+path, ""); code != http.StatusOK {
 			t.Errorf("probe %s: %d %s", path, code, body)
 		}
 	}
 
 	// nginx serves the shared files; the browser lists the same files.
-	if code, body := podmanGet(t, "http://"+net.JoinHostPort(p1.podIP, "80")+"/", ""); code != 200 || body != page {
+	if code, body := testkit.Get("http://"+net.JoinHostPort(p1.podIP, "80")+"/", ""); code != 200 || body != page {
 		t.Errorf("nginx: %d %q", code, body)
 	}
 	filesURL := "http://" + net.JoinHostPort(p1.podIP, "9180") + "/v1/files?path=/var/www/html"
-	if code, _ := podmanGet(t, filesURL, ""); code != http.StatusUnauthorized && code != http.StatusForbidden {
+	if code, _ := testkit.Get(filesURL, ""); code != http.StatusUnauthorized && code != http.StatusForbidden {
 		t.Errorf("browse from another address without the token: %d, want 401 or 403", code)
 	}
-	code, body := podmanGet(t, filesURL, token)
+	code, body := testkit.Get(filesURL, token)
 	var listing struct {
 		Path    string
 		Entries []struct{ Name, Type string }
@@ -267,7 +247,7 @@ func TestPodmanPod(t *testing.T) {
 		t.Helper()
 		grace := manifest.grace
 		begin := time.Now()
-		pm.run("stop", "-t", strconv.Itoa(grace), s.sidecar)
+		pm.Run("stop", "-t", strconv.Itoa(grace), s.sidecar)
 		took := time.Since(begin)
 		st := pm.inspect(s.sidecar).State
 		t.Logf("stop took %s, exit code %d", took.Round(time.Millisecond), st.ExitCode)
@@ -277,10 +257,10 @@ func TestPodmanPod(t *testing.T) {
 		if took >= time.Duration(grace)*time.Second {
 			t.Errorf("stop took %s, not inside the grace period %ds", took, grace)
 		}
-		pm.run("stop", "-t", "10", s.nginx)
+		pm.Run("stop", "-t", "10", s.nginx)
 		// Deleted, as the StatefulSet deletes a pod before making its
 		// successor: the published port is free again.
-		pm.run("pod", "rm", s.pod)
+		pm.Run("pod", "rm", s.pod)
 	}
 	unreachable := msg("mcs", "agent unreachable", "name", "nginx-0")
 	before := mcsLog.Count(0, unreachable)
@@ -317,10 +297,7 @@ func TestPodmanPod(t *testing.T) {
 
 	// Round 3: the README's RPM upgrade. A site image with a newer client
 	// on the same volume installs it once and keeps the registration.
-	upDir := t.TempDir()
-	newRPM := testkit.WriteRPM(t, upDir, testkit.RPMOptions{Version: "7.5.102"})
-	upImage := pm.build("localhost/avsidecar-test-site:"+pm.id+"-up", filepath.Join(root, "examples/nginx/Dockerfile"), upDir,
-		"--build-arg", "AVSIDECAR_IMAGE="+productImage)
+	upImage, newRPM := pm.SiteImage(productImage, "localhost/avsidecar-test-site:"+pm.ID+"-up", testkit.RPMOptions{Version: "7.5.102"})
 	p3 := startPod(3, upImage)
 	podmanWaitReady(t, pm, p3.sidecar, "http://"+net.JoinHostPort(p3.podIP, "9180")+"/readyz", 2*time.Minute)
 	p3.log.WaitN(t, 0, 1, "the new client installed", time.Minute, msg("install", "package installed", "version", "7.5.102-"+testkit.DefaultRPMRelease))
@@ -339,7 +316,8 @@ type exampleSidecar struct {
 	capAdd []string
 	env    map[string]string
 	grace  int
-	// probes are the paths of the startup, readiness and liveness probes.
+	// probes are the paths of the startup and liveness probes (the
+	// example has no readiness probe on the sidecar).
 	probes []string
 }
 
@@ -374,7 +352,7 @@ func loadExampleSidecar(t *testing.T) exampleSidecar {
 	for _, c := range ct.SecurityContext.Capabilities.Add {
 		e.capAdd = append(e.capAdd, string(c))
 	}
-	for _, p := range []*corev1.Probe{ct.StartupProbe, ct.ReadinessProbe, ct.LivenessProbe} {
+	for _, p := range []*corev1.Probe{ct.StartupProbe, ct.LivenessProbe} {
 		if p == nil || p.HTTPGet == nil {
 			t.Fatal("statefulset.yaml: the avamar container lacks an httpGet probe")
 		}
@@ -402,7 +380,7 @@ func podmanWaitReady(t *testing.T, pm *podman, container, url string, timeout ti
 	defer tick.Stop()
 	last := ""
 	for time.Now().Before(deadline) {
-		code, body := podmanGet(t, url, "")
+		code, body := testkit.Get(url, "")
 		if code == http.StatusOK {
 			return
 		}
@@ -413,27 +391,6 @@ func podmanWaitReady(t *testing.T, pm *podman, container, url string, timeout ti
 		<-tick.C
 	}
 	t.Fatalf("%s not ready within %s; last probe: %s", url, timeout, last)
-}
-
-// podmanGet is one GET with an optional bearer token; a connection error is
-// code 0.
-func podmanGet(t *testing.T, url, token string) (int, string) {
-	t.Helper()
-	req, err := http.NewRequest(http.MethodGet, url, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if token != "" {
-		req.Header.Set("Authorization", "Bearer "+token)
-	}
-	c := http.Client{Timeout: 5 * time.Second}
-	resp, err := c.Do(req)
-	if err != nil {
-		return 0, err.Error()
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	return resp.StatusCode, string(b)
 }
 
 // podmanProc is one process of a container, seen from the host.

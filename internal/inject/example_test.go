@@ -39,16 +39,6 @@ var pendingInExample = []struct {
 			return true
 		},
 	},
-	{
-		what: "no readinessProbe: a backup outage must not become an application outage (examples/monitoring alerts on avsidecar_ready)",
-		apply: func(c *corev1.Container) bool {
-			if c.ReadinessProbe == nil {
-				return false
-			}
-			c.ReadinessProbe = nil
-			return true
-		},
-	},
 }
 
 // TestInjectMakesTheExample is the one place that holds inject and

@@ -7,7 +7,9 @@
 //   - BuildBinaries and WriteRPM, which build the project's commands once
 //     per test process;
 //   - Need, NeedRoot and NeedCommand, which skip a test on a laptop that
-//     lacks a prerequisite and fail it in CI.
+//     lacks a prerequisite and fail it in CI;
+//   - Podman, which builds the container tests' images (the Debian base,
+//     the product and site images of the Dockerfiles) with podman.
 //
 // Nothing in the product knows it talks to a fake: the kit is also the
 // written-down expectation of what the real client and server do.
