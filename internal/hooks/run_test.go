@@ -110,13 +110,11 @@ func TestCommandTimeout(t *testing.T) {
 	body := `sleep 300 & echo $! > ` + pidFile + `; wait`
 	spec := `{"pre": [{"name": "slow", "command": ["/bin/sh", "-c", ` + jsonString(body) + `], "timeout": "300ms"}]}`
 	h := newHooks(t, spec, testkit.NewLogLines())
-	start := time.Now()
+	// Not waiting for the sleep is shown by RunPhase returning at all (the
+	// test's own timeout is far below 300 s), not by a timed assertion.
 	run, _ := h.RunPhase(context.Background(), PhasePre)
 	if run.Result != ResultFailed || outcomes(run) != "slow=timeout" || !strings.Contains(run.Hooks[0].Error, "no end within 300ms") {
 		t.Fatalf("run %+v", run)
-	}
-	if took := time.Since(start); took > 10*time.Second {
-		t.Errorf("the phase took %v", took)
 	}
 	b, _ := os.ReadFile(pidFile)
 	child, _ := strconv.Atoi(strings.TrimSpace(string(b)))
