@@ -90,6 +90,7 @@ spec:
 		{name: "NetworkPolicy shuts the second replica's agent port", file: "networkpolicy.yaml", old: "          endPort: 31009\n", new: "", wantError: "pod nginx-1: no NetworkPolicy that selects it allows port 31001, where Service nginx-1-avagent sends"},
 		{name: "NetworkPolicy shuts the site", file: "networkpolicy.yaml", old: "          port: 80\n", new: "          port: 8080\n", wantError: "pod nginx-0: no NetworkPolicy that selects it allows port 80, where Service nginx sends"},
 		{name: "PodDisruptionBudget selects nothing", file: "pdb.yaml", old: "      app.kubernetes.io/name: nginx\n  # A pod", new: "      app.kubernetes.io/name: web\n  # A pod", wantError: "selects no pod"},
+		{name: "REST credentials not mounted", file: "statefulset.yaml", old: "              mountPath: /etc/avsidecar/rest\n", new: "              mountPath: /etc/avsidecar/rest-credentials\n", wantError: "AVAMAR_REST_CREDENTIALS_FILE /etc/avsidecar/rest is not in a mounted Secret"},
 		{name: "PodDisruptionBudget without a number", file: "pdb.yaml", old: "  maxUnavailable: 1\n", new: "", wantError: "neither minAvailable nor maxUnavailable"},
 		{name: "downward API label that pods lack", file: "statefulset.yaml", old: "metadata.labels['apps.kubernetes.io/pod-index']", new: "metadata.labels['pod-index']", wantError: `has no label "pod-index"`},
 		{name: "NODE_IP from the pod IP", file: "statefulset.yaml", old: "fieldPath: status.hostIP", new: "fieldPath: status.podIP", wantError: "NODE_IP must come from the downward API status.hostIP"},

@@ -173,6 +173,7 @@ const (
 	defaultAuthorizedKeys  = "/etc/avsidecar/ssh/authorized_keys"
 	defaultListenPort      = "28002"
 	defaultHooksSocket     = "/run/avsidecar/hooks.sock"
+	defaultRestCredentials = "/etc/avsidecar/rest/credentials"
 	// avamarStateDir is where many installs keep the client's state.
 	avamarStateDir     = "/var/avamar"
 	defaultGracePeriod = 30
@@ -766,6 +767,17 @@ func (c *checker) sidecar(p pod, ct corev1.Container, env map[string]string, vol
 	for _, f := range files {
 		if f.path != "" {
 			c.secretFile(o, ct, vols, f.name, f.path)
+		}
+	}
+	// The REST API's credentials: a Secret mounted as a directory (one
+	// file per key), or a file of one.
+	if _, rest := env["AVAMAR_REST_URL"]; rest {
+		cred := envOr(env, "AVAMAR_REST_CREDENTIALS_FILE", defaultRestCredentials)
+		m, ok := mountOf(ct, cred)
+		if v := vols[m.Name]; ok && m.MountPath == cred && (v == nil || v.Secret == nil || m.SubPath != "") {
+			c.addf(o, "container %s: AVAMAR_REST_CREDENTIALS_FILE %s is not a Secret mounted as a directory", ct.Name, cred)
+		} else if !ok || m.MountPath != cred {
+			c.secretFile(o, ct, vols, "AVAMAR_REST_CREDENTIALS_FILE", cred)
 		}
 	}
 }
