@@ -40,7 +40,7 @@ func TestManifests(t *testing.T) {
 // time: each must be caught, or the checker proves nothing.
 func TestCheckerCatchesBrokenManifests(t *testing.T) {
 	files := map[string]string{}
-	for _, f := range []string{"configmap.yaml", "secret.example.yaml", "service.yaml", "statefulset.yaml"} {
+	for _, f := range exampleFiles {
 		b, err := os.ReadFile(filepath.Join("nginx", f))
 		if err != nil {
 			t.Fatal(err)
@@ -79,8 +79,19 @@ spec:
 		{name: "NodePort differs from the listen port", file: "service.yaml", old: "nodePort: 31001", new: "nodePort: 31101", wantError: "nodePort 31101 differs from avagent's listen port 31001"},
 		{name: "agent Service only ready endpoints", file: "service.yaml", old: "  publishNotReadyAddresses: true\n  selector:\n    app.kubernetes.io/name: nginx\n    statefulset.kubernetes.io/pod-name: nginx-1", new: "  selector:\n    app.kubernetes.io/name: nginx\n    statefulset.kubernetes.io/pod-name: nginx-1", wantError: "needs publishNotReadyAddresses"},
 		{name: "a replica without its Service", file: "statefulset.yaml", old: "replicas: 2", new: "replicas: 3", wantError: "pod nginx-2: no NodePort Service publishes avagent's listen port 31002"},
-		{name: "env reference to a later variable", file: "statefulset.yaml", old: `"3100$(POD_INDEX)"`, new: `"3100$(POD_ORDINAL)"`, wantError: "refers to $(POD_ORDINAL), which is not defined before it"},
-		{name: "listen port not a number", file: "statefulset.yaml", old: `"3100$(POD_INDEX)"`, new: `"31$(POD_NAME)"`, wantError: `AVAMAR_LISTEN_PORT "31nginx-0" is not a port number`},
+		{name: "env reference to a later variable", file: "statefulset.yaml", old: "value: /etc/avsidecar/rest\n", new: "value: $(REST_DIR)\n", wantError: "refers to $(REST_DIR), which is not defined before it"},
+		{name: "listen port base not a number", file: "statefulset.yaml", old: `value: "31000"`, new: `value: "31k"`, wantError: `AVAMAR_LISTEN_PORT_BASE "31k" is not a port number`},
+		{name: "listen port base and a fixed port", file: "statefulset.yaml", old: "            - name: AVAMAR_LISTEN_PORT_BASE\n", new: "            - name: AVAMAR_LISTEN_PORT\n              value: \"31000\"\n            - name: AVAMAR_LISTEN_PORT_BASE\n", wantError: "AVAMAR_LISTEN_PORT and AVAMAR_LISTEN_PORT_BASE are both set"},
+		{name: "client state off the volume", file: "statefulset.yaml", old: "            - name: data\n              subPath: avamar-state\n              mountPath: /var/avamar\n", new: "            - name: avamar-tmp\n              mountPath: /var/avamar\n", wantError: "/var/avamar, where the client keeps its registration, is not on a PersistentVolume"},
+		{name: "read-only root without the hooks socket's directory", file: "statefulset.yaml", old: "            - name: avamar-run\n              mountPath: /run/avsidecar\n", new: "", wantError: "AVSIDECAR_HOOKS_SOCKET /run/avsidecar is on the read-only root filesystem"},
+		{name: "read-only root without /tmp", file: "statefulset.yaml", old: "            - name: avamar-tmp\n              mountPath: /tmp\n", new: "", wantError: "temporary files /tmp is on the read-only root filesystem"},
+		{name: "ServiceAccount token mounted", file: "statefulset.yaml", old: "      automountServiceAccountToken: false\n", new: "", wantError: "mounts its ServiceAccount token"},
+		{name: "termination message from the file only", file: "statefulset.yaml", old: "terminationMessagePolicy: FallbackToLogsOnError", new: "terminationMessagePolicy: File", wantError: `terminationMessagePolicy "File"`},
+		{name: "NetworkPolicy shuts the second replica's agent port", file: "networkpolicy.yaml", old: "          endPort: 31009\n", new: "", wantError: "pod nginx-1: no NetworkPolicy that selects it allows port 31001, where Service nginx-1-avagent sends"},
+		{name: "NetworkPolicy shuts the site", file: "networkpolicy.yaml", old: "          port: 80\n", new: "          port: 8080\n", wantError: "pod nginx-0: no NetworkPolicy that selects it allows port 80, where Service nginx sends"},
+		{name: "PodDisruptionBudget selects nothing", file: "pdb.yaml", old: "      app.kubernetes.io/name: nginx\n  # A pod", new: "      app.kubernetes.io/name: web\n  # A pod", wantError: "selects no pod"},
+		{name: "REST credentials not mounted", file: "statefulset.yaml", old: "              mountPath: /etc/avsidecar/rest\n", new: "              mountPath: /etc/avsidecar/rest-credentials\n", wantError: "AVAMAR_REST_CREDENTIALS_FILE /etc/avsidecar/rest is not in a mounted Secret"},
+		{name: "PodDisruptionBudget without a number", file: "pdb.yaml", old: "  maxUnavailable: 1\n", new: "", wantError: "neither minAvailable nor maxUnavailable"},
 		{name: "downward API label that pods lack", file: "statefulset.yaml", old: "metadata.labels['apps.kubernetes.io/pod-index']", new: "metadata.labels['pod-index']", wantError: `has no label "pod-index"`},
 		{name: "NODE_IP from the pod IP", file: "statefulset.yaml", old: "fieldPath: status.hostIP", new: "fieldPath: status.podIP", wantError: "NODE_IP must come from the downward API status.hostIP"},
 		{name: "ConfigMap key missing", file: "statefulset.yaml", old: "key: server", new: "key: host", wantError: `ConfigMap "avamar" has no key "host"`},
@@ -107,7 +118,7 @@ spec:
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var objs []object
-			for _, f := range []string{"configmap.yaml", "secret.example.yaml", "service.yaml", "statefulset.yaml"} {
+			for _, f := range exampleFiles {
 				text := files[f]
 				if f == tc.file {
 					if n := strings.Count(text, tc.old); n != 1 {
@@ -134,6 +145,9 @@ spec:
 		})
 	}
 }
+
+// exampleFiles are the manifests of examples/nginx.
+var exampleFiles = []string{"configmap.yaml", "secret.example.yaml", "service.yaml", "statefulset.yaml", "networkpolicy.yaml", "pdb.yaml"}
 
 func checkErr(t *testing.T, got, want string) {
 	t.Helper()

@@ -6,6 +6,7 @@ import (
 	"io/fs"
 	"net"
 	"os"
+	"path"
 	"path/filepath"
 	"regexp"
 	"slices"
@@ -171,7 +172,11 @@ const (
 	defaultShutdownTimeout = 20 * time.Second
 	defaultAuthorizedKeys  = "/etc/avsidecar/ssh/authorized_keys"
 	defaultListenPort      = "28002"
-	defaultGracePeriod     = 30
+	defaultHooksSocket     = "/run/avsidecar/hooks.sock"
+	defaultRestCredentials = "/etc/avsidecar/rest/credentials"
+	// avamarStateDir is where many installs keep the client's state.
+	avamarStateDir     = "/var/avamar"
+	defaultGracePeriod = 30
 	// exampleHostIP stands for status.hostIP when env values are expanded.
 	exampleHostIP = "10.0.0.7"
 )
@@ -242,6 +247,12 @@ func check(objs []object) []string {
 	}
 	for _, p := range pods {
 		c.reachable(p)
+		c.admitted(p)
+	}
+	for _, o := range objs {
+		if pdb, ok := o.typed.(*policyv1.PodDisruptionBudget); ok {
+			c.budget(o, pdb, pods)
+		}
 	}
 	sort.Strings(c.problems)
 	return c.problems
@@ -727,6 +738,28 @@ func (c *checker) sidecar(p pod, ct corev1.Container, env map[string]string, vol
 		}
 	}
 
+	if ct.TerminationMessagePolicy != corev1.TerminationMessageFallbackToLogsOnError {
+		c.addf(o, "container %s: terminationMessagePolicy %q: FallbackToLogsOnError lets kubectl describe show why the sidecar exited", ct.Name, ct.TerminationMessagePolicy)
+	}
+	if env["AVSIDECAR_SSH_ADDR"] != "off" && (p.spec.AutomountServiceAccountToken == nil || *p.spec.AutomountServiceAccountToken) {
+		c.addf(o, "pod %s mounts its ServiceAccount token, which anyone logged in over the sidecar's SSH can read: set automountServiceAccountToken: false", p.name)
+	}
+	if m, ok := mountOf(ct, avamarStateDir); ok && m.MountPath == avamarStateDir && !(slices.Contains(p.claims, m.Name) || (vols[m.Name] != nil && vols[m.Name].PersistentVolumeClaim != nil)) {
+		c.addf(o, "container %s: %s, where the client keeps its registration, is not on a PersistentVolume", ct.Name, avamarStateDir)
+	}
+	if sc := ct.SecurityContext; sc != nil && sc.ReadOnlyRootFilesystem != nil && *sc.ReadOnlyRootFilesystem {
+		// What avsidecar writes outside its prefix and state dir.
+		for _, w := range []struct{ what, path string }{
+			{"AVSIDECAR_HOOKS_SOCKET", path.Dir(envOr(env, "AVSIDECAR_HOOKS_SOCKET", defaultHooksSocket))},
+			{"temporary files", "/tmp"},
+		} {
+			m, ok := mountOf(ct, w.path)
+			if !ok || m.ReadOnly || (vols[m.Name] != nil && (vols[m.Name].Secret != nil || vols[m.Name].ConfigMap != nil)) {
+				c.addf(o, "container %s: %s %s is on the read-only root filesystem: mount a writable volume (an emptyDir) there", ct.Name, w.what, w.path)
+			}
+		}
+	}
+
 	files := []struct{ name, path string }{{"AVSIDECAR_BROWSE_TOKEN_FILE", env["AVSIDECAR_BROWSE_TOKEN_FILE"]}}
 	if env["AVSIDECAR_SSH_ADDR"] != "off" {
 		files = append(files, struct{ name, path string }{"AVSIDECAR_SSH_AUTHORIZED_KEYS", envOr(env, "AVSIDECAR_SSH_AUTHORIZED_KEYS", defaultAuthorizedKeys)})
@@ -734,6 +767,17 @@ func (c *checker) sidecar(p pod, ct corev1.Container, env map[string]string, vol
 	for _, f := range files {
 		if f.path != "" {
 			c.secretFile(o, ct, vols, f.name, f.path)
+		}
+	}
+	// The REST API's credentials: a Secret mounted as a directory (one
+	// file per key), or a file of one.
+	if _, rest := env["AVAMAR_REST_URL"]; rest {
+		cred := envOr(env, "AVAMAR_REST_CREDENTIALS_FILE", defaultRestCredentials)
+		m, ok := mountOf(ct, cred)
+		if v := vols[m.Name]; ok && m.MountPath == cred && (v == nil || v.Secret == nil || m.SubPath != "") {
+			c.addf(o, "container %s: AVAMAR_REST_CREDENTIALS_FILE %s is not a Secret mounted as a directory", ct.Name, cred)
+		} else if !ok || m.MountPath != cred {
+			c.secretFile(o, ct, vols, "AVAMAR_REST_CREDENTIALS_FILE", cred)
 		}
 	}
 }
@@ -900,6 +944,104 @@ func (c *checker) reachable(p pod) {
 			c.addf(p.owner, "pod %s: no NodePort Service publishes avagent's listen port %d, so the Avamar server cannot reach it", p.name, port)
 		}
 	}
+}
+
+// admitted checks, when NetworkPolicies isolate pod p for ingress, that
+// they allow every port a Service sends to it: a Service of the
+// application or avagent's NodePort that no policy lets through is dead.
+func (c *checker) admitted(p pod) {
+	var rules []networkingv1.NetworkPolicyIngressRule
+	isolated := false
+	for _, o := range c.objs {
+		np, ok := o.typed.(*networkingv1.NetworkPolicy)
+		if !ok || o.namespace != p.owner.namespace {
+			continue
+		}
+		sel, err := metav1.LabelSelectorAsSelector(&np.Spec.PodSelector)
+		if err != nil {
+			c.addf(o, "spec.podSelector: %v", err)
+			continue
+		}
+		ingress := len(np.Spec.PolicyTypes) == 0 || slices.Contains(np.Spec.PolicyTypes, networkingv1.PolicyTypeIngress)
+		if !ingress || !sel.Matches(labels.Set(p.labels)) {
+			continue
+		}
+		isolated = true
+		rules = append(rules, np.Spec.Ingress...)
+	}
+	if !isolated {
+		return
+	}
+	// The numeric port a Service port targets on this pod.
+	number := func(target intstr.IntOrString) (int32, bool) {
+		if target.Type == intstr.Int {
+			return target.IntVal, true
+		}
+		for _, ct := range p.spec.Containers {
+			if n, ok := containerPort(ct, target); ok {
+				return n, true
+			}
+		}
+		return 0, false
+	}
+	allowed := func(port int32) bool {
+		for _, r := range rules {
+			if len(r.Ports) == 0 {
+				return true
+			}
+			for _, rp := range r.Ports {
+				if rp.Port == nil {
+					return true
+				}
+				n, ok := number(*rp.Port)
+				if !ok {
+					continue
+				}
+				last := n
+				if rp.EndPort != nil {
+					last = *rp.EndPort
+				}
+				if port >= n && port <= last {
+					return true
+				}
+			}
+		}
+		return false
+	}
+	for _, o := range c.objs {
+		s, ok := o.typed.(*corev1.Service)
+		if !ok || o.namespace != p.owner.namespace || len(s.Spec.Selector) == 0 || !labels.SelectorFromSet(s.Spec.Selector).Matches(labels.Set(p.labels)) {
+			continue
+		}
+		for _, sp := range s.Spec.Ports {
+			target := sp.TargetPort
+			if target.Type == intstr.Int && target.IntVal == 0 {
+				target = intstr.FromInt32(sp.Port)
+			}
+			if n, ok := number(target); ok && !allowed(n) {
+				c.addf(p.owner, "pod %s: no NetworkPolicy that selects it allows port %d, where Service %s sends", p.name, n, o.name)
+			}
+		}
+	}
+}
+
+// budget checks that a PodDisruptionBudget says how many pods may go and
+// selects pods of its namespace.
+func (c *checker) budget(o object, pdb *policyv1.PodDisruptionBudget, pods []pod) {
+	if pdb.Spec.MinAvailable == nil && pdb.Spec.MaxUnavailable == nil {
+		c.addf(o, "neither minAvailable nor maxUnavailable is set")
+	}
+	sel, err := metav1.LabelSelectorAsSelector(pdb.Spec.Selector)
+	if err != nil || pdb.Spec.Selector == nil {
+		c.addf(o, "spec.selector: %v", err)
+		return
+	}
+	for _, p := range pods {
+		if p.owner.namespace == o.namespace && sel.Matches(labels.Set(p.labels)) {
+			return
+		}
+	}
+	c.addf(o, "spec.selector %s selects no pod", sel)
 }
 
 // render is for test messages: the problems, one per line.

@@ -28,7 +28,7 @@ func injectCmd(args []string, stdout, stderr io.Writer) error {
 	fs.StringVar(&o.Image, "image", "", "the site image, avsidecar plus your AvamarClient RPM (required)")
 	fs.StringVar(&o.Server, "server", "", "Avamar server HOST[:PORT]: also write the ConfigMap with it (default: use the existing ConfigMap)")
 	fs.StringVar(&o.Domain, "domain", "", "Avamar domain written with --server (default "+inject.DefaultDomain+")")
-	fs.StringVar(&o.ConfigMap, "configmap", inject.DefaultConfigMap, "ConfigMap with the keys server and domain")
+	fs.StringVar(&o.ConfigMap, "configmap", inject.DefaultConfigMap, "ConfigMap with the keys server and domain, and optionally rest-url and hooks.json")
 	fs.StringVar(&o.Secret, "secret", inject.DefaultSecret, "Secret with the keys authorized_keys and browse-token")
 	roots := fs.String("browse-roots", "", "comma-separated directories the file browser lists, or off (default: the application's mounts of persistent volumes)")
 	fs.BoolVar(&o.Native, "native", false, "a native sidecar (an init container with restartPolicy: Always, Kubernetes 1.29+) instead of a regular container")

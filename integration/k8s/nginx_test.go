@@ -18,6 +18,7 @@ import (
 	discoveryv1 "k8s.io/api/discovery/v1"
 
 	"github.com/avsidecar/avsidecar/internal/testkit"
+	"github.com/avsidecar/avsidecar/internal/testkit/avrest"
 )
 
 // TestNginxExample deploys examples/nginx as shipped on a real cluster,
@@ -47,6 +48,27 @@ func TestNginxExample(t *testing.T) {
 	t.Cleanup(func() { mcs.Close() })
 	server := nodeIP // 28001 is the default port: the ConfigMap names the host only
 
+	// The REST API stand-in on the host too, over TLS with a CA of its
+	// own: the ConfigMap's rest-url and the Secret avamar-rest, with the
+	// CA as its key ca.crt, turn the example's freshness check on.
+	rest, err := avrest.Start(avrest.Config{Addr: net.JoinHostPort(nodeIP, "0"),
+		ClientID: "avsidecar", ClientSecret: "k8s-test-oauth-secret", Username: "backup-viewer", Password: "k8s-test-password"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(rest.Close)
+	lastBackup := time.Date(2026, 11, 28, 21, 30, 0, 0, time.UTC)
+	for i := range 2 {
+		if err := rest.AddBackup(rest.AddClient("/clients", fmt.Sprintf("nginx-%d", i)), lastBackup.Add(time.Duration(i)*time.Hour)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	restCA := filepath.Join(t.TempDir(), "avamar-ca.pem")
+	if err := os.WriteFile(restCA, rest.CAPEM(), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	site := siteConfig{server: server, nodeIP: nodeIP, restURL: rest.URL(), restCA: restCA}
+
 	keys := t.TempDir()
 	ssh := sshClient{ssh: sshBin, knownHosts: filepath.Join(keys, "known_hosts")}
 	oldKey := sshKey(t, keygen, keys, "operator")
@@ -55,10 +77,11 @@ func TestNginxExample(t *testing.T) {
 
 	ns := "nginx-example"
 	c.namespace(ns)
+	c.enforce(ns, podSecurityLevel)
 	for i := range 2 {
 		c.localVolume(ns, fmt.Sprintf("nginx-%d", i), page)
 	}
-	deploy(t, c, ns, server, oldKey+".pub", token, imgs, false)
+	deploy(t, c, ns, site, oldKey+".pub", token, imgs, false)
 	watch := c.watchPods(ns)
 	c.must("rollout", "status", "statefulset/nginx", "-n", ns, "--timeout=5m")
 	t.Logf("bench: example deployed and Ready %s after the test started", time.Since(start).Round(time.Second))
@@ -99,6 +122,30 @@ func TestNginxExample(t *testing.T) {
 		if n, ok := metric(text, "prober_probe_total", "namespace="+ns, "container=avamar", "probe_type=Readiness"); ok {
 			t.Errorf("the kubelet ran %v readiness probes of the avamar container: the example must have none", n)
 		}
+		// The PodDisruptionBudget selects both replicas and lets one go.
+		pdb := c.must("get", "poddisruptionbudget", "nginx", "-n", ns, "-o", "jsonpath={.status.currentHealthy} {.status.desiredHealthy} {.status.disruptionsAllowed}")
+		t.Logf("PodDisruptionBudget nginx: currentHealthy, desiredHealthy, disruptionsAllowed = %s", pdb)
+		if pdb != "2 1 1" {
+			t.Errorf("PodDisruptionBudget nginx: %q, want 2 healthy, 1 desired, 1 disruption allowed", pdb)
+		}
+	})
+
+	t.Run("11 Pod Security: the namespace enforces baseline, restricted refuses", func(t *testing.T) {
+		c := c.in(t)
+		label := c.must("get", "namespace", ns, "-o", `jsonpath={.metadata.labels.pod-security\.kubernetes\.io/enforce}`)
+		if label != podSecurityLevel {
+			t.Fatalf("namespace %s enforces %q", ns, label)
+		}
+		t.Logf("namespace %s enforces pod-security.kubernetes.io/enforce=%s: the API server admitted nginx-0 and nginx-1", ns, label)
+		var sts appsv1.StatefulSet
+		decodeFile(t, exampleFile(t, "statefulset.yaml"), &sts)
+		refusal := restrictedRejects(t, c, sts)
+		t.Logf("the same pod where restricted is enforced: %s", refusal)
+		for _, want := range []string{`violates PodSecurity "restricted:latest"`, `container "avamar" must not include "CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID" in securityContext.capabilities.add`, "runAsNonRoot != true", "runAsUser=0"} {
+			if !strings.Contains(refusal, want) {
+				t.Errorf("the refusal does not say %q", want)
+			}
+		}
 	})
 
 	t.Run("2 node IP, pod-index port, one registration each, reached through the NodePort", func(t *testing.T) {
@@ -112,7 +159,7 @@ func TestNginxExample(t *testing.T) {
 			if got := p.Labels[appsv1.PodIndexLabel]; got != strconv.Itoa(i) {
 				t.Errorf("%s: pod-index label %q", name, got)
 			}
-			cmd := c.must("exec", "-n", ns, name, "-c", "avamar", "--", "cat", "/usr/local/avamar/var/avagent.cmd")
+			cmd := c.must("exec", "-n", ns, name, "-c", "avamar", "--", "cat", "/var/avamar/avagent.cmd")
 			t.Logf("%s avagent.cmd: %q", name, cmd)
 			for _, want := range []string{"--iplist=" + nodeIP, fmt.Sprintf("--listenport=%d", port)} {
 				if !strings.Contains("\n"+cmd+"\n", "\n"+want+"\n") {
@@ -135,6 +182,12 @@ func TestNginxExample(t *testing.T) {
 			if n != 1 || ip != nodeIP || lport != port {
 				t.Errorf("MCS: %s registered %d times, callback %s:%d; want once, at %s:%d", name, n, ip, lport, nodeIP, port)
 			}
+		}
+		// The client's state is in /var/avamar, on the volume.
+		st, _ := status(t, "http://"+c.portForward(ns, "pod/nginx-0", 9180))
+		t.Logf("nginx-0 /v1/status client: var_dir %s, found_by %s", st.Client.VarDir, st.Client.FoundBy)
+		if st.Client.VarDir != "/var/avamar" || st.Client.FoundBy != "state-dir" {
+			t.Errorf("client var dir %q found by %q, want /var/avamar, state-dir", st.Client.VarDir, st.Client.FoundBy)
 		}
 	})
 
@@ -165,7 +218,7 @@ func TestNginxExample(t *testing.T) {
 		if code != http.StatusOK || !strings.Contains(browsePage, "<html") {
 			t.Errorf("browse page: %d %.200q", code, browsePage)
 		}
-		code, body := testkit.Get(web+"/v1/files?path=/usr/share/nginx/html", "")
+		code, body := testkit.Get(web+"/v1/files?path=/usr/share/nginx/html", token)
 		var listing struct {
 			Entries []struct{ Name, Type string }
 		}
@@ -175,7 +228,7 @@ func TestNginxExample(t *testing.T) {
 		t.Logf("port-forward 9180: GET / %d (%d bytes of HTML); /v1/files lists %+v", http.StatusOK, len(browsePage), listing.Entries)
 
 		out, err := ssh.run(c.portForward(ns, "pod/nginx-0", 2222), "nginx-0", oldKey, "accept-new",
-			"cat /usr/share/nginx/html/index.html && test -f /usr/local/avamar/var/avagent.cfg && echo registered")
+			"cat /usr/share/nginx/html/index.html && test -f /var/avamar/avagent.cfg && test -f /var/avamar/cid.bin && echo registered")
 		if err != nil || out != page+"registered\n" {
 			t.Errorf("ssh: %q %v", out, err)
 		}
@@ -208,6 +261,51 @@ func TestNginxExample(t *testing.T) {
 			t.Errorf("ssh with the known host key: %v", err)
 		}
 		t.Logf("no install, no registration (MCS count %d), ssh StrictHostKeyChecking=yes: %q", mcs.Count("nginx-0"), out)
+		st, _ := status(t, "http://"+c.portForward(ns, "pod/nginx-0", 9180))
+		t.Logf("the new pod's /v1/status client: var_dir %s, found_by %s", st.Client.VarDir, st.Client.FoundBy)
+		if st.Client.VarDir != "/var/avamar" {
+			t.Errorf("the new pod's var dir %q, want /var/avamar, kept on the volume", st.Client.VarDir)
+		}
+	})
+
+	t.Run("12 read-only root, hooks, backup freshness", func(t *testing.T) {
+		c := c.in(t)
+		out, err := c.kubectl("exec", "-n", ns, "nginx-0", "-c", "avamar", "--", "sh", "-c", "echo x > /usr/lib/avsidecar-write-test")
+		t.Logf("a write to the root filesystem: %s", lineWith(err, "Read-only"))
+		if err == nil || !strings.Contains(err.Error(), "Read-only file system") {
+			t.Errorf("a write to the root filesystem: %q %v, want Read-only file system", out, err)
+		}
+		// What Avamar runs at the start of a backup (the dataset's
+		// run-at-start script): the ConfigMap's hooks.json.
+		out, err = c.kubectl("exec", "-n", ns, "nginx-0", "-c", "avamar", "--", "/usr/local/avamar/etc/scripts/avsidecar-pre.sh")
+		t.Logf("avsidecar-pre.sh, as Avamar runs it: %v\n%s", err, out)
+		if err != nil {
+			t.Errorf("the pre script failed: %v", err)
+		}
+		web := "http://" + c.portForward(ns, "pod/nginx-0", 9180)
+		st, body := status(t, web)
+		if st.Hooks == nil || st.Hooks.ConfigError != "" || len(st.Hooks.Pre) != 1 || st.Hooks.Pre[0].Name != "sync" || st.Hooks.Hooks["pre/ok"] != 1 {
+			t.Errorf("/v1/status hooks: %.600s", body)
+		}
+		if len(st.Faults) > 0 {
+			t.Errorf("faults: %v", st.Faults)
+		}
+		// The freshness check: the newest backup the REST API knows.
+		c.waitFor("nginx-0's backup check", 2*time.Minute, func() error {
+			if st, _ = status(t, web); st.Backup == nil || st.Backup.State != "ok" {
+				return fmt.Errorf("backup %+v", st.Backup)
+			}
+			return nil
+		})
+		_, text := testkit.Get(web+"/metrics", "")
+		v, _ := metric(text, "avsidecar_last_backup_timestamp_seconds")
+		t.Logf("/v1/status backup: state %s, last_backup %s from %s; avsidecar_last_backup_timestamp_seconds %v", st.Backup.State, st.Backup.LastBackup.Format(time.RFC3339), st.Backup.BackupSource, v)
+		if !st.Backup.LastBackup.Equal(lastBackup) || int64(v) != lastBackup.Unix() {
+			t.Errorf("last backup %s (metric %v), want %s", st.Backup.LastBackup, v, lastBackup)
+		}
+		if n := rest.Counts(); n.Tokens == 0 || n.TokenRefusals != 0 {
+			t.Errorf("REST stand-in counts %+v: want tokens issued, none refused", n)
+		}
 	})
 
 	t.Run("5 authorized_keys rotated without a restart", func(t *testing.T) {
@@ -330,28 +428,53 @@ func TestNginxExample(t *testing.T) {
 
 	t.Run("9 native sidecar: up before nginx, down after it", func(t *testing.T) {
 		c := c.in(t)
-		native(t, c, mcs, server, oldKey+".pub", token, page, imgs)
+		native(t, c, mcs, site, oldKey+".pub", token, page, imgs)
+	})
+
+	t.Run("10 an injected workload", func(t *testing.T) {
+		c := c.in(t)
+		injected(t, c, mcs, server, nodeIP, oldKey+".pub", token, page, imgs)
 	})
 	t.Logf("bench: whole test %s", time.Since(start).Round(time.Second))
 }
 
+// siteConfig is what a user sets in the example: the Avamar server, the
+// REST API's URL and CA, and the address the NetworkPolicy admits the
+// server from.
+type siteConfig struct {
+	server, nodeIP  string
+	restURL, restCA string
+}
+
 // deploy applies the example to namespace as README steps 3 and 4 do: the
-// Secret from real files, the ConfigMap with the server, the Services as
-// shipped, the StatefulSet with the site's images (native: the
-// native-sidecar variant, made with the README's kubectl patch).
-func deploy(t *testing.T, c *cluster, ns, server, authorizedKeys, token string, imgs images, native bool) {
+// Secrets from real files and literals, the ConfigMap with the server and
+// the REST URL, the Services, NetworkPolicies and PodDisruptionBudget as
+// shipped (the policy's server address set), the StatefulSet with the
+// site's images (native: the native-sidecar variant, made with the
+// README's kubectl patch).
+func deploy(t *testing.T, c *cluster, ns string, site siteConfig, authorizedKeys, token string, imgs images, native bool) {
 	t.Helper()
 	c.must("create", "secret", "generic", "avsidecar", "-n", ns,
 		"--from-file=authorized_keys="+authorizedKeys, "--from-literal=browse-token="+token)
+	c.must("create", "secret", "generic", "avamar-rest", "-n", ns,
+		"--from-literal=client_id=avsidecar", "--from-literal=client_secret=k8s-test-oauth-secret",
+		"--from-literal=username=backup-viewer", "--from-literal=password=k8s-test-password",
+		"--from-file=ca.crt="+site.restCA)
 	var cm corev1.ConfigMap
 	decodeFile(t, exampleFile(t, "configmap.yaml"), &cm)
-	cm.Data["server"] = server
+	cm.Data["server"] = site.server
+	cm.Data["rest-url"] = site.restURL
 	b, err := json.Marshal(cm)
 	if err != nil {
 		t.Fatal(err)
 	}
 	c.apply(ns, b)
-	c.must("apply", "-n", ns, "-f", exampleFile(t, "service.yaml"))
+	c.must("apply", "-n", ns, "-f", exampleFile(t, "service.yaml"), "-f", exampleFile(t, "pdb.yaml"))
+	policies, err := os.ReadFile(exampleFile(t, "networkpolicy.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.apply(ns, []byte(strings.Replace(string(policies), "cidr: 192.0.2.10/32", "cidr: "+site.nodeIP+"/32", 1)))
 	var sts appsv1.StatefulSet
 	if native {
 		out := c.must("patch", "--local", "-f", exampleFile(t, "statefulset.yaml"), "--type=json",
@@ -463,15 +586,16 @@ func mcsDown(t *testing.T, c *cluster, mcs *testkit.MCS, ns, page, pod string, c
 // start, and proves that the sidecar is started before nginx (its startup
 // probe gates nginx), that nginx serves while the backup is not ready,
 // and that on deletion nginx is stopped before the sidecar.
-func native(t *testing.T, c *cluster, mcs *testkit.MCS, server, authorizedKeys, token, page string, imgs images) {
+func native(t *testing.T, c *cluster, mcs *testkit.MCS, site siteConfig, authorizedKeys, token, page string, imgs images) {
 	ns := "nginx-native"
 	c.namespace(ns)
+	c.enforce(ns, podSecurityLevel)
 	for i := range 2 {
 		c.localVolume(ns, fmt.Sprintf("nginx-%d", i), page)
 	}
 	watch := c.watchPods(ns)
 	mcsDown(t, c, mcs, ns, page, "nginx-1", func() {
-		deploy(t, c, ns, server, authorizedKeys, token, imgs, true)
+		deploy(t, c, ns, site, authorizedKeys, token, imgs, true)
 		c.waitPod(ns, "nginx-0", "", 3*time.Minute)
 	})
 	c.must("rollout", "status", "statefulset/nginx", "-n", ns, "--timeout=5m")
@@ -557,4 +681,18 @@ func decodeNth(t *testing.T, path string, n int, v any) {
 	if err := yamlStrict(docs[n], v); err != nil {
 		t.Fatalf("%s document %d: %v", path, n, err)
 	}
+}
+
+// lineWith is the line of err's text that holds word (a command's own
+// message among kubectl's), or "".
+func lineWith(err error, word string) string {
+	if err == nil {
+		return ""
+	}
+	for _, l := range strings.Split(err.Error(), "\n") {
+		if strings.Contains(l, word) {
+			return strings.TrimSpace(l)
+		}
+	}
+	return ""
 }

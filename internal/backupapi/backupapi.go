@@ -27,8 +27,8 @@
 //	| variable | default | meaning |
 //	| --- | --- | --- |
 //	| `AVAMAR_REST_URL` | empty (backup check off) | Avamar REST API base, `https://HOST[:PORT]` (the MCS, usually port 443); turns the backup freshness check on |
-//	| `AVAMAR_REST_CREDENTIALS_FILE` | `/etc/avsidecar/rest/credentials` | `KEY=VALUE` lines `client_id`, `client_secret` (the OAuth client), `username`, `password` (the Avamar user); `#` comments; re-read at every token request, so a rotated Secret is picked up |
-//	| `AVAMAR_REST_CA_FILE` | empty (system roots) | PEM CA bundle that signed the server's certificate |
+//	| `AVAMAR_REST_CREDENTIALS_FILE` | `/etc/avsidecar/rest/credentials` | a file of `KEY=VALUE` lines `client_id`, `client_secret` (the OAuth client), `username`, `password` (the Avamar user), `#` comments; or a directory holding one file per key, as a Kubernetes Secret made with `kubectl create secret generic --from-literal=client_id=...` is mounted; re-read at every token request, so a rotated Secret is picked up |
+//	| `AVAMAR_REST_CA_FILE` | empty (system roots; with a credentials directory, its `ca.crt` when present) | PEM CA bundle that signed the server's certificate; re-read at every check |
 //	| `AVAMAR_REST_INTERVAL` | `5m` | time between two checks |
 //	| `AVAMAR_REST_SCOPE` | `write` | the scope of the token request |
 //
@@ -46,9 +46,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"net/http"
 	"net/url"
 	"os"
+	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -87,11 +90,15 @@ type Config struct {
 	// Required; plain http is refused.
 	URL string
 	// CredentialsFile holds KEY=VALUE lines client_id, client_secret,
-	// username and password (AVAMAR_REST_CREDENTIALS_FILE). It is read at
-	// every token request. Required.
+	// username and password, or is a directory with one file of each of
+	// those names (a Kubernetes Secret mounted as a volume)
+	// (AVAMAR_REST_CREDENTIALS_FILE). It is read at every token request.
+	// Required.
 	CredentialsFile string
 	// CAFile is a PEM bundle of the CAs trusted for the server's
-	// certificate (AVAMAR_REST_CA_FILE); empty: the system roots.
+	// certificate (AVAMAR_REST_CA_FILE). Empty: the file CAFileName of a
+	// credentials directory when it has one, else the system roots. It
+	// is read at every check.
 	CAFile string
 	// Domain is the client's Avamar domain (AVAMAR_DOMAIN), e.g. /clients.
 	// Required.
@@ -144,12 +151,22 @@ type Status struct {
 	Failures uint64 `json:"failures"`
 }
 
+// CAFileName is the file of a credentials directory that, when CAFile is
+// empty, holds the CA bundle: the key ca.crt of the Secret, the name
+// Kubernetes gives a CA beside credentials (a service account's token
+// directory, TLS Secrets). Optional: without it, the system roots.
+const CAFileName = "ca.crt"
+
 // Checker polls the REST API. Create it with New and start it with Run.
 type Checker struct {
 	cfg  Config
 	log  zerolog.Logger
 	base *url.URL
 	http *retryablehttp.Client
+	// transport is the HTTP client's, trusting caPEM (nil: the system
+	// roots); refreshCA replaces both when the CA bundle changes.
+	transport *http.Transport
+	caPEM     []byte
 
 	// now is the clock; tests move it to reach a token's end.
 	now func() time.Time
@@ -217,8 +234,7 @@ func New(cfg Config, log zerolog.Logger) (*Checker, error) {
 	if cfg.Interval < 0 || cfg.RequestTimeout < 0 || cfg.RetryWaitMin < 0 || cfg.RetryWaitMax < 0 {
 		problems = append(problems, errors.New("durations must not be negative"))
 	}
-	roots, err := loadCA(cfg.CAFile)
-	if err != nil {
+	if _, err := loadCA(cfg.CAFile); err != nil {
 		problems = append(problems, err)
 	}
 	if len(problems) > 0 {
@@ -240,10 +256,8 @@ func New(cfg Config, log zerolog.Logger) (*Checker, error) {
 	u.Path = strings.TrimSuffix(u.Path, "/")
 
 	c := &Checker{cfg: cfg, log: log, base: u, now: time.Now}
-	transport := http.DefaultTransport.(*http.Transport).Clone()
-	transport.TLSClientConfig = &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12}
 	rc := retryablehttp.NewClient()
-	rc.HTTPClient = &http.Client{Transport: transport, Timeout: cfg.RequestTimeout}
+	// The transport, with the CA bundle, is made by refreshCA at each check.
 	rc.Logger = nil // attempts are logged by the backoff below, without URLs' queries
 	rc.RetryMax = cfg.RetryMax
 	rc.RetryWaitMin = cfg.RetryWaitMin
@@ -276,6 +290,77 @@ func redact(u *url.URL) string {
 	v.User = nil
 	v.RawQuery = ""
 	return v.String()
+}
+
+// maxCredentialSize bounds what is read of one credentials file or CA
+// bundle: anything larger is not one.
+const maxCredentialSize = 1 << 20
+
+// caFile is the CA bundle to trust: CAFile, else a credentials directory's
+// CAFileName, which may be absent (required is false then); "" for the
+// system roots.
+func (c *Checker) caFile() (path string, required bool) {
+	if c.cfg.CAFile != "" {
+		return c.cfg.CAFile, true
+	}
+	if fi, err := os.Stat(c.cfg.CredentialsFile); err == nil && fi.IsDir() {
+		return filepath.Join(c.cfg.CredentialsFile, CAFileName), false
+	}
+	return "", false
+}
+
+// refreshCA reads the CA bundle and, when it is not the one the HTTP
+// client trusts, gives the client a transport that trusts it: a renewed
+// CA in a Secret is picked up at the next check, without a restart.
+func (c *Checker) refreshCA() error {
+	path, required := c.caFile()
+	var data []byte
+	if path != "" {
+		b, err := readSmall(path)
+		switch {
+		case err == nil:
+			data = b
+		case !required && errors.Is(err, fs.ErrNotExist):
+		default:
+			return fmt.Errorf("rest ca file: %w", err)
+		}
+	}
+	if c.transport != nil && bytes.Equal(data, c.caPEM) && (data == nil) == (c.caPEM == nil) {
+		return nil
+	}
+	var roots *x509.CertPool
+	if data != nil {
+		roots = x509.NewCertPool()
+		if !roots.AppendCertsFromPEM(data) {
+			return fmt.Errorf("rest ca file %s: no PEM certificate", path)
+		}
+	}
+	transport := http.DefaultTransport.(*http.Transport).Clone()
+	transport.TLSClientConfig = &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12}
+	if c.transport != nil {
+		c.transport.CloseIdleConnections()
+		c.log.Info().Str("ca_file", path).Msg("rest ca bundle changed")
+	}
+	c.transport, c.caPEM = transport, data
+	c.http.HTTPClient = &http.Client{Transport: transport, Timeout: c.cfg.RequestTimeout}
+	return nil
+}
+
+// readSmall reads a file of at most maxCredentialSize bytes.
+func readSmall(path string) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	b, err := io.ReadAll(io.LimitReader(f, maxCredentialSize+1))
+	if err != nil {
+		return nil, err
+	}
+	if len(b) > maxCredentialSize {
+		return nil, fmt.Errorf("%s: larger than %d bytes", path, maxCredentialSize)
+	}
+	return b, nil
 }
 
 func loadCA(file string) (*x509.CertPool, error) {
@@ -388,6 +473,9 @@ type clientRecord struct {
 
 // check finds the client and its newest backup.
 func (c *Checker) check(ctx context.Context) (finding, bool, error) {
+	if err := c.refreshCA(); err != nil {
+		return finding{}, false, err
+	}
 	rec, err := c.findClient(ctx)
 	if err != nil {
 		return finding{}, false, err
@@ -668,19 +756,53 @@ type credentials struct {
 	clientID, clientSecret, username, password string
 }
 
-// readCredentials reads KEY=VALUE lines; a VALUE is taken as it is up to
-// the end of its line (a final CR dropped). Errors name the file, the line
+// credentialKeys are the keys of the credentials: the keys of the
+// KEY=VALUE lines, or the file names of a credentials directory.
+var credentialKeys = []string{"client_id", "client_secret", "username", "password"}
+
+// fields maps each key to its place in cr.
+func (cr *credentials) fields() map[string]*string {
+	return map[string]*string{
+		"client_id": &cr.clientID, "client_secret": &cr.clientSecret,
+		"username": &cr.username, "password": &cr.password,
+	}
+}
+
+// missing lists the keys that have no value.
+func (cr *credentials) missing() []string {
+	f := cr.fields()
+	var out []string
+	for _, k := range credentialKeys {
+		if *f[k] == "" {
+			out = append(out, k)
+		}
+	}
+	return out
+}
+
+// readCredentials reads the credentials from a file of KEY=VALUE lines or
+// from a directory of one file per key. Errors name the file, the line
 // number and the key, never a value.
-func readCredentials(file string) (credentials, error) {
-	data, err := os.ReadFile(file)
+func readCredentials(path string) (credentials, error) {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return credentials{}, fmt.Errorf("rest credentials: %w", err)
+	}
+	if fi.IsDir() {
+		return readCredentialsDir(path)
+	}
+	return readCredentialsFile(path)
+}
+
+// readCredentialsFile reads KEY=VALUE lines; a VALUE is taken as it is up
+// to the end of its line (a final CR dropped).
+func readCredentialsFile(file string) (credentials, error) {
+	data, err := readSmall(file)
 	if err != nil {
 		return credentials{}, fmt.Errorf("rest credentials: %w", err)
 	}
 	var cr credentials
-	fields := map[string]*string{
-		"client_id": &cr.clientID, "client_secret": &cr.clientSecret,
-		"username": &cr.username, "password": &cr.password,
-	}
+	fields := cr.fields()
 	sc := bufio.NewScanner(bytes.NewReader(data))
 	for n := 1; sc.Scan(); n++ {
 		line := strings.TrimSuffix(sc.Text(), "\r")
@@ -702,16 +824,55 @@ func readCredentials(file string) (credentials, error) {
 	if err := sc.Err(); err != nil {
 		return credentials{}, fmt.Errorf("rest credentials %s: %w", file, err)
 	}
-	var missing []string
-	for _, k := range []string{"client_id", "client_secret", "username", "password"} {
-		if *fields[k] == "" {
-			missing = append(missing, k)
-		}
-	}
-	if len(missing) > 0 {
+	if missing := cr.missing(); len(missing) > 0 {
 		return credentials{}, fmt.Errorf("rest credentials %s: missing %s", file, strings.Join(missing, ", "))
 	}
 	return cr, nil
+}
+
+// readCredentialsDir reads one file per key, as a Kubernetes Secret
+// mounted as a directory holds them. A value is the file's content, one
+// final newline (LF or CRLF) dropped: `kubectl create secret
+// --from-literal` writes none, --from-file of a file made by echo one. A
+// value of several lines is refused: no credential has one. Other files
+// (ca.crt, the kubelet's ..data links) are not read here.
+func readCredentialsDir(dir string) (credentials, error) {
+	var cr credentials
+	fields := cr.fields()
+	for _, k := range credentialKeys {
+		p := filepath.Join(dir, k)
+		b, err := readSmall(p)
+		if errors.Is(err, fs.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			return credentials{}, fmt.Errorf("rest credentials: %w", err)
+		}
+		v := strings.TrimSuffix(strings.TrimSuffix(string(b), "\n"), "\r")
+		if strings.ContainsAny(v, "\r\n") {
+			return credentials{}, fmt.Errorf("rest credentials %s: more than one line", p)
+		}
+		*fields[k] = v
+	}
+	missing := cr.missing()
+	if len(missing) == 0 {
+		return cr, nil
+	}
+	// Name what the directory holds instead (names, never contents): a
+	// Secret made with client-id instead of client_id shows at once.
+	var others []string
+	if entries, err := os.ReadDir(dir); err == nil {
+		for _, e := range entries {
+			if n := e.Name(); !strings.HasPrefix(n, ".") && n != CAFileName && !slices.Contains(credentialKeys, n) {
+				others = append(others, n)
+			}
+		}
+	}
+	msg := fmt.Sprintf("rest credentials %s: missing or empty file %s", dir, strings.Join(missing, ", "))
+	if len(others) > 0 {
+		msg += fmt.Sprintf(" (the directory holds %s; the files are %s)", strings.Join(others, ", "), strings.Join(credentialKeys, ", "))
+	}
+	return credentials{}, errors.New(msg)
 }
 
 // optionalTime reads a time that may be absent or null (a client never

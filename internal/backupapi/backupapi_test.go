@@ -591,19 +591,26 @@ func TestReadCredentials(t *testing.T) {
 				t.Fatal(err)
 			}
 			got, err := readCredentials(p)
-			if tc.errPart != "" {
-				if err == nil || !strings.Contains(err.Error(), tc.errPart) {
-					t.Fatalf("error %v, want one with %q", err, tc.errPart)
-				}
-				if strings.Contains(err.Error(), secret) {
-					t.Fatalf("error shows the secret: %v", err)
-				}
-				return
-			}
-			if err != nil || got != tc.want {
-				t.Fatalf("got %+v, %v; want %+v", got, err, tc.want)
-			}
+			wantCredentials(t, got, err, tc.want, tc.errPart, secret)
 		})
+	}
+}
+
+// wantCredentials checks what readCredentials returned: the error with
+// errPart, which must not show secret, or else want.
+func wantCredentials(t *testing.T, got credentials, err error, want credentials, errPart, secret string) {
+	t.Helper()
+	if errPart != "" {
+		if err == nil || !strings.Contains(err.Error(), errPart) {
+			t.Fatalf("error %v, want one with %q", err, errPart)
+		}
+		if strings.Contains(err.Error(), secret) {
+			t.Fatalf("error shows the secret: %v", err)
+		}
+		return
+	}
+	if err != nil || got != want {
+		t.Fatalf("got %+v, %v; want %+v", got, err, want)
 	}
 }
 

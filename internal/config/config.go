@@ -62,8 +62,8 @@ type env struct {
 	RestartBackoffMax  string `envconfig:"AVSIDECAR_RESTART_BACKOFF_MAX" default:"1m" desc:"cap between avagent restarts"`
 	ShutdownTimeout    string `envconfig:"AVSIDECAR_SHUTDOWN_TIMEOUT" default:"20s" desc:"whole graceful stop, then SIGKILL"`
 	RestURL            string `envconfig:"AVAMAR_REST_URL" desc:"Avamar REST API base https://HOST[:PORT]; turns the backup freshness check on"`
-	RestCredentials    string `envconfig:"AVAMAR_REST_CREDENTIALS_FILE" default:"/etc/avsidecar/rest/credentials" desc:"client_id, client_secret, username, password as KEY=VALUE lines"`
-	RestCAFile         string `envconfig:"AVAMAR_REST_CA_FILE" desc:"PEM CA bundle of the REST server (default: system roots)"`
+	RestCredentials    string `envconfig:"AVAMAR_REST_CREDENTIALS_FILE" default:"/etc/avsidecar/rest/credentials" desc:"client_id, client_secret, username, password as KEY=VALUE lines, or a directory with one file of each name (a Secret volume)"`
+	RestCAFile         string `envconfig:"AVAMAR_REST_CA_FILE" desc:"PEM CA bundle of the REST server (default: ca.crt of a credentials directory, else system roots)"`
 	RestInterval       string `envconfig:"AVAMAR_REST_INTERVAL" default:"5m" desc:"time between two backup freshness checks"`
 	RestScope          string `envconfig:"AVAMAR_REST_SCOPE" default:"write" desc:"scope of the REST token request"`
 	VarDir             string `envconfig:"AVAMAR_VAR_DIR" desc:"where the client keeps its state and logs (default: found once installed: a var/ symlink, /var/avamar, else $AVAMAR_PREFIX/var)"`

@@ -27,19 +27,7 @@ var exampleOptions = Options{Image: "registry.example.com/avsidecar-site:7.5.101
 var pendingInExample = []struct {
 	what  string
 	apply func(sidecar *corev1.Container) bool
-}{
-	{
-		what: `the port scheme: AVAMAR_LISTEN_PORT "3100$(POD_INDEX)" stops at 10 replicas; AVAMAR_LISTEN_PORT_BASE "31000" does not`,
-		apply: func(c *corev1.Container) bool {
-			i := slices.IndexFunc(c.Env, func(e corev1.EnvVar) bool { return e.Name == "AVAMAR_LISTEN_PORT" && e.Value == "3100$(POD_INDEX)" })
-			if i < 0 {
-				return false
-			}
-			c.Env[i] = corev1.EnvVar{Name: "AVAMAR_LISTEN_PORT_BASE", Value: "31000"}
-			return true
-		},
-	},
-}
+}{}
 
 // TestInjectMakesTheExample is the one place that holds inject and
 // examples/nginx together: injecting the bare nginx StatefulSet with the

@@ -176,8 +176,10 @@ func TestInjectSeveralVolumes(t *testing.T) {
 	c := sidecarOf(t, spec)
 	want := []string{
 		"data:pgdata@/var/lib/postgresql/data", "wal:@/var/lib/postgresql/wal",
-		"data:avamar@/usr/local/avamar", "data:init.d@/etc/init.d",
+		"data:avamar@/usr/local/avamar", "data:avamar-state@/var/avamar", "data:init.d@/etc/init.d",
 		"ssh-keys:@/etc/avsidecar/ssh:ro", "browse-token:@/etc/avsidecar/browse:ro",
+		"avamar-rest:@/etc/avsidecar/rest:ro", "avamar-hooks:@/etc/avsidecar/hooks:ro",
+		"avamar-run:@/run/avsidecar", "avamar-tmp:@/tmp",
 	}
 	if diff := cmp.Diff(want, mounts(c)); diff != "" {
 		t.Errorf("mounts (-want +got):\n%s", diff)
@@ -238,8 +240,9 @@ func TestInjectDeployment(t *testing.T) {
 	if e["AVAMAR_CLIENT_NAME"] != "wiki" || e["AVAMAR_LISTEN_PORT"] != "30500" || e["POD_INDEX"] != "" || e["AVAMAR_SERVER"] != "configmap:avamar/server" {
 		t.Errorf("env %v", e)
 	}
-	if diff := cmp.Diff([]string{"pages:@/var/www/data", "pages:avamar@/usr/local/avamar", "pages:init.d@/etc/init.d",
-		"ssh-keys:@/etc/avsidecar/ssh:ro", "browse-token:@/etc/avsidecar/browse:ro"}, mounts(c)); diff != "" {
+	if diff := cmp.Diff([]string{"pages:@/var/www/data", "pages:avamar@/usr/local/avamar", "pages:avamar-state@/var/avamar", "pages:init.d@/etc/init.d",
+		"ssh-keys:@/etc/avsidecar/ssh:ro", "browse-token:@/etc/avsidecar/browse:ro", "avamar-rest:@/etc/avsidecar/rest:ro",
+		"avamar-hooks:@/etc/avsidecar/hooks:ro", "avamar-run:@/run/avsidecar", "avamar-tmp:@/tmp"}, mounts(c)); diff != "" {
 		t.Errorf("mounts (-want +got):\n%s", diff)
 	}
 	s := docs[2].obj.(*corev1.Service)
@@ -247,7 +250,7 @@ func TestInjectDeployment(t *testing.T) {
 		t.Errorf("Service %+v", s.Spec)
 	}
 	cm := docs[0].obj.(*corev1.ConfigMap)
-	if cm.Data["server"] != "mcs.example.com" || cm.Data["domain"] != "/clients" || cm.Labels["app.kubernetes.io/component"] != "backup" {
+	if cm.Data["server"] != "mcs.example.com" || cm.Data["domain"] != "/clients" || cm.Data["rest-url"] != "" || !strings.Contains(cm.Data["hooks.json"], `"/bin/sync"`) || cm.Labels["app.kubernetes.io/component"] != "backup" {
 		t.Errorf("ConfigMap %+v", cm)
 	}
 	if len(res.Notes) != 1 || !strings.Contains(res.Notes[0], `volume "pages" is mounted whole`) {
@@ -276,7 +279,8 @@ func TestInjectNative(t *testing.T) {
 }
 
 // TestInjectOff: SSH and browse off leave out their variables, ports and
-// Secret volumes, including those an earlier injection added.
+// Secret volumes, including those an earlier injection added; the REST
+// credentials, the hooks and the writable directories stay.
 func TestInjectOff(t *testing.T) {
 	on := run(t, Options{Image: "site:1"}, read(t, bareNginx))
 	off := run(t, Options{Image: "site:1", SSHAddr: "off", BrowseRoots: []string{}}, Input{Name: "on", Data: on.Output})
@@ -286,8 +290,12 @@ func TestInjectOff(t *testing.T) {
 	if e["AVSIDECAR_SSH_ADDR"] != "off" || e["AVSIDECAR_BROWSE_ROOTS"] != "" || e["AVSIDECAR_BROWSE_TOKEN_FILE"] != "" {
 		t.Errorf("env %v", e)
 	}
-	if len(spec.Volumes) != 0 || len(c.Ports) != 1 {
-		t.Errorf("volumes %v, ports %v: want none and the HTTP port", spec.Volumes, c.Ports)
+	var vols []string
+	for _, v := range spec.Volumes {
+		vols = append(vols, v.Name)
+	}
+	if diff := cmp.Diff([]string{restVolume, hooksVolume, runVolume, tmpVolume}, vols); diff != "" || len(c.Ports) != 1 {
+		t.Errorf("volumes (-want +got):\n%s\nports %v: want the HTTP port only", diff, c.Ports)
 	}
 }
 
@@ -370,5 +378,28 @@ func TestInjectRefuses(t *testing.T) {
 				t.Errorf("an error with output")
 			}
 		})
+	}
+}
+
+// TestInjectServiceAccountToken: the token, readable over the sidecar's
+// SSH, is not mounted unless the workload asks for it, which is kept and
+// noted.
+func TestInjectServiceAccountToken(t *testing.T) {
+	spec := podSpec(t, docsOf(t, run(t, Options{Image: "site:1"}, read(t, bareNginx)).Output), "nginx")
+	if a := spec.AutomountServiceAccountToken; a == nil || *a {
+		t.Errorf("automountServiceAccountToken %v, want false", a)
+	}
+	asks := bytes.Replace(read(t, bareNginx).Data, []byte("      containers:\n"), []byte("      automountServiceAccountToken: true\n      containers:\n"), 1)
+	res := run(t, Options{Image: "site:1"}, Input{Name: "asks", Data: asks})
+	if a := podSpec(t, docsOf(t, res.Output), "nginx").AutomountServiceAccountToken; a == nil || !*a {
+		t.Errorf("automountServiceAccountToken %v: the workload's true must stay", a)
+	}
+	if len(res.Notes) != 1 || !strings.Contains(res.Notes[0], "automountServiceAccountToken is true: whoever logs in over the sidecar's SSH can read the ServiceAccount token") {
+		t.Errorf("notes %q", res.Notes)
+	}
+	// The sidecar's own directories cannot take an application's mount.
+	tmp := bytes.Replace(read(t, bareNginx).Data, []byte("mountPath: /usr/share/nginx/html"), []byte("mountPath: /tmp"), 1)
+	if _, err := Inject([]Input{{Name: "tmp", Data: tmp}}, Options{Image: "site:1"}); err == nil || !strings.Contains(err.Error(), "it would cover /tmp, which the sidecar needs") {
+		t.Errorf("an application mount at /tmp: %v", err)
 	}
 }

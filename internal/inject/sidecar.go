@@ -26,15 +26,33 @@ const (
 	httpPort     = 9180
 	sshPortName  = "ssh"
 
-	sshVolume    = "ssh-keys"
-	tokenVolume  = "browse-token"
-	prefixDir    = "/usr/local/avamar"
-	initDir      = "/etc/init.d"
-	sshDir       = "/etc/avsidecar/ssh"
-	tokenDir     = "/etc/avsidecar/browse"
-	tokenFile    = tokenDir + "/token"
-	prefixSub    = "avamar"
-	initSub      = "init.d"
+	sshVolume   = "ssh-keys"
+	tokenVolume = "browse-token"
+	restVolume  = "avamar-rest"
+	hooksVolume = "avamar-hooks"
+	runVolume   = "avamar-run"
+	tmpVolume   = "avamar-tmp"
+	prefixDir   = "/usr/local/avamar"
+	stateDir    = "/var/avamar"
+	initDir     = "/etc/init.d"
+	sshDir      = "/etc/avsidecar/ssh"
+	tokenDir    = "/etc/avsidecar/browse"
+	tokenFile   = tokenDir + "/token"
+	restDir     = "/etc/avsidecar/rest"
+	hooksDir    = "/etc/avsidecar/hooks"
+	hooksKey    = "hooks.json"
+	runDir      = "/run/avsidecar"
+	tmpDir      = "/tmp"
+	prefixSub   = "avamar"
+	stateSub    = "avamar-state"
+	initSub     = "init.d"
+	// RestSecret is the Secret with the REST API's credentials, one key
+	// per file (client_id, client_secret, username, password, and
+	// optionally ca.crt); optional, like the check.
+	RestSecret = "avamar-rest"
+	// restURLKey is the ConfigMap's key with the REST API's URL; empty or
+	// absent, the backup freshness check is off.
+	restURLKey   = "rest-url"
 	podIndexPath = "metadata.labels['apps.kubernetes.io/pod-index']"
 	// podNameLabel is the label the StatefulSet controller gives each pod.
 	podNameLabel = "statefulset.kubernetes.io/pod-name"
@@ -50,7 +68,10 @@ const (
 // reserved are the sidecar's own paths: a mirrored application mount may
 // not cover, equal or sit inside one of them, or the sidecar would lose
 // its binary, its client or its scriptlets' shell.
-var reserved = []string{prefixDir, initDir, "/etc/avsidecar", "/opt/avamar", "/usr/local/bin", "/bin", "/sbin", "/lib", "/lib64", "/usr/bin", "/usr/lib"}
+var reserved = []string{prefixDir, stateDir, initDir, "/etc/avsidecar", "/opt/avamar", runDir, tmpDir, "/usr/local/bin", "/bin", "/sbin", "/lib", "/lib64", "/usr/bin", "/usr/lib"}
+
+// volumes are the names of the pod volumes the sidecar owns.
+var volumes = []string{sshVolume, tokenVolume, restVolume, hooksVolume, runVolume, tmpVolume}
 
 // workload is what inject needs of a StatefulSet or a Deployment.
 type workload struct {
@@ -148,11 +169,11 @@ func (o Options) injectWorkload(w workload) ([]string, error) {
 			continue
 		}
 		switch m.SubPath {
-		case prefixSub, initSub:
+		case prefixSub, stateSub, initSub:
 			return nil, fmt.Errorf("volume %q: the application uses subPath %q, where the sidecar keeps the Avamar client", state, m.SubPath)
 		case "":
 			if m.SubPathExpr == "" {
-				notes = append(notes, fmt.Sprintf("volume %q is mounted whole at %s, so the Avamar client's subPaths %s and %s show there, and are backed up with it", state, m.MountPath, prefixSub, initSub))
+				notes = append(notes, fmt.Sprintf("volume %q is mounted whole at %s, so the Avamar client's subPaths %s, %s and %s show there, and are backed up with it", state, m.MountPath, prefixSub, stateSub, initSub))
 			}
 		}
 	}
@@ -183,6 +204,14 @@ func (o Options) injectWorkload(w workload) ([]string, error) {
 	}
 	if spec.TerminationGracePeriodSeconds == nil || *spec.TerminationGracePeriodSeconds < gracePeriod {
 		spec.TerminationGracePeriodSeconds = ptr(int64(gracePeriod))
+	}
+	// The ServiceAccount token would be readable over SSH: off, unless
+	// the workload asks for it (the application talks to the API).
+	switch t := spec.AutomountServiceAccountToken; {
+	case t == nil:
+		spec.AutomountServiceAccountToken = ptr(false)
+	case *t && ssh:
+		notes = append(notes, "automountServiceAccountToken is true: whoever logs in over the sidecar's SSH can read the ServiceAccount token; set it false unless the application needs the API")
 	}
 	return notes, nil
 }
@@ -268,14 +297,24 @@ func within(p, dir string) bool {
 // those that are not (SSH or browse turned off), refusing a name the
 // application uses for a volume of its own.
 func (o Options) setVolumes(spec *corev1.PodSpec, ssh, browse bool) error {
-	want := map[string]*corev1.Volume{}
+	want := map[string]*corev1.Volume{
+		restVolume: {Name: restVolume, VolumeSource: corev1.VolumeSource{Secret: &corev1.SecretVolumeSource{
+			SecretName: RestSecret, DefaultMode: ptr(int32(0o400)), Optional: ptr(true)}}},
+		hooksVolume: {Name: hooksVolume, VolumeSource: corev1.VolumeSource{ConfigMap: &corev1.ConfigMapVolumeSource{
+			LocalObjectReference: corev1.LocalObjectReference{Name: o.ConfigMap},
+			Items:                []corev1.KeyToPath{{Key: hooksKey, Path: hooksKey}}, Optional: ptr(true)}}},
+		runVolume: {Name: runVolume, VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{
+			Medium: corev1.StorageMediumMemory, SizeLimit: ptr(resource.MustParse("1Mi"))}}},
+		tmpVolume: {Name: tmpVolume, VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{
+			SizeLimit: ptr(resource.MustParse("1Gi"))}}},
+	}
 	if ssh {
 		want[sshVolume] = secretVolume(sshVolume, o.Secret, "authorized_keys", "authorized_keys")
 	}
 	if browse {
 		want[tokenVolume] = secretVolume(tokenVolume, o.Secret, "browse-token", "token")
 	}
-	for _, name := range []string{sshVolume, tokenVolume} {
+	for _, name := range volumes {
 		for _, c := range slices.Concat(spec.Containers, spec.InitContainers) {
 			if slices.ContainsFunc(c.VolumeMounts, func(m corev1.VolumeMount) bool { return m.Name == name }) {
 				return fmt.Errorf("container %s mounts a volume named %q, a name the sidecar uses: rename it", c.Name, name)
@@ -332,11 +371,18 @@ func (o Options) container(w workload, state string, mounts []corev1.VolumeMount
 		env = append(env, value("AVSIDECAR_BROWSE_ROOTS", strings.Join(roots, ",")), value("AVSIDECAR_BROWSE_TOKEN_FILE", tokenFile))
 	}
 	env = append(env, value("AVSIDECAR_SSH_ADDR", o.SSHAddr), value("AVSIDECAR_SHUTDOWN_TIMEOUT", shutdownTimeout))
+	// Backup freshness, on when the ConfigMap's rest-url is set; hooks
+	// from its hooks.json.
+	restURL := key("AVAMAR_REST_URL", restURLKey)
+	restURL.ValueFrom.ConfigMapKeyRef.Optional = ptr(true)
+	env = append(env, restURL, value("AVAMAR_REST_CREDENTIALS_FILE", restDir),
+		value("AVSIDECAR_HOOKS_FILE", hooksDir+"/"+hooksKey))
 
 	ports := []corev1.ContainerPort{{Name: HTTPPortName, ContainerPort: httpPort}}
 	vm := slices.Clone(mounts)
 	vm = append(vm,
 		corev1.VolumeMount{Name: state, SubPath: prefixSub, MountPath: prefixDir},
+		corev1.VolumeMount{Name: state, SubPath: stateSub, MountPath: stateDir},
 		corev1.VolumeMount{Name: state, SubPath: initSub, MountPath: initDir})
 	if ssh {
 		p, _ := sshPort(o.SSHAddr) // checked by Options.check
@@ -346,6 +392,13 @@ func (o Options) container(w workload, state string, mounts []corev1.VolumeMount
 	if len(roots) > 0 {
 		vm = append(vm, corev1.VolumeMount{Name: tokenVolume, MountPath: tokenDir, ReadOnly: true})
 	}
+	// With the root filesystem read-only, the only places written outside
+	// the persistent volume: the hooks' socket and temporary files.
+	vm = append(vm,
+		corev1.VolumeMount{Name: restVolume, MountPath: restDir, ReadOnly: true},
+		corev1.VolumeMount{Name: hooksVolume, MountPath: hooksDir, ReadOnly: true},
+		corev1.VolumeMount{Name: runVolume, MountPath: runDir},
+		corev1.VolumeMount{Name: tmpVolume, MountPath: tmpDir})
 
 	probe := func(path string) *corev1.Probe {
 		return &corev1.Probe{ProbeHandler: corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{Path: path, Port: intstr.FromString(HTTPPortName)}}}
@@ -367,15 +420,18 @@ func (o Options) container(w workload, state string, mounts []corev1.VolumeMount
 	live.PeriodSeconds, live.TimeoutSeconds, live.FailureThreshold = 10, 3, 3
 
 	return corev1.Container{
-		Name:            ContainerName,
-		Image:           o.Image,
-		Env:             env,
-		Ports:           ports,
-		StartupProbe:    startup,
-		LivenessProbe:   live,
-		VolumeMounts:    vm,
-		Resources:       resources(),
-		SecurityContext: securityContext(),
+		Name:          ContainerName,
+		Image:         o.Image,
+		Env:           env,
+		Ports:         ports,
+		StartupProbe:  startup,
+		LivenessProbe: live,
+		VolumeMounts:  vm,
+		Resources:     resources(),
+		// kubectl describe shows the last lines of the log when the
+		// sidecar exits without a termination message.
+		TerminationMessagePolicy: corev1.TerminationMessageFallbackToLogsOnError,
+		SecurityContext:          securityContext(),
 	}
 }
 
@@ -394,7 +450,7 @@ func securityContext() *corev1.SecurityContext {
 		RunAsUser:                ptr(int64(0)),
 		RunAsNonRoot:             ptr(false),
 		AllowPrivilegeEscalation: ptr(false),
-		ReadOnlyRootFilesystem:   ptr(false),
+		ReadOnlyRootFilesystem:   ptr(true),
 		SeccompProfile:           &corev1.SeccompProfile{Type: corev1.SeccompProfileTypeRuntimeDefault},
 		Capabilities: &corev1.Capabilities{
 			Drop: []corev1.Capability{"ALL"},
@@ -458,11 +514,24 @@ func (o Options) services(w workload) ([]*corev1.Service, error) {
 	return out, nil
 }
 
-// configMap holds the server and domain the workloads of a namespace read.
+// defaultHooks is the ConfigMap's hooks.json: flush written files to the
+// volumes before a backup reads them, harmless for any application, and
+// never failing the backup. An application that must be quiesced adds its
+// own hooks (README.md, "Backup hooks").
+const defaultHooks = `{
+  "pre": [
+    {"name": "sync", "command": ["/bin/sync"], "timeout": "1m", "on_error": "continue"}
+  ],
+  "post": []
+}
+`
+
+// configMap holds the server and domain the workloads of a namespace read,
+// the REST API's URL (empty: the freshness check off) and the hooks.
 func (o Options) configMap(w workload) *corev1.ConfigMap {
 	return &corev1.ConfigMap{
 		TypeMeta:   metav1.TypeMeta{APIVersion: "v1", Kind: "ConfigMap"},
 		ObjectMeta: metav1.ObjectMeta{Name: o.ConfigMap, Namespace: w.namespace, Labels: sidecarLabels(w)},
-		Data:       map[string]string{"server": o.Server, "domain": o.Domain},
+		Data:       map[string]string{"server": o.Server, "domain": o.Domain, restURLKey: "", hooksKey: defaultHooks},
 	}
 }

@@ -81,6 +81,10 @@ type Config struct {
 	TokenTTL time.Duration
 	// Plain serves HTTP instead of HTTPS.
 	Plain bool
+	// Addr is the address to listen on; empty means 127.0.0.1 at a free
+	// port. A cluster test listens on the node's address, which pods
+	// reach; the certificate names its IP.
+	Addr string
 	// Scopes are the OAuth client's scopes; a token request naming another
 	// is refused. Empty means read and write, as the public clients
 	// register theirs.
@@ -145,7 +149,8 @@ type Server struct {
 	lastScope string
 }
 
-// Start listens on 127.0.0.1 at a free port and serves.
+// Start listens on cfg.Addr (default 127.0.0.1 at a free port) and
+// serves.
 func Start(cfg Config) (*Server, error) {
 	if cfg.TokenTTL == 0 {
 		cfg.TokenTTL = 30 * time.Minute
@@ -153,16 +158,20 @@ func Start(cfg Config) (*Server, error) {
 	if len(cfg.Scopes) == 0 {
 		cfg.Scopes = []string{"read", "write"}
 	}
-	s := &Server{cfg: cfg, tokens: map[string]time.Time{}}
-	if !cfg.Plain {
-		var err error
-		if s.tlsCfg, s.caPEM, err = selfCA(); err != nil {
-			return nil, fmt.Errorf("avrest: make CA: %w", err)
-		}
+	if cfg.Addr == "" {
+		cfg.Addr = "127.0.0.1:0"
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	s := &Server{cfg: cfg, tokens: map[string]time.Time{}}
+	ln, err := net.Listen("tcp", cfg.Addr)
 	if err != nil {
 		return nil, fmt.Errorf("avrest: listen: %w", err)
+	}
+	if !cfg.Plain {
+		ip := ln.Addr().(*net.TCPAddr).IP
+		if s.tlsCfg, s.caPEM, err = selfCA(ip); err != nil {
+			ln.Close()
+			return nil, fmt.Errorf("avrest: make CA: %w", err)
+		}
 	}
 	s.addr = ln.Addr().String()
 	s.serve(ln)
@@ -555,9 +564,9 @@ func randHex(n int) string {
 	return hex.EncodeToString(b)
 }
 
-// selfCA makes a CA and a server certificate for 127.0.0.1 and localhost
-// signed by it.
-func selfCA() (*tls.Config, []byte, error) {
+// selfCA makes a CA and a server certificate for 127.0.0.1, localhost and
+// ip (the listen address) signed by it.
+func selfCA(ip net.IP) (*tls.Config, []byte, error) {
 	now := time.Now()
 	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
@@ -588,7 +597,7 @@ func selfCA() (*tls.Config, []byte, error) {
 		SerialNumber: big.NewInt(2),
 		Subject:      pkix.Name{CommonName: "mcs"},
 		DNSNames:     []string{"localhost"},
-		IPAddresses:  []net.IP{net.IPv4(127, 0, 0, 1)},
+		IPAddresses:  []net.IP{net.IPv4(127, 0, 0, 1), ip},
 		NotBefore:    now.Add(-time.Hour),
 		NotAfter:     now.Add(24 * time.Hour),
 		KeyUsage:     x509.KeyUsageDigitalSignature,
