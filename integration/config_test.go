@@ -2,6 +2,7 @@ package integration
 
 import (
 	"bytes"
+	"encoding/json"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -12,7 +13,8 @@ import (
 )
 
 // TestBadConfigurationExits2 starts the real binary with hostile
-// environments: each gets exit 2 and one stderr line naming every problem.
+// environments: each gets exit 2, one stderr line naming every problem,
+// and the same error as one JSON line on stdout, for kubectl logs.
 func TestBadConfigurationExits2(t *testing.T) {
 	bins := testkit.BuildBinaries(t)
 	good := func(root string) map[string]string {
@@ -53,8 +55,8 @@ func TestBadConfigurationExits2(t *testing.T) {
 					cmd.Env = append(cmd.Env, k+"="+v)
 				}
 			}
-			var stderr bytes.Buffer
-			cmd.Stderr = &stderr
+			var stdout, stderr bytes.Buffer
+			cmd.Stdout, cmd.Stderr = &stdout, &stderr
 			err := cmd.Run()
 			ee, ok := err.(*exec.ExitError)
 			if !ok || ee.ExitCode() != 2 {
@@ -64,9 +66,16 @@ func TestBadConfigurationExits2(t *testing.T) {
 			if len(lines) != 1 {
 				t.Fatalf("stderr has %d lines, want one: %q", len(lines), stderr.String())
 			}
+			var logged map[string]any
+			if err := json.Unmarshal(stdout.Bytes(), &logged); err != nil || logged["component"] != "main" || logged["level"] != "error" {
+				t.Fatalf("stdout is not one JSON error line: %q (%v)", stdout.String(), err)
+			}
 			for _, w := range tt.wants {
 				if !strings.Contains(lines[0], w) {
 					t.Errorf("stderr %q does not name %q", lines[0], w)
+				}
+				if e, _ := logged["error"].(string); !strings.Contains(e, w) {
+					t.Errorf("log line %q does not name %q", stdout.String(), w)
 				}
 			}
 		})

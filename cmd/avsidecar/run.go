@@ -7,6 +7,8 @@ import (
 	"io"
 	"os"
 
+	"github.com/rs/zerolog"
+
 	"github.com/avsidecar/avsidecar/internal/config"
 	"github.com/avsidecar/avsidecar/internal/install"
 	"github.com/avsidecar/avsidecar/internal/pid1"
@@ -29,6 +31,10 @@ func runCmd(args []string, stdout, stderr io.Writer) error {
 	}
 	cfg, err := config.Load(config.ScopeRun, config.Sources{Hostname: os.Hostname, FindRPM: install.FindRPM})
 	if err != nil {
+		// The log settings may be what is wrong: the JSON line uses the
+		// defaults, so kubectl logs shows the failure as well as stderr.
+		log := newLogger(stdout, zerolog.InfoLevel, "json")
+		log.Error().Str("component", "main").Err(err).Msg("avsidecar failed")
 		return &exitError{Code: exitConfig, Err: err}
 	}
 	log := newLogger(stdout, cfg.LogLevel, cfg.LogFormat)
