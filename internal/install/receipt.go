@@ -83,30 +83,31 @@ func (r *receipt) result(changed bool) Result {
 	}
 }
 
-func (in *installer) statePath(name string) string {
-	return path.Join(in.cfg.StateDir, name)[1:]
+func (tx *transaction) statePath(name string) string {
+	return path.Join(tx.cfg.StateDir, name)[1:]
 }
 
-// loadState reads the receipt and the journal of an interrupted install.
+// loadState reads the receipt and the journal of an interrupted install
+// (old and pending).
 // An unreadable one counts as absent: the install is redone, which is
 // always safe.
-func (in *installer) loadState() (old, pending *receipt) {
+func (tx *transaction) loadState() {
 	read := func(name string) *receipt {
-		b, err := in.root.ReadFile(in.statePath(name))
+		b, err := tx.root.ReadFile(tx.statePath(name))
 		if err != nil {
 			if !errors.Is(err, fs.ErrNotExist) {
-				in.log.Warn().Err(err).Str("file", name).Msg("unreadable install state, installing again")
+				tx.log.Warn().Err(err).Str("file", name).Msg("unreadable install state, installing again")
 			}
 			return nil
 		}
 		var r receipt
 		if err := json.Unmarshal(b, &r); err != nil || r.Format != receiptV {
-			in.log.Warn().Str("file", name).Msg("unreadable install state, installing again")
+			tx.log.Warn().Str("file", name).Msg("unreadable install state, installing again")
 			return nil
 		}
 		return &r
 	}
-	return read(receiptName), read(journalName)
+	tx.old, tx.pending = read(receiptName), read(journalName)
 }
 
 // inspect compares every file the receipt lists with the disk. In
@@ -120,7 +121,7 @@ func (in *installer) loadState() (old, pending *receipt) {
 // full install repairs that. Otherwise missing lists the absent files,
 // parents before children, which a restore from the payload can put
 // back. Modified %config files count as intact; rpm would keep them too.
-func (in *installer) inspect(r *receipt) (missing []receiptFile, intact bool) {
+func (tx *transaction) inspect(r *receipt) (missing []receiptFile, intact bool) {
 	// fstatat relative to each parent directory, opened once: a start with
 	// a matching receipt is a stat per owned file and little else.
 	const absent = -1
@@ -137,12 +138,12 @@ func (in *installer) inspect(r *receipt) (missing []receiptFile, intact bool) {
 		fd, ok := dirs[parent]
 		if !ok {
 			var err error
-			fd, err = unix.Open(filepath.Join(in.cfg.Root, filepath.FromSlash(parent)), unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+			fd, err = unix.Open(filepath.Join(tx.cfg.Root, filepath.FromSlash(parent)), unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 			switch {
 			case errors.Is(err, unix.ENOENT):
 				fd = absent
 			case err != nil:
-				in.log.Info().Err(err).Str("path", parent).Msg("installed directory unusable, installing again")
+				tx.log.Info().Err(err).Str("path", parent).Msg("installed directory unusable, installing again")
 				return nil, false
 			}
 			dirs[parent] = fd
@@ -156,7 +157,7 @@ func (in *installer) inspect(r *receipt) (missing []receiptFile, intact bool) {
 			missing = append(missing, f)
 			continue
 		} else if err != nil {
-			in.log.Info().Err(err).Str("path", f.Path).Msg("installed file unusable, installing again")
+			tx.log.Info().Err(err).Str("path", f.Path).Msg("installed file unusable, installing again")
 			return nil, false
 		}
 		ok = true
@@ -179,7 +180,7 @@ func (in *installer) inspect(r *receipt) (missing []receiptFile, intact bool) {
 			ok = st.Mode&unix.S_IFMT == unix.S_IFREG && (f.Config || st.Size == f.Size && st.Mtim.Nano() == f.MTime)
 		}
 		if !ok {
-			in.log.Info().Str("path", f.Path).Msg("installed file changed, installing again")
+			tx.log.Info().Str("path", f.Path).Msg("installed file changed, installing again")
 			return nil, false
 		}
 	}
@@ -188,18 +189,18 @@ func (in *installer) inspect(r *receipt) (missing []receiptFile, intact bool) {
 
 // writeState writes a receipt or the journal atomically: a temporary file,
 // fsync, rename, fsync of the directory.
-func (in *installer) writeState(name string, r *receipt) error {
+func (tx *transaction) writeState(name string, r *receipt) error {
 	b, err := json.Marshal(r)
 	if err != nil {
 		return fmt.Errorf("encode %s: %w", name, err)
 	}
-	dir := in.statePath("")
-	if err := in.root.MkdirAll(dir, 0o755); err != nil {
+	dir := tx.statePath("")
+	if err := tx.root.MkdirAll(dir, 0o755); err != nil {
 		return fmt.Errorf("create state dir: %w", err)
 	}
-	tmp := in.statePath(name + tmpSuffix)
-	_ = in.root.Remove(tmp)
-	f, err := in.root.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
+	tmp := tx.statePath(name + tmpSuffix)
+	_ = tx.root.Remove(tmp)
+	f, err := tx.root.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
 	if err != nil {
 		return fmt.Errorf("write %s: %w", name, err)
 	}
@@ -211,16 +212,16 @@ func (in *installer) writeState(name string, r *receipt) error {
 		err = cerr
 	}
 	if err == nil {
-		err = in.root.Rename(tmp, in.statePath(name))
+		err = tx.root.Rename(tmp, tx.statePath(name))
 	}
 	if err != nil {
 		return fmt.Errorf("write %s: %w", name, err)
 	}
-	return in.syncDir(dir)
+	return tx.syncDir(dir)
 }
 
-func (in *installer) syncDir(rel string) error {
-	d, err := in.root.Open(rel)
+func (tx *transaction) syncDir(rel string) error {
+	d, err := tx.root.Open(rel)
 	if err != nil {
 		return fmt.Errorf("sync %s: %w", rel, err)
 	}
@@ -231,9 +232,9 @@ func (in *installer) syncDir(rel string) error {
 	return nil
 }
 
-func (in *installer) removeState(name string) error {
-	if err := in.root.Remove(in.statePath(name)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+func (tx *transaction) removeState(name string) error {
+	if err := tx.root.Remove(tx.statePath(name)); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return fmt.Errorf("remove %s: %w", name, err)
 	}
-	return in.syncDir(in.statePath(""))
+	return tx.syncDir(tx.statePath(""))
 }

@@ -1,4 +1,4 @@
-package install
+package rpm
 
 import (
 	"bufio"
@@ -24,7 +24,8 @@ var payloadMagic = map[string][]byte{
 }
 
 // decompressor returns the uncompressed payload of a package whose
-// compressed payload r yields. The caller closes it.
+// compressed payload r yields, compressed as the header's compressor
+// says. The caller closes it.
 func decompressor(r *bufio.Reader, compressor string) (io.ReadCloser, error) {
 	switch compressor {
 	case "identity", "uncompressed":
@@ -89,7 +90,8 @@ func (z zstdCloser) Close() error { z.Decoder.Close(); return nil }
 
 // limitedPayload fails a payload that decompresses to more than its
 // header's file list can account for, so that a decompression bomb stops
-// at its first byte too many. (The signature's payload size is not used:
+// at its first byte too many, and marks every decompression error as
+// the package's. (The signature's payload size is not used:
 // rpmpack writes the sum of the file sizes there, not the archive's.)
 type limitedPayload struct {
 	r     io.Reader
@@ -110,8 +112,8 @@ func (l *limitedPayload) Read(p []byte) (int, error) {
 }
 
 // readahead decompresses in its own goroutine, a few blocks ahead of the
-// extractor, so that decompression (one core) overlaps hashing and
-// writing (the other).
+// reader, so that decompression (one core) overlaps hashing and writing
+// (the other).
 type readahead struct {
 	full  chan []byte // filled blocks, in order
 	free  chan []byte // blocks to fill again

@@ -1,0 +1,512 @@
+package install
+
+import (
+	"context"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path"
+	"slices"
+	"sort"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/avsidecar/avsidecar/internal/rpm"
+	"golang.org/x/sys/unix"
+)
+
+// apply installs the checked package: %pre, journal, extraction to
+// temporary files, rename into place, directory metadata, %post, removal
+// of what the old package owned and this one does not, receipt.
+func (tx *transaction) apply(ctx context.Context) (*receipt, error) {
+	p, old, pending := tx.pkg, tx.old, tx.pending
+	if os.Geteuid() == 0 {
+		tx.ids = loadIDs(tx.root, tx.log)
+	}
+	owned := ownedBy(old, pending)
+	arg := 1
+	if old != nil {
+		arg = 2 // rpm's $1: instances of the package after the transaction
+	}
+
+	if err := tx.runScriptlet(ctx, "%pre", p.Pre, arg); err != nil {
+		return nil, err
+	}
+
+	// The journal goes first: from here on, a kill leaves a state the next
+	// start recognises as unfinished.
+	next := &receipt{
+		Format: receiptV, Name: p.Name, Version: p.Version, Release: p.Release, Arch: p.Arch,
+		SHA256: tx.ver.SHA256, Prefix: tx.cfg.Prefix, Signature: tx.ver.Signature, RPM: tx.fp, DigestAlgo: int(p.DigestAlgo),
+	}
+	for _, it := range tx.sorted {
+		if !it.IsGhost() {
+			next.Files = append(next.Files, receiptFile{Path: it.dest, Type: typeName(it.Mode), Mode: it.Mode & 0o7777, Digest: it.Digest, Link: it.LinkTo, Config: it.IsConfig(),
+				Size: it.Size, MTime: it.MTime * 1e9}) // as shipped, until recordDisk
+		}
+	}
+	if pending != nil {
+		tx.cleanTemps(pending)
+	}
+	// Until the first rename, a failure undoes everything: the previous
+	// installation is as it was, and so is its state.
+	undo := func() {
+		tx.removeTemps(tx.items)
+		if pending == nil {
+			_ = tx.removeState(journalName)
+		}
+		tx.removeCreated()
+	}
+	if err := tx.mkdirAll(tx.statePath("")); err != nil {
+		undo()
+		return nil, fmt.Errorf("create state dir: %w", err)
+	}
+	if err := tx.writeState(journalName, (&journal{receipt: next, previous: owned}).value()); err != nil {
+		undo()
+		return nil, err
+	}
+
+	if err := tx.prepare(owned); err != nil {
+		undo()
+		return nil, err
+	}
+	if err := tx.extract(ctx); err != nil {
+		undo()
+		return nil, err
+	}
+	if err := tx.commit(tx.sorted); err != nil {
+		tx.removeTemps(tx.items)
+		return nil, err
+	}
+	if err := tx.runScriptlet(ctx, "%post", p.Post, arg); err != nil {
+		// rpm leaves the package installed when %post fails, with a warning.
+		tx.log.Warn().Err(err).Msg("scriptlet failed")
+	}
+	tx.removeStale(owned)
+
+	if !tx.cfg.NoSync {
+		if err := tx.syncfs(); err != nil {
+			return nil, err
+		}
+	}
+	tx.recordDisk(next)
+	next.InstalledAt = time.Now().UTC()
+	if err := tx.writeState(receiptName, next); err != nil {
+		return nil, err
+	}
+	if err := tx.removeState(journalName); err != nil {
+		return nil, err
+	}
+	tx.log.Info().Str("name", p.Name).Str("version", p.Version+"-"+p.Release).Int("files", len(next.Files)).
+		Int64("bytes", tx.bytes).Str("prefix", tx.cfg.Prefix).Msg("package installed")
+	return next, nil
+}
+
+// journal is the pending file: the receipt-to-be plus the files owned
+// before, so that a run after a kill still knows everything it may have
+// to remove.
+type journal struct {
+	receipt  *receipt
+	previous map[string]receiptFile
+}
+
+// A path both own keeps every digest it may have on disk: killed installs
+// of different versions can follow each other, and an earlier one may
+// have renamed its version of a %config file into place; without its
+// digest that file would look edited by the operator and be kept.
+func (j *journal) value() *receipt {
+	r := *j.receipt
+	r.Files = append([]receiptFile(nil), r.Files...)
+	seen := make(map[string]bool, len(r.Files))
+	for i, f := range r.Files {
+		seen[f.Path] = true
+		if prev, ok := j.previous[f.Path]; ok {
+			r.Files[i].Digest = mergeDigests(f.Digest, prev.Digest)
+		}
+	}
+	for p, f := range j.previous {
+		if !seen[p] {
+			r.Files = append(r.Files, f)
+		}
+	}
+	return &r
+}
+
+// mergeDigests joins comma-separated digest lists without repeats.
+func mergeDigests(a, b string) string {
+	var out []string
+	for _, d := range strings.Split(a+","+b, ",") {
+		if d != "" && !slices.Contains(out, d) {
+			out = append(out, d)
+		}
+	}
+	return strings.Join(out, ",")
+}
+
+// ownedBy merges what the receipt and an interrupted install's journal
+// own: after a kill either may describe what is on disk.
+func ownedBy(old, pending *receipt) map[string]receiptFile {
+	owned := map[string]receiptFile{}
+	for _, r := range []*receipt{old, pending} {
+		if r == nil {
+			continue
+		}
+		for _, f := range r.Files {
+			if prev, ok := owned[f.Path]; ok {
+				f.Digest = mergeDigests(prev.Digest, f.Digest) // any of them counts as unmodified
+			}
+			owned[f.Path] = f
+		}
+	}
+	return owned
+}
+
+func typeName(mode uint32) string {
+	switch mode & rpm.ModeTypeMask {
+	case rpm.ModeDir:
+		return "dir"
+	case rpm.ModeSymlink:
+		return "symlink"
+	}
+	return "file"
+}
+
+// cleanTemps removes the temporary files a killed install left behind.
+func (tx *transaction) cleanTemps(pending *receipt) {
+	for _, f := range pending.Files {
+		if f.Type != "dir" {
+			_ = tx.root.Remove(f.Path[1:] + tmpSuffix)
+		}
+	}
+}
+
+// removeTemps removes the temporary files of items.
+func (tx *transaction) removeTemps(items []*item) {
+	for _, it := range items {
+		if !it.IsDir() {
+			_ = tx.root.Remove(it.tmp)
+		}
+	}
+}
+
+// removeCreated removes the directories this install made, children
+// first; only empty ones go.
+func (tx *transaction) removeCreated() {
+	for i := len(tx.created) - 1; i >= 0; i-- {
+		_ = tx.root.Remove(tx.created[i])
+	}
+}
+
+// prepare creates the directories, removes old symlinks that the new
+// package has no symlink for (so no write ever goes through a link the
+// package once planted), and decides what to do with each %config file.
+func (tx *transaction) prepare(owned map[string]receiptFile) error {
+	for p, o := range owned {
+		if o.Type != "symlink" {
+			continue
+		}
+		if it := tx.findItem(p); it != nil && it.IsSymlink() {
+			continue
+		}
+		if st, err := tx.root.Lstat(p[1:]); err == nil && st.Mode()&fs.ModeSymlink != 0 {
+			if err := tx.root.Remove(p[1:]); err != nil {
+				return fmt.Errorf("remove old symlink: %w", err)
+			}
+		}
+	}
+	made := map[string]bool{}
+	for _, it := range tx.sorted {
+		if it.IsGhost() {
+			continue
+		}
+		if parent := path.Dir(it.rel); parent != "." && !made[parent] {
+			if err := tx.mkdirAll(parent); err != nil {
+				return fmt.Errorf("create %s: %w", path.Dir(it.dest), err)
+			}
+			made[parent] = true
+		}
+		switch {
+		case it.IsDir():
+			if err := tx.makeDir(it, owned); err != nil {
+				return err
+			}
+			made[it.rel] = true
+		case it.IsReg() && it.IsConfig() && !isHardlinked(it):
+			act, err := tx.configAction(it, owned[it.dest])
+			if err != nil {
+				return err
+			}
+			it.act = act
+		}
+	}
+	return nil
+}
+
+// mkdirAll makes rel and its missing parents (mode 0755, as rpm makes the
+// directories a package does not list), recording what it made.
+func (tx *transaction) mkdirAll(rel string) error {
+	for i := 0; i <= len(rel); i++ {
+		if i < len(rel) && rel[i] != '/' {
+			continue
+		}
+		d := rel[:i]
+		if _, err := tx.root.Stat(d); err == nil {
+			continue
+		}
+		if err := tx.root.Mkdir(d, 0o755); err != nil && !errors.Is(err, fs.ErrExist) {
+			return err
+		}
+		tx.created = append(tx.created, d)
+	}
+	return nil
+}
+
+// makeDir makes a package directory, or accepts an existing one. A
+// directory symlink the package does not own (an operator's link to a
+// volume, say) is kept, as rpm keeps it.
+func (tx *transaction) makeDir(it *item, owned map[string]receiptFile) error {
+	st, err := tx.root.Lstat(it.rel)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		if err := tx.root.Mkdir(it.rel, 0o755); err != nil {
+			return fmt.Errorf("create %s: %w", it.dest, err)
+		}
+		tx.created = append(tx.created, it.rel)
+		return nil
+	case err != nil:
+		return fmt.Errorf("stat %s: %w", it.dest, err)
+	case st.IsDir():
+		return nil
+	case st.Mode()&fs.ModeSymlink != 0:
+		if t, err := tx.root.Stat(it.rel); err == nil && t.IsDir() {
+			return nil
+		}
+	}
+	if _, ok := owned[it.dest]; !ok {
+		return fmt.Errorf("create %s: a %s the package does not own is in the way", it.dest, st.Mode().Type())
+	}
+	if err := tx.root.Remove(it.rel); err != nil {
+		return fmt.Errorf("replace %s: %w", it.dest, err)
+	}
+	if err := tx.root.Mkdir(it.rel, 0o755); err != nil {
+		return fmt.Errorf("create %s: %w", it.dest, err)
+	}
+	return nil
+}
+
+// configAction decides, as rpm does, what to do with a %config file that
+// may have been edited: a file that is absent, or as the old package (or
+// the new one) shipped it, is replaced; an edited one is kept, with the
+// new version beside it as .rpmnew unless the package did not change it.
+func (tx *transaction) configAction(it *item, old receiptFile) (action, error) {
+	st, err := tx.root.Lstat(it.rel)
+	if errors.Is(err, fs.ErrNotExist) {
+		return actWrite, nil
+	}
+	if err != nil {
+		return actWrite, fmt.Errorf("stat %s: %w", it.dest, err)
+	}
+	if !st.Mode().IsRegular() {
+		return actWrite, nil
+	}
+	unmodified, err := tx.diskMatches(it.rel, mergeDigests(it.Digest, old.Digest))
+	if err != nil {
+		return actWrite, err
+	}
+	if unmodified {
+		return actWrite, nil
+	}
+	if old.Digest != "" && slices.Contains(strings.Split(old.Digest, ","), it.Digest) {
+		tx.log.Info().Str("path", it.dest).Msg("config file modified, keeping it")
+		return actKeep, nil
+	}
+	tx.log.Warn().Str("path", it.dest).Str("new", it.dest+".rpmnew").Msg("config file modified, new version saved beside it")
+	return actRPMNew, nil
+}
+
+// diskMatches reports whether the file at rel has one of the digests in
+// the comma-separated list, each computed with the algorithm its length
+// names (packages may change algorithms between versions).
+func (tx *transaction) diskMatches(rel, digests string) (bool, error) {
+	got := map[rpm.Hash]string{}
+	for _, want := range strings.Split(digests, ",") {
+		algo := rpm.HashOfDigest(want)
+		if algo == 0 {
+			continue
+		}
+		d, ok := got[algo]
+		if !ok {
+			var err error
+			if d, err = tx.digestOf(rel, algo); err != nil {
+				return false, err
+			}
+			got[algo] = d
+		}
+		if d == want {
+			return true, nil
+		}
+	}
+	return false, nil
+}
+
+func (tx *transaction) digestOf(rel string, algo rpm.Hash) (string, error) {
+	f, err := tx.root.OpenFile(rel, os.O_RDONLY|syscall.O_NOFOLLOW, 0)
+	if err != nil {
+		return "", fmt.Errorf("read %s: %w", rel, err)
+	}
+	defer f.Close()
+	h := algo.New()
+	if _, err := io.Copy(h, f); err != nil {
+		return "", fmt.Errorf("read %s: %w", rel, err)
+	}
+	return hex.EncodeToString(h.Sum(nil)), nil
+}
+
+// commit renames the temporary files into place and sets the directories'
+// metadata, deepest first so parents keep their times.
+func (tx *transaction) commit(sorted []*item) error {
+	for _, it := range sorted {
+		if it.IsDir() || it.IsGhost() {
+			continue
+		}
+		switch it.act {
+		case actKeep:
+			_ = tx.root.Remove(it.tmp)
+		case actRPMNew:
+			if err := tx.root.Rename(it.tmp, it.rel+".rpmnew"); err != nil {
+				return fmt.Errorf("install %s.rpmnew: %w", it.dest, err)
+			}
+		default:
+			if err := tx.root.Rename(it.tmp, it.rel); err != nil {
+				// A directory where the new package has a file: only an
+				// empty one is replaced.
+				if st, serr := tx.root.Lstat(it.rel); serr == nil && st.IsDir() {
+					if rerr := tx.root.Remove(it.rel); rerr == nil {
+						err = tx.root.Rename(it.tmp, it.rel)
+					}
+				}
+				if err != nil {
+					return fmt.Errorf("install %s: %w", it.dest, err)
+				}
+			}
+		}
+	}
+	for i := len(sorted) - 1; i >= 0; i-- {
+		it := sorted[i]
+		if !it.IsDir() {
+			continue
+		}
+		if tx.ids != nil {
+			uid, gid := tx.ids.lookup(it.User, it.Group)
+			if err := tx.root.Lchown(it.rel, uid, gid); err != nil {
+				return fmt.Errorf("chown %s: %w", it.dest, err)
+			}
+		}
+		if err := tx.root.Chmod(it.rel, fileMode(it.Mode)); err != nil {
+			return fmt.Errorf("chmod %s: %w", it.dest, err)
+		}
+		t := time.Unix(it.MTime, 0)
+		if err := tx.root.Chtimes(it.rel, t, t); err != nil {
+			return fmt.Errorf("set times of %s: %w", it.dest, err)
+		}
+	}
+	return nil
+}
+
+// fileMode converts Unix permission bits to os.FileMode.
+func fileMode(mode uint32) os.FileMode {
+	m := os.FileMode(mode & 0o777)
+	if mode&unix.S_ISUID != 0 {
+		m |= os.ModeSetuid
+	}
+	if mode&unix.S_ISGID != 0 {
+		m |= os.ModeSetgid
+	}
+	if mode&unix.S_ISVTX != 0 {
+		m |= os.ModeSticky
+	}
+	return m
+}
+
+// removeStale removes what the old package owned and the new one does
+// not: files and links (an edited %config file is kept as .rpmsave, as
+// rpm does), then directories that are empty. Anything whose type changed
+// since is not the package's any more and is left alone.
+func (tx *transaction) removeStale(owned map[string]receiptFile) {
+	var dirs []string
+	for p, o := range owned {
+		if tx.findItem(p) != nil {
+			continue
+		}
+		rel := p[1:]
+		st, err := tx.root.Lstat(rel)
+		if err != nil {
+			continue
+		}
+		switch {
+		case o.Type == "dir" && st.IsDir():
+			dirs = append(dirs, rel)
+			continue
+		case o.Type == "symlink" && st.Mode()&fs.ModeSymlink != 0:
+		case o.Type == "file" && st.Mode().IsRegular():
+			if o.Config {
+				if match, err := tx.diskMatches(rel, o.Digest); err == nil && !match {
+					if err := tx.root.Rename(rel, rel+".rpmsave"); err == nil {
+						tx.log.Warn().Str("path", p).Str("saved", p+".rpmsave").Msg("modified config file no longer in the package, saved")
+					}
+					continue
+				}
+			}
+		default:
+			continue
+		}
+		if err := tx.root.Remove(rel); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			tx.log.Warn().Err(err).Str("path", p).Msg("cannot remove old file")
+		}
+	}
+	sort.Sort(sort.Reverse(sort.StringSlice(dirs)))
+	for _, d := range dirs {
+		_ = tx.root.Remove(d) // only an empty directory goes
+	}
+}
+
+// syncfs flushes the root's file system once, so that the receipt never
+// exists before the files it describes are durable.
+func (tx *transaction) syncfs() error {
+	d, err := tx.root.Open(".")
+	if err != nil {
+		return fmt.Errorf("syncfs: %w", err)
+	}
+	defer d.Close()
+	if err := unix.Syncfs(int(d.Fd())); err != nil {
+		return fmt.Errorf("syncfs: %w", err)
+	}
+	return nil
+}
+
+// recordDisk stores, for each owned path, the size and mtime it has now,
+// after %post: what the next start's intact check compares. r.Files come
+// with the package's size and mtime; a regular file whose mtime a
+// scriptlet changed but not its size is read, to tell whether it still
+// has the package's content (sed -i that replaced nothing, say) and can
+// be restored from the payload when it goes missing.
+func (tx *transaction) recordDisk(r *receipt) {
+	for i := range r.Files {
+		f := &r.Files[i]
+		st, err := tx.root.Lstat(f.Path[1:])
+		if err != nil {
+			// A scriptlet removed it: nothing a restore could reproduce.
+			f.Size, f.MTime = 0, 0
+			continue
+		}
+		if f.Type == "file" && st.Mode().IsRegular() && st.Size() == f.Size && st.ModTime().UnixNano() != f.MTime {
+			f.Shipped, _ = tx.diskMatches(f.Path[1:], f.Digest)
+		}
+		f.Size = st.Size()
+		f.MTime = st.ModTime().UnixNano()
+	}
+}

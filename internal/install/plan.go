@@ -1,0 +1,181 @@
+package install
+
+import (
+	"fmt"
+	"os"
+	"path"
+	"slices"
+	"sort"
+	"strings"
+
+	"github.com/avsidecar/avsidecar/internal/rpm"
+	"github.com/rs/zerolog"
+)
+
+// transaction is one install into one root: what it was asked, the open
+// root and package, what the package's files become in the root, what
+// was installed before, and what this install has changed so far.
+type transaction struct {
+	cfg  Config
+	log  zerolog.Logger
+	root *os.Root
+	file *os.File // the package file
+	fp   fingerprint
+
+	// The package, once read and verified.
+	pkg *rpm.Package
+	ver rpm.Verification
+
+	// The plan: the package's files relocated and checked.
+	from, to string   // relocation; from is "" for a package without prefixes
+	items    []*item  // header order: items[i] is pkg.Files[i]
+	sorted   []*item  // by destination path
+	prefixes []string // every package prefix after relocation, for RPM_INSTALL_PREFIXn
+	bytes    int64    // sum of the regular file sizes
+
+	// What is installed: the receipt, and the journal of an interrupted
+	// install.
+	old, pending *receipt
+
+	ids *idMap // nil when the process may not change owners
+	// created lists the directories this install made, parents first, so
+	// that a failure before the first rename can take them away again.
+	created []string
+}
+
+// item is one file of the package and what the install does with it.
+type item struct {
+	*rpm.File
+	dest string // after relocation: absolute and clean, inside the root
+	rel  string // dest relative to the root, as os.Root takes it
+	act  action
+	tmp  string // temporary name while the payload is extracted
+	done bool   // the temporary file holds the checked content
+	skip bool   // a restore leaves it alone: its entry is checked, not written
+	// diskMTime, when not zero, is the mtime (Unix nanoseconds) a restore
+	// gives the file instead of the package's: the one the install left.
+	diskMTime int64
+}
+
+type action int
+
+const (
+	actWrite  action = iota // write and rename into place
+	actKeep                 // a modified %config file: leave it as it is
+	actRPMNew               // a modified %config file: write the new one as .rpmnew
+)
+
+// tmpSuffix names the temporary file of a destination. It is
+// deterministic so that the next run finds and replaces the leftovers of
+// a killed one.
+const tmpSuffix = ";avsidecar"
+
+// plan relocates the package's paths and refuses any that would be unsafe:
+// duplicates, paths below a non-directory, paths in the state dir, sizes
+// beyond the limit.
+func (tx *transaction) plan() error {
+	p := tx.pkg
+	tx.to = tx.cfg.Prefix
+	switch {
+	case tx.cfg.From != "":
+		if !slices.Contains(p.Prefixes, tx.cfg.From) {
+			return unusable("package is not relocatable from %s (prefixes: %v)", tx.cfg.From, p.Prefixes)
+		}
+		tx.from = tx.cfg.From
+	case len(p.Prefixes) == 1:
+		tx.from = p.Prefixes[0]
+	case len(p.Prefixes) == 0:
+		tx.log.Warn().Str("prefix", tx.cfg.Prefix).Msg("package is not relocatable: installing its paths as they are")
+	default:
+		return fmt.Errorf("package has several prefixes %v: say which one to relocate", p.Prefixes)
+	}
+	for _, pre := range p.Prefixes {
+		if pre == tx.from {
+			tx.prefixes = append(tx.prefixes, tx.to)
+		} else {
+			tx.prefixes = append(tx.prefixes, pre)
+		}
+	}
+
+	byDest := make(map[string]*item, len(p.Files))
+	tx.items = make([]*item, len(p.Files))
+	for i := range p.Files {
+		f := &p.Files[i]
+		dest := relocate(f.Path, tx.from, tx.to)
+		if err := checkPath(dest); err != nil {
+			return unusable("relocated %w", err)
+		}
+		if strings.HasSuffix(dest, tmpSuffix) {
+			return unusable("%s: reserved name", dest)
+		}
+		if dest == tx.cfg.StateDir || strings.HasPrefix(dest, tx.cfg.StateDir+"/") {
+			return unusable("%s lies in the installer's state dir %s", dest, tx.cfg.StateDir)
+		}
+		if byDest[dest] != nil {
+			return unusable("duplicate entry %s", dest)
+		}
+		it := &item{File: f, dest: dest, rel: strings.TrimPrefix(dest, "/")}
+		it.tmp = it.rel + tmpSuffix
+		byDest[dest] = it
+		tx.items[i] = it
+		// A hard link set's content is written once, with its last name.
+		if f.IsReg() && !f.IsGhost() && (len(f.Links) == 0 || f.Links[len(f.Links)-1] == i) {
+			if f.Size > tx.cfg.MaxSize || tx.bytes+f.Size > tx.cfg.MaxSize {
+				return unusable("package claims more than the %d bytes allowed", tx.cfg.MaxSize)
+			}
+			tx.bytes += f.Size
+		}
+	}
+	for _, it := range tx.items {
+		for d := path.Dir(it.dest); d != "/"; d = path.Dir(d) {
+			if a := byDest[d]; a != nil && !a.IsDir() {
+				return unusable("%s lies below %s, which is not a directory", it.dest, d)
+			}
+		}
+	}
+	tx.sorted = append([]*item(nil), tx.items...)
+	sort.Slice(tx.sorted, func(i, j int) bool { return tx.sorted[i].dest < tx.sorted[j].dest })
+	return nil
+}
+
+// checkPath accepts the relocated paths an install can write: safe
+// (rpm.CheckPath), with room in every name for the temporary suffix and
+// .rpmnew.
+func checkPath(p string) error {
+	if err := rpm.CheckPath(p); err != nil {
+		return err
+	}
+	for _, c := range strings.Split(p[1:], "/") {
+		if len(c) > 255-len(tmpSuffix)-len(".rpmnew") {
+			return fmt.Errorf("name %.40q... of %d bytes is too long", c, len(c))
+		}
+	}
+	return nil
+}
+
+// relocate applies rpm --relocate from=to to p.
+func relocate(p, from, to string) string {
+	switch {
+	case from == "":
+		return p
+	case from == "/":
+		return path.Join(to, p)
+	case p == from:
+		return to
+	case strings.HasPrefix(p, from+"/"):
+		return to + p[len(from):]
+	}
+	return p
+}
+
+// findItem returns the item installed at dest, or nil.
+func (tx *transaction) findItem(dest string) *item {
+	i := sort.Search(len(tx.sorted), func(i int) bool { return tx.sorted[i].dest >= dest })
+	if i < len(tx.sorted) && tx.sorted[i].dest == dest {
+		return tx.sorted[i]
+	}
+	return nil
+}
+
+// isHardlinked reports whether it is one name of a hard link set.
+func isHardlinked(it *item) bool { return len(it.Links) > 1 }

@@ -1,0 +1,111 @@
+package rpm
+
+import (
+	"bytes"
+	"fmt"
+	"strings"
+	"testing"
+
+	"github.com/google/rpmpack"
+)
+
+// TestRead reads what an installer needs from a package.
+func TestRead(t *testing.T) {
+	b := pack(t, "gzip", baseFiles, func(r *rpmpack.RPM) {
+		r.AddPrein("echo pre")
+		r.AddPostin("echo post")
+	})
+	p, err := Read(bytes.NewReader(b), int64(len(b)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.NEVRA() != "x-1-1.x86_64" || p.Compressor != "gzip" || fmt.Sprint(p.Prefixes) != "[/opt/x]" ||
+		p.Pre.Body != "echo pre" || p.Post.Body != "echo post" || p.DigestAlgo != SHA256 {
+		t.Errorf("read %+v", p)
+	}
+	var got []string
+	for _, f := range p.Files {
+		got = append(got, fmt.Sprintf("%s %o %d %s", f.Path, f.Mode, f.Size, f.LinkTo))
+	}
+	want := "/etc/x.conf 100644 5 |/opt/x 40755 4096 |/opt/x/bin 40755 4096 |/opt/x/bin/link 120777 4 tool|/opt/x/bin/tool 100755 20 |/opt/x/empty 100644 0 "
+	if strings.Join(got, "|") != want {
+		t.Errorf("files:\n%s\nwant\n%s", strings.Join(got, "|"), want)
+	}
+	v, err := p.Verify(bytes.NewReader(b))
+	if err != nil || len(v.SHA256) != 64 || v.Signature != "none" {
+		t.Errorf("verify: %+v, %v", v, err)
+	}
+}
+
+// TestArchive reads the payload in every compression rpmpack writes:
+// entries in header order, each with its content.
+func TestArchive(t *testing.T) {
+	for _, c := range []string{"gzip", "xz", "zstd", "lzma", "gzip:0"} {
+		t.Run(c, func(t *testing.T) {
+			b := pack(t, c, baseFiles, nil)
+			p, err := Read(bytes.NewReader(b), int64(len(b)))
+			if err != nil {
+				t.Fatal(err)
+			}
+			got, err := readAll(t, bytes.NewReader(b), p)
+			if err != nil {
+				t.Fatal(err)
+			}
+			want := []string{`/etc/x.conf 100000 "conf\n"`, "/opt/x 40000", "/opt/x/bin 40000", "/opt/x/bin/link 120000",
+				`/opt/x/bin/tool 100000 "#!/bin/sh\necho tool\n"`, `/opt/x/empty 100000 ""`}
+			if fmt.Sprint(got) != fmt.Sprint(want) {
+				t.Errorf("entries\n%q\nwant\n%q", got, want)
+			}
+		})
+	}
+}
+
+// TestArchiveUnread: an entry whose content is not read is still read and
+// checked by the next Next.
+func TestArchiveUnread(t *testing.T) {
+	files := append([]rpmpack.RPMFile{}, baseFiles...)
+	b := pack(t, "gzip", files, func(r *rpmpack.RPM) {
+		var digests []string
+		for _, f := range sortedNames(files) {
+			d := ""
+			if f.Mode&0o170000 == 0o100000 || f.Mode&0o170000 == 0 {
+				d = strings.Repeat("ab", 32)
+			}
+			digests = append(digests, d)
+		}
+		r.AddCustomTag(tagFileDigests, rpmpack.EntryStringSlice(digests))
+	})
+	p, err := Read(bytes.NewReader(b), int64(len(b)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ar, err := p.Open(bytes.NewReader(b))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ar.Close()
+	e, err := ar.Next()
+	if err != nil || !e.Content {
+		t.Fatalf("first entry %+v, %v", e, err)
+	}
+	_, err = ar.Next()
+	mustUnusable(t, err)
+	if !strings.Contains(err.Error(), "/etc/x.conf: digest mismatch") {
+		t.Errorf("error %q does not name the file", err)
+	}
+	if _, again := ar.Next(); again != err {
+		t.Errorf("next after a failure: %v, want the same error", again)
+	}
+}
+
+func sortedNames(files []rpmpack.RPMFile) []rpmpack.RPMFile {
+	s := append([]rpmpack.RPMFile(nil), files...)
+	for i := range s {
+		for j := i + 1; j < len(s); j++ {
+			if s[j].Name < s[i].Name {
+				s[i], s[j] = s[j], s[i]
+			}
+		}
+	}
+	return s
+}
