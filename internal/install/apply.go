@@ -242,6 +242,36 @@ func (tx *transaction) prepare(owned map[string]receiptFile) error {
 			}
 			it.act = act
 		}
+		if err := tx.checkInTheWay(it); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// checkInTheWay refuses, before anything is renamed into place, a
+// directory with something in it where the package has a file or a link:
+// the rename would fail half-way through the install (an empty directory
+// is replaced, see commit).
+func (tx *transaction) checkInTheWay(it *item) error {
+	rel := it.rel
+	switch {
+	case it.IsDir() || it.act == actKeep:
+		return nil
+	case it.act == actRPMNew:
+		rel += ".rpmnew"
+	}
+	st, err := tx.root.Lstat(rel)
+	if err != nil || !st.IsDir() {
+		return nil
+	}
+	d, err := tx.root.Open(rel)
+	if err != nil {
+		return fmt.Errorf("install %s: %w", it.dest, err)
+	}
+	defer d.Close()
+	if names, _ := d.Readdirnames(1); len(names) > 0 {
+		return fmt.Errorf("install %s: a directory that is not empty is in the way", "/"+rel)
 	}
 	return nil
 }
@@ -395,24 +425,33 @@ func (tx *transaction) commit(sorted []*item) error {
 			}
 		}
 	}
+	// From here on the new files are in place: a failure no longer undoes
+	// anything, and the journal makes the next start install again. So
+	// one directory that fails does not keep the others from their
+	// metadata.
+	var errs []error
 	for i := len(sorted) - 1; i >= 0; i-- {
-		it := sorted[i]
-		if !it.IsDir() {
-			continue
+		if it := sorted[i]; it.IsDir() && !it.IsGhost() {
+			errs = append(errs, tx.dirMeta(it))
 		}
-		if tx.ids != nil {
-			uid, gid := tx.ids.lookup(it.User, it.Group)
-			if err := tx.root.Lchown(it.rel, uid, gid); err != nil {
-				return fmt.Errorf("chown %s: %w", it.dest, err)
-			}
+	}
+	return errors.Join(errs...)
+}
+
+// dirMeta sets the owner, mode and mtime of a package directory.
+func (tx *transaction) dirMeta(it *item) error {
+	if tx.ids != nil {
+		uid, gid := tx.ids.lookup(it.User, it.Group)
+		if err := tx.root.Lchown(it.rel, uid, gid); err != nil {
+			return fmt.Errorf("chown %s: %w", it.dest, err)
 		}
-		if err := tx.root.Chmod(it.rel, fileMode(it.Mode)); err != nil {
-			return fmt.Errorf("chmod %s: %w", it.dest, err)
-		}
-		t := time.Unix(it.MTime, 0)
-		if err := tx.root.Chtimes(it.rel, t, t); err != nil {
-			return fmt.Errorf("set times of %s: %w", it.dest, err)
-		}
+	}
+	if err := tx.root.Chmod(it.rel, fileMode(it.Mode)); err != nil {
+		return fmt.Errorf("chmod %s: %w", it.dest, err)
+	}
+	t := time.Unix(it.MTime, 0)
+	if err := tx.root.Chtimes(it.rel, t, t); err != nil {
+		return fmt.Errorf("set times of %s: %w", it.dest, err)
 	}
 	return nil
 }
