@@ -78,7 +78,11 @@ func (p *Package) newArchive(r *bufio.Reader, dec io.Closer, ra *readahead) *Arc
 		if i < 0 || i >= len(p.Files) {
 			return 0, false
 		}
-		return p.Files[i].Size, true
+		f := &p.Files[i]
+		if len(f.Links) > 1 && f.Links[len(f.Links)-1] != i {
+			return 0, true // only the last name of a hard link set has content (rpmfiArchiveReadHeader)
+		}
+		return f.Size, true
 	})
 	return a
 }
