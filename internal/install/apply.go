@@ -240,7 +240,9 @@ func (tx *transaction) prepare(owned map[string]receiptFile) error {
 			if err != nil {
 				return err
 			}
-			it.act = act
+			// A kept file's entry is checked, not written: as with rpm,
+			// nothing changes in its directory.
+			it.act, it.skip = act, act == actKeep
 		}
 		if err := tx.checkInTheWay(it); err != nil {
 			return err
@@ -295,10 +297,23 @@ func (tx *transaction) mkdirAll(rel string) error {
 	return nil
 }
 
-// makeDir makes a package directory, or accepts an existing one. A
+// makeDir makes a package directory, or accepts an existing one, and
+// gives it the package's mtime, as rpm does: whatever the install then
+// writes into it gives it the time of the install, as with rpm.
+func (tx *transaction) makeDir(it *item, owned map[string]receiptFile) error {
+	if err := tx.ensureDir(it, owned); err != nil {
+		return err
+	}
+	// As with rpm, a directory's time is not worth failing for.
+	t := time.Unix(it.MTime, 0)
+	_ = tx.root.Chtimes(it.rel, t, t)
+	return nil
+}
+
+// ensureDir makes a package directory, or accepts an existing one. A
 // directory symlink the package does not own (an operator's link to a
 // volume, say) is kept, as rpm keeps it.
-func (tx *transaction) makeDir(it *item, owned map[string]receiptFile) error {
+func (tx *transaction) ensureDir(it *item, owned map[string]receiptFile) error {
 	st, err := tx.root.Lstat(it.rel)
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
@@ -397,7 +412,7 @@ func (tx *transaction) digestOf(rel string, algo rpm.Hash) (string, error) {
 }
 
 // commit renames the temporary files into place and sets the directories'
-// metadata, deepest first so parents keep their times.
+// owners and modes, deepest first.
 func (tx *transaction) commit(sorted []*item) error {
 	for _, it := range sorted {
 		if it.IsDir() || it.IsGhost() {
@@ -438,7 +453,8 @@ func (tx *transaction) commit(sorted []*item) error {
 	return errors.Join(errs...)
 }
 
-// dirMeta sets the owner, mode and mtime of a package directory.
+// dirMeta sets the owner and mode of a package directory (its mtime was
+// set by makeDir).
 func (tx *transaction) dirMeta(it *item) error {
 	if tx.ids != nil {
 		uid, gid := tx.ids.lookup(it.User, it.Group)
@@ -448,10 +464,6 @@ func (tx *transaction) dirMeta(it *item) error {
 	}
 	if err := tx.root.Chmod(it.rel, fileMode(it.Mode)); err != nil {
 		return fmt.Errorf("chmod %s: %w", it.dest, err)
-	}
-	t := time.Unix(it.MTime, 0)
-	if err := tx.root.Chtimes(it.rel, t, t); err != nil {
-		return fmt.Errorf("set times of %s: %w", it.dest, err)
 	}
 	return nil
 }
