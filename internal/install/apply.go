@@ -179,7 +179,9 @@ func typeName(mode uint32) string {
 func (tx *transaction) cleanTemps(pending *receipt) {
 	for _, f := range pending.Files {
 		if f.Type != "dir" {
-			_ = tx.root.Remove(f.Path[1:] + tmpSuffix)
+			for _, suffix := range tmpSuffixes {
+				_ = tx.root.Remove(f.Path[1:] + suffix)
+			}
 		}
 	}
 }

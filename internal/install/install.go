@@ -302,8 +302,10 @@ func (tx *transaction) current() bool {
 // and clears it (clearStateDebris) before it looks again.
 func (tx *transaction) stateDebris() bool {
 	for _, name := range []string{receiptName, journalName} {
-		if _, err := tx.root.Lstat(tx.statePath(name + tmpSuffix)); err == nil {
-			return true
+		for _, suffix := range tmpSuffixes {
+			if _, err := tx.root.Lstat(tx.statePath(name + suffix)); err == nil {
+				return true
+			}
 		}
 	}
 	return false
@@ -313,8 +315,10 @@ func (tx *transaction) stateDebris() bool {
 // where no other install can be writing those files.
 func (tx *transaction) clearStateDebris() error {
 	for _, name := range []string{receiptName, journalName} {
-		if err := tx.root.Remove(tx.statePath(name + tmpSuffix)); err != nil && !errors.Is(err, fs.ErrNotExist) {
-			return fmt.Errorf("remove interrupted %s: %w", name, err)
+		for _, suffix := range tmpSuffixes {
+			if err := tx.root.Remove(tx.statePath(name + suffix)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+				return fmt.Errorf("remove interrupted %s: %w", name, err)
+			}
 		}
 	}
 	return nil

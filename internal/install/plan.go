@@ -67,8 +67,20 @@ const (
 
 // tmpSuffix names the temporary file of a destination. It is
 // deterministic so that the next run finds and replaces the leftovers of
-// a killed one.
-const tmpSuffix = ";avsidecar"
+// a killed one, and no longer than rpm's (";%08x"), so that every name rpm
+// installs fits in Linux's 255 bytes with it.
+const tmpSuffix = ";avs-tmp"
+
+// oldTmpSuffix is what earlier versions used: a killed install of one of
+// them may have left such files, which the next install cleans too.
+const oldTmpSuffix = ";avsidecar"
+
+// tmpSuffixes are the temporary suffixes an install cleans.
+var tmpSuffixes = []string{tmpSuffix, oldTmpSuffix}
+
+// maxName is the longest name rpm installs: its temporary names add 9
+// bytes to the 255 a name may have.
+const maxName = 255 - 9
 
 // plan relocates the package's paths and refuses any that would be unsafe:
 // duplicates, paths below a non-directory, paths in the state dir, sizes
@@ -105,8 +117,10 @@ func (tx *transaction) plan() error {
 		if err := checkPath(dest); err != nil {
 			return unusable("relocated %w", err)
 		}
-		if strings.HasSuffix(dest, tmpSuffix) {
-			return unusable("%s: reserved name", dest)
+		for _, suffix := range tmpSuffixes {
+			if strings.HasSuffix(dest, suffix) {
+				return unusable("%s: reserved name", dest)
+			}
 		}
 		if dest == tx.cfg.StateDir || strings.HasPrefix(dest, tx.cfg.StateDir+"/") {
 			return unusable("%s lies in the installer's state dir %s", dest, tx.cfg.StateDir)
@@ -139,15 +153,14 @@ func (tx *transaction) plan() error {
 }
 
 // checkPath accepts the relocated paths an install can write: safe
-// (rpm.CheckPath), with room in every name for the temporary suffix and
-// .rpmnew.
+// (rpm.CheckPath), each name no longer than rpm installs.
 func checkPath(p string) error {
 	if err := rpm.CheckPath(p); err != nil {
 		return err
 	}
 	for _, c := range strings.Split(p[1:], "/") {
-		if len(c) > 255-len(tmpSuffix)-len(".rpmnew") {
-			return fmt.Errorf("name %.40q... of %d bytes is too long", c, len(c))
+		if len(c) > maxName {
+			return fmt.Errorf("name %.40q... of %d bytes is too long (rpm installs names of up to %d bytes)", c, len(c), maxName)
 		}
 	}
 	return nil
