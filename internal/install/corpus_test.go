@@ -60,7 +60,10 @@ const (
 
 // documentedRefusals are the packages rpm installs and the installer
 // refuses on purpose, by a phrase of the message the user sees.
-var documentedRefusals = []string{}
+var documentedRefusals = []string{
+	// rpm -i puts a source package's sources and spec in a build tree.
+	"is a source package (.src.rpm)",
+}
 
 // corpusCase is one package of the corpus and how to set up the roots.
 type corpusCase struct {

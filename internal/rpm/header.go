@@ -53,6 +53,7 @@ const (
 	tagDirIndexes        = 1116
 	tagBaseNames         = 1117
 	tagDirNames          = 1118
+	tagSourceRPM         = 1044
 	tagPayloadFormat     = 1124
 	tagPayloadCompressor = 1125
 	tagLongFileSizes     = 5008
@@ -189,6 +190,12 @@ func (p *Package) decode() error {
 	p.Name, p.Version, p.Release, p.Arch = str(h, tagName), str(h, tagVersion), str(h, tagRelease), str(h, tagArch)
 	if p.Name == "" || p.Version == "" || p.Release == "" {
 		return unusable("header: no name, version or release")
+	}
+	if h.GetTag(tagSourceRPM) == nil {
+		// How rpm tells (headerIsSource): a binary package names the
+		// source package it was built from.
+		return unusable("%s-%s-%s is a source package (.src.rpm): it holds sources to build the package from, not files to install; install the binary package",
+			p.Name, p.Version, p.Release)
 	}
 	if f := str(h, tagPayloadFormat); f != "" && f != "cpio" {
 		return unusable("unsupported payload format %q", f)

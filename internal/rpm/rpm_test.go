@@ -3,9 +3,13 @@ package rpm
 import (
 	"bytes"
 	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 
+	"github.com/avsidecar/avsidecar/internal/testkit"
 	"github.com/google/rpmpack"
 )
 
@@ -108,4 +112,39 @@ func sortedNames(files []rpmpack.RPMFile) []rpmpack.RPMFile {
 		}
 	}
 	return s
+}
+
+// TestSourcePackage: a source package (what rpmbuild -bs makes) holds
+// sources to build from; rpm -i would put them in a build tree, not
+// install them. It is refused, saying so.
+func TestSourcePackage(t *testing.T) {
+	testkit.NeedCommand(t, "rpmbuild")
+	top := t.TempDir()
+	spec := filepath.Join(top, "src.spec")
+	body := "Name: src\nVersion: 1\nRelease: 1\nSummary: s\nLicense: MIT\nSource0: src.txt\n%description\ns\n%files\n"
+	if err := os.WriteFile(spec, []byte(body), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.MkdirAll(filepath.Join(top, "SOURCES"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(top, "SOURCES/src.txt"), []byte("source\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command("rpmbuild", "--define", "_topdir "+top, "-bs", spec).CombinedOutput(); err != nil {
+		t.Fatalf("rpmbuild -bs: %v\n%s", err, out)
+	}
+	matches, _ := filepath.Glob(filepath.Join(top, "SRPMS", "*.src.rpm"))
+	if len(matches) != 1 {
+		t.Fatalf("rpmbuild -bs made %v", matches)
+	}
+	b, err := os.ReadFile(matches[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = Read(bytes.NewReader(b), int64(len(b)))
+	mustUnusable(t, err)
+	if !strings.Contains(err.Error(), "src-1-1 is a source package") {
+		t.Errorf("refusal %q does not say it is a source package", err)
+	}
 }
