@@ -77,6 +77,7 @@ func TestEdgePackages(t *testing.T) {
 	testkit.NeedCommand(t, "rpm")
 	for _, c := range []struct {
 		spec, payload string
+		build         func(testing.TB) string // instead of a spec
 		setup         func(testing.TB, string)
 		want          string
 	}{
@@ -91,10 +92,16 @@ func TestEdgePackages(t *testing.T) {
 		{spec: "names", payload: "w9.gzdio", want: verdictSame},
 		{spec: "names-toolong", payload: "w9.gzdio", want: verdictBoth},
 		{spec: "rootlinks", payload: "w9.gzdio", setup: rootLinks, want: verdictSame},
+		{spec: "v3", payload: "gzip", build: buildV3, want: verdictSame},
 	} {
 		t.Run(c.spec+"/"+c.payload, func(t *testing.T) {
 			start := time.Now()
-			pkg := buildEdge(t, c.spec, c.payload)
+			var pkg string
+			if c.build != nil {
+				pkg = c.build(t)
+			} else {
+				pkg = buildEdge(t, c.spec, c.payload)
+			}
 			o := compareWithRPM(t, corpusCase{name: c.spec, path: pkg, setup: c.setup})
 			t.Logf("%s: rpm %s; installer %s (%v)", o.verdict, o.rpm, o.ours, time.Since(start).Round(time.Millisecond))
 			if o.verdict != c.want {
@@ -102,4 +109,28 @@ func TestEdgePackages(t *testing.T) {
 			}
 		})
 	}
+}
+
+// buildV3 writes a package as rpm 3 wrote them, old-style file list and
+// all (testkit.BuildRPMv3): rpmbuild cannot make one any more.
+func buildV3(t testing.TB) string {
+	t.Helper()
+	const y2k = 946684800
+	b, err := testkit.BuildRPMv3("oldpkg", "1.0", "1", []testkit.V3File{
+		{Path: "/opt/v3", Mode: 0o40755, MTime: y2k},
+		{Path: "/opt/v3/bin", Mode: 0o40755, MTime: y2k},
+		{Path: "/opt/v3/bin/tool", Mode: 0o100755, Body: "#!/bin/sh\necho old\n", MTime: y2k},
+		{Path: "/opt/v3/doc", Mode: 0o40755, MTime: y2k},
+		{Path: "/opt/v3/doc/README", Mode: 0o100644, Body: "read me\n", MTime: y2k + 1},
+		{Path: "/opt/v3/doc/empty", Mode: 0o100644, MTime: y2k},
+		{Path: "/opt/v3/tool", Mode: 0o120777, Body: "bin/tool", MTime: y2k},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := filepath.Join(t.TempDir(), "oldpkg-1.0-1.noarch.rpm")
+	if err := os.WriteFile(p, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return p
 }

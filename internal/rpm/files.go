@@ -68,15 +68,16 @@ func (f *File) IsGhost() bool { return f.Flags&FlagGhost != 0 }
 func (p *Package) decodeFiles() error {
 	h := p.tags
 	names := h.GetTag(tagBaseNames).StringSlice()
-	if len(names) == 0 {
-		if h.GetTag(tagOldFilenames) != nil {
-			return unusable("header: old-style file list is not supported")
-		}
-		return nil
-	}
-	n := len(names)
 	dirs := h.GetTag(tagDirNames).StringSlice()
 	dirIdx := ints(h, tagDirIndexes)
+	if len(names) == 0 {
+		old := h.GetTag(tagOldFilenames).StringSlice()
+		if len(old) == 0 {
+			return nil
+		}
+		names, dirs, dirIdx = compressFilelist(old)
+	}
+	n := len(names)
 	modes := ints(h, tagFileModes)
 	sizes := ints(h, tagLongFileSizes)
 	if sizes == nil {
@@ -162,6 +163,28 @@ func (p *Package) decodeFiles() error {
 		p.linkSets(inodes, devices)
 	}
 	return nil
+}
+
+// compressFilelist splits the old-style file list of v3 packages (whole
+// paths) into the base names, directories and directory indexes of the
+// list every later rpm writes, as rpm does when it reads such a package.
+// A path without a slash gets an empty directory, which decodeFiles
+// refuses.
+func compressFilelist(paths []string) (names, dirs []string, dirIdx []int64) {
+	index := map[string]int64{}
+	for _, p := range paths {
+		i := strings.LastIndexByte(p, '/')
+		dir, base := p[:i+1], p[i+1:]
+		x, ok := index[dir]
+		if !ok {
+			x = int64(len(dirs))
+			index[dir] = x
+			dirs = append(dirs, dir)
+		}
+		names = append(names, base)
+		dirIdx = append(dirIdx, x)
+	}
+	return names, dirs, dirIdx
 }
 
 // linkSets groups the regular files that share a device and inode, as rpm

@@ -148,3 +148,35 @@ func TestSourcePackage(t *testing.T) {
 		t.Errorf("refusal %q does not say it is a source package", err)
 	}
 }
+
+// TestOldFilenames reads a package as rpm 3 wrote them: whole paths in
+// OLDFILENAMES, no payload tags, an MD5 over header and payload only, and
+// archive names without "./".
+func TestOldFilenames(t *testing.T) {
+	b, err := testkit.BuildRPMv3("oldpkg", "1.0", "1", []testkit.V3File{
+		{Path: "/opt/v3", Mode: 0o40755},
+		{Path: "/opt/v3/bin", Mode: 0o40755},
+		{Path: "/opt/v3/bin/tool", Mode: 0o100755, Body: "tool\n"},
+		{Path: "/opt/v3/link", Mode: 0o120777, Body: "bin/tool"},
+		{Path: "/etc/old.conf", Mode: 0o100644, Body: "conf\n"},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := Read(bytes.NewReader(b), int64(len(b)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	v, err := p.Verify(bytes.NewReader(b))
+	if err != nil || fmt.Sprint(v.Checked) != "[md5]" {
+		t.Fatalf("verify: %+v, %v", v, err)
+	}
+	got, err := readAll(t, bytes.NewReader(b), p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{`/etc/old.conf 100000 "conf\n"`, "/opt/v3 40000", "/opt/v3/bin 40000", `/opt/v3/bin/tool 100000 "tool\n"`, "/opt/v3/link 120000"}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("entries\n%q\nwant\n%q", got, want)
+	}
+}
