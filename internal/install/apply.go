@@ -24,9 +24,7 @@ import (
 // of what the old package owned and this one does not, receipt.
 func (tx *transaction) apply(ctx context.Context) (*receipt, error) {
 	p, old, pending := tx.pkg, tx.old, tx.pending
-	if os.Geteuid() == 0 {
-		tx.ids = loadIDs(tx.root, tx.log)
-	}
+	tx.loadIDs()
 	owned := ownedBy(old, pending)
 	arg := 1
 	if old != nil {
@@ -458,13 +456,13 @@ func (tx *transaction) commit(sorted []*item) error {
 // dirMeta sets the owner and mode of a package directory (its mtime was
 // set by makeDir).
 func (tx *transaction) dirMeta(it *item) error {
-	if tx.ids != nil {
-		uid, gid := tx.ids.lookup(it.User, it.Group)
+	uid, gid, perm := tx.meta(it)
+	if tx.chown {
 		if err := tx.root.Lchown(it.rel, uid, gid); err != nil {
 			return fmt.Errorf("chown %s: %w", it.dest, err)
 		}
 	}
-	if err := tx.root.Chmod(it.rel, fileMode(it.Mode)); err != nil {
+	if err := tx.root.Chmod(it.rel, fileMode(perm)); err != nil {
 		return fmt.Errorf("chmod %s: %w", it.dest, err)
 	}
 	return nil

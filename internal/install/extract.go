@@ -87,13 +87,13 @@ func (tx *transaction) writeFile(r io.Reader, it *item, buf []byte) error {
 
 // setMeta sets owner then mode (chown clears setuid bits) on an open file.
 func (tx *transaction) setMeta(f *os.File, it *item) error {
-	if tx.ids != nil {
-		uid, gid := tx.ids.lookup(it.User, it.Group)
+	uid, gid, perm := tx.meta(it)
+	if tx.chown {
 		if err := f.Chown(uid, gid); err != nil {
 			return err
 		}
 	}
-	return unix.Fchmod(int(f.Fd()), it.Mode&0o7777)
+	return unix.Fchmod(int(f.Fd()), perm)
 }
 
 func (tx *transaction) writeSymlink(it *item) error {
@@ -101,8 +101,8 @@ func (tx *transaction) writeSymlink(it *item) error {
 	if err := tx.root.Symlink(it.LinkTo, it.tmp); err != nil {
 		return fmt.Errorf("create %s: %w", it.dest, err)
 	}
-	if tx.ids != nil {
-		uid, gid := tx.ids.lookup(it.User, it.Group)
+	if tx.chown {
+		uid, gid, _ := tx.meta(it)
 		if err := tx.root.Lchown(it.tmp, uid, gid); err != nil {
 			return fmt.Errorf("chown %s: %w", it.dest, err)
 		}

@@ -40,10 +40,11 @@
 // directories and symlinks are installed; device nodes, FIFOs and sockets
 // are refused as unsupported; %ghost files are neither created nor
 // removed. Owners are resolved in the root's /etc/passwd and /etc/group
-// (unknown names become root, as with rpm) and only set when the process
-// runs as root. File and symlink mtimes are the package's; a directory gets
-// the package's mtime when the install makes or meets it, so that, as with
-// rpm, one the install then writes into has the time of the install.
+// and only set when the process runs as root; as with rpm, an unknown name
+// becomes root and takes the setuid (or setgid) bit away. File and symlink
+// mtimes are the package's; a directory gets the package's mtime when the
+// install makes or meets it, so that, as with rpm, one the install then
+// writes into has the time of the install.
 //
 // Scriptlets (%pre, %post) run with their interpreter (/bin/sh), $1 (1 to
 // install, 2 to upgrade) and RPM_INSTALL_PREFIX. With Root "/" they run

@@ -37,7 +37,8 @@ type transaction struct {
 	// install.
 	old, pending *receipt
 
-	ids *idMap // nil when the process may not change owners
+	ids   *idMap // owners and groups of the root
+	chown bool   // the process may change owners (runs as root)
 	// created lists the directories this install made, parents first, so
 	// that a failure before the first rename can take them away again.
 	created []string

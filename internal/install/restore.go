@@ -3,7 +3,6 @@ package install
 import (
 	"context"
 	"fmt"
-	"os"
 	"path"
 )
 
@@ -73,9 +72,7 @@ func (tx *transaction) restorable(missing []receiptFile) []*item {
 // payload, and reports how many it restored. On an error nothing is left
 // of what it began.
 func (tx *transaction) restore(ctx context.Context, items []*item) (int, error) {
-	if os.Geteuid() == 0 {
-		tx.ids = loadIDs(tx.root, tx.log)
-	}
+	tx.loadIDs()
 	restoring := make(map[*item]bool, len(items))
 	for _, it := range items {
 		restoring[it] = true
