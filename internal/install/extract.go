@@ -85,7 +85,8 @@ func (tx *transaction) writeFile(r io.Reader, it *item, buf []byte) error {
 	return nil
 }
 
-// setMeta sets owner then mode (chown clears setuid bits) on an open file.
+// setMeta sets owner, mode and capabilities on an open file, in rpm's
+// order: chown clears set-ID bits and capabilities.
 func (tx *transaction) setMeta(f *os.File, it *item) error {
 	uid, gid, perm := tx.meta(it)
 	if tx.chown {
@@ -93,7 +94,20 @@ func (tx *transaction) setMeta(f *os.File, it *item) error {
 			return err
 		}
 	}
-	return unix.Fchmod(int(f.Fd()), perm)
+	if err := unix.Fchmod(int(f.Fd()), perm); err != nil {
+		return err
+	}
+	if it.Caps == "" || !tx.chown {
+		return nil
+	}
+	value, err := rpm.CapabilityXattr(it.Caps, tx.capBits)
+	if err != nil {
+		return err
+	}
+	if err := unix.Fsetxattr(int(f.Fd()), "security.capability", value, 0); err != nil {
+		return fmt.Errorf("set capabilities %q: %w", it.Caps, err)
+	}
+	return nil
 }
 
 func (tx *transaction) writeSymlink(it *item) error {

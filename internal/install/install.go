@@ -41,8 +41,10 @@
 // are refused as unsupported; %ghost files are neither created nor
 // removed. Owners are resolved in the root's /etc/passwd and /etc/group
 // and only set when the process runs as root; as with rpm, an unknown name
-// becomes root and takes the setuid (or setgid) bit away. File and symlink
-// mtimes are the package's; a directory gets the package's mtime when the
+// becomes root and takes the setuid (or setgid) bit away. File
+// capabilities (%caps) are written as rpm writes them (security.capability),
+// when the process runs as root, and a warning says so when it does not.
+// File and symlink mtimes are the package's; a directory gets the package's mtime when the
 // install makes or meets it, so that, as with rpm, one the install then
 // writes into has the time of the install.
 //

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"sync"
 
+	"github.com/avsidecar/avsidecar/internal/rpm"
 	"github.com/rs/zerolog"
 	"golang.org/x/sys/unix"
 )
@@ -31,6 +32,20 @@ func (tx *transaction) loadIDs() {
 		log:    tx.log,
 	}
 	tx.chown = os.Geteuid() == 0
+	tx.capBits = rpm.KernelCapBits()
+	if !tx.chown {
+		n := 0
+		for _, it := range tx.items {
+			if it.Caps != "" && !it.IsGhost() {
+				n++
+			}
+		}
+		if n > 0 {
+			// rpm skips them without a word; an agent that needs
+			// cap_net_raw would fail later and far from here.
+			tx.log.Warn().Int("files", n).Msg("file capabilities not set: setting them needs root")
+		}
+	}
 }
 
 // readIDs reads name:x:id lines; a missing file is an empty map.

@@ -37,8 +37,9 @@ type transaction struct {
 	// install.
 	old, pending *receipt
 
-	ids   *idMap // owners and groups of the root
-	chown bool   // the process may change owners (runs as root)
+	ids     *idMap // owners and groups of the root
+	chown   bool   // the process may change owners and capabilities (runs as root)
+	capBits int    // capabilities the kernel knows, for "all" in %caps
 	// created lists the directories this install made, parents first, so
 	// that a failure before the first rename can take them away again.
 	created []string

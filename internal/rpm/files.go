@@ -41,6 +41,10 @@ type File struct {
 	Flags int64
 	// User and Group name the owner; resolving them is the installer's.
 	User, Group string
+	// Caps are a regular file's capabilities (%caps) in libcap's text,
+	// checked by Read; "" for none. CapabilityXattr turns them into what
+	// rpm writes.
+	Caps string
 	// Links lists, in header order, the indexes of the names of the hard
 	// link set the file belongs to; nil when it is alone. The payload
 	// carries the set's content with one of them (see Archive).
@@ -91,6 +95,7 @@ func (p *Package) decodeFiles() error {
 	groups := h.GetTag(tagFileGroupName).StringSlice()
 	inodes := ints(h, tagFileInodes)
 	devices := ints(h, tagFileDevices)
+	caps := h.GetTag(tagFileCaps).StringSlice()
 	for _, l := range []struct {
 		name string
 		n    int
@@ -99,7 +104,7 @@ func (p *Package) decodeFiles() error {
 		{"dir indexes", len(dirIdx), false}, {"modes", len(modes), false}, {"sizes", len(sizes), false},
 		{"mtimes", len(mtimes), true}, {"digests", len(digests), true}, {"link targets", len(links), true},
 		{"flags", len(flags), true}, {"users", len(users), true}, {"groups", len(groups), true},
-		{"inodes", len(inodes), true}, {"devices", len(devices), true},
+		{"inodes", len(inodes), true}, {"devices", len(devices), true}, {"capabilities", len(caps), true},
 	} {
 		if l.n != n && !(l.opt && l.n == 0) {
 			return unusable("header: %d file names but %d %s", n, l.n, l.name)
@@ -144,6 +149,13 @@ func (p *Package) decodeFiles() error {
 			}
 			if f.Digest != "" && (len(f.Digest) != hashLen || !isHex(f.Digest)) {
 				return unusable("header: %s: malformed digest", f.Path)
+			}
+			if len(caps) > 0 && caps[i] != "" {
+				// rpm sets capabilities on regular files only.
+				if _, err := CapabilityXattr(caps[i], 64); err != nil {
+					return unusable("header: %s: %w", f.Path, err)
+				}
+				f.Caps = caps[i]
 			}
 		case f.IsSymlink():
 			if len(links) == 0 || links[i] == "" || strings.ContainsRune(links[i], 0) {

@@ -57,6 +57,7 @@ const (
 	tagPayloadFormat     = 1124
 	tagPayloadCompressor = 1125
 	tagLongFileSizes     = 5008
+	tagFileCaps          = 5010
 	tagFileDigestAlgo    = 5011
 	tagPayloadDigest     = 5092
 	tagPayloadDigestAlgo = 5093
