@@ -176,9 +176,12 @@ func typeName(mode uint32) string {
 // cleanTemps removes the temporary files a killed install left behind.
 func (tx *transaction) cleanTemps(pending *receipt) {
 	for _, f := range pending.Files {
-		if f.Type != "dir" {
+		if f.Type == "dir" {
+			continue
+		}
+		if rel, err := tx.pathOf(f.Path); err == nil {
 			for _, suffix := range tmpSuffixes {
-				_ = tx.root.Remove(f.Path[1:] + suffix)
+				_ = tx.root.Remove(rel + suffix)
 			}
 		}
 	}
@@ -212,16 +215,24 @@ func (tx *transaction) prepare(owned map[string]receiptFile) error {
 		if it := tx.findItem(p); it != nil && it.IsSymlink() {
 			continue
 		}
-		if st, err := tx.root.Lstat(p[1:]); err == nil && st.Mode()&fs.ModeSymlink != 0 {
-			if err := tx.root.Remove(p[1:]); err != nil {
+		rel, err := tx.pathOf(p)
+		if err != nil {
+			continue
+		}
+		if st, err := tx.root.Lstat(rel); err == nil && st.Mode()&fs.ModeSymlink != 0 {
+			if err := tx.root.Remove(rel); err != nil {
 				return fmt.Errorf("remove old symlink: %w", err)
 			}
 		}
 	}
+	tx.resolved = nil // the old links may have led elsewhere
 	made := map[string]bool{}
 	for _, it := range tx.sorted {
 		if it.IsGhost() {
 			continue
+		}
+		if err := tx.locate(it); err != nil {
+			return err
 		}
 		if parent := path.Dir(it.rel); parent != "." && !made[parent] {
 			if err := tx.mkdirAll(parent); err != nil {
@@ -327,8 +338,13 @@ func (tx *transaction) ensureDir(it *item, owned map[string]receiptFile) error {
 	case st.IsDir():
 		return nil
 	case st.Mode()&fs.ModeSymlink != 0:
-		if t, err := tx.root.Stat(it.rel); err == nil && t.IsDir() {
-			return nil
+		// The directory is where the link leads, in the root: its
+		// metadata goes there, and so do the files below it.
+		if target, err := tx.dirOf(it.dest); err == nil {
+			if t, err := tx.root.Stat(target); err == nil && t.IsDir() {
+				it.rel = target
+				return nil
+			}
 		}
 	}
 	if _, ok := owned[it.dest]; !ok {
@@ -493,7 +509,10 @@ func (tx *transaction) removeStale(owned map[string]receiptFile) {
 		if tx.findItem(p) != nil {
 			continue
 		}
-		rel := p[1:]
+		rel, err := tx.pathOf(p)
+		if err != nil {
+			continue
+		}
 		st, err := tx.root.Lstat(rel)
 		if err != nil {
 			continue
@@ -548,14 +567,19 @@ func (tx *transaction) syncfs() error {
 func (tx *transaction) recordDisk(r *receipt) {
 	for i := range r.Files {
 		f := &r.Files[i]
-		st, err := tx.root.Lstat(f.Path[1:])
+		rel, err := tx.pathOf(f.Path)
+		if err != nil {
+			f.Size, f.MTime = 0, 0
+			continue
+		}
+		st, err := tx.root.Lstat(rel)
 		if err != nil {
 			// A scriptlet removed it: nothing a restore could reproduce.
 			f.Size, f.MTime = 0, 0
 			continue
 		}
 		if f.Type == "file" && st.Mode().IsRegular() && st.Size() == f.Size && st.ModTime().UnixNano() != f.MTime {
-			f.Shipped, _ = tx.diskMatches(f.Path[1:], f.Digest)
+			f.Shipped, _ = tx.diskMatches(rel, f.Digest)
 		}
 		f.Size = st.Size()
 		f.MTime = st.ModTime().UnixNano()

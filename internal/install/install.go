@@ -44,7 +44,9 @@
 // becomes root and takes the setuid (or setgid) bit away. File
 // capabilities (%caps) are written as rpm writes them (security.capability),
 // when the process runs as root, and a warning says so when it does not.
-// File and symlink mtimes are the package's; a directory gets the package's mtime when the
+// Symlinks of the root are followed inside it, as by rpm --root (chrooted):
+// /var/run -> /run leads to the root's /run, never the host's. File and
+// symlink mtimes are the package's; a directory gets the package's mtime when the
 // install makes or meets it, so that, as with rpm, one the install then
 // writes into has the time of the install.
 //

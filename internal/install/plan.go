@@ -37,6 +37,8 @@ type transaction struct {
 	// install.
 	old, pending *receipt
 
+	resolved resolver // directories of the root, their symlinks followed
+
 	ids     *idMap // owners and groups of the root
 	chown   bool   // the process may change owners and capabilities (runs as root)
 	capBits int    // capabilities the kernel knows, for "all" in %caps
@@ -49,7 +51,10 @@ type transaction struct {
 type item struct {
 	*rpm.File
 	dest string // after relocation: absolute and clean, inside the root
-	rel  string // dest relative to the root, as os.Root takes it
+	// rel is where dest is in the root, relative, as os.Root takes it,
+	// the root's symlinks followed (locate): every file system call uses
+	// it.
+	rel  string
 	act  action
 	tmp  string // temporary name while the payload is extracted
 	done bool   // the temporary file holds the checked content

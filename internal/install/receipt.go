@@ -7,7 +7,6 @@ import (
 	"io/fs"
 	"os"
 	"path"
-	"path/filepath"
 	"syscall"
 	"time"
 
@@ -83,8 +82,17 @@ func (r *receipt) result(changed bool) Result {
 	}
 }
 
+// statePath is where a file of the state dir is in the root (the root's
+// symlinks followed).
 func (tx *transaction) statePath(name string) string {
-	return path.Join(tx.cfg.StateDir, name)[1:]
+	dir, err := tx.dirOf(tx.cfg.StateDir)
+	if err != nil {
+		dir = tx.cfg.StateDir[1:] // os.Root says what is wrong with it
+	}
+	if name == "" {
+		return dir
+	}
+	return relJoin(dir, name)
 }
 
 // loadState reads the receipt and the journal of an interrupted install
@@ -122,29 +130,35 @@ func (tx *transaction) loadState() {
 // parents before children, which a restore from the payload can put
 // back. Modified %config files count as intact; rpm would keep them too.
 func (tx *transaction) inspect(r *receipt) (missing []receiptFile, intact bool) {
-	// fstatat relative to each parent directory, opened once: a start with
-	// a matching receipt is a stat per owned file and little else.
+	// fstatat relative to each parent directory, opened once (through the
+	// root, its symlinks followed): a start with a matching receipt is a
+	// stat per owned file and little else.
 	const absent = -1
 	dirs := map[string]int{}
+	var open []*os.File
 	defer func() {
-		for _, fd := range dirs {
-			if fd != absent {
-				unix.Close(fd)
-			}
+		for _, d := range open {
+			d.Close()
 		}
 	}()
 	for _, f := range r.Files {
 		parent, base := path.Split(f.Path)
 		fd, ok := dirs[parent]
 		if !ok {
-			var err error
-			fd, err = unix.Open(filepath.Join(tx.cfg.Root, filepath.FromSlash(parent)), unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+			rp, err := tx.dirOf(parent)
+			var d *os.File
+			if err == nil {
+				d, err = tx.root.Open(rp)
+			}
 			switch {
-			case errors.Is(err, unix.ENOENT):
+			case errors.Is(err, fs.ErrNotExist):
 				fd = absent
 			case err != nil:
 				tx.log.Info().Err(err).Str("path", parent).Msg("installed directory unusable, installing again")
 				return nil, false
+			default:
+				open = append(open, d)
+				fd = int(d.Fd())
 			}
 			dirs[parent] = fd
 		}
@@ -167,7 +181,11 @@ func (tx *transaction) inspect(r *receipt) (missing []receiptFile, intact bool) 
 			if st.Mode&unix.S_IFMT == unix.S_IFLNK {
 				// An operator's link to a directory (var/ on a volume,
 				// say) stands for the directory, as at install.
-				ok = unix.Fstatat(fd, base, &st, 0) == nil && st.Mode&unix.S_IFMT == unix.S_IFDIR
+				rd, err := tx.dirOf(f.Path)
+				if err == nil {
+					info, serr := tx.root.Stat(rd)
+					ok = serr == nil && info.IsDir()
+				}
 			}
 		case "symlink":
 			ok = st.Mode&unix.S_IFMT == unix.S_IFLNK

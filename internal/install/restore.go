@@ -85,6 +85,10 @@ func (tx *transaction) restore(ctx context.Context, items []*item) (int, error) 
 		tx.removeCreated()
 	}
 	for _, it := range items {
+		if err := tx.locate(it); err != nil {
+			undo()
+			return 0, err
+		}
 		if parent := path.Dir(it.rel); parent != "." {
 			if err := tx.mkdirAll(parent); err != nil {
 				undo()
