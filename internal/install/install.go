@@ -91,7 +91,9 @@ type Config struct {
 	// install receipt and journal. Empty means $Prefix/var/avsidecar.
 	StateDir string
 	// From is the package prefix relocated to Prefix. Empty means the
-	// package's only prefix; a package with several needs it set.
+	// client's: the package's only prefix, or of several (the others stay
+	// where they are, as with rpm --relocate) /usr/local/avamar, or else
+	// the one that holds bin/avagent.bin.
 	From string
 	// MaxSize caps the bytes a package may install (the sum of its
 	// regular files, as its header declares them). Zero means 16 GiB.

@@ -106,7 +106,11 @@ func (tx *transaction) plan() error {
 	case len(p.Prefixes) == 0:
 		tx.log.Warn().Str("prefix", tx.cfg.Prefix).Msg("package is not relocatable: installing its paths as they are")
 	default:
-		return fmt.Errorf("package has several prefixes %v: say which one to relocate", p.Prefixes)
+		if tx.from = clientPrefix(p); tx.from == "" {
+			return unusable("package has several prefixes %v, and none is %s or holds bin/avagent.bin: which one is the client's, to relocate to %s, cannot be told",
+				p.Prefixes, clientDefaultPrefix, tx.cfg.Prefix)
+		}
+		tx.log.Info().Strs("prefixes", p.Prefixes).Str("relocated", tx.from).Msg("package has several prefixes: relocating the client's")
 	}
 	for _, pre := range p.Prefixes {
 		if pre == tx.from {
@@ -171,6 +175,26 @@ func checkPath(p string) error {
 		}
 	}
 	return nil
+}
+
+// clientDefaultPrefix is where the Avamar client installs by default.
+const clientDefaultPrefix = "/usr/local/avamar"
+
+// clientPrefix is, of a package's several prefixes, the Avamar client's:
+// /usr/local/avamar, or else the one that holds bin/avagent.bin; "" when
+// neither tells.
+func clientPrefix(p *rpm.Package) string {
+	if slices.Contains(p.Prefixes, clientDefaultPrefix) {
+		return clientDefaultPrefix
+	}
+	for _, pre := range p.Prefixes {
+		for _, f := range p.Files {
+			if f.Path == pre+"/bin/avagent.bin" {
+				return pre
+			}
+		}
+	}
+	return ""
 }
 
 // relocate applies rpm --relocate from=to to p.

@@ -9,6 +9,7 @@ const (
 	tagFileModes         = 1030
 	tagFileDigests       = 1035
 	tagFileLinkTos       = 1036
+	tagPrefixes          = 1098
 	tagBaseNames         = 1117
 	tagDirNames          = 1118
 	tagPayloadCompressor = 1125
