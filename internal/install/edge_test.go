@@ -93,6 +93,7 @@ func TestEdgePackages(t *testing.T) {
 		{spec: "names-toolong", payload: "w9.gzdio", want: verdictBoth},
 		{spec: "rootlinks", payload: "w9.gzdio", setup: rootLinks, want: verdictSame},
 		{spec: "v3", payload: "gzip", build: buildV3, want: verdictSame},
+		{spec: "rootdir", payload: "w9.gzdio", want: verdictSame},
 	} {
 		t.Run(c.spec+"/"+c.payload, func(t *testing.T) {
 			start := time.Now()

@@ -125,7 +125,7 @@ func (tx *transaction) plan() error {
 	for i := range p.Files {
 		f := &p.Files[i]
 		dest := relocate(f.Path, tx.from, tx.to)
-		if err := checkPath(dest); err != nil {
+		if err := checkPath(dest); err != nil && !(dest == "/" && f.IsDir()) {
 			return unusable("relocated %w", err)
 		}
 		for _, suffix := range tmpSuffixes {

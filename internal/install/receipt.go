@@ -142,6 +142,9 @@ func (tx *transaction) inspect(r *receipt) (missing []receiptFile, intact bool) 
 		}
 	}()
 	for _, f := range r.Files {
+		if f.Path == "/" {
+			continue // the root, which a package may own: it is there
+		}
 		parent, base := path.Split(f.Path)
 		fd, ok := dirs[parent]
 		if !ok {

@@ -58,6 +58,9 @@ func (tx *transaction) dirOf(dir string) (string, error) {
 // pathOf returns the path in the root of p, an absolute path inside the
 // root: its directory resolved (dirOf), its last component as it is.
 func (tx *transaction) pathOf(p string) (string, error) {
+	if p == "/" {
+		return ".", nil
+	}
 	dir, base := path.Split(p)
 	rd, err := tx.dirOf(dir)
 	if err != nil {

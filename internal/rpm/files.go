@@ -24,7 +24,8 @@ const (
 
 // File is one file of a package, as its header describes it.
 type File struct {
-	// Path is absolute and clean, as in the package (before relocation).
+	// Path is absolute and clean, as in the package (before relocation);
+	// "/" only for a directory (the root itself).
 	Path string
 	// Mode is st_mode: type and permission bits.
 	Mode uint32
@@ -118,14 +119,20 @@ func (p *Package) decodeFiles() error {
 			return unusable("header: file %d: directory index out of range", i)
 		}
 		dir, base := dirs[dirIdx[i]], names[i]
-		if !strings.HasSuffix(dir, "/") || base == "" || base == "." || base == ".." || strings.Contains(base, "/") {
-			return unusable("header: unsafe file name %q in %q", base, dir)
-		}
-		f.Path = dir + base
-		if err := CheckPath(f.Path); err != nil {
-			return unusable("header: %w", err)
-		}
 		f.Mode = uint32(modes[i])
+		switch {
+		case dir == "/" && base == "" && f.IsDir():
+			// The root directory itself, as Fedora's filesystem package
+			// owns it: rpm applies its metadata to the root.
+			f.Path = "/"
+		case !strings.HasSuffix(dir, "/") || base == "" || base == "." || base == ".." || strings.Contains(base, "/"):
+			return unusable("header: unsafe file name %q in %q", base, dir)
+		default:
+			f.Path = dir + base
+			if err := CheckPath(f.Path); err != nil {
+				return unusable("header: %w", err)
+			}
+		}
 		f.Size = sizes[i]
 		if f.Size < 0 {
 			return unusable("header: %s: negative size", f.Path)
