@@ -1,6 +1,7 @@
 package rpm
 
 import (
+	"bufio"
 	"bytes"
 	"errors"
 	"fmt"
@@ -136,3 +137,5 @@ for i in 1 2 3 4; do head -c %d /dev/urandom > %%{buildroot}/opt/payload/f$i; do
 	}
 	return matches[0]
 }
+
+func bufioReader(b []byte) *bufio.Reader { return bufio.NewReader(bytes.NewReader(b)) }
