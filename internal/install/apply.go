@@ -23,6 +23,8 @@ import (
 // temporary files, rename into place, directory metadata, %post, removal
 // of what the old package owned and this one does not, receipt.
 func (tx *transaction) apply(ctx context.Context) (*receipt, error) {
+	tx.d = newDirs(tx.root)
+	defer tx.closeDirs()
 	p, old, pending := tx.pkg, tx.old, tx.pending
 	tx.loadIDs()
 	owned := ownedBy(old, pending)
@@ -187,11 +189,21 @@ func (tx *transaction) cleanTemps(pending *receipt) {
 	}
 }
 
+// closeDirs closes the directories prepare opened.
+func (tx *transaction) closeDirs() {
+	if tx.d != nil {
+		tx.d.close()
+	}
+}
+
 // removeTemps removes the temporary files of items.
 func (tx *transaction) removeTemps(items []*item) {
+	if tx.d == nil {
+		return
+	}
 	for _, it := range items {
-		if !it.IsDir() {
-			_ = tx.root.Remove(it.tmp)
+		if !it.IsDir() && it.tmp != "" {
+			_ = tx.d.remove(it.tmp)
 		}
 	}
 }
@@ -226,6 +238,7 @@ func (tx *transaction) prepare(owned map[string]receiptFile) error {
 		}
 	}
 	tx.resolved = nil // the old links may have led elsewhere
+	tx.d.close()
 	made := map[string]bool{}
 	for _, it := range tx.sorted {
 		if it.IsGhost() {
@@ -274,16 +287,11 @@ func (tx *transaction) checkInTheWay(it *item) error {
 	case it.act == actRPMNew:
 		rel += ".rpmnew"
 	}
-	st, err := tx.root.Lstat(rel)
-	if err != nil || !st.IsDir() {
+	st, err := tx.d.lstat(rel)
+	if err != nil || st.Mode&unix.S_IFMT != unix.S_IFDIR {
 		return nil
 	}
-	d, err := tx.root.Open(rel)
-	if err != nil {
-		return fmt.Errorf("install %s: %w", it.dest, err)
-	}
-	defer d.Close()
-	if names, _ := d.Readdirnames(1); len(names) > 0 {
+	if empty, err := tx.d.emptyDir(rel); err != nil || !empty {
 		return fmt.Errorf("install %s: a directory that is not empty is in the way", "/"+rel)
 	}
 	return nil
@@ -292,19 +300,25 @@ func (tx *transaction) checkInTheWay(it *item) error {
 // mkdirAll makes rel and its missing parents (mode 0755, as rpm makes the
 // directories a package does not list), recording what it made.
 func (tx *transaction) mkdirAll(rel string) error {
-	for i := 0; i <= len(rel); i++ {
-		if i < len(rel) && rel[i] != '/' {
-			continue
-		}
-		d := rel[:i]
-		if _, err := tx.root.Stat(d); err == nil {
-			continue
-		}
-		if err := tx.root.Mkdir(d, 0o755); err != nil && !errors.Is(err, fs.ErrExist) {
-			return err
-		}
-		tx.created = append(tx.created, d)
+	if rel == "." || rel == "" {
+		return nil
 	}
+	st, err := tx.d.lstat(rel)
+	switch {
+	case err == nil && st.Mode&unix.S_IFMT == unix.S_IFDIR:
+		return nil
+	case err == nil:
+		return pathError("create", "/"+rel, unix.ENOTDIR)
+	case !errors.Is(err, unix.ENOENT):
+		return err
+	}
+	if err := tx.mkdirAll(path.Dir(rel)); err != nil {
+		return err
+	}
+	if err := tx.d.mkdir(rel); err != nil && !errors.Is(err, unix.EEXIST) {
+		return err
+	}
+	tx.created = append(tx.created, rel)
 	return nil
 }
 
@@ -316,8 +330,7 @@ func (tx *transaction) makeDir(it *item, owned map[string]receiptFile) error {
 		return err
 	}
 	// As with rpm, a directory's time is not worth failing for.
-	t := time.Unix(it.MTime, 0)
-	_ = tx.root.Chtimes(it.rel, t, t)
+	_ = tx.d.setTimes(it.rel, it.MTime*1e9)
 	return nil
 }
 
@@ -325,19 +338,19 @@ func (tx *transaction) makeDir(it *item, owned map[string]receiptFile) error {
 // directory symlink the package does not own (an operator's link to a
 // volume, say) is kept, as rpm keeps it.
 func (tx *transaction) ensureDir(it *item, owned map[string]receiptFile) error {
-	st, err := tx.root.Lstat(it.rel)
+	st, err := tx.d.lstat(it.rel)
 	switch {
-	case errors.Is(err, fs.ErrNotExist):
-		if err := tx.root.Mkdir(it.rel, 0o755); err != nil {
-			return fmt.Errorf("create %s: %w", it.dest, err)
+	case errors.Is(err, unix.ENOENT):
+		if err := tx.d.mkdir(it.rel); err != nil {
+			return pathError("create", it.dest, err)
 		}
 		tx.created = append(tx.created, it.rel)
 		return nil
 	case err != nil:
-		return fmt.Errorf("stat %s: %w", it.dest, err)
-	case st.IsDir():
+		return pathError("stat", it.dest, err)
+	case st.Mode&unix.S_IFMT == unix.S_IFDIR:
 		return nil
-	case st.Mode()&fs.ModeSymlink != 0:
+	case st.Mode&unix.S_IFMT == unix.S_IFLNK:
 		// The directory is where the link leads, in the root: its
 		// metadata goes there, and so do the files below it.
 		if target, err := tx.dirOf(it.dest); err == nil {
@@ -348,13 +361,13 @@ func (tx *transaction) ensureDir(it *item, owned map[string]receiptFile) error {
 		}
 	}
 	if _, ok := owned[it.dest]; !ok {
-		return fmt.Errorf("create %s: a %s the package does not own is in the way", it.dest, st.Mode().Type())
+		return fmt.Errorf("create %s: a %s the package does not own is in the way", it.dest, fs.FileMode(st.Mode&unix.S_IFMT).Type())
 	}
-	if err := tx.root.Remove(it.rel); err != nil {
-		return fmt.Errorf("replace %s: %w", it.dest, err)
+	if err := tx.d.remove(it.rel); err != nil {
+		return pathError("replace", it.dest, err)
 	}
-	if err := tx.root.Mkdir(it.rel, 0o755); err != nil {
-		return fmt.Errorf("create %s: %w", it.dest, err)
+	if err := tx.d.mkdir(it.rel); err != nil {
+		return pathError("create", it.dest, err)
 	}
 	return nil
 }
@@ -436,22 +449,21 @@ func (tx *transaction) commit(sorted []*item) error {
 		}
 		switch it.act {
 		case actKeep:
-			_ = tx.root.Remove(it.tmp)
 		case actRPMNew:
-			if err := tx.root.Rename(it.tmp, it.rel+".rpmnew"); err != nil {
-				return fmt.Errorf("install %s.rpmnew: %w", it.dest, err)
+			if err := tx.d.rename(it.tmp, it.rel+".rpmnew"); err != nil {
+				return pathError("install", it.dest+".rpmnew", err)
 			}
 		default:
-			if err := tx.root.Rename(it.tmp, it.rel); err != nil {
+			if err := tx.d.rename(it.tmp, it.rel); err != nil {
 				// A directory where the new package has a file: only an
 				// empty one is replaced.
-				if st, serr := tx.root.Lstat(it.rel); serr == nil && st.IsDir() {
-					if rerr := tx.root.Remove(it.rel); rerr == nil {
-						err = tx.root.Rename(it.tmp, it.rel)
+				if st, serr := tx.d.lstat(it.rel); serr == nil && st.Mode&unix.S_IFMT == unix.S_IFDIR {
+					if rerr := tx.d.remove(it.rel); rerr == nil {
+						err = tx.d.rename(it.tmp, it.rel)
 					}
 				}
 				if err != nil {
-					return fmt.Errorf("install %s: %w", it.dest, err)
+					return pathError("install", it.dest, err)
 				}
 			}
 		}
@@ -470,33 +482,22 @@ func (tx *transaction) commit(sorted []*item) error {
 }
 
 // dirMeta sets the owner and mode of a package directory (its mtime was
-// set by makeDir).
+// set by makeDir), on the directory itself, opened through the root.
 func (tx *transaction) dirMeta(it *item) error {
+	fd, err := tx.d.fd(it.rel)
+	if err != nil {
+		return pathError("chmod", it.dest, err)
+	}
 	uid, gid, perm := tx.meta(it)
 	if tx.chown {
-		if err := tx.root.Lchown(it.rel, uid, gid); err != nil {
-			return fmt.Errorf("chown %s: %w", it.dest, err)
+		if err := unix.Fchown(fd, uid, gid); err != nil {
+			return pathError("chown", it.dest, err)
 		}
 	}
-	if err := tx.root.Chmod(it.rel, fileMode(perm)); err != nil {
-		return fmt.Errorf("chmod %s: %w", it.dest, err)
+	if err := unix.Fchmod(fd, perm); err != nil {
+		return pathError("chmod", it.dest, err)
 	}
 	return nil
-}
-
-// fileMode converts Unix permission bits to os.FileMode.
-func fileMode(mode uint32) os.FileMode {
-	m := os.FileMode(mode & 0o777)
-	if mode&unix.S_ISUID != 0 {
-		m |= os.ModeSetuid
-	}
-	if mode&unix.S_ISGID != 0 {
-		m |= os.ModeSetgid
-	}
-	if mode&unix.S_ISVTX != 0 {
-		m |= os.ModeSticky
-	}
-	return m
 }
 
 // removeStale removes what the old package owned and the new one does
@@ -568,20 +569,19 @@ func (tx *transaction) recordDisk(r *receipt) {
 	for i := range r.Files {
 		f := &r.Files[i]
 		rel, err := tx.pathOf(f.Path)
-		if err != nil {
-			f.Size, f.MTime = 0, 0
-			continue
+		var st unix.Stat_t
+		if err == nil {
+			st, err = tx.d.lstat(rel)
 		}
-		st, err := tx.root.Lstat(rel)
 		if err != nil {
 			// A scriptlet removed it: nothing a restore could reproduce.
 			f.Size, f.MTime = 0, 0
 			continue
 		}
-		if f.Type == "file" && st.Mode().IsRegular() && st.Size() == f.Size && st.ModTime().UnixNano() != f.MTime {
+		if f.Type == "file" && st.Mode&unix.S_IFMT == unix.S_IFREG && st.Size == f.Size && st.Mtim.Nano() != f.MTime {
 			f.Shipped, _ = tx.diskMatches(rel, f.Digest)
 		}
-		f.Size = st.Size()
-		f.MTime = st.ModTime().UnixNano()
+		f.Size = st.Size
+		f.MTime = st.Mtim.Nano()
 	}
 }

@@ -6,9 +6,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"path"
-	"syscall"
-	"time"
 
 	"github.com/avsidecar/avsidecar/internal/rpm"
 	"golang.org/x/sys/unix"
@@ -52,13 +49,12 @@ func (tx *transaction) extract(ctx context.Context) error {
 }
 
 // writeFile copies one entry's content to the temporary file of it and
-// sets mode, owner and mtime. The content is checked as it is read: a
-// digest mismatch fails the copy.
+// sets owner, mode, capabilities and mtime. The content is checked as it
+// is read: a digest mismatch fails the copy.
 func (tx *transaction) writeFile(r io.Reader, it *item, buf []byte) error {
-	_ = tx.root.Remove(it.tmp)
-	out, err := tx.root.OpenFile(it.tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL|syscall.O_NOFOLLOW, 0o600)
+	out, err := tx.d.create(it.tmp)
 	if err != nil {
-		return fmt.Errorf("create %s: %w", it.dest, err)
+		return pathError("create", it.dest, err)
 	}
 	_, err = io.CopyBuffer(out, r, buf)
 	if err == nil {
@@ -68,14 +64,14 @@ func (tx *transaction) writeFile(r io.Reader, it *item, buf []byte) error {
 		err = fmt.Errorf("write %s: %w", it.dest, cerr)
 	}
 	if err == nil {
-		t := time.Unix(it.MTime, 0)
+		ns := it.MTime * 1e9
 		if it.diskMTime != 0 {
-			t = time.Unix(0, it.diskMTime)
+			ns = it.diskMTime
 		}
-		err = tx.root.Chtimes(it.tmp, t, t)
+		err = tx.d.setTimes(it.tmp, ns)
 	}
 	if err != nil {
-		_ = tx.root.Remove(it.tmp)
+		_ = tx.d.remove(it.tmp)
 		if errors.Is(err, rpm.ErrUnusable) {
 			return err
 		}
@@ -111,33 +107,20 @@ func (tx *transaction) setMeta(f *os.File, it *item) error {
 }
 
 func (tx *transaction) writeSymlink(it *item) error {
-	_ = tx.root.Remove(it.tmp)
-	if err := tx.root.Symlink(it.LinkTo, it.tmp); err != nil {
-		return fmt.Errorf("create %s: %w", it.dest, err)
+	if err := tx.d.symlink(it.LinkTo, it.tmp); err != nil {
+		return pathError("create", it.dest, err)
 	}
 	if tx.chown {
 		uid, gid, _ := tx.meta(it)
-		if err := tx.root.Lchown(it.tmp, uid, gid); err != nil {
-			return fmt.Errorf("chown %s: %w", it.dest, err)
+		if err := tx.d.lchown(it.tmp, uid, gid); err != nil {
+			return pathError("chown", it.dest, err)
 		}
 	}
-	if err := tx.lutimes(it.tmp, it.MTime); err != nil {
-		return fmt.Errorf("set times of %s: %w", it.dest, err)
+	if err := tx.d.setTimes(it.tmp, it.MTime*1e9); err != nil {
+		return pathError("set times of", it.dest, err)
 	}
 	it.done = true
 	return nil
-}
-
-// lutimes sets the times of a symlink itself, which os.Root cannot: the
-// parent is opened through the root and the link changed relative to it.
-func (tx *transaction) lutimes(rel string, mtime int64) error {
-	dir, err := tx.root.Open(path.Dir(rel))
-	if err != nil {
-		return err
-	}
-	defer dir.Close()
-	ts := []unix.Timespec{{Sec: mtime}, {Sec: mtime}}
-	return unix.UtimesNanoAt(int(dir.Fd()), path.Base(rel), ts, unix.AT_SYMLINK_NOFOLLOW)
 }
 
 // linkSets gives every name of each hard link set the content written
@@ -162,9 +145,8 @@ func (tx *transaction) linkSets() error {
 			if dst.done || dst.skip {
 				continue
 			}
-			_ = tx.root.Remove(dst.tmp)
-			if err := tx.root.Link(src.tmp, dst.tmp); err != nil {
-				return fmt.Errorf("link %s: %w", dst.dest, err)
+			if err := tx.d.link(src.tmp, dst.tmp); err != nil {
+				return pathError("link", dst.dest, err)
 			}
 			dst.done = true
 		}

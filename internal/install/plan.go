@@ -38,6 +38,7 @@ type transaction struct {
 	old, pending *receipt
 
 	resolved resolver // directories of the root, their symlinks followed
+	d        *dirs    // directories of the root kept open, from prepare on
 
 	ids     *idMap // owners and groups of the root
 	chown   bool   // the process may change owners and capabilities (runs as root)

@@ -73,6 +73,8 @@ func (tx *transaction) restorable(missing []receiptFile) []*item {
 // of what it began.
 func (tx *transaction) restore(ctx context.Context, items []*item) (int, error) {
 	tx.loadIDs()
+	tx.d = newDirs(tx.root)
+	defer tx.closeDirs()
 	restoring := make(map[*item]bool, len(items))
 	for _, it := range items {
 		restoring[it] = true

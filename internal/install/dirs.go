@@ -1,0 +1,248 @@
+package install
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path"
+	"strings"
+
+	"golang.org/x/sys/unix"
+)
+
+// dirs keeps directories of the root open, so that an operation on a file
+// is one system call relative to its directory (openat, renameat...)
+// rather than a walk of its whole path per call, which is what os.Root
+// does: a component at a time. The directories themselves are opened
+// through os.Root, so they are inside the root; the calls name a single
+// component in them and never follow a symlink at it, so nothing they do
+// leaves the root either.
+type dirs struct {
+	root *os.Root
+	open map[string]*os.File
+	lru  []string // least recently used first
+}
+
+// maxOpenDirs bounds the directories kept open: a package is installed
+// in path order, so the few last used are nearly always the next needed.
+const maxOpenDirs = 64
+
+func newDirs(root *os.Root) *dirs {
+	return &dirs{root: root, open: map[string]*os.File{}}
+}
+
+// fd returns a descriptor of the directory rel ("." for the root), a path
+// in the root whose symlinks were followed (resolve.go).
+func (d *dirs) fd(rel string) (int, error) {
+	if f, ok := d.open[rel]; ok {
+		for i, r := range d.lru {
+			if r == rel {
+				d.lru = append(append(d.lru[:i:i], d.lru[i+1:]...), rel)
+				break
+			}
+		}
+		return int(f.Fd()), nil
+	}
+	f, err := d.root.Open(rel)
+	if err != nil {
+		return -1, err
+	}
+	if len(d.lru) >= maxOpenDirs {
+		old := d.lru[0]
+		d.lru = d.lru[1:]
+		d.open[old].Close()
+		delete(d.open, old)
+	}
+	d.open[rel] = f
+	d.lru = append(d.lru, rel)
+	return int(f.Fd()), nil
+}
+
+// in returns a descriptor of the directory of rel and rel's last
+// component.
+func (d *dirs) in(rel string) (int, string, error) {
+	dir, base := path.Split(rel)
+	dir = strings.TrimSuffix(dir, "/")
+	if dir == "" {
+		dir = "."
+	}
+	fd, err := d.fd(dir)
+	return fd, base, err
+}
+
+// forget closes rel's descriptor, once rel is removed or replaced.
+func (d *dirs) forget(rel string) {
+	if f, ok := d.open[rel]; ok {
+		f.Close()
+		delete(d.open, rel)
+		for i, r := range d.lru {
+			if r == rel {
+				d.lru = append(d.lru[:i:i], d.lru[i+1:]...)
+				break
+			}
+		}
+	}
+}
+
+func (d *dirs) close() {
+	for _, f := range d.open {
+		f.Close()
+	}
+	d.open, d.lru = map[string]*os.File{}, nil
+}
+
+// lstat stats rel, not following a symlink at it.
+func (d *dirs) lstat(rel string) (unix.Stat_t, error) {
+	var st unix.Stat_t
+	fd, base, err := d.in(rel)
+	if err == nil {
+		err = unix.Fstatat(fd, base, &st, unix.AT_SYMLINK_NOFOLLOW)
+	}
+	return st, err
+}
+
+// create makes a new regular file rel, mode 0600, replacing a leftover
+// file of that name (a killed install's temporary file).
+func (d *dirs) create(rel string) (*os.File, error) {
+	fd, base, err := d.in(rel)
+	if err != nil {
+		return nil, err
+	}
+	const flags = unix.O_WRONLY | unix.O_CREAT | unix.O_EXCL | unix.O_NOFOLLOW | unix.O_CLOEXEC
+	f, err := unix.Openat(fd, base, flags, 0o600)
+	if errors.Is(err, unix.EEXIST) {
+		if err = unix.Unlinkat(fd, base, 0); err == nil {
+			f, err = unix.Openat(fd, base, flags, 0o600)
+		}
+	}
+	if err != nil {
+		return nil, err
+	}
+	return os.NewFile(uintptr(f), rel), nil
+}
+
+// symlink makes rel a new symlink to target, replacing a leftover.
+func (d *dirs) symlink(target, rel string) error {
+	fd, base, err := d.in(rel)
+	if err != nil {
+		return err
+	}
+	err = unix.Symlinkat(target, fd, base)
+	if errors.Is(err, unix.EEXIST) {
+		if err = unix.Unlinkat(fd, base, 0); err == nil {
+			err = unix.Symlinkat(target, fd, base)
+		}
+	}
+	return err
+}
+
+// link makes newRel a new hard link to oldRel, replacing a leftover.
+func (d *dirs) link(oldRel, newRel string) error {
+	ofd, obase, err := d.in(oldRel)
+	if err != nil {
+		return err
+	}
+	// Both descriptors may be needed at once: keep the first open.
+	of, err := unix.Dup(ofd)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(of)
+	nfd, nbase, err := d.in(newRel)
+	if err != nil {
+		return err
+	}
+	err = unix.Linkat(of, obase, nfd, nbase, 0)
+	if errors.Is(err, unix.EEXIST) {
+		if err = unix.Unlinkat(nfd, nbase, 0); err == nil {
+			err = unix.Linkat(of, obase, nfd, nbase, 0)
+		}
+	}
+	return err
+}
+
+// rename renames, within one directory, the last component of from to
+// that of to (a symlink at to is replaced, not followed).
+func (d *dirs) rename(from, to string) error {
+	fd, fbase, err := d.in(from)
+	if err != nil {
+		return err
+	}
+	return unix.Renameat(fd, fbase, fd, path.Base(to))
+}
+
+// remove removes the file, symlink or empty directory rel; a missing one
+// is no error.
+func (d *dirs) remove(rel string) error {
+	fd, base, err := d.in(rel)
+	if err != nil {
+		return err
+	}
+	err = unix.Unlinkat(fd, base, 0)
+	if errors.Is(err, unix.EISDIR) || errors.Is(err, unix.EPERM) {
+		if err = unix.Unlinkat(fd, base, unix.AT_REMOVEDIR); err == nil {
+			d.forget(rel)
+		}
+	}
+	if errors.Is(err, unix.ENOENT) {
+		return nil
+	}
+	return err
+}
+
+// mkdir makes the directory rel, mode 0755 (its mode is set later).
+func (d *dirs) mkdir(rel string) error {
+	fd, base, err := d.in(rel)
+	if err != nil {
+		return err
+	}
+	return unix.Mkdirat(fd, base, 0o755)
+}
+
+// setTimes sets the mtime (and atime) of rel, a symlink itself if rel
+// is one, in Unix nanoseconds.
+func (d *dirs) setTimes(rel string, ns int64) error {
+	fd, base, err := d.in(rel)
+	if err != nil {
+		return err
+	}
+	ts := unix.NsecToTimespec(ns)
+	return unix.UtimesNanoAt(fd, base, []unix.Timespec{ts, ts}, unix.AT_SYMLINK_NOFOLLOW)
+}
+
+// lchown sets the owner of rel, a symlink itself if rel is one.
+func (d *dirs) lchown(rel string, uid, gid int) error {
+	fd, base, err := d.in(rel)
+	if err != nil {
+		return err
+	}
+	return unix.Fchownat(fd, base, uid, gid, unix.AT_SYMLINK_NOFOLLOW)
+}
+
+// emptyDir reports whether rel is a directory with nothing in it.
+func (d *dirs) emptyDir(rel string) (bool, error) {
+	fd, base, err := d.in(rel)
+	if err != nil {
+		return false, err
+	}
+	dfd, err := unix.Openat(fd, base, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return false, err
+	}
+	f := os.NewFile(uintptr(dfd), rel)
+	defer f.Close()
+	names, err := f.Readdirnames(1)
+	if len(names) > 0 {
+		return false, nil
+	}
+	if errors.Is(err, io.EOF) {
+		return true, nil
+	}
+	return false, err
+}
+
+// pathError names the path of a failed call as os does.
+func pathError(op, p string, err error) error {
+	return fmt.Errorf("%s %s: %w", op, p, err)
+}
