@@ -20,14 +20,38 @@
 # Three payload compressions, as rpmbuild names them: gzip (w6.gzdio),
 # zstd (w19.zstdio, Fedora's) and xz (w6.xzdio, rpmbuild's default: one
 # xz block); xz-mt (w2T.xzdio, several blocks) on request.
+#
+# Both roots are on a fresh ext4 file system, made for the run on a loop
+# device with direct I/O over a fully written image (BENCH_FS=no installs
+# under $OUT instead): a file system that years of use have aged can make
+# every file creation cost tenths of a millisecond (this machine's does),
+# which drowns what the installers do; and with direct I/O a flush writes
+# to the disk, not to the host's page cache, so that the syncfs costs what
+# it costs on a real disk. Each run starts after a sync.
 set -eu
 
 OUT=${OUT:-/tmp/avsidecar-bench-install}
 RUNS=${RUNS:-10}
 PAYLOADS=${PAYLOADS:-bin tree}
 COMPRESSIONS=${COMPRESSIONS:-gzip zstd xz}
+BENCH_FS=${BENCH_FS:-yes}
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
+
+ROOTS=$OUT
+if [ "$BENCH_FS" = yes ]; then
+	ROOTS=$OUT/fs
+	mkdir -p "$ROOTS"
+	if ! mountpoint -q "$ROOTS"; then
+		if [ ! -f "$OUT/fs.img" ]; then
+			dd if=/dev/zero of="$OUT/fs.img" bs=4M count=1536 status=none conv=fsync
+		fi
+		mkfs.ext4 -q -F "$OUT/fs.img"
+		dev=$(losetup --direct-io=on -f --show "$OUT/fs.img")
+		mount "$dev" "$ROOTS"
+		trap 'umount "$ROOTS"; losetup -d "$dev"' EXIT
+	fi
+fi
 
 go build -o "$OUT/avsidecar" ./cmd/avsidecar
 
@@ -111,7 +135,7 @@ if [ "${PROFILE:-}" ]; then
 	# the install in process (go test), syncfs on.
 	for p in $PAYLOADS; do
 		for c in $COMPRESSIONS; do
-			AVSIDECAR_BENCH_RPM="$OUT/$p-$c.rpm" go test ./internal/install -run '^$' -bench '^BenchmarkInstallRPM$' \
+			AVSIDECAR_BENCH_RPM="$OUT/$p-$c.rpm" AVSIDECAR_BENCH_DIR="$ROOTS" go test ./internal/install -run '^$' -bench '^BenchmarkInstallRPM$' \
 				-benchtime 3x -cpuprofile "$OUT/$p-$c.pprof" -o "$OUT/install.test" | grep Benchmark
 			go tool pprof -top -nodecount 25 "$OUT/install.test" "$OUT/$p-$c.pprof" >"$OUT/$p-$c.top"
 			head -32 "$OUT/$p-$c.top"
@@ -123,14 +147,14 @@ fi
 for p in $PAYLOADS; do
 	for c in $COMPRESSIONS; do
 		name=$p-$c
-		R="$OUT/root-rpm"
-		A="$OUT/root-avs"
+		R="$ROOTS/root-rpm"
+		A="$ROOTS/root-avs"
 		mkdir -p "$A/pkgs"
 		cp "$OUT/$name.rpm" "$A/pkgs/client.rpm"
 		hyperfine -N --runs "$RUNS" --warmup 1 --export-markdown "$OUT/$name.md" --export-json "$OUT/$name.json" \
-			--prepare "rm -rf $R" \
+			--prepare "sh -c 'rm -rf $R; sync'" \
 			-n "rpm -i $name" "rpm -i --root $R --dbpath /rpmdb --nodeps --noscripts --relocate /usr/local/avamar=/opt/avamar $OUT/$name.rpm" \
-			--prepare "rm -rf $A/opt $A/etc" \
+			--prepare "sh -c 'rm -rf $A/opt $A/etc; sync'" \
 			-n "avsidecar install $name" "$OUT/avsidecar install --root $A --rpm /pkgs/client.rpm --prefix /opt/avamar --noscripts"
 		rm -rf "$R" "$A/opt" "$A/etc"
 	done
@@ -138,7 +162,7 @@ done
 uptime
 
 # A start with a matching receipt.
-A="$OUT/root-avs"
+A="$ROOTS/root-avs"
 cp "$OUT/$(echo $PAYLOADS | cut -d' ' -f1)-$(echo $COMPRESSIONS | cut -d' ' -f1).rpm" "$A/pkgs/client.rpm"
 "$OUT/avsidecar" install --root "$A" --rpm /pkgs/client.rpm --prefix /opt/avamar --noscripts >/dev/null
 hyperfine -N --runs 50 --warmup 3 --export-markdown "$OUT/receipt.md" \

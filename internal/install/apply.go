@@ -79,7 +79,7 @@ func (tx *transaction) apply(ctx context.Context) (*receipt, error) {
 		return nil, err
 	}
 	if err := tx.commit(tx.sorted); err != nil {
-		tx.removeTemps(tx.items)
+		tx.removeLeftovers(tx.items)
 		return nil, err
 	}
 	if err := tx.runScriptlet(ctx, "%post", p.Post, arg); err != nil {
@@ -196,13 +196,26 @@ func (tx *transaction) closeDirs() {
 	}
 }
 
-// removeTemps removes the temporary files of items.
+// removeLeftovers removes, after a failed commit, the temporary files not
+// yet renamed into place; what was written in place stays, in place.
+func (tx *transaction) removeLeftovers(items []*item) {
+	for _, it := range items {
+		if !it.IsDir() && it.tmp != "" && !it.inPlace {
+			_ = tx.d.remove(it.tmp)
+		}
+	}
+}
+
+// removeTemps removes, when an install is undone, the temporary files of
+// items and what it wrote in place.
 func (tx *transaction) removeTemps(items []*item) {
 	if tx.d == nil {
 		return
 	}
 	for _, it := range items {
-		if !it.IsDir() && it.tmp != "" {
+		// What is written in place was absent: only what this install
+		// wrote there goes.
+		if !it.IsDir() && it.tmp != "" && (!it.inPlace || it.done) {
 			_ = tx.d.remove(it.tmp)
 		}
 	}
@@ -268,18 +281,21 @@ func (tx *transaction) prepare(owned map[string]receiptFile) error {
 			// nothing changes in its directory.
 			it.act, it.skip = act, act == actKeep
 		}
-		if err := tx.checkInTheWay(it); err != nil {
+		if err := tx.place(it); err != nil {
 			return err
 		}
 	}
 	return nil
 }
 
-// checkInTheWay refuses, before anything is renamed into place, a
-// directory with something in it where the package has a file or a link:
-// the rename would fail half-way through the install (an empty directory
-// is replaced, see commit).
-func (tx *transaction) checkInTheWay(it *item) error {
+// place decides where an item is written. With nothing at its
+// destination there is nothing to protect: it is written in place, and a
+// failure removes it again. Otherwise it is written beside it, under its
+// temporary name, and renamed over it once the whole payload is checked
+// (commit). A directory with something in it where the package has a file
+// or a link is refused here, before anything changes: the rename would
+// fail half-way through the install (an empty one is replaced).
+func (tx *transaction) place(it *item) error {
 	rel := it.rel
 	switch {
 	case it.IsDir() || it.act == actKeep:
@@ -288,7 +304,11 @@ func (tx *transaction) checkInTheWay(it *item) error {
 		rel += ".rpmnew"
 	}
 	st, err := tx.d.lstat(rel)
-	if err != nil || st.Mode&unix.S_IFMT != unix.S_IFDIR {
+	switch {
+	case errors.Is(err, unix.ENOENT) && it.act == actWrite:
+		it.tmp, it.inPlace = it.rel, true
+		return nil
+	case err != nil || st.Mode&unix.S_IFMT != unix.S_IFDIR:
 		return nil
 	}
 	if empty, err := tx.d.emptyDir(rel); err != nil || !empty {
@@ -447,9 +467,9 @@ func (tx *transaction) commit(sorted []*item) error {
 		if it.IsDir() || it.IsGhost() {
 			continue
 		}
-		switch it.act {
-		case actKeep:
-		case actRPMNew:
+		switch {
+		case it.act == actKeep || it.inPlace:
+		case it.act == actRPMNew:
 			if err := tx.d.rename(it.tmp, it.rel+".rpmnew"); err != nil {
 				return pathError("install", it.dest+".rpmnew", err)
 			}
@@ -565,9 +585,17 @@ func (tx *transaction) syncfs() error {
 // scriptlet changed but not its size is read, to tell whether it still
 // has the package's content (sed -i that replaced nothing, say) and can
 // be restored from the payload when it goes missing.
+//
+// Without a %post, what the install wrote itself is as the package ships
+// it, which the receipt already says: only the rest is looked at.
 func (tx *transaction) recordDisk(r *receipt) {
 	for i := range r.Files {
 		f := &r.Files[i]
+		if !tx.postRan {
+			if it := tx.findItem(f.Path); it != nil && it.done && it.act == actWrite {
+				continue
+			}
+		}
 		rel, err := tx.pathOf(f.Path)
 		var st unix.Stat_t
 		if err == nil {

@@ -35,9 +35,9 @@ func BenchmarkReceiptMatches(b *testing.B) {
 }
 
 // BenchmarkInstallRPM installs the package AVSIDECAR_BENCH_RPM names into
-// a fresh root each time, syncfs on, as `avsidecar install` does: for
-// profiles of where an install's time goes (bench/install/run.sh with
-// PROFILE=1).
+// a fresh root each time (in AVSIDECAR_BENCH_DIR, else the temporary
+// directory), syncfs on, as `avsidecar install` does: for profiles of
+// where an install's time goes (bench/install/run.sh with PROFILE=1).
 func BenchmarkInstallRPM(b *testing.B) {
 	rpm := os.Getenv("AVSIDECAR_BENCH_RPM")
 	if rpm == "" {
@@ -45,7 +45,10 @@ func BenchmarkInstallRPM(b *testing.B) {
 	}
 	for b.Loop() {
 		b.StopTimer()
-		root := b.TempDir()
+		root, err := os.MkdirTemp(os.Getenv("AVSIDECAR_BENCH_DIR"), "root-")
+		if err != nil {
+			b.Fatal(err)
+		}
 		b.StartTimer()
 		res, err := Install(context.Background(), Config{RPM: rpm, Root: root, Prefix: "/opt/avamar", NoScripts: true}, zerolog.Nop())
 		if err != nil || !res.Changed {

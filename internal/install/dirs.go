@@ -102,16 +102,16 @@ func (d *dirs) lstat(rel string) (unix.Stat_t, error) {
 	return st, err
 }
 
-// create makes a new regular file rel, mode 0600, replacing a leftover
-// file of that name (a killed install's temporary file).
-func (d *dirs) create(rel string) (*os.File, error) {
+// create makes a new regular file rel, mode 0600; with replace, it
+// replaces a leftover of that name (a killed install's temporary file).
+func (d *dirs) create(rel string, replace bool) (*os.File, error) {
 	fd, base, err := d.in(rel)
 	if err != nil {
 		return nil, err
 	}
 	const flags = unix.O_WRONLY | unix.O_CREAT | unix.O_EXCL | unix.O_NOFOLLOW | unix.O_CLOEXEC
 	f, err := unix.Openat(fd, base, flags, 0o600)
-	if errors.Is(err, unix.EEXIST) {
+	if errors.Is(err, unix.EEXIST) && replace {
 		if err = unix.Unlinkat(fd, base, 0); err == nil {
 			f, err = unix.Openat(fd, base, flags, 0o600)
 		}
@@ -122,14 +122,15 @@ func (d *dirs) create(rel string) (*os.File, error) {
 	return os.NewFile(uintptr(f), rel), nil
 }
 
-// symlink makes rel a new symlink to target, replacing a leftover.
-func (d *dirs) symlink(target, rel string) error {
+// symlink makes rel a new symlink to target; with replace, it replaces a
+// leftover.
+func (d *dirs) symlink(target, rel string, replace bool) error {
 	fd, base, err := d.in(rel)
 	if err != nil {
 		return err
 	}
 	err = unix.Symlinkat(target, fd, base)
-	if errors.Is(err, unix.EEXIST) {
+	if errors.Is(err, unix.EEXIST) && replace {
 		if err = unix.Unlinkat(fd, base, 0); err == nil {
 			err = unix.Symlinkat(target, fd, base)
 		}
@@ -137,8 +138,9 @@ func (d *dirs) symlink(target, rel string) error {
 	return err
 }
 
-// link makes newRel a new hard link to oldRel, replacing a leftover.
-func (d *dirs) link(oldRel, newRel string) error {
+// link makes newRel a new hard link to oldRel; with replace, it replaces
+// a leftover.
+func (d *dirs) link(oldRel, newRel string, replace bool) error {
 	ofd, obase, err := d.in(oldRel)
 	if err != nil {
 		return err
@@ -154,7 +156,7 @@ func (d *dirs) link(oldRel, newRel string) error {
 		return err
 	}
 	err = unix.Linkat(of, obase, nfd, nbase, 0)
-	if errors.Is(err, unix.EEXIST) {
+	if errors.Is(err, unix.EEXIST) && replace {
 		if err = unix.Unlinkat(nfd, nbase, 0); err == nil {
 			err = unix.Linkat(of, obase, nfd, nbase, 0)
 		}

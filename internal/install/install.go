@@ -6,10 +6,10 @@
 // the legacy MD5) and the structure of its headers and file list before
 // anything is written. The second streams the payload once: it
 // decompresses it, checks each file against the header (type, size,
-// digest) and writes it as a temporary file next to its destination.
-// Only when the whole payload has been checked are the temporary files
-// renamed into place, so a bad package leaves the previous installation
-// untouched.
+// digest) and writes it: as a temporary file next to its destination when
+// something is there, renamed into place only when the whole payload has
+// been checked, and in place where nothing was (a failure removes it). So
+// a bad package leaves the previous installation untouched.
 //
 // Crash safety comes from ordering, not from an fsync per file: a pending
 // journal naming the new files is written before the first change, and the

@@ -43,6 +43,8 @@ type transaction struct {
 	ids     *idMap // owners and groups of the root
 	chown   bool   // the process may change owners and capabilities (runs as root)
 	capBits int    // capabilities the kernel knows, for "all" in %caps
+	// postRan says a %post process ran: it may have changed any file.
+	postRan bool
 	// created lists the directories this install made, parents first, so
 	// that a failure before the first rename can take them away again.
 	created []string
@@ -55,11 +57,13 @@ type item struct {
 	// rel is where dest is in the root, relative, as os.Root takes it,
 	// the root's symlinks followed (locate): every file system call uses
 	// it.
-	rel  string
-	act  action
-	tmp  string // temporary name while the payload is extracted
-	done bool   // the temporary file holds the checked content
-	skip bool   // a restore leaves it alone: its entry is checked, not written
+	rel string
+	act action
+	tmp string // where the payload's entry is written: a temporary name, or rel itself
+	// inPlace says the entry is written at rel, where nothing was.
+	inPlace bool
+	done    bool // the temporary file holds the checked content
+	skip    bool // a restore leaves it alone: its entry is checked, not written
 	// diskMTime, when not zero, is the mtime (Unix nanoseconds) a restore
 	// gives the file instead of the package's: the one the install left.
 	diskMTime int64

@@ -102,6 +102,9 @@ func (tx *transaction) restore(ctx context.Context, items []*item) (int, error) 
 				undo()
 				return 0, err
 			}
+		} else if err := tx.place(it); err != nil {
+			undo()
+			return 0, err
 		}
 	}
 	if err := tx.extract(ctx); err != nil {
@@ -109,7 +112,7 @@ func (tx *transaction) restore(ctx context.Context, items []*item) (int, error) 
 		return 0, err
 	}
 	if err := tx.commit(items); err != nil {
-		tx.removeTemps(items)
+		tx.removeLeftovers(items)
 		return 0, err
 	}
 	if !tx.cfg.NoSync {

@@ -91,6 +91,7 @@ func (tx *transaction) runScriptlet(ctx context.Context, which string, s rpm.Scr
 		return fmt.Errorf("%s(%s) scriptlet: %w", which, p.NEVRA(), err)
 	}
 	log.Info().Int("arg", arg).Bool("chroot", chroot).Msg("scriptlet started")
+	tx.postRan = tx.postRan || which == "%post"
 	// On cancellation the whole process group goes, not just the shell.
 	err = proc.WaitContext(ctx)
 	if err == nil {
