@@ -239,11 +239,32 @@ func (d *lzma2Decoder) decode(in []byte, packed, end int) error {
 		*prob = uint16(pr - pr>>lzmaMoveBits)
 		return 1
 	}
+	// bitFree is bit without a branch on the bit's value, for the bits
+	// that are as good as random (literals, distances): a mispredicted
+	// branch costs more than the few instructions it saves.
+	bitFree := func(prob *uint16) uint32 {
+		if rng < lzmaTop {
+			rng <<= 8
+			code = code<<8 | uint32(in[ip])
+			ip++
+		}
+		pr := uint32(*prob)
+		bound := (rng >> lzmaProbBits) * pr
+		var b uint32
+		if code >= bound {
+			b = 1
+		}
+		mask := -b
+		rng = bound&^mask | (rng-bound)&mask
+		code -= bound & mask
+		*prob = uint16((pr+(1<<lzmaProbBits-pr)>>lzmaMoveBits)&^mask | (pr-pr>>lzmaMoveBits)&mask)
+		return b
+	}
 	// tree decodes an n-bit symbol of a bit tree, high bit first.
 	tree := func(probs []uint16, n uint) uint32 {
 		m := uint32(1)
 		for range n {
-			m = m<<1 | bit(&probs[m])
+			m = m<<1 | bitFree(&probs[m])
 		}
 		return m - 1<<n
 	}
@@ -252,7 +273,7 @@ func (d *lzma2Decoder) decode(in []byte, packed, end int) error {
 	reverse := func(probs []uint16, off int, n uint32) uint32 {
 		m, sym := 1, uint32(0)
 		for i := range n {
-			b := bit(&probs[off+m])
+			b := bitFree(&probs[off+m])
 			m = m<<1 | int(b)
 			sym |= b << i
 		}
@@ -287,7 +308,7 @@ func (d *lzma2Decoder) decode(in []byte, packed, end int) error {
 			sym := uint32(1)
 			if state < lzmaLitStates {
 				for sym < 0x100 {
-					sym = sym<<1 | bit(&lit[sym])
+					sym = sym<<1 | bitFree(&lit[sym])
 				}
 			} else {
 				if int64(rep0) >= avail {
@@ -298,13 +319,11 @@ func (d *lzma2Decoder) decode(in []byte, packed, end int) error {
 				for sym < 0x100 {
 					match <<= 1
 					mbit := match & offs
-					b := bit(&lit[offs+mbit+sym])
+					b := bitFree(&lit[offs+mbit+sym])
 					sym = sym<<1 | b
-					if b == 0 {
-						offs &^= mbit
-					} else {
-						offs &= mbit
-					}
+					// offs becomes mbit when b is 1, offs without mbit
+					// when 0 (mbit is offs or nothing).
+					offs = mbit ^ offs&(b-1)
 				}
 			}
 			win[pos] = byte(sym)
@@ -397,15 +416,19 @@ func (d *lzma2Decoder) decode(in []byte, packed, end int) error {
 		if int64(rep0) >= avail || int(n) > end-pos {
 			return errLZMA
 		}
-		src := pos - int(rep0) - 1
-		if int(rep0) >= int(n)-1 {
-			copy(win[pos:pos+int(n)], win[src:src+int(n)])
+		src, m := pos-int(rep0)-1, int(n)
+		if m > 16 && int(rep0) >= m-1 {
+			copy(win[pos:pos+m], win[src:src+m])
 		} else {
-			for i := range int(n) {
-				win[pos+i] = win[src+i]
+			// Short or overlapping: a byte at a time (a call to copy
+			// costs more for the short matches most are).
+			dst := win[pos : pos+m]
+			from := win[src : src+m]
+			for i := range dst {
+				dst[i] = from[i]
 			}
 		}
-		pos += int(n)
+		pos += m
 	}
 	// A chunk ends with its range coder flushed: every byte read, nothing
 	// left of the code.
