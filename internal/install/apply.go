@@ -76,8 +76,19 @@ func (tx *transaction) apply(ctx context.Context) (*receipt, error) {
 	}
 	if err := tx.extract(ctx); err != nil {
 		undo()
+		// A payload that does not decode is most plainly told by its
+		// digest, when that is what failed.
+		if verr := tx.verified(); verr != nil {
+			return nil, verr
+		}
 		return nil, err
 	}
+	// Nothing is in place before the whole package has checked out.
+	if err := tx.verified(); err != nil {
+		undo()
+		return nil, err
+	}
+	next.SHA256, next.Signature = tx.ver.SHA256, tx.ver.Signature
 	if err := tx.commit(tx.sorted); err != nil {
 		tx.removeLeftovers(tx.items)
 		return nil, err

@@ -206,6 +206,13 @@ var hostileCases = []hostileCase{
 			return rpmpack.EntryUint16(m)
 		})
 	}},
+	{name: "payload digest differs", rpm: func(t testing.TB, _ []byte, _ *rpm.Package) []byte {
+		// The files match the header; only the payload digest, checked
+		// while they are written, tells.
+		return pack(t, packOpts{tweak: func(r *rpmpack.RPM) {
+			r.AddCustomTag(tagPayloadDigest, rpmpack.EntryStringSlice([]string{strings.Repeat("ab", 32)}))
+		}})
+	}},
 	{name: "compression differs from header", rpm: func(t testing.TB, _ []byte, _ *rpm.Package) []byte {
 		return pack(t, packOpts{tweak: func(r *rpmpack.RPM) { r.AddCustomTag(tagPayloadCompressor, rpmpack.EntryString("xz")) }})
 	}},

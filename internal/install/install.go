@@ -255,19 +255,34 @@ func install(ctx context.Context, cfg Config, log zerolog.Logger) (Result, error
 	if err != nil {
 		return Result{}, err
 	}
-	v, err := p.Verify(f)
-	if err != nil {
-		return Result{}, err
-	}
-	tx.pkg, tx.ver = p, v
-	log.Info().Str("name", p.Name).Str("version", p.Version+"-"+p.Release).Str("arch", p.Arch).
-		Str("sha256", v.SHA256).Strs("verified", v.Checked).Str("compression", p.Compressor).Msg("package verified")
+	tx.pkg = p
 	if len(p.Signatures) > 0 {
 		log.Warn().Strs("signatures", p.Signatures).Msg("package is signed but its signature is not checked: no keyring")
 	}
+	trusted, err := p.VerifyHeader()
+	if err != nil {
+		return Result{}, err
+	}
+	if trusted && !tx.current() {
+		// Nothing installed here to compare the package with: its payload
+		// is verified while it is extracted, and commit waits for that.
+		// (Its header, scriptlets included, is verified already.)
+		tx.verifyLater()
+		if err := tx.plan(); err != nil {
+			return Result{}, err
+		}
+		rc, err := tx.apply(ctx)
+		if err != nil {
+			return Result{}, err
+		}
+		return rc.result(true), nil
+	}
+	if err := tx.verify(); err != nil {
+		return Result{}, err
+	}
 	var missing []receiptFile
 	intact := false
-	if tx.current() && tx.old.SHA256 == v.SHA256 {
+	if tx.current() && tx.old.SHA256 == tx.ver.SHA256 {
 		if missing, intact = tx.inspect(tx.old); intact && len(missing) == 0 {
 			return nothingToDo(tx.old, log), nil
 		}
@@ -329,6 +344,37 @@ func (tx *transaction) clearStateDebris() error {
 		}
 	}
 	return nil
+}
+
+// verify checks every digest of the package (rpm.Verify), reading it
+// whole.
+func (tx *transaction) verify() error {
+	v, err := tx.pkg.Verify(tx.file)
+	if err != nil {
+		return err
+	}
+	tx.ver = v
+	p := tx.pkg
+	tx.log.Info().Str("name", p.Name).Str("version", p.Version+"-"+p.Release).Str("arch", p.Arch).
+		Str("sha256", v.SHA256).Strs("verified", v.Checked).Str("compression", p.Compressor).Msg("package verified")
+	return nil
+}
+
+// verifyLater starts verify on its own goroutine, for verified to wait on.
+func (tx *transaction) verifyLater() {
+	done := make(chan error, 1)
+	tx.verifying = done
+	go func() { done <- tx.verify() }()
+}
+
+// verified waits for the verification verifyLater started, if any.
+func (tx *transaction) verified() error {
+	if tx.verifying == nil {
+		return nil
+	}
+	err := <-tx.verifying
+	tx.verifying = nil
+	return err
 }
 
 func nothingToDo(old *receipt, log zerolog.Logger) Result {

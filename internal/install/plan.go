@@ -22,9 +22,11 @@ type transaction struct {
 	file *os.File // the package file
 	fp   fingerprint
 
-	// The package, once read and verified.
-	pkg *rpm.Package
-	ver rpm.Verification
+	// The package, once read and verified; while verifying is not nil, a
+	// goroutine is verifying it (verifyLater).
+	pkg       *rpm.Package
+	ver       rpm.Verification
+	verifying chan error
 
 	// The plan: the package's files relocated and checked.
 	from, to string   // relocation; from is "" for a package without prefixes

@@ -13,4 +13,5 @@ const (
 	tagBaseNames         = 1117
 	tagDirNames          = 1118
 	tagPayloadCompressor = 1125
+	tagPayloadDigest     = 5092
 )

@@ -77,6 +77,32 @@ type Verification struct {
 	Signature string
 }
 
+// VerifyHeader checks what can be checked without reading the payload:
+// the size the signature gives, and the header's own digest (SHA-256, or
+// SHA-1). trusted is false, and err nil, for a package whose header has
+// no digest of its own (a legacy one, whose MD5 covers header and payload
+// together): nothing of its header, scriptlets included, may be trusted
+// before Verify has read the payload.
+func (p *Package) VerifyHeader() (trusted bool, err error) {
+	size := p.Size
+	if want := firstInt(p.sigTags, sigLongSize, sigSize); want >= 0 && want != size-p.HeaderOffset {
+		return false, unusable("size mismatch: the package says %d bytes of header and payload, the file has %d (truncated or extended)", want, size-p.HeaderOffset)
+	}
+	if want := str(p.sigTags, sigSHA256); want != "" {
+		if got := sum(sha256.New(), p.hdr); got != strings.ToLower(want) {
+			return false, unusable("header SHA-256 mismatch: want %s, got %s", want, got)
+		}
+		return true, nil
+	}
+	if want := str(p.sigTags, sigSHA1); want != "" {
+		if got := sum(sha1.New(), p.hdr); got != strings.ToLower(want) {
+			return false, unusable("header SHA-1 mismatch: want %s, got %s", want, got)
+		}
+		return true, nil
+	}
+	return false, nil
+}
+
 // Verify reads the whole file once and checks every digest the package
 // carries: header SHA-256 (or SHA-1), payload digest, and the legacy MD5 of
 // header and payload. A package that carries no digest over its header
@@ -86,22 +112,15 @@ func (p *Package) Verify(f io.ReaderAt) (Verification, error) {
 	var v Verification
 	size := p.Size
 	payloadLen := size - p.PayloadOffset
-	if want := firstInt(p.sigTags, sigLongSize, sigSize); want >= 0 && want != size-p.HeaderOffset {
-		return v, unusable("size mismatch: the package says %d bytes of header and payload, the file has %d (truncated or extended)", want, size-p.HeaderOffset)
+	headerOK, err := p.VerifyHeader()
+	if err != nil {
+		return v, err
 	}
-
-	var headerOK bool
-	if want := str(p.sigTags, sigSHA256); want != "" {
-		if got := sum(sha256.New(), p.hdr); got != strings.ToLower(want) {
-			return v, unusable("header SHA-256 mismatch: want %s, got %s", want, got)
-		}
-		headerOK = true
+	switch {
+	case !headerOK:
+	case str(p.sigTags, sigSHA256) != "":
 		v.Checked = append(v.Checked, "header-sha256")
-	} else if want := str(p.sigTags, sigSHA1); want != "" {
-		if got := sum(sha1.New(), p.hdr); got != strings.ToLower(want) {
-			return v, unusable("header SHA-1 mismatch: want %s, got %s", want, got)
-		}
-		headerOK = true
+	default:
 		v.Checked = append(v.Checked, "header-sha1")
 	}
 
