@@ -232,6 +232,15 @@ func (tx *transaction) removeTemps(items []*item) {
 	}
 }
 
+// made records a directory this install made.
+func (tx *transaction) made(rel string) {
+	tx.created = append(tx.created, rel)
+	if tx.madeHere == nil {
+		tx.madeHere = map[string]bool{}
+	}
+	tx.madeHere[rel] = true
+}
+
 // removeCreated removes the directories this install made, children
 // first; only empty ones go.
 func (tx *transaction) removeCreated() {
@@ -314,6 +323,11 @@ func (tx *transaction) place(it *item) error {
 	case it.act == actRPMNew:
 		rel += ".rpmnew"
 	}
+	if it.act == actWrite && tx.madeHere[path.Dir(rel)] {
+		// In a directory this install made, only it puts anything.
+		it.tmp, it.inPlace = it.rel, true
+		return nil
+	}
 	st, err := tx.d.lstat(rel)
 	switch {
 	case errors.Is(err, unix.ENOENT) && it.act == actWrite:
@@ -349,7 +363,7 @@ func (tx *transaction) mkdirAll(rel string) error {
 	if err := tx.d.mkdir(rel); err != nil && !errors.Is(err, unix.EEXIST) {
 		return err
 	}
-	tx.created = append(tx.created, rel)
+	tx.made(rel)
 	return nil
 }
 
@@ -375,7 +389,7 @@ func (tx *transaction) ensureDir(it *item, owned map[string]receiptFile) error {
 		if err := tx.d.mkdir(it.rel); err != nil {
 			return pathError("create", it.dest, err)
 		}
-		tx.created = append(tx.created, it.rel)
+		tx.made(it.rel)
 		return nil
 	case err != nil:
 		return pathError("stat", it.dest, err)

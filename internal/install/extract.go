@@ -21,6 +21,13 @@ func (tx *transaction) extract(ctx context.Context) error {
 		return err
 	}
 	defer ar.Close()
+	if !tx.cfg.NoSync {
+		fl, err := tx.startFlusher()
+		if err != nil {
+			return err
+		}
+		defer fl.stop()
+	}
 	buf := make([]byte, 1<<20)
 	for {
 		if err := ctx.Err(); err != nil {
@@ -40,12 +47,68 @@ func (tx *transaction) extract(ctx context.Context) error {
 			err = tx.writeSymlink(it)
 		case e.Content:
 			err = tx.writeFile(ar, it, buf)
+			if tx.flusher != nil {
+				tx.flusher.wrote(it.Size)
+			}
 		}
 		if err != nil {
 			return err
 		}
 	}
 	return tx.linkSets()
+}
+
+// flushEvery is how much an install writes before it has the file system
+// write it back, on another goroutine, while it goes on: so that the
+// syncfs before the receipt finds little left to write.
+const flushEvery = 32 << 20
+
+// flusher runs syncfs(2) on the root's file system in the background.
+type flusher struct {
+	dir     *os.File
+	pending int64
+	running chan struct{} // closed when the syncfs under way returns
+}
+
+func (tx *transaction) startFlusher() (*flusher, error) {
+	d, err := tx.root.Open(".")
+	if err != nil {
+		return nil, fmt.Errorf("syncfs: %w", err)
+	}
+	tx.flusher = &flusher{dir: d}
+	return tx.flusher, nil
+}
+
+// wrote counts n bytes written, and starts a syncfs every flushEvery
+// bytes, one at a time. Its error, if any, the final syncfs gets again.
+func (fl *flusher) wrote(n int64) {
+	fl.pending += n
+	if fl.pending < flushEvery {
+		return
+	}
+	if fl.running != nil {
+		select {
+		case <-fl.running:
+		default:
+			return // one at a time
+		}
+	}
+	fl.pending = 0
+	done := make(chan struct{})
+	fl.running = done
+	fd := int(fl.dir.Fd())
+	go func() {
+		_ = unix.Syncfs(fd)
+		close(done)
+	}()
+}
+
+// stop waits for the syncfs under way and lets the directory go.
+func (fl *flusher) stop() {
+	if fl.running != nil {
+		<-fl.running
+	}
+	fl.dir.Close()
 }
 
 // writebackMin is the size from which a file's writeback starts as soon as

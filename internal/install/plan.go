@@ -41,6 +41,7 @@ type transaction struct {
 
 	resolved resolver // directories of the root, their symlinks followed
 	d        *dirs    // directories of the root kept open, from prepare on
+	flusher  *flusher // the background syncfs of extract, while it runs
 
 	ids     *idMap // owners and groups of the root
 	chown   bool   // the process may change owners and capabilities (runs as root)
@@ -48,8 +49,10 @@ type transaction struct {
 	// postRan says a %post process ran: it may have changed any file.
 	postRan bool
 	// created lists the directories this install made, parents first, so
-	// that a failure before the first rename can take them away again.
-	created []string
+	// that a failure before the first rename can take them away again;
+	// madeHere has them too, to look them up.
+	created  []string
+	madeHere map[string]bool
 }
 
 // item is one file of the package and what the install does with it.
