@@ -6,6 +6,7 @@ import (
 	"io"
 	"os"
 	"path"
+	"slices"
 	"strings"
 
 	"golang.org/x/sys/unix"
@@ -21,42 +22,78 @@ import (
 type dirs struct {
 	root *os.Root
 	open map[string]*os.File
-	lru  []string // least recently used first
+	used map[string]uint64 // when each was last used, for evict
+	use  uint64
+	// last is the directory used last, which is nearly always the next.
+	last   string
+	lastFD int
 }
 
 // maxOpenDirs bounds the directories kept open: a package is installed
-// in path order, so the few last used are nearly always the next needed.
-const maxOpenDirs = 64
+// in path order, so the last used are nearly always the next needed.
+const maxOpenDirs = 128
 
 func newDirs(root *os.Root) *dirs {
-	return &dirs{root: root, open: map[string]*os.File{}}
+	return &dirs{root: root, open: map[string]*os.File{}, used: map[string]uint64{}, lastFD: -1}
 }
 
 // fd returns a descriptor of the directory rel ("." for the root), a path
-// in the root whose symlinks were followed (resolve.go).
+// in the root whose symlinks were followed (resolve.go). A directory is
+// opened relative to its parent's descriptor, one component, never
+// following a symlink at it; the root's own through os.Root.
 func (d *dirs) fd(rel string) (int, error) {
+	if rel == d.last && d.lastFD >= 0 {
+		return d.lastFD, nil
+	}
 	if f, ok := d.open[rel]; ok {
-		for i, r := range d.lru {
-			if r == rel {
-				d.lru = append(append(d.lru[:i:i], d.lru[i+1:]...), rel)
-				break
-			}
+		d.use++
+		d.used[rel] = d.use
+		d.last, d.lastFD = rel, int(f.Fd())
+		return d.lastFD, nil
+	}
+	var f *os.File
+	if rel == "." {
+		var err error
+		if f, err = d.root.Open("."); err != nil {
+			return -1, err
 		}
-		return int(f.Fd()), nil
+	} else {
+		pfd, base, err := d.in(rel)
+		if err != nil {
+			return -1, err
+		}
+		fd, err := unix.Openat(pfd, base, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+		if err != nil {
+			return -1, err
+		}
+		f = os.NewFile(uintptr(fd), rel)
 	}
-	f, err := d.root.Open(rel)
-	if err != nil {
-		return -1, err
-	}
-	if len(d.lru) >= maxOpenDirs {
-		old := d.lru[0]
-		d.lru = d.lru[1:]
-		d.open[old].Close()
-		delete(d.open, old)
+	if len(d.open) >= maxOpenDirs {
+		d.evict()
 	}
 	d.open[rel] = f
-	d.lru = append(d.lru, rel)
-	return int(f.Fd()), nil
+	d.use++
+	d.used[rel] = d.use
+	d.last, d.lastFD = rel, int(f.Fd())
+	return d.lastFD, nil
+}
+
+// evict closes the least recently used half of the open directories.
+func (d *dirs) evict() {
+	uses := make([]uint64, 0, len(d.used))
+	for _, u := range d.used {
+		uses = append(uses, u)
+	}
+	slices.Sort(uses)
+	limit := uses[len(uses)/2]
+	for rel, u := range d.used {
+		if u <= limit {
+			d.open[rel].Close()
+			delete(d.open, rel)
+			delete(d.used, rel)
+		}
+	}
+	d.last, d.lastFD = "", -1
 }
 
 // in returns a descriptor of the directory of rel and rel's last
@@ -76,12 +113,10 @@ func (d *dirs) forget(rel string) {
 	if f, ok := d.open[rel]; ok {
 		f.Close()
 		delete(d.open, rel)
-		for i, r := range d.lru {
-			if r == rel {
-				d.lru = append(d.lru[:i:i], d.lru[i+1:]...)
-				break
-			}
-		}
+		delete(d.used, rel)
+	}
+	if rel == d.last {
+		d.last, d.lastFD = "", -1
 	}
 }
 
@@ -89,7 +124,8 @@ func (d *dirs) close() {
 	for _, f := range d.open {
 		f.Close()
 	}
-	d.open, d.lru = map[string]*os.File{}, nil
+	d.open, d.used = map[string]*os.File{}, map[string]uint64{}
+	d.last, d.lastFD = "", -1
 }
 
 // lstat stats rel, not following a symlink at it.
