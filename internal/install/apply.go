@@ -38,10 +38,11 @@ func (tx *transaction) apply(ctx context.Context) (*receipt, error) {
 	}
 
 	// The journal goes first: from here on, a kill leaves a state the next
-	// start recognises as unfinished.
+	// start recognises as unfinished. (The package's SHA-256 it leaves out:
+	// it may still be being computed.)
 	next := &receipt{
 		Format: receiptV, Name: p.Name, Version: p.Version, Release: p.Release, Arch: p.Arch,
-		SHA256: tx.ver.SHA256, Prefix: tx.cfg.Prefix, Signature: tx.ver.Signature, RPM: tx.fp, DigestAlgo: int(p.DigestAlgo),
+		Prefix: tx.cfg.Prefix, RPM: tx.fp, DigestAlgo: int(p.DigestAlgo),
 	}
 	for _, it := range tx.sorted {
 		if !it.IsGhost() {

@@ -1,22 +1,27 @@
 // Package install installs the Avamar client RPM the way `rpm -i
 // --relocate` would, without an rpm binary and only when needed.
 //
-// An install has two passes over the file. The first reads the whole RPM
-// and checks every digest it carries (header SHA-256, payload digest, or
-// the legacy MD5) and the structure of its headers and file list before
-// anything is written. The second streams the payload once: it
-// decompresses it, checks each file against the header (type, size,
-// digest) and writes it: as a temporary file next to its destination when
+// Reading and checking the package is internal/rpm's: its headers and
+// file list before anything is written, every digest it carries (header
+// SHA-256, payload digest, or the legacy MD5), and each payload entry
+// against the header (type, size, digest) as it is read. This package is
+// the transaction that writes the root. It reads the payload once and
+// writes each file as a temporary file next to its destination when
 // something is there, renamed into place only when the whole payload has
-// been checked, and in place where nothing was (a failure removes it). So
-// a bad package leaves the previous installation untouched.
+// checked out, and in place where nothing was (undone on a failure); so a
+// bad package leaves the previous installation untouched. Where nothing is
+// installed to compare the package with, its payload digest is checked
+// while the payload is extracted (its header, scriptlets included, first),
+// and the first change that is not undone waits for it.
 //
 // Crash safety comes from ordering, not from an fsync per file: a pending
 // journal naming the new files is written before the first change, and the
 // receipt (package SHA-256, prefix, owned files with their digests) is
-// written last, after one syncfs(2) of the root's file system. A start that
-// finds the journal, or no matching receipt, installs again; an install is
-// idempotent, so an interrupted one is repaired by the next.
+// written last, after one syncfs(2) of the root's file system (which the
+// install has had writing back all along). A start that finds the journal,
+// or no matching receipt, installs again; an install is idempotent, so an
+// interrupted one is repaired by the next, and so is one that failed after
+// its files were in place, once the cause is gone.
 //
 // A matching receipt whose files are merely missing (a new container on
 // the old volume: what the package put outside the prefix, such as
@@ -33,22 +38,25 @@
 // not are removed, modified %config files are kept (the new one is written
 // as .rpmnew), and nothing the package does not own is touched.
 //
+// What rpm leaves, the install leaves: %ghost files, directories and links
+// are neither created nor removed; owners are resolved in the root's
+// /etc/passwd and /etc/group (set when the process runs as root), and an
+// unknown name becomes root and takes the setuid (or setgid) bit away;
+// file capabilities (%caps) are written as security.capability (as root;
+// a warning says they are not, otherwise); file and symlink mtimes are the
+// package's, and a directory has the package's mtime unless the install
+// writes into it; symlinks of the root are followed inside it, as by rpm
+// --root (chrooted): /var/run -> /run leads to the root's /run, never the
+// host's; of several prefixes, the client's (/usr/local/avamar, or the one
+// that holds bin/avagent.bin) is relocated and the others stay.
+//
 // Where rpm and the product differ, the product's contract wins: an edited
 // %config file is kept for plain %config as for %config(noreplace) (rpm
 // would move the edited one aside as .rpmsave); an edited %config file an
-// upgrade drops is kept as .rpmsave, as rpm does. Regular files,
-// directories and symlinks are installed; device nodes, FIFOs and sockets
-// are refused as unsupported; %ghost files are neither created nor
-// removed. Owners are resolved in the root's /etc/passwd and /etc/group
-// and only set when the process runs as root; as with rpm, an unknown name
-// becomes root and takes the setuid (or setgid) bit away. File
-// capabilities (%caps) are written as rpm writes them (security.capability),
-// when the process runs as root, and a warning says so when it does not.
-// Symlinks of the root are followed inside it, as by rpm --root (chrooted):
-// /var/run -> /run leads to the root's /run, never the host's. File and
-// symlink mtimes are the package's; a directory gets the package's mtime when the
-// install makes or meets it, so that, as with rpm, one the install then
-// writes into has the time of the install.
+// upgrade drops is kept as .rpmsave, as rpm does. Device nodes, FIFOs and
+// sockets are refused as unsupported, and source packages as what they
+// are. Signatures are not checked (there is no keyring), so one rpm cannot
+// parse does not stop an install; the digests do.
 //
 // Scriptlets (%pre, %post) run with their interpreter (/bin/sh), $1 (1 to
 // install, 2 to upgrade) and RPM_INSTALL_PREFIX. With Root "/" they run
@@ -354,17 +362,30 @@ func (tx *transaction) verify() error {
 		return err
 	}
 	tx.ver = v
-	p := tx.pkg
-	tx.log.Info().Str("name", p.Name).Str("version", p.Version+"-"+p.Release).Str("arch", p.Arch).
-		Str("sha256", v.SHA256).Strs("verified", v.Checked).Str("compression", p.Compressor).Msg("package verified")
+	tx.logVerified()
 	return nil
 }
 
-// verifyLater starts verify on its own goroutine, for verified to wait on.
+func (tx *transaction) logVerified() {
+	p, v := tx.pkg, tx.ver
+	tx.log.Info().Str("name", p.Name).Str("version", p.Version+"-"+p.Release).Str("arch", p.Arch).
+		Str("sha256", v.SHA256).Strs("verified", v.Checked).Str("compression", p.Compressor).Msg("package verified")
+}
+
+// verifyLater starts rpm.Verify on its own goroutine, for verified to
+// wait on.
 func (tx *transaction) verifyLater() {
-	done := make(chan error, 1)
+	done := make(chan verifyResult, 1)
 	tx.verifying = done
-	go func() { done <- tx.verify() }()
+	go func() {
+		v, err := tx.pkg.Verify(tx.file)
+		done <- verifyResult{v, err}
+	}()
+}
+
+type verifyResult struct {
+	v   rpm.Verification
+	err error
 }
 
 // verified waits for the verification verifyLater started, if any.
@@ -372,9 +393,14 @@ func (tx *transaction) verified() error {
 	if tx.verifying == nil {
 		return nil
 	}
-	err := <-tx.verifying
+	r := <-tx.verifying
 	tx.verifying = nil
-	return err
+	if r.err != nil {
+		return r.err
+	}
+	tx.ver = r.v
+	tx.logVerified()
+	return nil
 }
 
 func nothingToDo(old *receipt, log zerolog.Logger) Result {

@@ -26,7 +26,7 @@ type transaction struct {
 	// goroutine is verifying it (verifyLater).
 	pkg       *rpm.Package
 	ver       rpm.Verification
-	verifying chan error
+	verifying chan verifyResult
 
 	// The plan: the package's files relocated and checked.
 	from, to string   // relocation; from is "" for a package without prefixes
