@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"unsafe"
 
 	"github.com/avsidecar/avsidecar/internal/rpm"
 	"golang.org/x/sys/unix"
@@ -133,15 +134,15 @@ func (tx *transaction) writeFile(r io.Reader, it *item, buf []byte) error {
 	if err == nil {
 		err = tx.setMeta(out, it)
 	}
-	if cerr := out.Close(); err == nil && cerr != nil {
-		err = fmt.Errorf("write %s: %w", it.dest, cerr)
-	}
 	if err == nil {
 		ns := it.MTime * 1e9
 		if it.diskMTime != 0 {
 			ns = it.diskMTime
 		}
-		err = tx.d.setTimes(it.tmp, ns)
+		err = futimens(int(out.Fd()), ns)
+	}
+	if cerr := out.Close(); err == nil && cerr != nil {
+		err = fmt.Errorf("write %s: %w", it.dest, cerr)
 	}
 	if err != nil {
 		_ = tx.d.remove(it.tmp)
@@ -151,6 +152,18 @@ func (tx *transaction) writeFile(r io.Reader, it *item, buf []byte) error {
 		return fmt.Errorf("write %s: %w", it.dest, err)
 	}
 	it.done = true
+	return nil
+}
+
+// futimens sets the mtime (and atime) of an open file, in Unix
+// nanoseconds: utimensat(2) with no path, as glibc's futimens does (x/sys
+// has no call for it), so that the file is not looked up again.
+func futimens(fd int, ns int64) error {
+	ts := [2]unix.Timespec{unix.NsecToTimespec(ns), unix.NsecToTimespec(ns)}
+	_, _, e := unix.Syscall6(unix.SYS_UTIMENSAT, uintptr(fd), 0, uintptr(unsafe.Pointer(&ts)), 0, 0, 0)
+	if e != 0 {
+		return e
+	}
 	return nil
 }
 
