@@ -3,6 +3,7 @@ package install
 import (
 	"context"
 	"fmt"
+	"os"
 	"testing"
 
 	"github.com/google/rpmpack"
@@ -30,5 +31,33 @@ func BenchmarkReceiptMatches(b *testing.B) {
 		if err != nil || res.Changed {
 			b.Fatalf("%+v, %v", res, err)
 		}
+	}
+}
+
+// BenchmarkInstallRPM installs the package AVSIDECAR_BENCH_RPM names into
+// a fresh root each time (in AVSIDECAR_BENCH_DIR, else the temporary
+// directory), syncfs on, as `avsidecar install` does: for profiles of
+// where an install's time goes (bench/install/run.sh with PROFILE=1).
+func BenchmarkInstallRPM(b *testing.B) {
+	rpm := os.Getenv("AVSIDECAR_BENCH_RPM")
+	if rpm == "" {
+		b.Skip("AVSIDECAR_BENCH_RPM names no package")
+	}
+	for b.Loop() {
+		b.StopTimer()
+		root, err := os.MkdirTemp(os.Getenv("AVSIDECAR_BENCH_DIR"), "root-")
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.StartTimer()
+		res, err := Install(context.Background(), Config{RPM: rpm, Root: root, Prefix: "/opt/avamar", NoScripts: true}, zerolog.Nop())
+		if err != nil || !res.Changed {
+			b.Fatalf("%+v, %v", res, err)
+		}
+		b.StopTimer()
+		if err := os.RemoveAll(root); err != nil {
+			b.Fatal(err)
+		}
+		b.StartTimer()
 	}
 }

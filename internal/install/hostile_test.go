@@ -12,6 +12,7 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/avsidecar/avsidecar/internal/rpm"
 	"github.com/google/rpmpack"
 )
 
@@ -68,55 +69,57 @@ func flip(b []byte, i int) []byte {
 
 type hostileCase struct {
 	name string
-	rpm  func(t testing.TB, good []byte, p *pkg) []byte
+	rpm  func(t testing.TB, good []byte, p *rpm.Package) []byte
 	cfg  func(*Config)
 }
 
 // hostileCases are packages the installer must refuse with ErrUnusable
 // without changing anything. good is a valid package, p its parsed form.
 var hostileCases = []hostileCase{
-	{name: "random bytes", rpm: func(t testing.TB, good []byte, p *pkg) []byte {
+	{name: "random bytes", rpm: func(t testing.TB, good []byte, p *rpm.Package) []byte {
 		return bytes.Repeat([]byte("not an rpm at all "), 100)
 	}},
-	{name: "empty file", rpm: func(testing.TB, []byte, *pkg) []byte { return nil }},
-	{name: "wrong lead magic", rpm: func(_ testing.TB, good []byte, _ *pkg) []byte { return flip(good, 0) }},
-	{name: "wrong signature header magic", rpm: func(_ testing.TB, good []byte, _ *pkg) []byte { return flip(good, leadSize) }},
-	{name: "wrong header magic", rpm: func(_ testing.TB, good []byte, p *pkg) []byte { return flip(good, int(p.hdrOffset)) }},
-	{name: "truncated in lead", rpm: func(_ testing.TB, good []byte, _ *pkg) []byte { return good[:50] }},
-	{name: "truncated in signature header", rpm: func(_ testing.TB, good []byte, _ *pkg) []byte { return good[:leadSize+40] }},
-	{name: "truncated in header", rpm: func(_ testing.TB, good []byte, p *pkg) []byte { return good[:p.hdrOffset+200] }},
-	{name: "truncated at payload start", rpm: func(_ testing.TB, good []byte, p *pkg) []byte { return good[:p.payloadOff] }},
-	{name: "truncated in payload", rpm: func(_ testing.TB, good []byte, p *pkg) []byte {
-		return good[:p.payloadOff+(int64(len(good))-p.payloadOff)/2]
+	{name: "empty file", rpm: func(testing.TB, []byte, *rpm.Package) []byte { return nil }},
+	{name: "wrong lead magic", rpm: func(_ testing.TB, good []byte, _ *rpm.Package) []byte { return flip(good, 0) }},
+	{name: "wrong signature header magic", rpm: func(_ testing.TB, good []byte, _ *rpm.Package) []byte { return flip(good, rpmLeadSize) }},
+	{name: "wrong header magic", rpm: func(_ testing.TB, good []byte, p *rpm.Package) []byte { return flip(good, int(p.HeaderOffset)) }},
+	{name: "truncated in lead", rpm: func(_ testing.TB, good []byte, _ *rpm.Package) []byte { return good[:50] }},
+	{name: "truncated in signature header", rpm: func(_ testing.TB, good []byte, _ *rpm.Package) []byte { return good[:rpmLeadSize+40] }},
+	{name: "truncated in header", rpm: func(_ testing.TB, good []byte, p *rpm.Package) []byte { return good[:p.HeaderOffset+200] }},
+	{name: "truncated at payload start", rpm: func(_ testing.TB, good []byte, p *rpm.Package) []byte { return good[:p.PayloadOffset] }},
+	{name: "truncated in payload", rpm: func(_ testing.TB, good []byte, p *rpm.Package) []byte {
+		return good[:p.PayloadOffset+(int64(len(good))-p.PayloadOffset)/2]
 	}},
-	{name: "truncated by one byte", rpm: func(_ testing.TB, good []byte, _ *pkg) []byte { return good[:len(good)-1] }},
-	{name: "extended", rpm: func(_ testing.TB, good []byte, _ *pkg) []byte { return append(bytes.Clone(good), "trailing junk"...) }},
-	{name: "header tampered", rpm: func(_ testing.TB, good []byte, p *pkg) []byte {
-		i := bytes.Index(good[p.hdrOffset:], []byte("test client"))
-		return flip(good, int(p.hdrOffset)+i)
+	{name: "truncated by one byte", rpm: func(_ testing.TB, good []byte, _ *rpm.Package) []byte { return good[:len(good)-1] }},
+	{name: "extended", rpm: func(_ testing.TB, good []byte, _ *rpm.Package) []byte {
+		return append(bytes.Clone(good), "trailing junk"...)
 	}},
-	{name: "payload tampered", rpm: func(_ testing.TB, good []byte, p *pkg) []byte {
-		return flip(good, int(p.payloadOff)+(len(good)-int(p.payloadOff))/2)
+	{name: "header tampered", rpm: func(_ testing.TB, good []byte, p *rpm.Package) []byte {
+		i := bytes.Index(good[p.HeaderOffset:], []byte("test client"))
+		return flip(good, int(p.HeaderOffset)+i)
 	}},
-	{name: "signature header index out of range", rpm: func(_ testing.TB, good []byte, _ *pkg) []byte {
+	{name: "payload tampered", rpm: func(_ testing.TB, good []byte, p *rpm.Package) []byte {
+		return flip(good, int(p.PayloadOffset)+(len(good)-int(p.PayloadOffset))/2)
+	}},
+	{name: "signature header index out of range", rpm: func(_ testing.TB, good []byte, _ *rpm.Package) []byte {
 		c := bytes.Clone(good)
-		copy(c[leadSize+16+8:], []byte{0x7f, 0xff, 0xff, 0xff}) // offset of the first entry
+		copy(c[rpmLeadSize+16+8:], []byte{0x7f, 0xff, 0xff, 0xff}) // offset of the first entry
 		return c
 	}},
-	{name: "traversal in path", rpm: func(t testing.TB, _ []byte, _ *pkg) []byte {
+	{name: "traversal in path", rpm: func(t testing.TB, _ []byte, _ *rpm.Package) []byte {
 		return pack(t, packOpts{files: append(baseFiles("1.0"), file(testPrefix+"/../../../../../../tmp/evil", 0o644, "evil"))})
 	}},
-	{name: "dot-dot base name", rpm: func(t testing.TB, _ []byte, _ *pkg) []byte {
+	{name: "dot-dot base name", rpm: func(t testing.TB, _ []byte, _ *rpm.Package) []byte {
 		return withTag(t, tagBaseNames, func(f []rpmpack.RPMFile) rpmpack.IndexEntry {
 			return basenamesWith(f, testPrefix+"/bin/secret", "..")
 		})
 	}},
-	{name: "slash in base name", rpm: func(t testing.TB, _ []byte, _ *pkg) []byte {
+	{name: "slash in base name", rpm: func(t testing.TB, _ []byte, _ *rpm.Package) []byte {
 		return withTag(t, tagBaseNames, func(f []rpmpack.RPMFile) rpmpack.IndexEntry {
 			return basenamesWith(f, testPrefix+"/bin/secret", "../../../../../../../tmp/evil")
 		})
 	}},
-	{name: "relative directory", rpm: func(t testing.TB, _ []byte, _ *pkg) []byte {
+	{name: "relative directory", rpm: func(t testing.TB, _ []byte, _ *rpm.Package) []byte {
 		return withTag(t, tagDirNames, func(f []rpmpack.RPMFile) rpmpack.IndexEntry {
 			seen, dirs := map[string]bool{}, []string{}
 			for _, x := range f {
@@ -129,34 +132,34 @@ var hostileCases = []hostileCase{
 			return rpmpack.EntryStringSlice(dirs)
 		})
 	}},
-	{name: "duplicate entry", rpm: func(t testing.TB, _ []byte, _ *pkg) []byte {
+	{name: "duplicate entry", rpm: func(t testing.TB, _ []byte, _ *rpm.Package) []byte {
 		return withTag(t, tagBaseNames, func(f []rpmpack.RPMFile) rpmpack.IndexEntry {
 			return basenamesWith(f, testPrefix+"/bin/secret", "avagent.bin")
 		})
 	}},
-	{name: "file through a symlink", rpm: func(t testing.TB, _ []byte, _ *pkg) []byte {
+	{name: "file through a symlink", rpm: func(t testing.TB, _ []byte, _ *rpm.Package) []byte {
 		return pack(t, packOpts{files: append(baseFiles("1.0"), symlink(testPrefix+"/lib", "/tmp"), file(testPrefix+"/lib/evil", 0o644, "evil"))})
 	}},
-	{name: "name too long", rpm: func(t testing.TB, _ []byte, _ *pkg) []byte {
+	{name: "name too long", rpm: func(t testing.TB, _ []byte, _ *rpm.Package) []byte {
 		return pack(t, packOpts{files: append(baseFiles("1.0"), file(testPrefix+"/bin/"+strings.Repeat("n", 250), 0o644, "x"))})
 	}},
-	{name: "file below a file", rpm: func(t testing.TB, _ []byte, _ *pkg) []byte {
+	{name: "file below a file", rpm: func(t testing.TB, _ []byte, _ *rpm.Package) []byte {
 		return pack(t, packOpts{files: append(baseFiles("1.0"), file(testPrefix+"/bin/avagent.bin/evil", 0o644, "evil"))})
 	}},
-	{name: "file in the state dir", rpm: func(t testing.TB, _ []byte, _ *pkg) []byte {
+	{name: "file in the state dir", rpm: func(t testing.TB, _ []byte, _ *rpm.Package) []byte {
 		return pack(t, packOpts{files: append(baseFiles("1.0"), file(testPrefix+"/var/avsidecar/install.json", 0o644, "{}"))})
 	}},
-	{name: "huge claimed size", cfg: func(c *Config) { c.MaxSize = 1 << 30 }, rpm: func(t testing.TB, _ []byte, _ *pkg) []byte {
+	{name: "huge claimed size", cfg: func(c *Config) { c.MaxSize = 1 << 30 }, rpm: func(t testing.TB, _ []byte, _ *rpm.Package) []byte {
 		return withTag(t, tagFileSizes, func(f []rpmpack.RPMFile) rpmpack.IndexEntry {
 			return sizesWith(f, testPrefix+"/bin/secret", 0xfffffff0)
 		})
 	}},
-	{name: "size differs from payload", rpm: func(t testing.TB, _ []byte, _ *pkg) []byte {
+	{name: "size differs from payload", rpm: func(t testing.TB, _ []byte, _ *rpm.Package) []byte {
 		return withTag(t, tagFileSizes, func(f []rpmpack.RPMFile) rpmpack.IndexEntry {
 			return sizesWith(f, testPrefix+"/bin/secret", 3)
 		})
 	}},
-	{name: "file digest differs from content", rpm: func(t testing.TB, _ []byte, _ *pkg) []byte {
+	{name: "file digest differs from content", rpm: func(t testing.TB, _ []byte, _ *rpm.Package) []byte {
 		return withTag(t, tagFileDigests, func(f []rpmpack.RPMFile) rpmpack.IndexEntry {
 			var d []string
 			for _, x := range f {
@@ -169,12 +172,12 @@ var hostileCases = []hostileCase{
 			return rpmpack.EntryStringSlice(d)
 		})
 	}},
-	{name: "payload entry not in header", rpm: func(t testing.TB, _ []byte, _ *pkg) []byte {
+	{name: "payload entry not in header", rpm: func(t testing.TB, _ []byte, _ *rpm.Package) []byte {
 		return withTag(t, tagBaseNames, func(f []rpmpack.RPMFile) rpmpack.IndexEntry {
 			return basenamesWith(f, testPrefix+"/bin/secret", "zzz-renamed")
 		})
 	}},
-	{name: "symlink target differs from payload", rpm: func(t testing.TB, _ []byte, _ *pkg) []byte {
+	{name: "symlink target differs from payload", rpm: func(t testing.TB, _ []byte, _ *rpm.Package) []byte {
 		return withTag(t, tagFileLinkTos, func(f []rpmpack.RPMFile) rpmpack.IndexEntry {
 			var l []string
 			for _, x := range f {
@@ -187,7 +190,7 @@ var hostileCases = []hostileCase{
 			return rpmpack.EntryStringSlice(l)
 		})
 	}},
-	{name: "device node", rpm: func(t testing.TB, _ []byte, _ *pkg) []byte {
+	{name: "device node", rpm: func(t testing.TB, _ []byte, _ *rpm.Package) []byte {
 		return withTag(t, tagFileModes, func(f []rpmpack.RPMFile) rpmpack.IndexEntry {
 			var m []uint16
 			for _, x := range f {
@@ -203,13 +206,20 @@ var hostileCases = []hostileCase{
 			return rpmpack.EntryUint16(m)
 		})
 	}},
-	{name: "compression differs from header", rpm: func(t testing.TB, _ []byte, _ *pkg) []byte {
+	{name: "payload digest differs", rpm: func(t testing.TB, _ []byte, _ *rpm.Package) []byte {
+		// The files match the header; only the payload digest, checked
+		// while they are written, tells.
+		return pack(t, packOpts{tweak: func(r *rpmpack.RPM) {
+			r.AddCustomTag(tagPayloadDigest, rpmpack.EntryStringSlice([]string{strings.Repeat("ab", 32)}))
+		}})
+	}},
+	{name: "compression differs from header", rpm: func(t testing.TB, _ []byte, _ *rpm.Package) []byte {
 		return pack(t, packOpts{tweak: func(r *rpmpack.RPM) { r.AddCustomTag(tagPayloadCompressor, rpmpack.EntryString("xz")) }})
 	}},
-	{name: "unknown compression", rpm: func(t testing.TB, _ []byte, _ *pkg) []byte {
+	{name: "unknown compression", rpm: func(t testing.TB, _ []byte, _ *rpm.Package) []byte {
 		return pack(t, packOpts{tweak: func(r *rpmpack.RPM) { r.AddCustomTag(tagPayloadCompressor, rpmpack.EntryString("brotli")) }})
 	}},
-	{name: "no header digest", rpm: func(t testing.TB, _ []byte, _ *pkg) []byte {
+	{name: "no header digest", rpm: func(t testing.TB, _ []byte, _ *rpm.Package) []byte {
 		return pack(t, packOpts{tweak: func(r *rpmpack.RPM) { r.AddCustomSig(sigSHA256, rpmpack.EntryString("")) }})
 	}},
 }
@@ -218,7 +228,7 @@ var hostileCases = []hostileCase{
 // an existing installation, and everything outside the root, as it was.
 func TestHostile(t *testing.T) {
 	good := pack(t, packOpts{})
-	goodPkg, err := readPackage(bytes.NewReader(good), int64(len(good)))
+	goodPkg, err := rpm.Read(bytes.NewReader(good), int64(len(good)))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -279,7 +289,7 @@ func avsidecarBinary(t testing.TB) string {
 func TestHostileExitCode(t *testing.T) {
 	bin := avsidecarBinary(t)
 	good := pack(t, packOpts{})
-	goodPkg, err := readPackage(bytes.NewReader(good), int64(len(good)))
+	goodPkg, err := rpm.Read(bytes.NewReader(good), int64(len(good)))
 	if err != nil {
 		t.Fatal(err)
 	}

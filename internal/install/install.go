@@ -1,22 +1,27 @@
 // Package install installs the Avamar client RPM the way `rpm -i
 // --relocate` would, without an rpm binary and only when needed.
 //
-// An install has two passes over the file. The first reads the whole RPM
-// and checks every digest it carries (header SHA-256, payload digest, or
-// the legacy MD5) and the structure of its headers and file list before
-// anything is written. The second streams the payload once: it
-// decompresses it, checks each file against the header (type, size,
-// digest) and writes it as a temporary file next to its destination.
-// Only when the whole payload has been checked are the temporary files
-// renamed into place, so a bad package leaves the previous installation
-// untouched.
+// Reading and checking the package is internal/rpm's: its headers and
+// file list before anything is written, every digest it carries (header
+// SHA-256, payload digest, or the legacy MD5), and each payload entry
+// against the header (type, size, digest) as it is read. This package is
+// the transaction that writes the root. It reads the payload once and
+// writes each file as a temporary file next to its destination when
+// something is there, renamed into place only when the whole payload has
+// checked out, and in place where nothing was (undone on a failure); so a
+// bad package leaves the previous installation untouched. Where nothing is
+// installed to compare the package with, its payload digest is checked
+// while the payload is extracted (its header, scriptlets included, first),
+// and the first change that is not undone waits for it.
 //
 // Crash safety comes from ordering, not from an fsync per file: a pending
 // journal naming the new files is written before the first change, and the
 // receipt (package SHA-256, prefix, owned files with their digests) is
-// written last, after one syncfs(2) of the root's file system. A start that
-// finds the journal, or no matching receipt, installs again; an install is
-// idempotent, so an interrupted one is repaired by the next.
+// written last, after one syncfs(2) of the root's file system (which the
+// install has had writing back all along). A start that finds the journal,
+// or no matching receipt, installs again; an install is idempotent, so an
+// interrupted one is repaired by the next, and so is one that failed after
+// its files were in place, once the cause is gone.
 //
 // A matching receipt whose files are merely missing (a new container on
 // the old volume: what the package put outside the prefix, such as
@@ -33,16 +38,25 @@
 // not are removed, modified %config files are kept (the new one is written
 // as .rpmnew), and nothing the package does not own is touched.
 //
+// What rpm leaves, the install leaves: %ghost files, directories and links
+// are neither created nor removed; owners are resolved in the root's
+// /etc/passwd and /etc/group (set when the process runs as root), and an
+// unknown name becomes root and takes the setuid (or setgid) bit away;
+// file capabilities (%caps) are written as security.capability (as root;
+// a warning says they are not, otherwise); file and symlink mtimes are the
+// package's, and a directory has the package's mtime unless the install
+// writes into it; symlinks of the root are followed inside it, as by rpm
+// --root (chrooted): /var/run -> /run leads to the root's /run, never the
+// host's; of several prefixes, the client's (/usr/local/avamar, or the one
+// that holds bin/avagent.bin) is relocated and the others stay.
+//
 // Where rpm and the product differ, the product's contract wins: an edited
 // %config file is kept for plain %config as for %config(noreplace) (rpm
 // would move the edited one aside as .rpmsave); an edited %config file an
-// upgrade drops is kept as .rpmsave, as rpm does. Regular files,
-// directories and symlinks are installed; device nodes, FIFOs and sockets
-// are refused as unsupported; %ghost files are neither created nor
-// removed. Owners are resolved in the root's /etc/passwd and /etc/group
-// (unknown names become root, as with rpm) and only set when the process
-// runs as root. File and symlink mtimes are the package's; directories get
-// the package's mtime after their contents are in place.
+// upgrade drops is kept as .rpmsave, as rpm does. Device nodes, FIFOs and
+// sockets are refused as unsupported, and source packages as what they
+// are. Signatures are not checked (there is no keyring), so one rpm cannot
+// parse does not stop an install; the digests do.
 //
 // Scriptlets (%pre, %post) run with their interpreter (/bin/sh), $1 (1 to
 // install, 2 to upgrade) and RPM_INSTALL_PREFIX. With Root "/" they run
@@ -62,10 +76,10 @@ import (
 	"os"
 	"path"
 	"path/filepath"
-	"sort"
 	"strings"
 	"time"
 
+	"github.com/avsidecar/avsidecar/internal/rpm"
 	"github.com/rs/zerolog"
 	"golang.org/x/sys/unix"
 )
@@ -85,7 +99,9 @@ type Config struct {
 	// install receipt and journal. Empty means $Prefix/var/avsidecar.
 	StateDir string
 	// From is the package prefix relocated to Prefix. Empty means the
-	// package's only prefix; a package with several needs it set.
+	// client's: the package's only prefix, or of several (the others stay
+	// where they are, as with rpm --relocate) /usr/local/avamar, or else
+	// the one that holds bin/avagent.bin.
 	From string
 	// MaxSize caps the bytes a package may install (the sum of its
 	// regular files, as its header declares them). Zero means 16 GiB.
@@ -127,19 +143,12 @@ type Result struct {
 
 // ErrUnusable is matched (errors.Is) by every error that means the RPM
 // itself cannot be installed: corrupt, truncated, tampered, unsafe or
-// unsupported. avsidecar exits 3 on it.
-var ErrUnusable = errors.New("rpm unusable")
-
-type unusableError struct{ err error }
-
-func (e *unusableError) Error() string        { return e.err.Error() }
-func (e *unusableError) Unwrap() error        { return e.err }
-func (e *unusableError) Is(target error) bool { return target == ErrUnusable }
+// unsupported. avsidecar exits 3 on it. It is rpm.ErrUnusable: the
+// reader's refusals match it too.
+var ErrUnusable = rpm.ErrUnusable
 
 // unusable makes an error that matches ErrUnusable.
-func unusable(format string, a ...any) error {
-	return &unusableError{fmt.Errorf(format, a...)}
-}
+var unusable = rpm.Unusable
 
 const defaultMaxSize = 16 << 30
 
@@ -219,17 +228,16 @@ func install(ctx context.Context, cfg Config, log zerolog.Logger) (Result, error
 		return Result{}, fmt.Errorf("open root: %w", err)
 	}
 	defer root.Close()
-	in := &installer{cfg: cfg, log: log, root: root}
+	tx := &transaction{cfg: cfg, log: log, root: root, file: f, fp: fingerprintOf(st)}
 
 	// The fast path: this very file (same identity, size, times) was
 	// installed here and its files are still in place. Nothing is read but
 	// the receipt and a stat per owned file; the RPM is read only when a
 	// file is missing or changed.
-	old, pending := in.loadState()
-	fp := fingerprintOf(st)
-	if in.current(old, pending) && old.RPM == fp {
-		if missing, intact := in.inspect(old); intact && len(missing) == 0 {
-			return nothingToDo(old, log), nil
+	tx.loadState()
+	if tx.current() && tx.old.RPM == tx.fp {
+		if missing, intact := tx.inspect(tx.old); intact && len(missing) == 0 {
+			return nothingToDo(tx.old, log), nil
 		}
 	}
 
@@ -241,57 +249,72 @@ func install(ctx context.Context, cfg Config, log zerolog.Logger) (Result, error
 		return Result{}, err
 	}
 	defer unlock()
-	if err := in.clearStateDebris(); err != nil {
+	if err := tx.clearStateDebris(); err != nil {
 		return Result{}, err
 	}
-	old, pending = in.loadState()
-	if in.current(old, pending) && old.RPM == fp {
-		if missing, intact := in.inspect(old); intact && len(missing) == 0 {
-			return nothingToDo(old, log), nil
+	tx.loadState()
+	if tx.current() && tx.old.RPM == tx.fp {
+		if missing, intact := tx.inspect(tx.old); intact && len(missing) == 0 {
+			return nothingToDo(tx.old, log), nil
 		}
 	}
 
-	p, err := readPackage(f, st.Size())
+	p, err := rpm.Read(f, st.Size())
 	if err != nil {
 		return Result{}, err
 	}
-	v, err := verify(f, p)
+	tx.pkg = p
+	if len(p.Signatures) > 0 {
+		log.Warn().Strs("signatures", p.Signatures).Msg("package is signed but its signature is not checked: no keyring")
+	}
+	trusted, err := p.VerifyHeader()
 	if err != nil {
 		return Result{}, err
 	}
-	log.Info().Str("name", p.name).Str("version", p.version+"-"+p.release).Str("arch", p.arch).
-		Str("sha256", v.sha256).Strs("verified", v.checked).Str("compression", p.compressor).Msg("package verified")
-	if len(p.signatures) > 0 {
-		log.Warn().Strs("signatures", p.signatures).Msg("package is signed but its signature is not checked: no keyring")
+	if trusted && !tx.current() {
+		// Nothing installed here to compare the package with: its payload
+		// is verified while it is extracted, and commit waits for that.
+		// (Its header, scriptlets included, is verified already.)
+		tx.verifyLater()
+		if err := tx.plan(); err != nil {
+			return Result{}, err
+		}
+		rc, err := tx.apply(ctx)
+		if err != nil {
+			return Result{}, err
+		}
+		return rc.result(true), nil
+	}
+	if err := tx.verify(); err != nil {
+		return Result{}, err
 	}
 	var missing []receiptFile
 	intact := false
-	if in.current(old, pending) && old.SHA256 == v.sha256 {
-		if missing, intact = in.inspect(old); intact && len(missing) == 0 {
-			return nothingToDo(old, log), nil
+	if tx.current() && tx.old.SHA256 == tx.ver.SHA256 {
+		if missing, intact = tx.inspect(tx.old); intact && len(missing) == 0 {
+			return nothingToDo(tx.old, log), nil
 		}
 	}
 
-	pl, err := in.plan(p)
-	if err != nil {
+	if err := tx.plan(); err != nil {
 		return Result{}, err
 	}
 	if intact {
 		// Only missing files: restore them, unless the install left one
 		// as something the payload cannot reproduce.
-		if items := in.restorable(pl, missing); items != nil {
-			n, err := in.restore(ctx, f, p, pl, items)
+		if items := tx.restorable(missing); items != nil {
+			n, err := tx.restore(ctx, items)
 			if err != nil {
 				return Result{}, err
 			}
-			log.Info().Str("name", old.Name).Str("version", old.Version+"-"+old.Release).Str("sha256", old.SHA256).
+			log.Info().Str("name", tx.old.Name).Str("version", tx.old.Version+"-"+tx.old.Release).Str("sha256", tx.old.SHA256).
 				Int("restored", n).Msg("receipt matches, missing files restored")
-			res := old.result(false)
+			res := tx.old.result(false)
 			res.Restored = n
 			return res, nil
 		}
 	}
-	rc, err := in.apply(ctx, f, p, pl, old, pending, v, fp)
+	rc, err := tx.apply(ctx)
 	if err != nil {
 		return Result{}, err
 	}
@@ -300,17 +323,19 @@ func install(ctx context.Context, cfg Config, log zerolog.Logger) (Result, error
 
 // current reports whether the receipt is for this prefix and no install
 // was interrupted since.
-func (in *installer) current(old, pending *receipt) bool {
-	return old != nil && pending == nil && old.Prefix == in.cfg.Prefix && !in.stateDebris()
+func (tx *transaction) current() bool {
+	return tx.old != nil && tx.pending == nil && tx.old.Prefix == tx.cfg.Prefix && !tx.stateDebris()
 }
 
 // stateDebris reports whether a kill left the temporary file of a receipt
 // or journal behind. Such a root is not current: the install takes the lock
 // and clears it (clearStateDebris) before it looks again.
-func (in *installer) stateDebris() bool {
+func (tx *transaction) stateDebris() bool {
 	for _, name := range []string{receiptName, journalName} {
-		if _, err := in.root.Lstat(in.statePath(name + tmpSuffix)); err == nil {
-			return true
+		for _, suffix := range tmpSuffixes {
+			if _, err := tx.root.Lstat(tx.statePath(name + suffix)); err == nil {
+				return true
+			}
 		}
 	}
 	return false
@@ -318,148 +343,69 @@ func (in *installer) stateDebris() bool {
 
 // clearStateDebris removes what stateDebris finds; only under the root lock,
 // where no other install can be writing those files.
-func (in *installer) clearStateDebris() error {
+func (tx *transaction) clearStateDebris() error {
 	for _, name := range []string{receiptName, journalName} {
-		if err := in.root.Remove(in.statePath(name + tmpSuffix)); err != nil && !errors.Is(err, fs.ErrNotExist) {
-			return fmt.Errorf("remove interrupted %s: %w", name, err)
+		for _, suffix := range tmpSuffixes {
+			if err := tx.root.Remove(tx.statePath(name + suffix)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+				return fmt.Errorf("remove interrupted %s: %w", name, err)
+			}
 		}
 	}
+	return nil
+}
+
+// verify checks every digest of the package (rpm.Verify), reading it
+// whole.
+func (tx *transaction) verify() error {
+	v, err := tx.pkg.Verify(tx.file)
+	if err != nil {
+		return err
+	}
+	tx.ver = v
+	tx.logVerified()
+	return nil
+}
+
+func (tx *transaction) logVerified() {
+	p, v := tx.pkg, tx.ver
+	tx.log.Info().Str("name", p.Name).Str("version", p.Version+"-"+p.Release).Str("arch", p.Arch).
+		Str("sha256", v.SHA256).Strs("verified", v.Checked).Str("compression", p.Compressor).Msg("package verified")
+}
+
+// verifyLater starts rpm.Verify on its own goroutine, for verified to
+// wait on.
+func (tx *transaction) verifyLater() {
+	done := make(chan verifyResult, 1)
+	tx.verifying = done
+	go func() {
+		v, err := tx.pkg.Verify(tx.file)
+		done <- verifyResult{v, err}
+	}()
+}
+
+type verifyResult struct {
+	v   rpm.Verification
+	err error
+}
+
+// verified waits for the verification verifyLater started, if any.
+func (tx *transaction) verified() error {
+	if tx.verifying == nil {
+		return nil
+	}
+	r := <-tx.verifying
+	tx.verifying = nil
+	if r.err != nil {
+		return r.err
+	}
+	tx.ver = r.v
+	tx.logVerified()
 	return nil
 }
 
 func nothingToDo(old *receipt, log zerolog.Logger) Result {
 	log.Info().Str("name", old.Name).Str("version", old.Version+"-"+old.Release).Str("sha256", old.SHA256).Msg("receipt matches, nothing to install")
 	return old.result(false)
-}
-
-// plan is a package's file list relocated and checked against the root.
-type plan struct {
-	from, to string   // relocation; from is "" for a package without prefixes
-	items    []*item  // header order
-	sorted   []*item  // by destination path
-	prefixes []string // every package prefix after relocation, for RPM_INSTALL_PREFIXn
-	bytes    int64    // sum of the regular file sizes
-}
-
-// item is one file of the package and what the install does with it.
-type item struct {
-	*pkgFile
-	rel  string // dest relative to the root, as os.Root takes it
-	act  action
-	tmp  string // temporary name while the payload is extracted
-	seen bool   // the payload has had its entry
-	done bool   // the temporary file holds the checked content
-	skip bool   // a restore leaves it alone: its entry is checked, not written
-	// diskMTime, when not zero, is the mtime (Unix nanoseconds) a restore
-	// gives the file instead of the package's: the one the install left.
-	diskMTime int64
-}
-
-type action int
-
-const (
-	actWrite  action = iota // write and rename into place
-	actKeep                 // a modified %config file: leave it as it is
-	actRPMNew               // a modified %config file: write the new one as .rpmnew
-)
-
-// tmpSuffix names the temporary file of a destination. It is
-// deterministic so that the next run finds and replaces the leftovers of
-// a killed one.
-const tmpSuffix = ";avsidecar"
-
-// plan relocates the package's paths and refuses any that would be unsafe:
-// duplicates, paths below a non-directory, paths in the state dir, sizes
-// beyond the limit.
-func (in *installer) plan(p *pkg) (*plan, error) {
-	pl := &plan{to: in.cfg.Prefix}
-	switch {
-	case in.cfg.From != "":
-		if !contains(p.prefixes, in.cfg.From) {
-			return nil, unusable("package is not relocatable from %s (prefixes: %v)", in.cfg.From, p.prefixes)
-		}
-		pl.from = in.cfg.From
-	case len(p.prefixes) == 1:
-		pl.from = p.prefixes[0]
-	case len(p.prefixes) == 0:
-		in.log.Warn().Str("prefix", in.cfg.Prefix).Msg("package is not relocatable: installing its paths as they are")
-	default:
-		return nil, fmt.Errorf("package has several prefixes %v: say which one to relocate", p.prefixes)
-	}
-	for _, pre := range p.prefixes {
-		if pre == pl.from {
-			pl.prefixes = append(pl.prefixes, pl.to)
-		} else {
-			pl.prefixes = append(pl.prefixes, pre)
-		}
-	}
-
-	byDest := make(map[string]*item, len(p.files))
-	hardlinks := map[uint64]bool{}
-	for i := range p.files {
-		f := &p.files[i]
-		f.dest = relocate(f.path, pl.from, pl.to)
-		if err := checkPath(f.dest); err != nil {
-			return nil, unusable("relocated %w", err)
-		}
-		if strings.HasSuffix(f.dest, tmpSuffix) {
-			return nil, unusable("%s: reserved name", f.dest)
-		}
-		if f.dest == in.cfg.StateDir || strings.HasPrefix(f.dest, in.cfg.StateDir+"/") {
-			return nil, unusable("%s lies in the installer's state dir %s", f.dest, in.cfg.StateDir)
-		}
-		if byDest[f.dest] != nil {
-			return nil, unusable("duplicate entry %s", f.dest)
-		}
-		it := &item{pkgFile: f, rel: strings.TrimPrefix(f.dest, "/")}
-		it.tmp = it.rel + tmpSuffix
-		byDest[f.dest] = it
-		pl.items = append(pl.items, it)
-		if f.isReg() && !f.isGhost() {
-			if f.hlKey != 0 && hardlinks[f.hlKey] {
-				continue // a hard link set's content is written once
-			}
-			hardlinks[f.hlKey] = true
-			if f.size > in.cfg.MaxSize || pl.bytes+f.size > in.cfg.MaxSize {
-				return nil, unusable("package claims more than the %d bytes allowed", in.cfg.MaxSize)
-			}
-			pl.bytes += f.size
-		}
-	}
-	for _, it := range pl.items {
-		for d := path.Dir(it.dest); d != "/"; d = path.Dir(d) {
-			if a := byDest[d]; a != nil && !a.isDir() {
-				return nil, unusable("%s lies below %s, which is not a directory", it.dest, d)
-			}
-		}
-	}
-	pl.sorted = append([]*item(nil), pl.items...)
-	sort.Slice(pl.sorted, func(i, j int) bool { return pl.sorted[i].dest < pl.sorted[j].dest })
-	return pl, nil
-}
-
-// relocate applies rpm --relocate from=to to p.
-func relocate(p, from, to string) string {
-	switch {
-	case from == "":
-		return p
-	case from == "/":
-		return path.Join(to, p)
-	case p == from:
-		return to
-	case strings.HasPrefix(p, from+"/"):
-		return to + p[len(from):]
-	}
-	return p
-}
-
-func contains(list []string, s string) bool {
-	for _, x := range list {
-		if x == s {
-			return true
-		}
-	}
-	return false
 }
 
 // FindRPM resolves pattern, a path or glob inside root (AVAMAR_RPM), to the

@@ -8,24 +8,43 @@ import (
 	"strings"
 	"sync"
 
+	"github.com/avsidecar/avsidecar/internal/rpm"
 	"github.com/rs/zerolog"
+	"golang.org/x/sys/unix"
 )
 
 // idMap resolves the owner and group names of a package's files as rpm
 // does: from the root's own /etc/passwd and /etc/group (rpm looks them up
 // after its chroot), falling back to root with a warning for an unknown
-// name.
+// name. Owners are only set when the process runs as root (chown); the
+// names are resolved in any case, as they decide the set-ID bits (meta).
 type idMap struct {
 	users, groups map[string]int
 	log           zerolog.Logger
 	once          sync.Map // names already warned about
 }
 
-func loadIDs(root *os.Root, log zerolog.Logger) *idMap {
-	return &idMap{
-		users:  readIDs(root, "etc/passwd"),
-		groups: readIDs(root, "etc/group"),
-		log:    log,
+// loadIDs reads the root's owners and groups.
+func (tx *transaction) loadIDs() {
+	tx.ids = &idMap{
+		users:  readIDs(tx.root, "etc/passwd"),
+		groups: readIDs(tx.root, "etc/group"),
+		log:    tx.log,
+	}
+	tx.chown = os.Geteuid() == 0
+	tx.capBits = rpm.KernelCapBits()
+	if !tx.chown {
+		n := 0
+		for _, it := range tx.items {
+			if it.Caps != "" && !it.IsGhost() {
+				n++
+			}
+		}
+		if n > 0 {
+			// rpm skips them without a word; an agent that needs
+			// cap_net_raw would fail later and far from here.
+			tx.log.Warn().Int("files", n).Msg("file capabilities not set: setting them needs root")
+		}
 	}
 }
 
@@ -51,19 +70,39 @@ func readIDs(root *os.Root, name string) map[string]int {
 	return ids
 }
 
-func (m *idMap) lookup(user, group string) (uid, gid int) {
-	return m.id(m.users, user, "user"), m.id(m.groups, group, "group")
+// lookup resolves a file's owner and group; known is false for each name
+// the root does not know (it is root then).
+func (m *idMap) lookup(user, group string) (uid, gid int, userKnown, groupKnown bool) {
+	uid, userKnown = m.id(m.users, user, "user")
+	gid, groupKnown = m.id(m.groups, group, "group")
+	return uid, gid, userKnown, groupKnown
 }
 
-func (m *idMap) id(ids map[string]int, name, kind string) int {
+func (m *idMap) id(ids map[string]int, name, kind string) (int, bool) {
 	if name == "" {
-		return 0
+		return 0, true
 	}
 	if id, ok := ids[name]; ok {
-		return id
+		return id, true
 	}
 	if _, warned := m.once.LoadOrStore(kind+":"+name, true); !warned {
 		m.log.Warn().Str(kind, name).Msg("unknown owner, using root")
 	}
-	return 0
+	return 0, false
+}
+
+// meta is what an item gets on disk: its owner and group, resolved in
+// the root, and its permission bits. As with rpm (rpmfilesStat), a file
+// whose owner is unknown loses its setuid bit, and one whose group is
+// unknown its setgid bit: they would be root's.
+func (tx *transaction) meta(it *item) (uid, gid int, perm uint32) {
+	uid, gid, userKnown, groupKnown := tx.ids.lookup(it.User, it.Group)
+	perm = it.Mode & 0o7777
+	if !userKnown {
+		perm &^= unix.S_ISUID
+	}
+	if !groupKnown {
+		perm &^= unix.S_ISGID
+	}
+	return uid, gid, perm
 }

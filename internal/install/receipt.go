@@ -7,7 +7,6 @@ import (
 	"io/fs"
 	"os"
 	"path"
-	"path/filepath"
 	"syscall"
 	"time"
 
@@ -83,30 +82,40 @@ func (r *receipt) result(changed bool) Result {
 	}
 }
 
-func (in *installer) statePath(name string) string {
-	return path.Join(in.cfg.StateDir, name)[1:]
+// statePath is where a file of the state dir is in the root (the root's
+// symlinks followed).
+func (tx *transaction) statePath(name string) string {
+	dir, err := tx.dirOf(tx.cfg.StateDir)
+	if err != nil {
+		dir = tx.cfg.StateDir[1:] // os.Root says what is wrong with it
+	}
+	if name == "" {
+		return dir
+	}
+	return relJoin(dir, name)
 }
 
-// loadState reads the receipt and the journal of an interrupted install.
+// loadState reads the receipt and the journal of an interrupted install
+// (old and pending).
 // An unreadable one counts as absent: the install is redone, which is
 // always safe.
-func (in *installer) loadState() (old, pending *receipt) {
+func (tx *transaction) loadState() {
 	read := func(name string) *receipt {
-		b, err := in.root.ReadFile(in.statePath(name))
+		b, err := tx.root.ReadFile(tx.statePath(name))
 		if err != nil {
 			if !errors.Is(err, fs.ErrNotExist) {
-				in.log.Warn().Err(err).Str("file", name).Msg("unreadable install state, installing again")
+				tx.log.Warn().Err(err).Str("file", name).Msg("unreadable install state, installing again")
 			}
 			return nil
 		}
 		var r receipt
 		if err := json.Unmarshal(b, &r); err != nil || r.Format != receiptV {
-			in.log.Warn().Str("file", name).Msg("unreadable install state, installing again")
+			tx.log.Warn().Str("file", name).Msg("unreadable install state, installing again")
 			return nil
 		}
 		return &r
 	}
-	return read(receiptName), read(journalName)
+	tx.old, tx.pending = read(receiptName), read(journalName)
 }
 
 // inspect compares every file the receipt lists with the disk. In
@@ -120,30 +129,39 @@ func (in *installer) loadState() (old, pending *receipt) {
 // full install repairs that. Otherwise missing lists the absent files,
 // parents before children, which a restore from the payload can put
 // back. Modified %config files count as intact; rpm would keep them too.
-func (in *installer) inspect(r *receipt) (missing []receiptFile, intact bool) {
-	// fstatat relative to each parent directory, opened once: a start with
-	// a matching receipt is a stat per owned file and little else.
+func (tx *transaction) inspect(r *receipt) (missing []receiptFile, intact bool) {
+	// fstatat relative to each parent directory, opened once (through the
+	// root, its symlinks followed): a start with a matching receipt is a
+	// stat per owned file and little else.
 	const absent = -1
 	dirs := map[string]int{}
+	var open []*os.File
 	defer func() {
-		for _, fd := range dirs {
-			if fd != absent {
-				unix.Close(fd)
-			}
+		for _, d := range open {
+			d.Close()
 		}
 	}()
 	for _, f := range r.Files {
+		if f.Path == "/" {
+			continue // the root, which a package may own: it is there
+		}
 		parent, base := path.Split(f.Path)
 		fd, ok := dirs[parent]
 		if !ok {
-			var err error
-			fd, err = unix.Open(filepath.Join(in.cfg.Root, filepath.FromSlash(parent)), unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+			rp, err := tx.dirOf(parent)
+			var d *os.File
+			if err == nil {
+				d, err = tx.root.Open(rp)
+			}
 			switch {
-			case errors.Is(err, unix.ENOENT):
+			case errors.Is(err, fs.ErrNotExist):
 				fd = absent
 			case err != nil:
-				in.log.Info().Err(err).Str("path", parent).Msg("installed directory unusable, installing again")
+				tx.log.Info().Err(err).Str("path", parent).Msg("installed directory unusable, installing again")
 				return nil, false
+			default:
+				open = append(open, d)
+				fd = int(d.Fd())
 			}
 			dirs[parent] = fd
 		}
@@ -156,7 +174,7 @@ func (in *installer) inspect(r *receipt) (missing []receiptFile, intact bool) {
 			missing = append(missing, f)
 			continue
 		} else if err != nil {
-			in.log.Info().Err(err).Str("path", f.Path).Msg("installed file unusable, installing again")
+			tx.log.Info().Err(err).Str("path", f.Path).Msg("installed file unusable, installing again")
 			return nil, false
 		}
 		ok = true
@@ -166,7 +184,11 @@ func (in *installer) inspect(r *receipt) (missing []receiptFile, intact bool) {
 			if st.Mode&unix.S_IFMT == unix.S_IFLNK {
 				// An operator's link to a directory (var/ on a volume,
 				// say) stands for the directory, as at install.
-				ok = unix.Fstatat(fd, base, &st, 0) == nil && st.Mode&unix.S_IFMT == unix.S_IFDIR
+				rd, err := tx.dirOf(f.Path)
+				if err == nil {
+					info, serr := tx.root.Stat(rd)
+					ok = serr == nil && info.IsDir()
+				}
 			}
 		case "symlink":
 			ok = st.Mode&unix.S_IFMT == unix.S_IFLNK
@@ -179,7 +201,7 @@ func (in *installer) inspect(r *receipt) (missing []receiptFile, intact bool) {
 			ok = st.Mode&unix.S_IFMT == unix.S_IFREG && (f.Config || st.Size == f.Size && st.Mtim.Nano() == f.MTime)
 		}
 		if !ok {
-			in.log.Info().Str("path", f.Path).Msg("installed file changed, installing again")
+			tx.log.Info().Str("path", f.Path).Msg("installed file changed, installing again")
 			return nil, false
 		}
 	}
@@ -188,18 +210,18 @@ func (in *installer) inspect(r *receipt) (missing []receiptFile, intact bool) {
 
 // writeState writes a receipt or the journal atomically: a temporary file,
 // fsync, rename, fsync of the directory.
-func (in *installer) writeState(name string, r *receipt) error {
+func (tx *transaction) writeState(name string, r *receipt) error {
 	b, err := json.Marshal(r)
 	if err != nil {
 		return fmt.Errorf("encode %s: %w", name, err)
 	}
-	dir := in.statePath("")
-	if err := in.root.MkdirAll(dir, 0o755); err != nil {
+	dir := tx.statePath("")
+	if err := tx.root.MkdirAll(dir, 0o755); err != nil {
 		return fmt.Errorf("create state dir: %w", err)
 	}
-	tmp := in.statePath(name + tmpSuffix)
-	_ = in.root.Remove(tmp)
-	f, err := in.root.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
+	tmp := tx.statePath(name + tmpSuffix)
+	_ = tx.root.Remove(tmp)
+	f, err := tx.root.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
 	if err != nil {
 		return fmt.Errorf("write %s: %w", name, err)
 	}
@@ -211,16 +233,16 @@ func (in *installer) writeState(name string, r *receipt) error {
 		err = cerr
 	}
 	if err == nil {
-		err = in.root.Rename(tmp, in.statePath(name))
+		err = tx.root.Rename(tmp, tx.statePath(name))
 	}
 	if err != nil {
 		return fmt.Errorf("write %s: %w", name, err)
 	}
-	return in.syncDir(dir)
+	return tx.syncDir(dir)
 }
 
-func (in *installer) syncDir(rel string) error {
-	d, err := in.root.Open(rel)
+func (tx *transaction) syncDir(rel string) error {
+	d, err := tx.root.Open(rel)
 	if err != nil {
 		return fmt.Errorf("sync %s: %w", rel, err)
 	}
@@ -231,9 +253,9 @@ func (in *installer) syncDir(rel string) error {
 	return nil
 }
 
-func (in *installer) removeState(name string) error {
-	if err := in.root.Remove(in.statePath(name)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+func (tx *transaction) removeState(name string) error {
+	if err := tx.root.Remove(tx.statePath(name)); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return fmt.Errorf("remove %s: %w", name, err)
 	}
-	return in.syncDir(in.statePath(""))
+	return tx.syncDir(tx.statePath(""))
 }

@@ -3,7 +3,6 @@ package install
 import (
 	"context"
 	"fmt"
-	"os"
 	"path"
 )
 
@@ -39,30 +38,30 @@ import (
 //     break the set;
 //   - the package does not have it as the receipt says (a receipt older
 //     than a format change, say).
-func (in *installer) restorable(pl *plan, missing []receiptFile) []*item {
+func (tx *transaction) restorable(missing []receiptFile) []*item {
 	items := make([]*item, 0, len(missing))
 	for _, f := range missing {
-		it := findItem(pl, f.Path)
+		it := tx.findItem(f.Path)
 		why := ""
 		switch {
-		case it == nil || it.isGhost() || typeName(it.mode) != f.Type:
+		case it == nil || it.IsGhost() || typeName(it.Mode) != f.Type:
 			why = "missing file not in the package as the receipt says"
-		case it.isReg() && (f.Size != it.size || f.MTime != it.mtime*1e9 && !f.Shipped):
+		case it.IsReg() && (f.Size != it.Size || f.MTime != it.MTime*1e9 && !f.Shipped):
 			why = "missing file was changed after extraction (by a scriptlet)"
-		case it.isSymlink() && f.MTime != it.mtime*1e9:
+		case it.IsSymlink() && f.MTime != it.MTime*1e9:
 			why = "missing link was changed after extraction (by a scriptlet)"
-		case it.isReg() && in.isHardlinked(pl, it):
+		case it.IsReg() && isHardlinked(it):
 			why = "missing file is a hard link"
 		}
 		if why != "" {
-			in.log.Info().Str("path", f.Path).Str("reason", why).Msg("missing file not restorable, installing again")
+			tx.log.Info().Str("path", f.Path).Str("reason", why).Msg("missing file not restorable, installing again")
 			return nil
 		}
 		items = append(items, it)
 	}
 	// Only now: a full install after a refusal must write package mtimes.
 	for i, it := range items {
-		if f := missing[i]; it.isReg() && f.MTime != it.mtime*1e9 {
+		if f := missing[i]; it.IsReg() && f.MTime != it.MTime*1e9 {
 			it.diskMTime = f.MTime // a scriptlet rewrote it with the same content
 		}
 	}
@@ -72,55 +71,59 @@ func (in *installer) restorable(pl *plan, missing []receiptFile) []*item {
 // restore writes items, the missing files restorable found, from the
 // payload, and reports how many it restored. On an error nothing is left
 // of what it began.
-func (in *installer) restore(ctx context.Context, f *os.File, p *pkg, pl *plan, items []*item) (int, error) {
-	if os.Geteuid() == 0 {
-		in.ids = loadIDs(in.root, in.log)
-	}
+func (tx *transaction) restore(ctx context.Context, items []*item) (int, error) {
+	tx.loadIDs()
+	tx.d = newDirs(tx.root)
+	defer tx.closeDirs()
 	restoring := make(map[*item]bool, len(items))
 	for _, it := range items {
 		restoring[it] = true
 	}
-	for _, it := range pl.items {
+	for _, it := range tx.items {
 		it.skip = !restoring[it]
 	}
-	sub := &plan{items: items, sorted: items}
 	undo := func() {
-		in.removeTemps(sub)
-		for i := len(in.created) - 1; i >= 0; i-- {
-			_ = in.root.Remove(in.created[i])
-		}
+		tx.removeTemps(items)
+		tx.removeCreated()
 	}
 	for _, it := range items {
+		if err := tx.locate(it); err != nil {
+			undo()
+			return 0, err
+		}
 		if parent := path.Dir(it.rel); parent != "." {
-			if err := in.mkdirAll(parent); err != nil {
+			if err := tx.mkdirAll(parent); err != nil {
 				undo()
 				return 0, fmt.Errorf("create %s: %w", path.Dir(it.dest), err)
 			}
 		}
-		if it.isDir() {
-			if err := in.makeDir(it, nil); err != nil {
+		if it.IsDir() {
+			if err := tx.makeDir(it, nil); err != nil {
 				undo()
 				return 0, err
 			}
+		} else if err := tx.place(it); err != nil {
+			undo()
+			return 0, err
 		}
 	}
-	if err := in.extract(ctx, f, p, pl); err != nil {
+	if err := tx.extract(ctx); err != nil {
 		undo()
 		return 0, err
 	}
-	if err := in.commit(sub); err != nil {
-		in.removeTemps(sub)
+	if err := tx.commit(items); err != nil {
+		tx.removeLeftovers(items)
 		return 0, err
 	}
-	if !in.cfg.NoSync {
+	if !tx.cfg.NoSync {
 		// A restored %config file that power loss left empty would pass
 		// for an edited one; every other file would be seen as changed.
-		if err := in.syncfs(); err != nil {
+		if err := tx.syncfs(); err != nil {
 			return 0, err
 		}
 	}
 	for _, it := range items {
-		in.log.Info().Str("path", it.dest).Str("type", typeName(it.mode)).Msg("restored missing file")
+		tx.log.Info().Str("path", it.dest).Str("type", typeName(it.Mode)).Msg("restored missing file")
 	}
 	return len(items), nil
 }

@@ -11,6 +11,7 @@ import (
 	"syscall"
 
 	"github.com/avsidecar/avsidecar/internal/pid1"
+	"github.com/avsidecar/avsidecar/internal/rpm"
 )
 
 // maxScriptletLen bounds a scriptlet passed with sh -c: one argument may
@@ -30,16 +31,17 @@ const maxScriptletLen = 120 << 10
 //
 // The error reads as rpm's: "%pre(name-version-release.arch) scriptlet
 // failed, exit status 1".
-func (in *installer) runScriptlet(ctx context.Context, which string, p *pkg, pl *plan, s scriptlet, arg int) error {
-	if s.body == "" {
+func (tx *transaction) runScriptlet(ctx context.Context, which string, s rpm.Scriptlet, arg int) error {
+	p := tx.pkg
+	if s.Body == "" {
 		return nil
 	}
-	log := in.log.With().Str("scriptlet", which).Logger()
-	if in.cfg.NoScripts {
+	log := tx.log.With().Str("scriptlet", which).Logger()
+	if tx.cfg.NoScripts {
 		log.Info().Msg("scriptlet skipped: scripts are off")
 		return nil
 	}
-	prog := s.prog
+	prog := s.Prog
 	if len(prog) == 0 {
 		prog = []string{"/bin/sh"}
 	}
@@ -47,34 +49,34 @@ func (in *installer) runScriptlet(ctx context.Context, which string, p *pkg, pl 
 		log.Warn().Msg("lua scriptlet skipped: no lua interpreter")
 		return nil
 	}
-	if len(s.body) > maxScriptletLen {
-		return fmt.Errorf("%s(%s) scriptlet of %d bytes is too long", which, p.nevra(), len(s.body))
+	if len(s.Body) > maxScriptletLen {
+		return fmt.Errorf("%s(%s) scriptlet of %d bytes is too long", which, p.NEVRA(), len(s.Body))
 	}
-	chroot := filepath.Clean(in.cfg.Root) != "/"
+	chroot := filepath.Clean(tx.cfg.Root) != "/"
 	if chroot {
 		if os.Geteuid() != 0 {
-			log.Warn().Str("root", in.cfg.Root).Msg("scriptlet skipped: running it under another root needs chroot, which needs root")
+			log.Warn().Str("root", tx.cfg.Root).Msg("scriptlet skipped: running it under another root needs chroot, which needs root")
 			return nil
 		}
-		if _, err := in.root.Stat(prog[0][1:]); err != nil || !filepath.IsAbs(prog[0]) {
-			log.Warn().Str("root", in.cfg.Root).Str("interpreter", prog[0]).Msg("scriptlet skipped: the root has no interpreter")
+		if _, err := tx.root.Stat(prog[0][1:]); err != nil || !filepath.IsAbs(prog[0]) {
+			log.Warn().Str("root", tx.cfg.Root).Str("interpreter", prog[0]).Msg("scriptlet skipped: the root has no interpreter")
 			return nil
 		}
 	}
 
-	args := append(append([]string{}, prog[1:]...), "-c", s.body, prog[0], strconv.Itoa(arg))
+	args := append(append([]string{}, prog[1:]...), "-c", s.Body, prog[0], strconv.Itoa(arg))
 	cmd := exec.Command(prog[0], args...)
 	cmd.Dir = "/"
 	cmd.Env = []string{
 		"PATH=/sbin:/bin:/usr/sbin:/usr/bin:/usr/X11R6/bin",
 		"HOME=/root",
-		"RPM_PACKAGE_NAME=" + p.name,
-		"RPM_PACKAGE_VERSION=" + p.version,
-		"RPM_PACKAGE_RELEASE=" + p.release,
-		"RPM_ARCH=" + p.arch,
+		"RPM_PACKAGE_NAME=" + p.Name,
+		"RPM_PACKAGE_VERSION=" + p.Version,
+		"RPM_PACKAGE_RELEASE=" + p.Release,
+		"RPM_ARCH=" + p.Arch,
 		"RPM_OS=linux",
 	}
-	for i, pre := range pl.prefixes {
+	for i, pre := range tx.prefixes {
 		if i == 0 {
 			cmd.Env = append(cmd.Env, "RPM_INSTALL_PREFIX="+pre)
 		}
@@ -82,13 +84,14 @@ func (in *installer) runScriptlet(ctx context.Context, which string, p *pkg, pl 
 	}
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if chroot {
-		cmd.SysProcAttr.Chroot = in.cfg.Root
+		cmd.SysProcAttr.Chroot = tx.cfg.Root
 	}
 	proc, err := pid1.StartLines(cmd, func(line string) { log.Info().Str("line", line).Msg("scriptlet output") })
 	if err != nil {
-		return fmt.Errorf("%s(%s) scriptlet: %w", which, p.nevra(), err)
+		return fmt.Errorf("%s(%s) scriptlet: %w", which, p.NEVRA(), err)
 	}
 	log.Info().Int("arg", arg).Bool("chroot", chroot).Msg("scriptlet started")
+	tx.postRan = tx.postRan || which == "%post"
 	// On cancellation the whole process group goes, not just the shell.
 	err = proc.WaitContext(ctx)
 	if err == nil {
@@ -98,9 +101,9 @@ func (in *installer) runScriptlet(ctx context.Context, which string, p *pkg, pl 
 	var ee *pid1.ExitError
 	if errors.As(err, &ee) {
 		if ee.Status.Signaled() {
-			return fmt.Errorf("%s(%s) scriptlet failed, signal %d", which, p.nevra(), ee.Status.Signal())
+			return fmt.Errorf("%s(%s) scriptlet failed, signal %d", which, p.NEVRA(), ee.Status.Signal())
 		}
-		return fmt.Errorf("%s(%s) scriptlet failed, exit status %d", which, p.nevra(), ee.ExitCode())
+		return fmt.Errorf("%s(%s) scriptlet failed, exit status %d", which, p.NEVRA(), ee.ExitCode())
 	}
-	return fmt.Errorf("%s(%s) scriptlet: %w", which, p.nevra(), err)
+	return fmt.Errorf("%s(%s) scriptlet: %w", which, p.NEVRA(), err)
 }

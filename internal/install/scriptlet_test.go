@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/avsidecar/avsidecar/internal/testkit"
@@ -55,10 +56,32 @@ func rootWithShell(t testing.TB, commands ...string) string {
 	return root
 }
 
-// logBuffer captures the installer's log.
-type logBuffer struct{ bytes.Buffer }
+// logBuffer captures the installer's log, which more than one goroutine
+// writes (a scriptlet's output lines are logged as they come).
+type logBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
 
-func (l *logBuffer) logger() zerolog.Logger { return zerolog.New(&l.Buffer) }
+func (l *logBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.buf.Write(p)
+}
+
+func (l *logBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.buf.String()
+}
+
+func (l *logBuffer) Reset() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.buf.Reset()
+}
+
+func (l *logBuffer) logger() zerolog.Logger { return zerolog.New(l) }
 
 func TestScriptlets(t *testing.T) {
 	root := rootWithShell(t)

@@ -174,8 +174,9 @@ func TestStateDebrisCleared(t *testing.T) {
 	mustRun(t, rpm, root)
 	state := filepath.Join(root, "opt/avamar/var/avsidecar")
 	before := snapshot(t, root, "opt/avamar/var/avsidecar")
-	for _, name := range []string{journalName, receiptName} {
-		debris := filepath.Join(state, name+tmpSuffix)
+	// Debris of this version, and of earlier ones (another suffix).
+	for _, name := range []string{journalName + tmpSuffix, receiptName + tmpSuffix, journalName + oldTmpSuffix, receiptName + oldTmpSuffix} {
+		debris := filepath.Join(state, name)
 		writeFile(t, debris, `{"format":`)
 		if res := mustRun(t, rpm, root); res.Changed || res.Restored != 0 {
 			t.Errorf("%s debris: install %+v, want nothing installed", name, res)

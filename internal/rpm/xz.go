@@ -1,14 +1,13 @@
-package install
+package rpm
 
 import (
+	"bufio"
 	"bytes"
 	"encoding/binary"
 	"errors"
 	"hash/crc32"
 	"io"
 	"runtime"
-
-	"github.com/therootcompany/xz"
 )
 
 // Parallel decoding of multi-block xz payloads.
@@ -180,7 +179,7 @@ func decodeXZBlock(r io.ReaderAt, header []byte, b xzBlock) xzResult {
 	if _, err := r.ReadAt(block, b.off); err != nil {
 		return xzResult{err: err}
 	}
-	d, err := xz.NewReader(bytes.NewReader(xzSingle(header, block, b)), 1<<28)
+	d, err := newXZ(bufio.NewReader(bytes.NewReader(xzSingle(header, block, b))))
 	if err != nil {
 		return xzResult{err: err}
 	}

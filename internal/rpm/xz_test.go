@@ -1,4 +1,4 @@
-package install
+package rpm
 
 import (
 	"bytes"
@@ -70,22 +70,25 @@ func TestParallelXZ(t *testing.T) {
 }
 
 // TestRPMBuildThreadedXZ: rpmbuild with threads writes several blocks,
-// which the installer decodes in parallel (the differential test checks
-// the result).
+// which are decoded in parallel (the installer's differential test
+// checks the result against rpm).
 func TestRPMBuildThreadedXZ(t *testing.T) {
-	pkgPath := buildWithRPMBuild(t, rpmbuildPayloads["xz-blocks"], "1.0")
+	pkgPath := rpmbuild(t, "w0T.xzdio", 4<<20)
 	f, err := os.Open(pkgPath)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer f.Close()
 	st, _ := f.Stat()
-	p, err := readPackage(f, st.Size())
+	p, err := Read(f, st.Size())
 	if err != nil {
 		t.Fatal(err)
 	}
-	section := io.NewSectionReader(f, p.payloadOff, p.fileSize-p.payloadOff)
+	section := io.NewSectionReader(f, p.PayloadOffset, p.Size-p.PayloadOffset)
 	if blocks, _ := xzIndex(section, section.Size()); len(blocks) < 2 {
 		t.Errorf("rpmbuild w0T.xzdio payload has %d blocks, want several", len(blocks))
+	}
+	if got, err := readAll(t, f, p); err != nil || len(got) != 5 {
+		t.Errorf("read %v, %v; want the directory and its 4 files", got, err)
 	}
 }

@@ -1,0 +1,641 @@
+package install
+
+import (
+	"context"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path"
+	"slices"
+	"sort"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/avsidecar/avsidecar/internal/rpm"
+	"golang.org/x/sys/unix"
+)
+
+// apply installs the checked package: %pre, journal, extraction to
+// temporary files, rename into place, directory metadata, %post, removal
+// of what the old package owned and this one does not, receipt.
+func (tx *transaction) apply(ctx context.Context) (*receipt, error) {
+	tx.d = newDirs(tx.root)
+	defer tx.closeDirs()
+	p, old, pending := tx.pkg, tx.old, tx.pending
+	tx.loadIDs()
+	owned := ownedBy(old, pending)
+	arg := 1
+	if old != nil {
+		arg = 2 // rpm's $1: instances of the package after the transaction
+	}
+
+	if err := tx.runScriptlet(ctx, "%pre", p.Pre, arg); err != nil {
+		return nil, err
+	}
+
+	// The journal goes first: from here on, a kill leaves a state the next
+	// start recognises as unfinished. (The package's SHA-256 it leaves out:
+	// it may still be being computed.)
+	next := &receipt{
+		Format: receiptV, Name: p.Name, Version: p.Version, Release: p.Release, Arch: p.Arch,
+		Prefix: tx.cfg.Prefix, RPM: tx.fp, DigestAlgo: int(p.DigestAlgo),
+	}
+	for _, it := range tx.sorted {
+		if !it.IsGhost() {
+			next.Files = append(next.Files, receiptFile{Path: it.dest, Type: typeName(it.Mode), Mode: it.Mode & 0o7777, Digest: it.Digest, Link: it.LinkTo, Config: it.IsConfig(),
+				Size: it.Size, MTime: it.MTime * 1e9}) // as shipped, until recordDisk
+		}
+	}
+	if pending != nil {
+		tx.cleanTemps(pending)
+	}
+	// Until the first rename, a failure undoes everything: the previous
+	// installation is as it was, and so is its state.
+	undo := func() {
+		tx.removeTemps(tx.items)
+		if pending == nil {
+			_ = tx.removeState(journalName)
+		}
+		tx.removeCreated()
+	}
+	if err := tx.mkdirAll(tx.statePath("")); err != nil {
+		undo()
+		return nil, fmt.Errorf("create state dir: %w", err)
+	}
+	if err := tx.writeState(journalName, (&journal{receipt: next, previous: owned}).value()); err != nil {
+		undo()
+		return nil, err
+	}
+
+	if err := tx.prepare(owned); err != nil {
+		undo()
+		return nil, err
+	}
+	if err := tx.extract(ctx); err != nil {
+		undo()
+		// A payload that does not decode is most plainly told by its
+		// digest, when that is what failed.
+		if verr := tx.verified(); verr != nil {
+			return nil, verr
+		}
+		return nil, err
+	}
+	// Nothing is in place before the whole package has checked out.
+	if err := tx.verified(); err != nil {
+		undo()
+		return nil, err
+	}
+	next.SHA256, next.Signature = tx.ver.SHA256, tx.ver.Signature
+	if err := tx.commit(tx.sorted); err != nil {
+		tx.removeLeftovers(tx.items)
+		return nil, err
+	}
+	if err := tx.runScriptlet(ctx, "%post", p.Post, arg); err != nil {
+		// rpm leaves the package installed when %post fails, with a warning.
+		tx.log.Warn().Err(err).Msg("scriptlet failed")
+	}
+	tx.removeStale(owned)
+
+	if !tx.cfg.NoSync {
+		if err := tx.syncfs(); err != nil {
+			return nil, err
+		}
+	}
+	tx.recordDisk(next)
+	next.InstalledAt = time.Now().UTC()
+	if err := tx.writeState(receiptName, next); err != nil {
+		return nil, err
+	}
+	if err := tx.removeState(journalName); err != nil {
+		return nil, err
+	}
+	tx.log.Info().Str("name", p.Name).Str("version", p.Version+"-"+p.Release).Int("files", len(next.Files)).
+		Int64("bytes", tx.bytes).Str("prefix", tx.cfg.Prefix).Msg("package installed")
+	return next, nil
+}
+
+// journal is the pending file: the receipt-to-be plus the files owned
+// before, so that a run after a kill still knows everything it may have
+// to remove.
+type journal struct {
+	receipt  *receipt
+	previous map[string]receiptFile
+}
+
+// A path both own keeps every digest it may have on disk: killed installs
+// of different versions can follow each other, and an earlier one may
+// have renamed its version of a %config file into place; without its
+// digest that file would look edited by the operator and be kept.
+func (j *journal) value() *receipt {
+	r := *j.receipt
+	r.Files = append([]receiptFile(nil), r.Files...)
+	seen := make(map[string]bool, len(r.Files))
+	for i, f := range r.Files {
+		seen[f.Path] = true
+		if prev, ok := j.previous[f.Path]; ok {
+			r.Files[i].Digest = mergeDigests(f.Digest, prev.Digest)
+		}
+	}
+	for p, f := range j.previous {
+		if !seen[p] {
+			r.Files = append(r.Files, f)
+		}
+	}
+	return &r
+}
+
+// mergeDigests joins comma-separated digest lists without repeats.
+func mergeDigests(a, b string) string {
+	var out []string
+	for _, d := range strings.Split(a+","+b, ",") {
+		if d != "" && !slices.Contains(out, d) {
+			out = append(out, d)
+		}
+	}
+	return strings.Join(out, ",")
+}
+
+// ownedBy merges what the receipt and an interrupted install's journal
+// own: after a kill either may describe what is on disk.
+func ownedBy(old, pending *receipt) map[string]receiptFile {
+	owned := map[string]receiptFile{}
+	for _, r := range []*receipt{old, pending} {
+		if r == nil {
+			continue
+		}
+		for _, f := range r.Files {
+			if prev, ok := owned[f.Path]; ok {
+				f.Digest = mergeDigests(prev.Digest, f.Digest) // any of them counts as unmodified
+			}
+			owned[f.Path] = f
+		}
+	}
+	return owned
+}
+
+func typeName(mode uint32) string {
+	switch mode & rpm.ModeTypeMask {
+	case rpm.ModeDir:
+		return "dir"
+	case rpm.ModeSymlink:
+		return "symlink"
+	}
+	return "file"
+}
+
+// cleanTemps removes the temporary files a killed install left behind.
+func (tx *transaction) cleanTemps(pending *receipt) {
+	for _, f := range pending.Files {
+		if f.Type == "dir" {
+			continue
+		}
+		if rel, err := tx.pathOf(f.Path); err == nil {
+			for _, suffix := range tmpSuffixes {
+				_ = tx.root.Remove(rel + suffix)
+			}
+		}
+	}
+}
+
+// closeDirs closes the directories prepare opened.
+func (tx *transaction) closeDirs() {
+	if tx.d != nil {
+		tx.d.close()
+	}
+}
+
+// removeLeftovers removes, after a failed commit, the temporary files not
+// yet renamed into place; what was written in place stays, in place.
+func (tx *transaction) removeLeftovers(items []*item) {
+	for _, it := range items {
+		if !it.IsDir() && it.tmp != "" && !it.inPlace {
+			_ = tx.d.remove(it.tmp)
+		}
+	}
+}
+
+// removeTemps removes, when an install is undone, the temporary files of
+// items and what it wrote in place.
+func (tx *transaction) removeTemps(items []*item) {
+	if tx.d == nil {
+		return
+	}
+	for _, it := range items {
+		// What is written in place was absent: only what this install
+		// wrote there goes.
+		if !it.IsDir() && it.tmp != "" && (!it.inPlace || it.done) {
+			_ = tx.d.remove(it.tmp)
+		}
+	}
+}
+
+// made records a directory this install made.
+func (tx *transaction) made(rel string) {
+	tx.created = append(tx.created, rel)
+	if tx.madeHere == nil {
+		tx.madeHere = map[string]bool{}
+	}
+	tx.madeHere[rel] = true
+}
+
+// removeCreated removes the directories this install made, children
+// first; only empty ones go.
+func (tx *transaction) removeCreated() {
+	for i := len(tx.created) - 1; i >= 0; i-- {
+		_ = tx.root.Remove(tx.created[i])
+	}
+}
+
+// prepare creates the directories, removes old symlinks that the new
+// package has no symlink for (so no write ever goes through a link the
+// package once planted), and decides what to do with each %config file.
+func (tx *transaction) prepare(owned map[string]receiptFile) error {
+	for p, o := range owned {
+		if o.Type != "symlink" {
+			continue
+		}
+		if it := tx.findItem(p); it != nil && it.IsSymlink() {
+			continue
+		}
+		rel, err := tx.pathOf(p)
+		if err != nil {
+			continue
+		}
+		if st, err := tx.root.Lstat(rel); err == nil && st.Mode()&fs.ModeSymlink != 0 {
+			if err := tx.root.Remove(rel); err != nil {
+				return fmt.Errorf("remove old symlink: %w", err)
+			}
+		}
+	}
+	tx.resolved = nil // the old links may have led elsewhere
+	tx.d.close()
+	made := map[string]bool{}
+	for _, it := range tx.sorted {
+		if it.IsGhost() {
+			continue
+		}
+		if err := tx.locate(it); err != nil {
+			return err
+		}
+		if parent := path.Dir(it.rel); parent != "." && !made[parent] {
+			if err := tx.mkdirAll(parent); err != nil {
+				return fmt.Errorf("create %s: %w", path.Dir(it.dest), err)
+			}
+			made[parent] = true
+		}
+		switch {
+		case it.IsDir():
+			if err := tx.makeDir(it, owned); err != nil {
+				return err
+			}
+			made[it.rel] = true
+		case it.IsReg() && it.IsConfig() && !isHardlinked(it):
+			act, err := tx.configAction(it, owned[it.dest])
+			if err != nil {
+				return err
+			}
+			// A kept file's entry is checked, not written: as with rpm,
+			// nothing changes in its directory.
+			it.act, it.skip = act, act == actKeep
+		}
+		if err := tx.place(it); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// place decides where an item is written. With nothing at its
+// destination there is nothing to protect: it is written in place, and a
+// failure removes it again. Otherwise it is written beside it, under its
+// temporary name, and renamed over it once the whole payload is checked
+// (commit). A directory with something in it where the package has a file
+// or a link is refused here, before anything changes: the rename would
+// fail half-way through the install (an empty one is replaced).
+func (tx *transaction) place(it *item) error {
+	rel := it.rel
+	switch {
+	case it.IsDir() || it.act == actKeep:
+		return nil
+	case it.act == actRPMNew:
+		rel += ".rpmnew"
+	}
+	if it.act == actWrite && tx.madeHere[path.Dir(rel)] {
+		// In a directory this install made, only it puts anything.
+		it.tmp, it.inPlace = it.rel, true
+		return nil
+	}
+	st, err := tx.d.lstat(rel)
+	switch {
+	case errors.Is(err, unix.ENOENT) && it.act == actWrite:
+		it.tmp, it.inPlace = it.rel, true
+		return nil
+	case err != nil || st.Mode&unix.S_IFMT != unix.S_IFDIR:
+		return nil
+	}
+	if empty, err := tx.d.emptyDir(rel); err != nil || !empty {
+		return fmt.Errorf("install %s: a directory that is not empty is in the way", "/"+rel)
+	}
+	return nil
+}
+
+// mkdirAll makes rel and its missing parents (mode 0755, as rpm makes the
+// directories a package does not list), recording what it made.
+func (tx *transaction) mkdirAll(rel string) error {
+	if rel == "." || rel == "" {
+		return nil
+	}
+	st, err := tx.d.lstat(rel)
+	switch {
+	case err == nil && st.Mode&unix.S_IFMT == unix.S_IFDIR:
+		return nil
+	case err == nil:
+		return pathError("create", "/"+rel, unix.ENOTDIR)
+	case !errors.Is(err, unix.ENOENT):
+		return err
+	}
+	if err := tx.mkdirAll(path.Dir(rel)); err != nil {
+		return err
+	}
+	if err := tx.d.mkdir(rel); err != nil && !errors.Is(err, unix.EEXIST) {
+		return err
+	}
+	tx.made(rel)
+	return nil
+}
+
+// makeDir makes a package directory, or accepts an existing one, and
+// gives it the package's mtime, as rpm does: whatever the install then
+// writes into it gives it the time of the install, as with rpm.
+func (tx *transaction) makeDir(it *item, owned map[string]receiptFile) error {
+	if err := tx.ensureDir(it, owned); err != nil {
+		return err
+	}
+	// As with rpm, a directory's time is not worth failing for.
+	_ = tx.d.setTimes(it.rel, it.MTime*1e9)
+	return nil
+}
+
+// ensureDir makes a package directory, or accepts an existing one. A
+// directory symlink the package does not own (an operator's link to a
+// volume, say) is kept, as rpm keeps it.
+func (tx *transaction) ensureDir(it *item, owned map[string]receiptFile) error {
+	st, err := tx.d.lstat(it.rel)
+	switch {
+	case errors.Is(err, unix.ENOENT):
+		if err := tx.d.mkdir(it.rel); err != nil {
+			return pathError("create", it.dest, err)
+		}
+		tx.made(it.rel)
+		return nil
+	case err != nil:
+		return pathError("stat", it.dest, err)
+	case st.Mode&unix.S_IFMT == unix.S_IFDIR:
+		return nil
+	case st.Mode&unix.S_IFMT == unix.S_IFLNK:
+		// The directory is where the link leads, in the root: its
+		// metadata goes there, and so do the files below it.
+		if target, err := tx.dirOf(it.dest); err == nil {
+			if t, err := tx.root.Stat(target); err == nil && t.IsDir() {
+				it.rel = target
+				return nil
+			}
+		}
+	}
+	if _, ok := owned[it.dest]; !ok {
+		return fmt.Errorf("create %s: a %s the package does not own is in the way", it.dest, fs.FileMode(st.Mode&unix.S_IFMT).Type())
+	}
+	if err := tx.d.remove(it.rel); err != nil {
+		return pathError("replace", it.dest, err)
+	}
+	if err := tx.d.mkdir(it.rel); err != nil {
+		return pathError("create", it.dest, err)
+	}
+	return nil
+}
+
+// configAction decides, as rpm does, what to do with a %config file that
+// may have been edited: a file that is absent, or as the old package (or
+// the new one) shipped it, is replaced; an edited one is kept, with the
+// new version beside it as .rpmnew unless the package did not change it.
+func (tx *transaction) configAction(it *item, old receiptFile) (action, error) {
+	st, err := tx.root.Lstat(it.rel)
+	if errors.Is(err, fs.ErrNotExist) {
+		return actWrite, nil
+	}
+	if err != nil {
+		return actWrite, fmt.Errorf("stat %s: %w", it.dest, err)
+	}
+	if !st.Mode().IsRegular() {
+		return actWrite, nil
+	}
+	unmodified, err := tx.diskMatches(it.rel, mergeDigests(it.Digest, old.Digest))
+	if err != nil {
+		return actWrite, err
+	}
+	if unmodified {
+		return actWrite, nil
+	}
+	if old.Digest != "" && slices.Contains(strings.Split(old.Digest, ","), it.Digest) {
+		tx.log.Info().Str("path", it.dest).Msg("config file modified, keeping it")
+		return actKeep, nil
+	}
+	tx.log.Warn().Str("path", it.dest).Str("new", it.dest+".rpmnew").Msg("config file modified, new version saved beside it")
+	return actRPMNew, nil
+}
+
+// diskMatches reports whether the file at rel has one of the digests in
+// the comma-separated list, each computed with the algorithm its length
+// names (packages may change algorithms between versions).
+func (tx *transaction) diskMatches(rel, digests string) (bool, error) {
+	got := map[rpm.Hash]string{}
+	for _, want := range strings.Split(digests, ",") {
+		algo := rpm.HashOfDigest(want)
+		if algo == 0 {
+			continue
+		}
+		d, ok := got[algo]
+		if !ok {
+			var err error
+			if d, err = tx.digestOf(rel, algo); err != nil {
+				return false, err
+			}
+			got[algo] = d
+		}
+		if d == want {
+			return true, nil
+		}
+	}
+	return false, nil
+}
+
+func (tx *transaction) digestOf(rel string, algo rpm.Hash) (string, error) {
+	f, err := tx.root.OpenFile(rel, os.O_RDONLY|syscall.O_NOFOLLOW, 0)
+	if err != nil {
+		return "", fmt.Errorf("read %s: %w", rel, err)
+	}
+	defer f.Close()
+	h := algo.New()
+	if _, err := io.Copy(h, f); err != nil {
+		return "", fmt.Errorf("read %s: %w", rel, err)
+	}
+	return hex.EncodeToString(h.Sum(nil)), nil
+}
+
+// commit renames the temporary files into place and sets the directories'
+// owners and modes, deepest first.
+func (tx *transaction) commit(sorted []*item) error {
+	for _, it := range sorted {
+		if it.IsDir() || it.IsGhost() {
+			continue
+		}
+		switch {
+		case it.act == actKeep || it.inPlace:
+		case it.act == actRPMNew:
+			if err := tx.d.rename(it.tmp, it.rel+".rpmnew"); err != nil {
+				return pathError("install", it.dest+".rpmnew", err)
+			}
+		default:
+			if err := tx.d.rename(it.tmp, it.rel); err != nil {
+				// A directory where the new package has a file: only an
+				// empty one is replaced.
+				if st, serr := tx.d.lstat(it.rel); serr == nil && st.Mode&unix.S_IFMT == unix.S_IFDIR {
+					if rerr := tx.d.remove(it.rel); rerr == nil {
+						err = tx.d.rename(it.tmp, it.rel)
+					}
+				}
+				if err != nil {
+					return pathError("install", it.dest, err)
+				}
+			}
+		}
+	}
+	// From here on the new files are in place: a failure no longer undoes
+	// anything, and the journal makes the next start install again. So
+	// one directory that fails does not keep the others from their
+	// metadata.
+	var errs []error
+	for i := len(sorted) - 1; i >= 0; i-- {
+		if it := sorted[i]; it.IsDir() && !it.IsGhost() {
+			errs = append(errs, tx.dirMeta(it))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// dirMeta sets the owner and mode of a package directory (its mtime was
+// set by makeDir), on the directory itself, opened through the root.
+func (tx *transaction) dirMeta(it *item) error {
+	fd, err := tx.d.fd(it.rel)
+	if err != nil {
+		return pathError("chmod", it.dest, err)
+	}
+	uid, gid, perm := tx.meta(it)
+	if tx.chown {
+		if err := unix.Fchown(fd, uid, gid); err != nil {
+			return pathError("chown", it.dest, err)
+		}
+	}
+	if err := unix.Fchmod(fd, perm); err != nil {
+		return pathError("chmod", it.dest, err)
+	}
+	return nil
+}
+
+// removeStale removes what the old package owned and the new one does
+// not: files and links (an edited %config file is kept as .rpmsave, as
+// rpm does), then directories that are empty. Anything whose type changed
+// since is not the package's any more and is left alone.
+func (tx *transaction) removeStale(owned map[string]receiptFile) {
+	var dirs []string
+	for p, o := range owned {
+		if tx.findItem(p) != nil {
+			continue
+		}
+		rel, err := tx.pathOf(p)
+		if err != nil {
+			continue
+		}
+		st, err := tx.root.Lstat(rel)
+		if err != nil {
+			continue
+		}
+		switch {
+		case o.Type == "dir" && st.IsDir():
+			dirs = append(dirs, rel)
+			continue
+		case o.Type == "symlink" && st.Mode()&fs.ModeSymlink != 0:
+		case o.Type == "file" && st.Mode().IsRegular():
+			if o.Config {
+				if match, err := tx.diskMatches(rel, o.Digest); err == nil && !match {
+					if err := tx.root.Rename(rel, rel+".rpmsave"); err == nil {
+						tx.log.Warn().Str("path", p).Str("saved", p+".rpmsave").Msg("modified config file no longer in the package, saved")
+					}
+					continue
+				}
+			}
+		default:
+			continue
+		}
+		if err := tx.root.Remove(rel); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			tx.log.Warn().Err(err).Str("path", p).Msg("cannot remove old file")
+		}
+	}
+	sort.Sort(sort.Reverse(sort.StringSlice(dirs)))
+	for _, d := range dirs {
+		_ = tx.root.Remove(d) // only an empty directory goes
+	}
+}
+
+// syncfs flushes the root's file system once, so that the receipt never
+// exists before the files it describes are durable.
+func (tx *transaction) syncfs() error {
+	d, err := tx.root.Open(".")
+	if err != nil {
+		return fmt.Errorf("syncfs: %w", err)
+	}
+	defer d.Close()
+	if err := unix.Syncfs(int(d.Fd())); err != nil {
+		return fmt.Errorf("syncfs: %w", err)
+	}
+	return nil
+}
+
+// recordDisk stores, for each owned path, the size and mtime it has now,
+// after %post: what the next start's intact check compares. r.Files come
+// with the package's size and mtime; a regular file whose mtime a
+// scriptlet changed but not its size is read, to tell whether it still
+// has the package's content (sed -i that replaced nothing, say) and can
+// be restored from the payload when it goes missing.
+//
+// Without a %post, what the install wrote itself is as the package ships
+// it, which the receipt already says: only the rest is looked at.
+func (tx *transaction) recordDisk(r *receipt) {
+	for i := range r.Files {
+		f := &r.Files[i]
+		if !tx.postRan {
+			if it := tx.findItem(f.Path); it != nil && it.done && it.act == actWrite {
+				continue
+			}
+		}
+		rel, err := tx.pathOf(f.Path)
+		var st unix.Stat_t
+		if err == nil {
+			st, err = tx.d.lstat(rel)
+		}
+		if err != nil {
+			// A scriptlet removed it: nothing a restore could reproduce.
+			f.Size, f.MTime = 0, 0
+			continue
+		}
+		if f.Type == "file" && st.Mode&unix.S_IFMT == unix.S_IFREG && st.Size == f.Size && st.Mtim.Nano() != f.MTime {
+			f.Shipped, _ = tx.diskMatches(rel, f.Digest)
+		}
+		f.Size = st.Size
+		f.MTime = st.Mtim.Nano()
+	}
+}

@@ -1,0 +1,212 @@
+package rpm
+
+import (
+	"bytes"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/avsidecar/avsidecar/internal/testkit"
+	"github.com/google/rpmpack"
+)
+
+// TestRead reads what an installer needs from a package.
+func TestRead(t *testing.T) {
+	b := pack(t, "gzip", baseFiles, func(r *rpmpack.RPM) {
+		r.AddPrein("echo pre")
+		r.AddPostin("echo post")
+	})
+	p, err := Read(bytes.NewReader(b), int64(len(b)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.NEVRA() != "x-1-1.x86_64" || p.Compressor != "gzip" || fmt.Sprint(p.Prefixes) != "[/opt/x]" ||
+		p.Pre.Body != "echo pre" || p.Post.Body != "echo post" || p.DigestAlgo != SHA256 {
+		t.Errorf("read %+v", p)
+	}
+	var got []string
+	for _, f := range p.Files {
+		got = append(got, fmt.Sprintf("%s %o %d %s", f.Path, f.Mode, f.Size, f.LinkTo))
+	}
+	want := "/etc/x.conf 100644 5 |/opt/x 40755 4096 |/opt/x/bin 40755 4096 |/opt/x/bin/link 120777 4 tool|/opt/x/bin/tool 100755 20 |/opt/x/empty 100644 0 "
+	if strings.Join(got, "|") != want {
+		t.Errorf("files:\n%s\nwant\n%s", strings.Join(got, "|"), want)
+	}
+	v, err := p.Verify(bytes.NewReader(b))
+	if err != nil || len(v.SHA256) != 64 || v.Signature != "none" {
+		t.Errorf("verify: %+v, %v", v, err)
+	}
+}
+
+// TestArchive reads the payload in every compression rpmpack writes:
+// entries in header order, each with its content.
+func TestArchive(t *testing.T) {
+	for _, c := range []string{"gzip", "xz", "zstd", "lzma", "gzip:0"} {
+		t.Run(c, func(t *testing.T) {
+			b := pack(t, c, baseFiles, nil)
+			p, err := Read(bytes.NewReader(b), int64(len(b)))
+			if err != nil {
+				t.Fatal(err)
+			}
+			got, err := readAll(t, bytes.NewReader(b), p)
+			if err != nil {
+				t.Fatal(err)
+			}
+			want := []string{`/etc/x.conf 100000 "conf\n"`, "/opt/x 40000", "/opt/x/bin 40000", "/opt/x/bin/link 120000",
+				`/opt/x/bin/tool 100000 "#!/bin/sh\necho tool\n"`, `/opt/x/empty 100000 ""`}
+			if fmt.Sprint(got) != fmt.Sprint(want) {
+				t.Errorf("entries\n%q\nwant\n%q", got, want)
+			}
+		})
+	}
+}
+
+// TestArchiveUnread: an entry whose content is not read is still read and
+// checked by the next Next.
+func TestArchiveUnread(t *testing.T) {
+	files := append([]rpmpack.RPMFile{}, baseFiles...)
+	b := pack(t, "gzip", files, func(r *rpmpack.RPM) {
+		var digests []string
+		for _, f := range sortedNames(files) {
+			d := ""
+			if f.Mode&0o170000 == 0o100000 || f.Mode&0o170000 == 0 {
+				d = strings.Repeat("ab", 32)
+			}
+			digests = append(digests, d)
+		}
+		r.AddCustomTag(tagFileDigests, rpmpack.EntryStringSlice(digests))
+	})
+	p, err := Read(bytes.NewReader(b), int64(len(b)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ar, err := p.Open(bytes.NewReader(b))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ar.Close()
+	e, err := ar.Next()
+	if err != nil || !e.Content {
+		t.Fatalf("first entry %+v, %v", e, err)
+	}
+	_, err = ar.Next()
+	mustUnusable(t, err)
+	if !strings.Contains(err.Error(), "/etc/x.conf: digest mismatch") {
+		t.Errorf("error %q does not name the file", err)
+	}
+	if _, again := ar.Next(); again != err {
+		t.Errorf("next after a failure: %v, want the same error", again)
+	}
+}
+
+func sortedNames(files []rpmpack.RPMFile) []rpmpack.RPMFile {
+	s := append([]rpmpack.RPMFile(nil), files...)
+	for i := range s {
+		for j := i + 1; j < len(s); j++ {
+			if s[j].Name < s[i].Name {
+				s[i], s[j] = s[j], s[i]
+			}
+		}
+	}
+	return s
+}
+
+// TestSourcePackage: a source package (what rpmbuild -bs makes) holds
+// sources to build from; rpm -i would put them in a build tree, not
+// install them. It is refused, saying so.
+func TestSourcePackage(t *testing.T) {
+	testkit.NeedCommand(t, "rpmbuild")
+	top := t.TempDir()
+	spec := filepath.Join(top, "src.spec")
+	body := "Name: src\nVersion: 1\nRelease: 1\nSummary: s\nLicense: MIT\nSource0: src.txt\n%description\ns\n%files\n"
+	if err := os.WriteFile(spec, []byte(body), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.MkdirAll(filepath.Join(top, "SOURCES"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(top, "SOURCES/src.txt"), []byte("source\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command("rpmbuild", "--define", "_topdir "+top, "-bs", spec).CombinedOutput(); err != nil {
+		t.Fatalf("rpmbuild -bs: %v\n%s", err, out)
+	}
+	matches, _ := filepath.Glob(filepath.Join(top, "SRPMS", "*.src.rpm"))
+	if len(matches) != 1 {
+		t.Fatalf("rpmbuild -bs made %v", matches)
+	}
+	b, err := os.ReadFile(matches[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = Read(bytes.NewReader(b), int64(len(b)))
+	mustUnusable(t, err)
+	if !strings.Contains(err.Error(), "src-1-1 is a source package") {
+		t.Errorf("refusal %q does not say it is a source package", err)
+	}
+}
+
+// TestOldFilenames reads a package as rpm 3 wrote them: whole paths in
+// OLDFILENAMES, no payload tags, an MD5 over header and payload only, and
+// archive names without "./".
+func TestOldFilenames(t *testing.T) {
+	b, err := testkit.BuildRPMv3("oldpkg", "1.0", "1", []testkit.V3File{
+		{Path: "/opt/v3", Mode: 0o40755},
+		{Path: "/opt/v3/bin", Mode: 0o40755},
+		{Path: "/opt/v3/bin/tool", Mode: 0o100755, Body: "tool\n"},
+		{Path: "/opt/v3/link", Mode: 0o120777, Body: "bin/tool"},
+		{Path: "/etc/old.conf", Mode: 0o100644, Body: "conf\n"},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := Read(bytes.NewReader(b), int64(len(b)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	v, err := p.Verify(bytes.NewReader(b))
+	if err != nil || fmt.Sprint(v.Checked) != "[md5]" {
+		t.Fatalf("verify: %+v, %v", v, err)
+	}
+	got, err := readAll(t, bytes.NewReader(b), p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{`/etc/old.conf 100000 "conf\n"`, "/opt/v3 40000", "/opt/v3/bin 40000", `/opt/v3/bin/tool 100000 "tool\n"`, "/opt/v3/link 120000"}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("entries\n%q\nwant\n%q", got, want)
+	}
+}
+
+// TestArchiveXZCorrupt: the payload's xz blocks are read without their
+// checks (the digests cover them); a flipped bit anywhere in the payload
+// is still an error, by the LZMA2 decoder or by a file's digest, never
+// other content read through.
+func TestArchiveXZCorrupt(t *testing.T) {
+	files := append([]rpmpack.RPMFile{}, baseFiles...)
+	files = append(files, file("/opt/x/data", 0o644, string(mixedData(50000))))
+	b := pack(t, "xz", files, nil)
+	p, err := Read(bytes.NewReader(b), int64(len(b)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, err := readAll(t, bytes.NewReader(b), p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rng := rand.New(rand.NewPCG(9, 10))
+	for range 200 {
+		bad := bytes.Clone(b)
+		i := int(p.PayloadOffset) + rng.IntN(len(b)-int(p.PayloadOffset))
+		bad[i] ^= 1 << rng.IntN(8)
+		// A bit of a block's unread check changes nothing: the same
+		// entries may come out, never others.
+		if got, err := readAll(t, bytes.NewReader(bad), p); err == nil && fmt.Sprint(got) != fmt.Sprint(want) {
+			t.Errorf("bit flipped at payload byte %d: other content read through", i-int(p.PayloadOffset))
+		}
+	}
+}
