@@ -55,7 +55,7 @@ func installCmd(args []string, stdout, stderr io.Writer) error {
 		NoSync:    *noSync,
 	}, log)
 	if err != nil {
-		return err
+		return cfg.InstallHint(err)
 	}
 	what := "installed"
 	switch {

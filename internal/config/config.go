@@ -20,6 +20,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"net"
 	"net/url"
 	"os"
@@ -208,6 +209,16 @@ const (
 )
 
 // hostPath maps a path in the root to the host; "" stays "".
+// InstallHint adds to an installer's permission error the settings that
+// say where it writes and the user it runs as: what to change.
+func (c Config) InstallHint(err error) error {
+	if !errors.Is(err, fs.ErrPermission) {
+		return err
+	}
+	return fmt.Errorf("%w (uid %d must be able to write there: AVSIDECAR_ROOT=%s, AVAMAR_PREFIX=%s, AVSIDECAR_STATE_DIR=%s)",
+		err, os.Geteuid(), c.Root, c.Prefix, c.StateDir)
+}
+
 func (c Config) hostPath(p string) string {
 	if p == "" {
 		return ""

@@ -2,10 +2,12 @@ package config
 
 import (
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -183,7 +185,7 @@ func TestLoadHostile(t *testing.T) {
 		{"relative hooks socket", map[string]string{"AVSIDECAR_HOOKS_SOCKET": "hooks.sock"}, []string{"AVSIDECAR_HOOKS_SOCKET"}},
 		{"all at once", map[string]string{"AVAMAR_SERVER": "", "NODE_IP": "", "AVAMAR_LISTEN_PORT": "99999", "AVSIDECAR_REGISTER_BACKOFF_MAX": "soon",
 			"AVAMAR_RPM": "/opt/none.rpm"},
-			[]string{"AVAMAR_SERVER", "NODE_IP", "AVAMAR_LISTEN_PORT", "AVSIDECAR_REGISTER_BACKOFF_MAX", "AVAMAR_RPM: find rpm: no file matches"}},
+			[]string{"AVAMAR_SERVER", "NODE_IP", "AVAMAR_LISTEN_PORT", "AVSIDECAR_REGISTER_BACKOFF_MAX", "AVAMAR_RPM: find rpm: ", "/opt/none.rpm does not exist"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -277,5 +279,23 @@ func TestLoadTwoRPMs(t *testing.T) {
 	_, err := Load(ScopeRun, Sources{Hostname: noHostname, FindRPM: install.FindRPM})
 	if err == nil || !strings.Contains(err.Error(), "2 files match") {
 		t.Fatalf("want two-match error, got %v", err)
+	}
+}
+
+func TestInstallHint(t *testing.T) {
+	root := setEnv(t, nil)
+	cfg, err := Load(ScopeInstall, Sources{FindRPM: install.FindRPM})
+	if err != nil {
+		t.Fatal(err)
+	}
+	denied := fmt.Errorf("install x: create state dir /usr/local/avamar/var/avsidecar: %w", syscall.EACCES)
+	got := cfg.InstallHint(denied).Error()
+	for _, want := range []string{"permission denied", "AVSIDECAR_ROOT=" + root, "AVAMAR_PREFIX=/usr/local/avamar", "AVSIDECAR_STATE_DIR=/usr/local/avamar/var/avsidecar", fmt.Sprintf("uid %d", os.Geteuid())} {
+		if !strings.Contains(got, want) {
+			t.Errorf("%q does not say %q", got, want)
+		}
+	}
+	if other := errors.New("corrupt"); cfg.InstallHint(other) != other {
+		t.Errorf("a hint on an error that is not about permissions: %v", cfg.InstallHint(other))
 	}
 }

@@ -64,7 +64,7 @@ func (tx *transaction) apply(ctx context.Context) (*receipt, error) {
 	}
 	if err := tx.mkdirAll(tx.statePath("")); err != nil {
 		undo()
-		return nil, fmt.Errorf("create state dir: %w", err)
+		return nil, fmt.Errorf("create state dir %s: %w", tx.cfg.StateDir, err)
 	}
 	if err := tx.writeState(journalName, (&journal{receipt: next, previous: owned}).value()); err != nil {
 		undo()

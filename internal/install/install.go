@@ -201,7 +201,11 @@ func Install(ctx context.Context, cfg Config, log zerolog.Logger) (Result, error
 	}
 	res, err := install(ctx, cfg, log)
 	res.Duration = time.Since(start)
-	if err != nil {
+	switch {
+	case err != nil && cfg.Root != "/":
+		// Paths in the error are the package's, inside the root.
+		return res, fmt.Errorf("install %s into root %s: %w", cfg.RPM, cfg.Root, err)
+	case err != nil:
 		return res, fmt.Errorf("install %s: %w", cfg.RPM, err)
 	}
 	return res, nil
@@ -419,6 +423,21 @@ func FindRPM(root, pattern string) (string, error) {
 		return "", fmt.Errorf("find rpm: %q is not an absolute path", pattern)
 	}
 	full := filepath.Join(root, filepath.FromSlash(pattern))
+	if !strings.ContainsAny(pattern, `*?[\\`) {
+		// A path, not a glob: say what is wrong with that very file.
+		st, err := os.Stat(full)
+		switch {
+		case errors.Is(err, fs.ErrNotExist):
+			return "", fmt.Errorf("find rpm: %s does not exist", full)
+		case err != nil:
+			return "", fmt.Errorf("find rpm: %w", err)
+		case st.IsDir():
+			return "", fmt.Errorf("find rpm: %s is a directory, not an RPM file", full)
+		case !st.Mode().IsRegular():
+			return "", fmt.Errorf("find rpm: %s is not a regular file", full)
+		}
+		return full, nil
+	}
 	matches, err := filepath.Glob(full)
 	if err != nil {
 		return "", fmt.Errorf("find rpm: bad pattern %q: %w", pattern, err)
@@ -431,7 +450,7 @@ func FindRPM(root, pattern string) (string, error) {
 	}
 	switch len(files) {
 	case 0:
-		return "", fmt.Errorf("find rpm: no file matches %s under %s", pattern, root)
+		return "", fmt.Errorf("find rpm: no file matches %s under %s (is the volume with the client RPM mounted?)", pattern, root)
 	case 1:
 		return files[0], nil
 	}

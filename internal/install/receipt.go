@@ -217,7 +217,7 @@ func (tx *transaction) writeState(name string, r *receipt) error {
 	}
 	dir := tx.statePath("")
 	if err := tx.root.MkdirAll(dir, 0o755); err != nil {
-		return fmt.Errorf("create state dir: %w", err)
+		return fmt.Errorf("create state dir %s: %w", tx.cfg.StateDir, err)
 	}
 	tmp := tx.statePath(name + tmpSuffix)
 	_ = tx.root.Remove(tmp)

@@ -249,6 +249,17 @@ func TestFindRPM(t *testing.T) {
 	if _, err := FindRPM(root, "relative.rpm"); err == nil {
 		t.Errorf("relative pattern accepted")
 	}
+	// A path that is no glob is named as it is, with the root.
+	missing := filepath.Join(root, "opt/avamar/AvamarClient-3.rpm")
+	if _, err := FindRPM(root, "/opt/avamar/AvamarClient-3.rpm"); err == nil || err.Error() != "find rpm: "+missing+" does not exist" {
+		t.Errorf("a missing path: %v", err)
+	}
+	if _, err := FindRPM(root, "/opt/avamar"); err == nil || !strings.Contains(err.Error(), "is a directory") {
+		t.Errorf("a directory: %v", err)
+	}
+	if got, err := FindRPM(root, "/opt/avamar/AvamarClient-2.rpm"); err != nil || got != filepath.Join(root, "opt/avamar/AvamarClient-2.rpm") {
+		t.Errorf("a path: %q, %v", got, err)
+	}
 }
 
 func TestNotRelocatable(t *testing.T) {

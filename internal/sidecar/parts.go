@@ -149,7 +149,8 @@ func newParts(cfg config.Config, log zerolog.Logger) (parts, error) {
 	}
 	installLog := logger("install")
 	p.install = func(ctx context.Context) (install.Result, error) {
-		return install.Install(ctx, install.Config{RPM: cfg.Host.RPM, Root: cfg.Root, Prefix: cfg.Prefix, StateDir: cfg.StateDir}, installLog)
+		res, err := install.Install(ctx, install.Config{RPM: cfg.Host.RPM, Root: cfg.Root, Prefix: cfg.Prefix, StateDir: cfg.StateDir}, installLog)
+		return res, cfg.InstallHint(err)
 	}
 
 	unlocated := avclient.Client{Root: cfg.Root, Prefix: cfg.Host.Prefix}
