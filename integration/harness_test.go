@@ -70,7 +70,16 @@ func startSidecar(t *testing.T, argv []string, env []string, httpAddr string) *s
 	t.Cleanup(func() {
 		select {
 		case <-s.done:
+			return
 		default:
+		}
+		// Stopped as the kubelet stops it, so that it stops the agent it
+		// supervises: the agent runs in a session of its own, which the
+		// kill of this process group below does not reach.
+		_ = cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-s.done:
+		case <-time.After(30 * time.Second):
 			_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
 			<-s.done
 		}
