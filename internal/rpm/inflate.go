@@ -124,7 +124,9 @@ func buildTable(table []uint32, tableBits uint, lengths []uint8, info []uint32) 
 		count[n]++
 		maxLen = max(maxLen, int(n))
 	}
-	clear(table)
+	// A complete code fills every entry of the subtables it uses; the
+	// main table may have holes (an empty code, or one code of one bit).
+	clear(table[:1<<tableBits])
 	if maxLen == 0 {
 		return true
 	}
