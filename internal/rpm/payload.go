@@ -6,7 +6,6 @@ import (
 	"io"
 
 	"github.com/dsnet/compress/bzip2"
-	"github.com/klauspost/compress/gzip"
 	"github.com/klauspost/compress/zstd"
 	"github.com/therootcompany/xz"
 	"github.com/ulikunitz/xz/lzma"
@@ -49,11 +48,7 @@ func decompressor(r *bufio.Reader, compressor string) (io.ReadCloser, error) {
 	}
 	switch compressor {
 	case "gzip":
-		z, err := gzip.NewReader(r)
-		if err != nil {
-			return nil, unusable("gzip payload: %w", err)
-		}
-		return z, nil
+		return newGunzip(r), nil
 	case "xz":
 		z, err := newXZ(r)
 		if err != nil {
@@ -163,11 +158,13 @@ func (l *limitedPayload) Read(p []byte) (int, error) {
 type readahead struct {
 	full  chan []byte // filled blocks, in order
 	free  chan []byte // blocks to fill again
+	skip  int         // where the data of a block starts
 	block []byte      // the block being read from
 	pos   int         // how much of it has been read
 	err   error       // the producer's final error, once full is closed
 	errCh chan error
 	stop  chan struct{}
+	done  bool // Close has been called
 }
 
 const (
@@ -175,18 +172,64 @@ const (
 	readaheadBlocks = 4
 )
 
+// newReadahead reads r ahead; a readahead is returned as it is.
 func newReadahead(r io.Reader) *readahead {
+	if ra, ok := r.(*readahead); ok {
+		return ra
+	}
+	ra := newBlocks(0)
+	go ra.produce(r)
+	return ra
+}
+
+// newBlocks makes a readahead whose blocks have skip bytes before their
+// data.
+func newBlocks(skip int) *readahead {
 	ra := &readahead{
 		full:  make(chan []byte, readaheadBlocks),
 		free:  make(chan []byte, readaheadBlocks+1),
+		skip:  skip,
 		errCh: make(chan error, 1),
 		stop:  make(chan struct{}),
 	}
 	for range readaheadBlocks + 1 {
-		ra.free <- make([]byte, readaheadBlock)
+		ra.free <- make([]byte, skip+readaheadBlock)
 	}
-	go ra.produce(r)
 	return ra
+}
+
+// newGunzip decodes a gzip payload with this package's decoder
+// (inflate.go), straight into the readahead's blocks: each block starts
+// with the window, the 32 KiB before its data.
+func newGunzip(r io.Reader) *readahead {
+	ra := newBlocks(inflateWindow)
+	go func() {
+		defer close(ra.full)
+		err := newInflater(r, ra.next).run()
+		if err == nil {
+			err = io.EOF
+		}
+		ra.errCh <- err
+	}()
+	return ra
+}
+
+// next hands out full, unless it holds no data, and returns a block to
+// fill, for a producer that fills whole blocks.
+func (ra *readahead) next(full []byte) ([]byte, error) {
+	if len(full) > ra.skip {
+		select {
+		case ra.full <- full:
+		case <-ra.stop:
+			return nil, io.ErrClosedPipe
+		}
+	}
+	select {
+	case buf := <-ra.free:
+		return buf, nil
+	case <-ra.stop:
+		return nil, io.ErrClosedPipe
+	}
 }
 
 func (ra *readahead) produce(r io.Reader) {
@@ -231,7 +274,7 @@ func (ra *readahead) Read(p []byte) (int, error) {
 			}
 			return 0, ra.err
 		}
-		ra.block, ra.pos = buf, 0
+		ra.block, ra.pos = buf, ra.skip
 	}
 	n := copy(p, ra.block[ra.pos:])
 	ra.pos += n
@@ -240,6 +283,10 @@ func (ra *readahead) Read(p []byte) (int, error) {
 
 // Close stops the producer and waits for it.
 func (ra *readahead) Close() error {
+	if ra.done {
+		return nil
+	}
+	ra.done = true
 	close(ra.stop)
 	for range ra.full {
 	}
