@@ -115,7 +115,7 @@ func TestKustomizeMakesWhatInjectMakes(t *testing.T) {
 		t.Fatal(err)
 	}
 	if diff := cmp.Diff(normalized(t, injected), normalized(t, rendered)); diff != "" {
-		t.Errorf("kustomize build kustomize/nginx differs from avsidecar inject (-inject +kustomize):\n%s", diff)
+		t.Errorf("kustomize build kustomize/nginx differs from kubectl avamar inject (-inject +kustomize):\n%s", diff)
 	}
 	// The sidecar comes after nginx, so that kubectl logs and exec still
 	// default to nginx.

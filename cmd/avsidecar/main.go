@@ -69,7 +69,6 @@ func commands() []command {
 		{"ls", "ls [-r] [--json] PATH: list a directory through the local browse API", lsCmd},
 		{"status", "status [-o json] [--addr HOST:PORT]: a summary of the local avsidecar, or its /v1/status", statusCmd},
 		{"hook", "hook pre|post: run the sidecar's backup hooks (the Avamar run-at-start and run-at-end scripts call it)", hookCmd},
-		{"inject", "inject -f FILE --image IMAGE: add the sidecar to StatefulSet and Deployment manifests", injectCmd},
 		{"version", "print the version and VCS revision (also --version)", versionCmd},
 	}
 }

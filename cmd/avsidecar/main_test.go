@@ -2,8 +2,6 @@ package main
 
 import (
 	"bytes"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -19,64 +17,15 @@ import (
 
 func runMain(t *testing.T, in string, args ...string) (code int, stdout, stderr string) {
 	t.Helper()
-	stdin = strings.NewReader(in)
-	t.Cleanup(func() { stdin = os.Stdin })
 	var out, errOut bytes.Buffer
 	code = execute(args, &out, &errOut)
 	return code, out.String(), errOut.String()
 }
 
-const bareNginx = "../../examples/kustomize/nginx/statefulset.yaml"
-
-// TestInjectCommand: manifests from stdin or -f, the result on stdout,
-// notes on stderr; a bad manifest exits 2 with one message and writes no
-// manifest.
-func TestInjectCommand(t *testing.T) {
-	bare, err := os.ReadFile(bareNginx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	code, fromStdin, errOut := runMain(t, string(bare), "inject", "--image", "site:1")
-	if code != 0 || !strings.Contains(fromStdin, "name: avamar\n") || errOut != "" {
-		t.Fatalf("inject from stdin: exit %d, stderr %q", code, errOut)
-	}
-	code, fromFile, _ := runMain(t, "", "inject", "-f", bareNginx, "--image", "site:1")
-	if code != 0 || fromFile != fromStdin {
-		t.Errorf("inject -f: exit %d, output differs from stdin's", code)
-	}
-	// Twice is once, through the command line.
-	if code, again, _ := runMain(t, fromStdin, "inject", "-f", "-", "--image", "site:1"); code != 0 || again != fromStdin {
-		t.Errorf("inject of inject's output changed it (exit %d)", code)
-	}
-	// Two files, one manifest out; browse off.
-	dir := t.TempDir()
-	svc := filepath.Join(dir, "svc.yaml")
-	os.WriteFile(svc, []byte("apiVersion: v1\nkind: Service\nmetadata:\n  name: nginx\nspec:\n  clusterIP: None\n"), 0o644)
-	code, out, _ := runMain(t, "", "inject", "-f", bareNginx, "-f", svc, "--image", "site:1", "--browse-roots", "off")
-	if code != 0 || !strings.HasSuffix(out, "---\napiVersion: v1\nkind: Service\nmetadata:\n  name: nginx\nspec:\n  clusterIP: None\n") || strings.Contains(out, "AVSIDECAR_BROWSE_ROOTS") {
-		t.Errorf("two files, browse off: exit %d:\n%s", code, out)
-	}
-
-	bad := strings.Replace(string(bare), "containers:", "contaners:", 1)
-	code, out, errOut = runMain(t, bad, "inject", "--image", "site:1")
-	want := `avsidecar inject: stdin, document 1 (StatefulSet nginx): unknown field "spec.template.spec.contaners"` + "\n"
-	if code != exitConfig || out != "" || errOut != want {
-		t.Errorf("bad manifest: exit %d, stdout %q, stderr %q; want exit 2, no output, %q", code, out, errOut, want)
-	}
-	code, out, errOut = runMain(t, string(bare), "inject")
-	if code != exitConfig || out != "" || !strings.Contains(errOut, "--image is required") {
-		t.Errorf("no image: exit %d, stdout %q, stderr %q", code, out, errOut)
-	}
-	code, _, errOut = runMain(t, "", "inject", "--image", "x", "-f", filepath.Join(dir, "missing.yaml"))
-	if code != exitConfig || !strings.Contains(errOut, "missing.yaml: no such file") {
-		t.Errorf("missing file: exit %d, %q", code, errOut)
-	}
-}
-
 // TestFlagErrorsOnce: a bad flag is reported once, with where to look,
 // and exits 2, for every command that has flags.
 func TestFlagErrorsOnce(t *testing.T) {
-	for _, cmd := range []string{"run", "install", "probe", "ls", "status", "inject"} {
+	for _, cmd := range []string{"run", "install", "probe", "ls", "status"} {
 		code, out, errOut := runMain(t, "", cmd, "--bogus")
 		want := "avsidecar " + cmd + ": flag provided but not defined: -bogus (avsidecar " + cmd + " -h lists the flags)\n"
 		if code != exitConfig || errOut != want || out != "" {
@@ -103,7 +52,7 @@ func TestVersionFlag(t *testing.T) {
 // TestHelp: -h lists the commands, --addr, and the exit codes.
 func TestHelp(t *testing.T) {
 	code, out, _ := runMain(t, "", "-h")
-	for _, want := range []string{"inject", "--addr HOST:PORT", "Exit codes:", "  0  success", "  1  anything else", "  2  bad configuration", "  3  the RPM is unusable", "AVAMAR_LISTEN_PORT_BASE"} {
+	for _, want := range []string{"--addr HOST:PORT", "Exit codes:", "  0  success", "  1  anything else", "  2  bad configuration", "  3  the RPM is unusable", "AVAMAR_LISTEN_PORT_BASE"} {
 		if code != 0 || !strings.Contains(out, want) {
 			t.Errorf("-h lacks %q", want)
 		}

@@ -97,7 +97,7 @@ func restrictedRejects(t *testing.T, c *cluster, sts appsv1.StatefulSet) string 
 
 // bareWeb is an application of the test's own, without the sidecar: an
 // nginx StatefulSet with one volume, as an operator has it before
-// `avsidecar inject`.
+// `kubectl avamar inject`.
 const bareWeb = `apiVersion: apps/v1
 kind: StatefulSet
 metadata:
@@ -133,14 +133,14 @@ spec:
             storage: 1Gi
 `
 
-// injected deploys bareWeb made by the real `avsidecar inject`, piped to
+// injected deploys bareWeb made by the real `kubectl avamar inject`, piped to
 // kubectl apply as its usage says, in a namespace that enforces the
 // example's Pod Security level, and proves that it runs, registers once
 // and that the MCS reaches its agent at NODE_IP:port through the NodePort
 // Service inject wrote.
 func injected(t *testing.T, c *cluster, mcs *testkit.MCS, server, nodeIP, authorizedKeys, token, page string, imgs images) {
-	bin := filepath.Join(t.TempDir(), "avsidecar")
-	if err := testkit.GoBuild(bin, "./cmd/avsidecar"); err != nil {
+	bin := filepath.Join(t.TempDir(), "kubectl-avamar")
+	if err := testkit.GoBuild(bin, "./cmd/kubectl-avamar"); err != nil {
 		t.Fatal(err)
 	}
 	const base = 31100 // a block of its own: NodePorts are cluster-wide
@@ -150,9 +150,9 @@ func injected(t *testing.T, c *cluster, mcs *testkit.MCS, server, nodeIP, author
 	cmd.Stderr = &stderr
 	manifest, err := cmd.Output()
 	if err != nil {
-		t.Fatalf("avsidecar inject: %v\n%s", err, stderr.String())
+		t.Fatalf("kubectl avamar inject: %v\n%s", err, stderr.String())
 	}
-	t.Logf("avsidecar inject of a bare StatefulSet web: %d bytes of manifests; notes: %q", len(manifest), stderr.String())
+	t.Logf("kubectl avamar inject of a bare StatefulSet web: %d bytes of manifests; notes: %q", len(manifest), stderr.String())
 	if err := os.WriteFile(filepath.Join(c.dir, "web-injected.yaml"), manifest, 0o644); err != nil {
 		t.Fatal(err)
 	}

@@ -1,5 +1,5 @@
 // Package inject adds the Avamar sidecar to Kubernetes workloads, as
-// `avsidecar inject` does: it reads StatefulSet and Deployment manifests and
+// `kubectl avamar inject` does: it reads StatefulSet and Deployment manifests and
 // writes them back with the avsidecar container, its volumes and its
 // Services, laid out as examples/nginx lays them out.
 //

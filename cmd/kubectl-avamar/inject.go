@@ -11,10 +11,7 @@ import (
 	"github.com/avsidecar/avsidecar/internal/inject"
 )
 
-// stdin is the standard input of the commands that read it; tests set it.
-var stdin io.Reader = os.Stdin
-
-// injectCmd is `avsidecar inject`: manifests in (files or stdin), the same
+// injectCmd is `kubectl avamar inject`: manifests in (files or stdin), the same
 // manifests with the sidecar out, notes on stderr. A bad manifest or
 // option exits 2 and writes nothing.
 func injectCmd(args []string, stdout, stderr io.Writer) error {
@@ -37,14 +34,14 @@ func injectCmd(args []string, stdout, stderr io.Writer) error {
 	fs.StringVar(&o.SSHAddr, "ssh-addr", inject.DefaultSSHAddr, "the embedded SSH server's address, or off")
 	fs.Usage = func() {
 		w := fs.Output()
-		fmt.Fprintln(w, "usage: avsidecar inject [-f FILE]... --image IMAGE [flags]")
+		fmt.Fprintln(w, "usage: kubectl avamar inject [-f FILE]... --image IMAGE [flags]")
 		fmt.Fprintln(w)
 		fmt.Fprintln(w, "Adds the Avamar sidecar to the StatefulSets and Deployments of the manifests, as")
 		fmt.Fprintln(w, "examples/nginx has it, with a NodePort Service per replica for the Avamar server's")
 		fmt.Fprintln(w, "callback. Injecting again replaces the sidecar (new options apply); other documents")
 		fmt.Fprintln(w, "pass through unchanged. Example:")
 		fmt.Fprintln(w)
-		fmt.Fprintln(w, "  avsidecar inject -f statefulset.yaml --image registry.example.com/avsidecar-site:7.5.101 \\")
+		fmt.Fprintln(w, "  kubectl avamar inject -f statefulset.yaml --image registry.example.com/avsidecar-site:7.5.101 \\")
 		fmt.Fprintln(w, "    --server avamar.example.com | kubectl apply -f -")
 		fmt.Fprintln(w)
 		fs.PrintDefaults()
@@ -89,13 +86,13 @@ func injectCmd(args []string, stdout, stderr io.Writer) error {
 	}
 	res, err := inject.Inject(inputs, o)
 	if errors.Is(err, inject.ErrInput) {
-		return &exitError{Code: exitConfig, Err: err}
+		return &exitError{Code: exitUsage, Err: err}
 	}
 	if err != nil {
 		return err
 	}
 	for _, n := range res.Notes {
-		fmt.Fprintf(stderr, "avsidecar inject: note: %s\n", n)
+		fmt.Fprintf(stderr, "kubectl avamar inject: note: %s\n", n)
 	}
 	_, err = stdout.Write(res.Output)
 	return err
