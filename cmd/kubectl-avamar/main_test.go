@@ -63,4 +63,3 @@ func TestInjectCommand(t *testing.T) {
 		t.Errorf("missing file: exit %d, %q", code, errOut)
 	}
 }
-
