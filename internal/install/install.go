@@ -211,133 +211,126 @@ func Install(ctx context.Context, cfg Config, log zerolog.Logger) (Result, error
 	return res, nil
 }
 
+// install is the whole install, phase by phase: read the state dir, read
+// and verify the package, plan, then apply and record (or restore what is
+// missing). Each phase takes what it needs and returns what it made.
 func install(ctx context.Context, cfg Config, log zerolog.Logger) (Result, error) {
-	f, err := os.Open(cfg.RPM)
+	j, err := openJob(cfg, log)
 	if err != nil {
-		return Result{}, fmt.Errorf("open rpm: %w", err)
+		return Result{}, err
 	}
-	defer f.Close()
-	st, err := f.Stat()
-	if err != nil {
-		return Result{}, fmt.Errorf("stat rpm: %w", err)
-	}
-	if !st.Mode().IsRegular() {
-		return Result{}, unusable("not a regular file")
-	}
-	if err := os.MkdirAll(cfg.Root, 0o755); err != nil {
-		return Result{}, fmt.Errorf("create root: %w", err)
-	}
-	root, err := os.OpenRoot(cfg.Root)
-	if err != nil {
-		return Result{}, fmt.Errorf("open root: %w", err)
-	}
-	defer root.Close()
-	tx := &transaction{cfg: cfg, log: log, root: root, file: f, fp: fingerprintOf(st)}
+	defer j.close()
 
 	// The fast path: this very file (same identity, size, times) was
 	// installed here and its files are still in place. Nothing is read but
 	// the receipt and a stat per owned file; the RPM is read only when a
 	// file is missing or changed.
-	tx.loadState()
-	if tx.current() && tx.old.RPM == tx.fp {
-		if missing, intact := tx.inspect(tx.old); intact && len(missing) == 0 {
-			return nothingToDo(tx.old, log), nil
-		}
+	if st := j.readState(); j.unchanged(st) {
+		return nothingToDo(st.old, log), nil
 	}
-
 	// Installs into one root take turns. The lock is on the root directory
 	// itself, so taking it writes nothing; the receipt is read again once
 	// it is held, as another process may just have installed this file.
-	unlock, err := lockRoot(ctx, root)
+	unlock, err := lockRoot(ctx, j.root)
 	if err != nil {
 		return Result{}, err
 	}
 	defer unlock()
-	if err := tx.clearStateDebris(); err != nil {
+	if err := j.clearStateDebris(); err != nil {
 		return Result{}, err
 	}
-	tx.loadState()
-	if tx.current() && tx.old.RPM == tx.fp {
-		if missing, intact := tx.inspect(tx.old); intact && len(missing) == 0 {
-			return nothingToDo(tx.old, log), nil
-		}
+	st := j.readState()
+	if j.unchanged(st) {
+		return nothingToDo(st.old, log), nil
 	}
 
-	p, err := rpm.Read(f, st.Size())
+	pkg, chk, err := j.readPackage(st)
 	if err != nil {
 		return Result{}, err
 	}
-	tx.pkg = p
-	if len(p.Signatures) > 0 {
-		log.Warn().Strs("signatures", p.Signatures).Msg("package is signed but its signature is not checked: no keyring")
+	missing, intact := j.missing(st, chk)
+	if intact && len(missing) == 0 {
+		return nothingToDo(st.old, log), nil
 	}
-	trusted, err := p.VerifyHeader()
+	pl, err := makePlan(pkg, cfg, log)
 	if err != nil {
-		return Result{}, err
-	}
-	if trusted && !tx.current() {
-		// Nothing installed here to compare the package with: its payload
-		// is verified while it is extracted, and commit waits for that.
-		// (Its header, scriptlets included, is verified already.)
-		tx.verifyLater()
-		if err := tx.plan(); err != nil {
-			return Result{}, err
-		}
-		rc, err := tx.apply(ctx)
-		if err != nil {
-			return Result{}, err
-		}
-		return rc.result(true), nil
-	}
-	if err := tx.verify(); err != nil {
-		return Result{}, err
-	}
-	var missing []receiptFile
-	intact := false
-	if tx.current() && tx.old.SHA256 == tx.ver.SHA256 {
-		if missing, intact = tx.inspect(tx.old); intact && len(missing) == 0 {
-			return nothingToDo(tx.old, log), nil
-		}
-	}
-
-	if err := tx.plan(); err != nil {
 		return Result{}, err
 	}
 	if intact {
 		// Only missing files: restore them, unless the install left one
 		// as something the payload cannot reproduce.
-		if items := tx.restorable(missing); items != nil {
-			n, err := tx.restore(ctx, items)
-			if err != nil {
-				return Result{}, err
-			}
-			log.Info().Str("name", tx.old.Name).Str("version", tx.old.Version+"-"+tx.old.Release).Str("sha256", tx.old.SHA256).
-				Int("restored", n).Msg("receipt matches, missing files restored")
-			res := tx.old.result(false)
-			res.Restored = n
-			return res, nil
+		if items := restorable(pl, missing, log); items != nil {
+			return j.restore(ctx, pl, items, st.old)
 		}
 	}
-	rc, err := tx.apply(ctx)
+	done, err := j.apply(ctx, pl, st, chk)
+	if err != nil {
+		return Result{}, err
+	}
+	rc, err := j.record(pl, done)
 	if err != nil {
 		return Result{}, err
 	}
 	return rc.result(true), nil
 }
 
-// current reports whether the receipt is for this prefix and no install
-// was interrupted since.
-func (tx *transaction) current() bool {
-	return tx.old != nil && tx.pending == nil && tx.old.Prefix == tx.cfg.Prefix && !tx.stateDebris()
+// job is what one install was asked and what it opened: the package
+// file it reads and the root it writes. None of it changes while the
+// install runs (resolved only remembers lookups); what a phase makes, the
+// phase returns.
+type job struct {
+	cfg  Config
+	log  zerolog.Logger
+	file *os.File    // the package
+	fp   fingerprint // of file, as opened
+	root *os.Root
+	// resolved remembers directories of the root, their symlinks
+	// followed (dirOf).
+	resolved resolver
+}
+
+// openJob opens the package file and the root, made if need be.
+func openJob(cfg Config, log zerolog.Logger) (*job, error) {
+	f, err := os.Open(cfg.RPM)
+	if err != nil {
+		return nil, fmt.Errorf("open rpm: %w", err)
+	}
+	root, fp, err := func() (*os.Root, fingerprint, error) {
+		st, err := f.Stat()
+		if err != nil {
+			return nil, fingerprint{}, fmt.Errorf("stat rpm: %w", err)
+		}
+		if !st.Mode().IsRegular() {
+			return nil, fingerprint{}, unusable("not a regular file")
+		}
+		if err := os.MkdirAll(cfg.Root, 0o755); err != nil {
+			return nil, fingerprint{}, fmt.Errorf("create root: %w", err)
+		}
+		root, err := os.OpenRoot(cfg.Root)
+		if err != nil {
+			return nil, fingerprint{}, fmt.Errorf("open root: %w", err)
+		}
+		return root, fingerprintOf(st), nil
+	}()
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	return &job{cfg: cfg, log: log, file: f, fp: fp, root: root}, nil
+}
+
+func (j *job) close() {
+	j.root.Close()
+	j.file.Close()
 }
 
 // stateDebris reports whether a kill left the temporary file of a receipt
 // or journal behind. Such a root is not current: the install takes the lock
 // and clears it (clearStateDebris) before it looks again.
-func (tx *transaction) stateDebris() bool {
+func (j *job) stateDebris() bool {
 	for _, name := range []string{receiptName, journalName} {
 		for _, suffix := range tmpSuffixes {
-			if _, err := tx.root.Lstat(tx.statePath(name + suffix)); err == nil {
+			if _, err := j.root.Lstat(j.statePath(name + suffix)); err == nil {
 				return true
 			}
 		}
@@ -347,63 +340,14 @@ func (tx *transaction) stateDebris() bool {
 
 // clearStateDebris removes what stateDebris finds; only under the root lock,
 // where no other install can be writing those files.
-func (tx *transaction) clearStateDebris() error {
+func (j *job) clearStateDebris() error {
 	for _, name := range []string{receiptName, journalName} {
 		for _, suffix := range tmpSuffixes {
-			if err := tx.root.Remove(tx.statePath(name + suffix)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			if err := j.root.Remove(j.statePath(name + suffix)); err != nil && !errors.Is(err, fs.ErrNotExist) {
 				return fmt.Errorf("remove interrupted %s: %w", name, err)
 			}
 		}
 	}
-	return nil
-}
-
-// verify checks every digest of the package (rpm.Verify), reading it
-// whole.
-func (tx *transaction) verify() error {
-	v, err := tx.pkg.Verify(tx.file)
-	if err != nil {
-		return err
-	}
-	tx.ver = v
-	tx.logVerified()
-	return nil
-}
-
-func (tx *transaction) logVerified() {
-	p, v := tx.pkg, tx.ver
-	tx.log.Info().Str("name", p.Name).Str("version", p.Version+"-"+p.Release).Str("arch", p.Arch).
-		Str("sha256", v.SHA256).Strs("verified", v.Checked).Str("compression", p.Compressor).Msg("package verified")
-}
-
-// verifyLater starts rpm.Verify on its own goroutine, for verified to
-// wait on.
-func (tx *transaction) verifyLater() {
-	done := make(chan verifyResult, 1)
-	tx.verifying = done
-	go func() {
-		v, err := tx.pkg.Verify(tx.file)
-		done <- verifyResult{v, err}
-	}()
-}
-
-type verifyResult struct {
-	v   rpm.Verification
-	err error
-}
-
-// verified waits for the verification verifyLater started, if any.
-func (tx *transaction) verified() error {
-	if tx.verifying == nil {
-		return nil
-	}
-	r := <-tx.verifying
-	tx.verifying = nil
-	if r.err != nil {
-		return r.err
-	}
-	tx.ver = r.v
-	tx.logVerified()
 	return nil
 }
 
