@@ -87,6 +87,7 @@ func (j *job) apply(ctx context.Context, pl *plan, st state, chk *check) (*appli
 		return nil, err
 	}
 	onFailure = func() {}
+	step("committed")
 	postRan, err := j.runScriptlet(ctx, pl, "%post", pl.pkg.Post, arg)
 	if err != nil {
 		// rpm leaves the package installed when %post fails, with a warning.

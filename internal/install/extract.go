@@ -118,12 +118,20 @@ const writebackMin = 256 << 10
 // writeFile copies one entry's content to the temporary file of it and
 // sets owner, mode, capabilities and mtime. The content is checked as it
 // is read: a digest mismatch fails the copy.
-func (w *writer) writeFile(r io.Reader, it *item, buf []byte) error {
+func (w *writer) writeFile(r io.Reader, it *item, buf []byte) (err error) {
 	out, err := w.d.create(it.tmp, !it.inPlace)
 	if err != nil {
 		return pathError("create", it.dest, err)
 	}
+	defer func() {
+		// A failure, or a panic, leaves nothing of it.
+		if !it.done {
+			_ = out.Close()
+			_ = w.d.remove(it.tmp)
+		}
+	}()
 	_, err = io.CopyBuffer(out, r, buf)
+	step("write")
 	if err == nil && it.Size >= writebackMin {
 		// Start writing it to disk now, while the rest of the payload is
 		// decoded, rather than all at once in the syncfs before the
@@ -144,7 +152,6 @@ func (w *writer) writeFile(r io.Reader, it *item, buf []byte) error {
 		err = fmt.Errorf("write %s: %w", it.dest, cerr)
 	}
 	if err != nil {
-		_ = w.d.remove(it.tmp)
 		if errors.Is(err, rpm.ErrUnusable) {
 			return err
 		}

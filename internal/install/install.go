@@ -4,12 +4,15 @@
 // Reading and checking the package is internal/rpm's: its headers and
 // file list before anything is written, every digest it carries (header
 // SHA-256, payload digest, or the legacy MD5), and each payload entry
-// against the header (type, size, digest) as it is read. This package is
-// the transaction that writes the root. It reads the payload once and
-// writes each file as a temporary file next to its destination when
-// something is there, renamed into place only when the whole payload has
-// checked out, and in place where nothing was (undone on a failure); so a
-// bad package leaves the previous installation untouched. Where nothing is
+// against the header (type, size, digest) as it is read. This package
+// writes the root, in phases that hand each other what they made: read
+// the state dir, read and verify the package, plan where every file goes,
+// apply, record the receipt (or restore what is missing). It reads the
+// payload once and writes each file as a temporary file next to its
+// destination when something is there, renamed into place only when the
+// whole payload has checked out, and in place where nothing was (undone
+// on a failure); so a bad package leaves the previous installation
+// untouched. Where nothing is
 // installed to compare the package with, its payload digest is checked
 // while the payload is extracted (its header, scriptlets included, first),
 // and the first change that is not undone waits for it.
@@ -33,6 +36,12 @@
 // payload cannot reproduce (a scriptlet edited it), makes a full install
 // with scriptlets, as it did before: only that restores a file whose
 // content nobody can vouch for.
+//
+// A panic while installing (in the installer, a library it calls, or the
+// goroutine that verifies the package) is an install error that matches
+// ErrInternal and not ErrUnusable, never the end of the process: it is
+// undone or repaired as any other failure at that point, and the receipt
+// is not written, so the next start installs again.
 //
 // Upgrades follow rpm: files the old package owned and the new one does
 // not are removed, modified %config files are kept (the new one is written
@@ -76,7 +85,9 @@ import (
 	"os"
 	"path"
 	"path/filepath"
+	"runtime/debug"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/avsidecar/avsidecar/internal/rpm"
@@ -187,6 +198,16 @@ func (c Config) withDefaults() (Config, error) {
 	return c, nil
 }
 
+// ErrInternal is matched (errors.Is) by the error of an install that
+// panicked: in the installer, a library it calls or one of its goroutines.
+// That is a defect of the installer, not proof that the package is bad, so
+// it does not match ErrUnusable: avsidecar exits 1, and the next start
+// installs again. Nothing half-written passes for installed: the receipt
+// is not written, what was not yet in place is undone as after any
+// failure, and once files are in place the journal has the next start
+// install again.
+var ErrInternal = errors.New("internal error")
+
 // Install installs cfg.RPM under cfg.Root unless the receipt in the state
 // dir says this very file is already installed at this prefix. Then, when
 // the installed files are still there, it returns at once with
@@ -199,7 +220,7 @@ func Install(ctx context.Context, cfg Config, log zerolog.Logger) (Result, error
 	if err != nil {
 		return Result{}, err
 	}
-	res, err := install(ctx, cfg, log)
+	res, err := installSafely(ctx, cfg, log)
 	res.Duration = time.Since(start)
 	switch {
 	case err != nil && cfg.Root != "/":
@@ -209,6 +230,38 @@ func Install(ctx context.Context, cfg Config, log zerolog.Logger) (Result, error
 		return res, fmt.Errorf("install %s: %w", cfg.RPM, err)
 	}
 	return res, nil
+}
+
+// installSafely is install with a panic turned into an error that matches
+// ErrInternal: the process (PID 1 in a pod) outlives a bug. By the time it
+// recovers, every deferred cleanup of the phases has run, as after an
+// error. Its stack goes to the log, for the bug report.
+func installSafely(ctx context.Context, cfg Config, log zerolog.Logger) (res Result, err error) {
+	defer func() {
+		if v := recover(); v != nil {
+			res, err = Result{}, panicError(v, log)
+		}
+	}()
+	return install(ctx, cfg, log)
+}
+
+// panicError makes the error of a recovered panic. The panic's value is
+// only quoted, never wrapped: an error it carries must not make the
+// install look like one that failed on its own terms (ErrUnusable).
+func panicError(v any, log zerolog.Logger) error {
+	log.Error().Str("panic", fmt.Sprint(v)).Str("stack", string(debug.Stack())).Msg("installer panicked")
+	return fmt.Errorf("%w: %v", ErrInternal, v)
+}
+
+// stepHook, when a test sets it, is called at the named steps of an
+// install (step), on whichever goroutine is there: a seam to make one
+// panic. Unset otherwise.
+var stepHook atomic.Pointer[func(name string)]
+
+func step(name string) {
+	if h := stepHook.Load(); h != nil {
+		(*h)(name)
+	}
 }
 
 // install is the whole install, phase by phase: read the state dir, read

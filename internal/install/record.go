@@ -22,6 +22,7 @@ func (j *job) record(pl *plan, a *applied) (*receipt, error) {
 	r := a.next
 	j.recordDisk(d, pl, a.postRan, r)
 	r.InstalledAt = time.Now().UTC()
+	step("record")
 	if err := j.writeState(receiptName, r); err != nil {
 		return nil, err
 	}

@@ -15,6 +15,7 @@ func (j *job) readPackage(st state) (*rpm.Package, *check, error) {
 	if err != nil {
 		return nil, nil, err
 	}
+	step("read")
 	if len(p.Signatures) > 0 {
 		j.log.Warn().Strs("signatures", p.Signatures).Msg("package is signed but its signature is not checked: no keyring")
 	}
@@ -58,10 +59,17 @@ type checked struct {
 	err error
 }
 
-// verifyLater starts rpm.Verify on its own goroutine.
+// verifyLater starts rpm.Verify on its own goroutine. A panic there is the
+// verification's error (ErrInternal), not the end of the process.
 func (j *job) verifyLater(p *rpm.Package) *check {
 	done := make(chan checked, 1)
 	go func() {
+		defer func() {
+			if v := recover(); v != nil {
+				done <- checked{err: panicError(v, j.log)}
+			}
+		}()
+		step("verify")
 		v, err := p.Verify(j.file)
 		done <- checked{v, err}
 	}()
