@@ -261,25 +261,9 @@ func (w *writer) removeCreated() {
 // package has no symlink for (so no write ever goes through a link the
 // package once planted), and decides what to do with each %config file.
 func (w *writer) prepare(pl *plan, owned map[string]receiptFile) error {
-	for p, o := range owned {
-		if o.Type != "symlink" {
-			continue
-		}
-		if it := pl.findItem(p); it != nil && it.IsSymlink() {
-			continue
-		}
-		rel, err := w.pathOf(p)
-		if err != nil {
-			continue
-		}
-		if st, err := w.root.Lstat(rel); err == nil && st.Mode()&fs.ModeSymlink != 0 {
-			if err := w.root.Remove(rel); err != nil {
-				return fmt.Errorf("remove old symlink: %w", err)
-			}
-		}
+	if err := w.removeOldSymlinks(pl, owned); err != nil {
+		return err
 	}
-	w.resolved = nil // the old links may have led elsewhere
-	w.d.close()
 	made := map[string]bool{}
 	for _, it := range pl.sorted {
 		if it.IsGhost() {
@@ -313,6 +297,32 @@ func (w *writer) prepare(pl *plan, owned map[string]receiptFile) error {
 			return err
 		}
 	}
+	return nil
+}
+
+// removeOldSymlinks removes the symlinks the old package owned where the
+// new one has none, and forgets every path resolved so far: the old links
+// may have led elsewhere.
+func (w *writer) removeOldSymlinks(pl *plan, owned map[string]receiptFile) error {
+	for p, o := range owned {
+		if o.Type != "symlink" {
+			continue
+		}
+		if it := pl.findItem(p); it != nil && it.IsSymlink() {
+			continue
+		}
+		rel, err := w.pathOf(p)
+		if err != nil {
+			continue
+		}
+		if st, err := w.root.Lstat(rel); err == nil && st.Mode()&fs.ModeSymlink != 0 {
+			if err := w.root.Remove(rel); err != nil {
+				return fmt.Errorf("remove old symlink: %w", err)
+			}
+		}
+	}
+	w.resolved = nil
+	w.d.close()
 	return nil
 }
 
@@ -574,26 +584,29 @@ func (j *job) removeStale(pl *plan, owned map[string]receiptFile) {
 		switch {
 		case o.Type == "dir" && st.IsDir():
 			dirs = append(dirs, rel)
-			continue
-		case o.Type == "symlink" && st.Mode()&fs.ModeSymlink != 0:
-		case o.Type == "file" && st.Mode().IsRegular():
-			if o.Config {
-				if match, err := j.diskMatches(rel, o.Digest); err == nil && !match {
-					if err := j.root.Rename(rel, rel+".rpmsave"); err == nil {
-						j.log.Warn().Str("path", p).Str("saved", p+".rpmsave").Msg("modified config file no longer in the package, saved")
-					}
-					continue
-				}
-			}
-		default:
-			continue
-		}
-		if err := j.root.Remove(rel); err != nil && !errors.Is(err, fs.ErrNotExist) {
-			j.log.Warn().Err(err).Str("path", p).Msg("cannot remove old file")
+		case o.Type == "symlink" && st.Mode()&fs.ModeSymlink != 0,
+			o.Type == "file" && st.Mode().IsRegular():
+			j.removeOld(p, rel, o)
 		}
 	}
 	sort.Sort(sort.Reverse(sort.StringSlice(dirs)))
 	for _, d := range dirs {
 		_ = j.root.Remove(d) // only an empty directory goes
+	}
+}
+
+// removeOld removes a file or link the old package owned at p (rel in
+// the root); an edited %config file is kept as .rpmsave instead.
+func (j *job) removeOld(p, rel string, o receiptFile) {
+	if o.Type == "file" && o.Config {
+		if match, err := j.diskMatches(rel, o.Digest); err == nil && !match {
+			if err := j.root.Rename(rel, rel+".rpmsave"); err == nil {
+				j.log.Warn().Str("path", p).Str("saved", p+".rpmsave").Msg("modified config file no longer in the package, saved")
+			}
+			return
+		}
+	}
+	if err := j.root.Remove(rel); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		j.log.Warn().Err(err).Str("path", p).Msg("cannot remove old file")
 	}
 }

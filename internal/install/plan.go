@@ -82,16 +82,8 @@ func makePlan(p *rpm.Package, cfg Config, log zerolog.Logger) (*plan, error) {
 	for i := range p.Files {
 		f := &p.Files[i]
 		dest := relocate(f.Path, pl.from, pl.to)
-		if err := checkPath(dest); err != nil && !(dest == "/" && f.IsDir()) {
-			return nil, unusable("relocated %w", err)
-		}
-		for _, suffix := range tmpSuffixes {
-			if strings.HasSuffix(dest, suffix) {
-				return nil, unusable("%s: reserved name", dest)
-			}
-		}
-		if dest == cfg.StateDir || strings.HasPrefix(dest, cfg.StateDir+"/") {
-			return nil, unusable("%s lies in the installer's state dir %s", dest, cfg.StateDir)
+		if err := checkDest(dest, f, cfg.StateDir); err != nil {
+			return nil, err
 		}
 		if byDest[dest] != nil {
 			return nil, unusable("duplicate entry %s", dest)
@@ -149,6 +141,24 @@ func relocation(p *rpm.Package, cfg Config, log zerolog.Logger) (from string, pr
 		prefixes = append(prefixes, pre)
 	}
 	return from, prefixes, nil
+}
+
+// checkDest refuses a relocated path the install must not write: unsafe
+// (checkPath; but the root itself as a directory), with the name of a
+// temporary file, or in the installer's state dir.
+func checkDest(dest string, f *rpm.File, stateDir string) error {
+	if err := checkPath(dest); err != nil && !(dest == "/" && f.IsDir()) {
+		return unusable("relocated %w", err)
+	}
+	for _, suffix := range tmpSuffixes {
+		if strings.HasSuffix(dest, suffix) {
+			return unusable("%s: reserved name", dest)
+		}
+	}
+	if dest == stateDir || strings.HasPrefix(dest, stateDir+"/") {
+		return unusable("%s lies in the installer's state dir %s", dest, stateDir)
+	}
+	return nil
 }
 
 // checkPath accepts the relocated paths an install can write: safe

@@ -198,35 +198,41 @@ func (j *job) inspect(r *receipt) (missing []receiptFile, intact bool) {
 			j.log.Info().Err(err).Str("path", f.Path).Msg("installed file unusable, installing again")
 			return nil, false
 		}
-		ok = true
-		switch f.Type {
-		case "dir":
-			ok = st.Mode&unix.S_IFMT == unix.S_IFDIR
-			if st.Mode&unix.S_IFMT == unix.S_IFLNK {
-				// An operator's link to a directory (var/ on a volume,
-				// say) stands for the directory, as at install.
-				rd, err := j.dirOf(f.Path)
-				if err == nil {
-					info, serr := j.root.Stat(rd)
-					ok = serr == nil && info.IsDir()
-				}
-			}
-		case "symlink":
-			ok = st.Mode&unix.S_IFMT == unix.S_IFLNK
-			if ok {
-				buf := make([]byte, len(f.Link)+1)
-				n, err := unix.Readlinkat(fd, base, buf)
-				ok = err == nil && string(buf[:n]) == f.Link
-			}
-		case "file":
-			ok = st.Mode&unix.S_IFMT == unix.S_IFREG && (f.Config || st.Size == f.Size && st.Mtim.Nano() == f.MTime)
-		}
-		if !ok {
+		if !j.asLeft(f, fd, base, &st) {
 			j.log.Info().Str("path", f.Path).Msg("installed file changed, installing again")
 			return nil, false
 		}
 	}
 	return missing, true
+}
+
+// asLeft reports whether f, base in the directory fd with the status st,
+// is as the install left it: the same type, a symlink's target, a
+// regular file's size and mtime (any for a %config file).
+func (j *job) asLeft(f receiptFile, fd int, base string, st *unix.Stat_t) bool {
+	switch f.Type {
+	case "dir":
+		if st.Mode&unix.S_IFMT == unix.S_IFLNK {
+			// An operator's link to a directory (var/ on a volume,
+			// say) stands for the directory, as at install.
+			rd, err := j.dirOf(f.Path)
+			if err == nil {
+				info, serr := j.root.Stat(rd)
+				return serr == nil && info.IsDir()
+			}
+		}
+		return st.Mode&unix.S_IFMT == unix.S_IFDIR
+	case "symlink":
+		if st.Mode&unix.S_IFMT != unix.S_IFLNK {
+			return false
+		}
+		buf := make([]byte, len(f.Link)+1)
+		n, err := unix.Readlinkat(fd, base, buf)
+		return err == nil && string(buf[:n]) == f.Link
+	case "file":
+		return st.Mode&unix.S_IFMT == unix.S_IFREG && (f.Config || st.Size == f.Size && st.Mtim.Nano() == f.MTime)
+	}
+	return true
 }
 
 // writeState writes a receipt or the journal atomically: a temporary file,
