@@ -13,110 +13,127 @@ import (
 	"sort"
 	"strings"
 	"syscall"
-	"time"
 
 	"github.com/avsidecar/avsidecar/internal/rpm"
 	"golang.org/x/sys/unix"
 )
 
-// apply installs the checked package: %pre, journal, extraction to
-// temporary files, rename into place, directory metadata, %post, removal
-// of what the old package owned and this one does not, receipt.
-func (tx *transaction) apply(ctx context.Context) (*receipt, error) {
-	tx.d = newDirs(tx.root)
-	defer tx.closeDirs()
-	p, old, pending := tx.pkg, tx.old, tx.pending
-	tx.loadIDs()
-	owned := ownedBy(old, pending)
+// applied is what apply made: the receipt to record, and whether a %post
+// ran (it may have changed any file).
+type applied struct {
+	next    *receipt
+	postRan bool
+}
+
+// apply installs the planned package: %pre, journal, extraction to
+// temporary files, rename into place once the verification (chk) is
+// through, directory metadata, %post, removal of what the old package
+// owned and this one does not. Until the first rename, a failure or a
+// panic undoes everything: the previous installation is as it was, and so
+// is its state. After it, the journal left in the state dir has the next
+// start install again.
+func (j *job) apply(ctx context.Context, pl *plan, st state, chk *check) (*applied, error) {
+	w := j.newWriter(pl.items)
+	defer w.close()
+	owned := ownedBy(st.old, st.pending)
 	arg := 1
-	if old != nil {
+	if st.old != nil {
 		arg = 2 // rpm's $1: instances of the package after the transaction
 	}
-
-	if err := tx.runScriptlet(ctx, "%pre", p.Pre, arg); err != nil {
+	if _, err := j.runScriptlet(ctx, pl, "%pre", pl.pkg.Pre, arg); err != nil {
 		return nil, err
 	}
 
 	// The journal goes first: from here on, a kill leaves a state the next
 	// start recognises as unfinished. (The package's SHA-256 it leaves out:
 	// it may still be being computed.)
-	next := &receipt{
-		Format: receiptV, Name: p.Name, Version: p.Version, Release: p.Release, Arch: p.Arch,
-		Prefix: tx.cfg.Prefix, RPM: tx.fp, DigestAlgo: int(p.DigestAlgo),
+	next := newReceipt(pl, j.cfg.Prefix, j.fp)
+	if st.pending != nil {
+		j.cleanTemps(st.pending)
 	}
-	for _, it := range tx.sorted {
-		if !it.IsGhost() {
-			next.Files = append(next.Files, receiptFile{Path: it.dest, Type: typeName(it.Mode), Mode: it.Mode & 0o7777, Digest: it.Digest, Link: it.LinkTo, Config: it.IsConfig(),
-				Size: it.Size, MTime: it.MTime * 1e9}) // as shipped, until recordDisk
+	onFailure := func() {
+		w.removeTemps(pl.items)
+		if st.pending == nil {
+			_ = j.removeState(journalName)
 		}
+		w.removeCreated()
 	}
-	if pending != nil {
-		tx.cleanTemps(pending)
+	defer func() { onFailure() }()
+	if err := w.mkdirAll(j.statePath("")); err != nil {
+		return nil, fmt.Errorf("create state dir %s: %w", j.cfg.StateDir, err)
 	}
-	// Until the first rename, a failure undoes everything: the previous
-	// installation is as it was, and so is its state.
-	undo := func() {
-		tx.removeTemps(tx.items)
-		if pending == nil {
-			_ = tx.removeState(journalName)
-		}
-		tx.removeCreated()
-	}
-	if err := tx.mkdirAll(tx.statePath("")); err != nil {
-		undo()
-		return nil, fmt.Errorf("create state dir %s: %w", tx.cfg.StateDir, err)
-	}
-	if err := tx.writeState(journalName, (&journal{receipt: next, previous: owned}).value()); err != nil {
-		undo()
+	if err := j.writeState(journalName, (&journal{receipt: next, previous: owned}).value()); err != nil {
 		return nil, err
 	}
-
-	if err := tx.prepare(owned); err != nil {
-		undo()
+	if err := w.prepare(pl, owned); err != nil {
 		return nil, err
 	}
-	if err := tx.extract(ctx); err != nil {
-		undo()
+	if err := w.extract(ctx, pl); err != nil {
 		// A payload that does not decode is most plainly told by its
 		// digest, when that is what failed.
-		if verr := tx.verified(); verr != nil {
+		if _, verr := chk.wait(); verr != nil {
 			return nil, verr
 		}
 		return nil, err
 	}
 	// Nothing is in place before the whole package has checked out.
-	if err := tx.verified(); err != nil {
-		undo()
+	v, err := chk.wait()
+	if err != nil {
 		return nil, err
 	}
-	next.SHA256, next.Signature = tx.ver.SHA256, tx.ver.Signature
-	if err := tx.commit(tx.sorted); err != nil {
-		tx.removeLeftovers(tx.items)
+	next.SHA256, next.Signature = v.SHA256, v.Signature
+	onFailure = func() { w.removeLeftovers(pl.items) }
+	if err := w.commit(pl.sorted); err != nil {
 		return nil, err
 	}
-	if err := tx.runScriptlet(ctx, "%post", p.Post, arg); err != nil {
+	onFailure = func() {}
+	step("committed")
+	postRan, err := j.runScriptlet(ctx, pl, "%post", pl.pkg.Post, arg)
+	if err != nil {
 		// rpm leaves the package installed when %post fails, with a warning.
-		tx.log.Warn().Err(err).Msg("scriptlet failed")
+		j.log.Warn().Err(err).Msg("scriptlet failed")
 	}
-	tx.removeStale(owned)
+	j.removeStale(pl, owned)
+	return &applied{next: next, postRan: postRan}, nil
+}
 
-	if !tx.cfg.NoSync {
-		if err := tx.syncfs(); err != nil {
-			return nil, err
+// newReceipt is the receipt-to-be of a planned package: every path it
+// owns as the package ships it, until record looks at the disk. Its
+// SHA-256 and signature come once the package is verified.
+func newReceipt(pl *plan, prefix string, fp fingerprint) *receipt {
+	p := pl.pkg
+	r := &receipt{
+		Format: receiptV, Name: p.Name, Version: p.Version, Release: p.Release, Arch: p.Arch,
+		Prefix: prefix, RPM: fp, DigestAlgo: int(p.DigestAlgo),
+	}
+	for _, it := range pl.sorted {
+		if !it.IsGhost() {
+			r.Files = append(r.Files, receiptFile{Path: it.dest, Type: typeName(it.Mode), Mode: it.Mode & 0o7777, Digest: it.Digest, Link: it.LinkTo, Config: it.IsConfig(),
+				Size: it.Size, MTime: it.MTime * 1e9}) // as shipped, until recordDisk
 		}
 	}
-	tx.recordDisk(next)
-	next.InstalledAt = time.Now().UTC()
-	if err := tx.writeState(receiptName, next); err != nil {
-		return nil, err
-	}
-	if err := tx.removeState(journalName); err != nil {
-		return nil, err
-	}
-	tx.log.Info().Str("name", p.Name).Str("version", p.Version+"-"+p.Release).Int("files", len(next.Files)).
-		Int64("bytes", tx.bytes).Str("prefix", tx.cfg.Prefix).Msg("package installed")
-	return next, nil
+	return r
 }
+
+// writer makes the changes of apply and restore in the root: it keeps the
+// root's directories open (dirs), gives files their owners (ids), and
+// remembers the directories it made, so that a failure before the first
+// rename can take them away again.
+type writer struct {
+	*job
+	d   *dirs
+	ids *idMap
+	// created lists the directories made, parents first; madeHere has
+	// them too, to look them up.
+	created  []string
+	madeHere map[string]bool
+}
+
+func (j *job) newWriter(items []*item) *writer {
+	return &writer{job: j, d: newDirs(j.root), ids: j.loadIDs(items)}
+}
+
+func (w *writer) close() { w.d.close() }
 
 // journal is the pending file: the receipt-to-be plus the files owned
 // before, so that a run after a kill still knows everything it may have
@@ -188,113 +205,87 @@ func typeName(mode uint32) string {
 }
 
 // cleanTemps removes the temporary files a killed install left behind.
-func (tx *transaction) cleanTemps(pending *receipt) {
+func (j *job) cleanTemps(pending *receipt) {
 	for _, f := range pending.Files {
 		if f.Type == "dir" {
 			continue
 		}
-		if rel, err := tx.pathOf(f.Path); err == nil {
+		if rel, err := j.pathOf(f.Path); err == nil {
 			for _, suffix := range tmpSuffixes {
-				_ = tx.root.Remove(rel + suffix)
+				_ = j.root.Remove(rel + suffix)
 			}
 		}
 	}
 }
 
-// closeDirs closes the directories prepare opened.
-func (tx *transaction) closeDirs() {
-	if tx.d != nil {
-		tx.d.close()
-	}
-}
-
 // removeLeftovers removes, after a failed commit, the temporary files not
 // yet renamed into place; what was written in place stays, in place.
-func (tx *transaction) removeLeftovers(items []*item) {
+func (w *writer) removeLeftovers(items []*item) {
 	for _, it := range items {
 		if !it.IsDir() && it.tmp != "" && !it.inPlace {
-			_ = tx.d.remove(it.tmp)
+			_ = w.d.remove(it.tmp)
 		}
 	}
 }
 
 // removeTemps removes, when an install is undone, the temporary files of
 // items and what it wrote in place.
-func (tx *transaction) removeTemps(items []*item) {
-	if tx.d == nil {
-		return
-	}
+func (w *writer) removeTemps(items []*item) {
 	for _, it := range items {
 		// What is written in place was absent: only what this install
 		// wrote there goes.
 		if !it.IsDir() && it.tmp != "" && (!it.inPlace || it.done) {
-			_ = tx.d.remove(it.tmp)
+			_ = w.d.remove(it.tmp)
 		}
 	}
 }
 
 // made records a directory this install made.
-func (tx *transaction) made(rel string) {
-	tx.created = append(tx.created, rel)
-	if tx.madeHere == nil {
-		tx.madeHere = map[string]bool{}
+func (w *writer) made(rel string) {
+	w.created = append(w.created, rel)
+	if w.madeHere == nil {
+		w.madeHere = map[string]bool{}
 	}
-	tx.madeHere[rel] = true
+	w.madeHere[rel] = true
 }
 
 // removeCreated removes the directories this install made, children
 // first; only empty ones go.
-func (tx *transaction) removeCreated() {
-	for i := len(tx.created) - 1; i >= 0; i-- {
-		_ = tx.root.Remove(tx.created[i])
+func (w *writer) removeCreated() {
+	for i := len(w.created) - 1; i >= 0; i-- {
+		_ = w.root.Remove(w.created[i])
 	}
 }
 
 // prepare creates the directories, removes old symlinks that the new
 // package has no symlink for (so no write ever goes through a link the
 // package once planted), and decides what to do with each %config file.
-func (tx *transaction) prepare(owned map[string]receiptFile) error {
-	for p, o := range owned {
-		if o.Type != "symlink" {
-			continue
-		}
-		if it := tx.findItem(p); it != nil && it.IsSymlink() {
-			continue
-		}
-		rel, err := tx.pathOf(p)
-		if err != nil {
-			continue
-		}
-		if st, err := tx.root.Lstat(rel); err == nil && st.Mode()&fs.ModeSymlink != 0 {
-			if err := tx.root.Remove(rel); err != nil {
-				return fmt.Errorf("remove old symlink: %w", err)
-			}
-		}
+func (w *writer) prepare(pl *plan, owned map[string]receiptFile) error {
+	if err := w.removeOldSymlinks(pl, owned); err != nil {
+		return err
 	}
-	tx.resolved = nil // the old links may have led elsewhere
-	tx.d.close()
 	made := map[string]bool{}
-	for _, it := range tx.sorted {
+	for _, it := range pl.sorted {
 		if it.IsGhost() {
 			continue
 		}
-		if err := tx.locate(it); err != nil {
+		if err := w.locate(it); err != nil {
 			return err
 		}
 		if parent := path.Dir(it.rel); parent != "." && !made[parent] {
-			if err := tx.mkdirAll(parent); err != nil {
+			if err := w.mkdirAll(parent); err != nil {
 				return fmt.Errorf("create %s: %w", path.Dir(it.dest), err)
 			}
 			made[parent] = true
 		}
 		switch {
 		case it.IsDir():
-			if err := tx.makeDir(it, owned); err != nil {
+			if err := w.makeDir(it, owned); err != nil {
 				return err
 			}
 			made[it.rel] = true
 		case it.IsReg() && it.IsConfig() && !isHardlinked(it):
-			act, err := tx.configAction(it, owned[it.dest])
+			act, err := w.configAction(it, owned[it.dest])
 			if err != nil {
 				return err
 			}
@@ -302,10 +293,36 @@ func (tx *transaction) prepare(owned map[string]receiptFile) error {
 			// nothing changes in its directory.
 			it.act, it.skip = act, act == actKeep
 		}
-		if err := tx.place(it); err != nil {
+		if err := w.place(it); err != nil {
 			return err
 		}
 	}
+	return nil
+}
+
+// removeOldSymlinks removes the symlinks the old package owned where the
+// new one has none, and forgets every path resolved so far: the old links
+// may have led elsewhere.
+func (w *writer) removeOldSymlinks(pl *plan, owned map[string]receiptFile) error {
+	for p, o := range owned {
+		if o.Type != "symlink" {
+			continue
+		}
+		if it := pl.findItem(p); it != nil && it.IsSymlink() {
+			continue
+		}
+		rel, err := w.pathOf(p)
+		if err != nil {
+			continue
+		}
+		if st, err := w.root.Lstat(rel); err == nil && st.Mode()&fs.ModeSymlink != 0 {
+			if err := w.root.Remove(rel); err != nil {
+				return fmt.Errorf("remove old symlink: %w", err)
+			}
+		}
+	}
+	w.resolved = nil
+	w.d.close()
 	return nil
 }
 
@@ -316,7 +333,7 @@ func (tx *transaction) prepare(owned map[string]receiptFile) error {
 // (commit). A directory with something in it where the package has a file
 // or a link is refused here, before anything changes: the rename would
 // fail half-way through the install (an empty one is replaced).
-func (tx *transaction) place(it *item) error {
+func (w *writer) place(it *item) error {
 	rel := it.rel
 	switch {
 	case it.IsDir() || it.act == actKeep:
@@ -324,12 +341,12 @@ func (tx *transaction) place(it *item) error {
 	case it.act == actRPMNew:
 		rel += ".rpmnew"
 	}
-	if it.act == actWrite && tx.madeHere[path.Dir(rel)] {
+	if it.act == actWrite && w.madeHere[path.Dir(rel)] {
 		// In a directory this install made, only it puts anything.
 		it.tmp, it.inPlace = it.rel, true
 		return nil
 	}
-	st, err := tx.d.lstat(rel)
+	st, err := w.d.lstat(rel)
 	switch {
 	case errors.Is(err, unix.ENOENT) && it.act == actWrite:
 		it.tmp, it.inPlace = it.rel, true
@@ -337,7 +354,7 @@ func (tx *transaction) place(it *item) error {
 	case err != nil || st.Mode&unix.S_IFMT != unix.S_IFDIR:
 		return nil
 	}
-	if empty, err := tx.d.emptyDir(rel); err != nil || !empty {
+	if empty, err := w.d.emptyDir(rel); err != nil || !empty {
 		return fmt.Errorf("install %s: a directory that is not empty is in the way", "/"+rel)
 	}
 	return nil
@@ -345,11 +362,11 @@ func (tx *transaction) place(it *item) error {
 
 // mkdirAll makes rel and its missing parents (mode 0755, as rpm makes the
 // directories a package does not list), recording what it made.
-func (tx *transaction) mkdirAll(rel string) error {
+func (w *writer) mkdirAll(rel string) error {
 	if rel == "." || rel == "" {
 		return nil
 	}
-	st, err := tx.d.lstat(rel)
+	st, err := w.d.lstat(rel)
 	switch {
 	case err == nil && st.Mode&unix.S_IFMT == unix.S_IFDIR:
 		return nil
@@ -358,39 +375,39 @@ func (tx *transaction) mkdirAll(rel string) error {
 	case !errors.Is(err, unix.ENOENT):
 		return err
 	}
-	if err := tx.mkdirAll(path.Dir(rel)); err != nil {
+	if err := w.mkdirAll(path.Dir(rel)); err != nil {
 		return err
 	}
-	if err := tx.d.mkdir(rel); err != nil && !errors.Is(err, unix.EEXIST) {
+	if err := w.d.mkdir(rel); err != nil && !errors.Is(err, unix.EEXIST) {
 		return err
 	}
-	tx.made(rel)
+	w.made(rel)
 	return nil
 }
 
 // makeDir makes a package directory, or accepts an existing one, and
 // gives it the package's mtime, as rpm does: whatever the install then
 // writes into it gives it the time of the install, as with rpm.
-func (tx *transaction) makeDir(it *item, owned map[string]receiptFile) error {
-	if err := tx.ensureDir(it, owned); err != nil {
+func (w *writer) makeDir(it *item, owned map[string]receiptFile) error {
+	if err := w.ensureDir(it, owned); err != nil {
 		return err
 	}
 	// As with rpm, a directory's time is not worth failing for.
-	_ = tx.d.setTimes(it.rel, it.MTime*1e9)
+	_ = w.d.setTimes(it.rel, it.MTime*1e9)
 	return nil
 }
 
 // ensureDir makes a package directory, or accepts an existing one. A
 // directory symlink the package does not own (an operator's link to a
 // volume, say) is kept, as rpm keeps it.
-func (tx *transaction) ensureDir(it *item, owned map[string]receiptFile) error {
-	st, err := tx.d.lstat(it.rel)
+func (w *writer) ensureDir(it *item, owned map[string]receiptFile) error {
+	st, err := w.d.lstat(it.rel)
 	switch {
 	case errors.Is(err, unix.ENOENT):
-		if err := tx.d.mkdir(it.rel); err != nil {
+		if err := w.d.mkdir(it.rel); err != nil {
 			return pathError("create", it.dest, err)
 		}
-		tx.made(it.rel)
+		w.made(it.rel)
 		return nil
 	case err != nil:
 		return pathError("stat", it.dest, err)
@@ -399,8 +416,8 @@ func (tx *transaction) ensureDir(it *item, owned map[string]receiptFile) error {
 	case st.Mode&unix.S_IFMT == unix.S_IFLNK:
 		// The directory is where the link leads, in the root: its
 		// metadata goes there, and so do the files below it.
-		if target, err := tx.dirOf(it.dest); err == nil {
-			if t, err := tx.root.Stat(target); err == nil && t.IsDir() {
+		if target, err := w.dirOf(it.dest); err == nil {
+			if t, err := w.root.Stat(target); err == nil && t.IsDir() {
 				it.rel = target
 				return nil
 			}
@@ -409,10 +426,10 @@ func (tx *transaction) ensureDir(it *item, owned map[string]receiptFile) error {
 	if _, ok := owned[it.dest]; !ok {
 		return fmt.Errorf("create %s: a %s the package does not own is in the way", it.dest, fs.FileMode(st.Mode&unix.S_IFMT).Type())
 	}
-	if err := tx.d.remove(it.rel); err != nil {
+	if err := w.d.remove(it.rel); err != nil {
 		return pathError("replace", it.dest, err)
 	}
-	if err := tx.d.mkdir(it.rel); err != nil {
+	if err := w.d.mkdir(it.rel); err != nil {
 		return pathError("create", it.dest, err)
 	}
 	return nil
@@ -422,8 +439,8 @@ func (tx *transaction) ensureDir(it *item, owned map[string]receiptFile) error {
 // may have been edited: a file that is absent, or as the old package (or
 // the new one) shipped it, is replaced; an edited one is kept, with the
 // new version beside it as .rpmnew unless the package did not change it.
-func (tx *transaction) configAction(it *item, old receiptFile) (action, error) {
-	st, err := tx.root.Lstat(it.rel)
+func (w *writer) configAction(it *item, old receiptFile) (action, error) {
+	st, err := w.root.Lstat(it.rel)
 	if errors.Is(err, fs.ErrNotExist) {
 		return actWrite, nil
 	}
@@ -433,7 +450,7 @@ func (tx *transaction) configAction(it *item, old receiptFile) (action, error) {
 	if !st.Mode().IsRegular() {
 		return actWrite, nil
 	}
-	unmodified, err := tx.diskMatches(it.rel, mergeDigests(it.Digest, old.Digest))
+	unmodified, err := w.diskMatches(it.rel, mergeDigests(it.Digest, old.Digest))
 	if err != nil {
 		return actWrite, err
 	}
@@ -441,17 +458,17 @@ func (tx *transaction) configAction(it *item, old receiptFile) (action, error) {
 		return actWrite, nil
 	}
 	if old.Digest != "" && slices.Contains(strings.Split(old.Digest, ","), it.Digest) {
-		tx.log.Info().Str("path", it.dest).Msg("config file modified, keeping it")
+		w.log.Info().Str("path", it.dest).Msg("config file modified, keeping it")
 		return actKeep, nil
 	}
-	tx.log.Warn().Str("path", it.dest).Str("new", it.dest+".rpmnew").Msg("config file modified, new version saved beside it")
+	w.log.Warn().Str("path", it.dest).Str("new", it.dest+".rpmnew").Msg("config file modified, new version saved beside it")
 	return actRPMNew, nil
 }
 
 // diskMatches reports whether the file at rel has one of the digests in
 // the comma-separated list, each computed with the algorithm its length
 // names (packages may change algorithms between versions).
-func (tx *transaction) diskMatches(rel, digests string) (bool, error) {
+func (j *job) diskMatches(rel, digests string) (bool, error) {
 	got := map[rpm.Hash]string{}
 	for _, want := range strings.Split(digests, ",") {
 		algo := rpm.HashOfDigest(want)
@@ -461,7 +478,7 @@ func (tx *transaction) diskMatches(rel, digests string) (bool, error) {
 		d, ok := got[algo]
 		if !ok {
 			var err error
-			if d, err = tx.digestOf(rel, algo); err != nil {
+			if d, err = j.digestOf(rel, algo); err != nil {
 				return false, err
 			}
 			got[algo] = d
@@ -473,8 +490,8 @@ func (tx *transaction) diskMatches(rel, digests string) (bool, error) {
 	return false, nil
 }
 
-func (tx *transaction) digestOf(rel string, algo rpm.Hash) (string, error) {
-	f, err := tx.root.OpenFile(rel, os.O_RDONLY|syscall.O_NOFOLLOW, 0)
+func (j *job) digestOf(rel string, algo rpm.Hash) (string, error) {
+	f, err := j.root.OpenFile(rel, os.O_RDONLY|syscall.O_NOFOLLOW, 0)
 	if err != nil {
 		return "", fmt.Errorf("read %s: %w", rel, err)
 	}
@@ -488,7 +505,7 @@ func (tx *transaction) digestOf(rel string, algo rpm.Hash) (string, error) {
 
 // commit renames the temporary files into place and sets the directories'
 // owners and modes, deepest first.
-func (tx *transaction) commit(sorted []*item) error {
+func (w *writer) commit(sorted []*item) error {
 	for _, it := range sorted {
 		if it.IsDir() || it.IsGhost() {
 			continue
@@ -496,16 +513,16 @@ func (tx *transaction) commit(sorted []*item) error {
 		switch {
 		case it.act == actKeep || it.inPlace:
 		case it.act == actRPMNew:
-			if err := tx.d.rename(it.tmp, it.rel+".rpmnew"); err != nil {
+			if err := w.d.rename(it.tmp, it.rel+".rpmnew"); err != nil {
 				return pathError("install", it.dest+".rpmnew", err)
 			}
 		default:
-			if err := tx.d.rename(it.tmp, it.rel); err != nil {
+			if err := w.d.rename(it.tmp, it.rel); err != nil {
 				// A directory where the new package has a file: only an
 				// empty one is replaced.
-				if st, serr := tx.d.lstat(it.rel); serr == nil && st.Mode&unix.S_IFMT == unix.S_IFDIR {
-					if rerr := tx.d.remove(it.rel); rerr == nil {
-						err = tx.d.rename(it.tmp, it.rel)
+				if st, serr := w.d.lstat(it.rel); serr == nil && st.Mode&unix.S_IFMT == unix.S_IFDIR {
+					if rerr := w.d.remove(it.rel); rerr == nil {
+						err = w.d.rename(it.tmp, it.rel)
 					}
 				}
 				if err != nil {
@@ -521,7 +538,7 @@ func (tx *transaction) commit(sorted []*item) error {
 	var errs []error
 	for i := len(sorted) - 1; i >= 0; i-- {
 		if it := sorted[i]; it.IsDir() && !it.IsGhost() {
-			errs = append(errs, tx.dirMeta(it))
+			errs = append(errs, w.dirMeta(it))
 		}
 	}
 	return errors.Join(errs...)
@@ -529,13 +546,13 @@ func (tx *transaction) commit(sorted []*item) error {
 
 // dirMeta sets the owner and mode of a package directory (its mtime was
 // set by makeDir), on the directory itself, opened through the root.
-func (tx *transaction) dirMeta(it *item) error {
-	fd, err := tx.d.fd(it.rel)
+func (w *writer) dirMeta(it *item) error {
+	fd, err := w.d.fd(it.rel)
 	if err != nil {
 		return pathError("chmod", it.dest, err)
 	}
-	uid, gid, perm := tx.meta(it)
-	if tx.chown {
+	uid, gid, perm := w.ids.meta(it)
+	if w.ids.chown {
 		if err := unix.Fchown(fd, uid, gid); err != nil {
 			return pathError("chown", it.dest, err)
 		}
@@ -550,92 +567,46 @@ func (tx *transaction) dirMeta(it *item) error {
 // not: files and links (an edited %config file is kept as .rpmsave, as
 // rpm does), then directories that are empty. Anything whose type changed
 // since is not the package's any more and is left alone.
-func (tx *transaction) removeStale(owned map[string]receiptFile) {
+func (j *job) removeStale(pl *plan, owned map[string]receiptFile) {
 	var dirs []string
 	for p, o := range owned {
-		if tx.findItem(p) != nil {
+		if pl.findItem(p) != nil {
 			continue
 		}
-		rel, err := tx.pathOf(p)
+		rel, err := j.pathOf(p)
 		if err != nil {
 			continue
 		}
-		st, err := tx.root.Lstat(rel)
+		st, err := j.root.Lstat(rel)
 		if err != nil {
 			continue
 		}
 		switch {
 		case o.Type == "dir" && st.IsDir():
 			dirs = append(dirs, rel)
-			continue
-		case o.Type == "symlink" && st.Mode()&fs.ModeSymlink != 0:
-		case o.Type == "file" && st.Mode().IsRegular():
-			if o.Config {
-				if match, err := tx.diskMatches(rel, o.Digest); err == nil && !match {
-					if err := tx.root.Rename(rel, rel+".rpmsave"); err == nil {
-						tx.log.Warn().Str("path", p).Str("saved", p+".rpmsave").Msg("modified config file no longer in the package, saved")
-					}
-					continue
-				}
-			}
-		default:
-			continue
-		}
-		if err := tx.root.Remove(rel); err != nil && !errors.Is(err, fs.ErrNotExist) {
-			tx.log.Warn().Err(err).Str("path", p).Msg("cannot remove old file")
+		case o.Type == "symlink" && st.Mode()&fs.ModeSymlink != 0,
+			o.Type == "file" && st.Mode().IsRegular():
+			j.removeOld(p, rel, o)
 		}
 	}
 	sort.Sort(sort.Reverse(sort.StringSlice(dirs)))
 	for _, d := range dirs {
-		_ = tx.root.Remove(d) // only an empty directory goes
+		_ = j.root.Remove(d) // only an empty directory goes
 	}
 }
 
-// syncfs flushes the root's file system once, so that the receipt never
-// exists before the files it describes are durable.
-func (tx *transaction) syncfs() error {
-	d, err := tx.root.Open(".")
-	if err != nil {
-		return fmt.Errorf("syncfs: %w", err)
-	}
-	defer d.Close()
-	if err := unix.Syncfs(int(d.Fd())); err != nil {
-		return fmt.Errorf("syncfs: %w", err)
-	}
-	return nil
-}
-
-// recordDisk stores, for each owned path, the size and mtime it has now,
-// after %post: what the next start's intact check compares. r.Files come
-// with the package's size and mtime; a regular file whose mtime a
-// scriptlet changed but not its size is read, to tell whether it still
-// has the package's content (sed -i that replaced nothing, say) and can
-// be restored from the payload when it goes missing.
-//
-// Without a %post, what the install wrote itself is as the package ships
-// it, which the receipt already says: only the rest is looked at.
-func (tx *transaction) recordDisk(r *receipt) {
-	for i := range r.Files {
-		f := &r.Files[i]
-		if !tx.postRan {
-			if it := tx.findItem(f.Path); it != nil && it.done && it.act == actWrite {
-				continue
+// removeOld removes a file or link the old package owned at p (rel in
+// the root); an edited %config file is kept as .rpmsave instead.
+func (j *job) removeOld(p, rel string, o receiptFile) {
+	if o.Type == "file" && o.Config {
+		if match, err := j.diskMatches(rel, o.Digest); err == nil && !match {
+			if err := j.root.Rename(rel, rel+".rpmsave"); err == nil {
+				j.log.Warn().Str("path", p).Str("saved", p+".rpmsave").Msg("modified config file no longer in the package, saved")
 			}
+			return
 		}
-		rel, err := tx.pathOf(f.Path)
-		var st unix.Stat_t
-		if err == nil {
-			st, err = tx.d.lstat(rel)
-		}
-		if err != nil {
-			// A scriptlet removed it: nothing a restore could reproduce.
-			f.Size, f.MTime = 0, 0
-			continue
-		}
-		if f.Type == "file" && st.Mode&unix.S_IFMT == unix.S_IFREG && st.Size == f.Size && st.Mtim.Nano() != f.MTime {
-			f.Shipped, _ = tx.diskMatches(rel, f.Digest)
-		}
-		f.Size = st.Size
-		f.MTime = st.Mtim.Nano()
+	}
+	if err := j.root.Remove(rel); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		j.log.Warn().Err(err).Str("path", p).Msg("cannot remove old file")
 	}
 }

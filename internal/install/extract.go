@@ -16,15 +16,15 @@ import (
 // hard link as a temporary file beside its destination. The archive
 // checks each entry against the header (digests included) before it
 // comes here; an item marked skip is checked and not written.
-func (tx *transaction) extract(ctx context.Context) error {
-	ar, err := tx.pkg.Open(tx.file)
+func (w *writer) extract(ctx context.Context, pl *plan) error {
+	ar, err := pl.pkg.Open(w.file)
 	if err != nil {
 		return err
 	}
 	defer ar.Close()
-	if !tx.cfg.NoSync {
-		fl, err := tx.startFlusher()
-		if err != nil {
+	var fl *flusher
+	if !w.cfg.NoSync {
+		if fl, err = w.startFlusher(); err != nil {
 			return err
 		}
 		defer fl.stop()
@@ -41,22 +41,22 @@ func (tx *transaction) extract(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		it := tx.items[e.Index]
+		it := pl.items[e.Index]
 		switch {
 		case it.skip || it.IsDir():
 		case it.IsSymlink():
-			err = tx.writeSymlink(it)
+			err = w.writeSymlink(it)
 		case e.Content:
-			err = tx.writeFile(ar, it, buf)
-			if tx.flusher != nil {
-				tx.flusher.wrote(it.Size)
+			err = w.writeFile(ar, it, buf)
+			if fl != nil {
+				fl.wrote(it.Size)
 			}
 		}
 		if err != nil {
 			return err
 		}
 	}
-	return tx.linkSets()
+	return w.linkSets(pl.items)
 }
 
 // flushEvery is how much an install writes before it has the file system
@@ -71,13 +71,12 @@ type flusher struct {
 	running chan struct{} // closed when the syncfs under way returns
 }
 
-func (tx *transaction) startFlusher() (*flusher, error) {
-	d, err := tx.root.Open(".")
+func (j *job) startFlusher() (*flusher, error) {
+	d, err := j.root.Open(".")
 	if err != nil {
 		return nil, fmt.Errorf("syncfs: %w", err)
 	}
-	tx.flusher = &flusher{dir: d}
-	return tx.flusher, nil
+	return &flusher{dir: d}, nil
 }
 
 // wrote counts n bytes written, and starts a syncfs every flushEvery
@@ -119,12 +118,20 @@ const writebackMin = 256 << 10
 // writeFile copies one entry's content to the temporary file of it and
 // sets owner, mode, capabilities and mtime. The content is checked as it
 // is read: a digest mismatch fails the copy.
-func (tx *transaction) writeFile(r io.Reader, it *item, buf []byte) error {
-	out, err := tx.d.create(it.tmp, !it.inPlace)
+func (w *writer) writeFile(r io.Reader, it *item, buf []byte) (err error) {
+	out, err := w.d.create(it.tmp, !it.inPlace)
 	if err != nil {
 		return pathError("create", it.dest, err)
 	}
+	defer func() {
+		// A failure, or a panic, leaves nothing of it.
+		if !it.done {
+			_ = out.Close()
+			_ = w.d.remove(it.tmp)
+		}
+	}()
 	_, err = io.CopyBuffer(out, r, buf)
+	step("write")
 	if err == nil && it.Size >= writebackMin {
 		// Start writing it to disk now, while the rest of the payload is
 		// decoded, rather than all at once in the syncfs before the
@@ -132,7 +139,7 @@ func (tx *transaction) writeFile(r io.Reader, it *item, buf []byte) error {
 		_ = unix.SyncFileRange(int(out.Fd()), 0, 0, unix.SYNC_FILE_RANGE_WRITE)
 	}
 	if err == nil {
-		err = tx.setMeta(out, it)
+		err = w.setMeta(out, it)
 	}
 	if err == nil {
 		ns := it.MTime * 1e9
@@ -145,7 +152,6 @@ func (tx *transaction) writeFile(r io.Reader, it *item, buf []byte) error {
 		err = fmt.Errorf("write %s: %w", it.dest, cerr)
 	}
 	if err != nil {
-		_ = tx.d.remove(it.tmp)
 		if errors.Is(err, rpm.ErrUnusable) {
 			return err
 		}
@@ -169,9 +175,9 @@ func futimens(fd int, ns int64) error {
 
 // setMeta sets owner, mode and capabilities on an open file, in rpm's
 // order: chown clears set-ID bits and capabilities.
-func (tx *transaction) setMeta(f *os.File, it *item) error {
-	uid, gid, perm := tx.meta(it)
-	if tx.chown {
+func (w *writer) setMeta(f *os.File, it *item) error {
+	uid, gid, perm := w.ids.meta(it)
+	if w.ids.chown {
 		if err := f.Chown(uid, gid); err != nil {
 			return err
 		}
@@ -179,10 +185,10 @@ func (tx *transaction) setMeta(f *os.File, it *item) error {
 	if err := unix.Fchmod(int(f.Fd()), perm); err != nil {
 		return err
 	}
-	if it.Caps == "" || !tx.chown {
+	if it.Caps == "" || !w.ids.chown {
 		return nil
 	}
-	value, err := rpm.CapabilityXattr(it.Caps, tx.capBits)
+	value, err := rpm.CapabilityXattr(it.Caps, w.ids.capBits)
 	if err != nil {
 		return err
 	}
@@ -192,17 +198,17 @@ func (tx *transaction) setMeta(f *os.File, it *item) error {
 	return nil
 }
 
-func (tx *transaction) writeSymlink(it *item) error {
-	if err := tx.d.symlink(it.LinkTo, it.tmp, !it.inPlace); err != nil {
+func (w *writer) writeSymlink(it *item) error {
+	if err := w.d.symlink(it.LinkTo, it.tmp, !it.inPlace); err != nil {
 		return pathError("create", it.dest, err)
 	}
-	if tx.chown {
-		uid, gid, _ := tx.meta(it)
-		if err := tx.d.lchown(it.tmp, uid, gid); err != nil {
+	if w.ids.chown {
+		uid, gid, _ := w.ids.meta(it)
+		if err := w.d.lchown(it.tmp, uid, gid); err != nil {
 			return pathError("chown", it.dest, err)
 		}
 	}
-	if err := tx.d.setTimes(it.tmp, it.MTime*1e9); err != nil {
+	if err := w.d.setTimes(it.tmp, it.MTime*1e9); err != nil {
 		return pathError("set times of", it.dest, err)
 	}
 	it.done = true
@@ -211,15 +217,15 @@ func (tx *transaction) writeSymlink(it *item) error {
 
 // linkSets gives every name of each hard link set the content written
 // for one of them, once the whole payload is through.
-func (tx *transaction) linkSets() error {
-	for i, it := range tx.items {
+func (w *writer) linkSets(items []*item) error {
+	for i, it := range items {
 		if !isHardlinked(it) || it.Links[0] != i {
 			continue // each set once, by its first name
 		}
 		var src *item
 		for _, j := range it.Links {
-			if tx.items[j].done {
-				src = tx.items[j]
+			if items[j].done {
+				src = items[j]
 				break
 			}
 		}
@@ -227,11 +233,11 @@ func (tx *transaction) linkSets() error {
 			continue // the whole set is skipped (a restore of other files)
 		}
 		for _, j := range it.Links {
-			dst := tx.items[j]
+			dst := items[j]
 			if dst.done || dst.skip {
 				continue
 			}
-			if err := tx.d.link(src.tmp, dst.tmp, !dst.inPlace); err != nil {
+			if err := w.d.link(src.tmp, dst.tmp, !dst.inPlace); err != nil {
 				return pathError("link", dst.dest, err)
 			}
 			dst.done = true

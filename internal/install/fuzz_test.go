@@ -56,10 +56,14 @@ func fuzzInstall(t *testing.T, data []byte, payloadless func(*rpm.Package)) {
 	}
 	defer root.Close()
 	cfg, _ := Config{RPM: rpmPath, Root: rootDir, Prefix: "/opt/avamar", MaxSize: 16 << 20, NoScripts: true, NoSync: true}.withDefaults()
-	tx := &transaction{cfg: cfg, log: zerolog.Nop(), root: root, file: f, pkg: p, ver: rpm.Verification{SHA256: "fuzz"}}
-	err = tx.plan()
+	j := &job{cfg: cfg, log: zerolog.Nop(), root: root, file: f}
+	pl, err := makePlan(p, cfg, j.log)
+	var done *applied
 	if err == nil {
-		_, err = tx.apply(context.Background())
+		done, err = j.apply(context.Background(), pl, state{}, &check{v: rpm.Verification{SHA256: "fuzz"}})
+	}
+	if err == nil {
+		_, err = j.record(pl, done)
 	}
 	if err != nil && !errors.Is(err, ErrUnusable) {
 		t.Fatalf("install: %v is not ErrUnusable", err)

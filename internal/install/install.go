@@ -4,12 +4,15 @@
 // Reading and checking the package is internal/rpm's: its headers and
 // file list before anything is written, every digest it carries (header
 // SHA-256, payload digest, or the legacy MD5), and each payload entry
-// against the header (type, size, digest) as it is read. This package is
-// the transaction that writes the root. It reads the payload once and
-// writes each file as a temporary file next to its destination when
-// something is there, renamed into place only when the whole payload has
-// checked out, and in place where nothing was (undone on a failure); so a
-// bad package leaves the previous installation untouched. Where nothing is
+// against the header (type, size, digest) as it is read. This package
+// writes the root, in phases that hand each other what they made: read
+// the state dir, read and verify the package, plan where every file goes,
+// apply, record the receipt (or restore what is missing). It reads the
+// payload once and writes each file as a temporary file next to its
+// destination when something is there, renamed into place only when the
+// whole payload has checked out, and in place where nothing was (undone
+// on a failure); so a bad package leaves the previous installation
+// untouched. Where nothing is
 // installed to compare the package with, its payload digest is checked
 // while the payload is extracted (its header, scriptlets included, first),
 // and the first change that is not undone waits for it.
@@ -33,6 +36,12 @@
 // payload cannot reproduce (a scriptlet edited it), makes a full install
 // with scriptlets, as it did before: only that restores a file whose
 // content nobody can vouch for.
+//
+// A panic while installing (in the installer, a library it calls, or the
+// goroutine that verifies the package) is an install error that matches
+// ErrInternal and not ErrUnusable, never the end of the process: it is
+// undone or repaired as any other failure at that point, and the receipt
+// is not written, so the next start installs again.
 //
 // Upgrades follow rpm: files the old package owned and the new one does
 // not are removed, modified %config files are kept (the new one is written
@@ -76,7 +85,9 @@ import (
 	"os"
 	"path"
 	"path/filepath"
+	"runtime/debug"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/avsidecar/avsidecar/internal/rpm"
@@ -187,6 +198,16 @@ func (c Config) withDefaults() (Config, error) {
 	return c, nil
 }
 
+// ErrInternal is matched (errors.Is) by the error of an install that
+// panicked: in the installer, a library it calls or one of its goroutines.
+// That is a defect of the installer, not proof that the package is bad, so
+// it does not match ErrUnusable: avsidecar exits 1, and the next start
+// installs again. Nothing half-written passes for installed: the receipt
+// is not written, what was not yet in place is undone as after any
+// failure, and once files are in place the journal has the next start
+// install again.
+var ErrInternal = errors.New("internal error")
+
 // Install installs cfg.RPM under cfg.Root unless the receipt in the state
 // dir says this very file is already installed at this prefix. Then, when
 // the installed files are still there, it returns at once with
@@ -199,7 +220,7 @@ func Install(ctx context.Context, cfg Config, log zerolog.Logger) (Result, error
 	if err != nil {
 		return Result{}, err
 	}
-	res, err := install(ctx, cfg, log)
+	res, err := installSafely(ctx, cfg, log)
 	res.Duration = time.Since(start)
 	switch {
 	case err != nil && cfg.Root != "/":
@@ -211,133 +232,158 @@ func Install(ctx context.Context, cfg Config, log zerolog.Logger) (Result, error
 	return res, nil
 }
 
+// installSafely is install with a panic turned into an error that matches
+// ErrInternal: the process (PID 1 in a pod) outlives a bug. By the time it
+// recovers, every deferred cleanup of the phases has run, as after an
+// error. Its stack goes to the log, for the bug report.
+func installSafely(ctx context.Context, cfg Config, log zerolog.Logger) (res Result, err error) {
+	defer func() {
+		if v := recover(); v != nil {
+			res, err = Result{}, panicError(v, log)
+		}
+	}()
+	return install(ctx, cfg, log)
+}
+
+// panicError makes the error of a recovered panic. The panic's value is
+// only quoted, never wrapped: an error it carries must not make the
+// install look like one that failed on its own terms (ErrUnusable).
+func panicError(v any, log zerolog.Logger) error {
+	log.Error().Str("panic", fmt.Sprint(v)).Str("stack", string(debug.Stack())).Msg("installer panicked")
+	return fmt.Errorf("%w: %v", ErrInternal, v)
+}
+
+// stepHook, when a test sets it, is called at the named steps of an
+// install (step), on whichever goroutine is there: a seam to make one
+// panic. Unset otherwise.
+var stepHook atomic.Pointer[func(name string)]
+
+func step(name string) {
+	if h := stepHook.Load(); h != nil {
+		(*h)(name)
+	}
+}
+
+// install is the whole install, phase by phase: read the state dir, read
+// and verify the package, plan, then apply and record (or restore what is
+// missing). Each phase takes what it needs and returns what it made.
 func install(ctx context.Context, cfg Config, log zerolog.Logger) (Result, error) {
-	f, err := os.Open(cfg.RPM)
+	j, err := openJob(cfg, log)
 	if err != nil {
-		return Result{}, fmt.Errorf("open rpm: %w", err)
+		return Result{}, err
 	}
-	defer f.Close()
-	st, err := f.Stat()
-	if err != nil {
-		return Result{}, fmt.Errorf("stat rpm: %w", err)
-	}
-	if !st.Mode().IsRegular() {
-		return Result{}, unusable("not a regular file")
-	}
-	if err := os.MkdirAll(cfg.Root, 0o755); err != nil {
-		return Result{}, fmt.Errorf("create root: %w", err)
-	}
-	root, err := os.OpenRoot(cfg.Root)
-	if err != nil {
-		return Result{}, fmt.Errorf("open root: %w", err)
-	}
-	defer root.Close()
-	tx := &transaction{cfg: cfg, log: log, root: root, file: f, fp: fingerprintOf(st)}
+	defer j.close()
 
 	// The fast path: this very file (same identity, size, times) was
 	// installed here and its files are still in place. Nothing is read but
 	// the receipt and a stat per owned file; the RPM is read only when a
 	// file is missing or changed.
-	tx.loadState()
-	if tx.current() && tx.old.RPM == tx.fp {
-		if missing, intact := tx.inspect(tx.old); intact && len(missing) == 0 {
-			return nothingToDo(tx.old, log), nil
-		}
+	if st := j.readState(); j.unchanged(st) {
+		return nothingToDo(st.old, log), nil
 	}
-
 	// Installs into one root take turns. The lock is on the root directory
 	// itself, so taking it writes nothing; the receipt is read again once
 	// it is held, as another process may just have installed this file.
-	unlock, err := lockRoot(ctx, root)
+	unlock, err := lockRoot(ctx, j.root)
 	if err != nil {
 		return Result{}, err
 	}
 	defer unlock()
-	if err := tx.clearStateDebris(); err != nil {
+	if err := j.clearStateDebris(); err != nil {
 		return Result{}, err
 	}
-	tx.loadState()
-	if tx.current() && tx.old.RPM == tx.fp {
-		if missing, intact := tx.inspect(tx.old); intact && len(missing) == 0 {
-			return nothingToDo(tx.old, log), nil
-		}
+	st := j.readState()
+	if j.unchanged(st) {
+		return nothingToDo(st.old, log), nil
 	}
 
-	p, err := rpm.Read(f, st.Size())
+	pkg, chk, err := j.readPackage(st)
 	if err != nil {
 		return Result{}, err
 	}
-	tx.pkg = p
-	if len(p.Signatures) > 0 {
-		log.Warn().Strs("signatures", p.Signatures).Msg("package is signed but its signature is not checked: no keyring")
+	missing, intact := j.missing(st, chk)
+	if intact && len(missing) == 0 {
+		return nothingToDo(st.old, log), nil
 	}
-	trusted, err := p.VerifyHeader()
+	pl, err := makePlan(pkg, cfg, log)
 	if err != nil {
-		return Result{}, err
-	}
-	if trusted && !tx.current() {
-		// Nothing installed here to compare the package with: its payload
-		// is verified while it is extracted, and commit waits for that.
-		// (Its header, scriptlets included, is verified already.)
-		tx.verifyLater()
-		if err := tx.plan(); err != nil {
-			return Result{}, err
-		}
-		rc, err := tx.apply(ctx)
-		if err != nil {
-			return Result{}, err
-		}
-		return rc.result(true), nil
-	}
-	if err := tx.verify(); err != nil {
-		return Result{}, err
-	}
-	var missing []receiptFile
-	intact := false
-	if tx.current() && tx.old.SHA256 == tx.ver.SHA256 {
-		if missing, intact = tx.inspect(tx.old); intact && len(missing) == 0 {
-			return nothingToDo(tx.old, log), nil
-		}
-	}
-
-	if err := tx.plan(); err != nil {
 		return Result{}, err
 	}
 	if intact {
 		// Only missing files: restore them, unless the install left one
 		// as something the payload cannot reproduce.
-		if items := tx.restorable(missing); items != nil {
-			n, err := tx.restore(ctx, items)
-			if err != nil {
-				return Result{}, err
-			}
-			log.Info().Str("name", tx.old.Name).Str("version", tx.old.Version+"-"+tx.old.Release).Str("sha256", tx.old.SHA256).
-				Int("restored", n).Msg("receipt matches, missing files restored")
-			res := tx.old.result(false)
-			res.Restored = n
-			return res, nil
+		if items := restorable(pl, missing, log); items != nil {
+			return j.restore(ctx, pl, items, st.old)
 		}
 	}
-	rc, err := tx.apply(ctx)
+	done, err := j.apply(ctx, pl, st, chk)
+	if err != nil {
+		return Result{}, err
+	}
+	rc, err := j.record(pl, done)
 	if err != nil {
 		return Result{}, err
 	}
 	return rc.result(true), nil
 }
 
-// current reports whether the receipt is for this prefix and no install
-// was interrupted since.
-func (tx *transaction) current() bool {
-	return tx.old != nil && tx.pending == nil && tx.old.Prefix == tx.cfg.Prefix && !tx.stateDebris()
+// job is what one install was asked and what it opened: the package
+// file it reads and the root it writes. None of it changes while the
+// install runs (resolved only remembers lookups); what a phase makes, the
+// phase returns.
+type job struct {
+	cfg  Config
+	log  zerolog.Logger
+	file *os.File    // the package
+	fp   fingerprint // of file, as opened
+	root *os.Root
+	// resolved remembers directories of the root, their symlinks
+	// followed (dirOf).
+	resolved resolver
+}
+
+// openJob opens the package file and the root, made if need be.
+func openJob(cfg Config, log zerolog.Logger) (*job, error) {
+	f, err := os.Open(cfg.RPM)
+	if err != nil {
+		return nil, fmt.Errorf("open rpm: %w", err)
+	}
+	root, fp, err := func() (*os.Root, fingerprint, error) {
+		st, err := f.Stat()
+		if err != nil {
+			return nil, fingerprint{}, fmt.Errorf("stat rpm: %w", err)
+		}
+		if !st.Mode().IsRegular() {
+			return nil, fingerprint{}, unusable("not a regular file")
+		}
+		if err := os.MkdirAll(cfg.Root, 0o755); err != nil {
+			return nil, fingerprint{}, fmt.Errorf("create root: %w", err)
+		}
+		root, err := os.OpenRoot(cfg.Root)
+		if err != nil {
+			return nil, fingerprint{}, fmt.Errorf("open root: %w", err)
+		}
+		return root, fingerprintOf(st), nil
+	}()
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	return &job{cfg: cfg, log: log, file: f, fp: fp, root: root}, nil
+}
+
+func (j *job) close() {
+	j.root.Close()
+	j.file.Close()
 }
 
 // stateDebris reports whether a kill left the temporary file of a receipt
 // or journal behind. Such a root is not current: the install takes the lock
 // and clears it (clearStateDebris) before it looks again.
-func (tx *transaction) stateDebris() bool {
+func (j *job) stateDebris() bool {
 	for _, name := range []string{receiptName, journalName} {
 		for _, suffix := range tmpSuffixes {
-			if _, err := tx.root.Lstat(tx.statePath(name + suffix)); err == nil {
+			if _, err := j.root.Lstat(j.statePath(name + suffix)); err == nil {
 				return true
 			}
 		}
@@ -347,63 +393,14 @@ func (tx *transaction) stateDebris() bool {
 
 // clearStateDebris removes what stateDebris finds; only under the root lock,
 // where no other install can be writing those files.
-func (tx *transaction) clearStateDebris() error {
+func (j *job) clearStateDebris() error {
 	for _, name := range []string{receiptName, journalName} {
 		for _, suffix := range tmpSuffixes {
-			if err := tx.root.Remove(tx.statePath(name + suffix)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			if err := j.root.Remove(j.statePath(name + suffix)); err != nil && !errors.Is(err, fs.ErrNotExist) {
 				return fmt.Errorf("remove interrupted %s: %w", name, err)
 			}
 		}
 	}
-	return nil
-}
-
-// verify checks every digest of the package (rpm.Verify), reading it
-// whole.
-func (tx *transaction) verify() error {
-	v, err := tx.pkg.Verify(tx.file)
-	if err != nil {
-		return err
-	}
-	tx.ver = v
-	tx.logVerified()
-	return nil
-}
-
-func (tx *transaction) logVerified() {
-	p, v := tx.pkg, tx.ver
-	tx.log.Info().Str("name", p.Name).Str("version", p.Version+"-"+p.Release).Str("arch", p.Arch).
-		Str("sha256", v.SHA256).Strs("verified", v.Checked).Str("compression", p.Compressor).Msg("package verified")
-}
-
-// verifyLater starts rpm.Verify on its own goroutine, for verified to
-// wait on.
-func (tx *transaction) verifyLater() {
-	done := make(chan verifyResult, 1)
-	tx.verifying = done
-	go func() {
-		v, err := tx.pkg.Verify(tx.file)
-		done <- verifyResult{v, err}
-	}()
-}
-
-type verifyResult struct {
-	v   rpm.Verification
-	err error
-}
-
-// verified waits for the verification verifyLater started, if any.
-func (tx *transaction) verified() error {
-	if tx.verifying == nil {
-		return nil
-	}
-	r := <-tx.verifying
-	tx.verifying = nil
-	if r.err != nil {
-		return r.err
-	}
-	tx.ver = r.v
-	tx.logVerified()
 	return nil
 }
 

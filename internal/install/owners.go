@@ -22,20 +22,23 @@ type idMap struct {
 	users, groups map[string]int
 	log           zerolog.Logger
 	once          sync.Map // names already warned about
+	chown         bool     // the process may change owners and capabilities (runs as root)
+	capBits       int      // capabilities the kernel knows, for "all" in %caps
 }
 
-// loadIDs reads the root's owners and groups.
-func (tx *transaction) loadIDs() {
-	tx.ids = &idMap{
-		users:  readIDs(tx.root, "etc/passwd"),
-		groups: readIDs(tx.root, "etc/group"),
-		log:    tx.log,
+// loadIDs reads the root's owners and groups, and warns when the
+// capabilities of items cannot be set.
+func (j *job) loadIDs(items []*item) *idMap {
+	m := &idMap{
+		users:   readIDs(j.root, "etc/passwd"),
+		groups:  readIDs(j.root, "etc/group"),
+		log:     j.log,
+		chown:   os.Geteuid() == 0,
+		capBits: rpm.KernelCapBits(),
 	}
-	tx.chown = os.Geteuid() == 0
-	tx.capBits = rpm.KernelCapBits()
-	if !tx.chown {
+	if !m.chown {
 		n := 0
-		for _, it := range tx.items {
+		for _, it := range items {
 			if it.Caps != "" && !it.IsGhost() {
 				n++
 			}
@@ -43,9 +46,10 @@ func (tx *transaction) loadIDs() {
 		if n > 0 {
 			// rpm skips them without a word; an agent that needs
 			// cap_net_raw would fail later and far from here.
-			tx.log.Warn().Int("files", n).Msg("file capabilities not set: setting them needs root")
+			j.log.Warn().Int("files", n).Msg("file capabilities not set: setting them needs root")
 		}
 	}
+	return m
 }
 
 // readIDs reads name:x:id lines; a missing file is an empty map.
@@ -95,8 +99,8 @@ func (m *idMap) id(ids map[string]int, name, kind string) (int, bool) {
 // the root, and its permission bits. As with rpm (rpmfilesStat), a file
 // whose owner is unknown loses its setuid bit, and one whose group is
 // unknown its setgid bit: they would be root's.
-func (tx *transaction) meta(it *item) (uid, gid int, perm uint32) {
-	uid, gid, userKnown, groupKnown := tx.ids.lookup(it.User, it.Group)
+func (m *idMap) meta(it *item) (uid, gid int, perm uint32) {
+	uid, gid, userKnown, groupKnown := m.lookup(it.User, it.Group)
 	perm = it.Mode & 0o7777
 	if !userKnown {
 		perm &^= unix.S_ISUID

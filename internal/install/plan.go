@@ -2,7 +2,6 @@ package install
 
 import (
 	"fmt"
-	"os"
 	"path"
 	"slices"
 	"sort"
@@ -12,47 +11,17 @@ import (
 	"github.com/rs/zerolog"
 )
 
-// transaction is one install into one root: what it was asked, the open
-// root and package, what the package's files become in the root, what
-// was installed before, and what this install has changed so far.
-type transaction struct {
-	cfg  Config
-	log  zerolog.Logger
-	root *os.Root
-	file *os.File // the package file
-	fp   fingerprint
-
-	// The package, once read and verified; while verifying is not nil, a
-	// goroutine is verifying it (verifyLater).
-	pkg       *rpm.Package
-	ver       rpm.Verification
-	verifying chan verifyResult
-
-	// The plan: the package's files relocated and checked.
+// plan is what the package's files become in the root: relocated,
+// checked, in header and in path order. makePlan makes it from the
+// package alone; apply and restore then fill in each item's place in the
+// root and what they did with it.
+type plan struct {
+	pkg      *rpm.Package
 	from, to string   // relocation; from is "" for a package without prefixes
 	items    []*item  // header order: items[i] is pkg.Files[i]
 	sorted   []*item  // by destination path
 	prefixes []string // every package prefix after relocation, for RPM_INSTALL_PREFIXn
 	bytes    int64    // sum of the regular file sizes
-
-	// What is installed: the receipt, and the journal of an interrupted
-	// install.
-	old, pending *receipt
-
-	resolved resolver // directories of the root, their symlinks followed
-	d        *dirs    // directories of the root kept open, from prepare on
-	flusher  *flusher // the background syncfs of extract, while it runs
-
-	ids     *idMap // owners and groups of the root
-	chown   bool   // the process may change owners and capabilities (runs as root)
-	capBits int    // capabilities the kernel knows, for "all" in %caps
-	// postRan says a %post process ran: it may have changed any file.
-	postRan bool
-	// created lists the directories this install made, parents first, so
-	// that a failure before the first rename can take them away again;
-	// madeHere has them too, to look them up.
-	created  []string
-	madeHere map[string]bool
 }
 
 // item is one file of the package and what the install does with it.
@@ -99,77 +68,96 @@ var tmpSuffixes = []string{tmpSuffix, oldTmpSuffix}
 // bytes to the 255 a name may have.
 const maxName = 255 - 9
 
-// plan relocates the package's paths and refuses any that would be unsafe:
-// duplicates, paths below a non-directory, paths in the state dir, sizes
-// beyond the limit.
-func (tx *transaction) plan() error {
-	p := tx.pkg
-	tx.to = tx.cfg.Prefix
-	switch {
-	case tx.cfg.From != "":
-		if !slices.Contains(p.Prefixes, tx.cfg.From) {
-			return unusable("package is not relocatable from %s (prefixes: %v)", tx.cfg.From, p.Prefixes)
-		}
-		tx.from = tx.cfg.From
-	case len(p.Prefixes) == 1:
-		tx.from = p.Prefixes[0]
-	case len(p.Prefixes) == 0:
-		tx.log.Warn().Str("prefix", tx.cfg.Prefix).Msg("package is not relocatable: installing its paths as they are")
-	default:
-		if tx.from = clientPrefix(p); tx.from == "" {
-			return unusable("package has several prefixes %v, and none is %s or holds bin/avagent.bin: which one is the client's, to relocate to %s, cannot be told",
-				p.Prefixes, clientDefaultPrefix, tx.cfg.Prefix)
-		}
-		tx.log.Info().Strs("prefixes", p.Prefixes).Str("relocated", tx.from).Msg("package has several prefixes: relocating the client's")
+// makePlan relocates the package's paths and refuses any that would be
+// unsafe: duplicates, paths below a non-directory, paths in the state dir,
+// sizes beyond the limit.
+func makePlan(p *rpm.Package, cfg Config, log zerolog.Logger) (*plan, error) {
+	from, prefixes, err := relocation(p, cfg, log)
+	if err != nil {
+		return nil, err
 	}
-	for _, pre := range p.Prefixes {
-		if pre == tx.from {
-			tx.prefixes = append(tx.prefixes, tx.to)
-		} else {
-			tx.prefixes = append(tx.prefixes, pre)
-		}
-	}
-
+	pl := &plan{pkg: p, from: from, to: cfg.Prefix, prefixes: prefixes}
 	byDest := make(map[string]*item, len(p.Files))
-	tx.items = make([]*item, len(p.Files))
+	pl.items = make([]*item, len(p.Files))
 	for i := range p.Files {
 		f := &p.Files[i]
-		dest := relocate(f.Path, tx.from, tx.to)
-		if err := checkPath(dest); err != nil && !(dest == "/" && f.IsDir()) {
-			return unusable("relocated %w", err)
-		}
-		for _, suffix := range tmpSuffixes {
-			if strings.HasSuffix(dest, suffix) {
-				return unusable("%s: reserved name", dest)
-			}
-		}
-		if dest == tx.cfg.StateDir || strings.HasPrefix(dest, tx.cfg.StateDir+"/") {
-			return unusable("%s lies in the installer's state dir %s", dest, tx.cfg.StateDir)
+		dest := relocate(f.Path, pl.from, pl.to)
+		if err := checkDest(dest, f, cfg.StateDir); err != nil {
+			return nil, err
 		}
 		if byDest[dest] != nil {
-			return unusable("duplicate entry %s", dest)
+			return nil, unusable("duplicate entry %s", dest)
 		}
 		it := &item{File: f, dest: dest, rel: strings.TrimPrefix(dest, "/")}
 		it.tmp = it.rel + tmpSuffix
 		byDest[dest] = it
-		tx.items[i] = it
+		pl.items[i] = it
 		// A hard link set's content is written once, with its last name.
 		if f.IsReg() && !f.IsGhost() && (len(f.Links) == 0 || f.Links[len(f.Links)-1] == i) {
-			if f.Size > tx.cfg.MaxSize || tx.bytes+f.Size > tx.cfg.MaxSize {
-				return unusable("package claims more than the %d bytes allowed", tx.cfg.MaxSize)
+			if f.Size > cfg.MaxSize || pl.bytes+f.Size > cfg.MaxSize {
+				return nil, unusable("package claims more than the %d bytes allowed", cfg.MaxSize)
 			}
-			tx.bytes += f.Size
+			pl.bytes += f.Size
 		}
 	}
-	for _, it := range tx.items {
+	for _, it := range pl.items {
 		for d := path.Dir(it.dest); d != "/"; d = path.Dir(d) {
 			if a := byDest[d]; a != nil && !a.IsDir() {
-				return unusable("%s lies below %s, which is not a directory", it.dest, d)
+				return nil, unusable("%s lies below %s, which is not a directory", it.dest, d)
 			}
 		}
 	}
-	tx.sorted = append([]*item(nil), tx.items...)
-	sort.Slice(tx.sorted, func(i, j int) bool { return tx.sorted[i].dest < tx.sorted[j].dest })
+	pl.sorted = append([]*item(nil), pl.items...)
+	sort.Slice(pl.sorted, func(i, j int) bool { return pl.sorted[i].dest < pl.sorted[j].dest })
+	return pl, nil
+}
+
+// relocation decides which package prefix is relocated to cfg.Prefix:
+// cfg.From, or the package's only prefix, or of several the client's; ""
+// for a package without prefixes. prefixes lists every package prefix as
+// it ends up.
+func relocation(p *rpm.Package, cfg Config, log zerolog.Logger) (from string, prefixes []string, err error) {
+	switch {
+	case cfg.From != "":
+		if !slices.Contains(p.Prefixes, cfg.From) {
+			return "", nil, unusable("package is not relocatable from %s (prefixes: %v)", cfg.From, p.Prefixes)
+		}
+		from = cfg.From
+	case len(p.Prefixes) == 1:
+		from = p.Prefixes[0]
+	case len(p.Prefixes) == 0:
+		log.Warn().Str("prefix", cfg.Prefix).Msg("package is not relocatable: installing its paths as they are")
+	default:
+		if from = clientPrefix(p); from == "" {
+			return "", nil, unusable("package has several prefixes %v, and none is %s or holds bin/avagent.bin: which one is the client's, to relocate to %s, cannot be told",
+				p.Prefixes, clientDefaultPrefix, cfg.Prefix)
+		}
+		log.Info().Strs("prefixes", p.Prefixes).Str("relocated", from).Msg("package has several prefixes: relocating the client's")
+	}
+	for _, pre := range p.Prefixes {
+		if pre == from {
+			pre = cfg.Prefix
+		}
+		prefixes = append(prefixes, pre)
+	}
+	return from, prefixes, nil
+}
+
+// checkDest refuses a relocated path the install must not write: unsafe
+// (checkPath; but the root itself as a directory), with the name of a
+// temporary file, or in the installer's state dir.
+func checkDest(dest string, f *rpm.File, stateDir string) error {
+	if err := checkPath(dest); err != nil && !(dest == "/" && f.IsDir()) {
+		return unusable("relocated %w", err)
+	}
+	for _, suffix := range tmpSuffixes {
+		if strings.HasSuffix(dest, suffix) {
+			return unusable("%s: reserved name", dest)
+		}
+	}
+	if dest == stateDir || strings.HasPrefix(dest, stateDir+"/") {
+		return unusable("%s lies in the installer's state dir %s", dest, stateDir)
+	}
 	return nil
 }
 
@@ -223,10 +211,10 @@ func relocate(p, from, to string) string {
 }
 
 // findItem returns the item installed at dest, or nil.
-func (tx *transaction) findItem(dest string) *item {
-	i := sort.Search(len(tx.sorted), func(i int) bool { return tx.sorted[i].dest >= dest })
-	if i < len(tx.sorted) && tx.sorted[i].dest == dest {
-		return tx.sorted[i]
+func (pl *plan) findItem(dest string) *item {
+	i := sort.Search(len(pl.sorted), func(i int) bool { return pl.sorted[i].dest >= dest })
+	if i < len(pl.sorted) && pl.sorted[i].dest == dest {
+		return pl.sorted[i]
 	}
 	return nil
 }

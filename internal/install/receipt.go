@@ -84,10 +84,10 @@ func (r *receipt) result(changed bool) Result {
 
 // statePath is where a file of the state dir is in the root (the root's
 // symlinks followed).
-func (tx *transaction) statePath(name string) string {
-	dir, err := tx.dirOf(tx.cfg.StateDir)
+func (j *job) statePath(name string) string {
+	dir, err := j.dirOf(j.cfg.StateDir)
 	if err != nil {
-		dir = tx.cfg.StateDir[1:] // os.Root says what is wrong with it
+		dir = j.cfg.StateDir[1:] // os.Root says what is wrong with it
 	}
 	if name == "" {
 		return dir
@@ -95,27 +95,48 @@ func (tx *transaction) statePath(name string) string {
 	return relJoin(dir, name)
 }
 
-// loadState reads the receipt and the journal of an interrupted install
-// (old and pending).
+// state is what the state dir says: the receipt of what is installed
+// (old) and the journal of an install that did not finish (pending).
+type state struct {
+	old, pending *receipt
+	// current says the receipt is for this prefix and no install was
+	// interrupted since.
+	current bool
+}
+
+// readState reads the receipt and the journal of an interrupted install.
 // An unreadable one counts as absent: the install is redone, which is
 // always safe.
-func (tx *transaction) loadState() {
+func (j *job) readState() state {
 	read := func(name string) *receipt {
-		b, err := tx.root.ReadFile(tx.statePath(name))
+		b, err := j.root.ReadFile(j.statePath(name))
 		if err != nil {
 			if !errors.Is(err, fs.ErrNotExist) {
-				tx.log.Warn().Err(err).Str("file", name).Msg("unreadable install state, installing again")
+				j.log.Warn().Err(err).Str("file", name).Msg("unreadable install state, installing again")
 			}
 			return nil
 		}
 		var r receipt
 		if err := json.Unmarshal(b, &r); err != nil || r.Format != receiptV {
-			tx.log.Warn().Str("file", name).Msg("unreadable install state, installing again")
+			j.log.Warn().Str("file", name).Msg("unreadable install state, installing again")
 			return nil
 		}
 		return &r
 	}
-	tx.old, tx.pending = read(receiptName), read(journalName)
+	st := state{old: read(receiptName), pending: read(journalName)}
+	st.current = st.old != nil && st.pending == nil && st.old.Prefix == j.cfg.Prefix && !j.stateDebris()
+	return st
+}
+
+// unchanged reports whether this very file (by its fingerprint) is
+// installed here, its files in place as the install left them: then there
+// is nothing to do.
+func (j *job) unchanged(st state) bool {
+	if !st.current || st.old.RPM != j.fp {
+		return false
+	}
+	missing, intact := j.inspect(st.old)
+	return intact && len(missing) == 0
 }
 
 // inspect compares every file the receipt lists with the disk. In
@@ -129,7 +150,7 @@ func (tx *transaction) loadState() {
 // full install repairs that. Otherwise missing lists the absent files,
 // parents before children, which a restore from the payload can put
 // back. Modified %config files count as intact; rpm would keep them too.
-func (tx *transaction) inspect(r *receipt) (missing []receiptFile, intact bool) {
+func (j *job) inspect(r *receipt) (missing []receiptFile, intact bool) {
 	// fstatat relative to each parent directory, opened once (through the
 	// root, its symlinks followed): a start with a matching receipt is a
 	// stat per owned file and little else.
@@ -148,16 +169,16 @@ func (tx *transaction) inspect(r *receipt) (missing []receiptFile, intact bool) 
 		parent, base := path.Split(f.Path)
 		fd, ok := dirs[parent]
 		if !ok {
-			rp, err := tx.dirOf(parent)
+			rp, err := j.dirOf(parent)
 			var d *os.File
 			if err == nil {
-				d, err = tx.root.Open(rp)
+				d, err = j.root.Open(rp)
 			}
 			switch {
 			case errors.Is(err, fs.ErrNotExist):
 				fd = absent
 			case err != nil:
-				tx.log.Info().Err(err).Str("path", parent).Msg("installed directory unusable, installing again")
+				j.log.Info().Err(err).Str("path", parent).Msg("installed directory unusable, installing again")
 				return nil, false
 			default:
 				open = append(open, d)
@@ -174,54 +195,60 @@ func (tx *transaction) inspect(r *receipt) (missing []receiptFile, intact bool) 
 			missing = append(missing, f)
 			continue
 		} else if err != nil {
-			tx.log.Info().Err(err).Str("path", f.Path).Msg("installed file unusable, installing again")
+			j.log.Info().Err(err).Str("path", f.Path).Msg("installed file unusable, installing again")
 			return nil, false
 		}
-		ok = true
-		switch f.Type {
-		case "dir":
-			ok = st.Mode&unix.S_IFMT == unix.S_IFDIR
-			if st.Mode&unix.S_IFMT == unix.S_IFLNK {
-				// An operator's link to a directory (var/ on a volume,
-				// say) stands for the directory, as at install.
-				rd, err := tx.dirOf(f.Path)
-				if err == nil {
-					info, serr := tx.root.Stat(rd)
-					ok = serr == nil && info.IsDir()
-				}
-			}
-		case "symlink":
-			ok = st.Mode&unix.S_IFMT == unix.S_IFLNK
-			if ok {
-				buf := make([]byte, len(f.Link)+1)
-				n, err := unix.Readlinkat(fd, base, buf)
-				ok = err == nil && string(buf[:n]) == f.Link
-			}
-		case "file":
-			ok = st.Mode&unix.S_IFMT == unix.S_IFREG && (f.Config || st.Size == f.Size && st.Mtim.Nano() == f.MTime)
-		}
-		if !ok {
-			tx.log.Info().Str("path", f.Path).Msg("installed file changed, installing again")
+		if !j.asLeft(f, fd, base, &st) {
+			j.log.Info().Str("path", f.Path).Msg("installed file changed, installing again")
 			return nil, false
 		}
 	}
 	return missing, true
 }
 
+// asLeft reports whether f, base in the directory fd with the status st,
+// is as the install left it: the same type, a symlink's target, a
+// regular file's size and mtime (any for a %config file).
+func (j *job) asLeft(f receiptFile, fd int, base string, st *unix.Stat_t) bool {
+	switch f.Type {
+	case "dir":
+		if st.Mode&unix.S_IFMT == unix.S_IFLNK {
+			// An operator's link to a directory (var/ on a volume,
+			// say) stands for the directory, as at install.
+			rd, err := j.dirOf(f.Path)
+			if err == nil {
+				info, serr := j.root.Stat(rd)
+				return serr == nil && info.IsDir()
+			}
+		}
+		return st.Mode&unix.S_IFMT == unix.S_IFDIR
+	case "symlink":
+		if st.Mode&unix.S_IFMT != unix.S_IFLNK {
+			return false
+		}
+		buf := make([]byte, len(f.Link)+1)
+		n, err := unix.Readlinkat(fd, base, buf)
+		return err == nil && string(buf[:n]) == f.Link
+	case "file":
+		return st.Mode&unix.S_IFMT == unix.S_IFREG && (f.Config || st.Size == f.Size && st.Mtim.Nano() == f.MTime)
+	}
+	return true
+}
+
 // writeState writes a receipt or the journal atomically: a temporary file,
 // fsync, rename, fsync of the directory.
-func (tx *transaction) writeState(name string, r *receipt) error {
+func (j *job) writeState(name string, r *receipt) error {
 	b, err := json.Marshal(r)
 	if err != nil {
 		return fmt.Errorf("encode %s: %w", name, err)
 	}
-	dir := tx.statePath("")
-	if err := tx.root.MkdirAll(dir, 0o755); err != nil {
-		return fmt.Errorf("create state dir %s: %w", tx.cfg.StateDir, err)
+	dir := j.statePath("")
+	if err := j.root.MkdirAll(dir, 0o755); err != nil {
+		return fmt.Errorf("create state dir %s: %w", j.cfg.StateDir, err)
 	}
-	tmp := tx.statePath(name + tmpSuffix)
-	_ = tx.root.Remove(tmp)
-	f, err := tx.root.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
+	tmp := j.statePath(name + tmpSuffix)
+	_ = j.root.Remove(tmp)
+	f, err := j.root.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
 	if err != nil {
 		return fmt.Errorf("write %s: %w", name, err)
 	}
@@ -233,16 +260,16 @@ func (tx *transaction) writeState(name string, r *receipt) error {
 		err = cerr
 	}
 	if err == nil {
-		err = tx.root.Rename(tmp, tx.statePath(name))
+		err = j.root.Rename(tmp, j.statePath(name))
 	}
 	if err != nil {
 		return fmt.Errorf("write %s: %w", name, err)
 	}
-	return tx.syncDir(dir)
+	return j.syncDir(dir)
 }
 
-func (tx *transaction) syncDir(rel string) error {
-	d, err := tx.root.Open(rel)
+func (j *job) syncDir(rel string) error {
+	d, err := j.root.Open(rel)
 	if err != nil {
 		return fmt.Errorf("sync %s: %w", rel, err)
 	}
@@ -253,9 +280,9 @@ func (tx *transaction) syncDir(rel string) error {
 	return nil
 }
 
-func (tx *transaction) removeState(name string) error {
-	if err := tx.root.Remove(tx.statePath(name)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+func (j *job) removeState(name string) error {
+	if err := j.root.Remove(j.statePath(name)); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return fmt.Errorf("remove %s: %w", name, err)
 	}
-	return tx.syncDir(tx.statePath(""))
+	return j.syncDir(j.statePath(""))
 }

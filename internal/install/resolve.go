@@ -31,38 +31,38 @@ type resolver map[string]string
 // symlink among its components followed. A missing component ends the
 // resolution: it and the rest are taken as they are, for the install to
 // make.
-func (tx *transaction) dirOf(dir string) (string, error) {
+func (j *job) dirOf(dir string) (string, error) {
 	dir = path.Clean("/" + dir)
 	if dir == "/" {
 		return ".", nil
 	}
-	if r, ok := tx.resolved[dir]; ok {
+	if r, ok := j.resolved[dir]; ok {
 		return r, nil
 	}
 	parent, base := path.Split(dir)
-	rp, err := tx.dirOf(parent)
+	rp, err := j.dirOf(parent)
 	if err != nil {
 		return "", err
 	}
-	r, err := tx.follow(rp, base)
+	r, err := j.follow(rp, base)
 	if err != nil {
 		return "", fmt.Errorf("resolve %s: %w", dir, err)
 	}
-	if tx.resolved == nil {
-		tx.resolved = resolver{}
+	if j.resolved == nil {
+		j.resolved = resolver{}
 	}
-	tx.resolved[dir] = r
+	j.resolved[dir] = r
 	return r, nil
 }
 
 // pathOf returns the path in the root of p, an absolute path inside the
 // root: its directory resolved (dirOf), its last component as it is.
-func (tx *transaction) pathOf(p string) (string, error) {
+func (j *job) pathOf(p string) (string, error) {
 	if p == "/" {
 		return ".", nil
 	}
 	dir, base := path.Split(p)
-	rd, err := tx.dirOf(dir)
+	rd, err := j.dirOf(dir)
 	if err != nil {
 		return "", err
 	}
@@ -72,7 +72,7 @@ func (tx *transaction) pathOf(p string) (string, error) {
 // follow resolves name in dir, a resolved directory, following symlinks
 // component by component: ".." in a link's target is the parent of what
 // the link before it led to, as the kernel has it, not a textual one.
-func (tx *transaction) follow(dir, name string) (string, error) {
+func (j *job) follow(dir, name string) (string, error) {
 	var out []string
 	if dir != "." {
 		out = strings.Split(dir, "/")
@@ -92,7 +92,7 @@ func (tx *transaction) follow(dir, name string) (string, error) {
 			continue
 		}
 		cur := relJoin(strings.Join(out, "/"), c)
-		st, err := tx.root.Lstat(cur)
+		st, err := j.root.Lstat(cur)
 		if err != nil || st.Mode()&fs.ModeSymlink == 0 {
 			if err != nil && !errors.Is(err, fs.ErrNotExist) {
 				return "", err
@@ -103,7 +103,7 @@ func (tx *transaction) follow(dir, name string) (string, error) {
 		if links++; links > maxLinks {
 			return "", syscall.ELOOP
 		}
-		target, err := tx.root.Readlink(cur)
+		target, err := j.root.Readlink(cur)
 		if err != nil {
 			return "", err
 		}
@@ -128,8 +128,8 @@ func relJoin(dir, name string) string {
 
 // locate resolves where an item goes in the root: its directories
 // followed (a directory item's own symlink is followed by makeDir).
-func (tx *transaction) locate(it *item) error {
-	rel, err := tx.pathOf(it.dest)
+func (j *job) locate(it *item) error {
+	rel, err := j.pathOf(it.dest)
 	if err != nil {
 		return err
 	}

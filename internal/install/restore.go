@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"path"
+
+	"github.com/rs/zerolog"
 )
 
 // A restore puts back the files a matching receipt lists and the disk
@@ -38,10 +40,10 @@ import (
 //     break the set;
 //   - the package does not have it as the receipt says (a receipt older
 //     than a format change, say).
-func (tx *transaction) restorable(missing []receiptFile) []*item {
+func restorable(pl *plan, missing []receiptFile, log zerolog.Logger) []*item {
 	items := make([]*item, 0, len(missing))
 	for _, f := range missing {
-		it := tx.findItem(f.Path)
+		it := pl.findItem(f.Path)
 		why := ""
 		switch {
 		case it == nil || it.IsGhost() || typeName(it.Mode) != f.Type:
@@ -54,7 +56,7 @@ func (tx *transaction) restorable(missing []receiptFile) []*item {
 			why = "missing file is a hard link"
 		}
 		if why != "" {
-			tx.log.Info().Str("path", f.Path).Str("reason", why).Msg("missing file not restorable, installing again")
+			log.Info().Str("path", f.Path).Str("reason", why).Msg("missing file not restorable, installing again")
 			return nil
 		}
 		items = append(items, it)
@@ -69,61 +71,61 @@ func (tx *transaction) restorable(missing []receiptFile) []*item {
 }
 
 // restore writes items, the missing files restorable found, from the
-// payload, and reports how many it restored. On an error nothing is left
-// of what it began.
-func (tx *transaction) restore(ctx context.Context, items []*item) (int, error) {
-	tx.loadIDs()
-	tx.d = newDirs(tx.root)
-	defer tx.closeDirs()
+// payload, and returns the receipt's result with the count restored. On
+// an error, or a panic, nothing is left of what it began.
+func (j *job) restore(ctx context.Context, pl *plan, items []*item, old *receipt) (Result, error) {
+	w := j.newWriter(pl.items)
+	defer w.close()
 	restoring := make(map[*item]bool, len(items))
 	for _, it := range items {
 		restoring[it] = true
 	}
-	for _, it := range tx.items {
+	for _, it := range pl.items {
 		it.skip = !restoring[it]
 	}
-	undo := func() {
-		tx.removeTemps(items)
-		tx.removeCreated()
+	onFailure := func() {
+		w.removeTemps(items)
+		w.removeCreated()
 	}
+	defer func() { onFailure() }()
 	for _, it := range items {
-		if err := tx.locate(it); err != nil {
-			undo()
-			return 0, err
+		if err := j.locate(it); err != nil {
+			return Result{}, err
 		}
 		if parent := path.Dir(it.rel); parent != "." {
-			if err := tx.mkdirAll(parent); err != nil {
-				undo()
-				return 0, fmt.Errorf("create %s: %w", path.Dir(it.dest), err)
+			if err := w.mkdirAll(parent); err != nil {
+				return Result{}, fmt.Errorf("create %s: %w", path.Dir(it.dest), err)
 			}
 		}
 		if it.IsDir() {
-			if err := tx.makeDir(it, nil); err != nil {
-				undo()
-				return 0, err
+			if err := w.makeDir(it, nil); err != nil {
+				return Result{}, err
 			}
-		} else if err := tx.place(it); err != nil {
-			undo()
-			return 0, err
+		} else if err := w.place(it); err != nil {
+			return Result{}, err
 		}
 	}
-	if err := tx.extract(ctx); err != nil {
-		undo()
-		return 0, err
+	if err := w.extract(ctx, pl); err != nil {
+		return Result{}, err
 	}
-	if err := tx.commit(items); err != nil {
-		tx.removeLeftovers(items)
-		return 0, err
+	onFailure = func() { w.removeLeftovers(items) }
+	if err := w.commit(items); err != nil {
+		return Result{}, err
 	}
-	if !tx.cfg.NoSync {
+	onFailure = func() {}
+	if !j.cfg.NoSync {
 		// A restored %config file that power loss left empty would pass
 		// for an edited one; every other file would be seen as changed.
-		if err := tx.syncfs(); err != nil {
-			return 0, err
+		if err := j.syncfs(); err != nil {
+			return Result{}, err
 		}
 	}
 	for _, it := range items {
-		tx.log.Info().Str("path", it.dest).Str("type", typeName(it.Mode)).Msg("restored missing file")
+		j.log.Info().Str("path", it.dest).Str("type", typeName(it.Mode)).Msg("restored missing file")
 	}
-	return len(items), nil
+	j.log.Info().Str("name", old.Name).Str("version", old.Version+"-"+old.Release).Str("sha256", old.SHA256).
+		Int("restored", len(items)).Msg("receipt matches, missing files restored")
+	res := old.result(false)
+	res.Restored = len(items)
+	return res, nil
 }

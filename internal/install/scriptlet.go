@@ -30,16 +30,17 @@ const maxScriptletLen = 120 << 10
 // A Lua scriptlet (<lua>) cannot run here and is skipped with a warning.
 //
 // The error reads as rpm's: "%pre(name-version-release.arch) scriptlet
-// failed, exit status 1".
-func (tx *transaction) runScriptlet(ctx context.Context, which string, s rpm.Scriptlet, arg int) error {
-	p := tx.pkg
+// failed, exit status 1". ran says the scriptlet's process started: it may
+// have changed any file.
+func (j *job) runScriptlet(ctx context.Context, pl *plan, which string, s rpm.Scriptlet, arg int) (ran bool, err error) {
+	p := pl.pkg
 	if s.Body == "" {
-		return nil
+		return false, nil
 	}
-	log := tx.log.With().Str("scriptlet", which).Logger()
-	if tx.cfg.NoScripts {
+	log := j.log.With().Str("scriptlet", which).Logger()
+	if j.cfg.NoScripts {
 		log.Info().Msg("scriptlet skipped: scripts are off")
-		return nil
+		return false, nil
 	}
 	prog := s.Prog
 	if len(prog) == 0 {
@@ -47,20 +48,20 @@ func (tx *transaction) runScriptlet(ctx context.Context, which string, s rpm.Scr
 	}
 	if prog[0] == "<lua>" {
 		log.Warn().Msg("lua scriptlet skipped: no lua interpreter")
-		return nil
+		return false, nil
 	}
 	if len(s.Body) > maxScriptletLen {
-		return fmt.Errorf("%s(%s) scriptlet of %d bytes is too long", which, p.NEVRA(), len(s.Body))
+		return false, fmt.Errorf("%s(%s) scriptlet of %d bytes is too long", which, p.NEVRA(), len(s.Body))
 	}
-	chroot := filepath.Clean(tx.cfg.Root) != "/"
+	chroot := filepath.Clean(j.cfg.Root) != "/"
 	if chroot {
 		if os.Geteuid() != 0 {
-			log.Warn().Str("root", tx.cfg.Root).Msg("scriptlet skipped: running it under another root needs chroot, which needs root")
-			return nil
+			log.Warn().Str("root", j.cfg.Root).Msg("scriptlet skipped: running it under another root needs chroot, which needs root")
+			return false, nil
 		}
-		if _, err := tx.root.Stat(prog[0][1:]); err != nil || !filepath.IsAbs(prog[0]) {
-			log.Warn().Str("root", tx.cfg.Root).Str("interpreter", prog[0]).Msg("scriptlet skipped: the root has no interpreter")
-			return nil
+		if _, err := j.root.Stat(prog[0][1:]); err != nil || !filepath.IsAbs(prog[0]) {
+			log.Warn().Str("root", j.cfg.Root).Str("interpreter", prog[0]).Msg("scriptlet skipped: the root has no interpreter")
+			return false, nil
 		}
 	}
 
@@ -76,7 +77,7 @@ func (tx *transaction) runScriptlet(ctx context.Context, which string, s rpm.Scr
 		"RPM_ARCH=" + p.Arch,
 		"RPM_OS=linux",
 	}
-	for i, pre := range tx.prefixes {
+	for i, pre := range pl.prefixes {
 		if i == 0 {
 			cmd.Env = append(cmd.Env, "RPM_INSTALL_PREFIX="+pre)
 		}
@@ -84,26 +85,25 @@ func (tx *transaction) runScriptlet(ctx context.Context, which string, s rpm.Scr
 	}
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if chroot {
-		cmd.SysProcAttr.Chroot = tx.cfg.Root
+		cmd.SysProcAttr.Chroot = j.cfg.Root
 	}
 	proc, err := pid1.StartLines(cmd, func(line string) { log.Info().Str("line", line).Msg("scriptlet output") })
 	if err != nil {
-		return fmt.Errorf("%s(%s) scriptlet: %w", which, p.NEVRA(), err)
+		return false, fmt.Errorf("%s(%s) scriptlet: %w", which, p.NEVRA(), err)
 	}
 	log.Info().Int("arg", arg).Bool("chroot", chroot).Msg("scriptlet started")
-	tx.postRan = tx.postRan || which == "%post"
 	// On cancellation the whole process group goes, not just the shell.
 	err = proc.WaitContext(ctx)
 	if err == nil {
 		log.Info().Msg("scriptlet done")
-		return nil
+		return true, nil
 	}
 	var ee *pid1.ExitError
 	if errors.As(err, &ee) {
 		if ee.Status.Signaled() {
-			return fmt.Errorf("%s(%s) scriptlet failed, signal %d", which, p.NEVRA(), ee.Status.Signal())
+			return true, fmt.Errorf("%s(%s) scriptlet failed, signal %d", which, p.NEVRA(), ee.Status.Signal())
 		}
-		return fmt.Errorf("%s(%s) scriptlet failed, exit status %d", which, p.NEVRA(), ee.ExitCode())
+		return true, fmt.Errorf("%s(%s) scriptlet failed, exit status %d", which, p.NEVRA(), ee.ExitCode())
 	}
-	return fmt.Errorf("%s(%s) scriptlet: %w", which, p.NEVRA(), err)
+	return true, fmt.Errorf("%s(%s) scriptlet: %w", which, p.NEVRA(), err)
 }
