@@ -3,7 +3,10 @@
 //
 // Only public-key authentication against an OpenSSH authorized_keys file
 // is offered; the file is reloaded when it changes (a Kubernetes Secret
-// mount swaps a symlink). Sessions run commands and shells through the
+// mount swaps a symlink). A file of tens of thousands of keys costs little:
+// it is parsed a line at a time, the set keeps each key's SHA-256 and its
+// options only, and an event or resync that changed nothing costs an fstat
+// (a new file of the same content, one read to hash it). Sessions run commands and shells through the
 // configured shell, with a PTY when asked, and serve the sftp subsystem in
 // process. Port, agent and X11 forwarding are refused.
 //
@@ -583,7 +586,7 @@ func (s *Server) Status() Status {
 		st.AuthorizedKeysMissing = ks.missing
 		st.AuthorizedKeysEmpty = !ks.missing && ks.err == "" && ks.empty()
 		st.AuthorizedKeysError = ks.err
-		st.AuthorizedKeysRefused = len(ks.refused)
+		st.AuthorizedKeysRefused = ks.refused
 	}
 	st.Logins = s.logins.Load()
 	st.Refusals = s.refusals.Load()
