@@ -46,7 +46,15 @@ func main() {
 	flag.StringVar(&prebuilt, "avsidecar", "", "an avsidecar binary to measure instead of building one")
 	flag.IntVar(&keysBench.lines, "keys", 0, "measure an authorized_keys file of N lines instead")
 	flag.IntVar(&keysBench.bad, "bad", 5000, "unparsable lines of the -keys file")
+	flag.BoolVar(&floodBench, "flood", false, "measure the probes under connection floods instead")
+	flag.StringVar(&floodChild, "floodchild", "", "be -flood's flooding process: ADDR,KIND")
 	flag.Parse()
+	if floodChild != "" {
+		if err := runFloodChild(floodChild); err != nil {
+			fmt.Fprintln(os.Stderr, "bench/run:", err)
+			os.Exit(1)
+		}
+	}
 	if err := run(*starts); err != nil {
 		fmt.Fprintln(os.Stderr, "bench/run:", err)
 		os.Exit(1)
@@ -120,10 +128,13 @@ func run(starts int) error {
 		return fmt.Errorf("%w; its log:\n%s", err, b)
 	}
 	time.Sleep(3 * time.Second) // past the start: this is idle memory
-	if connBench.n > 0 || keysBench.lines > 0 {
+	if connBench.n > 0 || keysBench.lines > 0 || floodBench {
 		defer func() { cmd.Process.Signal(syscall.SIGTERM); cmd.Wait() }()
-		if keysBench.lines > 0 {
+		switch {
+		case keysBench.lines > 0:
 			return bigKeys(cmd.Process.Pid, root, httpAddr, sshAddr, clientKey)
+		case floodBench:
+			return floods(httpAddr)
 		}
 		return idleConns(cmd.Process.Pid, httpAddr)
 	}
