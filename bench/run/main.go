@@ -11,6 +11,12 @@
 // and how many still answer after -hold. -sources spreads the connections
 // over that many client addresses of 127/8. -avsidecar runs a given binary
 // (an older build, to compare) instead of building the tree's.
+//
+// With -keys N it measures instead an authorized_keys of N lines, -bad of
+// them unparsable (issue 23; keys.go): load CPU, RSS, logins, the CPU of
+// events that change nothing, a new key, and RSS once cut back. With
+// -flood it measures the probes from 127.0.0.1 under connection floods
+// (issue 23; flood.go).
 package main
 
 import (
@@ -38,7 +44,17 @@ func main() {
 	flag.IntVar(&connBench.sources, "sources", 1, "client addresses the connections come from")
 	flag.DurationVar(&connBench.hold, "hold", 40*time.Second, "how long the connections stay idle before they are tried again")
 	flag.StringVar(&prebuilt, "avsidecar", "", "an avsidecar binary to measure instead of building one")
+	flag.IntVar(&keysBench.lines, "keys", 0, "measure an authorized_keys file of N lines instead")
+	flag.IntVar(&keysBench.bad, "bad", 5000, "unparsable lines of the -keys file")
+	flag.BoolVar(&floodBench, "flood", false, "measure the probes under connection floods instead")
+	flag.StringVar(&floodChild, "floodchild", "", "be -flood's flooding process: ADDR,KIND")
 	flag.Parse()
+	if floodChild != "" {
+		if err := runFloodChild(floodChild); err != nil {
+			fmt.Fprintln(os.Stderr, "bench/run:", err)
+			os.Exit(1)
+		}
+	}
 	if err := run(*starts); err != nil {
 		fmt.Fprintln(os.Stderr, "bench/run:", err)
 		os.Exit(1)
@@ -88,9 +104,10 @@ func run(starts int) error {
 	defer mcs.Close()
 
 	httpAddr := "127.0.0.1:" + strconv.Itoa(freePort())
+	sshAddr := "127.0.0.1:" + strconv.Itoa(freePort())
 	env := append(os.Environ(), "AVSIDECAR_ROOT="+root, "AVAMAR_SERVER="+mcs.Addr(), "NODE_IP=127.0.0.1", "POD_NAME=bench-0",
 		"AVAMAR_LISTEN_PORT="+strconv.Itoa(freePort()), "AVSIDECAR_HTTP_ADDR="+httpAddr,
-		"AVSIDECAR_SSH_ADDR=127.0.0.1:"+strconv.Itoa(freePort()), "AVSIDECAR_SSH_AUTHORIZED_KEYS=/authorized_keys",
+		"AVSIDECAR_SSH_ADDR="+sshAddr, "AVSIDECAR_SSH_AUTHORIZED_KEYS=/authorized_keys",
 		"AVSIDECAR_BROWSE_ROOTS=/opt/avamar")
 
 	// Idle memory, agent registered and ready.
@@ -111,8 +128,14 @@ func run(starts int) error {
 		return fmt.Errorf("%w; its log:\n%s", err, b)
 	}
 	time.Sleep(3 * time.Second) // past the start: this is idle memory
-	if connBench.n > 0 {
+	if connBench.n > 0 || keysBench.lines > 0 || floodBench {
 		defer func() { cmd.Process.Signal(syscall.SIGTERM); cmd.Wait() }()
+		switch {
+		case keysBench.lines > 0:
+			return bigKeys(cmd.Process.Pid, root, httpAddr, sshAddr, clientKey)
+		case floodBench:
+			return floods(httpAddr)
+		}
 		return idleConns(cmd.Process.Pid, httpAddr)
 	}
 	// What an idle sidecar gets: the kubelet's probes, and a Prometheus

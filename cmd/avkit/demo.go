@@ -179,6 +179,7 @@ func runDemo(ctx context.Context, c demoConfig, dir string, stdout, stderr io.Wr
 		"AVSIDECAR_HTTP_ADDR="+c.httpAddr,
 		"AVSIDECAR_SSH_ADDR="+c.sshAddr,
 		"AVSIDECAR_SSH_AUTHORIZED_KEYS="+keysFile,
+		"AVSIDECAR_SSH_USERS=demo", // the name the printed ssh command gives
 		"AVSIDECAR_BROWSE_ROOTS="+testkit.RPMPrefix+","+p.data,
 		"AVSIDECAR_LOG_FORMAT=console",
 		"AVSIDECAR_SHUTDOWN_TIMEOUT=10s",

@@ -20,7 +20,9 @@
 // retried with capped exponential backoff (go-retryablehttp) that stops
 // when the context ends. TLS is verified, against the system roots or a CA
 // file; plain http is refused because a password travels in the token
-// request.
+// request. For the same reason no redirect is followed, not even to the
+// same server: a redirect is a fault (StateRedirected) that names where it
+// pointed, and the URL is the operator's to fix.
 //
 // The check is only on when AVAMAR_REST_URL is set:
 //
@@ -68,11 +70,12 @@ const (
 	StateUnreachable    = "unreachable"      // the server could not be reached
 	StateUnauthorized   = "unauthorized"     // credentials or token refused
 	StateClientNotFound = "client-not-found" // no client of that name in the domain
+	StateRedirected     = "redirected"       // the server answered with a redirect, which is never followed
 	StateError          = "error"            // anything else; see Status.Message
 )
 
 // States lists every state: the label values of avsidecar_backup_api_state.
-var States = []string{StateUnknown, StateOK, StateUnreachable, StateUnauthorized, StateClientNotFound, StateError}
+var States = []string{StateUnknown, StateOK, StateUnreachable, StateUnauthorized, StateClientNotFound, StateRedirected, StateError}
 
 // Defaults for the zero values of Config.
 const (
@@ -342,8 +345,29 @@ func (c *Checker) refreshCA() error {
 		c.log.Info().Str("ca_file", path).Msg("rest ca bundle changed")
 	}
 	c.transport, c.caPEM = transport, data
-	c.http.HTTPClient = &http.Client{Transport: transport, Timeout: c.cfg.RequestTimeout}
+	c.http.HTTPClient = &http.Client{Transport: transport, Timeout: c.cfg.RequestTimeout, CheckRedirect: noRedirect}
 	return nil
+}
+
+// noRedirect hands a redirect back as the answer: Go's client would send a
+// 307 or 308 token request again, password and all, wherever the Location
+// points (plain http included), and follow an API call to another host
+// and believe its answer. redirected makes the answer a fault.
+func noRedirect(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
+
+// redirected is the fault of a redirect answer (any 3xx), naming where it
+// pointed without user info or query; nil for other answers. No public
+// client of the API expects one: the fix is the URL in AVAMAR_REST_URL.
+func redirected(what string, resp *http.Response) error {
+	if resp.StatusCode < 300 || resp.StatusCode > 399 {
+		return nil
+	}
+	to := "nowhere (no Location)"
+	if u, err := resp.Location(); err == nil {
+		to = redact(u)
+	}
+	return failure(StateRedirected, "%s: answered %s, a redirect to %s: redirects are not followed (set AVAMAR_REST_URL to the address that answers)",
+		what, resp.Status, to)
 }
 
 // readSmall reads a file of at most maxCredentialSize bytes.
@@ -633,6 +657,9 @@ func (c *Checker) get(ctx context.Context, path string, q url.Values, out any) e
 		if err != nil {
 			return transportError("get "+path, err)
 		}
+		if err := redirected("get "+path, resp); err != nil {
+			return err
+		}
 		switch {
 		case resp.StatusCode == http.StatusUnauthorized && !fresh:
 			c.log.Debug().Str("path", path).Msg("token refused, getting a new one")
@@ -680,6 +707,9 @@ func (c *Checker) getToken(ctx context.Context, fresh bool) (string, error) {
 	resp.Body.Close()
 	if err != nil {
 		return "", transportError("token request", err)
+	}
+	if err := redirected("token request", resp); err != nil {
+		return "", err
 	}
 	switch resp.StatusCode {
 	case http.StatusOK:

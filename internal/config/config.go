@@ -56,6 +56,7 @@ type env struct {
 	HTTPAddr           string `envconfig:"AVSIDECAR_HTTP_ADDR" default:":9180" desc:"probes, metrics, status and browse"`
 	SSHAddr            string `envconfig:"AVSIDECAR_SSH_ADDR" default:":22" desc:"embedded SSH server; off disables it"`
 	AuthorizedKeys     string `envconfig:"AVSIDECAR_SSH_AUTHORIZED_KEYS" default:"/etc/avsidecar/ssh/authorized_keys" desc:"OpenSSH authorized_keys, reloaded when it changes"`
+	SSHUsers           string `envconfig:"AVSIDECAR_SSH_USERS" default:"root" desc:"user names an SSH login may give, comma separated; any other is refused as OpenSSH refuses an unknown user"`
 	BrowseRoots        string `envconfig:"AVSIDECAR_BROWSE_ROOTS" desc:"comma-separated directories that may be listed (empty: browse off)"`
 	BrowseTokenFile    string `envconfig:"AVSIDECAR_BROWSE_TOKEN_FILE" desc:"bearer token file; without it only loopback clients may browse"`
 	RegisterTimeout    string `envconfig:"AVSIDECAR_REGISTER_TIMEOUT" default:"2m" desc:"one registration attempt"`
@@ -113,6 +114,9 @@ type Config struct {
 	SSHAddr string
 	// AuthorizedKeys is the OpenSSH authorized_keys file, in the root.
 	AuthorizedKeys string
+	// SSHUsers are the user names an SSH login may give (every session
+	// runs as avsidecar's own user whatever the name).
+	SSHUsers []string
 	// BrowseRoots are the directories that may be listed, in the root.
 	BrowseRoots []string
 	// BrowseTokenFile holds the browse bearer token, in the root; empty
@@ -457,6 +461,7 @@ func (e env) validateRun(p *problems, c *Config, hostname func() (string, error)
 	if e.SSHAddr != "off" {
 		c.SSHAddr = e.SSHAddr
 		checkAddr(p, "AVSIDECAR_SSH_ADDR", e.SSHAddr)
+		c.SSHUsers = parseUsers(p, e.SSHUsers)
 	}
 
 	c.RegisterTimeout = parseDuration(p, "AVSIDECAR_REGISTER_TIMEOUT", e.RegisterTimeout)
@@ -616,6 +621,22 @@ func checkAddr(p *problems, name, s string) {
 	if n, err := strconv.Atoi(port); err != nil || n < 0 || n > 65535 {
 		p.add("%s %q has a bad port", name, s)
 	}
+}
+
+// parseUsers reads AVSIDECAR_SSH_USERS: at least one user name, of the
+// characters useradd takes (letters, digits, '.', '_', '-'), starting with
+// a letter or digit.
+func parseUsers(p *problems, s string) []string {
+	users := splitList(s)
+	if len(users) == 0 {
+		p.add("AVSIDECAR_SSH_USERS is empty: name the users an SSH login may give, such as root (or set AVSIDECAR_SSH_ADDR=off)")
+	}
+	for _, u := range users {
+		if !validName(u) || len(u) > 32 {
+			p.add("AVSIDECAR_SSH_USERS entry %q must be a user name: at most 32 letters, digits, '.', '_' or '-', starting with a letter or digit", u)
+		}
+	}
+	return users
 }
 
 func splitList(s string) []string {

@@ -27,7 +27,7 @@ func setEnv(t *testing.T, overrides map[string]string) string {
 	}
 	vars := map[string]string{"AVAMAR_SERVER": "mcs.example.com", "NODE_IP": "10.0.0.7", "AVSIDECAR_ROOT": root, "POD_NAME": "nginx-0"}
 	for _, k := range []string{"AVAMAR_DOMAIN", "AVAMAR_CLIENT_NAME", "AVAMAR_RPM", "AVAMAR_PREFIX", "AVAMAR_LISTEN_PORT", "AVAMAR_LISTEN_PORT_BASE", "POD_INDEX", "AVAMAR_AGENT_FLAGS",
-		"AVAMAR_REGISTER_MODE", "AVSIDECAR_STATE_DIR", "AVSIDECAR_HTTP_ADDR", "AVSIDECAR_SSH_ADDR", "AVSIDECAR_SSH_AUTHORIZED_KEYS",
+		"AVAMAR_REGISTER_MODE", "AVSIDECAR_STATE_DIR", "AVSIDECAR_HTTP_ADDR", "AVSIDECAR_SSH_ADDR", "AVSIDECAR_SSH_AUTHORIZED_KEYS", "AVSIDECAR_SSH_USERS",
 		"AVSIDECAR_BROWSE_ROOTS", "AVSIDECAR_BROWSE_TOKEN_FILE", "AVSIDECAR_REGISTER_TIMEOUT", "AVSIDECAR_REGISTER_BACKOFF_MAX",
 		"AVSIDECAR_RESTART_BACKOFF_MAX", "AVSIDECAR_SHUTDOWN_TIMEOUT", "AVSIDECAR_LOG_LEVEL", "AVSIDECAR_LOG_FORMAT",
 		"AVAMAR_REST_URL", "AVAMAR_REST_CREDENTIALS_FILE", "AVAMAR_REST_CA_FILE", "AVAMAR_REST_INTERVAL", "AVAMAR_REST_SCOPE",
@@ -65,6 +65,9 @@ func TestLoadDefaults(t *testing.T) {
 	if c.StateDir != "/usr/local/avamar/var/avsidecar" || c.SSHAddr != ":22" || c.ShutdownTimeout != 20*time.Second {
 		t.Errorf("defaults: %+v", c)
 	}
+	if !slices.Equal(c.SSHUsers, []string{"root"}) {
+		t.Errorf("SSH users %q, want root only, as the recipe's sshd", c.SSHUsers)
+	}
 	if c.VarDir != "" || c.InboundPorts != nil || c.Hooks != "" || c.HooksFile != "" || c.HooksSocket != "/run/avsidecar/hooks.sock" {
 		t.Errorf("client and hook defaults: %+v", c)
 	}
@@ -86,6 +89,10 @@ func TestLoadOverrides(t *testing.T) {
 	}
 	if strings.Join(c.AgentFlags, "|") != "--debug|--x=1" || strings.Join(c.BrowseRoots, "|") != "/data|/usr/share/nginx/html" {
 		t.Errorf("lists: %q %q", c.AgentFlags, c.BrowseRoots)
+	}
+	setEnv(t, map[string]string{"AVSIDECAR_SSH_USERS": "root, backup-op ,avamar"})
+	if c, err = Load(ScopeRun, Sources{Hostname: noHostname, FindRPM: install.FindRPM}); err != nil || !slices.Equal(c.SSHUsers, []string{"root", "backup-op", "avamar"}) {
+		t.Errorf("SSH users %q, %v", c.SSHUsers, err)
 	}
 
 	hooks := `{"pre":[{"name":"x","command":["true"]}]}`
@@ -170,6 +177,9 @@ func TestLoadHostile(t *testing.T) {
 		{"relative root", map[string]string{"AVSIDECAR_ROOT": "tmp"}, []string{"AVSIDECAR_ROOT"}},
 		{"http addr", map[string]string{"AVSIDECAR_HTTP_ADDR": "9180"}, []string{"AVSIDECAR_HTTP_ADDR"}},
 		{"ssh addr", map[string]string{"AVSIDECAR_SSH_ADDR": "localhost:99999"}, []string{"AVSIDECAR_SSH_ADDR"}},
+		{"ssh users empty", map[string]string{"AVSIDECAR_SSH_USERS": " , "}, []string{"AVSIDECAR_SSH_USERS is empty"}},
+		{"ssh user name", map[string]string{"AVSIDECAR_SSH_USERS": "root,-oProxyCommand"}, []string{`AVSIDECAR_SSH_USERS entry "-oProxyCommand"`}},
+		{"ssh user spaces", map[string]string{"AVSIDECAR_SSH_USERS": "root,a b"}, []string{`AVSIDECAR_SSH_USERS entry "a b"`}},
 		{"log level", map[string]string{"AVSIDECAR_LOG_LEVEL": "loud"}, []string{"AVSIDECAR_LOG_LEVEL"}},
 		{"log format", map[string]string{"AVSIDECAR_LOG_FORMAT": "xml"}, []string{"AVSIDECAR_LOG_FORMAT"}},
 		{"rest over http", map[string]string{"AVAMAR_REST_URL": "http://mcs"}, []string{"AVAMAR_REST_URL"}},

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/avsidecar/avsidecar/internal/backupapi"
 	"github.com/avsidecar/avsidecar/internal/health"
 )
 
@@ -61,10 +62,27 @@ func (s *Sidecar) readyChecks() []health.Check {
 			if msg, ok := s.parts.faults.get(name); ok {
 				return errors.New(msg)
 			}
+			if name == sideBackupAPI {
+				return s.backupFault()
+			}
 			return nil
 		}})
 	}
 	return checks
+}
+
+// backupFault is what the running backup check found that no retry heals
+// and a person must fix: a REST server answering with a redirect, which is
+// never followed (backupapi.StateRedirected). /readyz?verbose shows it
+// like a side part's fault, and /v1/status lists it in faults.
+func (s *Sidecar) backupFault() error {
+	if s.parts.backups == nil {
+		return nil
+	}
+	if st := s.parts.backups.Status(); st.State == backupapi.StateRedirected {
+		return errors.New(st.Message)
+	}
+	return nil
 }
 
 func (s *Sidecar) checkInstalled(context.Context) error {

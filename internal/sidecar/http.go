@@ -5,6 +5,7 @@ import (
 	"net/http"
 	"time"
 
+	"github.com/avsidecar/avsidecar/internal/connlimit"
 	"github.com/avsidecar/avsidecar/internal/health"
 )
 
@@ -74,13 +75,20 @@ type httpLimits struct {
 	// 300 connections hold 775 MB (BENCHMARKS.md, Browse); the longest URL
 	// the page makes, a 4 KiB path as path_b64, is about 21 KB.
 	MaxHeaderBytes int
-	// MaxConns caps open connections; MaxConnsPerAddr those of one client
-	// address, so one client cannot take every slot from the probes.
-	MaxConns, MaxConnsPerAddr int
+	// MaxConns caps open connections; MaxConnsPerClient those of one
+	// client (all of loopback is one, an IPv6 /64 is one), so one client
+	// cannot take every slot.
+	MaxConns, MaxConnsPerClient int
+	// ReserveConns are the connections beyond the caps that deliver
+	// their request at once: each is answered once and closed, and a
+	// newcomer takes the slot of the oldest that has not delivered yet
+	// (internal/connlimit). They keep the kubelet's probes, and
+	// `avsidecar probe` over loopback, answered whatever a flood holds.
+	ReserveConns int
 }
 
 // defaultHTTPLimits: about 20 KiB per open connection (buffers and a
-// goroutine), so at most some 20 MiB at the cap. There is no write timeout
+// goroutine), so at most some 20 MiB at the caps and the reserve. There is no write timeout
 // for the whole answer, which a walk of a large tree would exceed: the
 // browse handlers bound their own writes.
 var defaultHTTPLimits = httpLimits{
@@ -89,13 +97,17 @@ var defaultHTTPLimits = httpLimits{
 	IdleTimeout:       30 * time.Second,
 	MaxHeaderBytes:    64 << 10,
 	MaxConns:          1024,
-	MaxConnsPerAddr:   64,
+	MaxConnsPerClient: 64,
+	ReserveConns:      64,
 }
 
-// newHTTPServer is the HTTP server of probes, metrics, status and browse.
+// newHTTPServer is the HTTP server of probes, metrics, status and browse,
+// for a connlimit.Listener: a reserve connection that reached its handler
+// keeps its slot, and is closed after the answer.
 func newHTTPServer(h http.Handler, l httpLimits) *http.Server {
 	return &http.Server{
-		Handler:           h,
+		Handler:           connlimit.Track(h),
+		ConnContext:       connlimit.ConnContext,
 		ReadHeaderTimeout: l.ReadHeaderTimeout,
 		ReadTimeout:       l.ReadTimeout,
 		IdleTimeout:       l.IdleTimeout,

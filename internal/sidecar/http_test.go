@@ -2,6 +2,7 @@ package sidecar
 
 import (
 	"bufio"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -68,53 +69,53 @@ func TestHTTPIdleConnectionsClose(t *testing.T) {
 	}
 }
 
-// TestHTTPConnectionCaps: one client address cannot hold more than its
-// share of connections, and the probes from another address are still
-// served; the drops are counted in /metrics.
+// TestHTTPConnectionCaps: every loopback address counts as one client,
+// which keeps at most its share of keep-alive connections; past it a
+// request is answered from the reserve and its connection closed, and a
+// connection that trickles is closed at once when the reserve is taken;
+// the drops are counted in /metrics.
 func TestHTTPConnectionCaps(t *testing.T) {
 	w := newWorld(t)
-	w.limits.MaxConnsPerAddr, w.limits.MaxConns = 4, 6
+	w.limits.MaxConnsPerClient, w.limits.MaxConns, w.limits.ReserveConns = 4, 6, 1
 	s, _, _ := w.start(t)
 	addr := s.Addr().String()
-	var held []net.Conn
-	for range 4 {
-		c := dialFrom(t, "127.0.0.2", addr)
+	for i := range 4 {
+		c := dialFrom(t, fmt.Sprintf("127.0.0.%d", 2+i), addr)
 		if !roundTrip(t, c, "/livez") {
 			t.Fatal("a connection within the cap was not served")
 		}
-		held = append(held, c)
 	}
-	extra := dialFrom(t, "127.0.0.2", addr)
-	if roundTrip(t, extra, "/livez") {
-		t.Fatal("a fifth connection from one address was served past a cap of 4")
+	extra := dialFrom(t, "127.0.0.6", addr)
+	if !roundTrip(t, extra, "/livez") {
+		t.Fatal("a request past the cap was not answered from the reserve")
 	}
-	other := dialFrom(t, "127.0.0.3", addr)
-	if !roundTrip(t, other, "/livez") {
-		t.Fatal("another address was refused while one address held its share")
+	if !closedByServer(extra, 5*time.Second) {
+		t.Fatal("a reserve connection stayed open after its answer")
 	}
-	// The global cap: 4 + 1 held, one more fits, then none.
-	if !roundTrip(t, dialFrom(t, "127.0.0.4", addr), "/livez") {
-		t.Fatal("the sixth connection was refused under a cap of 6")
-	}
-	if roundTrip(t, dialFrom(t, "127.0.0.5", addr), "/livez") {
-		t.Fatal("a seventh connection was served past a cap of 6")
-	}
-	// Closing frees the slots, once the server has seen the closes.
-	for _, c := range held {
-		c.Close()
-	}
-	for deadline := time.Now().Add(5 * time.Second); s.httpLn.Open() > 2; {
+	// A trickler takes the free reserve slot; the next one is closed.
+	slow := dialFrom(t, "127.0.0.7", addr)
+	io.WriteString(slow, "GET /livez HTTP/1.1\r\n")
+	for deadline := time.Now().Add(5 * time.Second); s.httpLn.Open() < 5; {
 		if time.Now().After(deadline) {
-			t.Fatalf("%d connections still counted open after the client closed 4 of 6", s.httpLn.Open())
+			t.Fatalf("%d connections open, want the trickler's fifth", s.httpLn.Open())
 		}
 		time.Sleep(time.Millisecond)
 	}
-	c := dialFrom(t, "127.0.0.2", addr)
+	slower := dialFrom(t, "127.0.0.8", addr)
+	io.WriteString(slower, "GET /livez HTTP/1.1\r\n")
+	if !closedByServer(slower, 5*time.Second) {
+		t.Fatal("a second trickler was kept with the reserve taken")
+	}
+	// A whole request, here a scrape, takes the trickler's slot.
+	c := dialFrom(t, "127.0.0.9", addr)
 	c.SetDeadline(time.Now().Add(5 * time.Second))
 	io.WriteString(c, "GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
 	b, _ := io.ReadAll(c)
 	scraped := string(b)
 	if !strings.Contains(scraped, "avsidecar_http_connections_dropped_total 2") {
 		t.Errorf("scrape after the drops:\n%s", scraped)
+	}
+	if !closedByServer(slow, 5*time.Second) {
+		t.Error("the trickler kept its reserve slot")
 	}
 }

@@ -259,6 +259,7 @@ func newParts(cfg config.Config, log zerolog.Logger) (parts, error) {
 	if cfg.SSHAddr != "" {
 		srv, err := sshd.New(sshd.Config{
 			Addr:               cfg.SSHAddr,
+			Users:              cfg.SSHUsers,
 			AuthorizedKeysFile: cfg.Host.AuthorizedKeys,
 			HostKeyDir:         cfg.Host.StateDir,
 			Dir:                cfg.Root,

@@ -107,7 +107,7 @@ func build(cfg config.Config, log zerolog.Logger, p parts, limits httpLimits) (*
 	if err != nil {
 		return nil, fmt.Errorf("listen for HTTP on %s (AVSIDECAR_HTTP_ADDR): %w", cfg.HTTPAddr, err)
 	}
-	s.httpLn = connlimit.New(ln, limits.MaxConns, limits.MaxConnsPerAddr)
+	s.httpLn = connlimit.New(ln, limits.MaxConns, limits.MaxConnsPerClient, limits.ReserveConns)
 	s.http = newHTTPServer(s.handler, limits)
 	return s, nil
 }

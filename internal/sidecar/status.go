@@ -44,8 +44,8 @@ type Status struct {
 	// only /v1/status fills it.
 	InboundPorts []InboundPort `json:"inbound_ports,omitempty"`
 	// Faults are the side parts that failed or could not start, by name
-	// (ssh, browse, agent-log, backup-api, hooks), with why. The sidecar
-	// goes on without them.
+	// (ssh, browse, agent-log, backup-api, hooks), with why, and a backup
+	// check whose server redirects. The sidecar goes on without them.
 	Faults map[string]string `json:"faults,omitempty"`
 }
 
@@ -62,6 +62,9 @@ func (s *Sidecar) Status() Status {
 	if cp := s.client.Load(); cp != nil {
 		d.Client = &cp.layout
 		d.Registration, d.Agent, d.AgentLog = cp.registrar.Status(), cp.agent.Status(), cp.follow.Status()
+	}
+	if err := s.backupFault(); err != nil && d.Faults[sideBackupAPI] == "" {
+		d.Faults[sideBackupAPI] = err.Error()
 	}
 	if len(d.Faults) == 0 {
 		d.Faults = nil

@@ -2,6 +2,7 @@ package sshd
 
 import (
 	"bytes"
+	"crypto/sha256"
 	"errors"
 	"io"
 	"net"
@@ -208,7 +209,7 @@ func TestKeysReloadedOnSecretSwap(t *testing.T) {
 	fpB := gossh.FingerprintSHA256(b.signer.PublicKey())
 	ts.log.WaitN(t, 0, 1, "reload after the swap", 10*time.Second, func(map[string]any) bool {
 		ks := ts.keys_()
-		return ks.count == 1 && ks.byKey[string(b.signer.PublicKey().Marshal())] != nil
+		return ks.count == 1 && ks.byKey[sha256.Sum256(b.signer.PublicKey().Marshal())] != nil
 	})
 	if _, err := ts.dial(a); err == nil {
 		t.Errorf("key of the old Secret version still logs in")

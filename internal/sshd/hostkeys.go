@@ -143,27 +143,49 @@ var (
 // and so is a larger file: a side feature never blocks or fills PID 1.
 // Errors are *fs.PathError, so they name the file.
 func readRegular(path string, max int64) ([]byte, error) {
-	// O_NONBLOCK: opening a FIFO must not wait for a writer.
-	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK, 0)
+	f, _, err := openRegular(path)
 	if err != nil {
 		return nil, err
 	}
 	defer f.Close()
+	return readAtMost(f, path, max)
+}
+
+// openRegular opens a regular file for reading and returns its fstat;
+// anything else in its place is an error that names it.
+func openRegular(path string) (*os.File, fs.FileInfo, error) {
+	// O_NONBLOCK: opening a FIFO must not wait for a writer.
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK, 0)
+	if err != nil {
+		return nil, nil, err
+	}
 	fi, err := f.Stat()
 	if err != nil {
-		return nil, err
+		f.Close()
+		return nil, nil, err
 	}
 	if !fi.Mode().IsRegular() {
-		return nil, &fs.PathError{Op: "read", Path: path, Err: fmt.Errorf("%w: %s", errNotRegular, kindOf(fi.Mode()))}
+		f.Close()
+		return nil, nil, &fs.PathError{Op: "read", Path: path, Err: fmt.Errorf("%w: %s", errNotRegular, kindOf(fi.Mode()))}
 	}
-	data, err := io.ReadAll(io.LimitReader(f, max+1))
+	return f, fi, nil
+}
+
+// readAtMost reads r to its end, failing with errTooLarge past max bytes.
+func readAtMost(r io.Reader, path string, max int64) ([]byte, error) {
+	data, err := io.ReadAll(io.LimitReader(r, max+1))
 	if err != nil {
 		return nil, err
 	}
 	if int64(len(data)) > max {
-		return nil, &fs.PathError{Op: "read", Path: path, Err: fmt.Errorf("%w: more than %d bytes", errTooLarge, max)}
+		return nil, tooLarge(path, max)
 	}
 	return data, nil
+}
+
+// tooLarge is the error of a file over max bytes.
+func tooLarge(path string, max int64) error {
+	return &fs.PathError{Op: "read", Path: path, Err: fmt.Errorf("%w: more than %d bytes", errTooLarge, max)}
 }
 
 // kindOf names what a file that is not regular is.

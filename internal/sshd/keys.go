@@ -1,9 +1,12 @@
 package sshd
 
 import (
+	"bufio"
 	"bytes"
+	"crypto/sha256"
 	"errors"
 	"fmt"
+	"io"
 	"net/netip"
 	"regexp"
 	"strings"
@@ -12,13 +15,10 @@ import (
 	gossh "golang.org/x/crypto/ssh"
 )
 
-// authorizedKey is one accepted line of the authorized_keys file with the
-// options this server honours. Options it cannot honour refuse the whole
-// line, so a restriction is never silently dropped.
-type authorizedKey struct {
-	key         gossh.PublicKey
-	fingerprint string
-	line        int
+// keyOptions are the options of an authorized_keys line that this server
+// honours. Options it cannot honour refuse the whole line, so a
+// restriction is never silently dropped.
+type keyOptions struct {
 	// from is the from= pattern list; nil means any source address.
 	from []string
 	// command is the forced command= (hasCommand tells "" from unset).
@@ -32,25 +32,56 @@ type authorizedKey struct {
 	expires time.Time
 }
 
-// keyProblem is a line of the file that was refused, with the reason.
+// keyLine is an accepted line as the key set keeps it between logins: its
+// number and its options, nil for a line without any (most of them). The
+// key itself is the map key it is filed under.
+type keyLine struct {
+	line int
+	opts *keyOptions
+}
+
+// authorizedKey is the line that authorised a login, with the key's
+// fingerprint: what the session and the log need of it.
+type authorizedKey struct {
+	keyOptions
+	fingerprint string
+	line        int
+}
+
+// keyProblem is a line of the file that was refused, or accepted with a
+// warning, with the reason.
 type keyProblem struct {
 	line        int
 	fingerprint string
 	reason      string
 }
 
+// maxProblems is how many refused lines, and how many warnings, a key set
+// keeps to log: a file of thousands of bad lines logs the first ones and
+// a count, not a line each.
+const maxProblems = 10
+
 // keySet is a parsed authorized_keys file. It is immutable once built and
 // swapped whole on reload, so authentication never sees a half-read file.
+// It keeps only what a login needs: for each key, by the SHA-256 of its
+// wire form (the raw SHA256 fingerprint), its lines and their options; not
+// the file, not the parsed keys.
 type keySet struct {
-	// byKey maps the wire form of a key to its lines, in file order:
-	// OpenSSH tries every line with the key until one authorises.
-	byKey    map[string][]*authorizedKey
-	count    int
-	missing  bool
-	err      string // why the file could not be read
-	refused  []keyProblem
+	// byKey maps the SHA-256 of a key's wire form to its lines, in file
+	// order: OpenSSH tries every line with the key until one authorises.
+	byKey   map[[sha256.Size]byte][]keyLine
+	count   int
+	missing bool
+	err     string // why the file could not be read
+	// refused counts the refused lines; problems and warnings are the
+	// first maxProblems of them and of the warnings.
+	refused  int
+	problems []keyProblem
 	warnings []keyProblem
-	raw      []byte
+	// src is the file the set was read from (zero when missing or
+	// unreadable), to tell a real change from an event that changed
+	// nothing.
+	src fileState
 }
 
 // empty reports whether nobody can log in with this set.
@@ -59,13 +90,17 @@ func (ks *keySet) empty() bool { return ks.count == 0 }
 // lookup returns the first line for key that authorises a login from addr
 // at now, or the reason none does.
 func (ks *keySet) lookup(key gossh.PublicKey, addr netip.Addr, now time.Time) (*authorizedKey, error) {
-	lines := ks.byKey[string(key.Marshal())]
+	lines := ks.byKey[sha256.Sum256(key.Marshal())]
 	if len(lines) == 0 {
 		return nil, errUnknownKey
 	}
 	var err error
-	for _, ak := range lines {
-		if err = ak.allows(addr, now); err == nil {
+	for _, kl := range lines {
+		if err = kl.opts.allows(addr, now); err == nil {
+			ak := &authorizedKey{fingerprint: gossh.FingerprintSHA256(key), line: kl.line}
+			if kl.opts != nil {
+				ak.keyOptions = *kl.opts
+			}
 			return ak, nil
 		}
 	}
@@ -78,61 +113,119 @@ var (
 	errExpired    = errors.New("key expired by expiry-time=")
 )
 
-// allows checks the options that depend on the connection.
-func (ak *authorizedKey) allows(addr netip.Addr, now time.Time) error {
-	if !ak.expires.IsZero() && !now.Before(ak.expires) {
+// allows checks the options that depend on the connection; nil options
+// allow everything.
+func (o *keyOptions) allows(addr netip.Addr, now time.Time) error {
+	if o == nil {
+		return nil
+	}
+	if !o.expires.IsZero() && !now.Before(o.expires) {
 		return errExpired
 	}
-	if ak.from != nil && !matchFrom(ak.from, addr) {
+	if o.from != nil && !matchFrom(o.from, addr) {
 		return errFrom
 	}
 	return nil
 }
 
-// parseAuthorizedKeys parses an OpenSSH authorized_keys file. Bad lines and
-// lines with options this server cannot honour are refused one by one and
-// reported; the good lines still count.
-func parseAuthorizedKeys(data []byte) *keySet {
-	ks := &keySet{byKey: map[string][]*authorizedKey{}, raw: data}
-	for i, line := range bytes.Split(data, []byte("\n")) {
-		n := i + 1
-		line = bytes.TrimSpace(line)
-		if len(line) == 0 || line[0] == '#' {
-			continue
+// maxKeyLine bounds one line of the file: an RSA key of 16,384 bits is
+// under 3 KiB, so this leaves room for long option lists. A longer line
+// is refused, and the lines after it still count.
+const maxKeyLine = 64 << 10
+
+// parseAuthorizedKeys reads an OpenSSH authorized_keys file line by line,
+// holding one line at a time. Bad lines and lines with options this
+// server cannot honour are refused one by one and counted; the good lines
+// still count. Only a read error fails it.
+func parseAuthorizedKeys(r io.Reader) (*keySet, error) {
+	ks := &keySet{byKey: map[[sha256.Size]byte][]keyLine{}}
+	br := bufio.NewReader(r)
+	var buf []byte
+	for n := 1; ; n++ {
+		line, tooLong, err := readLine(br, buf, maxKeyLine)
+		buf = line
+		if err != nil && !errors.Is(err, io.EOF) {
+			return nil, err
 		}
-		key, _, options, _, err := gossh.ParseAuthorizedKey(line)
+		switch {
+		case tooLong:
+			ks.refuse(keyProblem{line: n, reason: "line longer than 64 KiB"})
+		case len(line) > 0:
+			ks.add(n, line)
+		}
 		if err != nil {
-			ks.refused = append(ks.refused, keyProblem{line: n, reason: "unparsable line"})
-			continue
+			return ks, nil
 		}
-		ak := &authorizedKey{key: key, fingerprint: gossh.FingerprintSHA256(key), line: n}
-		if _, isCert := key.(*gossh.Certificate); isCert {
-			ks.refused = append(ks.refused, keyProblem{line: n, fingerprint: ak.fingerprint, reason: "certificates are not supported"})
-			continue
-		}
-		warn, err := ak.applyOptions(options)
-		if err != nil {
-			ks.refused = append(ks.refused, keyProblem{line: n, fingerprint: ak.fingerprint, reason: err.Error()})
-			continue
-		}
-		if warn != "" {
-			ks.warnings = append(ks.warnings, keyProblem{line: n, fingerprint: ak.fingerprint, reason: warn})
-		}
-		k := string(key.Marshal())
-		ks.byKey[k] = append(ks.byKey[k], ak)
-		ks.count++
 	}
-	return ks
+}
+
+// readLine returns the next line of br in buf's memory, and whether it was
+// longer than max (it is then read to its end and dropped); err is io.EOF
+// after the last line.
+func readLine(br *bufio.Reader, buf []byte, max int) (line []byte, tooLong bool, err error) {
+	line = buf[:0]
+	for {
+		chunk, err := br.ReadSlice('\n')
+		if !tooLong && len(line)+len(chunk) > max {
+			tooLong, line = true, line[:0]
+		}
+		if !tooLong {
+			line = append(line, chunk...)
+		}
+		if !errors.Is(err, bufio.ErrBufferFull) {
+			return line, tooLong, err
+		}
+	}
+}
+
+// add parses line n and files it, or records why it is refused.
+func (ks *keySet) add(n int, line []byte) {
+	line = bytes.TrimSpace(line)
+	if len(line) == 0 || line[0] == '#' {
+		return
+	}
+	key, _, options, _, err := gossh.ParseAuthorizedKey(line)
+	if err != nil {
+		ks.refuse(keyProblem{line: n, reason: "unparsable line"})
+		return
+	}
+	if _, isCert := key.(*gossh.Certificate); isCert {
+		ks.refuse(keyProblem{line: n, fingerprint: gossh.FingerprintSHA256(key), reason: "certificates are not supported"})
+		return
+	}
+	kl := keyLine{line: n}
+	if len(options) > 0 {
+		kl.opts = &keyOptions{}
+		warn, err := kl.opts.apply(options)
+		if err != nil {
+			ks.refuse(keyProblem{line: n, fingerprint: gossh.FingerprintSHA256(key), reason: err.Error()})
+			return
+		}
+		if warn != "" && len(ks.warnings) < maxProblems {
+			ks.warnings = append(ks.warnings, keyProblem{line: n, fingerprint: gossh.FingerprintSHA256(key), reason: warn})
+		}
+	}
+	sum := sha256.Sum256(key.Marshal())
+	ks.byKey[sum] = append(ks.byKey[sum], kl)
+	ks.count++
+}
+
+// refuse counts a refused line and keeps the first few to log.
+func (ks *keySet) refuse(p keyProblem) {
+	ks.refused++
+	if len(ks.problems) < maxProblems {
+		ks.problems = append(ks.problems, p)
+	}
 }
 
 // envName is what environment= and client env requests may name.
 var envName = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
 
-// applyOptions honours the key options this server supports and refuses
-// the line for any other: an option the operator wrote is either enforced
-// or the key does not work. It returns a warning for honoured options
-// whose meaning differs from OpenSSH's.
-func (ak *authorizedKey) applyOptions(options []string) (warning string, err error) {
+// apply honours the key options this server supports and refuses the
+// line for any other: an option the operator wrote is either enforced or
+// the key does not work. It returns a warning for honoured options whose
+// meaning differs from OpenSSH's.
+func (ak *keyOptions) apply(options []string) (warning string, err error) {
 	restrict, pty := false, false
 	for _, opt := range options {
 		name, value, hasValue := strings.Cut(opt, "=")

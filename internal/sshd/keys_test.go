@@ -1,12 +1,15 @@
 package sshd
 
 import (
+	"bytes"
+	"crypto/sha256"
 	"net/netip"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+	gossh "golang.org/x/crypto/ssh"
 )
 
 // aKey is a fixed public key for parser tables.
@@ -65,17 +68,17 @@ func TestParseAuthorizedKeysOptions(t *testing.T) {
 			if tt.opts != "" {
 				line = tt.opts + " " + aKey
 			}
-			ks := parseAuthorizedKeys([]byte("# comment\n\n" + line + "\n"))
+			ks := mustParse(t, "# comment\n\n"+line+"\n")
 			var g got
-			if len(ks.refused) > 0 {
-				g.Refused = ks.refused[0].reason
-				if ks.refused[0].line != 3 || ks.count != 0 {
-					t.Errorf("refused line %d, count %d", ks.refused[0].line, ks.count)
+			if ks.refused > 0 {
+				g.Refused = ks.problems[0].reason
+				if ks.problems[0].line != 3 || ks.count != 0 {
+					t.Errorf("refused line %d, count %d", ks.problems[0].line, ks.count)
 				}
 			}
-			for _, lines := range ks.byKey {
-				ak := lines[0]
-				g.From, g.Command, g.HasCommand, g.NoPTY, g.Env = ak.from, ak.command, ak.hasCommand, ak.noPTY, ak.env
+			if lines := ks.byKey[sha256.Sum256(parseKey(t, aKey).Marshal())]; len(lines) > 0 && lines[0].opts != nil {
+				o := lines[0].opts
+				g.From, g.Command, g.HasCommand, g.NoPTY, g.Env = o.from, o.command, o.hasCommand, o.noPTY, o.env
 			}
 			if len(ks.warnings) > 0 {
 				g.Warning = ks.warnings[0].reason
@@ -88,16 +91,16 @@ func TestParseAuthorizedKeysOptions(t *testing.T) {
 }
 
 func TestParseAuthorizedKeysBadLines(t *testing.T) {
-	ks := parseAuthorizedKeys([]byte(strings.Join([]string{
+	ks := mustParse(t, strings.Join([]string{
 		"ssh-ed25519 not-base64",
 		"ssh-rsa AAAAC3NzaC1lZDI1NTE5AAAAIKieR1q321O/Luu8EOV/Iph3rHjHSO1T4cvE7ZgnGc+e", // type mismatch
 		"restrict",
 		aKey,
 		"\x00\xff garbage",
 		"   " + aKey + "   ",
-	}, "\r\n")))
-	if ks.count != 2 || len(ks.refused) != 4 {
-		t.Errorf("count %d refused %d (%+v), want 2 and 4", ks.count, len(ks.refused), ks.refused)
+	}, "\r\n"))
+	if ks.count != 2 || ks.refused != 4 {
+		t.Errorf("count %d refused %d (%+v), want 2 and 4", ks.count, ks.refused, ks.problems)
 	}
 }
 
@@ -125,16 +128,12 @@ func TestLookupOptions(t *testing.T) {
 		{`expiry-time="20261123120000Z"`, local, errExpired},
 	}
 	for _, tt := range tests {
-		ks := parseAuthorizedKeys([]byte(strings.TrimSpace(tt.opts + " " + aKey)))
+		ks := mustParse(t, strings.TrimSpace(tt.opts+" "+aKey))
 		if ks.count != 1 {
-			t.Fatalf("%s: not parsed: %+v", tt.opts, ks.refused)
+			t.Fatalf("%s: not parsed: %+v", tt.opts, ks.problems)
 		}
-		var key = ks.byKey
-		for _, lines := range key {
-			_, err := ks.lookup(lines[0].key, tt.addr, now)
-			if err != tt.want {
-				t.Errorf("%s from %v: %v, want %v", tt.opts, tt.addr, err, tt.want)
-			}
+		if _, err := ks.lookup(parseKey(t, aKey), tt.addr, now); err != tt.want {
+			t.Errorf("%s from %v: %v, want %v", tt.opts, tt.addr, err, tt.want)
 		}
 	}
 }
@@ -142,15 +141,31 @@ func TestLookupOptions(t *testing.T) {
 // TestLookupTriesEveryLine: OpenSSH tries each line holding the key, so
 // one restricted line does not hide another that allows the client.
 func TestLookupTriesEveryLine(t *testing.T) {
-	ks := parseAuthorizedKeys([]byte(`from="10.0.0.0/8" ` + aKey + "\n" + `command="true" ` + aKey + "\n"))
-	var lines []*authorizedKey
-	for _, l := range ks.byKey {
-		lines = l
-	}
-	ak, err := ks.lookup(lines[0].key, netip.MustParseAddr("127.0.0.1"), time.Now())
+	ks := mustParse(t, `from="10.0.0.0/8" `+aKey+"\n"+`command="true" `+aKey+"\n")
+	ak, err := ks.lookup(parseKey(t, aKey), netip.MustParseAddr("127.0.0.1"), time.Now())
 	if err != nil || !ak.hasCommand || ak.line != 2 {
 		t.Fatalf("lookup = %+v, %v; want line 2 with its forced command", ak, err)
 	}
+}
+
+// mustParse parses an authorized_keys file's content.
+func mustParse(t *testing.T, content string) *keySet {
+	t.Helper()
+	ks, err := parseAuthorizedKeys(strings.NewReader(content))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ks
+}
+
+// parseKey is the public key of an authorized_keys line.
+func parseKey(t *testing.T, line string) gossh.PublicKey {
+	t.Helper()
+	k, _, _, _, err := gossh.ParseAuthorizedKey([]byte(line))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return k
 }
 
 func TestWildcard(t *testing.T) {
@@ -208,17 +223,23 @@ func FuzzParseAuthorizedKeys(f *testing.F) {
 		f.Add([]byte(s))
 	}
 	f.Fuzz(func(t *testing.T, data []byte) {
-		ks := parseAuthorizedKeys(data)
+		ks, err := parseAuthorizedKeys(bytes.NewReader(data))
+		if err != nil {
+			t.Fatal(err)
+		}
 		n := 0
 		for _, lines := range ks.byKey {
-			for _, ak := range lines {
+			for _, kl := range lines {
 				n++
-				for _, kv := range ak.env {
+				if kl.opts == nil {
+					continue
+				}
+				for _, kv := range kl.opts.env {
 					if k, _, ok := strings.Cut(kv, "="); !ok || !envName.MatchString(k) {
 						t.Fatalf("bad env accepted: %q", kv)
 					}
 				}
-				_ = ak.allows(netip.MustParseAddr("127.0.0.1"), time.Now())
+				_ = kl.opts.allows(netip.MustParseAddr("127.0.0.1"), time.Now())
 			}
 		}
 		if n != ks.count {

@@ -3,7 +3,10 @@
 //
 // Only public-key authentication against an OpenSSH authorized_keys file
 // is offered; the file is reloaded when it changes (a Kubernetes Secret
-// mount swaps a symlink). Sessions run commands and shells through the
+// mount swaps a symlink). A file of tens of thousands of keys costs little:
+// it is parsed a line at a time, the set keeps each key's SHA-256 and its
+// options only, and an event or resync that changed nothing costs an fstat
+// (a new file of the same content, one read to hash it). Sessions run commands and shells through the
 // configured shell, with a PTY when asked, and serve the sftp subsystem in
 // process. Port, agent and X11 forwarding are refused.
 //
@@ -18,9 +21,13 @@
 // stalls after connecting or after its version line never displaces a
 // login that has answered the key exchange.
 //
-// The user name a client sends is logged but not checked: authorized_keys
-// is the only authority, and every session runs as the server's own user,
-// as `kubectl exec` into the container would.
+// The user name a client sends must be one of Config.Users (root alone by
+// default, as the old recipe's sshd had); any other is refused as OpenSSH
+// refuses an unknown user: every key it offers fails, so the client sees
+// "Permission denied (publickey)" and cannot tell an unknown name from an
+// unknown key, and the log says "invalid user" with the name. Past that,
+// authorized_keys is the only authority, and every session runs as the
+// server's own user, as `kubectl exec` into the container would.
 //
 // SSH is a side feature of a backup sidecar, so it degrades alone: New
 // only checks the configuration, and what can fail at start (host keys,
@@ -48,6 +55,7 @@ import (
 	"net"
 	"net/netip"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -65,6 +73,10 @@ import (
 type Config struct {
 	// Addr is the TCP listen address, such as ":22" (AVSIDECAR_SSH_ADDR).
 	Addr string
+	// Users are the user names a client may log in as
+	// (AVSIDECAR_SSH_USERS); any other name is refused. Default root
+	// only. Whichever it gives, a session runs as the server's own user.
+	Users []string
 	// AuthorizedKeysFile is the host path of the OpenSSH authorized_keys
 	// file (AVSIDECAR_SSH_AUTHORIZED_KEYS). A missing or empty file lets
 	// nobody in. Its directory is watched, so edits and the Kubernetes
@@ -118,6 +130,9 @@ type Config struct {
 }
 
 func (c *Config) setDefaults() {
+	if len(c.Users) == 0 {
+		c.Users = []string{"root"}
+	}
 	if c.Shell == "" {
 		c.Shell = "/bin/sh"
 	}
@@ -265,10 +280,12 @@ type Server struct {
 }
 
 // ctxKeyAuth holds the *authorizedKey that authenticated a connection;
-// ctxKeyConn its *trackedConn.
+// ctxKeyConn its *trackedConn; ctxKeyInvalid the invalid user name last
+// logged for it.
 var (
-	ctxKeyAuth = &struct{ name string }{"avsidecar-auth"}
-	ctxKeyConn = &struct{ name string }{"avsidecar-conn"}
+	ctxKeyAuth    = &struct{ name string }{"avsidecar-auth"}
+	ctxKeyConn    = &struct{ name string }{"avsidecar-conn"}
+	ctxKeyInvalid = &struct{ name string }{"avsidecar-invalid-user"}
 )
 
 // New checks cfg and returns a server in StateStarting. It touches no
@@ -569,7 +586,7 @@ func (s *Server) Status() Status {
 		st.AuthorizedKeysMissing = ks.missing
 		st.AuthorizedKeysEmpty = !ks.missing && ks.err == "" && ks.empty()
 		st.AuthorizedKeysError = ks.err
-		st.AuthorizedKeysRefused = len(ks.refused)
+		st.AuthorizedKeysRefused = ks.refused
 	}
 	st.Logins = s.logins.Load()
 	st.Refusals = s.refusals.Load()
@@ -587,6 +604,9 @@ func (s *Server) serverConfig(ctx ssh.Context) *gossh.ServerConfig {
 		VerifiedPublicKeyCallback: func(conn gossh.ConnMetadata, key gossh.PublicKey, _ *gossh.Permissions, _ string) (*gossh.Permissions, error) {
 			// Authoritative check: PublicKeyCallback results are cached per
 			// connection and the file may have changed since.
+			if !slices.Contains(s.cfg.Users, conn.User()) {
+				return nil, errInvalidUser
+			}
 			ak, err := s.keys.Load().lookup(key, addrOf(conn.RemoteAddr()), time.Now())
 			if err != nil {
 				return nil, err
@@ -600,8 +620,22 @@ func (s *Server) serverConfig(ctx ssh.Context) *gossh.ServerConfig {
 	}
 }
 
-// checkKey is the first look at an offered key (also for queries).
+// errInvalidUser refuses every key offered for a user name that is not
+// in Config.Users.
+var errInvalidUser = errors.New("invalid user")
+
+// checkKey is the first look at an offered key (also for queries). A user
+// name not in Config.Users fails every key, as OpenSSH fails an unknown
+// user's; it is logged once per connection, as OpenSSH logs "Invalid
+// user NAME from ADDR".
 func (s *Server) checkKey(ctx ssh.Context, key ssh.PublicKey) bool {
+	if !slices.Contains(s.cfg.Users, ctx.User()) {
+		if ctx.Value(ctxKeyInvalid) != ctx.User() {
+			ctx.SetValue(ctxKeyInvalid, ctx.User())
+			s.log.Info().Str("user", ctx.User()).Str("remote", ctx.RemoteAddr().String()).Strs("users", s.cfg.Users).Msg("invalid user")
+		}
+		return false
+	}
 	_, err := s.keys.Load().lookup(key, addrOf(ctx.RemoteAddr()), time.Now())
 	if err != nil {
 		s.log.Info().Str("user", ctx.User()).Str("remote", ctx.RemoteAddr().String()).

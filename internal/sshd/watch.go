@@ -1,11 +1,14 @@
 package sshd
 
 import (
-	"bytes"
 	"context"
+	"crypto/sha256"
 	"errors"
+	"io"
 	"io/fs"
 	"path/filepath"
+	"runtime/debug"
+	"syscall"
 	"time"
 
 	"github.com/fsnotify/fsnotify"
@@ -17,34 +20,63 @@ import (
 // nobody in and says why, rather than fill PID 1's memory or block it.
 const maxAuthorizedKeysSize = 16 << 20
 
-// reloadKeys reads the authorized_keys file and swaps the key set in. It
-// logs only when something changed, so the periodic resync stays quiet.
-// A file that cannot be read lets nobody in.
+// fileState tells the content of the authorized_keys file apart cheaply:
+// fstat's identity, size and times first (equal: nothing to read), then
+// the SHA-256 of the content (equal: nothing to parse). A Kubernetes
+// Secret update renames a new file in, so its inode changes; an edit in
+// place changes the times.
+type fileState struct {
+	dev, ino     uint64
+	size         int64
+	mtime, ctime syscall.Timespec
+	sum          [sha256.Size]byte
+}
+
+// sameFile reports whether st is the same file, unchanged by its fstat.
+func (st fileState) sameFile(o fileState) bool {
+	return st.dev == o.dev && st.ino == o.ino && st.size == o.size && st.mtime == o.mtime && st.ctime == o.ctime
+}
+
+// stateOf is the fstat part of fi's fileState.
+func stateOf(fi fs.FileInfo) fileState {
+	st := fileState{size: fi.Size()}
+	if sys, ok := fi.Sys().(*syscall.Stat_t); ok {
+		st.dev, st.ino, st.mtime, st.ctime = sys.Dev, sys.Ino, sys.Mtim, sys.Ctim
+	}
+	return st
+}
+
+// reloadKeys reads the authorized_keys file and swaps the key set in, when
+// its content changed: an event or a resync that changed nothing costs
+// one fstat, a new file of the same content one read to hash it. It logs
+// only a real change, so the periodic resync stays quiet, and then gives
+// the memory of the old set back to the system at once (a file of 50,000
+// keys cut back to one must not leave its pages resident). A file that
+// cannot be read lets nobody in.
 func (s *Server) reloadKeys() {
 	s.reloadMu.Lock()
 	defer s.reloadMu.Unlock()
 	path := s.cfg.AuthorizedKeysFile
-	data, err := readRegular(path, maxAuthorizedKeysSize)
-	var ks *keySet
-	switch {
-	case errors.Is(err, fs.ErrNotExist):
-		ks = &keySet{byKey: map[string][]*authorizedKey{}, missing: true}
-	case err != nil:
-		ks = &keySet{byKey: map[string][]*authorizedKey{}, err: err.Error()}
-	default:
-		ks = parseAuthorizedKeys(data)
-	}
 	old := s.keys.Load()
-	if old != nil && old.missing == ks.missing && old.err == ks.err && bytes.Equal(old.raw, ks.raw) {
+	ks, changed := readKeys(path, old)
+	if ks != old {
+		s.keys.Store(ks)
+	}
+	if !changed {
 		return
 	}
-	s.keys.Store(ks)
+	if old != nil {
+		debug.FreeOSMemory()
+	}
 	if ks.err != "" {
-		s.log.Error().Err(err).Str("path", path).Msg("authorized keys unreadable; nobody can log in")
+		s.log.Error().Str("error", ks.err).Str("path", path).Msg("authorized keys unreadable; nobody can log in")
 		return
 	}
-	for _, p := range ks.refused {
+	for _, p := range ks.problems {
 		s.log.Warn().Str("path", path).Int("line", p.line).Str("fingerprint", p.fingerprint).Str("reason", p.reason).Msg("authorized key refused")
+	}
+	if more := ks.refused - len(ks.problems); more > 0 {
+		s.log.Warn().Str("path", path).Int("more", more).Msg("more authorized keys refused; not logged one by one")
 	}
 	for _, p := range ks.warnings {
 		s.log.Warn().Str("path", path).Int("line", p.line).Str("fingerprint", p.fingerprint).Str("reason", p.reason).Msg("authorized key option")
@@ -53,10 +85,63 @@ func (s *Server) reloadKeys() {
 	case ks.missing:
 		s.log.Warn().Str("path", path).Msg("authorized keys file missing; nobody can log in")
 	case ks.empty():
-		s.log.Warn().Str("path", path).Int("refused", len(ks.refused)).Msg("authorized keys file has no usable key; nobody can log in")
+		s.log.Warn().Str("path", path).Int("refused", ks.refused).Msg("authorized keys file has no usable key; nobody can log in")
 	default:
-		s.log.Info().Str("path", path).Int("keys", ks.count).Int("refused", len(ks.refused)).Msg("authorized keys loaded")
+		s.log.Info().Str("path", path).Int("keys", ks.count).Int("refused", ks.refused).Msg("authorized keys loaded")
 	}
+}
+
+// readKeys reads the key set at path unless it is old's: it returns old
+// itself when nothing changed, a copy of old with the new fileState when
+// only the metadata did (changed false: nothing to log), and a new set
+// otherwise.
+func readKeys(path string, old *keySet) (ks *keySet, changed bool) {
+	failed := func(ks *keySet) (*keySet, bool) {
+		if old != nil && old.missing == ks.missing && old.err == ks.err {
+			return old, false
+		}
+		return ks, true
+	}
+	f, fi, err := openRegular(path)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		return failed(&keySet{missing: true})
+	case err != nil:
+		return failed(&keySet{err: err.Error()})
+	}
+	defer f.Close()
+	if fi.Size() > maxAuthorizedKeysSize {
+		return failed(&keySet{err: tooLarge(path, maxAuthorizedKeysSize).Error()})
+	}
+	st := stateOf(fi)
+	readable := old != nil && !old.missing && old.err == ""
+	if readable && old.src.sameFile(st) {
+		return old, false
+	}
+	h := sha256.New()
+	if n, err := io.Copy(h, io.LimitReader(f, maxAuthorizedKeysSize+1)); err != nil {
+		return failed(&keySet{err: (&fs.PathError{Op: "read", Path: path, Err: err}).Error()})
+	} else if n > maxAuthorizedKeysSize {
+		return failed(&keySet{err: tooLarge(path, maxAuthorizedKeysSize).Error()})
+	}
+	h.Sum(st.sum[:0])
+	if readable && old.src.sum == st.sum {
+		same := *old
+		same.src = st
+		return &same, false
+	}
+	if _, err := f.Seek(0, io.SeekStart); err != nil {
+		return failed(&keySet{err: err.Error()})
+	}
+	// Parsed as hashed again: what the set holds is what its sum says.
+	h.Reset()
+	ks, err = parseAuthorizedKeys(io.TeeReader(io.LimitReader(f, maxAuthorizedKeysSize), h))
+	if err != nil {
+		return failed(&keySet{err: (&fs.PathError{Op: "read", Path: path, Err: err}).Error()})
+	}
+	h.Sum(st.sum[:0])
+	ks.src = st
+	return ks, true
 }
 
 // watchKeys reloads the keys when anything changes in the file's

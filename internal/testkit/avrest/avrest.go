@@ -40,8 +40,9 @@
 // Times are RFC 3339 text; a client never backed up has null times. API
 // calls need "Authorization: Bearer TOKEN" and answer 401
 // {"error":"invalid_token"} otherwise. Switches make it go down
-// (connections refused), refuse every credential, expire all tokens now, or
-// fail API calls with a status code; Config can leave the times out of
+// (connections refused), refuse every credential, expire all tokens now,
+// fail API calls with a status code, or answer the token endpoint or the
+// API calls with a redirect; Config can leave the times out of
 // client records or the statistics endpoint out of the API, so that a
 // client of it must take the next source.
 package avrest
@@ -128,6 +129,15 @@ type Counts struct {
 	Statistics, BackupLists int
 	// Sorted counts API calls that asked for a sort order.
 	Sorted int
+	// Redirected counts the requests answered with a redirect (see
+	// SetRedirect).
+	Redirected int
+}
+
+// redirect is an answer SetRedirect set up.
+type redirect struct {
+	code     int
+	location string
 }
 
 // Server is a running stand-in. Create it with Start; Close it when done.
@@ -147,6 +157,10 @@ type Server struct {
 	nextID    int
 	lastToken string
 	lastScope string
+
+	// tokenRedirect and apiRedirect are SetRedirect's answers (code 0:
+	// none).
+	tokenRedirect, apiRedirect redirect
 }
 
 // Start listens on cfg.Addr (default 127.0.0.1 at a free port) and
@@ -266,6 +280,35 @@ func (s *Server) SetFailure(code int) {
 	s.failCode = code
 }
 
+// SetRedirect makes the token endpoint (token true) or every API call
+// (token false) answer code with the header Location: location, before
+// looking at the request, as a moved or hostile server would; code 0
+// restores normal answers.
+func (s *Server) SetRedirect(token bool, code int, location string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if token {
+		s.tokenRedirect = redirect{code, location}
+	} else {
+		s.apiRedirect = redirect{code, location}
+	}
+}
+
+// redirected answers r with the redirect set up for its kind, if any; the
+// lock is held.
+func (s *Server) redirected(w http.ResponseWriter, r *http.Request, token bool) bool {
+	rd := s.apiRedirect
+	if token {
+		rd = s.tokenRedirect
+	}
+	if rd.code == 0 {
+		return false
+	}
+	s.counts.Redirected++
+	http.Redirect(w, r, rd.location, rd.code)
+	return true
+}
+
 // ExpireTokens makes every token issued so far invalid.
 func (s *Server) ExpireTokens() {
 	s.mu.Lock()
@@ -332,6 +375,9 @@ func (s *Server) token(w http.ResponseWriter, r *http.Request) {
 	id, secret, ok := r.BasicAuth()
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if s.redirected(w, r, true) {
+		return
+	}
 	if !ok || id != s.cfg.ClientID || secret != s.cfg.ClientSecret || s.badCreds {
 		s.counts.TokenRefusals++
 		w.Header().Set("WWW-Authenticate", `Basic realm="oauth2/client"`)
@@ -378,6 +424,9 @@ func (s *Server) api(h func(w http.ResponseWriter, r *http.Request)) http.Handle
 	return func(w http.ResponseWriter, r *http.Request) {
 		s.mu.Lock()
 		defer s.mu.Unlock()
+		if s.redirected(w, r, false) {
+			return
+		}
 		tok, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
 		exp, known := s.tokens[tok]
 		if !ok || !known || time.Now().After(exp) {
