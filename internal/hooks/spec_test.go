@@ -40,7 +40,7 @@ func TestParseHostile(t *testing.T) {
 		{"unknown field", `{"pre": [{"cmd": ["x"]}]}`, `unknown field "cmd"`},
 		{"unknown phase", `{"during": []}`, `unknown field "during"`},
 		{"nothing to do", `{"pre": [{"name": "x"}]}`, "give a command or an http call"},
-		{"both", `{"pre": [{"command": ["x"], "http": {"url": "http://a"}}]}`, "not both"},
+		{"both", `{"pre": [{"command": ["x"], "http": {"url": "http://a"}}]}`, "not more"},
 		{"empty program", `{"pre": [{"command": [""]}]}`, "program is empty"},
 		{"file url", `{"pre": [{"http": {"url": "file:///etc/passwd"}}]}`, "http.url must be"},
 		{"no host", `{"pre": [{"http": {"url": "http:///x"}}]}`, "http.url must be"},
