@@ -159,3 +159,63 @@ func TestCopyWithoutHooks(t *testing.T) {
 	t.Logf("%d files copied from the live %s data directory, %d transactions committed before", files, kind, committed)
 	t.Log(strings.TrimSpace(checkRestored(t, kind, dst, committed, 0)))
 }
+
+// TestMariaDBReadLockSession: examples/mariadb/hooks-read-lock.json, a
+// session hook that holds FLUSH TABLES WITH READ LOCK from pre to post.
+// While it is held the writer commits nothing; post releases it, and the
+// writer goes on. When no post call comes, the lease's expiry ends the
+// session itself, the writer goes on after max_freeze, and the late post
+// call fails.
+func TestMariaDBReadLockSession(t *testing.T) {
+	data := filepath.Join(dbDir(t), "mysql")
+	initMariaDB(t, data)
+	db := startMariaDB(t, data)
+	cnf := filepath.Join(dbDir(t), "backup.cnf")
+	writeFile(t, cnf, "[client-server]\nuser=root\nsocket="+db.sock+"\n")
+	spec := strings.Replace(recipe(t, "examples/mariadb/hooks-read-lock.json"), `"max_freeze": "15m"`, `"max_freeze": "3s"`, 1)
+	db.createTable(t)
+	w := db.startWriter(t, "", 0)
+	w.waitAcked(t, 200)
+	hw, sock := hookWorld(t, spec, "20s")
+	hw.env = append(hw.env, "MARIADB_BACKUP_CNF="+cnf)
+	s := hw.startPID1(t)
+	s.eventually(t, "/readyz", 200, 60*time.Second)
+
+	// The freeze, ended by the post call.
+	if code, out := hookCall(t, hw.bins.Avsidecar, sock, "pre")(); code != 0 {
+		t.Fatalf("hook pre: exit %d\n%s", code, out)
+	}
+	frozen, _, _ := w.state()
+	dst := filepath.Join(dbDir(t), "copy")
+	files := slowCopy(t, data, dst, copyPause)
+	during, _, _ := w.state()
+	if code, out := hookCall(t, hw.bins.Avsidecar, sock, "post")(); code != 0 {
+		t.Fatalf("hook post: exit %d\n%s", code, out)
+	}
+	w.waitAcked(t, during+10)
+	if during > frozen+1 {
+		t.Errorf("the writer committed %d transactions under the read lock", during-frozen)
+	}
+	t.Logf("%d files copied under the read lock; the writer stood at %d from pre to post, then went on", files, frozen)
+
+	// No post call: the expiry ends the session after max_freeze.
+	w.resetStall()
+	if code, out := hookCall(t, hw.bins.Avsidecar, sock, "pre")(); code != 0 {
+		t.Fatalf("second hook pre: exit %d\n%s", code, out)
+	}
+	s.log.Wait(t, 0, "the expiry", 30*time.Second, msg("hooks", "freeze lease thawed", "by", "expiry"))
+	acked, _, _ := w.state()
+	w.waitAcked(t, acked+10)
+	_, stall, err := w.state()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("the writer's longest stall with no post call: %s (max_freeze 3s)", stall.Round(time.Millisecond))
+	if stall < 2*time.Second || stall > 8*time.Second {
+		t.Errorf("stall %s, want about max_freeze (3s), at most 8s", stall)
+	}
+	if code, out := hookCall(t, hw.bins.Avsidecar, sock, "post")(); code != 1 || !strings.Contains(out, "late: the freeze had ended") {
+		t.Errorf("the late post: exit %d\n%s", code, out)
+	}
+	t.Log(strings.TrimSpace(checkRestored(t, "mariadb", dst, frozen, frozen+1)))
+}

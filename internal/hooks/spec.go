@@ -283,7 +283,7 @@ func (s *Session) check(where string) []string {
 	if s.Dialect != DialectPsql && s.Dialect != DialectMariaDB {
 		p = append(p, fmt.Sprintf("%s: session.dialect %q must be %s or %s", where, s.Dialect, DialectPsql, DialectMariaDB))
 	}
-	if s.Dialect == DialectMariaDB && !slices.Contains(s.Command, "--unbuffered") && !slices.Contains(s.Command, "-n") {
+	if s.Dialect == DialectMariaDB && !slices.ContainsFunc(s.Command, func(a string) bool { return a == "-n" || strings.Contains(a, "--unbuffered") }) {
 		p = append(p, where+": session.command of dialect mariadb needs --unbuffered: without it the client keeps its answers until it ends")
 	}
 	if len(s.Pre) == 0 {
