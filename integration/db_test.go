@@ -1,6 +1,7 @@
 package integration
 
 import (
+	"context"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -8,6 +9,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/rs/zerolog"
+
+	"github.com/avsidecar/avsidecar/internal/hooks"
 	"github.com/avsidecar/avsidecar/internal/testkit"
 )
 
@@ -218,4 +222,60 @@ func TestMariaDBReadLockSession(t *testing.T) {
 		t.Errorf("the late post: exit %d\n%s", code, out)
 	}
 	t.Log(strings.TrimSpace(checkRestored(t, "mariadb", dst, frozen, frozen+1)))
+}
+
+// TestPostgresSession: a psql session hook holds PostgreSQL's
+// non-exclusive backup mode (pg_backup_start) from pre to post, in one
+// session that stays open; post's pg_backup_stop ends it and the session.
+// A statement that fails fails the pre phase with the server's error, and
+// the undo ends the session.
+func TestPostgresSession(t *testing.T) {
+	data := filepath.Join(dbDir(t), "pgdata")
+	initPostgres(t, data)
+	db := startPostgres(t, data)
+	psql := `["psql", "-X", "-h", "` + db.sock + `", "-p", "` + strconv.Itoa(db.port) + `", "-U", "postgres"]`
+	session := func(stmt string) string {
+		return `{"pre": [{"name": "backup-mode", "session": {"command": ` + psql + `, "dialect": "psql",
+			"pre": ["` + stmt + `"], "post": ["SELECT lsn FROM pg_backup_stop(false)"]}}]}`
+	}
+	inBackup := "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'SELECT pg_backup_start%';"
+
+	h := newHooksPart(t, session("SELECT pg_backup_start('avamar', true)"))
+	pre, err := h.RunPhase(context.Background(), hooks.PhasePre)
+	if err != nil || pre.Result != hooks.ResultPassed {
+		t.Fatalf("pre %+v, %v", pre, err)
+	}
+	if got := db.sql(t, inBackup); got != "1" {
+		t.Errorf("sessions in backup mode after pre: %s, want 1", got)
+	}
+	post, err := h.RunPhase(context.Background(), hooks.PhasePost)
+	if err != nil || post.Result != hooks.ResultPassed || post.By != hooks.ByPost || len(post.Hooks) != 1 || post.Hooks[0].Kind != "session" {
+		t.Fatalf("post %+v, %v", post, err)
+	}
+	if got := db.sql(t, inBackup); got != "0" {
+		t.Errorf("sessions in backup mode after post: %s, want 0", got)
+	}
+
+	h = newHooksPart(t, session("SELECT pg_backup_begin('avamar')"))
+	pre, err = h.RunPhase(context.Background(), hooks.PhasePre)
+	if err != nil || pre.Result != hooks.ResultFailed || pre.Undo == nil || pre.Undo.By != hooks.ByPreFailed {
+		t.Fatalf("pre with a bad statement %+v, %v", pre, err)
+	}
+	if r := pre.Hooks[0]; !strings.Contains(r.Error, "statement 1: the client ended before answering") ||
+		!strings.Contains(strings.Join(r.Output, "\n"), "function pg_backup_begin(unknown) does not exist") {
+		t.Errorf("the failed statement: %+v", r)
+	}
+}
+
+// newHooksPart makes the sidecar's hooks part from spec, as `avsidecar
+// run` does, without its socket.
+func newHooksPart(t *testing.T, spec string) *hooks.Hooks {
+	t.Helper()
+	dir := t.TempDir()
+	h, err := hooks.New(hooks.Config{Spec: spec, Socket: filepath.Join(dir, "h.sock"), ScriptsDir: dir, Command: "avsidecar",
+		LeaseFile: filepath.Join(dir, "lease.json")}, zerolog.Nop())
+	if err != nil || h.ConfigError() != nil {
+		t.Fatal(err, h.ConfigError())
+	}
+	return h
 }

@@ -24,23 +24,36 @@ func hookWorld(t *testing.T, spec, shutdown string) (*world, string) {
 // background; the returned function waits for its exit code and output.
 func hookCall(t *testing.T, bin, socket, phase string) func() (int, string) {
 	t.Helper()
-	cmd := exec.Command(bin, "hook", "--socket", socket, phase)
-	var out bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &out
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan struct{})
-	go func() { _ = cmd.Wait(); close(done) }()
-	t.Cleanup(func() { _ = cmd.Process.Kill(); <-done })
+	cmd := hookCallCmd(t, bin, socket, phase)
 	return func() (int, string) {
 		select {
-		case <-done:
+		case <-cmd.done:
 		case <-time.After(2 * time.Minute):
 			t.Fatalf("avsidecar hook %s still running", phase)
 		}
-		return cmd.ProcessState.ExitCode(), out.String()
+		return cmd.ProcessState.ExitCode(), cmd.out.String()
 	}
+}
+
+// hookProcess is a running `avsidecar hook`.
+type hookProcess struct {
+	*exec.Cmd
+	out  bytes.Buffer
+	done chan struct{}
+}
+
+// hookCallCmd starts `avsidecar hook PHASE`; the test kills it if it is
+// still running at the end.
+func hookCallCmd(t *testing.T, bin, socket, phase string) *hookProcess {
+	t.Helper()
+	p := &hookProcess{Cmd: exec.Command(bin, "hook", "--socket", socket, phase), done: make(chan struct{})}
+	p.Stdout, p.Stderr = &p.out, &p.out
+	if err := p.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = p.Wait(); close(p.done) }()
+	t.Cleanup(func() { _ = p.Process.Kill(); <-p.done })
+	return p
 }
 
 // stopDuringPost starts a sidecar as PID 1 with hooks spec, runs the pre

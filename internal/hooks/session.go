@@ -57,11 +57,16 @@ func (h *Hooks) startSession(ctx context.Context, phase string, hook Hook, r *Re
 		return nil
 	}
 	s.in = w
-	statements := hook.Session.Pre
 	if hook.Session.Dialect == DialectPsql {
-		statements = append([]string{`\set ON_ERROR_STOP on`}, statements...)
+		if err := s.send(ctx, `\set ON_ERROR_STOP on`); err != nil {
+			err = fmt.Errorf("the client did not start: %w", err)
+			r.Output = s.out.lines()
+			s.kill()
+			r.Outcome, r.Error = outcomeOf(ctx), err.Error()
+			return nil
+		}
 	}
-	err = s.run(ctx, statements)
+	err = s.run(ctx, hook.Session.Pre)
 	r.Output = s.out.lines()
 	if err != nil {
 		s.kill()
@@ -85,31 +90,38 @@ func (s *session) line(l string) {
 	s.changed = make(chan struct{})
 }
 
-// run sends statements one at a time, each followed by a marker, and waits
-// for each marker: the statement succeeded. The client ending first, or
-// ctx, is a failure.
+// run sends statements one at a time, and fails at the first that does
+// not succeed, naming it by its place in the list (its text may hold a
+// secret).
 func (s *session) run(ctx context.Context, statements []string) error {
-	for _, st := range statements {
-		s.n++
-		marker := fmt.Sprintf("%s%d", markerPrefix, s.n)
-		text := strings.TrimSpace(st)
-		if !strings.HasPrefix(text, `\`) && !strings.HasSuffix(text, ";") {
-			text += ";"
-		}
-		switch s.hook.Session.Dialect {
-		case DialectPsql:
-			text += "\n\\echo " + marker
-		case DialectMariaDB:
-			text += "\nSELECT '" + marker + "';"
-		}
-		if _, err := s.in.WriteString(text + "\n"); err != nil {
-			return fmt.Errorf("statement %d: the client does not read: %w", s.n, err)
-		}
-		if err := s.wait(ctx, marker); err != nil {
-			return fmt.Errorf("statement %d: %w", s.n, err)
+	for i, st := range statements {
+		if err := s.send(ctx, st); err != nil {
+			return fmt.Errorf("statement %d: %w", i+1, err)
 		}
 	}
 	return nil
+}
+
+// send sends one statement followed by a marker, and waits for the
+// marker: the statement succeeded. The client ending first, or ctx, is a
+// failure.
+func (s *session) send(ctx context.Context, statement string) error {
+	s.n++
+	marker := fmt.Sprintf("%s%d", markerPrefix, s.n)
+	text := strings.TrimSpace(statement)
+	if !strings.HasPrefix(text, `\`) && !strings.HasSuffix(text, ";") {
+		text += ";"
+	}
+	switch s.hook.Session.Dialect {
+	case DialectPsql:
+		text += "\n\\echo " + marker
+	case DialectMariaDB:
+		text += "\nSELECT '" + marker + "';"
+	}
+	if _, err := s.in.WriteString(text + "\n"); err != nil {
+		return fmt.Errorf("the client does not read: %w", err)
+	}
+	return s.wait(ctx, marker)
 }
 
 // wait waits for marker.

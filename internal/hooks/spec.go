@@ -65,8 +65,10 @@ const (
 // AVSIDECAR_HOOKS_FILE):
 //
 //	{
+//	  "max_freeze": "15m",
 //	  "pre": [
-//	    {"name": "checkpoint", "command": ["psql", "-h", "127.0.0.1", "-c", "CHECKPOINT"], "timeout": "2m"},
+//	    {"name": "read-lock", "session": {"command": ["mariadb", "--unbuffered"], "dialect": "mariadb",
+//	      "pre": ["FLUSH TABLES WITH READ LOCK"], "post": ["UNLOCK TABLES"]}},
 //	    {"name": "flush", "http": {"url": "http://127.0.0.1:8080/admin/flush"}, "on_error": "continue"}
 //	  ],
 //	  "post": [
