@@ -76,8 +76,9 @@ func (w *agentWorld) serve(t *testing.T, spec string) (*Hooks, context.CancelFun
 	}
 	t.Cleanup(func() { cancel() })
 	waitFor(t, "the scripts for this socket", func() bool {
-		b, _ := os.ReadFile(filepath.Join(w.scripts, PreScript))
-		return strings.Contains(string(b), sock) && dial(sock)
+		pre, _ := os.ReadFile(filepath.Join(w.scripts, PreScript))
+		post, _ := os.ReadFile(filepath.Join(w.scripts, PostScript))
+		return strings.Contains(string(pre), sock) && strings.Contains(string(post), sock) && dial(sock)
 	})
 	return h, stop
 }
