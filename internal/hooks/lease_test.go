@@ -258,3 +258,29 @@ func TestWorstAnswerFits(t *testing.T) {
 		t.Errorf("the worst answer is %d bytes, more than half of MaxAnswer (%d)", len(b), MaxAnswer)
 	}
 }
+
+// TestStopThaws: the sidecar stops with a freeze open: Run ends it before
+// it returns, and a call after the stop began runs nothing.
+func TestStopThaws(t *testing.T) {
+	w := newLeaseWorld(t, `{"pre": [`+rec("pause", "pre")+`], "post": [`+rec("resume", "post")+`]}`)
+	ctx, stop := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- w.h.Run(ctx) }()
+	waitFor(t, "the socket", func() bool { return dial(w.h.cfg.Socket) })
+	if run, err := Call(context.Background(), w.h.cfg.Socket, PhasePre, nil); err != nil || run.Result != ResultPassed {
+		t.Fatalf("pre %+v, %v", run, err)
+	}
+	stop()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if st := w.h.Status(); w.traced() != "pre\npost\n" || st.Lease != nil || st.LastThaw == nil || st.LastThaw.By != ByStop {
+		t.Errorf("after the stop: trace %q, status %+v", w.traced(), st)
+	}
+	if rec := w.onDisk(t); rec.State != leaseClosed || rec.Thaw.By != ByStop {
+		t.Errorf("lease on disk %+v", rec)
+	}
+	if _, err := w.h.RunPhase(context.Background(), PhasePre); err == nil || !strings.Contains(err.Error(), "stopping") {
+		t.Errorf("a pre after the stop: %v", err)
+	}
+}
