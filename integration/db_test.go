@@ -20,7 +20,7 @@ const recipeRuns = 3
 
 // copyPause is how long the copy waits between two files: a backup that
 // takes its time while the database keeps writing.
-const copyPause = 5 * time.Millisecond
+const copyPause = 2 * time.Millisecond
 
 // recipe is the hooks JSON of an example, as shipped.
 func recipe(t *testing.T, path string) string {
@@ -53,7 +53,7 @@ func backupUnderLoad(t *testing.T, db *dbServer, spec string, env []string, data
 	hw, sock := hookWorld(t, spec, "20s")
 	hw.env = append(hw.env, env...)
 	s := hw.startPID1(t)
-	s.eventually(t, "/readyz", 200, 60*time.Second)
+	s.waitHooks(t, sock)
 
 	var checks []string
 	for i := range runs {
@@ -183,7 +183,7 @@ func TestMariaDBReadLockSession(t *testing.T) {
 	hw, sock := hookWorld(t, spec, "20s")
 	hw.env = append(hw.env, "MARIADB_BACKUP_CNF="+cnf)
 	s := hw.startPID1(t)
-	s.eventually(t, "/readyz", 200, 60*time.Second)
+	s.waitHooks(t, sock)
 
 	// The freeze, ended by the post call.
 	if code, out := hookCall(t, hw.bins.Avsidecar, sock, "pre")(); code != 0 {

@@ -2,6 +2,7 @@ package integration
 
 import (
 	"bytes"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -64,7 +65,7 @@ func stopDuringPost(t *testing.T, spec, shutdown, trace string) (*world, *sideca
 	t.Helper()
 	w, sock := hookWorld(t, spec, shutdown)
 	s := w.startPID1(t)
-	s.eventually(t, "/readyz", 200, 60*time.Second)
+	s.waitHooks(t, sock)
 	if code, out := hookCall(t, w.bins.Avsidecar, sock, "pre")(); code != 0 {
 		t.Fatalf("hook pre: exit %d\n%s", code, out)
 	}
@@ -75,6 +76,27 @@ func stopDuringPost(t *testing.T, spec, shutdown, trace string) (*world, *sideca
 		t.Errorf("exit code %d after SIGTERM, want 0", code)
 	}
 	return w, s, post
+}
+
+// waitHooks waits until the sidecar's hooks answer on sock: they serve
+// from the start, before the install and the registration.
+func (s *sidecar) waitHooks(t *testing.T, sock string) {
+	t.Helper()
+	deadline := time.Now().Add(time.Minute)
+	for {
+		if c, err := net.Dial("unix", sock); err == nil {
+			c.Close()
+			return
+		}
+		select {
+		case <-s.done:
+			t.Fatal("avsidecar exited before its hooks answered")
+		case <-time.After(10 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no hooks on %s within a minute", sock)
+		}
+	}
 }
 
 // waitFile waits for path to hold want.
