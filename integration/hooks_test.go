@@ -162,4 +162,8 @@ func TestStopCutsPostHookThenStartThaws(t *testing.T) {
 	if st["lease"] != nil || st["last_thaw"].(map[string]any)["by"] != "start" {
 		t.Errorf("after the thaw at start: lease %v, last thaw %v", st["lease"], st["last_thaw"])
 	}
+	out, err := exec.Command(w.bins.Avsidecar, "status", "--addr", w.http).CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "the last freeze ended") || !strings.Contains(string(out), "by start") {
+		t.Errorf("avsidecar status: %v\n%s", err, out)
+	}
 }

@@ -104,7 +104,11 @@ func readOpenLease(path string) (*Lease, error) {
 	}
 	var rec leaseFile
 	if err := json.Unmarshal(b, &rec); err != nil || (rec.State != leaseOpen && rec.State != leaseClosed) {
-		return &Lease{ID: "unreadable"}, fmt.Errorf("the freeze lease %s is damaged (%d bytes): taken as open", path, len(b))
+		l := &Lease{ID: "unreadable"}
+		if fi, err := os.Stat(path); err == nil {
+			l.Opened = fi.ModTime() // when the pre phase wrote it, or later
+		}
+		return l, fmt.Errorf("the freeze lease %s is damaged (%d bytes): taken as open", path, len(b))
 	}
 	if rec.State == leaseOpen {
 		return &rec.Lease, nil
