@@ -256,6 +256,17 @@ func TestPostgresSession(t *testing.T) {
 		t.Errorf("sessions in backup mode after post: %s, want 0", got)
 	}
 
+	// The server ends the session during the backup: the post phase says
+	// that what it held was let go, and fails.
+	if pre, err := h.RunPhase(context.Background(), hooks.PhasePre); err != nil || pre.Result != hooks.ResultPassed {
+		t.Fatalf("second pre %+v, %v", pre, err)
+	}
+	db.sql(t, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query LIKE 'SELECT pg_backup_start%';")
+	post, err = h.RunPhase(context.Background(), hooks.PhasePost)
+	if err != nil || post.Result != hooks.ResultFailed || !strings.Contains(post.Hooks[0].Error, "the session ended during the backup") {
+		t.Errorf("post after the session was ended %+v, %v", post, err)
+	}
+
 	h = newHooksPart(t, session("SELECT pg_backup_begin('avamar')"))
 	pre, err = h.RunPhase(context.Background(), hooks.PhasePre)
 	if err != nil || pre.Result != hooks.ResultFailed || pre.Undo == nil || pre.Undo.By != hooks.ByPreFailed {

@@ -172,6 +172,10 @@ func (s *session) finish(ctx context.Context, r *Result) {
 		return
 	}
 	err := s.run(ctx, s.hook.Session.Post)
+	if err != nil && !s.alive() {
+		// A client learns that its connection is gone when it next uses it.
+		err = fmt.Errorf("the session ended during the backup, what it held was let go: %w", err)
+	}
 	s.in.Close()
 	if err == nil {
 		end, cancel := context.WithTimeout(ctx, sessionEndGrace)
