@@ -371,10 +371,11 @@ func (w *writer) waitAcked(t *testing.T, n int64) {
 }
 
 // slowCopy copies the tree src to dst the way a file-level backup reads a
-// volume: a plain recursive walk, one file after the other, each read
-// whole, with a pause between files, so that writes arrive during the
-// copy where the method lets them. It returns the number of files.
-func slowCopy(t *testing.T, src, dst string, pause time.Duration) int {
+// volume: a plain recursive walk, one file after the other, with a pause
+// between files (and between chunks of a file, when chunk is not 0), so
+// that writes arrive during the copy where the method lets them. It
+// returns the number of files.
+func slowCopy(t *testing.T, src, dst string, pause time.Duration, chunk int) int {
 	t.Helper()
 	files := 0
 	err := filepath.WalkDir(src, func(p string, d fs.DirEntry, err error) error {
@@ -399,7 +400,7 @@ func slowCopy(t *testing.T, src, dst string, pause time.Duration) int {
 		case !d.Type().IsRegular():
 			return nil // sockets, lock files' FIFOs: not data
 		}
-		b, err := os.ReadFile(p)
+		b, err := readSlowly(p, chunk, pause)
 		if err != nil {
 			return err
 		}
@@ -469,6 +470,32 @@ func exitOf(err error) string {
 		return "exit 0"
 	}
 	return err.Error()
+}
+
+// readSlowly reads a file whole, or chunk bytes at a time with a pause
+// after each.
+func readSlowly(path string, chunk int, pause time.Duration) ([]byte, error) {
+	if chunk == 0 {
+		return os.ReadFile(path)
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	var out []byte
+	buf := make([]byte, chunk)
+	for {
+		n, err := f.Read(buf)
+		out = append(out, buf[:n]...)
+		if err == io.EOF {
+			return out, nil
+		}
+		if err != nil {
+			return nil, err
+		}
+		time.Sleep(pause)
+	}
 }
 
 func lastLines(s string, n int) string {

@@ -70,7 +70,7 @@ func backupUnderLoad(t *testing.T, db *dbServer, spec string, env []string, data
 			committed, atMost = returned, 0
 		}
 		dst := filepath.Join(dbDir(t), "copy")
-		files := slowCopy(t, dataset, dst, copyPause)
+		files := slowCopy(t, dataset, dst, copyPause, 0)
 		after, _, _ := w.state()
 		if code, out := hookCall(t, hw.bins.Avsidecar, sock, "post")(); code != 0 {
 			t.Fatalf("backup %d: hook post: exit %d\n%s", i, code, out)
@@ -153,10 +153,10 @@ func TestCopyWithoutHooks(t *testing.T) {
 	}
 	db.createTable(t)
 	w := db.startWriter(t, extra, 500)
-	w.waitAcked(t, 2000)
+	w.waitAcked(t, 20000)
 	committed, _, _ := w.state()
 	dst := filepath.Join(dbDir(t), "copy")
-	files := slowCopy(t, data, dst, 20*time.Millisecond)
+	files := slowCopy(t, data, dst, 2*time.Millisecond, 64<<10)
 	for _, stale := range []string{"postmaster.pid", "postmaster.opts", "aria_log_control.lock"} {
 		os.Remove(filepath.Join(dst, stale))
 	}
@@ -191,7 +191,7 @@ func TestMariaDBReadLockSession(t *testing.T) {
 	}
 	frozen, _, _ := w.state()
 	dst := filepath.Join(dbDir(t), "copy")
-	files := slowCopy(t, data, dst, copyPause)
+	files := slowCopy(t, data, dst, copyPause, 0)
 	during, _, _ := w.state()
 	if code, out := hookCall(t, hw.bins.Avsidecar, sock, "post")(); code != 0 {
 		t.Fatalf("hook post: exit %d\n%s", code, out)
