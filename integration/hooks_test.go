@@ -162,6 +162,10 @@ func TestStopCutsPostHookThenStartThaws(t *testing.T) {
 	if st["lease"] != nil || st["last_thaw"].(map[string]any)["by"] != "start" {
 		t.Errorf("after the thaw at start: lease %v, last thaw %v", st["lease"], st["last_thaw"])
 	}
+	m := s.scrape(t)
+	if m["avsidecar_hook_thaws_total{by=start}"] != 1 || m["avsidecar_hook_freeze_open{}"] != 0 {
+		t.Errorf("metrics after the thaw at start: %v", pick(m, "avsidecar_hook_thaws", "avsidecar_hook_freeze"))
+	}
 	out, err := exec.Command(w.bins.Avsidecar, "status", "--addr", w.http).CombinedOutput()
 	if err != nil || !strings.Contains(string(out), "the last freeze ended") || !strings.Contains(string(out), "by start") {
 		t.Errorf("avsidecar status: %v\n%s", err, out)
