@@ -95,6 +95,7 @@ func backupUnderLoad(t *testing.T, db *dbServer, spec string, env []string, data
 	if thaws := st["thaws"].(map[string]any); thaws["post"] != float64(runs) || len(thaws) != 1 {
 		t.Errorf("thaws %v, want %d by post", thaws, runs)
 	}
+	s.stopPID1(t)
 	return checks
 }
 
@@ -221,6 +222,7 @@ func TestMariaDBReadLockSession(t *testing.T) {
 	if code, out := hookCall(t, hw.bins.Avsidecar, sock, "post")(); code != 1 || !strings.Contains(out, "late: the freeze had ended") {
 		t.Errorf("the late post: exit %d\n%s", code, out)
 	}
+	s.stopPID1(t)
 	t.Log(strings.TrimSpace(checkRestored(t, "mariadb", dst, frozen, frozen+1)))
 }
 

@@ -163,6 +163,7 @@ func TestHookFaults(t *testing.T) {
 		t.Log(row)
 		table = append(table, row)
 	}
+	s.stopPID1(t)
 	t.Logf("max_freeze %s, limit %s\n| case | runs | median stall | longest stall | post hooks run by |\n| --- | --- | --- | --- | --- |\n%s",
 		faultFreeze, limit, strings.Join(table, "\n"))
 }

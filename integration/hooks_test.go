@@ -99,6 +99,17 @@ func (s *sidecar) waitHooks(t *testing.T, sock string) {
 	}
 }
 
+// stopPID1 stops a sidecar started by startPID1 as the kubelet does, at
+// the end of a test: SIGTERM to PID 1 (unshare does not pass it on), and
+// exit 0.
+func (s *sidecar) stopPID1(t *testing.T) {
+	t.Helper()
+	signal(t, s.init(t), syscall.SIGTERM)
+	if code := s.exitCode(t, 30*time.Second); code != 0 {
+		t.Errorf("exit code %d after SIGTERM, want 0", code)
+	}
+}
+
 // waitFile waits for path to hold want.
 func waitFile(t *testing.T, path, want string, timeout time.Duration) {
 	t.Helper()
@@ -170,4 +181,5 @@ func TestStopCutsPostHookThenStartThaws(t *testing.T) {
 	if err != nil || !strings.Contains(string(out), "the last freeze ended") || !strings.Contains(string(out), "by start") {
 		t.Errorf("avsidecar status: %v\n%s", err, out)
 	}
+	s.stopPID1(t)
 }
