@@ -17,13 +17,16 @@ import (
 // Bounds of the socket's server. A script sends a small request at once
 // and then waits, maybe long, for its phase: a connection that sends
 // nothing, or announces a body it never sends, is closed after
-// readTimeout, and at most maxConns are open at a time (a newcomer over
-// the cap is closed at once).
+// readTimeout, and at most maxConns are open at a time, with
+// reserveConns more for newcomers whose request has arrived whole (a
+// script's, during a flood of silent ones; see connlimit); any other
+// newcomer over the cap is closed at once.
 const (
-	readTimeout = 5 * time.Second
-	idleTimeout = 10 * time.Second
-	maxConns    = 16
-	maxRequest  = 64 << 10
+	readTimeout  = 5 * time.Second
+	idleTimeout  = 10 * time.Second
+	maxConns     = 16
+	reserveConns = 4
+	maxRequest   = 64 << 10
 )
 
 // Run serves the scripts' calls on the socket until ctx ends; once the
@@ -37,9 +40,10 @@ func (h *Hooks) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	srv := &http.Server{Handler: h.handler(), ReadHeaderTimeout: readTimeout, IdleTimeout: idleTimeout}
+	srv := &http.Server{Handler: connlimit.Track(h.handler()), ConnContext: connlimit.ConnContext,
+		ReadHeaderTimeout: readTimeout, IdleTimeout: idleTimeout}
 	served := make(chan error, 1)
-	go func() { served <- srv.Serve(connlimit.New(ln, maxConns, 0)) }()
+	go func() { served <- srv.Serve(connlimit.New(ln, maxConns, 0, reserveConns)) }()
 	defer os.Remove(h.cfg.Socket)
 
 	scripts := h.cfg.Installed
