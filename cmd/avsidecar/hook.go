@@ -50,6 +50,27 @@ func hookCmd(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	printHooks(stdout, stderr, phase, run)
+	if u := run.Undo; u != nil {
+		fmt.Fprintf(stderr, "avsidecar hook %s: the post hooks ran at once (%s): %s\n", phase, u.By, u.Result)
+		printHooks(stdout, stderr, hooks.PhasePost, *u)
+	}
+	if l := run.Late; l != nil {
+		fmt.Fprintf(stderr, "avsidecar hook %s: late: the freeze had ended at %s (%s ran the post hooks, %s); the end of this backup's copy was not frozen\n",
+			phase, l.At.Format(time.RFC3339), l.By, l.Result)
+	}
+	if run.Cut {
+		fmt.Fprintf(stderr, "avsidecar hook %s: cut by the sidecar's stop\n", phase)
+	}
+	if run.Result != hooks.ResultPassed {
+		return &exitError{Code: exitFailure, Err: fmt.Errorf("the %s hooks failed: the backup must not go on", phase)}
+	}
+	fmt.Fprintf(stdout, "avsidecar hook %s: passed (%d hooks in %s)\n", phase, len(run.Hooks), run.Duration.Round(time.Millisecond))
+	return nil
+}
+
+// printHooks prints each hook's outcome, and the end of its output.
+func printHooks(stdout, stderr io.Writer, phase string, run hooks.PhaseRun) {
 	for _, r := range run.Hooks {
 		line := fmt.Sprintf("avsidecar hook %s: %s (%s): %s in %s", phase, r.Name, r.Kind, r.Outcome, r.Duration.Round(time.Millisecond))
 		if r.Outcome == hooks.OutcomeOK {
@@ -64,9 +85,4 @@ func hookCmd(args []string, stdout, stderr io.Writer) error {
 	for _, name := range run.Skipped {
 		fmt.Fprintf(stderr, "avsidecar hook %s: %s: skipped\n", phase, name)
 	}
-	if run.Result != hooks.ResultPassed {
-		return &exitError{Code: exitFailure, Err: fmt.Errorf("the %s hooks failed: the backup must not go on", phase)}
-	}
-	fmt.Fprintf(stdout, "avsidecar hook %s: passed (%d hooks in %s)\n", phase, len(run.Hooks), run.Duration.Round(time.Millisecond))
-	return nil
 }

@@ -136,6 +136,18 @@ func summary(st sidecar.Status, addr string, ready bool, readyz string, now time
 	default:
 		line("last backup", "%s", ago(bk.LastBackup))
 	}
+	if h := st.Hooks; h != nil {
+		switch {
+		case h.ConfigError != "":
+			line("hooks", "broken: %s", h.ConfigError)
+		case h.Lease != nil:
+			line("hooks", "frozen since %s: the post hooks run at the post call, or at %s", ago(h.Lease.Opened), h.Lease.Deadline.Format(time.RFC3339))
+		case h.LastThaw != nil:
+			line("hooks", "%d pre, %d post; the last freeze ended %s, by %s", len(h.Pre), len(h.Post), ago(h.LastThaw.At), h.LastThaw.By)
+		default:
+			line("hooks", "%d pre, %d post; no freeze yet", len(h.Pre), len(h.Post))
+		}
+	}
 
 	if s := st.SSH; s == nil {
 		line("ssh", "off")

@@ -61,7 +61,7 @@ func newAgentWorld(t *testing.T) *agentWorld {
 func (w *agentWorld) serve(t *testing.T, spec string) (*Hooks, context.CancelFunc) {
 	t.Helper()
 	sock := filepath.Join(t.TempDir(), "h.sock")
-	h, err := New(Config{Spec: spec, Socket: sock, ScriptsDir: w.scripts, Command: w.bins.Avsidecar}, zerolog.Nop())
+	h, err := New(Config{Spec: spec, Socket: sock, ScriptsDir: w.scripts, Command: w.bins.Avsidecar, LeaseFile: filepath.Join(t.TempDir(), "lease.json")}, zerolog.Nop())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -76,8 +76,9 @@ func (w *agentWorld) serve(t *testing.T, spec string) (*Hooks, context.CancelFun
 	}
 	t.Cleanup(func() { cancel() })
 	waitFor(t, "the scripts for this socket", func() bool {
-		b, _ := os.ReadFile(filepath.Join(w.scripts, PreScript))
-		return strings.Contains(string(b), sock) && dial(sock)
+		pre, _ := os.ReadFile(filepath.Join(w.scripts, PreScript))
+		post, _ := os.ReadFile(filepath.Join(w.scripts, PostScript))
+		return strings.Contains(string(pre), sock) && strings.Contains(string(post), sock) && dial(sock)
 	})
 	return h, stop
 }
@@ -158,12 +159,14 @@ func TestBackupWithHooks(t *testing.T) {
 			t.Fatalf("backup %+v, want it aborted by the start script", r)
 		}
 		out := output(r, mcsproto.StepRunAtStart)
-		for _, want := range []string{"freeze (command): timeout", "no end within 300ms", "after: skipped", "the pre hooks failed"} {
+		for _, want := range []string{"freeze (command): timeout", "no end within 300ms", "after: skipped", "the pre hooks failed",
+			"the post hooks ran at once (pre-failed)"} {
 			if !strings.Contains(out, want) {
 				t.Errorf("output lacks %q:\n%s", want, out)
 			}
 		}
-		w.dataIs(t, "")
+		// The post hooks undid what the pre phase did before it failed.
+		w.dataIs(t, "post\n")
 	})
 
 	t.Run("timeout, continue", func(t *testing.T) {

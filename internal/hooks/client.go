@@ -10,6 +10,13 @@ import (
 	"net/http"
 )
 
+// MaxAnswer is the most a script reads of the sidecar's answer. The
+// answer's worst case (a pre phase of MaxHooks hooks and its undo of
+// MaxHooks post hooks, each with its output and error at their bounds, in
+// bytes that JSON escapes six-fold) is under half of it
+// (TestWorstAnswerFits).
+const MaxAnswer = 4 << 20
+
 // Call asks the sidecar serving socket to run phase, as the scripts do
 // through `avsidecar hook`, and returns the run. It waits as long as the
 // phase takes: each hook's timeout bounds it.
@@ -31,9 +38,12 @@ func Call(ctx context.Context, socket, phase string, args []string) (PhaseRun, e
 		return PhaseRun{}, fmt.Errorf("call the sidecar's hooks at %s: %w", socket, err)
 	}
 	defer resp.Body.Close()
-	b, err := io.ReadAll(io.LimitReader(resp.Body, 4<<20))
+	b, err := io.ReadAll(io.LimitReader(resp.Body, MaxAnswer+1))
 	if err != nil {
 		return PhaseRun{}, fmt.Errorf("read the hooks' answer: %w", err)
+	}
+	if len(b) > MaxAnswer {
+		return PhaseRun{}, fmt.Errorf("the hooks' answer is larger than %d bytes: the sidecar is not this avsidecar's", MaxAnswer)
 	}
 	if resp.StatusCode != http.StatusOK {
 		var e struct {

@@ -35,11 +35,44 @@ const (
 // metric.
 var Results = []string{ResultPassed, ResultFailed}
 
-// outputTail bounds the output of a command kept for the script's caller.
+// Bounds of what a hook's result keeps for the script's caller: the end
+// of its output (at most outputLines lines, outputBytes bytes in all, a
+// longer line cut to its end) and its error. They bound the answer a
+// script reads (MaxAnswer).
 const (
 	outputLines = 20
 	outputBytes = 4 << 10
+	errorBytes  = 512
 )
+
+// outputTail keeps the end of an output within the bounds.
+type outputTail struct {
+	tail []string
+	size int
+}
+
+func (o *outputTail) add(line string) {
+	if len(line) > outputBytes {
+		line = line[len(line)-outputBytes:]
+	}
+	o.tail = append(o.tail, line)
+	o.size += len(line)
+	for len(o.tail) > outputLines || o.size > outputBytes {
+		o.size -= len(o.tail[0])
+		o.tail = o.tail[1:]
+	}
+}
+
+// lines returns a copy of what is kept.
+func (o *outputTail) lines() []string { return append([]string(nil), o.tail...) }
+
+// bounded cuts an error message to errorBytes.
+func bounded(msg string) string {
+	if len(msg) <= errorBytes {
+		return msg
+	}
+	return msg[:errorBytes-3] + "..."
+}
 
 // Result is one hook's run.
 type Result struct {
@@ -47,7 +80,8 @@ type Result struct {
 	Kind    string `json:"kind"`
 	OnError string `json:"on_error"`
 	Outcome string `json:"outcome"`
-	// ExitCode is a command's exit status (-1 for a signal).
+	// ExitCode is a command's exit status (-1 for a signal); a session's
+	// client's when it ended at once.
 	ExitCode *int `json:"exit_code,omitempty"`
 	// HTTPStatus is an HTTP hook's answer.
 	HTTPStatus int `json:"http_status,omitempty"`
@@ -61,9 +95,12 @@ type Result struct {
 	Output []string `json:"output,omitempty"`
 }
 
-// PhaseRun is one call of a phase: the hooks it ran, in order.
+// PhaseRun is one run of a phase: the hooks it ran, in order.
 type PhaseRun struct {
 	Phase string `json:"phase"`
+	// By says who ran a post phase (ByPost, ByExpiry, ...); empty for a
+	// pre phase, and for a post phase with no freeze open.
+	By string `json:"by,omitempty"`
 	// Result is passed or failed: whether the script exits 0.
 	Result   string        `json:"result"`
 	Started  time.Time     `json:"started"`
@@ -72,6 +109,15 @@ type PhaseRun struct {
 	// Skipped names the hooks not run because one before failed with
 	// on_error fail.
 	Skipped []string `json:"skipped,omitempty"`
+	// Cut says the stop's deadline killed the phase's hooks.
+	Cut bool `json:"cut,omitempty"`
+	// Undo is the post phase that a failed pre phase, or one whose caller
+	// left, ran at once.
+	Undo *PhaseRun `json:"undo,omitempty"`
+	// Late is set on a post call that came after its freeze had ended
+	// otherwise: it ran nothing, and fails, since the end of that backup's
+	// copy was not frozen.
+	Late *Thaw `json:"late,omitempty"`
 }
 
 // runPhase runs hooks in order. A hook that fails with on_error fail fails
@@ -87,15 +133,47 @@ func (h *Hooks) runPhase(ctx context.Context, phase string, hooks []Hook) PhaseR
 			}
 			break
 		}
-		r := h.runHook(ctx, phase, hook)
+		h.ran(&run, h.runHook(ctx, phase, hook))
+	}
+	run.Duration = time.Since(run.Started)
+	return run
+}
+
+// ran adds a hook's result to run, logs it, and fails run when the hook
+// failed with on_error fail.
+func (h *Hooks) ran(run *PhaseRun, r Result) {
+	r.Error = bounded(r.Error)
+	run.Hooks = append(run.Hooks, r)
+	ev := h.log.Info()
+	if r.Outcome != OutcomeOK {
+		ev = h.log.Warn()
+	}
+	ev.Str("phase", run.Phase).Str("hook", r.Name).Str("kind", r.Kind).Str("outcome", r.Outcome).
+		Str("on_error", r.OnError).Dur("took_ms", r.Duration).Str("error", r.Error).Msg("hook ran")
+	if r.Outcome != OutcomeOK && r.OnError == OnErrorFail {
+		run.Result = ResultFailed
+	}
+}
+
+// thawRun is the post phase that ends a freeze: the sessions the pre hooks
+// opened are finished first, the last opened first (they hold the freezes
+// avsidecar can always end itself), then every post hook runs.
+func (h *Hooks) thawRun(ctx context.Context, by string) PhaseRun {
+	run := PhaseRun{Phase: PhasePost, By: by, Result: ResultPassed, Started: time.Now(), Hooks: []Result{}}
+	for i := len(h.sessions) - 1; i >= 0; i-- {
+		s := h.sessions[i]
+		r := Result{Name: s.hook.Name, Kind: s.hook.Kind(), OnError: s.hook.OnError, Started: time.Now()}
+		hctx, cancel := context.WithTimeout(ctx, time.Duration(s.hook.Timeout))
+		s.finish(hctx, &r)
+		cancel()
+		r.Duration = time.Since(r.Started)
+		h.ran(&run, r)
+	}
+	h.sessions = nil
+	post := h.runPhase(ctx, PhasePost, h.spec.Post)
+	for _, r := range post.Hooks {
 		run.Hooks = append(run.Hooks, r)
-		ev := h.log.Info()
-		if r.Outcome != OutcomeOK {
-			ev = h.log.Warn()
-		}
-		ev.Str("phase", phase).Str("hook", r.Name).Str("kind", r.Kind).Str("outcome", r.Outcome).
-			Str("on_error", r.OnError).Dur("took_ms", r.Duration).Str("error", r.Error).Msg("hook ran")
-		if r.Outcome != OutcomeOK && hook.OnError == OnErrorFail {
+		if r.Outcome != OutcomeOK && r.OnError == OnErrorFail {
 			run.Result = ResultFailed
 		}
 	}
@@ -109,9 +187,14 @@ func (h *Hooks) runHook(ctx context.Context, phase string, hook Hook) Result {
 	timeout := time.Duration(hook.Timeout)
 	hctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	if hook.HTTP != nil {
+	switch {
+	case hook.HTTP != nil:
 		h.call(hctx, hook, &r)
-	} else {
+	case hook.Session != nil:
+		if s := h.startSession(hctx, phase, hook, &r); s != nil {
+			h.sessions = append(h.sessions, s)
+		}
+	default:
 		h.command(hctx, phase, hook, &r)
 	}
 	r.Duration = time.Since(r.Started)
@@ -126,22 +209,14 @@ func (h *Hooks) runHook(ctx context.Context, phase string, hook Hook) Result {
 func (h *Hooks) command(ctx context.Context, phase string, hook Hook, r *Result) {
 	cmd := exec.Command(hook.Command[0], hook.Command[1:]...)
 	cmd.Env = append(os.Environ(), "AVSIDECAR_HOOK_PHASE="+phase, "AVSIDECAR_HOOK_NAME="+hook.Name)
-	var tail []string
-	size := 0
-	p, err := pid1.StartLines(cmd, func(line string) {
-		tail = append(tail, line)
-		size += len(line)
-		for len(tail) > outputLines || size > outputBytes && len(tail) > 1 {
-			size -= len(tail[0])
-			tail = tail[1:]
-		}
-	})
+	var out outputTail
+	p, err := pid1.StartLines(cmd, out.add)
 	if err != nil {
 		r.Outcome, r.Error = OutcomeError, fmt.Sprintf("start %s: %v", hook.Command[0], err)
 		return
 	}
 	err = p.WaitContext(ctx)
-	r.Output = tail
+	r.Output = out.lines()
 	var ee *pid1.ExitError
 	switch {
 	case err == nil:

@@ -23,7 +23,7 @@ import (
 func newHooks(t *testing.T, spec string, logs *testkit.LogLines) *Hooks {
 	t.Helper()
 	dir := t.TempDir()
-	h, err := New(Config{Spec: spec, Socket: filepath.Join(dir, "h.sock"), ScriptsDir: filepath.Join(dir, "scripts"), Command: "/bin/avsidecar"},
+	h, err := New(Config{Spec: spec, Socket: filepath.Join(dir, "h.sock"), ScriptsDir: filepath.Join(dir, "scripts"), Command: "/bin/avsidecar", LeaseFile: filepath.Join(dir, "lease.json")},
 		zerolog.New(logs))
 	if err != nil {
 		t.Fatal(err)
@@ -51,8 +51,9 @@ func jsonString(s string) string {
 
 // TestCommandHooks runs real commands: in order, with the phase and name
 // in their environment; a failure with on_error fail fails the phase and,
-// before the backup, skips the rest; continue goes on; after the backup
-// every hook runs whatever failed.
+// before the backup, skips the rest and runs the post hooks at once (the
+// undo); continue goes on; in a post phase every hook runs whatever
+// failed. A post call after that undo is late: it runs nothing, and fails.
 func TestCommandHooks(t *testing.T) {
 	trace := filepath.Join(t.TempDir(), "trace")
 	sh := func(name, body, onError string) string {
@@ -75,17 +76,20 @@ func TestCommandHooks(t *testing.T) {
 	if b := pre.Hooks[1]; *b.ExitCode != 5 || b.Error != "exit status 5" || len(b.Output) != 1 || b.Output[0] != "b is sad" {
 		t.Errorf("hook b %+v", b)
 	}
+	if u := pre.Undo; u == nil || u.By != ByPreFailed || u.Result != ResultFailed || outcomes(*u) != "e=failed f=ok" {
+		t.Errorf("undo %+v", pre.Undo)
+	}
 	post, _ := h.RunPhase(context.Background(), PhasePost)
-	if post.Result != ResultFailed || outcomes(post) != "e=failed f=ok" {
-		t.Errorf("post run %+v", post)
+	if post.Result != ResultFailed || len(post.Hooks) != 0 || post.Late == nil || post.Late.By != ByPreFailed {
+		t.Errorf("late post run %+v", post)
 	}
 	if got, _ := os.ReadFile(trace); string(got) != "pre a\npre b\npre c\npost e\npost f\n" {
 		t.Errorf("trace %q", got)
 	}
 
 	st := h.Status()
-	if len(st.Runs) != 2 || st.Hooks["pre/ok"] != 1 || st.Hooks["pre/failed"] != 2 || st.Hooks["post/failed"] != 1 ||
-		st.Calls["pre/failed"] != 1 || st.Calls["post/failed"] != 1 {
+	if phases(st) != "pre,post,post" || st.Hooks["pre/ok"] != 1 || st.Hooks["pre/failed"] != 2 || st.Hooks["post/failed"] != 1 ||
+		st.Calls["pre/failed"] != 1 || st.Calls["post/failed"] != 1 || st.Thaws[ByPreFailed] != 1 || st.Lease != nil {
 		t.Errorf("status %+v", st)
 	}
 	for _, run := range st.Runs {
@@ -98,7 +102,7 @@ func TestCommandHooks(t *testing.T) {
 	if strings.Contains(logs.Raw(), "b is sad") {
 		t.Errorf("a hook's output reached the log:\n%s", logs.Raw())
 	}
-	if logs.Count(0, testkit.Msg("", "hook ran")) != 5 || logs.Count(0, testkit.Msg("", "hook phase ran")) != 2 {
+	if logs.Count(0, testkit.Msg("", "hook ran")) != 5 || logs.Count(0, testkit.Msg("", "hook phase ran")) != 3 {
 		t.Errorf("log:\n%s", logs.Raw())
 	}
 }
@@ -192,11 +196,11 @@ func TestHTTPHooks(t *testing.T) {
 func TestPhasesOneAtATime(t *testing.T) {
 	lock := filepath.Join(t.TempDir(), "lock")
 	body := `set -C; : > ` + lock + ` || exit 9; sleep 0.2; rm ` + lock
-	h := newHooks(t, `{"pre": [{"command": ["/bin/sh", "-c", `+jsonString(body)+`]}]}`, testkit.NewLogLines())
+	h := newHooks(t, `{"post": [{"command": ["/bin/sh", "-c", `+jsonString(body)+`]}]}`, testkit.NewLogLines())
 	var wg sync.WaitGroup
 	results := make([]PhaseRun, 3)
 	for i := range results {
-		wg.Go(func() { results[i], _ = h.RunPhase(context.Background(), PhasePre) })
+		wg.Go(func() { results[i], _ = h.RunPhase(context.Background(), PhasePost) })
 	}
 	wg.Wait()
 	for _, r := range results {

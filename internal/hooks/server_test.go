@@ -64,7 +64,7 @@ func TestServeAndInstallScripts(t *testing.T) {
 	dir := t.TempDir()
 	installed := make(chan struct{})
 	cfg := Config{Spec: `{"pre": [{"command": ["true"]}], "post": []}`, Socket: filepath.Join(dir, "run/h.sock"),
-		ScriptsDir: filepath.Join(dir, "etc/scripts"), Command: "/opt/it's/avsidecar", Installed: installed}
+		ScriptsDir: filepath.Join(dir, "etc/scripts"), Command: "/opt/it's/avsidecar", Installed: installed, LeaseFile: filepath.Join(dir, "lease.json")}
 	h, err := New(cfg, zerolog.Nop())
 	if err != nil {
 		t.Fatal(err)
@@ -113,7 +113,7 @@ func TestScriptsNeverOverwriteOthers(t *testing.T) {
 	mine := "#!/bin/sh\necho the site's own script\n"
 	os.WriteFile(filepath.Join(scripts, PreScript), []byte(mine), 0o755)
 	logs := testkit.NewLogLines()
-	h, _ := New(Config{Spec: `{}`, Socket: filepath.Join(dir, "h.sock"), ScriptsDir: scripts, Command: "/bin/avsidecar"}, zerolog.New(logs))
+	h, _ := New(Config{Spec: `{}`, Socket: filepath.Join(dir, "h.sock"), ScriptsDir: scripts, Command: "/bin/avsidecar", LeaseFile: filepath.Join(dir, "lease.json")}, zerolog.New(logs))
 	served(t, h)
 	logs.Wait(t, 0, "refusal", 10*time.Second, testkit.Msg("", "hook scripts not installed"))
 	if b, _ := os.ReadFile(filepath.Join(scripts, PreScript)); string(b) != mine {
@@ -121,7 +121,7 @@ func TestScriptsNeverOverwriteOthers(t *testing.T) {
 	}
 
 	os.Remove(filepath.Join(scripts, PreScript))
-	h, _ = New(Config{Spec: `{}`, Socket: filepath.Join(dir, "h2.sock"), ScriptsDir: scripts, Command: "/bin/avsidecar"}, zerolog.New(logs))
+	h, _ = New(Config{Spec: `{}`, Socket: filepath.Join(dir, "h2.sock"), ScriptsDir: scripts, Command: "/bin/avsidecar", LeaseFile: filepath.Join(dir, "lease.json")}, zerolog.New(logs))
 	served(t, h)
 	waitFor(t, "the scripts", func() bool { return len(h.Status().Scripts) == 2 })
 	if b, _ := os.ReadFile(filepath.Join(scripts, PostScript)); string(b) != script("/bin/avsidecar", filepath.Join(dir, "h2.sock"), PhasePost) {
@@ -146,6 +146,7 @@ func TestBrokenConfiguration(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			d := t.TempDir()
 			tt.cfg.Socket, tt.cfg.ScriptsDir, tt.cfg.Command = filepath.Join(d, "h.sock"), filepath.Join(d, "scripts"), "/bin/avsidecar"
+			tt.cfg.LeaseFile = filepath.Join(d, "lease.json")
 			h, err := New(tt.cfg, zerolog.Nop())
 			if err != nil {
 				t.Fatalf("New failed on a broken hook configuration: %v", err)
@@ -177,16 +178,16 @@ func TestSocketPaths(t *testing.T) {
 	}
 	stale.(*net.UnixListener).SetUnlinkOnClose(false)
 	stale.Close()
-	h, _ := New(Config{Spec: `{}`, Socket: sock, ScriptsDir: filepath.Join(dir, "s"), Command: "/bin/avsidecar"}, zerolog.Nop())
+	h, _ := New(Config{Spec: `{}`, Socket: sock, ScriptsDir: filepath.Join(dir, "s"), Command: "/bin/avsidecar", LeaseFile: filepath.Join(dir, "lease.json")}, zerolog.Nop())
 	served(t, h)
 	waitFor(t, "the socket", func() bool { return dial(sock) })
 
-	second, _ := New(Config{Spec: `{}`, Socket: sock, ScriptsDir: filepath.Join(dir, "s2"), Command: "/bin/avsidecar"}, zerolog.Nop())
+	second, _ := New(Config{Spec: `{}`, Socket: sock, ScriptsDir: filepath.Join(dir, "s2"), Command: "/bin/avsidecar", LeaseFile: filepath.Join(dir, "lease.json")}, zerolog.Nop())
 	if err := second.Run(context.Background()); err == nil || !strings.Contains(err.Error(), "another process serves it") {
 		t.Errorf("second Run = %v", err)
 	}
 	long := filepath.Join(dir, strings.Repeat("x", 120), "h.sock")
-	third, _ := New(Config{Spec: `{}`, Socket: long, ScriptsDir: filepath.Join(dir, "s3"), Command: "/bin/avsidecar"}, zerolog.Nop())
+	third, _ := New(Config{Spec: `{}`, Socket: long, ScriptsDir: filepath.Join(dir, "s3"), Command: "/bin/avsidecar", LeaseFile: filepath.Join(dir, "lease.json")}, zerolog.Nop())
 	if err := third.Run(context.Background()); err == nil || !strings.Contains(err.Error(), "AVSIDECAR_HOOKS_SOCKET") {
 		t.Errorf("long path Run = %v", err)
 	}

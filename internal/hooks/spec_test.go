@@ -40,7 +40,7 @@ func TestParseHostile(t *testing.T) {
 		{"unknown field", `{"pre": [{"cmd": ["x"]}]}`, `unknown field "cmd"`},
 		{"unknown phase", `{"during": []}`, `unknown field "during"`},
 		{"nothing to do", `{"pre": [{"name": "x"}]}`, "give a command or an http call"},
-		{"both", `{"pre": [{"command": ["x"], "http": {"url": "http://a"}}]}`, "not both"},
+		{"both", `{"pre": [{"command": ["x"], "http": {"url": "http://a"}}]}`, "not more"},
 		{"empty program", `{"pre": [{"command": [""]}]}`, "program is empty"},
 		{"file url", `{"pre": [{"http": {"url": "file:///etc/passwd"}}]}`, "http.url must be"},
 		{"no host", `{"pre": [{"http": {"url": "http:///x"}}]}`, "http.url must be"},
@@ -52,6 +52,15 @@ func TestParseHostile(t *testing.T) {
 		{"negative timeout", `{"pre": [{"command": ["x"], "timeout": "-1s"}]}`, "timeout must be positive"},
 		{"huge timeout", `{"post": [{"command": ["x"], "timeout": "7h"}]}`, "at most 6h"},
 		{"policy", `{"post": [{"command": ["x"], "on_error": "ignore"}]}`, `on_error "ignore"`},
+		{"session after", `{"post": [{"session": {"command": ["psql"], "dialect": "psql", "pre": ["SELECT 1"]}}]}`, "a session starts in the pre phase"},
+		{"session dialect", `{"pre": [{"session": {"command": ["sqlite3"], "dialect": "sqlite", "pre": ["SELECT 1"]}}]}`, `dialect "sqlite"`},
+		{"buffered mariadb", `{"pre": [{"session": {"command": ["mariadb"], "dialect": "mariadb", "pre": ["SELECT 1"]}}]}`, "needs --unbuffered"},
+		{"session without statements", `{"pre": [{"session": {"command": ["psql"], "dialect": "psql"}}]}`, "session.pre needs a statement"},
+		{"two statements a line", `{"pre": [{"session": {"command": ["psql"], "dialect": "psql", "pre": ["SELECT 1;\nSELECT 2"]}}]}`, "line break"},
+		{"session and command", `{"pre": [{"command": ["x"], "session": {"command": ["psql"], "dialect": "psql", "pre": ["SELECT 1"]}}]}`, "not more"},
+		{"short freeze", `{"max_freeze": "10ms"}`, "max_freeze must be from 1s to 24h"},
+		{"long freeze", `{"max_freeze": "25h"}`, "max_freeze must be"},
+		{"too many hooks", `{"pre": [` + strings.Repeat(`{"command": ["true"]},`, MaxHooks) + `{"command": ["true"]}]}`, "33 hooks, at most 32"},
 		{"all at once", `{"pre": [{"command": ["x"], "on_error": "?"}], "post": [{"name": "p"}]}`, `on_error "?"`},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
@@ -70,13 +79,23 @@ func TestParseHostile(t *testing.T) {
 func FuzzParse(f *testing.F) {
 	f.Add([]byte(`{"pre": [{"command": ["true"], "timeout": "1s"}], "post": [{"http": {"url": "http://a/b"}}]}`))
 	f.Add([]byte(`{"pre": [{"name": "", "http": {"url": "https://x", "headers": {"a": "b"}}}]}`))
+	f.Add([]byte(`{"max_freeze": "2m", "pre": [{"session": {"command": ["mariadb", "-n"], "dialect": "mariadb", "pre": ["FLUSH TABLES WITH READ LOCK"], "post": ["UNLOCK TABLES"]}}]}`))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		s, err := Parse(data)
 		if err != nil {
 			return
 		}
+		if s.MaxFreeze < Duration(time.Second) || time.Duration(s.MaxFreeze) > MaxMaxFreeze || len(s.Pre) > MaxHooks || len(s.Post) > MaxHooks {
+			t.Fatalf("Parse accepted %+v", s)
+		}
 		for _, h := range append(s.Pre, s.Post...) {
-			if h.Name == "" || (h.HTTP == nil) == (len(h.Command) == 0) || h.Timeout <= 0 ||
+			kinds := 0
+			for _, set := range []bool{h.HTTP != nil, len(h.Command) > 0, h.Session != nil} {
+				if set {
+					kinds++
+				}
+			}
+			if h.Name == "" || kinds != 1 || h.Timeout <= 0 ||
 				time.Duration(h.Timeout) > MaxTimeout || (h.OnError != OnErrorFail && h.OnError != OnErrorContinue) {
 				t.Fatalf("Parse accepted %+v", h)
 			}

@@ -46,6 +46,8 @@
 //	last_checkin_timestamp_seconds                    only when the REST API said when the agent last checked in
 //	hook_runs_total{phase,outcome}                    counter, only when hooks are configured
 //	hook_calls_total{phase,result}                    counter (scripts' calls), only when hooks are configured
+//	hook_thaws_total{by}                              counter: freezes ended, by who ran the post hooks; only when hooks are configured
+//	hook_freeze_open                                  1 while a freeze (a pre phase without its post) is open; only when hooks are configured
 //	backup_api_state{state}                           only when the REST API is configured
 //	http_connections_open                             gauge
 //	http_connections_dropped_total                    counter (connection caps reached)
@@ -89,8 +91,9 @@ type Labels struct {
 	// SSHStates are the values of the state label of ssh_state.
 	SSHStates []string
 	// HookPhases, HookOutcomes and HookResults are the values of the phase,
-	// outcome and result labels of the hook series.
-	HookPhases, HookOutcomes, HookResults []string
+	// outcome and result labels of the hook series; HookThawBy those of the
+	// by label of hook_thaws_total.
+	HookPhases, HookOutcomes, HookResults, HookThawBy []string
 }
 
 // codes are the status codes kept as they are in code labels; any other is
@@ -193,6 +196,11 @@ type Snapshot struct {
 	// HookCalls counts the scripts' calls by "phase/result" (hooks'
 	// Status().Calls).
 	HookCalls map[string]uint64
+	// HookThaws counts ended freezes by who ran the post hooks (hooks'
+	// Status().Thaws).
+	HookThaws map[string]uint64
+	// HookFreezeOpen is true while a freeze is open.
+	HookFreezeOpen bool
 }
 
 // Config says what the metrics describe.
@@ -463,6 +471,9 @@ func (m *Metrics) snapshotFamilies() []*family {
 		}
 		fams = append(fams, state)
 	}
+	if s.HooksConfigured {
+		fams = append(fams, gauge("hook_freeze_open", "1 while a freeze is open: pre hooks ran and their post hooks have not.", bool01(s.HookFreezeOpen)))
+	}
 	return append(fams, m.counters(s)...)
 }
 
@@ -531,6 +542,10 @@ func (m *Metrics) counters(s Snapshot) []*family {
 			for _, r := range m.cfg.Labels.HookResults {
 				add(calls, "hook_calls/"+phase+"/"+r, float64(s.HookCalls[phase+"/"+r]), "phase", phase, "result", r)
 			}
+		}
+		thaws := counter("hook_thaws_total", "Freezes ended, by who ran the post hooks: post (the post call), expiry, pre-failed, caller-gone, stop, start.")
+		for _, by := range m.cfg.Labels.HookThawBy {
+			add(thaws, "hook_thaws/"+by, float64(s.HookThaws[by]), "by", by)
 		}
 	}
 	return fams

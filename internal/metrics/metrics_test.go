@@ -154,6 +154,7 @@ var testLabels = Labels{
 	HookPhases:   []string{"pre", "post"},
 	HookOutcomes: []string{"ok", "failed", "timeout", "error"},
 	HookResults:  []string{"passed", "failed"},
+	HookThawBy:   []string{"post", "expiry", "pre-failed", "caller-gone", "stop", "start"},
 }
 
 func newMetrics(t *testing.T, src *source) *Metrics {
@@ -205,9 +206,12 @@ func base(p string) map[string]float64 {
 	return want
 }
 
-// hookSeries sets the whole grid of hook series in w, at 0 unless runs or
-// calls say otherwise.
-func hookSeries(w map[string]float64, runs, calls map[string]float64) {
+// hookSeries sets the whole grid of hook counters in w, at 0 unless runs,
+// calls or thaws say otherwise.
+func hookSeries(w map[string]float64, runs, calls, thaws map[string]float64) {
+	for _, by := range testLabels.HookThawBy {
+		w[`avsidecar_hook_thaws_total{by="`+by+`"}`] = thaws[by]
+	}
 	for _, ph := range testLabels.HookPhases {
 		for _, o := range testLabels.HookOutcomes {
 			w[`avsidecar_hook_runs_total{outcome="`+o+`",phase="`+ph+`"}`] = runs[ph+"/"+o]
@@ -228,6 +232,7 @@ func TestSeriesFollowSnapshot(t *testing.T) {
 	install := Install{Package: "AvamarClient", Version: "7.5.101", Release: "101"}
 	runs := map[string]float64{"pre/ok": 3, "pre/timeout": 1, "post/ok": 2, "post/failed": 1}
 	calls := map[string]float64{"pre/passed": 2, "pre/failed": 1, "post/passed": 1, "post/failed": 1}
+	thaws := map[string]float64{"post": 1, "expiry": 1}
 	steps := []struct {
 		name string
 		snap Snapshot
@@ -256,7 +261,9 @@ func TestSeriesFollowSnapshot(t *testing.T) {
 			LastCheckin: checkin, AgentDaemonized: true, HooksConfigured: true,
 			HookRuns:  map[string]uint64{"pre/ok": 3, "pre/timeout": 1, "post/ok": 2, "post/failed": 1},
 			HookCalls: map[string]uint64{"pre/passed": 2, "pre/failed": 1, "post/passed": 1, "post/failed": 1},
+			HookThaws: map[string]uint64{"post": 1, "expiry": 1}, HookFreezeOpen: true,
 		}, func(w map[string]float64) {
+			w[`avsidecar_hook_freeze_open{}`] = 1
 			w[`avsidecar_http_connections_open{}`] = 3
 			w[`avsidecar_ssh_host_keys_replaced{}`] = 1
 			w[`avsidecar_ssh_handshakes_evicted_total{}`] = 7
@@ -266,7 +273,7 @@ func TestSeriesFollowSnapshot(t *testing.T) {
 			w[`avsidecar_http_connections_dropped_total{}`] = 5
 			w[`avsidecar_agent_daemonized{}`] = 1
 			w[`avsidecar_last_checkin_timestamp_seconds{}`] = float64(checkin.Unix())
-			hookSeries(w, runs, calls)
+			hookSeries(w, runs, calls, thaws)
 			w[`avsidecar_phase{phase="registering"}`] = 0
 			w[`avsidecar_install_info{package="AvamarClient",release="101",version="7.5.101"}`] = 1
 			w[`avsidecar_ready{}`] = 1
@@ -304,7 +311,8 @@ func TestSeriesFollowSnapshot(t *testing.T) {
 			LastBackup:      backup, LastBackupCheck: check.Add(time.Minute), BackupAPIState: "unauthorized",
 			HooksConfigured: true, HookRuns: map[string]uint64{"pre/ok": 1},
 		}, func(w map[string]float64) {
-			hookSeries(w, runs, calls) // counters hold their highest value
+			w[`avsidecar_hook_freeze_open{}`] = 0
+			hookSeries(w, runs, calls, thaws) // counters hold their highest value
 			w[`avsidecar_install_info{package="AvamarClient",release="101",version="7.5.101"}`] = 1
 			w[`avsidecar_registered{}`] = 1
 			w[`avsidecar_registration_attempts_total{outcome="unreachable"}`] = 2
@@ -348,7 +356,7 @@ func TestSeriesFollowSnapshot(t *testing.T) {
 			w[`avsidecar_browse_requests_total{code="4xx"}`] = 1
 			w[`avsidecar_browse_requests_total{code="other"}`] = 1
 			w[`avsidecar_avagent_log_lines_total{}`] = 12
-			hookSeries(w, runs, calls)
+			hookSeries(w, runs, calls, thaws)
 		}},
 	}
 	src := &source{}

@@ -55,6 +55,8 @@ type (
 		Status() backupapi.Status
 	}
 	hookRunner interface {
+		// ThawAtStart ends a freeze a killed sidecar left open.
+		ThawAtStart(ctx context.Context)
 		Run(ctx context.Context) error
 		Status() hooks.Status
 	}
@@ -240,6 +242,11 @@ func newParts(cfg config.Config, log zerolog.Logger) (parts, error) {
 			ScriptsDir: unlocated.ScriptsDir(),
 			Command:    exe,
 			Installed:  p.installed,
+			LeaseFile:  filepath.Join(cfg.Host.StateDir, "hooks-lease.json"),
+			// The hooks learn of the stop first (see Sidecar.stop) and must
+			// be done before its deadline: what is left then is for the
+			// HTTP server's close.
+			StopTimeout: cfg.ShutdownTimeout - min(2*time.Second, cfg.ShutdownTimeout/4),
 		}, hlog)
 		switch {
 		case err != nil:
@@ -289,7 +296,7 @@ type side struct {
 
 // sides are the side parts that run beside the agent from the start: not
 // SSH, which listens first, nor the log follower, made once the client is
-// located (see Run and work).
+// located, nor the hooks, which learn of a stop first (see Run and work).
 func (p parts) sides() []side {
 	var out []side
 	if p.browse != nil {
@@ -297,9 +304,6 @@ func (p parts) sides() []side {
 	}
 	if p.backups != nil {
 		out = append(out, side{sideBackupAPI, "backupapi", p.backups.Run})
-	}
-	if p.hooks != nil {
-		out = append(out, side{sideHooks, "hooks", p.hooks.Run})
 	}
 	return out
 }

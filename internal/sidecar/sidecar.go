@@ -72,6 +72,9 @@ type Sidecar struct {
 	// serveCtx ends the side parts, which run in sides.
 	serveCtx context.Context
 	sides    errgroup.Group
+	// stopHooks tells the hooks, first of all, that the sidecar stops: a
+	// running phase and an open freeze get the most of the deadline.
+	stopHooks context.CancelFunc
 
 	phase      atomic.Value // string
 	installed  atomic.Pointer[install.Result]
@@ -143,6 +146,20 @@ func (s *Sidecar) Run(ctx context.Context) error {
 		}
 		httpDone <- err
 	}()
+	// A freeze that a killed sidecar left open ends before anything else
+	// starts: the application has waited long enough.
+	hooksCtx, stopHooks := context.WithCancel(context.Background())
+	s.stopHooks = stopHooks
+	defer stopHooks()
+	if s.parts.hooks != nil {
+		s.parts.hooks.ThawAtStart(ctx)
+		s.sides.Go(func() error {
+			if err := s.parts.hooks.Run(hooksCtx); err != nil && hooksCtx.Err() == nil {
+				s.sideFailed(side{sideHooks, "hooks", nil}, err)
+			}
+			return nil
+		})
+	}
 	sides := s.parts.sides()
 	// SSH listens before the agent's life starts, so that a ready sidecar
 	// takes logins; the probes answer meanwhile (a first start makes an
@@ -203,6 +220,7 @@ func (s *Sidecar) stop(workDone, httpDone <-chan error, cancelWork, cancelServe 
 	deadline := time.Now().Add(s.cfg.ShutdownTimeout)
 	s.stopping.Store(true)
 	s.phase.Store(PhaseStopping)
+	s.stopHooks()
 	cancelWork()
 	var result error
 	if workDone != nil {

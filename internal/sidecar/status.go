@@ -99,6 +99,7 @@ var MetricLabels = metrics.Labels{
 	HookPhases:   hooks.Phases,
 	HookOutcomes: hooks.Outcomes,
 	HookResults:  hooks.Results,
+	HookThawBy:   hooks.ThawBy,
 }
 
 // metricsSnapshot is what /metrics reports, read from the same Status()
@@ -138,6 +139,7 @@ func (s *Sidecar) metricsSnapshot() metrics.Snapshot {
 	}
 	if d.Hooks != nil {
 		m.HooksConfigured, m.HookRuns, m.HookCalls = true, d.Hooks.Hooks, d.Hooks.Calls
+		m.HookThaws, m.HookFreezeOpen = d.Hooks.Thaws, d.Hooks.Lease != nil
 	}
 	return m
 }

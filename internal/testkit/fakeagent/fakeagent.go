@@ -631,6 +631,7 @@ func backup(o *options, order mcsproto.Backup) mcsproto.BackupReply {
 		}
 		reply.Captured[p] = string(b)
 	}
+	time.Sleep(time.Duration(order.HoldMS) * time.Millisecond)
 	reply.Steps = append(reply.Steps, mcsproto.BackupStep{Step: mcsproto.StepBackup, DurationMS: time.Since(started).Milliseconds()})
 	logf(o.logfile, "backup of %d paths done", len(reply.Captured))
 	if order.RunAtEnd != "" {

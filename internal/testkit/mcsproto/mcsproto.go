@@ -125,6 +125,10 @@ type Backup struct {
 	RunAtEnd string `json:"run_at_end,omitempty"`
 	// Paths are the dataset's files.
 	Paths []string `json:"paths,omitempty"`
+	// HoldMS is how long the backup step lasts after reading the paths,
+	// in milliseconds: a backup that takes its time, so that a test can
+	// kill the agent in the middle of one.
+	HoldMS int `json:"hold_ms,omitempty"`
 }
 
 // Steps of a backup, in BackupReply.Steps.
