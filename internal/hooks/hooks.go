@@ -87,9 +87,6 @@ type Config struct {
 	// Installed, when not nil, is closed once the client's package is
 	// installed: the scripts go into its directory only then.
 	Installed <-chan struct{}
-	// HTTPClient makes the HTTP hooks' requests (default: a client with
-	// the default transport; each hook's timeout bounds its request).
-	HTTPClient *http.Client
 }
 
 // Status is a snapshot of the hooks. It holds no command line, statement,
@@ -167,11 +164,8 @@ func New(cfg Config, log zerolog.Logger) (*Hooks, error) {
 	if cfg.StopTimeout <= 0 {
 		cfg.StopTimeout = DefaultStopTimeout
 	}
-	h := &Hooks{cfg: cfg, log: log, http: cfg.HTTPClient, slot: make(chan struct{}, 1), stopping: make(chan struct{})}
+	h := &Hooks{cfg: cfg, log: log, http: hookClient, slot: make(chan struct{}, 1), stopping: make(chan struct{})}
 	h.cut, h.cutNow = context.WithCancel(context.Background())
-	if h.http == nil {
-		h.http = &http.Client{Transport: http.DefaultTransport}
-	}
 	h.st = Status{Socket: cfg.Socket, Pre: []HookInfo{}, Post: []HookInfo{},
 		Hooks: map[string]uint64{}, Calls: map[string]uint64{}, Thaws: map[string]uint64{}}
 	h.spec, h.bad = load(cfg)

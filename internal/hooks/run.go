@@ -229,6 +229,17 @@ func (h *Hooks) command(ctx context.Context, phase string, hook Hook, r *Result)
 	}
 }
 
+// hookClient makes the HTTP hooks' requests; each hook's timeout bounds
+// its request. It follows no redirect: Go's client would send a 307 or
+// 308 request again, body and headers (a token, say) included, wherever
+// the Location points, plain http and other hosts too. A redirect is the
+// hook's answer, and not a 2xx one: the hook failed, and the fix is its
+// URL.
+var hookClient = &http.Client{
+	Transport:     http.DefaultTransport,
+	CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+}
+
 // call makes an HTTP hook's request.
 func (h *Hooks) call(ctx context.Context, hook Hook, r *Result) {
 	var body io.Reader

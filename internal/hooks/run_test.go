@@ -155,6 +155,23 @@ func TestHTTPHooks(t *testing.T) {
 	})
 	mux.HandleFunc("/broken", func(w http.ResponseWriter, r *http.Request) { http.Error(w, "no", http.StatusInternalServerError) })
 	mux.HandleFunc("/slow", func(w http.ResponseWriter, r *http.Request) { <-r.Context().Done() })
+	// elsewhere is where /moved points: a hook's request, its body and its
+	// headers (a token, say) must never reach it.
+	var elsewhereGot []string
+	elsewhere := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		elsewhereGot = append(elsewhereGot, r.Method+" "+r.URL.Path+" "+r.Header.Get("Authorization"))
+		mu.Unlock()
+	})}
+	eln, err := net.Listen("tcp", "127.0.0.2:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go elsewhere.Serve(eln)
+	t.Cleanup(func() { elsewhere.Close() })
+	mux.HandleFunc("/moved", func(w http.ResponseWriter, r *http.Request) {
+		http.Redirect(w, r, "http://"+eln.Addr().String()+"/steal", http.StatusTemporaryRedirect)
+	})
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -168,12 +185,13 @@ func TestHTTPHooks(t *testing.T) {
 		{"name": "ok", "http": {"url": "` + base + `/ok?token=s3cret-query", "method": "PUT", "headers": {"Authorization": "Bearer s3cret-header"}}},
 		{"name": "broken", "http": {"url": "` + base + `/broken?token=s3cret-query"}, "on_error": "continue"},
 		{"name": "slow", "http": {"url": "` + base + `/slow"}, "timeout": "200ms", "on_error": "continue"},
-		{"name": "closed", "http": {"url": "` + closed + `/x?token=s3cret-query"}, "on_error": "continue"}
+		{"name": "closed", "http": {"url": "` + closed + `/x?token=s3cret-query"}, "on_error": "continue"},
+		{"name": "moved", "http": {"url": "` + base + `/moved", "body": "pause", "headers": {"Authorization": "Bearer s3cret-header"}}, "on_error": "continue"}
 	]}`
 	logs := testkit.NewLogLines()
 	h := newHooks(t, spec, logs)
 	run, _ := h.RunPhase(context.Background(), PhasePre)
-	if run.Result != ResultPassed || outcomes(run) != "ok=ok broken=failed slow=timeout closed=error" {
+	if run.Result != ResultPassed || outcomes(run) != "ok=ok broken=failed slow=timeout closed=error moved=failed" {
 		t.Fatalf("run %+v", run)
 	}
 	if run.Hooks[0].HTTPStatus != 200 || run.Hooks[1].HTTPStatus != 500 || !strings.Contains(run.Hooks[1].Error, "500 Internal Server Error") {
@@ -183,7 +201,13 @@ func TestHTTPHooks(t *testing.T) {
 	if len(got) != 1 || got[0] != "PUT token=s3cret-query Bearer s3cret-header" {
 		t.Errorf("server got %q", got)
 	}
+	if len(elsewhereGot) != 0 {
+		t.Errorf("a redirect was followed to another host, which got %q", elsewhereGot)
+	}
 	mu.Unlock()
+	if r := run.Hooks[4]; r.HTTPStatus != http.StatusTemporaryRedirect || !strings.Contains(r.Error, "307 Temporary Redirect") {
+		t.Errorf("a redirect is the hook's answer, a failure: %+v", r)
+	}
 	st, _ := json.Marshal(h.Status())
 	for _, where := range []string{logs.Raw(), string(st), func() string { b, _ := json.Marshal(run); return string(b) }()} {
 		if strings.Contains(where, "s3cret") {
