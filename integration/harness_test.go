@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
@@ -75,8 +76,19 @@ func startSidecar(t *testing.T, argv []string, env []string, httpAddr string) *s
 		}
 		// Stopped as the kubelet stops it, so that it stops the agent it
 		// supervises: the agent runs in a session of its own, which the
-		// kill of this process group below does not reach.
-		_ = cmd.Process.Signal(syscall.SIGTERM)
+		// kill of this process group below does not reach. Behind unshare
+		// the signal goes to the sidecar itself, PID 1 of its namespace:
+		// unshare does not pass it on.
+		target := cmd.Process.Pid
+		if filepath.Base(argv[0]) == "unshare" {
+			for _, p := range descendants(target) {
+				if p.PPID == cmd.Process.Pid {
+					target = p.PID
+					break
+				}
+			}
+		}
+		_ = syscall.Kill(target, syscall.SIGTERM)
 		select {
 		case <-s.done:
 		case <-time.After(30 * time.Second):
