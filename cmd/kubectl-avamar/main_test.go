@@ -28,8 +28,9 @@ func TestInjectCommand(t *testing.T) {
 		t.Fatal(err)
 	}
 	code, fromStdin, errOut := runMain(t, string(bare), "inject", "--image", "site:1")
-	if code != 0 || !strings.Contains(fromStdin, "name: avamar\n") || errOut != "" {
-		t.Fatalf("inject from stdin: exit %d, stderr %q", code, errOut)
+	want := "kubectl avamar inject: note: stdin, document 1 (StatefulSet nginx): avagent ports 31000-31001, the NodePorts of Services nginx-0-avagent to nginx-1-avagent (new)\n"
+	if code != 0 || !strings.Contains(fromStdin, "name: avamar\n") || errOut != want {
+		t.Fatalf("inject from stdin: exit %d, stderr %q, want %q", code, errOut, want)
 	}
 	code, fromFile, _ := runMain(t, "", "inject", "-f", bareNginx, "--image", "site:1")
 	if code != 0 || fromFile != fromStdin {
@@ -50,7 +51,7 @@ func TestInjectCommand(t *testing.T) {
 
 	bad := strings.Replace(string(bare), "containers:", "contaners:", 1)
 	code, out, errOut = runMain(t, bad, "inject", "--image", "site:1")
-	want := `kubectl avamar inject: stdin, document 1 (StatefulSet nginx): unknown field "spec.template.spec.contaners"` + "\n"
+	want = `kubectl avamar inject: stdin, document 1 (StatefulSet nginx): unknown field "spec.template.spec.contaners"` + "\n"
 	if code != exitUsage || out != "" || errOut != want {
 		t.Errorf("bad manifest: exit %d, stdout %q, stderr %q; want exit 2, no output, %q", code, out, errOut, want)
 	}
@@ -61,5 +62,62 @@ func TestInjectCommand(t *testing.T) {
 	code, _, errOut = runMain(t, "", "inject", "--image", "x", "-f", filepath.Join(dir, "missing.yaml"))
 	if code != exitUsage || !strings.Contains(errOut, "missing.yaml: no such file") {
 		t.Errorf("missing file: exit %d, %q", code, errOut)
+	}
+}
+
+// TestHelp: kubectl's help layout, with the plugin's name as kubectl
+// shows it; an unknown command or flag exits 2 naming it.
+func TestHelp(t *testing.T) {
+	code, out, _ := runMain(t, "", "--help")
+	for _, want := range []string{"Usage:\n  kubectl avamar [flags]\n  kubectl avamar [command]", "Available Commands:", "inject ", "uninject ", "status ", "version ",
+		`Use "kubectl avamar [command] --help" for more information about a command.`} {
+		if code != 0 || !strings.Contains(out, want) {
+			t.Errorf("--help: exit %d, no %q in:\n%s", code, want, out)
+		}
+	}
+	code, out, _ = runMain(t, "", "inject", "--help")
+	if code != 0 || !strings.Contains(out, "Usage:\n  kubectl avamar inject [-f FILE|DIR]... --image IMAGE [flags]") || !strings.Contains(out, "Examples:") || !strings.Contains(out, "--only stringArray") {
+		t.Errorf("inject --help: exit %d:\n%s", code, out)
+	}
+	code, out, _ = runMain(t, "", "status", "--help")
+	for _, want := range []string{"-n, --namespace string", "--kubeconfig string", "--context string", "-A, --all-namespaces", "-o, --output string"} {
+		if code != 0 || !strings.Contains(out, want) {
+			t.Errorf("status --help lacks %q", want)
+		}
+	}
+	for _, args := range [][]string{{"frobnicate"}, {"inject", "--imag", "x"}, {"status", "-o", "name"}, {"version", "extra"}} {
+		code, out, errOut := runMain(t, "", args...)
+		if code != exitUsage || out != "" || !strings.HasPrefix(errOut, "kubectl avamar") {
+			t.Errorf("%q: exit %d, stdout %q, stderr %q; want exit 2 and one message", args, code, out, errOut)
+		}
+	}
+	if code, out, _ := runMain(t, "", "version"); code != 0 || !strings.HasPrefix(out, "kubectl-avamar ") {
+		t.Errorf("version: %d %q", code, out)
+	}
+}
+
+// TestUninjectCommand: inject then uninject through the command line,
+// with -f DIR; the notes say what was left out.
+func TestUninjectCommand(t *testing.T) {
+	dir := t.TempDir()
+	code, injected, _ := runMain(t, "", "inject", "-f", "../../internal/inject/testdata/public/k8s-website-mysql", "--image", "site:1", "--server", "mcs")
+	if code != 0 || !strings.Contains(injected, "name: mysql-2-avagent") {
+		t.Fatalf("inject -f DIR: exit %d", code)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "injected.yaml"), []byte(injected), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	code, out, errOut := runMain(t, "", "uninject", "-f", dir)
+	if code != 0 || strings.Contains(out, "avamar") || !strings.Contains(errOut, "kubectl avamar uninject: note: left out of the output: configmap/avamar, service/mysql-0-avagent") {
+		t.Errorf("uninject: exit %d, stderr %q", code, errOut)
+	}
+	// Bad YAML in the middle of a directory: every problem, exit 2, no
+	// manifest.
+	if err := os.WriteFile(filepath.Join(dir, "bad.yaml"), []byte("kind: [\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	code, out, errOut = runMain(t, "", "inject", "-f", dir, "--image", "site:1")
+	if code != exitUsage || out != "" || !strings.Contains(errOut, "kubectl avamar inject: "+filepath.Join(dir, "bad.yaml")+", document 1: not valid YAML") {
+		t.Errorf("bad YAML in a directory: exit %d, stdout %d bytes, stderr %q", code, len(out), errOut)
 	}
 }
