@@ -182,6 +182,9 @@ func TestDockerfiles(t *testing.T) {
 		`(?m)^FROM runtime AS prebuilt$`,
 		`CGO_ENABLED=0 go build -trimpath -tags nethttpomithttp2 `, // both the build stage and the prebuilt recipe
 		`#     CGO_ENABLED=0 go build -trimpath -tags nethttpomithttp2 `,
+		// SSH where the example and the README have it, unprivileged.
+		`(?m)^ENV AVSIDECAR_SSH_ADDR=:2222$`,
+		`(?m)^EXPOSE 9180 2222 28002$`,
 	} {
 		if !regexp.MustCompile(want).MatchString(root) {
 			t.Errorf("Dockerfile does not match %s", want)
