@@ -6,6 +6,9 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"text/template"
+
+	"sigs.k8s.io/yaml"
 )
 
 func runMain(t *testing.T, in string, args ...string) (code int, stdout, stderr string) {
@@ -119,5 +122,63 @@ func TestUninjectCommand(t *testing.T) {
 	code, out, errOut = runMain(t, "", "inject", "-f", dir, "--image", "site:1")
 	if code != exitUsage || out != "" || !strings.Contains(errOut, "kubectl avamar inject: "+filepath.Join(dir, "bad.yaml")+", document 1: not valid YAML") {
 		t.Errorf("bad YAML in a directory: exit %d, stdout %d bytes, stderr %q", code, len(out), errOut)
+	}
+}
+
+// TestKrewManifest renders the krew template as krew-release-bot does (its
+// addURIAndSha puts the archive's URL and digest in) and reads it as krew's
+// Plugin: the plugin is "avamar" (kubectl avamar), every platform runs
+// this binary from its archive with the licence, at the tag's release.
+func TestKrewManifest(t *testing.T) {
+	text, err := os.ReadFile("../../.krew.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	const tag = "v0.1.0"
+	tpl, err := template.New("krew").Funcs(template.FuncMap{"addURIAndSha": func(url, tag string) string {
+		url = strings.ReplaceAll(url, "{{ .TagName }}", tag)
+		return "uri: " + url + "\n      sha256: " + strings.Repeat("ab", 32)
+	}}).Parse(string(text))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out bytes.Buffer
+	if err := tpl.Execute(&out, struct{ TagName string }{tag}); err != nil {
+		t.Fatal(err)
+	}
+	var plugin struct {
+		APIVersion string `json:"apiVersion"`
+		Kind       string `json:"kind"`
+		Metadata   struct {
+			Name string `json:"name"`
+		} `json:"metadata"`
+		Spec struct {
+			Version, Homepage, ShortDescription, Description, Caveats string
+			Platforms                                                 []struct {
+				Selector struct {
+					MatchLabels map[string]string `json:"matchLabels"`
+				} `json:"selector"`
+				URI, Sha256, Bin string
+				Files            []struct{ From, To string }
+			} `json:"platforms"`
+		} `json:"spec"`
+	}
+	if err := yaml.UnmarshalStrict(out.Bytes(), &plugin); err != nil {
+		t.Fatalf("%v\n%s", err, out.Bytes())
+	}
+	if plugin.APIVersion != "krew.googlecontainertools.github.com/v1alpha2" || plugin.Kind != "Plugin" || plugin.Metadata.Name != "avamar" || plugin.Spec.Version != tag {
+		t.Errorf("plugin %+v", plugin)
+	}
+	var platforms []string
+	for _, p := range plugin.Spec.Platforms {
+		os, arch := p.Selector.MatchLabels["os"], p.Selector.MatchLabels["arch"]
+		platforms = append(platforms, os+"/"+arch)
+		want := "https://github.com/avsidecar/avsidecar/releases/download/v0.1.0/kubectl-avamar_v0.1.0_" + os + "_" + arch + ".tar.gz"
+		if p.URI != want || len(p.Sha256) != 64 || p.Bin != "kubectl-avamar" || len(p.Files) != 2 || p.Files[1].From != "LICENSE" {
+			t.Errorf("%s/%s: %+v", os, arch, p)
+		}
+	}
+	if got := strings.Join(platforms, " "); got != "linux/amd64 linux/arm64 darwin/amd64 darwin/arm64" {
+		t.Errorf("platforms %s", got)
 	}
 }
