@@ -144,10 +144,6 @@ type Problems []string
 func (p Problems) Error() string        { return strings.Join(p, "\n") }
 func (p Problems) Is(target error) bool { return target == ErrInput }
 
-func inputErrorf(format string, a ...any) error {
-	return Problems{fmt.Sprintf(format, a...)}
-}
-
 // Inject reads the workloads of inputs and returns them with the sidecar.
 func Inject(inputs []Input, opts Options) (Result, error) {
 	if err := opts.check(); err != nil {
