@@ -89,8 +89,14 @@ func pluginProof(t *testing.T, c *cluster, env pluginEnv) {
 		"--from-literal=client_id=avsidecar", "--from-literal=client_secret=k8s-test-oauth-secret",
 		"--from-literal=username=backup-viewer", "--from-literal=password=k8s-test-password",
 		"--from-file=ca.crt="+env.site.restCA)
-	c.must("create", "configmap", "avamar", "-n", ns, "--from-literal=server="+env.site.server,
-		"--from-literal=domain=/clients", "--from-literal=rest-url="+env.site.restURL)
+	var cm corev1.ConfigMap
+	decodeFile(t, exampleFile(t, "configmap.yaml"), &cm)
+	cm.Data["server"], cm.Data["rest-url"] = env.site.server, env.site.restURL
+	b, err := json.Marshal(cm)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.apply(ns, b)
 	c.must("create", "secret", "generic", "mysql-pass", "-n", ns, "--from-literal=password=k8s-test-mysql")
 	pods := map[string]struct {
 		claim, sub string // the PersistentVolumeClaim, the subPath the application mounts
@@ -190,8 +196,9 @@ func pluginProof(t *testing.T, c *cluster, env pluginEnv) {
 		Items []struct {
 			Namespace, Pod, Client, Callback, Error, Version string
 			Reached, Registered                              bool
-			AgentRunning                                     bool      `json:"agent_running"`
-			LastBackup                                       time.Time `json:"last_backup"`
+			AgentRunning                                     bool              `json:"agent_running"`
+			LastBackup                                       time.Time         `json:"last_backup"`
+			Faults                                           map[string]string `json:"faults"`
 		}
 	}
 	c.waitFor("kubectl avamar status to see every backup", 3*time.Minute, func() error {
@@ -227,7 +234,7 @@ func pluginProof(t *testing.T, c *cluster, env pluginEnv) {
 			continue
 		}
 		want := fmt.Sprintf("%s:%d", env.site.nodeIP, wantPort[name])
-		if !r.Reached || !r.Registered || !r.AgentRunning || r.Callback != want || !r.LastBackup.Equal(lastBackup) || r.Version == "" || r.Pod != podOf[name].Name {
+		if !r.Reached || !r.Registered || !r.AgentRunning || r.Callback != want || !r.LastBackup.Equal(lastBackup) || r.Version == "" || r.Pod != podOf[name].Name || len(r.Faults) > 0 {
 			t.Errorf("status of %s: %+v; want registered, agent running, callback %s, last backup %s (client %s)", r.Pod, r, want, lastBackup, p.client)
 		}
 	}
