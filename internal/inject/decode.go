@@ -24,6 +24,7 @@ import (
 // List.
 type document struct {
 	where string // "FILE, document N (Kind name)", for messages
+	order int    // the place in the whole input, for the notes' order
 	raw   []byte // the text as read, for pass-through
 	gvk   string // apiVersion/kind
 	kind  string
@@ -72,6 +73,9 @@ func decodeAll(inputs []Input) ([]document, error) {
 	}
 	if len(problems) > 0 {
 		return nil, problems
+	}
+	for i := range docs {
+		docs[i].order = i
 	}
 	return docs, nil
 }

@@ -29,9 +29,11 @@ package inject
 
 import (
 	"bytes"
+	"cmp"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"net"
 	"regexp"
 	"slices"
@@ -296,6 +298,7 @@ func (o Options) inject(docs []document) (Result, error) {
 		only = append(only, sel)
 	}
 	namespaces := restrictedNamespaces(docs)
+	var notes notes
 
 	// Which workloads take the sidecar; the others pass through, noted.
 	var plans []*plan
@@ -312,19 +315,19 @@ func (o Options) inject(docs []document) (Result, error) {
 			}
 		}
 		if !selected {
-			res.Notes = append(res.Notes, d.where+": passed through: not named by --only")
+			notes.add(d, "passed through: not named by --only")
 			continue
 		}
 		if v := w.annotations[AnnotationInject]; v == "false" || v == "disabled" {
 			if len(only) > 0 {
 				problems = append(problems, fmt.Sprintf("%s: named by --only, but annotated %s: %q", d.where, AnnotationInject, v))
 			} else {
-				res.Notes = append(res.Notes, fmt.Sprintf("%s: passed through: opted out (%s: %q)", d.where, AnnotationInject, v))
+				notes.add(d, fmt.Sprintf("passed through: opted out (%s: %q)", AnnotationInject, v))
 			}
 			continue
 		}
 		if len(w.persistentVolumes()) == 0 && len(only) == 0 {
-			res.Notes = append(res.Notes, d.where+": passed through: "+noVolume(w))
+			notes.add(d, "passed through: "+noVolume(w))
 			continue
 		}
 		plans = append(plans, &plan{doc: d, w: w})
@@ -335,10 +338,10 @@ func (o Options) inject(docs []document) (Result, error) {
 		}
 	}
 	if len(plans) == 0 && len(problems) == 0 {
-		res.Notes = append(res.Notes, "nothing injected: no StatefulSet or Deployment in the input can take the sidecar")
+		notes.add(nil, "nothing injected: no StatefulSet or Deployment in the input can take the sidecar")
 	}
 
-	problems = append(problems, o.allocatePorts(plans, docs, &res)...)
+	problems = append(problems, o.allocatePorts(plans, docs, &notes)...)
 
 	// The sidecar, into each workload.
 	owned := map[string]bool{} // kind/namespace/name made anew by inject
@@ -347,12 +350,14 @@ func (o Options) inject(docs []document) (Result, error) {
 	configMaps := map[string]bool{}
 	for _, p := range plans {
 		d := p.doc
-		notes, warnings, err := o.injectWorkload(p.w, p.base, namespaces[p.w.namespace])
+		said, warnings, err := o.injectWorkload(p.w, p.base, namespaces[p.w.namespace])
 		if err != nil {
 			problems = append(problems, fmt.Sprintf("%s: %v", d.where, err))
 			continue
 		}
-		res.Notes = append(res.Notes, prefix(d.where, notes)...)
+		for _, n := range said {
+			notes.add(d, n)
+		}
 		res.Warnings = append(res.Warnings, prefix(d.where, warnings)...)
 		if o.Server != "" && !configMaps[d.ns] {
 			configMaps[d.ns] = true
@@ -397,7 +402,7 @@ func (o Options) inject(docs []document) (Result, error) {
 			if why == "" {
 				why = "not a workload"
 			}
-			res.Notes = append(res.Notes, d.where+": passed through: "+why)
+			notes.add(d, "passed through: "+why)
 		}
 		out = append(out, output{raw: d.raw})
 	}
@@ -405,8 +410,41 @@ func (o Options) inject(docs []document) (Result, error) {
 	if err != nil {
 		return Result{}, err
 	}
-	res.Output = b
+	res.Output, res.Notes = b, notes.lines()
 	return res, nil
+}
+
+// notes are the notes of a run, each about a document (or none), told in
+// the documents' order.
+type notes []struct {
+	order int
+	line  string
+}
+
+// add notes line about d (nil: about the whole input).
+func (n *notes) add(d *document, line string) {
+	order := math.MaxInt
+	if d != nil {
+		order, line = d.order, d.where+": "+line
+	}
+	*n = append(*n, struct {
+		order int
+		line  string
+	}{order, line})
+}
+
+func (n notes) lines() []string {
+	slices.SortStableFunc(n, func(a, b struct {
+		order int
+		line  string
+	}) int {
+		return cmp.Compare(a.order, b.order)
+	})
+	out := make([]string, len(n))
+	for i, x := range n {
+		out[i] = x.line
+	}
+	return out
 }
 
 // write lays out the documents of a result.

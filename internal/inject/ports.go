@@ -73,7 +73,7 @@ type claim struct {
 // does not remake has a NodePort in it, no workload of the input that
 // keeps its sidecar without being injected now holds it, and no other
 // workload of this run has it. Each workload's ports are noted.
-func (o Options) allocatePorts(plans []*plan, docs []document, res *Result) Problems {
+func (o Options) allocatePorts(plans []*plan, docs []document, notes *notes) Problems {
 	var problems Problems
 	var taken []claim
 	injected := func(ns, svc string) bool {
@@ -169,7 +169,7 @@ func (o Options) allocatePorts(plans []*plan, docs []document, res *Result) Prob
 		if p.kept != "" {
 			how = "kept from its " + p.kept
 		}
-		res.Notes = append(res.Notes, fmt.Sprintf("%s: avagent ports %s, the NodePorts of %s (%s)", p.doc.where, portRange(p.base, p.w), serviceNames(p.w), how))
+		notes.add(p.doc, fmt.Sprintf("avagent ports %s, the NodePorts of %s (%s)", portRange(p.base, p.w), serviceNames(p.w), how))
 	}
 	return problems
 }
