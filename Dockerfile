@@ -65,9 +65,12 @@ RUN mkdir -p /opt/avamar /usr/local/avamar/var /etc/init.d /etc/avsidecar/ssh /e
 LABEL org.opencontainers.image.title="avsidecar" \
       org.opencontainers.image.description="PID 1 of the Dell Avamar backup sidecar: installs, registers and supervises the Avamar client; probes, SSH and a file browser" \
       org.opencontainers.image.source="https://github.com/avsidecar/avsidecar"
-# 9180: probes, metrics, status and browse. 22: embedded SSH.
+# The embedded SSH server on an unprivileged port, as examples/nginx has
+# it: the sidecar drops NET_BIND_SERVICE, which port 22 would need.
+ENV AVSIDECAR_SSH_ADDR=:2222
+# 9180: probes, metrics, status and browse. 2222: embedded SSH.
 # 28002: avagent's default listen port, where the Avamar server connects.
-EXPOSE 9180 22 28002
+EXPOSE 9180 2222 28002
 # The exec form: avsidecar itself is PID 1 and receives SIGTERM, no shell
 # in between. CMD is the subcommand, so `docker run IMAGE version` works.
 ENTRYPOINT ["/usr/local/bin/avsidecar"]

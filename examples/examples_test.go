@@ -66,7 +66,7 @@ spec:
 		{name: "a custom resource without a name", extra: strings.Replace(prometheusRule, "  name: avsidecar\n", "", 1), wantError: "metadata.name are required"},
 		{name: "not YAML", extra: "kind: [Service\n", wantError: "not valid YAML"},
 		{name: "unknown core kind", file: "configmap.yaml", old: "kind: ConfigMap", new: "kind: ConfigMaps", wantError: "unknown kind v1/ConfigMaps"},
-		{name: "unknown field", file: "statefulset.yaml", old: "terminationGracePeriodSeconds: 30", new: "terminationGracePeriod: 30", wantError: `unknown field "terminationGracePeriod"`},
+		{name: "unknown field", file: "statefulset.yaml", old: "serviceName: nginx", new: "serviceNam: nginx", wantError: `unknown field "serviceNam"`},
 		{name: "duplicate field", file: "configmap.yaml", old: "  domain: /clients\n", new: "  domain: /clients\n  domain: /other\n", wantError: "already set"},
 		{name: "wrong field type", file: "statefulset.yaml", old: "replicas: 2", new: "replicas: two", wantError: "cannot unmarshal"},
 		{name: "selector misses the template", file: "statefulset.yaml", old: "    matchLabels:\n      app.kubernetes.io/name: nginx", new: "    matchLabels:\n      app.kubernetes.io/name: web", wantError: "does not match the template labels"},
@@ -85,7 +85,7 @@ spec:
 		{name: "client state off the volume", file: "statefulset.yaml", old: "            - name: data\n              subPath: avamar-state\n              mountPath: /var/avamar\n", new: "            - name: avamar-tmp\n              mountPath: /var/avamar\n", wantError: "/var/avamar, where the client keeps its registration, is not on a PersistentVolume"},
 		{name: "read-only root without the hooks socket's directory", file: "statefulset.yaml", old: "            - name: avamar-run\n              mountPath: /run/avsidecar\n", new: "", wantError: "AVSIDECAR_HOOKS_SOCKET /run/avsidecar is on the read-only root filesystem"},
 		{name: "read-only root without /tmp", file: "statefulset.yaml", old: "            - name: avamar-tmp\n              mountPath: /tmp\n", new: "", wantError: "temporary files /tmp is on the read-only root filesystem"},
-		{name: "ServiceAccount token mounted", file: "statefulset.yaml", old: "      automountServiceAccountToken: false\n", new: "", wantError: "mounts its ServiceAccount token"},
+		{name: "ServiceAccount token mounted", file: "statefulset.yaml", old: "mountPath: /var/run/secrets/kubernetes.io/serviceaccount\n", new: "mountPath: /var/run/secrets/kubernetes.io/other\n", wantError: "mounts its ServiceAccount token in container avamar"},
 		{name: "termination message from the file only", file: "statefulset.yaml", old: "terminationMessagePolicy: FallbackToLogsOnError", new: "terminationMessagePolicy: File", wantError: `terminationMessagePolicy "File"`},
 		{name: "NetworkPolicy shuts the second replica's agent port", file: "networkpolicy.yaml", old: "          endPort: 31009\n", new: "", wantError: "pod nginx-1: no NetworkPolicy that selects it allows port 31001, where Service nginx-1-avagent sends"},
 		{name: "NetworkPolicy shuts the site", file: "networkpolicy.yaml", old: "          port: 80\n", new: "          port: 8080\n", wantError: "pod nginx-0: no NetworkPolicy that selects it allows port 80, where Service nginx sends"},
@@ -109,7 +109,7 @@ spec:
 		{name: "probe on an undeclared port", file: "statefulset.yaml", old: "              path: /livez\n              port: avsidecar", new: "              path: /livez\n              port: http-probe", wantError: "livenessProbe port http-probe is not a port of the container"},
 		{name: "probe port not the HTTP address", file: "statefulset.yaml", old: "value: 20s\n", new: "value: 20s\n            - name: AVSIDECAR_HTTP_ADDR\n              value: \":9181\"\n", wantError: "goes to port 9180 but AVSIDECAR_HTTP_ADDR is :9181"},
 		{name: "probe missing", file: "statefulset.yaml", old: "          startupProbe:\n            httpGet:\n              path: /startupz\n              port: avsidecar\n            periodSeconds: 5\n            failureThreshold: 60\n", new: "", wantError: "needs startup and liveness probes"},
-		{name: "grace period not above the shutdown timeout", file: "statefulset.yaml", old: "terminationGracePeriodSeconds: 30", new: "terminationGracePeriodSeconds: 20", wantError: "terminationGracePeriodSeconds 20 is not above AVSIDECAR_SHUTDOWN_TIMEOUT 20s"},
+		{name: "grace period not above the shutdown timeout", file: "statefulset.yaml", old: "      containers:\n", new: "      terminationGracePeriodSeconds: 20\n      containers:\n", wantError: "terminationGracePeriodSeconds 20 is not above AVSIDECAR_SHUTDOWN_TIMEOUT 20s"},
 		{name: "port name too long", file: "statefulset.yaml", old: "- name: avsidecar\n              containerPort: 9180", new: "- name: avsidecar-http-probes\n              containerPort: 9180", wantError: `container port name "avsidecar-http-probes"`},
 		{name: "Service name not a DNS label", file: "service.yaml", old: "name: nginx-1-avagent", new: "name: nginx.1.avagent", wantError: `Service name "nginx.1.avagent"`},
 		{name: "container name with capitals", file: "statefulset.yaml", old: "- name: avamar\n", new: "- name: Avamar\n", wantError: `container "Avamar"`},
@@ -182,6 +182,9 @@ func TestDockerfiles(t *testing.T) {
 		`(?m)^FROM runtime AS prebuilt$`,
 		`CGO_ENABLED=0 go build -trimpath -tags nethttpomithttp2 `, // both the build stage and the prebuilt recipe
 		`#     CGO_ENABLED=0 go build -trimpath -tags nethttpomithttp2 `,
+		// SSH where the example and the README have it, unprivileged.
+		`(?m)^ENV AVSIDECAR_SSH_ADDR=:2222$`,
+		`(?m)^EXPOSE 9180 2222 28002$`,
 	} {
 		if !regexp.MustCompile(want).MatchString(root) {
 			t.Errorf("Dockerfile does not match %s", want)

@@ -177,6 +177,9 @@ const (
 	// avamarStateDir is where many installs keep the client's state.
 	avamarStateDir     = "/var/avamar"
 	defaultGracePeriod = 30
+	// serviceAccountTokenDir is where the API server mounts the token in
+	// every container without a mount of its own at exactly that path.
+	serviceAccountTokenDir = "/var/run/secrets/kubernetes.io/serviceaccount"
 	// exampleHostIP stands for status.hostIP when env values are expanded.
 	exampleHostIP = "10.0.0.7"
 )
@@ -741,8 +744,9 @@ func (c *checker) sidecar(p pod, ct corev1.Container, env map[string]string, vol
 	if ct.TerminationMessagePolicy != corev1.TerminationMessageFallbackToLogsOnError {
 		c.addf(o, "container %s: terminationMessagePolicy %q: FallbackToLogsOnError lets kubectl describe show why the sidecar exited", ct.Name, ct.TerminationMessagePolicy)
 	}
-	if env["AVSIDECAR_SSH_ADDR"] != "off" && (p.spec.AutomountServiceAccountToken == nil || *p.spec.AutomountServiceAccountToken) {
-		c.addf(o, "pod %s mounts its ServiceAccount token, which anyone logged in over the sidecar's SSH can read: set automountServiceAccountToken: false", p.name)
+	if m, ok := mountOf(ct, serviceAccountTokenDir); env["AVSIDECAR_SSH_ADDR"] != "off" && !(ok && m.MountPath == serviceAccountTokenDir) &&
+		(p.spec.AutomountServiceAccountToken == nil || *p.spec.AutomountServiceAccountToken) {
+		c.addf(o, "pod %s mounts its ServiceAccount token in container %s, where anyone logged in over SSH can read it: mount an emptyDir at %s there", p.name, ct.Name, serviceAccountTokenDir)
 	}
 	if m, ok := mountOf(ct, avamarStateDir); ok && m.MountPath == avamarStateDir && !(slices.Contains(p.claims, m.Name) || (vols[m.Name] != nil && vols[m.Name].PersistentVolumeClaim != nil)) {
 		c.addf(o, "container %s: %s, where the client keeps its registration, is not on a PersistentVolume", ct.Name, avamarStateDir)

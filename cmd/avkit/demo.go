@@ -154,7 +154,11 @@ func runDemo(ctx context.Context, c demoConfig, dir string, stdout, stderr io.Wr
 		return err
 	}
 
-	log := zerolog.New(zerolog.ConsoleWriter{Out: stdout, TimeFormat: "15:04:05"}).With().
+	// Colours on a terminal only: avsidecar, which writes to the same
+	// stdout, decides the same way.
+	st, err := os.Stdout.Stat()
+	colour := err == nil && stdout == io.Writer(os.Stdout) && st.Mode()&os.ModeCharDevice != 0 && os.Getenv("NO_COLOR") == ""
+	log := zerolog.New(zerolog.ConsoleWriter{Out: stdout, TimeFormat: "15:04:05", NoColor: !colour}).With().
 		Timestamp().Str("component", "fake-mcs").Logger()
 	mcs, err := testkit.StartMCS(c.mcsAddr, testkit.MCSOptions{Log: log})
 	if err != nil {

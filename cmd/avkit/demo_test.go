@@ -217,6 +217,9 @@ func TestDemo(t *testing.T) {
 		transcript.WriteString(l + "\n")
 	}
 	checkSecrets("the demo output", transcript.String())
+	if n := strings.Count(transcript.String(), "\x1b["); n > 0 {
+		t.Errorf("the demo's output, a pipe, holds %d ANSI escape sequences: colours are for terminals", n)
+	}
 	if err := demo.Wait(); err != nil {
 		t.Errorf("demo on Ctrl-C: %v\n%s", err, transcript.String())
 	}

@@ -69,7 +69,7 @@ func commands() []command {
 		{"ls", "ls [-r] [--json] PATH: list a directory through the local browse API", lsCmd},
 		{"status", "status [-o json] [--addr HOST:PORT]: a summary of the local avsidecar, or its /v1/status", statusCmd},
 		{"hook", "hook pre|post: run the sidecar's backup hooks (the Avamar run-at-start and run-at-end scripts call it)", hookCmd},
-		{"version", "print the version and VCS revision (also --version)", versionCmd},
+		{"version", "print the version and VCS revision (also --version, -v)", versionCmd},
 	}
 }
 
@@ -84,8 +84,8 @@ func execute(args []string, stdout, stderr io.Writer) int {
 	if len(args) > 0 && (args[0] == "-h" || args[0] == "--help" || args[0] == "" || args[0][0] != '-') {
 		name, args = args[0], args[1:]
 	}
-	// avsidecar --version, as most commands answer it.
-	if name == "run" && len(args) == 1 && (args[0] == "--version" || args[0] == "-version") {
+	// avsidecar --version (or -v), as most commands answer it.
+	if name == "run" && len(args) == 1 && (args[0] == "--version" || args[0] == "-version" || args[0] == "-v") {
 		name, args = "version", nil
 	}
 	if name == "help" || name == "--help" || name == "-h" {

@@ -38,10 +38,10 @@ func TestFlagErrorsOnce(t *testing.T) {
 	}
 }
 
-// TestVersionFlag: --version answers as version does.
+// TestVersionFlag: --version and -v answer as version does.
 func TestVersionFlag(t *testing.T) {
 	_, want, _ := runMain(t, "", "version")
-	for _, args := range [][]string{{"--version"}, {"-version"}} {
+	for _, args := range [][]string{{"--version"}, {"-version"}, {"-v"}} {
 		code, out, errOut := runMain(t, "", args...)
 		if code != 0 || out != want || errOut != "" || !strings.HasPrefix(out, "avsidecar ") {
 			t.Errorf("%v: exit %d, %q %q; want %q", args, code, out, errOut, want)
@@ -66,7 +66,7 @@ func TestStatusSummary(t *testing.T) {
 	now := time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)
 	healthy := sidecar.Status{
 		Version: "0.1.0", Revision: "abc123", Phase: "running",
-		Install:      &install.Result{Name: "AvamarClient", Version: "7.5.101", Release: "101", Prefix: "/usr/local/avamar"},
+		Install:      &sidecar.InstallStatus{Result: &install.Result{Name: "AvamarClient", Version: "7.5.101", Release: "101", Prefix: "/usr/local/avamar"}},
 		Registration: register.Status{Registered: true, Reused: true, Client: "nginx-0", Domain: "/clients", Server: "mcs"},
 		Agent:        supervise.Status{Running: true, PID: 42, StartedAt: now.Add(-3 * time.Hour), Restarts: 1},
 		SSH:          &sshd.Status{Addr: ":2222", AuthorizedKeys: 2},
@@ -82,7 +82,7 @@ installed:   AvamarClient 7.5.101-101 in /usr/local/avamar
 agent:       running, pid 42, up 3h0m0s, 1 restarts
 last backup: 2026-11-25T10:00:00Z (2h0m0s ago)
 ssh:         :2222, 2 authorized keys, 0 sessions open
-browse:      /data, a bearer token for clients other than loopback
+browse:      /data, a bearer token from every client, loopback and kubectl port-forward included
 `
 	if got != want {
 		t.Errorf("healthy summary:\n%s\nwant:\n%s", got, want)

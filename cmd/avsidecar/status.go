@@ -167,7 +167,7 @@ func summary(st sidecar.Status, addr string, ready bool, readyz string, now time
 	} else {
 		who := "loopback clients only (no token file)"
 		if br.Token {
-			who = "a bearer token for clients other than loopback"
+			who = "a bearer token from every client, loopback and kubectl port-forward included"
 		}
 		line("browse", "%s, %s", strings.Join(br.Roots, ", "), who)
 	}

@@ -1,17 +1,19 @@
 // Command kubectl-avamar is the operator's tool for avsidecar, a kubectl
 // plugin (`kubectl avamar ...` once it is on the PATH). It carries what the
 // running sidecar never needs, so that avsidecar, PID 1 in every backed-up
-// pod, links no Kubernetes library: inject adds the sidecar to workload
-// manifests.
+// pod, links no Kubernetes library: inject and uninject add the sidecar to
+// workload manifests and take it out again, status shows every backed-up
+// pod of a namespace or of the cluster.
 package main
 
 import (
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"os"
 	"runtime"
+
+	"github.com/spf13/cobra"
 
 	"github.com/avsidecar/avsidecar/internal/buildinfo"
 )
@@ -40,90 +42,102 @@ func usageError(format string, a ...any) error {
 // stdin is the standard input of the commands that read it; tests set it.
 var stdin io.Reader = os.Stdin
 
-type command struct {
-	name    string
-	summary string
-	run     func(args []string, stdout, stderr io.Writer) error
-}
-
-func commands() []command {
-	return []command{
-		{"inject", "add the Avamar sidecar to StatefulSet and Deployment manifests", injectCmd},
-		{"version", "print the plugin's version and VCS revision", versionCmd},
-	}
-}
-
 func main() {
 	os.Exit(execute(os.Args[1:], os.Stdout, os.Stderr))
 }
 
-// execute runs the subcommand named by args and maps its error to an exit
-// code. It is the only place that decides how the process ends.
+// execute runs the command line and maps its error to an exit code. It is
+// the only place that decides how the process ends; an error is printed
+// once, each of its lines prefixed with the command's name.
 func execute(args []string, stdout, stderr io.Writer) int {
-	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
-		usage(stdout)
+	root := rootCmd(stdout, stderr)
+	root.SetArgs(args)
+	cmd, err := root.ExecuteC()
+	if err == nil {
 		return exitOK
 	}
-	name, args := args[0], args[1:]
-	for _, c := range commands() {
-		if c.name != name {
-			continue
-		}
-		err := c.run(args, stdout, stderr)
-		if err == nil {
-			return exitOK
-		}
-		fmt.Fprintf(stderr, "kubectl avamar %s: %v\n", name, err)
-		var ee *exitError
-		if errors.As(err, &ee) {
-			return ee.Code
-		}
-		return exitFailure
+	name := "kubectl avamar"
+	if cmd != nil && cmd != root {
+		name += " " + cmd.Name()
 	}
-	fmt.Fprintf(stderr, "kubectl avamar: unknown command %q\n", name)
-	usage(stderr)
-	return exitUsage
+	for _, line := range splitLines(err.Error()) {
+		fmt.Fprintf(stderr, "%s: %s\n", name, line)
+	}
+	var ee *exitError
+	if errors.As(err, &ee) {
+		return ee.Code
+	}
+	return exitFailure
 }
 
-func usage(w io.Writer) {
-	fmt.Fprintln(w, "Work with the Avamar sidecar (avsidecar) of your workloads.")
-	fmt.Fprintln(w)
-	fmt.Fprintln(w, "Available Commands:")
-	for _, c := range commands() {
-		fmt.Fprintf(w, "  %-8s %s\n", c.name, c.summary)
+func splitLines(s string) []string {
+	var out []string
+	for len(s) > 0 {
+		i := 0
+		for i < len(s) && s[i] != '\n' {
+			i++
+		}
+		out = append(out, s[:i])
+		if i < len(s) {
+			i++
+		}
+		s = s[i:]
 	}
-	fmt.Fprintln(w)
-	fmt.Fprintln(w, "Usage:")
-	fmt.Fprintln(w, "  kubectl avamar [command] [flags]")
-	fmt.Fprintln(w)
-	fmt.Fprintln(w, `Use "kubectl avamar <command> --help" for more information about a given command.`)
+	return out
 }
 
-// parseFlags parses args with fs. The flag package's own report of a bad
-// flag is silenced so that execute prints the error once; -h prints the
-// usage to stdout and asks the command to end with success.
-func parseFlags(fs *flag.FlagSet, args []string, stdout io.Writer) (help bool, err error) {
-	fs.SetOutput(io.Discard)
-	err = fs.Parse(args)
-	if errors.Is(err, flag.ErrHelp) {
-		fs.SetOutput(stdout)
-		fs.Usage()
-		return true, nil
+// rootCmd is `kubectl avamar`, with kubectl's help layout.
+func rootCmd(stdout, stderr io.Writer) *cobra.Command {
+	root := &cobra.Command{
+		Use:   "kubectl-avamar",
+		Short: "Add the Avamar backup sidecar (avsidecar) to workloads and see every backed-up pod",
+		Long: `Work with the Avamar backup sidecar (avsidecar) of your workloads.
+
+inject adds the sidecar to StatefulSet and Deployment manifests, uninject
+takes it out, status shows every backed-up pod of a namespace or of the
+cluster, read from each sidecar through the API server.`,
+		Annotations:   map[string]string{cobra.CommandDisplayNameAnnotation: "kubectl avamar"},
+		SilenceErrors: true,
+		SilenceUsage:  true,
+		// No command: the help, as kubectl prints it.
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if len(args) > 0 {
+				return usageError("unknown command %q (kubectl avamar --help lists them)", args[0])
+			}
+			return cmd.Help()
+		},
+		Args: cobra.ArbitraryArgs,
 	}
-	if err != nil {
-		return false, usageError("%v (kubectl avamar %s -h lists the flags)", err, fs.Name())
-	}
-	return false, nil
+	root.SetOut(stdout)
+	root.SetErr(stderr)
+	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
+		return usageError("%v (kubectl avamar %s --help lists the flags)", err, c.Name())
+	})
+	root.CompletionOptions.DisableDefaultCmd = true
+	root.AddCommand(injectCmd(stderr), uninjectCmd(stderr), statusCmd(), versionCmd())
+	return root
 }
 
-func versionCmd(args []string, stdout, stderr io.Writer) error {
+func versionCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "version",
+		Short: "Print the plugin's version and VCS revision",
+		Args:  noArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			rev := ""
+			if r := buildinfo.Revision(); r != "" {
+				rev = " revision " + r
+			}
+			_, err := fmt.Fprintf(cmd.OutOrStdout(), "kubectl-avamar %s%s %s %s/%s\n", buildinfo.Version(), rev, runtime.Version(), runtime.GOOS, runtime.GOARCH)
+			return err
+		},
+	}
+}
+
+// noArgs refuses arguments, with exit code 2.
+func noArgs(cmd *cobra.Command, args []string) error {
 	if len(args) > 0 {
-		return usageError("version takes no arguments")
+		return usageError("%s takes no arguments, got %q", cmd.Name(), args)
 	}
-	rev := ""
-	if r := buildinfo.Revision(); r != "" {
-		rev = " revision " + r
-	}
-	fmt.Fprintf(stdout, "kubectl-avamar %s%s %s %s/%s\n", buildinfo.Version(), rev, runtime.Version(), runtime.GOOS, runtime.GOARCH)
 	return nil
 }

@@ -435,6 +435,9 @@ func TestNginxExample(t *testing.T) {
 		c := c.in(t)
 		injected(t, c, mcs, server, nodeIP, oldKey+".pub", token, page, imgs)
 	})
+	t.Run("13 kubectl avamar on public manifests", func(t *testing.T) {
+		pluginProof(t, c.in(t), pluginEnv{mcs: mcs, rest: rest, site: site, authorizedKeys: oldKey + ".pub", token: token, imgs: imgs})
+	})
 	t.Logf("bench: whole test %s", time.Since(start).Round(time.Second))
 }
 

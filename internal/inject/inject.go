@@ -1,40 +1,47 @@
-// Package inject adds the Avamar sidecar to Kubernetes workloads, as
-// `kubectl avamar inject` does: it reads StatefulSet and Deployment manifests and
-// writes them back with the avsidecar container, its volumes and its
-// Services, laid out as examples/nginx lays them out.
+// Package inject adds the Avamar sidecar to Kubernetes workloads, and
+// takes it out again, as `kubectl avamar inject` and `uninject` do: it
+// reads manifests (files, directories, stdin, `kind: List` as `kubectl get
+// -o yaml` prints, a Helm chart's rendered output) and writes them back
+// with the avsidecar container, its volumes and its Services on the
+// StatefulSets and Deployments it can back up, laid out as examples/nginx
+// lays them out.
 //
-// It is strict: every document is decoded into its k8s.io/api type with
-// unknown and duplicate fields refused (named with their path, as
-// kubectl's --validate=strict does), and a kind it does not know is an
-// error, not something passed on unread. It is idempotent: the sidecar it
-// owns (the container named "avamar", the volumes "ssh-keys" and
-// "browse-token", the Services "NAME-N-avagent" and, with a server, the
+// Every other document passes through as it was, byte for byte, with a
+// note saying why (a kind it does not inject, no persistent volume, opted
+// out with the annotation avsidecar.io/inject: "false", not named by
+// --only): a manifest is never refused as a whole for one document. What
+// is refused is a real error: a document that is not YAML, a workload
+// decoded strictly (unknown and duplicate fields named with their path, as
+// kubectl's --validate=strict does) that has one, a workload that cannot
+// take the sidecar, a port collision; every such problem is named at once.
+//
+// It is idempotent: the sidecar it owns (the container named "avamar", its
+// volumes, the Services "NAME-N-avagent" and, with a server, the
 // ConfigMap) is replaced, not added twice, so injecting its own output
-// changes nothing, and injecting with new options updates the sidecar.
+// changes nothing, and injecting with new options updates the sidecar. The
+// workload's annotation avsidecar.io/listen-port-base keeps its ports from
+// one run to the next. Uninject gives the workload back as it was.
 //
 // Workloads are written back re-encoded (comments are lost, keys sorted as
 // kubectl prints them); the other documents are passed through byte for
-// byte.
+// byte (the items of a List are written as documents of their own).
 package inject
 
 import (
-	"bufio"
 	"bytes"
+	"cmp"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
+	"math"
 	"net"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
-	networkingv1 "k8s.io/api/networking/v1"
-	policyv1 "k8s.io/api/policy/v1"
-	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
-	kjson "sigs.k8s.io/json"
 	"sigs.k8s.io/yaml"
 )
 
@@ -67,13 +74,21 @@ type Options struct {
 	// volume of a PersistentVolumeClaim) that holds the client's state.
 	// Empty: the workload's only one.
 	Volume string
-	// ListenPortBase is avagent's port for pod 0 of a StatefulSet (pod N
-	// listens on ListenPortBase + N), or the port of a Deployment's pod;
-	// also the NodePorts (default 31000).
+	// ListenPortBase is where the search for a free block of ports
+	// starts (default 31000): avagent's port for pod 0 of a StatefulSet
+	// (pod N listens on base + N), or the port of a Deployment's pod; also
+	// the NodePorts. Each workload of a run gets a block of its own,
+	// skipping the NodePorts of the input's Services; a workload injected
+	// before keeps its block (its annotation avsidecar.io/listen-port-base).
 	ListenPortBase int
 	// SSHAddr is the embedded SSH server's address (default ":2222", an
 	// unprivileged port); "off" turns SSH off.
 	SSHAddr string
+	// Only, when not empty, are the workloads to inject, as KIND/NAME
+	// (statefulset/db, deploy/wiki; kubectl's kinds and short names, any
+	// case) or KIND/NAMESPACE/NAME: the others pass through. A name that
+	// matches no workload is an error.
+	Only []string
 }
 
 // Defaults of Options, as in examples/nginx.
@@ -85,12 +100,26 @@ const (
 	DefaultSSHAddr        = ":2222"
 )
 
+// The annotations inject reads and writes on a workload's metadata.
+const (
+	// AnnotationInject set to "false" (or "disabled") on a workload keeps
+	// inject away from it: it passes through, noted.
+	AnnotationInject = "avsidecar.io/inject"
+	// AnnotationPortBase records the first port of the workload's block,
+	// so that the next run keeps each workload's ports.
+	AnnotationPortBase = "avsidecar.io/listen-port-base"
+	// AnnotationGracePeriod records the pod's terminationGracePeriodSeconds
+	// when inject raised it above the sidecar's shutdown timeout, so that
+	// uninject gives it back.
+	AnnotationGracePeriod = "avsidecar.io/original-termination-grace-period-seconds"
+)
+
 // Input is one manifest file.
 type Input struct {
-	// Name is the file name, for messages ("-" or "stdin" for standard
-	// input).
+	// Name is the file name, for messages ("stdin" for standard input).
 	Name string
-	// Data is the file's content: YAML documents separated by "---".
+	// Data is the file's content: YAML or JSON documents, separated by
+	// "---" lines.
 	Data []byte
 }
 
@@ -98,74 +127,35 @@ type Input struct {
 type Result struct {
 	// Output is the manifests, YAML documents separated by "---".
 	Output []byte
-	// Notes are things the operator should know that are not errors, one
-	// sentence each.
+	// Notes say what was done and what passed through and why, one line
+	// each.
 	Notes []string
+	// Warnings are the choices of a workload that the sidecar makes risky,
+	// one line each.
+	Warnings []string
 }
 
 // ErrInput is matched (errors.Is) by every error about the manifests or
 // the options, as opposed to a failure to write.
 var ErrInput = errors.New("bad input")
 
-// inputError is a problem with the manifests or the options.
-type inputError string
+// Problems are every problem found in the input, one line each; it
+// matches ErrInput.
+type Problems []string
 
-func (e inputError) Error() string        { return string(e) }
-func (e inputError) Is(target error) bool { return target == ErrInput }
-
-func inputErrorf(format string, a ...any) error {
-	return inputError(fmt.Sprintf(format, a...))
-}
-
-// document is one YAML document of the input.
-type document struct {
-	where string // "FILE, document N", for messages
-	raw   []byte // the text as read, for pass-through
-	gvk   string // apiVersion/kind
-	name  string
-	ns    string
-	// obj is the decoded object: *appsv1.StatefulSet, *appsv1.Deployment,
-	// or a pass-through kind's type.
-	obj any
-}
-
-// passThrough are the kinds that may sit beside a workload in a manifest:
-// decoded strictly, then written back as they were.
-var passThrough = map[string]func() any{
-	"v1/Service":                         func() any { return &corev1.Service{} },
-	"v1/ConfigMap":                       func() any { return &corev1.ConfigMap{} },
-	"v1/Secret":                          func() any { return &corev1.Secret{} },
-	"v1/ServiceAccount":                  func() any { return &corev1.ServiceAccount{} },
-	"v1/PersistentVolumeClaim":           func() any { return &corev1.PersistentVolumeClaim{} },
-	"v1/Namespace":                       func() any { return &corev1.Namespace{} },
-	"policy/v1/PodDisruptionBudget":      func() any { return &policyv1.PodDisruptionBudget{} },
-	"networking.k8s.io/v1/NetworkPolicy": func() any { return &networkingv1.NetworkPolicy{} },
-}
-
-// unsupported explains the workload kinds inject refuses.
-var unsupported = map[string]string{
-	"DaemonSet":  "a DaemonSet's pods have no stable identity or PersistentVolume of their own for the Avamar client's registration; use a StatefulSet",
-	"ReplicaSet": "use the Deployment that owns it",
-	"Pod":        "inject the workload that makes the pod (a StatefulSet or a Deployment)",
-	"Job":        "a Job is not backed up by a long-running Avamar client; use a StatefulSet",
-	"CronJob":    "a CronJob is not backed up by a long-running Avamar client; use a StatefulSet",
-	"List":       "give the objects one per YAML document (kubectl get KIND NAME -o yaml prints one object)",
-}
+func (p Problems) Error() string        { return strings.Join(p, "\n") }
+func (p Problems) Is(target error) bool { return target == ErrInput }
 
 // Inject reads the workloads of inputs and returns them with the sidecar.
 func Inject(inputs []Input, opts Options) (Result, error) {
 	if err := opts.check(); err != nil {
 		return Result{}, err
 	}
-	var docs []document
-	for _, in := range inputs {
-		d, err := decode(in)
-		if err != nil {
-			return Result{}, err
-		}
-		docs = append(docs, d...)
+	docs, err := decodeAll(inputs)
+	if err != nil {
+		return Result{}, err
 	}
-	return opts.inject(docs)
+	return opts.withDefaults().inject(docs)
 }
 
 // withDefaults fills the zero fields of o.
@@ -229,8 +219,13 @@ func (o Options) check() error {
 			p = append(p, fmt.Sprintf("%s %q is not a Kubernetes name", n.flag, n.v))
 		}
 	}
+	for _, s := range o.Only {
+		if _, err := parseSelector(s); err != nil {
+			p = append(p, err.Error())
+		}
+	}
 	if len(p) > 0 {
-		return inputError(strings.Join(p, "; "))
+		return Problems{strings.Join(p, "; ")}
 	}
 	return nil
 }
@@ -248,86 +243,33 @@ func sshPort(addr string) (int32, error) {
 	return int32(n), nil
 }
 
-// decode splits in into documents and decodes each strictly.
-func decode(in Input) ([]document, error) {
-	r := utilyaml.NewYAMLReader(bufio.NewReader(bytes.NewReader(in.Data)))
-	var docs []document
-	for i := 1; ; i++ {
-		raw, err := r.Read()
-		if errors.Is(err, io.EOF) {
-			return docs, nil
-		}
-		where := fmt.Sprintf("%s, document %d", in.Name, i)
-		if err != nil {
-			return nil, inputErrorf("%s: %v", where, err)
-		}
-		d, ok, err := decodeDoc(where, raw)
-		if err != nil {
-			return nil, err
-		}
-		if ok {
-			docs = append(docs, d)
-		}
-	}
+// selector is one --only entry.
+type selector struct {
+	kind, ns, name string
+	used           bool
 }
 
-// decodeDoc decodes one document; ok is false for an empty one.
-func decodeDoc(where string, raw []byte) (document, bool, error) {
-	d := document{where: where, raw: raw}
-	js, err := yaml.YAMLToJSONStrict(raw)
-	if err != nil {
-		return d, false, inputErrorf("%s: not valid YAML: %v", where, err)
+// kinds are the names kubectl knows the two workload kinds by.
+var kinds = map[string]string{
+	"statefulset": "StatefulSet", "statefulsets": "StatefulSet", "sts": "StatefulSet",
+	"deployment": "Deployment", "deployments": "Deployment", "deploy": "Deployment",
+}
+
+func parseSelector(s string) (*selector, error) {
+	parts := strings.Split(s, "/")
+	kind, ok := kinds[strings.ToLower(parts[0])]
+	if !ok || len(parts) < 2 || len(parts) > 3 || slices.Contains(parts, "") {
+		return nil, fmt.Errorf("--only %q must be KIND/NAME or KIND/NAMESPACE/NAME with KIND statefulset or deployment", s)
 	}
-	if t := bytes.TrimSpace(js); len(t) == 0 || string(t) == "null" {
-		return d, false, nil
+	sel := &selector{kind: kind, name: parts[len(parts)-1], ns: "*"}
+	if len(parts) == 3 {
+		sel.ns = parts[1]
 	}
-	var id struct {
-		APIVersion string `json:"apiVersion"`
-		Kind       string `json:"kind"`
-		Metadata   struct {
-			Name      string `json:"name"`
-			Namespace string `json:"namespace"`
-		} `json:"metadata"`
-	}
-	if err := json.Unmarshal(js, &id); err != nil {
-		return d, false, inputErrorf("%s: not a Kubernetes object: %v", where, err)
-	}
-	d.gvk, d.name, d.ns = id.APIVersion+"/"+id.Kind, id.Metadata.Name, id.Metadata.Namespace
-	if id.APIVersion == "" || id.Kind == "" || d.name == "" {
-		return d, false, inputErrorf("%s: apiVersion, kind and metadata.name are required (got %q, %q, %q)", where, id.APIVersion, id.Kind, d.name)
-	}
-	where = fmt.Sprintf("%s (%s %s)", where, id.Kind, d.name)
-	d.where = where
-	var obj any
-	switch d.gvk {
-	case "apps/v1/StatefulSet":
-		obj = &appsv1.StatefulSet{}
-	case "apps/v1/Deployment":
-		obj = &appsv1.Deployment{}
-	default:
-		newObj, ok := passThrough[d.gvk]
-		if !ok {
-			why := "inject adds the sidecar to apps/v1 StatefulSets and Deployments and passes through v1 Services, ConfigMaps, Secrets, ServiceAccounts, PersistentVolumeClaims, Namespaces, policy/v1 PodDisruptionBudgets and networking.k8s.io/v1 NetworkPolicies"
-			if u, ok := unsupported[id.Kind]; ok {
-				why = u
-			}
-			return d, false, inputErrorf("%s: kind %s is not supported: %s", where, d.gvk, why)
-		}
-		obj = newObj()
-	}
-	strict, err := kjson.UnmarshalStrict(js, obj)
-	if err != nil {
-		return d, false, inputErrorf("%s: %v", where, err)
-	}
-	if len(strict) > 0 {
-		msgs := make([]string, len(strict))
-		for i, e := range strict {
-			msgs[i] = e.Error()
-		}
-		return d, false, inputErrorf("%s: %s", where, strings.Join(msgs, "; "))
-	}
-	d.obj = obj
-	return d, true, nil
+	return sel, nil
+}
+
+func (s *selector) matches(w workload) bool {
+	return s.kind == w.kind && s.name == w.name && (s.ns == "*" || s.ns == w.namespace)
 }
 
 // output is one document of the result: raw text, or an object to encode.
@@ -336,76 +278,177 @@ type output struct {
 	obj any
 }
 
-// inject adds the sidecar to every workload of docs and lays out the result.
+// plan is what inject does with one workload document.
+type plan struct {
+	doc *document
+	w   workload
+	// ports: the first port of the workload's block and how it was chosen.
+	base int
+	kept string
+}
+
+// inject adds the sidecar to the selected workloads of docs and lays out
+// the result.
 func (o Options) inject(docs []document) (Result, error) {
-	o = o.withDefaults()
 	var res Result
-	// First the workloads, to know which Services and ConfigMaps are the
-	// sidecar's (made anew) wherever they stand in the input.
-	type made struct {
-		before []any // the ConfigMap, once per namespace
-		after  []any // the workload's Services
+	var problems Problems
+	var only []*selector
+	for _, s := range o.Only {
+		sel, _ := parseSelector(s) // checked by Options.check
+		only = append(only, sel)
 	}
-	byDoc := map[int]made{}
-	owned := map[string]bool{} // kind/namespace/name made by inject
-	configMaps := map[string]bool{}
+	namespaces := restrictedNamespaces(docs)
+	var notes notes
+
+	// Which workloads take the sidecar; the others pass through, noted.
+	var plans []*plan
 	for i := range docs {
 		d := &docs[i]
-		var w workload
-		switch t := d.obj.(type) {
-		case *appsv1.StatefulSet:
-			w = statefulSet(t)
-		case *appsv1.Deployment:
-			w = deployment(t)
-		default:
+		w, ok := asWorkload(d)
+		if !ok {
+			continue // noted below unless inject remakes it
+		}
+		selected := len(only) == 0
+		for _, s := range only {
+			if s.matches(w) {
+				s.used, selected = true, true
+			}
+		}
+		if !selected {
+			notes.add(d, "passed through: not named by --only")
 			continue
 		}
-		notes, err := o.injectWorkload(w)
-		if err != nil {
-			return Result{}, inputErrorf("%s: %v", d.where, err)
+		if v := w.annotations[AnnotationInject]; v == "false" || v == "disabled" {
+			if len(only) > 0 {
+				problems = append(problems, fmt.Sprintf("%s: named by --only, but annotated %s: %q", d.where, AnnotationInject, v))
+			} else {
+				notes.add(d, fmt.Sprintf("passed through: opted out (%s: %q)", AnnotationInject, v))
+			}
+			continue
 		}
-		res.Notes = append(res.Notes, prefix(d.where, notes)...)
-		m := made{}
+		if len(w.persistentVolumes()) == 0 && len(only) == 0 {
+			notes.add(d, "passed through: "+noVolume(w))
+			continue
+		}
+		plans = append(plans, &plan{doc: d, w: w})
+	}
+	for _, s := range only {
+		if !s.used {
+			problems = append(problems, fmt.Sprintf("--only %s/%s: no such workload in the input", strings.ToLower(s.kind), s.name))
+		}
+	}
+	if len(plans) == 0 && len(problems) == 0 {
+		notes.add(nil, "nothing injected: no StatefulSet or Deployment in the input can take the sidecar")
+	}
+
+	problems = append(problems, o.allocatePorts(plans, docs, &notes)...)
+
+	// The sidecar, into each workload.
+	owned := map[string]bool{} // kind/namespace/name made anew by inject
+	made := map[*document][]any{}
+	before := map[*document][]any{}
+	configMaps := map[string]bool{}
+	for _, p := range plans {
+		d := p.doc
+		said, warnings, err := o.injectWorkload(p.w, p.base, namespaces[p.w.namespace])
+		if err != nil {
+			problems = append(problems, fmt.Sprintf("%s: %v", d.where, err))
+			continue
+		}
+		for _, n := range said {
+			notes.add(d, n)
+		}
+		res.Warnings = append(res.Warnings, prefix(d.where, warnings)...)
 		if o.Server != "" && !configMaps[d.ns] {
 			configMaps[d.ns] = true
-			m.before = append(m.before, o.configMap(w))
+			before[d] = append(before[d], o.configMap(p.w))
 			owned["ConfigMap/"+d.ns+"/"+o.ConfigMap] = true
 		}
-		svcs, err := o.services(w)
+		svcs, err := o.services(p.w, p.base)
 		if err != nil {
-			return Result{}, inputErrorf("%s: %v", d.where, err)
+			problems = append(problems, fmt.Sprintf("%s: %v", d.where, err))
+			continue
 		}
 		for _, s := range svcs {
-			m.after = append(m.after, s)
+			made[d] = append(made[d], s)
 		}
-		byDoc[i] = m
 		for j := range docs {
-			if s, ok := docs[j].obj.(*corev1.Service); ok && docs[j].ns == d.ns && w.ownsName(s.Name) {
+			if s, ok := docs[j].obj.(*corev1.Service); ok && docs[j].ns == d.ns && p.w.ownsName(s.Name) {
 				owned["Service/"+d.ns+"/"+s.Name] = true
 			}
 		}
 	}
-	if len(byDoc) == 0 {
-		return Result{}, inputErrorf("no StatefulSet or Deployment in the input: nothing to inject")
+	if len(problems) > 0 {
+		return Result{}, problems
 	}
 	var out []output
-	for i, d := range docs {
-		if m, ok := byDoc[i]; ok {
-			for _, b := range m.before {
+	for i := range docs {
+		d := &docs[i]
+		if _, ok := made[d]; ok {
+			for _, b := range before[d] {
 				out = append(out, output{obj: b})
 			}
 			out = append(out, output{obj: d.obj})
-			for _, a := range m.after {
+			for _, a := range made[d] {
 				out = append(out, output{obj: a})
 			}
 			continue
 		}
-		kind := d.gvk[strings.LastIndex(d.gvk, "/")+1:]
-		if owned[kind+"/"+d.ns+"/"+d.name] {
+		if owned[d.kind+"/"+d.ns+"/"+d.name] {
 			continue // made anew next to its workload
+		}
+		if _, ok := asWorkload(d); !ok {
+			why := d.why
+			if why == "" {
+				why = "not a workload"
+			}
+			notes.add(d, "passed through: "+why)
 		}
 		out = append(out, output{raw: d.raw})
 	}
+	b, err := write(out)
+	if err != nil {
+		return Result{}, err
+	}
+	res.Output, res.Notes = b, notes.lines()
+	return res, nil
+}
+
+// notes are the notes of a run, each about a document (or none), told in
+// the documents' order.
+type notes []struct {
+	order int
+	line  string
+}
+
+// add notes line about d (nil: about the whole input).
+func (n *notes) add(d *document, line string) {
+	order := math.MaxInt
+	if d != nil {
+		order, line = d.order, d.where+": "+line
+	}
+	*n = append(*n, struct {
+		order int
+		line  string
+	}{order, line})
+}
+
+func (n notes) lines() []string {
+	slices.SortStableFunc(n, func(a, b struct {
+		order int
+		line  string
+	}) int {
+		return cmp.Compare(a.order, b.order)
+	})
+	out := make([]string, len(n))
+	for i, x := range n {
+		out[i] = x.line
+	}
+	return out
+}
+
+// write lays out the documents of a result.
+func write(out []output) ([]byte, error) {
 	var buf bytes.Buffer
 	for i, od := range out {
 		if i > 0 {
@@ -420,12 +463,11 @@ func (o Options) inject(docs []document) (Result, error) {
 		}
 		b, err := encode(od.obj)
 		if err != nil {
-			return Result{}, err
+			return nil, err
 		}
 		buf.Write(b)
 	}
-	res.Output = buf.Bytes()
-	return res, nil
+	return buf.Bytes(), nil
 }
 
 func prefix(where string, notes []string) []string {
@@ -434,6 +476,17 @@ func prefix(where string, notes []string) []string {
 		out[i] = where + ": " + n
 	}
 	return out
+}
+
+// asWorkload is the workload of a StatefulSet or Deployment document.
+func asWorkload(d *document) (workload, bool) {
+	switch t := d.obj.(type) {
+	case *appsv1.StatefulSet:
+		return statefulSet(t), true
+	case *appsv1.Deployment:
+		return deployment(t), true
+	}
+	return workload{}, false
 }
 
 // encode writes obj as kubectl would print it, without the fields that

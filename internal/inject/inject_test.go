@@ -14,6 +14,11 @@ import (
 	corev1 "k8s.io/api/core/v1"
 )
 
+// hasLine reports whether one of lines contains s.
+func hasLine(lines []string, s string) bool {
+	return slices.ContainsFunc(lines, func(l string) bool { return strings.Contains(l, s) })
+}
+
 func read(t *testing.T, path string) Input {
 	t.Helper()
 	b, err := os.ReadFile(path)
@@ -179,7 +184,7 @@ func TestInjectSeveralVolumes(t *testing.T) {
 		"data:avamar@/usr/local/avamar", "data:avamar-state@/var/avamar", "data:init.d@/etc/init.d",
 		"ssh-keys:@/etc/avsidecar/ssh:ro", "browse-token:@/etc/avsidecar/browse:ro",
 		"avamar-rest:@/etc/avsidecar/rest:ro", "avamar-hooks:@/etc/avsidecar/hooks:ro",
-		"avamar-run:@/run/avsidecar", "avamar-tmp:@/tmp",
+		"avamar-run:@/run/avsidecar", "avamar-tmp:@/tmp", "avamar-no-token:@" + tokenPath + ":ro",
 	}
 	if diff := cmp.Diff(want, mounts(c)); diff != "" {
 		t.Errorf("mounts (-want +got):\n%s", diff)
@@ -212,7 +217,7 @@ func TestInjectSeveralVolumes(t *testing.T) {
 	}
 	// The wal volume, mounted whole, may hold the client: said, not refused.
 	res = run(t, Options{Image: "site:1", Volume: "wal"}, in)
-	if len(res.Notes) != 1 || !strings.Contains(res.Notes[0], `volume "wal" is mounted whole at /var/lib/postgresql/wal`) {
+	if !hasLine(res.Notes, `volume "wal" is mounted whole at /var/lib/postgresql/wal`) {
 		t.Errorf("notes %q", res.Notes)
 	}
 	// Browse roots of the operator's choosing, inside the mirrored mounts.
@@ -242,7 +247,7 @@ func TestInjectDeployment(t *testing.T) {
 	}
 	if diff := cmp.Diff([]string{"pages:@/var/www/data", "pages:avamar@/usr/local/avamar", "pages:avamar-state@/var/avamar", "pages:init.d@/etc/init.d",
 		"ssh-keys:@/etc/avsidecar/ssh:ro", "browse-token:@/etc/avsidecar/browse:ro", "avamar-rest:@/etc/avsidecar/rest:ro",
-		"avamar-hooks:@/etc/avsidecar/hooks:ro", "avamar-run:@/run/avsidecar", "avamar-tmp:@/tmp"}, mounts(c)); diff != "" {
+		"avamar-hooks:@/etc/avsidecar/hooks:ro", "avamar-run:@/run/avsidecar", "avamar-tmp:@/tmp", "avamar-no-token:@" + tokenPath + ":ro"}, mounts(c)); diff != "" {
 		t.Errorf("mounts (-want +got):\n%s", diff)
 	}
 	s := docs[2].obj.(*corev1.Service)
@@ -253,8 +258,12 @@ func TestInjectDeployment(t *testing.T) {
 	if cm.Data["server"] != "mcs.example.com" || cm.Data["domain"] != "/clients" || cm.Data["rest-url"] != "" || !strings.Contains(cm.Data["hooks.json"], `"/bin/sync"`) || cm.Labels["app.kubernetes.io/component"] != "backup" {
 		t.Errorf("ConfigMap %+v", cm)
 	}
-	if len(res.Notes) != 1 || !strings.Contains(res.Notes[0], `volume "pages" is mounted whole`) {
+	if !hasLine(res.Notes, `volume "pages" is mounted whole`) || !hasLine(res.Notes, "avagent ports 30500, the NodePorts of Service wiki-avagent (new)") ||
+		!hasLine(res.Notes, "document 2 (PersistentVolumeClaim wiki-pages): passed through: v1/PersistentVolumeClaim is not a workload inject adds the sidecar to") {
 		t.Errorf("notes %q", res.Notes)
+	}
+	if len(res.Warnings) != 0 {
+		t.Errorf("warnings %q: a Recreate Deployment of one replica has none", res.Warnings)
 	}
 }
 
@@ -294,7 +303,7 @@ func TestInjectOff(t *testing.T) {
 	for _, v := range spec.Volumes {
 		vols = append(vols, v.Name)
 	}
-	if diff := cmp.Diff([]string{restVolume, hooksVolume, runVolume, tmpVolume}, vols); diff != "" || len(c.Ports) != 1 {
+	if diff := cmp.Diff([]string{restVolume, hooksVolume, runVolume, tmpVolume, noTokenVolume}, vols); diff != "" || len(c.Ports) != 1 {
 		t.Errorf("volumes (-want +got):\n%s\nports %v: want the HTTP port only", diff, c.Ports)
 	}
 }
@@ -340,13 +349,11 @@ func TestInjectRefuses(t *testing.T) {
 		{"duplicate field", edit("  replicas: 2\n", "  replicas: 2\n  replicas: 3\n"), ok, `"replicas" already set`},
 		{"wrong type", edit("  replicas: 2", "  replicas: two"), ok, "cannot unmarshal string into Go struct field StatefulSetSpec.spec.replicas of type int32"},
 		{"not YAML", "kind: [StatefulSet\n", ok, "document 1: not valid YAML"},
-		{"no name", edit("  name: nginx\n  labels:", "  labels:"), ok, "apiVersion, kind and metadata.name are required"},
-		{"unknown kind", bare + "---\napiVersion: example.com/v1\nkind: Widget\nmetadata:\n  name: w\n", ok, "document 2 (Widget w): kind example.com/v1/Widget is not supported"},
-		{"a DaemonSet", strings.Replace(strings.Replace(bare, "kind: StatefulSet", "kind: DaemonSet", 1), "  serviceName: nginx\n  replicas: 2\n", "", 1), ok, "a DaemonSet's pods have no stable identity"},
-		{"an old API version", edit("apiVersion: apps/v1", "apiVersion: apps/v1beta2"), ok, "kind apps/v1beta2/StatefulSet is not supported"},
-		{"a List", "apiVersion: v1\nkind: List\nmetadata:\n  name: x\n", ok, "give the objects one per YAML document"},
-		{"no workload", "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: x\n", ok, "no StatefulSet or Deployment in the input"},
-		{"no persistent volume", noClaims, ok, "no persistent volume: the Avamar client's registration would not survive a restart; add a volumeClaimTemplate first"},
+		{"no name", edit("  name: nginx\n  labels:", "  labels:"), ok, "document 1 (StatefulSet ): metadata.name is required"},
+		{"no apiVersion", edit("apiVersion: apps/v1\n", ""), ok, `document 1: apiVersion and kind are required (got "", "StatefulSet")`},
+		{"no persistent volume, named by --only", noClaims, Options{Image: "site:1", Only: []string{"sts/cache"}}, "(StatefulSet cache): no persistent volume"},
+		{"--only names nothing", bare, Options{Image: "site:1", Only: []string{"deploy/nginx"}}, "--only deployment/nginx: no such workload in the input"},
+		{"--only of another kind", bare, Options{Image: "site:1", Only: []string{"daemonset/nginx"}}, `--only "daemonset/nginx" must be KIND/NAME`},
 		{"an unknown --volume", bare, Options{Image: "site:1", Volume: "logs"}, `--volume "logs" is not a persistent volume of this StatefulSet (it has data)`},
 		{"application data over the sidecar's /etc", edit("mountPath: /usr/share/nginx/html", "mountPath: /etc"), ok, "container nginx mounts volume \"data\" at /etc: mounted there in the sidecar too, it would cover /etc/init.d"},
 		{"application data at the client's prefix", edit("mountPath: /usr/share/nginx/html", "mountPath: /usr/local/avamar/x"), ok, "would cover /usr/local/avamar"},
@@ -355,7 +362,7 @@ func TestInjectRefuses(t *testing.T) {
 		{"browse root outside the volumes", bare, Options{Image: "site:1", BrowseRoots: []string{"/srv"}}, "browse root /srv is on no volume"},
 		{"a Deployment of several replicas", strings.Replace(string(read(t, "testdata/deployment.yaml").Data), "replicas: 1", "replicas: 3", 1), ok, "3 replicas: a Deployment's pods have no stable names"},
 		{"a selector without matchLabels", edit("    matchLabels:\n      app.kubernetes.io/name: nginx\n", "    matchExpressions:\n      - {key: app.kubernetes.io/name, operator: In, values: [nginx]}\n"), ok, "spec.selector has no matchLabels"},
-		{"too many replicas for the NodePort range", edit("replicas: 2", "replicas: 1800"), ok, "1800 replicas from --listen-port-base 31000 need ports up to 32799, past 32767"},
+		{"too many replicas for the NodePort range", edit("replicas: 2", "replicas: 1800"), ok, "no free block of 1800 ports from 31000 to 32767, the last NodePort: lower --listen-port-base"},
 		{"no image", bare, Options{}, "--image is required"},
 		{"a base outside the NodePort range", bare, Options{Image: "site:1", ListenPortBase: 28002}, "--listen-port-base 28002 must be in the NodePort range 30000-32767"},
 		{"a domain without a server", bare, Options{Image: "site:1", Domain: "/x"}, "--domain needs --server"},
@@ -381,21 +388,39 @@ func TestInjectRefuses(t *testing.T) {
 	}
 }
 
-// TestInjectServiceAccountToken: the token, readable over the sidecar's
-// SSH, is not mounted unless the workload asks for it, which is kept and
-// noted.
+// TestInjectServiceAccountToken: the application's token setting is kept,
+// whatever it is; the sidecar, where SSH logins land, always has an empty
+// directory over the token's path, which keeps the API server from
+// mounting the token there.
 func TestInjectServiceAccountToken(t *testing.T) {
-	spec := podSpec(t, docsOf(t, run(t, Options{Image: "site:1"}, read(t, bareNginx)).Output), "nginx")
-	if a := spec.AutomountServiceAccountToken; a == nil || *a {
-		t.Errorf("automountServiceAccountToken %v, want false", a)
-	}
-	asks := bytes.Replace(read(t, bareNginx).Data, []byte("      containers:\n"), []byte("      automountServiceAccountToken: true\n      containers:\n"), 1)
-	res := run(t, Options{Image: "site:1"}, Input{Name: "asks", Data: asks})
-	if a := podSpec(t, docsOf(t, res.Output), "nginx").AutomountServiceAccountToken; a == nil || !*a {
-		t.Errorf("automountServiceAccountToken %v: the workload's true must stay", a)
-	}
-	if len(res.Notes) != 1 || !strings.Contains(res.Notes[0], "automountServiceAccountToken is true: whoever logs in over the sidecar's SSH can read the ServiceAccount token") {
-		t.Errorf("notes %q", res.Notes)
+	for _, setting := range []string{"", "true", "false"} {
+		in := read(t, bareNginx)
+		if setting != "" {
+			in.Data = bytes.Replace(in.Data, []byte("      containers:\n"), []byte("      automountServiceAccountToken: "+setting+"\n      containers:\n"), 1)
+		}
+		res := run(t, Options{Image: "site:1"}, in)
+		spec := podSpec(t, docsOf(t, res.Output), "nginx")
+		got := ""
+		if a := spec.AutomountServiceAccountToken; a != nil {
+			got = strconv.FormatBool(*a)
+		}
+		if got != setting {
+			t.Errorf("automountServiceAccountToken %q became %q: it is the application's", setting, got)
+		}
+		c := sidecarOf(t, spec)
+		i := slices.IndexFunc(c.VolumeMounts, func(m corev1.VolumeMount) bool { return m.MountPath == tokenPath })
+		if i < 0 || c.VolumeMounts[i].Name != noTokenVolume || !c.VolumeMounts[i].ReadOnly {
+			t.Fatalf("automount %q: the sidecar has no read-only mount of %s at %s: %v", setting, noTokenVolume, tokenPath, mounts(c))
+		}
+		v := spec.Volumes[slices.IndexFunc(spec.Volumes, func(v corev1.Volume) bool { return v.Name == noTokenVolume })]
+		if v.EmptyDir == nil {
+			t.Errorf("volume %s is not an emptyDir: %+v", noTokenVolume, v.VolumeSource)
+		}
+		for _, app := range spec.Containers {
+			if app.Name != ContainerName && slices.ContainsFunc(app.VolumeMounts, func(m corev1.VolumeMount) bool { return m.Name == noTokenVolume }) {
+				t.Errorf("the application's container %s lost its token", app.Name)
+			}
+		}
 	}
 	// The sidecar's own directories cannot take an application's mount.
 	tmp := bytes.Replace(read(t, bareNginx).Data, []byte("mountPath: /usr/share/nginx/html"), []byte("mountPath: /tmp"), 1)

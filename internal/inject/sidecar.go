@@ -1,6 +1,7 @@
 package inject
 
 import (
+	"errors"
 	"fmt"
 	"path"
 	"regexp"
@@ -32,20 +33,27 @@ const (
 	hooksVolume = "avamar-hooks"
 	runVolume   = "avamar-run"
 	tmpVolume   = "avamar-tmp"
-	prefixDir   = "/usr/local/avamar"
-	stateDir    = "/var/avamar"
-	initDir     = "/etc/init.d"
-	sshDir      = "/etc/avsidecar/ssh"
-	tokenDir    = "/etc/avsidecar/browse"
-	tokenFile   = tokenDir + "/token"
-	restDir     = "/etc/avsidecar/rest"
-	hooksDir    = "/etc/avsidecar/hooks"
-	hooksKey    = "hooks.json"
-	runDir      = "/run/avsidecar"
-	tmpDir      = "/tmp"
-	prefixSub   = "avamar"
-	stateSub    = "avamar-state"
-	initSub     = "init.d"
+	// noTokenVolume is an empty directory over the ServiceAccount token's
+	// path in the sidecar only: the application keeps its token, and SSH
+	// logins, which land in the sidecar, find none (the ServiceAccount
+	// admission plugin mounts no token in a container that has a mount at
+	// that path).
+	noTokenVolume = "avamar-no-token"
+	tokenPath     = "/var/run/secrets/kubernetes.io/serviceaccount"
+	prefixDir     = "/usr/local/avamar"
+	stateDir      = "/var/avamar"
+	initDir       = "/etc/init.d"
+	sshDir        = "/etc/avsidecar/ssh"
+	tokenDir      = "/etc/avsidecar/browse"
+	tokenFile     = tokenDir + "/token"
+	restDir       = "/etc/avsidecar/rest"
+	hooksDir      = "/etc/avsidecar/hooks"
+	hooksKey      = "hooks.json"
+	runDir        = "/run/avsidecar"
+	tmpDir        = "/tmp"
+	prefixSub     = "avamar"
+	stateSub      = "avamar-state"
+	initSub       = "init.d"
 	// RestSecret is the Secret with the REST API's credentials, one key
 	// per file (client_id, client_secret, username, password, and
 	// optionally ca.crt); optional, like the check.
@@ -56,8 +64,10 @@ const (
 	podIndexPath = "metadata.labels['apps.kubernetes.io/pod-index']"
 	// podNameLabel is the label the StatefulSet controller gives each pod.
 	podNameLabel = "statefulset.kubernetes.io/pod-name"
-	// componentLabel marks what inject makes for the sidecar.
-	componentLabel = "app.kubernetes.io/component"
+	// componentLabel marks what inject makes for the sidecar, with the
+	// value componentBackup.
+	componentLabel  = "app.kubernetes.io/component"
+	componentBackup = "backup"
 
 	// shutdownTimeout is AVSIDECAR_SHUTDOWN_TIMEOUT, spelled out next to
 	// the grace period; gracePeriod leaves a margin above it.
@@ -71,12 +81,15 @@ const (
 var reserved = []string{prefixDir, stateDir, initDir, "/etc/avsidecar", "/opt/avamar", runDir, tmpDir, "/usr/local/bin", "/bin", "/sbin", "/lib", "/lib64", "/usr/bin", "/usr/lib"}
 
 // volumes are the names of the pod volumes the sidecar owns.
-var volumes = []string{sshVolume, tokenVolume, restVolume, hooksVolume, runVolume, tmpVolume}
+var volumes = []string{sshVolume, tokenVolume, restVolume, hooksVolume, runVolume, tmpVolume, noTokenVolume}
 
 // workload is what inject needs of a StatefulSet or a Deployment.
 type workload struct {
 	kind, name, namespace string
 	labels                map[string]string
+	// meta is the workload's metadata, where inject keeps its annotations.
+	meta        *metav1.ObjectMeta
+	annotations map[string]string
 	// selector is the workload's spec.selector.matchLabels.
 	selector map[string]string
 	replicas int32
@@ -84,11 +97,14 @@ type workload struct {
 	// claims are the names of the volumeClaimTemplates.
 	claims   []string
 	stateful bool
+	// rolling is a Deployment whose pods are replaced by a rolling update
+	// (the default strategy).
+	rolling bool
 }
 
 func statefulSet(s *appsv1.StatefulSet) workload {
-	w := workload{kind: "StatefulSet", name: s.Name, namespace: s.Namespace, labels: s.Labels, replicas: 1,
-		template: &s.Spec.Template, stateful: true}
+	w := workload{kind: "StatefulSet", name: s.Name, namespace: s.Namespace, labels: s.Labels, meta: &s.ObjectMeta,
+		annotations: s.Annotations, replicas: 1, template: &s.Spec.Template, stateful: true}
 	if s.Spec.Replicas != nil {
 		w.replicas = *s.Spec.Replicas
 	}
@@ -102,7 +118,9 @@ func statefulSet(s *appsv1.StatefulSet) workload {
 }
 
 func deployment(d *appsv1.Deployment) workload {
-	w := workload{kind: "Deployment", name: d.Name, namespace: d.Namespace, labels: d.Labels, replicas: 1, template: &d.Spec.Template}
+	w := workload{kind: "Deployment", name: d.Name, namespace: d.Namespace, labels: d.Labels, meta: &d.ObjectMeta,
+		annotations: d.Annotations, replicas: 1, template: &d.Spec.Template,
+		rolling: d.Spec.Strategy.Type == "" || d.Spec.Strategy.Type == appsv1.RollingUpdateDeploymentStrategyType}
 	if d.Spec.Replicas != nil {
 		w.replicas = *d.Spec.Replicas
 	}
@@ -110,6 +128,30 @@ func deployment(d *appsv1.Deployment) workload {
 		w.selector = d.Spec.Selector.MatchLabels
 	}
 	return w
+}
+
+// persistentVolumes are the names of the pod's persistent volumes: its
+// volumeClaimTemplates and its volumes of PersistentVolumeClaims, once
+// each (a pod volume of a template's name is replaced by the template's
+// claim, as cockroachdb's StatefulSet has it).
+func (w workload) persistentVolumes() []string {
+	claims := slices.Clone(w.claims)
+	for _, v := range w.template.Spec.Volumes {
+		if v.PersistentVolumeClaim != nil && !slices.Contains(claims, v.Name) {
+			claims = append(claims, v.Name)
+		}
+	}
+	return claims
+}
+
+// noVolume says why a workload without a persistent volume is not
+// injected.
+func noVolume(w workload) string {
+	where := "a PersistentVolumeClaim volume"
+	if w.stateful {
+		where = "a volumeClaimTemplate"
+	}
+	return fmt.Sprintf("no persistent volume: the Avamar client's registration would not survive a restart, and there is nothing of its own to back up; add %s first", where)
 }
 
 // ownsName reports whether a Service of that name is one inject makes for
@@ -129,14 +171,15 @@ func (w workload) ownsName(name string) bool {
 
 var ordinal = regexp.MustCompile(`^(0|[1-9][0-9]*)$`)
 
-// injectWorkload adds (or replaces) the sidecar in w's pod template.
-func (o Options) injectWorkload(w workload) ([]string, error) {
-	var notes []string
+// injectWorkload adds (or replaces) the sidecar in w's pod template, with
+// base the first port of its block; restricted is true when a Namespace of
+// the input enforces the restricted Pod Security level on it.
+func (o Options) injectWorkload(w workload, base int, restricted bool) (notes, warnings []string, err error) {
 	if !w.stateful && w.replicas > 1 {
-		return nil, fmt.Errorf("%d replicas: a Deployment's pods have no stable names, so each would be an Avamar client of its own sharing one registration; use a StatefulSet, or 1 replica", w.replicas)
+		return nil, nil, fmt.Errorf("%d replicas: a Deployment's pods have no stable names, so each would be an Avamar client of its own sharing one registration; use a StatefulSet, or 1 replica", w.replicas)
 	}
 	if w.replicas < 0 {
-		return nil, fmt.Errorf("replicas %d is negative", w.replicas)
+		return nil, nil, fmt.Errorf("replicas %d is negative", w.replicas)
 	}
 	spec := &w.template.Spec
 	// The sidecar inject made before, if any: replaced where it stands.
@@ -145,24 +188,19 @@ func (o Options) injectWorkload(w workload) ([]string, error) {
 	initPos := slices.IndexFunc(spec.InitContainers, isSidecar)
 	spec.InitContainers = slices.DeleteFunc(spec.InitContainers, isSidecar)
 	if len(spec.Containers) == 0 {
-		return nil, fmt.Errorf("no container besides %q: nothing to back up", ContainerName)
+		return nil, nil, fmt.Errorf("no container besides %q: nothing to back up", ContainerName)
 	}
 
 	// The persistent volumes: the client's state goes on one of them, and
 	// the application's mounts of all of them are what is backed up.
-	claims := slices.Clone(w.claims)
-	for _, v := range spec.Volumes {
-		if v.PersistentVolumeClaim != nil {
-			claims = append(claims, v.Name)
-		}
-	}
+	claims := w.persistentVolumes()
 	state, err := o.stateVolume(w, claims)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	mounts, err := mirror(spec.Containers, claims)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	for _, m := range mounts {
 		if m.Name != state {
@@ -170,7 +208,7 @@ func (o Options) injectWorkload(w workload) ([]string, error) {
 		}
 		switch m.SubPath {
 		case prefixSub, stateSub, initSub:
-			return nil, fmt.Errorf("volume %q: the application uses subPath %q, where the sidecar keeps the Avamar client", state, m.SubPath)
+			return nil, nil, fmt.Errorf("volume %q: the application uses subPath %q, where the sidecar keeps the Avamar client", state, m.SubPath)
 		case "":
 			if m.SubPathExpr == "" {
 				notes = append(notes, fmt.Sprintf("volume %q is mounted whole at %s, so the Avamar client's subPaths %s, %s and %s show there, and are backed up with it", state, m.MountPath, prefixSub, stateSub, initSub))
@@ -186,34 +224,93 @@ func (o Options) injectWorkload(w workload) ([]string, error) {
 	}
 	for _, r := range roots {
 		if !slices.ContainsFunc(mounts, func(m corev1.VolumeMount) bool { return within(r, m.MountPath) }) {
-			return nil, fmt.Errorf("browse root %s is on no volume of the application that the sidecar mounts: it would list the sidecar's own files", r)
+			return nil, nil, fmt.Errorf("browse root %s is on no volume of the application that the sidecar mounts: it would list the sidecar's own files", r)
 		}
 	}
 	ssh := o.SSHAddr != "off"
 	browse := len(roots) > 0
 
 	if err := o.setVolumes(spec, ssh, browse); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	ct := o.container(w, state, mounts, roots, ssh)
+	ct := o.container(w, base, state, mounts, roots, ssh)
 	if o.Native {
 		ct.RestartPolicy = ptr(corev1.ContainerRestartPolicyAlways)
 		spec.InitContainers = insert(spec.InitContainers, initPos, ct)
 	} else {
 		spec.Containers = insert(spec.Containers, pos, ct)
 	}
-	if spec.TerminationGracePeriodSeconds == nil || *spec.TerminationGracePeriodSeconds < gracePeriod {
+
+	// Unset, the grace period is Kubernetes' 30s, above the sidecar's
+	// shutdown timeout; a shorter one is raised, and remembered for
+	// uninject.
+	if g := spec.TerminationGracePeriodSeconds; g != nil && *g < gracePeriod {
+		setAnnotation(w.meta, AnnotationGracePeriod, strconv.FormatInt(*g, 10))
+		notes = append(notes, fmt.Sprintf("terminationGracePeriodSeconds %d raised to %d, above the sidecar's %s shutdown (uninject gives %d back)", *g, gracePeriod, shutdownTimeout, *g))
 		spec.TerminationGracePeriodSeconds = ptr(int64(gracePeriod))
 	}
-	// The ServiceAccount token would be readable over SSH: off, unless
-	// the workload asks for it (the application talks to the API).
-	switch t := spec.AutomountServiceAccountToken; {
-	case t == nil:
-		spec.AutomountServiceAccountToken = ptr(false)
-	case *t && ssh:
-		notes = append(notes, "automountServiceAccountToken is true: whoever logs in over the sidecar's SSH can read the ServiceAccount token; set it false unless the application needs the API")
+	setAnnotation(w.meta, AnnotationPortBase, strconv.Itoa(base))
+	return notes, o.warnings(w, base, restricted, ssh), nil
+}
+
+// warnings are the workload's choices that the sidecar makes risky.
+func (o Options) warnings(w workload, base int, restricted, ssh bool) []string {
+	var out []string
+	spec := &w.template.Spec
+	if spec.HostNetwork {
+		ports := []string{strconv.Itoa(httpPort)}
+		if ssh {
+			p, _ := sshPort(o.SSHAddr)
+			ports = append(ports, strconv.Itoa(int(p)))
+		}
+		ports = append(ports, portRange(base, w))
+		out = append(out, fmt.Sprintf("hostNetwork: true: the sidecar's ports (%s) bind on the node itself, open to the node's network, and two such pods on one node collide", strings.Join(ports, ", ")))
 	}
-	return notes, nil
+	if restricted || runsAsNonRoot(spec) {
+		why := "the pod runs as non-root (runAsNonRoot: true), as the restricted Pod Security level asks"
+		if restricted {
+			why = "the namespace enforces the restricted Pod Security level"
+		}
+		out = append(out, why+": the sidecar runs as root with the capabilities CHOWN, DAC_OVERRIDE, FOWNER and FSETID to read and restore every file, which restricted refuses; the namespace must allow baseline")
+	}
+	if w.rolling {
+		out = append(out, fmt.Sprintf("strategy RollingUpdate (the default): during a rollout the new pod starts before the old one stops, so two pods run the Avamar client %q at once on one volume (a ReadWriteOnce volume keeps the new pod Pending on another node); set spec.strategy.type: Recreate", w.name))
+	}
+	return out
+}
+
+// runsAsNonRoot reports whether the pod, or every application container,
+// asks to run as non-root.
+func runsAsNonRoot(spec *corev1.PodSpec) bool {
+	if sc := spec.SecurityContext; sc != nil && sc.RunAsNonRoot != nil && *sc.RunAsNonRoot {
+		return true
+	}
+	n := 0
+	for _, c := range spec.Containers {
+		if c.Name != ContainerName && c.SecurityContext != nil && c.SecurityContext.RunAsNonRoot != nil && *c.SecurityContext.RunAsNonRoot {
+			n++
+		}
+	}
+	return n > 0 && n == len(spec.Containers)-1
+}
+
+// restrictedNamespaces are the namespaces of the input whose Namespace
+// enforces the restricted Pod Security level.
+func restrictedNamespaces(docs []document) map[string]bool {
+	out := map[string]bool{}
+	for _, d := range docs {
+		if n, ok := d.obj.(*corev1.Namespace); ok && n.Labels["pod-security.kubernetes.io/enforce"] == "restricted" {
+			out[n.Name] = true
+		}
+	}
+	return out
+}
+
+func setAnnotation(m *metav1.ObjectMeta, k, v string) {
+	if m.Annotations == nil {
+		m.Annotations = map[string]string{}
+	}
+	m.Annotations[k] = v
 }
 
 func isSidecar(c corev1.Container) bool { return c.Name == ContainerName }
@@ -240,11 +337,7 @@ func (o Options) stateVolume(w workload, claims []string) (string, error) {
 	case 1:
 		return claims[0], nil
 	case 0:
-		where := "a PersistentVolumeClaim volume"
-		if w.stateful {
-			where = "a volumeClaimTemplate"
-		}
-		return "", fmt.Errorf("no persistent volume: the Avamar client's registration would not survive a restart; add %s first", where)
+		return "", errors.New(noVolume(w))
 	}
 	return "", fmt.Errorf("several persistent volumes (%s): choose the one for the Avamar client with --volume", list(claims))
 }
@@ -307,6 +400,8 @@ func (o Options) setVolumes(spec *corev1.PodSpec, ssh, browse bool) error {
 			Medium: corev1.StorageMediumMemory, SizeLimit: ptr(resource.MustParse("1Mi"))}}},
 		tmpVolume: {Name: tmpVolume, VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{
 			SizeLimit: ptr(resource.MustParse("1Gi"))}}},
+		noTokenVolume: {Name: noTokenVolume, VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{
+			Medium: corev1.StorageMediumMemory, SizeLimit: ptr(resource.MustParse("1Ki"))}}},
 	}
 	if ssh {
 		want[sshVolume] = secretVolume(sshVolume, o.Secret, "authorized_keys", "authorized_keys")
@@ -345,7 +440,7 @@ func secretVolume(name, secret, key, file string) *corev1.Volume {
 }
 
 // container is the sidecar of examples/nginx.
-func (o Options) container(w workload, state string, mounts []corev1.VolumeMount, roots []string, ssh bool) corev1.Container {
+func (o Options) container(w workload, base int, state string, mounts []corev1.VolumeMount, roots []string, ssh bool) corev1.Container {
 	field := func(name, path string) corev1.EnvVar {
 		return corev1.EnvVar{Name: name, ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: path}}}
 	}
@@ -360,11 +455,11 @@ func (o Options) container(w workload, state string, mounts []corev1.VolumeMount
 		// The client is the pod (nginx-0, nginx-1...), stable across
 		// restarts, and avagent listens on the base plus its ordinal.
 		env = append(env, field("POD_NAME", "metadata.name"), field("POD_INDEX", podIndexPath),
-			value("AVAMAR_LISTEN_PORT_BASE", strconv.Itoa(o.ListenPortBase)))
+			value("AVAMAR_LISTEN_PORT_BASE", strconv.Itoa(base)))
 	} else {
 		// A Deployment's pod names change at every rollout: the client is
 		// the Deployment.
-		env = append(env, value("AVAMAR_CLIENT_NAME", w.name), value("AVAMAR_LISTEN_PORT", strconv.Itoa(o.ListenPortBase)))
+		env = append(env, value("AVAMAR_CLIENT_NAME", w.name), value("AVAMAR_LISTEN_PORT", strconv.Itoa(base)))
 	}
 	env = append(env, key("AVAMAR_SERVER", "server"), key("AVAMAR_DOMAIN", "domain"))
 	if len(roots) > 0 {
@@ -398,7 +493,8 @@ func (o Options) container(w workload, state string, mounts []corev1.VolumeMount
 		corev1.VolumeMount{Name: restVolume, MountPath: restDir, ReadOnly: true},
 		corev1.VolumeMount{Name: hooksVolume, MountPath: hooksDir, ReadOnly: true},
 		corev1.VolumeMount{Name: runVolume, MountPath: runDir},
-		corev1.VolumeMount{Name: tmpVolume, MountPath: tmpDir})
+		corev1.VolumeMount{Name: tmpVolume, MountPath: tmpDir},
+		corev1.VolumeMount{Name: noTokenVolume, MountPath: tokenPath, ReadOnly: true})
 
 	probe := func(path string) *corev1.Probe {
 		return &corev1.Probe{ProbeHandler: corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{Path: path, Port: intstr.FromString(HTTPPortName)}}}
@@ -465,19 +561,16 @@ func sidecarLabels(w workload) map[string]string {
 	for k, v := range w.labels {
 		l[k] = v
 	}
-	l[componentLabel] = "backup"
+	l[componentLabel] = componentBackup
 	return l
 }
 
 // services are the NodePort Services where the Avamar server reaches each
 // pod's avagent: the server dials NODE_IP at the agent's listen port, so
 // each pod gets its own port, the same number inside and on the node.
-func (o Options) services(w workload) ([]*corev1.Service, error) {
+func (o Options) services(w workload, base int) ([]*corev1.Service, error) {
 	if len(w.selector) == 0 {
 		return nil, fmt.Errorf("spec.selector has no matchLabels, which the avagent Services select on")
-	}
-	if last := o.ListenPortBase + int(w.replicas) - 1; last > maxNodePort {
-		return nil, fmt.Errorf("%d replicas from --listen-port-base %d need ports up to %d, past %d, the last NodePort: lower the base", w.replicas, o.ListenPortBase, last, maxNodePort)
 	}
 	svc := func(name string, port int32, podName string) *corev1.Service {
 		sel := map[string]string{}
@@ -504,12 +597,12 @@ func (o Options) services(w workload) ([]*corev1.Service, error) {
 		}
 	}
 	if !w.stateful {
-		return []*corev1.Service{svc(w.name+"-avagent", int32(o.ListenPortBase), "")}, nil
+		return []*corev1.Service{svc(w.name+"-avagent", int32(base), "")}, nil
 	}
 	out := make([]*corev1.Service, w.replicas)
 	for i := range out {
 		pod := w.name + "-" + strconv.Itoa(i)
-		out[i] = svc(pod+"-avagent", int32(o.ListenPortBase+i), pod)
+		out[i] = svc(pod+"-avagent", int32(base+i), pod)
 	}
 	return out, nil
 }
