@@ -227,7 +227,7 @@ func printable(b []byte) string {
 func (d *Doctor) checkListenPort(ctx context.Context) Diagnosis {
 	port := d.cfg.ListenPort
 	dg := Diagnosis{Check: CheckListenPort}
-	ag := d.cfg.Agent()
+	ag := d.cfg.State.Agent()
 	if !ag.Started {
 		dg.State, dg.Message = StatePending, "avagent has not started yet"
 		return dg
@@ -246,7 +246,7 @@ func (d *Doctor) checkListenPort(ctx context.Context) Diagnosis {
 		case <-t.C:
 		}
 		t.Stop()
-		ag = d.cfg.Agent()
+		ag = d.cfg.State.Agent()
 	}
 	if err != nil {
 		dg.State, dg.Message = StateUnknown, fmt.Sprintf("the pod's sockets cannot be read: %v", err)
@@ -330,7 +330,7 @@ func (d *Doctor) checkNodePort(ctx context.Context, listen Diagnosis) Diagnosis 
 
 // checkRegistration reports the server's refusal, in its own words.
 func (d *Doctor) checkRegistration(context.Context) Diagnosis {
-	r := d.cfg.Registration()
+	r := d.cfg.State.Registration()
 	dg := Diagnosis{Check: CheckRegistration}
 	switch {
 	case r.Registered:

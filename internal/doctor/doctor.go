@@ -135,6 +135,20 @@ type Registration struct {
 	LastError string
 }
 
+// State is where the doctor reads the sidecar's state: functions, called
+// from the doctor's goroutines, that return snapshots.
+type State struct {
+	// Agent reports avagent's state; Registration the registration's.
+	Agent        func() Agent
+	Registration func() Registration
+	// Symptom names the last symptom seen on the backup side (a failed
+	// registration attempt, avagent's last exit), or is empty. When it
+	// changes to a new non-empty value, the doctor checks again with it
+	// as the trigger. It is polled every Config.SymptomPoll, so an event
+	// must stay named until the next one; nil is never a symptom.
+	Symptom func() string
+}
+
 // Config is what the doctor checks and where it reads the sidecar's state.
 type Config struct {
 	// ClientName is the client's name on the Avamar server.
@@ -161,13 +175,8 @@ type Config struct {
 	// Proc is the proc filesystem the listen-port check reads the
 	// sockets and their owners from (default /proc).
 	Proc string
-	// Agent reports avagent's state; Registration the registration's.
-	Agent        func() Agent
-	Registration func() Registration
-	// Symptom names what is wrong on the backup side now, or is empty.
-	// When it changes to a new non-empty value, the doctor checks again
-	// with it as the trigger. It is polled every SymptomPoll.
-	Symptom func() string
+	// State is where the doctor reads the sidecar's state.
+	State State
 	// SymptomPoll is the time between two polls of Symptom (default 2s).
 	SymptomPoll time.Duration
 }
@@ -186,7 +195,7 @@ func New(cfg Config, log zerolog.Logger) (*Doctor, error) {
 	if cfg.ClientName == "" || cfg.Server == "" || cfg.ServerPort == 0 || cfg.ListenPort == 0 || net.ParseIP(cfg.NodeIP) == nil {
 		return nil, errors.New("doctor: client name, NODE_IP, server, server port and listen port are required")
 	}
-	if cfg.Agent == nil || cfg.Registration == nil {
+	if cfg.State.Agent == nil || cfg.State.Registration == nil {
 		return nil, errors.New("doctor: the agent's and the registration's state are required")
 	}
 	if cfg.NodeProbePort == 0 {
@@ -204,8 +213,8 @@ func New(cfg Config, log zerolog.Logger) (*Doctor, error) {
 	if cfg.Proc == "" {
 		cfg.Proc = "/proc"
 	}
-	if cfg.Symptom == nil {
-		cfg.Symptom = func() string { return "" }
+	if cfg.State.Symptom == nil {
+		cfg.State.Symptom = func() string { return "" }
 	}
 	if cfg.SymptomPoll <= 0 {
 		cfg.SymptomPoll = 2 * time.Second
@@ -236,13 +245,15 @@ const (
 // Run checks at once, then again when avagent starts, when a new symptom
 // appears and every Interval, until ctx ends. It returns nil then.
 func (d *Doctor) Run(ctx context.Context) error {
+	// What the first round sees: a change after this is a new trigger,
+	// even when it comes while the round runs.
+	agentStarted := d.cfg.State.Agent().Started
+	symptom := d.cfg.State.Symptom()
 	d.Check(ctx, TriggerStart)
 	poll := time.NewTicker(d.cfg.SymptomPoll)
 	defer poll.Stop()
 	periodic := time.NewTicker(d.cfg.Interval)
 	defer periodic.Stop()
-	agentStarted := d.cfg.Agent().Started
-	symptom := d.cfg.Symptom()
 	for {
 		select {
 		case <-ctx.Done():
@@ -250,13 +261,13 @@ func (d *Doctor) Run(ctx context.Context) error {
 		case <-periodic.C:
 			d.Check(ctx, TriggerPeriodic)
 		case <-poll.C:
-			if !agentStarted && d.cfg.Agent().Started {
+			if !agentStarted && d.cfg.State.Agent().Started {
 				agentStarted = true
 				d.Check(ctx, TriggerAgentStarted)
 				periodic.Reset(d.cfg.Interval)
 				continue
 			}
-			if s := d.cfg.Symptom(); s != symptom {
+			if s := d.cfg.State.Symptom(); s != symptom {
 				symptom = s
 				if s != "" {
 					d.Check(ctx, s)
@@ -293,6 +304,10 @@ func (d *Doctor) Check(ctx context.Context, trigger string) Report {
 	out[i] = d.checkNodePort(cctx, out[slices.Index(Checks, CheckListenPort)])
 	cancel()
 
+	if ctx.Err() != nil {
+		// Stopping: what the checks say now is about the stop.
+		return d.Report()
+	}
 	r := Report{CheckedAt: time.Now().UTC(), Trigger: trigger, Diagnoses: out}
 	d.mu.Lock()
 	old := d.report

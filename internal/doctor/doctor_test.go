@@ -116,11 +116,11 @@ func newDoctor(t *testing.T, cfg Config) *Doctor {
 	if cfg.ListenPort == 0 {
 		cfg.ListenPort = 28002
 	}
-	if cfg.Agent == nil {
-		cfg.Agent = func() Agent { return Agent{} }
+	if cfg.State.Agent == nil {
+		cfg.State.Agent = func() Agent { return Agent{} }
 	}
-	if cfg.Registration == nil {
-		cfg.Registration = func() Registration { return Registration{} }
+	if cfg.State.Registration == nil {
+		cfg.State.Registration = func() Registration { return Registration{} }
 	}
 	d, err := New(cfg, zerolog.New(zerolog.NewTestWriter(t)))
 	if err != nil {
@@ -273,7 +273,7 @@ func TestListenPort(t *testing.T) {
 		{"nothing listens, avagent runs", free, Agent{Started: true, Running: true, PID: os.Getppid()}, StateFault, []string{"avagent runs (pid", "nothing listens on port " + strconv.Itoa(free)}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			d := newDoctor(t, Config{ListenPort: tc.port, Agent: func() Agent { return tc.agent }})
+			d := newDoctor(t, Config{ListenPort: tc.port, State: State{Agent: func() Agent { return tc.agent }}})
 			c, cancel := context.WithTimeout(context.Background(), time.Second)
 			defer cancel()
 			want(t, d.checkListenPort(c), tc.state, tc.words...)
@@ -323,7 +323,7 @@ func TestRegistration(t *testing.T) {
 		{"unreachable", Registration{Attempts: 1, LastOutcome: "unreachable", LastError: "connect to MCS: connection refused"}, StateUnknown, []string{"1 attempts, the last unreachable", "see mcs"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			d := newDoctor(t, Config{Registration: func() Registration { return tc.reg }})
+			d := newDoctor(t, Config{State: State{Registration: func() Registration { return tc.reg }}})
 			want(t, d.checkRegistration(ctx(t)), tc.state, tc.words...)
 		})
 	}
@@ -342,8 +342,10 @@ func TestRunTriggers(t *testing.T) {
 	set := func(a Agent, s string) { mu.Lock(); agent, symptom = a, s; mu.Unlock() }
 	d := newDoctor(t, Config{
 		Server: "127.0.0.1", ServerPort: closedPort(t), Resolver: startDNS(t, nil, nil),
-		Agent:       func() Agent { mu.Lock(); defer mu.Unlock(); return agent },
-		Symptom:     func() string { mu.Lock(); defer mu.Unlock(); return symptom },
+		State: State{
+			Agent:   func() Agent { mu.Lock(); defer mu.Unlock(); return agent },
+			Symptom: func() string { mu.Lock(); defer mu.Unlock(); return symptom },
+		},
 		SymptomPoll: 10 * time.Millisecond, Timeout: time.Second,
 	})
 	c, cancel := context.WithCancel(context.Background())
