@@ -57,7 +57,11 @@ func logDiagnoses(t *testing.T, pod string, r doctor.Report, checks ...string) {
 	t.Helper()
 	for _, c := range checks {
 		d, _ := r.Get(c)
-		t.Logf("%s /v1/status doctor (on %q): %s %s: %s\n    fix: %s", pod, r.Trigger, d.Check, d.State, d.Message, d.Fix)
+		fix := ""
+		if d.Fix != "" {
+			fix = "\n    fix: " + d.Fix
+		}
+		t.Logf("%s /v1/status doctor (on %q): %s %s: %s%s", pod, r.Trigger, d.Check, d.State, d.Message, fix)
 	}
 }
 
