@@ -31,8 +31,8 @@ func TestRestartKeepsIdentity(t *testing.T) {
 		t.Fatal(err)
 	}
 	s.eventually(t, "/readyz", 200, 20*time.Second)
-	if got := mustRead(t, filepath.Join(prefixDir(w.root), "var/.avagent")); got != "--hostname=pod-0\n" {
-		t.Fatalf(".avagent = %q, want the pod name pinned", got)
+	if got, want := mustRead(t, filepath.Join(prefixDir(w.root), "var/.avagent")), "--hostname=pod-0\n--listenport="+envValue(w.env, "AVAMAR_LISTEN_PORT")+"\n"; got != want {
+		t.Fatalf(".avagent = %q, want %q: the pod name pinned, and the listen port", got, want)
 	}
 	s.stopGracefully(t)
 

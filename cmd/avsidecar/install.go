@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 
+	"github.com/avsidecar/avsidecar/internal/avclient"
 	"github.com/avsidecar/avsidecar/internal/config"
 	"github.com/avsidecar/avsidecar/internal/install"
 	"github.com/avsidecar/avsidecar/internal/pid1"
@@ -38,7 +39,7 @@ func installCmd(args []string, stdout, stderr io.Writer) error {
 	for name, v := range set {
 		vars[name] = *v
 	}
-	cfg, err := config.Load(config.ScopeInstall, config.Sources{Set: vars, FindRPM: install.FindRPM})
+	cfg, err := config.Load(config.ScopeInstall, config.Sources{Set: vars, FindRPM: install.FindRPM, FindPrefix: avclient.FindPrefix})
 	if err != nil {
 		return &exitError{Code: exitConfig, Err: err}
 	}

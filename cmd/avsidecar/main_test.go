@@ -8,6 +8,7 @@ import (
 
 	"github.com/avsidecar/avsidecar/internal/backupapi"
 	"github.com/avsidecar/avsidecar/internal/browse"
+	"github.com/avsidecar/avsidecar/internal/doctor"
 	"github.com/avsidecar/avsidecar/internal/install"
 	"github.com/avsidecar/avsidecar/internal/register"
 	"github.com/avsidecar/avsidecar/internal/sidecar"
@@ -72,6 +73,7 @@ func TestStatusSummary(t *testing.T) {
 		SSH:          &sshd.Status{Addr: ":2222", AuthorizedKeys: 2},
 		Browse:       &browse.Status{Enabled: true, Roots: []string{"/data"}, Token: true},
 		Backup:       &backupapi.Status{State: "ok", LastBackup: now.Add(-2 * time.Hour)},
+		Doctor:       &doctor.Report{CheckedAt: now.Add(-10 * time.Second), Trigger: "periodic", Diagnoses: []doctor.Diagnosis{{Check: "mcs", State: "ok"}, {Check: "node-ip", State: "ok"}}},
 	}
 	got := summary(healthy, "127.0.0.1:9180", true, "", now)
 	want := `avsidecar:   0.1.0 (revision abc123) at 127.0.0.1:9180
@@ -83,6 +85,7 @@ agent:       running, pid 42, up 3h0m0s, 1 restarts
 last backup: 2026-11-25T10:00:00Z (2h0m0s ago)
 ssh:         :2222, 2 authorized keys, 0 sessions open
 browse:      /data, a bearer token from every client, loopback and kubectl port-forward included
+doctor:      2 ok (checked 2026-11-25T11:59:50Z (10s ago), on periodic)
 `
 	if got != want {
 		t.Errorf("healthy summary:\n%s\nwant:\n%s", got, want)
@@ -95,6 +98,11 @@ browse:      /data, a bearer token from every client, loopback and kubectl port-
 		SSH:          &sshd.Status{Addr: ":2222", AuthorizedKeysMissing: true},
 		Backup:       &backupapi.Status{State: "unauthorized", Message: "token request: 401"},
 		Faults:       map[string]string{"browse": "root /srv does not exist"},
+		Doctor: &doctor.Report{CheckedAt: now.Add(-time.Minute), Trigger: "registration attempt 3 failed: unreachable", Diagnoses: []doctor.Diagnosis{
+			{Check: "mcs", State: "fault", Message: "the MCS at mcs:28001 is unreachable from the pod: connection refused: nothing listens there", Fix: "check that the MCS runs"},
+			{Check: "node-port", State: "unknown", Message: "no answer at 192.0.2.2:31000 within 3s"},
+			{Check: "listen-port", State: "pending", Message: "avagent has not started yet"},
+		}},
 	}
 	readyz := "[+]shutdown ok\n[-]installed: not installed yet (phase registering)\n[-]registered: not registered after 3 attempts\n[!]browse: root /srv does not exist\n"
 	got = summary(sick, "127.0.0.1:9180", false, readyz, now)
@@ -107,6 +115,9 @@ browse:      /data, a bearer token from every client, loopback and kubectl port-
 		"ssh:         :2222, no authorized_keys file: nobody can log in, 0 sessions open\n",
 		"browse:      off\n",
 		"fault:       browse: root /srv does not exist\n",
+		"doctor:      1 faults, 1 cannot tell, 1 pending (checked 2026-11-25T11:59:00Z (1m0s ago), on registration attempt 3 failed: unreachable)\n",
+		"diagnosis:   mcs: the MCS at mcs:28001 is unreachable from the pod: connection refused: nothing listens there\n  fix:       check that the MCS runs\n",
+		"diagnosis:   node-port, cannot tell: no answer at 192.0.2.2:31000 within 3s\n",
 	} {
 		if !strings.Contains(got, w) {
 			t.Errorf("summary lacks %q:\n%s", w, got)

@@ -9,6 +9,7 @@ import (
 
 	"github.com/rs/zerolog"
 
+	"github.com/avsidecar/avsidecar/internal/avclient"
 	"github.com/avsidecar/avsidecar/internal/config"
 	"github.com/avsidecar/avsidecar/internal/install"
 	"github.com/avsidecar/avsidecar/internal/pid1"
@@ -29,7 +30,7 @@ func runCmd(args []string, stdout, stderr io.Writer) error {
 	if fs.NArg() > 0 {
 		return usageError("run takes no arguments, got %q", fs.Args())
 	}
-	cfg, err := config.Load(config.ScopeRun, config.Sources{Hostname: os.Hostname, FindRPM: install.FindRPM})
+	cfg, err := config.Load(config.ScopeRun, config.Sources{Hostname: os.Hostname, FindRPM: install.FindRPM, FindPrefix: avclient.FindPrefix})
 	if err != nil {
 		// The log settings may be what is wrong: the JSON line uses the
 		// defaults, so kubectl logs shows the failure as well as stderr.

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/avsidecar/avsidecar/internal/doctor"
 	"github.com/avsidecar/avsidecar/internal/sidecar"
 )
 
@@ -172,6 +173,8 @@ func summary(st sidecar.Status, addr string, ready bool, readyz string, now time
 		line("browse", "%s, %s", strings.Join(br.Roots, ", "), who)
 	}
 
+	doctorLines(line, ago, st.Doctor)
+
 	names := make([]string, 0, len(st.Faults))
 	for n := range st.Faults {
 		names = append(names, n)
@@ -181,4 +184,42 @@ func summary(st sidecar.Status, addr string, ready bool, readyz string, now time
 		line("fault", "%s: %s", n, st.Faults[n])
 	}
 	return b.String()
+}
+
+// doctorLines renders the doctor's report: a count, then each fault and
+// each check that cannot tell, with what to do.
+func doctorLines(line func(key, format string, a ...any), ago func(time.Time) string, r *doctor.Report) {
+	if r == nil {
+		return
+	}
+	if r.CheckedAt.IsZero() {
+		line("doctor", "not checked yet")
+		return
+	}
+	n := map[string]int{}
+	for _, d := range r.Diagnoses {
+		n[d.State]++
+	}
+	var counts []string
+	for _, c := range []struct{ state, words string }{
+		{doctor.StateFault, "faults"}, {doctor.StateUnknown, "cannot tell"}, {doctor.StateOK, "ok"}, {doctor.StatePending, "pending"},
+	} {
+		if n[c.state] > 0 {
+			counts = append(counts, fmt.Sprintf("%d %s", n[c.state], c.words))
+		}
+	}
+	line("doctor", "%s (checked %s, on %s)", strings.Join(counts, ", "), ago(r.CheckedAt), r.Trigger)
+	for _, d := range r.Diagnoses {
+		switch d.State {
+		case doctor.StateFault:
+			line("diagnosis", "%s: %s", d.Check, d.Message)
+		case doctor.StateUnknown:
+			line("diagnosis", "%s, cannot tell: %s", d.Check, d.Message)
+		default:
+			continue
+		}
+		if d.Fix != "" {
+			line("  fix", "%s", d.Fix)
+		}
+	}
 }

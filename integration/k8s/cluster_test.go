@@ -1,9 +1,11 @@
-// Package k8s proves examples/nginx on a real single-node Kubernetes
-// cluster that the test builds, starts and tears down itself: etcd, the
-// control plane, kubelet and kube-proxy from one binary built from the
-// pinned wrapper module in cluster/, containerd, runc and the CNI plugins
-// from Debian, and images built with podman and imported into containerd
-// (no registry). See TestNginxExample for what is proved.
+// Package k8s proves examples/nginx on a real Kubernetes cluster of two
+// nodes that the test builds, starts and tears down itself: etcd, the
+// control plane, and on each node a kubelet and kube-proxy, from one
+// binary built from the pinned wrapper module in cluster/; containerd,
+// runc and the CNI plugins from Debian; images built with podman and
+// imported into each node's containerd (no registry). The first node is
+// the host; the second has a network namespace of its own (nodes_test.go).
+// See TestNginxExample for what is proved.
 package k8s
 
 import (
@@ -55,17 +57,21 @@ const (
 // programs are the names the cluster binary answers to (cluster/main.go).
 var programs = []string{"etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubelet", "kube-proxy", "kubectl"}
 
-// cluster is one running single-node cluster.
+// cluster is one running cluster of two nodes.
 type cluster struct {
 	t   *testing.T
 	dir string
+	// nodes are the cluster's nodes: the host, and one in a network
+	// namespace of its own.
+	nodes []node
 	// bin holds the program names, links to the cluster binary.
 	bin    string
 	nodeIP string
 	// apiserver is the API server's https URL.
 	apiserver  string
 	kubeconfig string
-	// sock is containerd's socket, also in its shims' command lines.
+	// sock is the first node's containerd socket, also in its shims'
+	// command lines (the second's is under dir).
 	sock  string
 	procs map[string]*proc
 	// hostDirs are the directories outside dir that the node's programs
@@ -215,7 +221,8 @@ func startCluster(t *testing.T, bin, nodeIP, images string) *cluster {
 		"--use-service-account-credentials=false")
 	c.start("kube-scheduler", "--kubeconfig="+c.kubeconfig, "--leader-elect=false", "--secure-port=0")
 
-	// The node: containerd, the kubelet, kube-proxy.
+	// The nodes: each with its containerd, kubelet and kube-proxy; the
+	// second in a network namespace of its own, routed to the first.
 	c.guardNetnsDir()
 	c.hostDirs = map[string]bool{}
 	for _, d := range []string{"/run/containerd/s", "/run/containerd/runc", "/run/containerd", "/var/log/containers", "/var/log/pods"} {
@@ -228,49 +235,31 @@ func startCluster(t *testing.T, bin, nodeIP, images string) *cluster {
 			c.netnsBefore[e.Name()] = true
 		}
 	}
-	c.sock = filepath.Join(dir, "containerd", "containerd.sock")
-	c.writeFile(filepath.Join(dir, "containerd", "config.toml"), fmt.Sprintf(containerdConfig,
-		filepath.Join(dir, "containerd", "root"), filepath.Join(dir, "containerd", "state"), c.sock,
-		filepath.Join(dir, "containerd", "opt"), pauseImage, filepath.Join(dir, "containerd", "runc"), filepath.Join(dir, "cni", "net.d")))
-	c.writeFile(filepath.Join(dir, "cni", "net.d", "10-avsk8s.conflist"), fmt.Sprintf(cniConfig,
-		bridgeName, podCIDR, filepath.Join(dir, "cni", "ipam")))
-	c.startPath("containerd", "containerd", "--config", filepath.Join(dir, "containerd", "config.toml"))
-	c.waitFor("containerd's socket", time.Minute, func() error {
-		return exec.Command("ctr", "--address", c.sock, "version").Run()
-	})
-	importStart := time.Now()
-	if out, err := exec.Command("ctr", "--address", c.sock, "-n", "k8s.io", "images", "import", images).CombinedOutput(); err != nil {
-		t.Fatalf("ctr images import: %v\n%s", err, out)
+	first := node{name: nodeName, ip: nodeIP, podCIDR: podCIDR, bridge: bridgeName, dir: dir}
+	second := secondNode(dir)
+	c.nodes = []node{first, second}
+	c.sock = first.sock()
+	c.netnsNode(second)
+	c.startNode(first, images)
+	c.startNode(second, images)
+	for _, n := range c.nodes {
+		c.waitFor("the node "+n.name+" Ready", 3*time.Minute, func() error {
+			out, err := c.kubectl("get", "node", n.name, "-o", `jsonpath={.status.conditions[?(@.type=="Ready")].status}`)
+			if err != nil {
+				return err
+			}
+			if out != "True" {
+				return fmt.Errorf("Ready=%q", out)
+			}
+			return nil
+		})
 	}
-	t.Logf("bench: images imported into containerd in %s", time.Since(importStart).Round(100*time.Millisecond))
-
-	kubeletConf := filepath.Join(dir, "kubelet.yaml")
-	c.writeFile(kubeletConf, fmt.Sprintf(kubeletConfig, pki("ca.crt"), c.sock,
-		testkit.FreePort(t), filepath.Join(dir, "pod-logs")))
-	c.start("kubelet", "--config="+kubeletConf, "--kubeconfig="+c.kubeconfig,
-		"--root-dir="+filepath.Join(dir, "kubelet"), "--cert-dir="+filepath.Join(dir, "kubelet-pki"),
-		"--hostname-override="+nodeName, "--node-ip="+nodeIP, "--v=2")
-	proxyConf := filepath.Join(dir, "kube-proxy.yaml")
-	c.writeFile(proxyConf, fmt.Sprintf(proxyConfig, c.kubeconfig, podCIDR, nodeName,
-		testkit.FreePort(t), testkit.FreePort(t)))
-	c.start("kube-proxy", "--config="+proxyConf)
-
-	c.waitFor("the node Ready", 3*time.Minute, func() error {
-		out, err := c.kubectl("get", "node", nodeName, "-o", `jsonpath={.status.conditions[?(@.type=="Ready")].status}`)
-		if err != nil {
-			return err
-		}
-		if out != "True" {
-			return fmt.Errorf("Ready=%q", out)
-		}
-		return nil
-	})
 	// The first Pod is refused until its ServiceAccount exists.
 	c.waitFor("the default ServiceAccount", 2*time.Minute, func() error {
 		_, err := c.kubectl("get", "serviceaccount", "default", "-n", "default")
 		return err
 	})
-	t.Logf("bench: cluster up in %s (node %s at %s)", time.Since(begin).Round(100*time.Millisecond), nodeName, nodeIP)
+	t.Logf("bench: cluster up in %s (nodes %s at %s, %s at %s)", time.Since(begin).Round(100*time.Millisecond), first.name, first.ip, second.name, second.ip)
 	return c
 }
 
@@ -590,7 +579,7 @@ func (c *cluster) teardown() {
 	t := c.t
 	begin := time.Now()
 	if t.Failed() {
-		for _, name := range []string{"kubelet", "containerd", "kube-controller-manager", "kube-apiserver"} {
+		for _, name := range []string{"kubelet", "kubelet-2", "containerd", "containerd-2", "kube-controller-manager", "kube-apiserver"} {
 			if p := c.procs[name]; p != nil {
 				t.Logf("%s log (end):\n%s", name, tail(p.log, 30))
 			}
@@ -607,12 +596,15 @@ func (c *cluster) teardown() {
 		}
 	}
 	c.stop("kube-proxy", 10*time.Second)
+	c.stop("kube-proxy-2", 10*time.Second)
 	c.stop("kubelet", 20*time.Second)
+	c.stop("kubelet-2", 20*time.Second)
 	c.stop("kube-scheduler", 10*time.Second)
 	c.stop("kube-controller-manager", 10*time.Second)
 	c.stop("kube-apiserver", 20*time.Second)
 	c.stop("etcd", 10*time.Second)
 	c.stop("containerd", 20*time.Second)
+	c.stop("containerd-2", 20*time.Second)
 	// Sandboxes the kubelet did not get to stop: their shims and
 	// containers (the shims' children) are killed, their network
 	// namespaces unmounted.
@@ -630,6 +622,11 @@ func (c *cluster) teardown() {
 					t.Errorf("teardown: %v", err)
 				}
 			}
+		}
+	}
+	for _, n := range c.nodes {
+		if n.netns != "" {
+			c.removeNetnsNode(n)
 		}
 	}
 	if entries, err := os.ReadDir(netnsDir); err == nil && len(entries) == 0 && c.madeNetnsMount {
@@ -820,6 +817,15 @@ func (c *cluster) checkClean() {
 	}
 	if _, err := net.InterfaceByName(bridgeName); err == nil {
 		t.Errorf("left behind: the bridge %s", bridgeName)
+	}
+	if _, err := net.InterfaceByName(node2Veth); err == nil {
+		t.Errorf("left behind: the second node's veth %s", node2Veth)
+	}
+	if _, err := os.Stat(filepath.Join(netnsDir, node2Netns)); err == nil {
+		t.Errorf("left behind: the second node's network namespace %s", node2Netns)
+	}
+	if roots, _ := filepath.Glob("/sys/fs/cgroup/*/" + node2CgroupRoot); len(roots) > 0 {
+		t.Errorf("left behind: cgroups %v", roots)
 	}
 	if entries, err := os.ReadDir(netnsDir); err == nil {
 		for _, e := range entries {

@@ -136,9 +136,9 @@ spec:
 // injected deploys bareWeb made by the real `kubectl avamar inject`, piped to
 // kubectl apply as its usage says, in a namespace that enforces the
 // example's Pod Security level, and proves that it runs, registers once
-// and that the MCS reaches its agent at NODE_IP:port through the NodePort
-// Service inject wrote.
-func injected(t *testing.T, c *cluster, mcs *testkit.MCS, server, nodeIP, authorizedKeys, token, page string, imgs images) {
+// and that the MCS reaches its agent at NODE_IP:port (the node it landed
+// on) through the NodePort Service inject wrote.
+func injected(t *testing.T, c *cluster, mcs *testkit.MCS, server, authorizedKeys, token, page string, imgs images) {
 	bin := filepath.Join(t.TempDir(), "kubectl-avamar")
 	if err := testkit.GoBuild(bin, "./cmd/kubectl-avamar"); err != nil {
 		t.Fatal(err)
@@ -176,6 +176,7 @@ func injected(t *testing.T, c *cluster, mcs *testkit.MCS, server, nodeIP, author
 		t.Fatal(err)
 	}
 	ip, port, _ := mcs.CallbackAddr("web-0")
+	nodeIP := c.nodeOf(p).ip // the node it landed on
 	svc := c.must("get", "service", "-n", ns, "web-0-avagent", "-o", "jsonpath={.spec.type} {.spec.ports[0].nodePort}")
 	t.Logf("web-0 Running and Ready in a namespace enforcing %s; MCS: registered %d time(s), reached at %s:%d through Service web-0-avagent (%s)",
 		podSecurityLevel, mcs.Count("web-0"), ip, port, svc)

@@ -188,9 +188,12 @@ func (c *cluster) namespace(name string) {
 	})
 }
 
-// localVolume makes the local PersistentVolume of one replica, as a
-// cluster admin provides it, bound in advance to the StatefulSet's claim
-// data-POD, with the site's page in html/.
+// localVolume makes the PersistentVolume of one replica, as a cluster
+// admin provides it, bound in advance to the StatefulSet's claim data-POD,
+// with the site's page in html/. It is a hostPath volume on a directory of
+// the host without node affinity: both nodes' kubelets run on the host's
+// filesystem, so it stands in for network storage (NFS, a cloud disk that
+// follows the pod) that a pod finds again on whichever node it lands.
 func (c *cluster) localVolume(namespace, pod, page string) string {
 	c.t.Helper()
 	dir := filepath.Join(c.dir, "pv", namespace, pod)
@@ -208,10 +211,7 @@ func (c *cluster) localVolume(namespace, pod, page string) string {
 			"accessModes":                   []string{"ReadWriteOnce"},
 			"persistentVolumeReclaimPolicy": "Retain",
 			"claimRef":                      map[string]string{"namespace": namespace, "name": "data-" + pod},
-			"local":                         map[string]string{"path": dir},
-			"nodeAffinity": map[string]any{"required": map[string]any{"nodeSelectorTerms": []any{
-				map[string]any{"matchExpressions": []any{map[string]any{"key": "kubernetes.io/hostname", "operator": "In", "values": []string{nodeName}}}},
-			}}},
+			"hostPath":                      map[string]string{"path": dir, "type": "Directory"},
 		},
 	}
 	b, err := json.Marshal(pv)
@@ -387,12 +387,16 @@ func metric(text, name string, labels ...string) (float64, bool) {
 // the current year.
 var klogLine = regexp.MustCompile(`^[IWEF](\d{4} \d{2}:\d{2}:\d{2}\.\d{6})`)
 
-// kubeletLines returns the kubelet's log lines that contain every one of
-// the strings, with their klog times.
+// kubeletLines returns the kubelets' log lines that contain every one of
+// the strings, with their klog times: both nodes', one after the other.
 func (c *cluster) kubeletLines(contains ...string) []string {
-	b, err := os.ReadFile(filepath.Join(c.dir, "logs", "kubelet.log"))
-	if err != nil {
-		c.t.Fatal(err)
+	var b []byte
+	for _, n := range c.nodes {
+		l, err := os.ReadFile(filepath.Join(c.dir, "logs", "kubelet"+n.suffix+".log"))
+		if err != nil {
+			c.t.Fatal(err)
+		}
+		b = append(append(b, l...), '\n')
 	}
 	var out []string
 	for _, line := range bytes.Split(b, []byte("\n")) {
@@ -418,4 +422,10 @@ func contextTimeout(d time.Duration) (context.Context, context.CancelFunc) {
 // yamlStrict decodes one YAML document strictly into v.
 func yamlStrict(doc string, v any) error {
 	return yaml.UnmarshalStrict([]byte(doc), v)
+}
+
+// nodeOf is the node a pod runs on, as the API server says.
+func (c *cluster) nodeOf(p corev1.Pod) node {
+	c.t.Helper()
+	return c.nodeByName(p.Spec.NodeName)
 }

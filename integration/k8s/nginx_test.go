@@ -102,9 +102,13 @@ func TestNginxExample(t *testing.T) {
 		want := []struct{ container, probe string }{
 			{"avamar", "Startup"}, {"avamar", "Liveness"}, {"nginx", "Readiness"},
 		}
+		// Each kubelet counts the probes of its own pods.
 		var text string
-		c.waitFor("the kubelet's probe counts", 2*time.Minute, func() error {
-			text = c.must("get", "--raw", "/api/v1/nodes/"+nodeName+"/proxy/metrics/probes")
+		c.waitFor("the kubelets' probe counts", 2*time.Minute, func() error {
+			text = ""
+			for _, n := range c.nodes {
+				text += c.must("get", "--raw", "/api/v1/nodes/"+n.name+"/proxy/metrics/probes") + "\n"
+			}
 			for _, w := range want {
 				for i := range 2 {
 					if n, _ := metric(text, "prober_probe_total", "namespace="+ns, fmt.Sprintf("pod=nginx-%d", i), "container="+w.container, "probe_type="+w.probe, "result=successful"); n < 1 {
@@ -153,8 +157,9 @@ func TestNginxExample(t *testing.T) {
 		for i := range 2 {
 			name, port := fmt.Sprintf("nginx-%d", i), 31000+i
 			p, _ := c.pod(ns, name)
+			nodeIP := c.nodeOf(p).ip
 			if p.Status.HostIP != nodeIP {
-				t.Errorf("%s: status.hostIP %q, want the node's %s", name, p.Status.HostIP, nodeIP)
+				t.Errorf("%s on %s: status.hostIP %q, want the node's %s", name, p.Spec.NodeName, p.Status.HostIP, nodeIP)
 			}
 			if got := p.Labels[appsv1.PodIndexLabel]; got != strconv.Itoa(i) {
 				t.Errorf("%s: pod-index label %q", name, got)
@@ -178,7 +183,7 @@ func TestNginxExample(t *testing.T) {
 			}
 			ip, lport, _ := mcs.CallbackAddr(name)
 			n := mcs.Count(name)
-			t.Logf("MCS: %s registered %d time(s), called back at %s:%d, reachable=%v", name, n, ip, lport, mcs.Reachable(name))
+			t.Logf("MCS: %s (on %s) registered %d time(s), called back at %s:%d, reachable=%v", name, p.Spec.NodeName, n, ip, lport, mcs.Reachable(name))
 			if n != 1 || ip != nodeIP || lport != port {
 				t.Errorf("MCS: %s registered %d times, callback %s:%d; want once, at %s:%d", name, n, ip, lport, nodeIP, port)
 			}
@@ -266,6 +271,16 @@ func TestNginxExample(t *testing.T) {
 		if st.Client.VarDir != "/var/avamar" {
 			t.Errorf("the new pod's var dir %q, want /var/avamar, kept on the volume", st.Client.VarDir)
 		}
+	})
+
+	t.Run("13 the pod moves to another node and back, the same client", func(t *testing.T) {
+		c := c.in(t)
+		move(t, c, mcs, ssh, oldKey, ns)
+	})
+
+	t.Run("14 the doctor names each cause, broken on purpose", func(t *testing.T) {
+		c := c.in(t)
+		breakDoctor(t, c, mcs, ns, site, oldKey+".pub", token, page, imgs)
 	})
 
 	t.Run("12 read-only root, hooks, backup freshness", func(t *testing.T) {
@@ -433,9 +448,9 @@ func TestNginxExample(t *testing.T) {
 
 	t.Run("10 an injected workload", func(t *testing.T) {
 		c := c.in(t)
-		injected(t, c, mcs, server, nodeIP, oldKey+".pub", token, page, imgs)
+		injected(t, c, mcs, server, oldKey+".pub", token, page, imgs)
 	})
-	t.Run("13 kubectl avamar on public manifests", func(t *testing.T) {
+	t.Run("15 kubectl avamar on public manifests", func(t *testing.T) {
 		pluginProof(t, c.in(t), pluginEnv{mcs: mcs, rest: rest, site: site, authorizedKeys: oldKey + ".pub", token: token, imgs: imgs})
 	})
 	t.Logf("bench: whole test %s", time.Since(start).Round(time.Second))

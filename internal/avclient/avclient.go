@@ -58,7 +58,8 @@ func (c Client) IDFile() string { return filepath.Join(c.VarDir(), "cid.bin") }
 // CmdFile holds avagent's extra flags (--iplist, --listenport, ...).
 func (c Client) CmdFile() string { return filepath.Join(c.VarDir(), "avagent.cmd") }
 
-// IdentityFile holds --hostname, which forces the client name.
+// IdentityFile holds --hostname, which forces the client name, and
+// --listenport (see Flags.IdentityLines).
 func (c Client) IdentityFile() string { return filepath.Join(c.VarDir(), ".avagent") }
 
 // LockFile is where a running agent records its pid: the first
@@ -124,6 +125,21 @@ func (f Flags) CmdLines() []string {
 	return append(lines, f.Extra...)
 }
 
+// IdentityLines is the content of .avagent: the client name, and the
+// listen port again. The port goes into both files because the public
+// clients disagree on where it belongs: the whitepaper's run.sh writes its
+// flags into avagent.cmd (--iplist), while the only public images that ran
+// an agent on a port other than 28002 set it in var/.avagent alone
+// (uniqs-devops/azure-bkp: dps-setup.sh writes --hostname and --listenport
+// into src/avamar/.avagent, copied to var/; two such containers shared one
+// host's network on 28002 and 28003, docs/avamar_config_for_host_network_docker_config.md)
+// and start the agent through the init script, which passes no flag. With
+// the same value in both, the agent listens where the NodePort leads
+// whichever file its version reads.
+func (f Flags) IdentityLines() []string {
+	return []string{"--hostname=" + f.ClientName, "--listenport=" + strconv.Itoa(f.ListenPort)}
+}
+
 // WriteFlags writes avagent.cmd and .avagent, each atomically, durably and
 // only when its content changes. It reports which files it wrote.
 func (c Client) WriteFlags(f Flags) ([]string, error) {
@@ -133,7 +149,7 @@ func (c Client) WriteFlags(f Flags) ([]string, error) {
 		lines []string
 	}{
 		{c.CmdFile(), f.CmdLines()},
-		{c.IdentityFile(), []string{"--hostname=" + f.ClientName}},
+		{c.IdentityFile(), f.IdentityLines()},
 	} {
 		changed, err := atomicfile.WriteIfChanged(file.path, []byte(strings.Join(file.lines, "\n")+"\n"), 0o644)
 		if err != nil {

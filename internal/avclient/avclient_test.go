@@ -20,7 +20,7 @@ func TestWriteFlagsOnlyWhenChanged(t *testing.T) {
 		t.Fatalf("avagent.cmd = %q", cmd)
 	}
 	id, _ := os.ReadFile(c.IdentityFile())
-	if string(id) != "--hostname=nginx-0\n" {
+	if string(id) != "--hostname=nginx-0\n--listenport=28002\n" {
 		t.Fatalf(".avagent = %q", id)
 	}
 	before, _ := os.Stat(c.CmdFile())

@@ -15,6 +15,24 @@ import (
 // /var/avamar/avagent.log, and excludes $AVA_ROOT_DIR/var/*.
 const StateDir = "/var/avamar"
 
+// Prefixes are where an installed client is looked for when AVAMAR_PREFIX
+// is unset, in this order: "AVA_ROOT_DIR is relocatable - default location
+// is either /usr/local/avamar or /opt/avamar" (Relax-and-Recover's Avamar
+// support, usr/share/rear/conf/default.conf).
+var Prefixes = []string{"/usr/local/avamar", "/opt/avamar"}
+
+// FindPrefix returns the first of Prefixes that holds an installed client
+// (its bin/avagent.bin) inside root, or "" when none does. /opt/avamar
+// holding only the client's RPM (AVAMAR_RPM's default place) is no client.
+func FindPrefix(root string) string {
+	for _, p := range Prefixes {
+		if fi, err := os.Stat(filepath.Join(root, p, "bin/avagent.bin")); err == nil && fi.Mode().IsRegular() {
+			return p
+		}
+	}
+	return ""
+}
+
 // How Locate found the var dir, as shown in the status.
 const (
 	// VarConfigured is AVAMAR_VAR_DIR.

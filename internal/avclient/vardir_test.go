@@ -83,3 +83,34 @@ func TestLocate(t *testing.T) {
 		})
 	}
 }
+
+// TestFindPrefix: a client installed under /usr/local/avamar or
+// /opt/avamar is found; the RPM alone in /opt/avamar (AVAMAR_RPM's default
+// place) is no client.
+func TestFindPrefix(t *testing.T) {
+	root := t.TempDir()
+	put := func(p string) {
+		t.Helper()
+		if err := os.MkdirAll(filepath.Dir(filepath.Join(root, p)), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(root, p), []byte("x"), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := FindPrefix(root); got != "" {
+		t.Errorf("empty root: %q", got)
+	}
+	put("opt/avamar/AvamarClient-linux-sles11-x86_64-7.5.101-101.rpm")
+	if got := FindPrefix(root); got != "" {
+		t.Errorf("only the RPM in /opt/avamar: %q", got)
+	}
+	put("opt/avamar/bin/avagent.bin")
+	if got := FindPrefix(root); got != "/opt/avamar" {
+		t.Errorf("a client in /opt/avamar: %q", got)
+	}
+	put("usr/local/avamar/bin/avagent.bin")
+	if got := FindPrefix(root); got != "/usr/local/avamar" {
+		t.Errorf("clients in both: %q, want the RPM's own prefix first", got)
+	}
+}

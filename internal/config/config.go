@@ -45,7 +45,7 @@ type env struct {
 	ClientName         string `envconfig:"AVAMAR_CLIENT_NAME" desc:"client identity pinned in var/.avagent (default $POD_NAME, else the host name)"`
 	PodName            string `envconfig:"POD_NAME" desc:"pod name, the default client identity"`
 	RPM                string `envconfig:"AVAMAR_RPM" default:"/opt/avamar/AvamarClient-*.rpm" desc:"client RPM, path or glob with exactly one match"`
-	Prefix             string `envconfig:"AVAMAR_PREFIX" default:"/usr/local/avamar" desc:"where the client is installed (relocation target)"`
+	Prefix             string `envconfig:"AVAMAR_PREFIX" desc:"where the client is installed (relocation target; default: the prefix of a client already installed, /usr/local/avamar or /opt/avamar, else /usr/local/avamar)"`
 	ListenPort         string `envconfig:"AVAMAR_LISTEN_PORT" desc:"avagent --listenport (default 28002; not with AVAMAR_LISTEN_PORT_BASE)"`
 	ListenPortBase     string `envconfig:"AVAMAR_LISTEN_PORT_BASE" desc:"first port of a block: avagent listens on AVAMAR_LISTEN_PORT_BASE + POD_INDEX, one port per StatefulSet replica"`
 	PodIndex           string `envconfig:"POD_INDEX" desc:"the pod's ordinal, from the downward API metadata.labels['apps.kubernetes.io/pod-index']; needed by AVAMAR_LISTEN_PORT_BASE"`
@@ -198,6 +198,10 @@ type HostPaths struct {
 // default.
 const DefaultListenPort = 28002
 
+// DefaultPrefix is AVAMAR_PREFIX when it is unset and no client is
+// installed yet: the Avamar client RPM's own prefix.
+const DefaultPrefix = "/usr/local/avamar"
+
 // DefaultMCSPort is the MCS port when AVAMAR_SERVER names none: the port
 // the Avamar client and its init script assume, so it is passed to them
 // only when it differs.
@@ -273,6 +277,10 @@ type Sources struct {
 	// Set overrides variables by name, for a command's flags that stand
 	// for one (install --rpm is AVAMAR_RPM). Empty values are ignored.
 	Set map[string]string
+	// FindPrefix returns the prefix of a client already installed inside
+	// root, or "" (avclient.FindPrefix); AVAMAR_PREFIX, when unset, is
+	// that, else DefaultPrefix. Nil: DefaultPrefix.
+	FindPrefix func(root string) string
 	// FindRPM resolves AVAMAR_RPM, a path or glob inside root, to the host
 	// path of the one file it must match (install.FindRPM). Nil leaves
 	// Host.RPM empty.
@@ -288,6 +296,14 @@ func Load(scope Scope, src Sources) (Config, error) {
 	}
 	if err := e.set(src.Set); err != nil {
 		return Config{}, err
+	}
+	if e.Prefix == "" {
+		e.Prefix = DefaultPrefix
+		if src.FindPrefix != nil && filepath.IsAbs(e.Root) {
+			if p := src.FindPrefix(filepath.Clean(e.Root)); p != "" {
+				e.Prefix = p
+			}
+		}
 	}
 	c, p := e.validate(scope, src.Hostname)
 	if src.FindRPM != nil && c.RPM != "" && isDir(c.Root) {

@@ -309,3 +309,28 @@ func TestInstallHint(t *testing.T) {
 		t.Errorf("a hint on an error that is not about permissions: %v", cfg.InstallHint(other))
 	}
 }
+
+// TestPrefixFound: AVAMAR_PREFIX unset is the prefix of a client already
+// installed in the root (FindPrefix), else DefaultPrefix; set, it wins.
+// The state dir's default follows it.
+func TestPrefixFound(t *testing.T) {
+	var asked string
+	find := func(root string) string { asked = root; return "/opt/avamar" }
+	root := setEnv(t, nil)
+	c, err := Load(ScopeRun, Sources{Hostname: noHostname, FindRPM: install.FindRPM, FindPrefix: find})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if asked != root || c.Prefix != "/opt/avamar" || c.StateDir != "/opt/avamar/var/avsidecar" || c.Host.Prefix != filepath.Join(root, "opt/avamar") {
+		t.Errorf("found /opt/avamar in %s (asked %s): prefix %s, state dir %s, host prefix %s", root, asked, c.Prefix, c.StateDir, c.Host.Prefix)
+	}
+	c, err = Load(ScopeRun, Sources{Hostname: noHostname, FindRPM: install.FindRPM, FindPrefix: func(string) string { return "" }})
+	if err != nil || c.Prefix != DefaultPrefix || c.StateDir != DefaultPrefix+"/var/avsidecar" {
+		t.Errorf("nothing installed: prefix %s, state dir %s (%v)", c.Prefix, c.StateDir, err)
+	}
+	setEnv(t, map[string]string{"AVAMAR_PREFIX": "/srv/avamar"})
+	c, err = Load(ScopeRun, Sources{Hostname: noHostname, FindRPM: install.FindRPM, FindPrefix: find})
+	if err != nil || c.Prefix != "/srv/avamar" {
+		t.Errorf("AVAMAR_PREFIX set: prefix %s (%v)", c.Prefix, err)
+	}
+}

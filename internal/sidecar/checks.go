@@ -10,7 +10,9 @@ import (
 	"time"
 
 	"github.com/avsidecar/avsidecar/internal/backupapi"
+	"github.com/avsidecar/avsidecar/internal/doctor"
 	"github.com/avsidecar/avsidecar/internal/health"
+	"github.com/avsidecar/avsidecar/internal/register"
 )
 
 // startupChecks pass once the client is installed and configured.
@@ -56,6 +58,11 @@ func (s *Sidecar) readyChecks() []health.Check {
 	}
 	if len(s.cfg.InboundPorts) > 0 {
 		checks = append(checks, health.Check{Name: "inbound-ports", Optional: true, Fn: s.inboundAccepts})
+	}
+	if s.doctor != nil {
+		for _, name := range doctor.Checks {
+			checks = append(checks, health.Check{Name: name, Optional: true, Fn: func(context.Context) error { return s.diagnosis(name) }})
+		}
 	}
 	for _, name := range []string{sideSSH, sideBrowse, sideAgentLog, sideBackupAPI, sideHooks} {
 		checks = append(checks, health.Check{Name: name, Optional: true, Fn: func(context.Context) error {
@@ -164,4 +171,72 @@ func (s *Sidecar) inboundAccepts(ctx context.Context) error {
 		return fmt.Errorf("not accepting on %s", strings.Join(closed, ", "))
 	}
 	return nil
+}
+
+// diagnosis is the doctor's last finding of one check as an optional
+// readiness check: a fault, or a check that cannot tell, shows as
+// [!]check in /readyz?verbose; it never fails readiness (backups are
+// the doctor's concern, the application's service is not).
+func (s *Sidecar) diagnosis(check string) error {
+	dg, ok := s.doctor.Report().Get(check)
+	if !ok {
+		return nil
+	}
+	switch dg.State {
+	case doctor.StateFault:
+		return fmt.Errorf("%s; fix: %s", dg.Message, dg.Fix)
+	case doctor.StateUnknown:
+		return errors.New(dg.Message)
+	}
+	return nil
+}
+
+// doctorAgent is avagent's state, as the doctor reads it.
+func (s *Sidecar) doctorAgent() doctor.Agent {
+	cp := s.client.Load()
+	if cp == nil {
+		return doctor.Agent{}
+	}
+	st := cp.agent.Status()
+	a := doctor.Agent{Started: st.Starts > 0, Running: st.Running, PID: st.PID, LastExit: st.LastExit}
+	if n := len(st.LogTail); n > 0 {
+		a.LastLog = st.LogTail[n-1]
+	}
+	return a
+}
+
+// doctorRegistration is the registration's state, as the doctor reads it.
+func (s *Sidecar) doctorRegistration() doctor.Registration {
+	cp := s.client.Load()
+	if cp == nil {
+		return doctor.Registration{}
+	}
+	st := cp.registrar.Status()
+	return doctor.Registration{
+		Registered: st.Registered, Attempts: st.Attempts,
+		Refused: st.LastOutcome == register.OutcomeRefused, LastOutcome: st.LastOutcome, LastError: st.LastError,
+	}
+}
+
+// symptom names what went wrong on the backup side last: a failed
+// registration attempt, avagent's last exit, a backup check that went bad.
+// Each new one makes the doctor look again.
+func (s *Sidecar) symptom() string {
+	var out []string
+	if cp := s.client.Load(); cp != nil {
+		if r := cp.registrar.Status(); !r.Registered && r.Attempts > 0 {
+			out = append(out, fmt.Sprintf("registration attempt %d failed: %s", r.Attempts, r.LastOutcome))
+		}
+		// The last exit, not whether avagent is down now: a restart
+		// comes within a second, before the doctor's next look.
+		if a := cp.agent.Status(); a.LastExit != "" {
+			out = append(out, fmt.Sprintf("avagent exited at %s: %s", a.LastExitAt.UTC().Format(time.TimeOnly), a.LastExit))
+		}
+	}
+	if s.parts.backups != nil {
+		if b := s.parts.backups.Status(); b.State != backupapi.StateOK && b.State != backupapi.StateUnknown {
+			out = append(out, "backup check: "+b.State)
+		}
+	}
+	return strings.Join(out, "; ")
 }

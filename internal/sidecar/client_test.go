@@ -46,7 +46,7 @@ func realSidecar(t *testing.T, opts testkit.RPMOptions, env map[string]string) (
 	for k, v := range vars {
 		t.Setenv(k, v)
 	}
-	cfg, err := config.Load(config.ScopeRun, config.Sources{Hostname: os.Hostname, FindRPM: install.FindRPM})
+	cfg, err := config.Load(config.ScopeRun, config.Sources{Hostname: os.Hostname, FindRPM: install.FindRPM, FindPrefix: avclient.FindPrefix})
 	if err != nil {
 		t.Fatal(err)
 	}

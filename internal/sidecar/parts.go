@@ -15,6 +15,7 @@ import (
 	"github.com/avsidecar/avsidecar/internal/backupapi"
 	"github.com/avsidecar/avsidecar/internal/browse"
 	"github.com/avsidecar/avsidecar/internal/config"
+	"github.com/avsidecar/avsidecar/internal/doctor"
 	"github.com/avsidecar/avsidecar/internal/hooks"
 	"github.com/avsidecar/avsidecar/internal/install"
 	"github.com/avsidecar/avsidecar/internal/logfollow"
@@ -82,6 +83,8 @@ type parts struct {
 	installed chan struct{}
 	// faults records the side parts that failed, by check name.
 	faults *faults
+	// doctor makes the doctor from the sidecar's state (nil: no doctor).
+	doctor func(doctor.State) (*doctor.Doctor, error)
 }
 
 // clientParts are the parts that work on the installed client, in the var
@@ -105,6 +108,7 @@ const (
 	sideAgentLog  = "agent-log"
 	sideBackupAPI = "backup-api"
 	sideHooks     = "hooks"
+	sideDoctor    = "doctor"
 )
 
 // faults are the errors of side parts that stopped or could not start.
@@ -262,6 +266,13 @@ func newParts(cfg config.Config, log zerolog.Logger) (parts, error) {
 			}
 			p.hooks = h
 		}
+	}
+	p.doctor = func(st doctor.State) (*doctor.Doctor, error) {
+		return doctor.New(doctor.Config{
+			ClientName: cfg.ClientName, NodeIP: cfg.NodeIP,
+			Server: cfg.Server, ServerPort: cfg.ServerPort, ListenPort: cfg.ListenPort,
+			Proc: "/proc", State: st,
+		}, logger("doctor"))
 	}
 	if cfg.SSHAddr != "" {
 		srv, err := sshd.New(sshd.Config{

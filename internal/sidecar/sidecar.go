@@ -38,6 +38,7 @@ import (
 	"github.com/avsidecar/avsidecar/internal/buildinfo"
 	"github.com/avsidecar/avsidecar/internal/config"
 	"github.com/avsidecar/avsidecar/internal/connlimit"
+	"github.com/avsidecar/avsidecar/internal/doctor"
 	"github.com/avsidecar/avsidecar/internal/install"
 	"github.com/avsidecar/avsidecar/internal/metrics"
 )
@@ -65,6 +66,8 @@ type Sidecar struct {
 	parts parts
 
 	metrics *metrics.Metrics
+	// doctor names what keeps the server from the client (nil: none).
+	doctor  *doctor.Doctor
 	handler http.Handler
 	http    *http.Server
 	httpLn  *connlimit.Listener
@@ -98,6 +101,11 @@ func build(cfg config.Config, log zerolog.Logger, p parts, limits httpLimits) (*
 	s := &Sidecar{cfg: cfg, log: log, parts: p}
 	s.phase.Store(PhaseStarting)
 	var err error
+	if p.doctor != nil {
+		if s.doctor, err = p.doctor(doctor.State{Agent: s.doctorAgent, Registration: s.doctorRegistration, Symptom: s.symptom}); err != nil {
+			return nil, err
+		}
+	}
 	s.metrics, err = metrics.New(metrics.Config{
 		Version: buildinfo.Version(), Revision: buildinfo.Revision(), Snapshot: s.metricsSnapshot,
 		Labels: MetricLabels,
@@ -161,6 +169,9 @@ func (s *Sidecar) Run(ctx context.Context) error {
 		})
 	}
 	sides := s.parts.sides()
+	if s.doctor != nil {
+		sides = append(sides, side{sideDoctor, "doctor", s.doctor.Run})
+	}
 	// SSH listens before the agent's life starts, so that a ready sidecar
 	// takes logins; the probes answer meanwhile (a first start makes an
 	// RSA host key).

@@ -10,6 +10,7 @@ import (
 	"github.com/avsidecar/avsidecar/internal/backupapi"
 	"github.com/avsidecar/avsidecar/internal/browse"
 	"github.com/avsidecar/avsidecar/internal/buildinfo"
+	"github.com/avsidecar/avsidecar/internal/doctor"
 	"github.com/avsidecar/avsidecar/internal/health"
 	"github.com/avsidecar/avsidecar/internal/hooks"
 	"github.com/avsidecar/avsidecar/internal/install"
@@ -43,6 +44,9 @@ type Status struct {
 	// (the listen port, and AVAMAR_INBOUND_PORTS), dialled on loopback;
 	// only /v1/status fills it.
 	InboundPorts []InboundPort `json:"inbound_ports,omitempty"`
+	// Doctor is the doctor's last report: what keeps the Avamar server
+	// from reaching the client, check by check, with what to change.
+	Doctor *doctor.Report `json:"doctor,omitempty"`
 	// Faults are the side parts that failed or could not start, by name
 	// (ssh, browse, agent-log, backup-api, hooks), with why, and a backup
 	// check whose server redirects. The sidecar goes on without them.
@@ -103,6 +107,10 @@ func (s *Sidecar) Status() Status {
 	if s.parts.hooks != nil {
 		st := s.parts.hooks.Status()
 		d.Hooks = &st
+	}
+	if s.doctor != nil {
+		r := s.doctor.Report()
+		d.Doctor = &r
 	}
 	return d
 }

@@ -561,6 +561,14 @@ func (m *MCS) ping(ctx context.Context, reg Registration) (string, error) {
 	return "", errors.Join(errs...)
 }
 
+// PingAt calls name's agent at addr, as the MCS calls it back: nil when
+// the agent there answers with that name. Tests ask with it whether an
+// address other than the registered one leads to the agent (a NodePort of
+// another node).
+func (m *MCS) PingAt(ctx context.Context, addr, name string) error {
+	return m.pingOne(ctx, addr, name)
+}
+
 func (m *MCS) pingOne(ctx context.Context, addr, name string) error {
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()

@@ -6,7 +6,9 @@
 //     var/avagent.cfg, var/avagent.cmd and var/.avagent (one --flag=value a
 //     line; the command line wins over the files);
 //   - --init registers the client with the MCS in the foreground, writes
-//     var/avagent.cfg and var/cid.bin (the client's unique id) and exits 0;
+//     var/avagent.cfg and var/cid.bin (the client's unique id), and the
+//     stand-ins of the server's certificate files (ServerKeyFile,
+//     ClientCertFile), and exits 0;
 //     a failure exits 1 whatever went wrong, with the reason on stderr (no
 //     public source documents avagent's exit codes, so the kit gives them
 //     no meaning). A registration starts afresh: it does not read the
@@ -38,6 +40,7 @@ package fakeagent
 import (
 	"bufio"
 	"context"
+	"crypto/rand"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -83,6 +86,15 @@ const (
 	LockFile = "avagent.lck"
 	// IDFile holds the client id the MCS gave at registration.
 	IDFile = "cid.bin"
+	// ServerKeyFile and ClientCertFile stand in for the certificate files
+	// the Avamar server installs on each client it registers: the public
+	// key of the server's certificate, and the client's own certificate,
+	// made at registration (Dell KB 000222278, "Avamar: Session
+	// Security"). The real files' names and places are not public; the
+	// kit writes these, with a random part, into --vardir at registration
+	// only, so a test can tell that they survive a pod's move unchanged.
+	ServerKeyFile  = "avkit-server-key.pem"
+	ClientCertFile = "avkit-client-cert.pem"
 )
 
 // The check-in at start is tried checkInAttempts times, waiting
@@ -338,10 +350,25 @@ func register(o *options, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "avagent Error: %v\n", err)
 		return ExitFailure
 	}
+	for _, f := range []struct{ name, what string }{{ServerKeyFile, "server public key"}, {ClientCertFile, "client certificate"}} {
+		if err := writeAtomic(filepath.Join(o.vardir, f.name), standInPEM(f.what, server, reply.ClientID)); err != nil {
+			fmt.Fprintf(stderr, "avagent Error: %v\n", err)
+			return ExitFailure
+		}
+	}
 	logf(o.logfile, "client %s registered with MCS %s as %s", o.hostname, server, reply.ClientID)
 	fmt.Fprintf(stdout, "avagent Info: Registration of client %s with MCS %s succeeded (client id %s)\n",
 		o.hostname, server, reply.ClientID)
 	return ExitOK
+}
+
+// standInPEM is the content of a stand-in certificate file: what it
+// stands for, the server and client it belongs to, and a random part that
+// only a new registration changes.
+func standInPEM(what, server, clientID string) []byte {
+	nonce := make([]byte, 16)
+	_, _ = rand.Read(nonce)
+	return fmt.Appendf(nil, "-----BEGIN AVKIT STAND-IN-----\nwhat: %s\nserver: %s\nclient: %s\nnonce: %x\n-----END AVKIT STAND-IN-----\n", what, server, clientID, nonce)
 }
 
 // daemonize starts the agent again in the background with --daemon=false
