@@ -15,7 +15,9 @@ import (
 // TestSideFaultsDegrade starts the sidecar with every side part broken: a
 // browse root that does not exist, a REST CA file that is missing, and an
 // SSH port another process holds. Each is a fault, logged and shown, and
-// the backup client is installed, registered, running and ready anyway.
+// the backup client is installed, registered, running and ready anyway. A
+// hooks file that does not exist (a ConfigMap without hooks.json, mounted
+// as optional) is no hooks, said in the status, and no fault.
 func TestSideFaultsDegrade(t *testing.T) {
 	held, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -26,7 +28,8 @@ func TestSideFaultsDegrade(t *testing.T) {
 		"AVSIDECAR_BROWSE_ROOTS=/no/such/root",
 		"AVAMAR_REST_URL=https://127.0.0.1:1",
 		"AVAMAR_REST_CA_FILE=/no/such/ca.pem",
-		"AVSIDECAR_SSH_ADDR="+held.Addr().String())
+		"AVSIDECAR_SSH_ADDR="+held.Addr().String(),
+		"AVSIDECAR_HOOKS_FILE=/no/such/hooks.json")
 	s := w.startPID1(t)
 	s.eventually(t, "/readyz", 200, 60*time.Second)
 	for _, component := range []string{"browse", "backupapi", "sshd"} {
@@ -45,6 +48,12 @@ func TestSideFaultsDegrade(t *testing.T) {
 		if msg, _ := faults[name].(string); msg == "" {
 			t.Errorf("status has no fault for %s: %v", name, faults)
 		}
+	}
+	if _, ok := faults["hooks"]; ok {
+		t.Errorf("an absent hooks file is a fault: %v", faults)
+	}
+	if hooks, _ := s.status(t)["hooks"].(map[string]any); hooks["file_absent"] != true {
+		t.Errorf("status hooks %v, want file_absent", hooks)
 	}
 	if code, body := s.get(t, "/v1/files?path=/no/such/root"); code != 503 || !strings.Contains(body, "browse unavailable") {
 		t.Errorf("browse while broken: %d %s", code, body)

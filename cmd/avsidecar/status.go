@@ -139,6 +139,8 @@ func summary(st sidecar.Status, addr string, ready bool, readyz string, now time
 	}
 	if h := st.Hooks; h != nil {
 		switch {
+		case h.FileAbsent:
+			line("hooks", "none: the hooks file does not exist (a ConfigMap without hooks.json); a backup that calls the hook scripts fails")
 		case h.ConfigError != "":
 			line("hooks", "broken: %s", h.ConfigError)
 		case h.Lease != nil:

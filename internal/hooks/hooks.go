@@ -43,6 +43,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"net/http"
 	"os"
 	"strconv"
@@ -98,6 +99,12 @@ type Status struct {
 	Scripts []string `json:"scripts,omitempty"`
 	// ConfigError says why the configuration cannot be used.
 	ConfigError string `json:"config_error,omitempty"`
+	// FileAbsent is true when AVSIDECAR_HOOKS_FILE names no file: no hooks
+	// are configured (the example and kubectl avamar inject mount the
+	// ConfigMap's hooks.json as optional). It is also a ConfigError, so that
+	// a backup whose scripts call the hooks fails rather than runs without
+	// them; but it is no fault of a sidecar that takes no such backup.
+	FileAbsent bool `json:"file_absent,omitempty"`
 	// MaxFreeze is how long a freeze may last before avsidecar runs the
 	// post hooks itself.
 	MaxFreeze Duration `json:"max_freeze"`
@@ -171,6 +178,7 @@ func New(cfg Config, log zerolog.Logger) (*Hooks, error) {
 	h.spec, h.bad = load(cfg)
 	if h.bad != nil {
 		h.st.ConfigError = h.bad.Error()
+		h.st.FileAbsent = cfg.File != "" && errors.Is(h.bad, fs.ErrNotExist)
 		return h, nil
 	}
 	h.st.MaxFreeze = h.spec.MaxFreeze

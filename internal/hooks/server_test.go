@@ -154,6 +154,9 @@ func TestBrokenConfiguration(t *testing.T) {
 			if err := h.ConfigError(); err == nil || !strings.Contains(err.Error(), tt.want) || !strings.Contains(h.Status().ConfigError, tt.want) {
 				t.Fatalf("ConfigError = %v, status %q; want %q", err, h.Status().ConfigError, tt.want)
 			}
+			if absent := tt.name == "missing file"; h.Status().FileAbsent != absent {
+				t.Errorf("FileAbsent = %v, want %v", h.Status().FileAbsent, absent)
+			}
 			served(t, h)
 			waitFor(t, "the scripts", func() bool { return len(h.Status().Scripts) == 2 })
 			_, err = Call(context.Background(), tt.cfg.Socket, PhasePre, nil)

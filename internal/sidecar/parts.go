@@ -260,7 +260,12 @@ func newParts(cfg config.Config, log zerolog.Logger) (parts, error) {
 			// A broken configuration is a fault, and the hooks still run:
 			// the scripts answer with the error, so a backup that relies on
 			// them fails instead of running without them.
-			if err := h.ConfigError(); err != nil {
+			// A hooks file that does not exist is no hooks configured
+			// (the ConfigMap's key is optional): said once, no fault.
+			switch err := h.ConfigError(); {
+			case err != nil && h.Status().FileAbsent:
+				hlog.Info().Str("file", cfg.HooksFile).Msg("no hooks: the hooks file does not exist; a backup that calls the hook scripts fails")
+			case err != nil:
 				p.faults.set(sideHooks, err)
 				hlog.Error().Err(err).Msg("hook configuration broken: every hook call fails until it is fixed")
 			}
