@@ -65,14 +65,14 @@ func hookCmd(args []string, stdout, stderr io.Writer) error {
 	if run.Result != hooks.ResultPassed {
 		return &exitError{Code: exitFailure, Err: fmt.Errorf("the %s hooks failed: the backup must not go on", phase)}
 	}
-	fmt.Fprintf(stdout, "avsidecar hook %s: passed (%d hooks in %s)\n", phase, len(run.Hooks), run.Duration.Round(time.Millisecond))
+	fmt.Fprintf(stdout, "avsidecar hook %s: passed (%d hooks in %s)\n", phase, len(run.Hooks), run.Duration.D())
 	return nil
 }
 
 // printHooks prints each hook's outcome, and the end of its output.
 func printHooks(stdout, stderr io.Writer, phase string, run hooks.PhaseRun) {
 	for _, r := range run.Hooks {
-		line := fmt.Sprintf("avsidecar hook %s: %s (%s): %s in %s", phase, r.Name, r.Kind, r.Outcome, r.Duration.Round(time.Millisecond))
+		line := fmt.Sprintf("avsidecar hook %s: %s (%s): %s in %s", phase, r.Name, r.Kind, r.Outcome, r.Duration.D())
 		if r.Outcome == hooks.OutcomeOK {
 			fmt.Fprintln(stdout, line)
 		} else {

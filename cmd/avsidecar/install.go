@@ -66,6 +66,6 @@ func installCmd(args []string, stdout, stderr io.Writer) error {
 		what = "already installed (receipt matches)"
 	}
 	fmt.Fprintf(stdout, "%s-%s-%s.%s %s: %d files in %s under %s, %s\n",
-		res.Name, res.Version, res.Release, res.Arch, what, res.Files, res.Prefix, cfg.Root, res.Duration.Round(100_000))
+		res.Name, res.Version, res.Release, res.Arch, what, res.Files, res.Prefix, cfg.Root, res.Duration.D().Round(100_000))
 	return nil
 }

@@ -67,7 +67,7 @@ func TestStatusSummary(t *testing.T) {
 	now := time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)
 	healthy := sidecar.Status{
 		Version: "0.1.0", Revision: "abc123", Phase: "running",
-		Install:      &sidecar.InstallStatus{Result: &install.Result{Name: "AvamarClient", Version: "7.5.101", Release: "101", Prefix: "/usr/local/avamar"}},
+		Install:      &install.Result{Name: "AvamarClient", Version: "7.5.101", Release: "101", Prefix: "/usr/local/avamar"},
 		Registration: register.Status{Registered: true, Reused: true, Client: "nginx-0", Domain: "/clients", Server: "mcs"},
 		Agent:        supervise.Status{Running: true, PID: 42, StartedAt: now.Add(-3 * time.Hour), Restarts: 1},
 		SSH:          &sshd.Status{Addr: ":2222", AuthorizedKeys: 2},

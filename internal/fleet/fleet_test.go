@@ -75,7 +75,7 @@ func TestCollect(t *testing.T) {
 	sidecarC := corev1.Container{Name: ContainerName, Ports: []corev1.ContainerPort{{Name: PortName, ContainerPort: 9181}},
 		Env: []corev1.EnvVar{{Name: "AVAMAR_LISTEN_PORT_BASE", Value: "31000"}}}
 	registered := sidecar.Status{Version: "v0.2.0", Phase: "running",
-		Install:      &sidecar.InstallStatus{Result: &install.Result{Name: "AvamarClient", Version: "19.10.100", Release: "1"}},
+		Install:      &install.Result{Name: "AvamarClient", Version: "19.10.100", Release: "1"},
 		Registration: register.Status{Registered: true, Client: "db-1", Server: "mcs.example.com", Domain: "/clients"},
 		Agent:        supervise.Status{Running: true, Restarts: 2},
 		InboundPorts: []sidecar.InboundPort{{Port: 31001, Role: "listen", Accepting: true}},

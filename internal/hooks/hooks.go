@@ -497,5 +497,5 @@ func (h *Hooks) record(run PhaseRun, call bool) {
 		ev = h.log.Error()
 	}
 	ev.Str("phase", run.Phase).Str("by", run.By).Str("result", run.Result).Int("hooks", len(run.Hooks)).Strs("skipped", run.Skipped).
-		Bool("cut", run.Cut).Bool("late", run.Late != nil).Dur("took_ms", run.Duration).Msg("hook phase ran")
+		Bool("cut", run.Cut).Bool("late", run.Late != nil).Dur("took_ms", run.Duration.D()).Msg("hook phase ran")
 }

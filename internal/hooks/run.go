@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/avsidecar/avsidecar/internal/millis"
 	"github.com/avsidecar/avsidecar/internal/pid1"
 )
 
@@ -86,9 +87,9 @@ type Result struct {
 	// HTTPStatus is an HTTP hook's answer.
 	HTTPStatus int `json:"http_status,omitempty"`
 	// Error says why, when the outcome is not ok.
-	Error    string        `json:"error,omitempty"`
-	Started  time.Time     `json:"started"`
-	Duration time.Duration `json:"duration_ns"`
+	Error    string          `json:"error,omitempty"`
+	Started  time.Time       `json:"started"`
+	Duration millis.Duration `json:"duration_ms"`
 	// Output is the end of a command's output. It goes back to the script
 	// (Avamar keeps it with the backup's log), never to avsidecar's logs
 	// or status: a hook's output is the application's business.
@@ -102,10 +103,10 @@ type PhaseRun struct {
 	// pre phase, and for a post phase with no freeze open.
 	By string `json:"by,omitempty"`
 	// Result is passed or failed: whether the script exits 0.
-	Result   string        `json:"result"`
-	Started  time.Time     `json:"started"`
-	Duration time.Duration `json:"duration_ns"`
-	Hooks    []Result      `json:"hooks"`
+	Result   string          `json:"result"`
+	Started  time.Time       `json:"started"`
+	Duration millis.Duration `json:"duration_ms"`
+	Hooks    []Result        `json:"hooks"`
 	// Skipped names the hooks not run because one before failed with
 	// on_error fail.
 	Skipped []string `json:"skipped,omitempty"`
@@ -135,7 +136,7 @@ func (h *Hooks) runPhase(ctx context.Context, phase string, hooks []Hook) PhaseR
 		}
 		h.ran(&run, h.runHook(ctx, phase, hook))
 	}
-	run.Duration = time.Since(run.Started)
+	run.Duration = millis.Since(run.Started)
 	return run
 }
 
@@ -149,7 +150,7 @@ func (h *Hooks) ran(run *PhaseRun, r Result) {
 		ev = h.log.Warn()
 	}
 	ev.Str("phase", run.Phase).Str("hook", r.Name).Str("kind", r.Kind).Str("outcome", r.Outcome).
-		Str("on_error", r.OnError).Dur("took_ms", r.Duration).Str("error", r.Error).Msg("hook ran")
+		Str("on_error", r.OnError).Dur("took_ms", r.Duration.D()).Str("error", r.Error).Msg("hook ran")
 	if r.Outcome != OutcomeOK && r.OnError == OnErrorFail {
 		run.Result = ResultFailed
 	}
@@ -166,7 +167,7 @@ func (h *Hooks) thawRun(ctx context.Context, by string) PhaseRun {
 		hctx, cancel := context.WithTimeout(ctx, time.Duration(s.hook.Timeout))
 		s.finish(hctx, &r)
 		cancel()
-		r.Duration = time.Since(r.Started)
+		r.Duration = millis.Since(r.Started)
 		h.ran(&run, r)
 	}
 	h.sessions = nil
@@ -177,7 +178,7 @@ func (h *Hooks) thawRun(ctx context.Context, by string) PhaseRun {
 			run.Result = ResultFailed
 		}
 	}
-	run.Duration = time.Since(run.Started)
+	run.Duration = millis.Since(run.Started)
 	return run
 }
 
@@ -197,7 +198,7 @@ func (h *Hooks) runHook(ctx context.Context, phase string, hook Hook) Result {
 	default:
 		h.command(hctx, phase, hook, &r)
 	}
-	r.Duration = time.Since(r.Started)
+	r.Duration = millis.Since(r.Started)
 	if r.Outcome != OutcomeOK && errors.Is(hctx.Err(), context.DeadlineExceeded) && ctx.Err() == nil {
 		r.Outcome, r.Error = OutcomeTimeout, fmt.Sprintf("no end within %s", timeout)
 	}

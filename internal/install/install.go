@@ -90,6 +90,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/avsidecar/avsidecar/internal/millis"
 	"github.com/avsidecar/avsidecar/internal/rpm"
 	"github.com/rs/zerolog"
 	"golang.org/x/sys/unix"
@@ -149,7 +150,7 @@ type Result struct {
 	// signatures are present (they are not checked: there is no keyring).
 	Signature string `json:"signature,omitempty"`
 	// Duration is how long Install took.
-	Duration time.Duration `json:"duration_ns"`
+	Duration millis.Duration `json:"duration_ms"`
 }
 
 // ErrUnusable is matched (errors.Is) by every error that means the RPM
@@ -221,7 +222,7 @@ func Install(ctx context.Context, cfg Config, log zerolog.Logger) (Result, error
 		return Result{}, err
 	}
 	res, err := installSafely(ctx, cfg, log)
-	res.Duration = time.Since(start)
+	res.Duration = millis.Since(start)
 	switch {
 	case err != nil && cfg.Root != "/":
 		// Paths in the error are the package's, inside the root.

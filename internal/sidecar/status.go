@@ -24,10 +24,10 @@ import (
 // Status is the JSON of /v1/status; /metrics is read from the same
 // snapshots, so the two never disagree.
 type Status struct {
-	Version  string         `json:"version"`
-	Revision string         `json:"revision,omitempty"`
-	Phase    string         `json:"phase"`
-	Install  *InstallStatus `json:"install"`
+	Version  string          `json:"version"`
+	Revision string          `json:"revision,omitempty"`
+	Phase    string          `json:"phase"`
+	Install  *install.Result `json:"install"`
 	// Client is where the installed client lives: its prefix and the var
 	// dir it keeps its state and avagent.log in, and how that was found.
 	Client       *avclient.Layout  `json:"client,omitempty"`
@@ -53,32 +53,13 @@ type Status struct {
 	Faults map[string]string `json:"faults,omitempty"`
 }
 
-// InstallStatus is the installed package as /v1/status shows it: its
-// install's duration in whole milliseconds, duration_ms, as the logs name
-// every duration.
-type InstallStatus struct {
-	*install.Result
-	DurationMS int64 `json:"duration_ms"`
-	// NoNanoseconds keeps the Result's duration_ns out of the JSON: a
-	// field of the same JSON name less deeply embedded outranks it, and
-	// nil is omitted.
-	NoNanoseconds *struct{} `json:"duration_ns,omitempty"`
-}
-
-func installStatus(r *install.Result) *InstallStatus {
-	if r == nil {
-		return nil
-	}
-	return &InstallStatus{Result: r, DurationMS: r.Duration.Milliseconds()}
-}
-
 // Status returns a snapshot of the sidecar and its parts.
 func (s *Sidecar) Status() Status {
 	d := Status{
 		Version:      buildinfo.Version(),
 		Revision:     buildinfo.Revision(),
 		Phase:        s.phase.Load().(string),
-		Install:      installStatus(s.installed.Load()),
+		Install:      s.installed.Load(),
 		Registration: register.Status{Server: s.cfg.Server, Domain: s.cfg.Domain, Client: s.cfg.ClientName, Mode: s.cfg.RegisterMode},
 		Faults:       s.parts.faults.all(),
 	}

@@ -32,6 +32,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/avsidecar/avsidecar/internal/backoff"
+	"github.com/avsidecar/avsidecar/internal/millis"
 	"github.com/avsidecar/avsidecar/internal/pid1"
 )
 
@@ -105,7 +106,7 @@ type Status struct {
 	LastSignal string    `json:"last_signal,omitempty"`
 	LastExitAt time.Time `json:"last_exit_at,omitzero"`
 	// LastRun is how long the last run lasted.
-	LastRun time.Duration `json:"last_run_ns,omitempty"`
+	LastRun millis.Duration `json:"last_run_ms,omitempty"`
 	// LogTail holds the last lines the process wrote to its log file
 	// during its last run, oldest first.
 	LogTail []string `json:"log_tail,omitempty"`
@@ -117,7 +118,7 @@ type Status struct {
 	// ready at once); another short run sets it again.
 	CrashLoop bool `json:"crash_loop"`
 	// Backoff is the wait before the pending restart.
-	Backoff time.Duration `json:"backoff_ns,omitempty"`
+	Backoff millis.Duration `json:"backoff_ms,omitempty"`
 	// NextStart is when the next restart is due while it waits out a backoff.
 	NextStart time.Time `json:"next_start,omitzero"`
 	// Daemonized is true while the supervised process is a daemon the
@@ -232,7 +233,7 @@ func (s *Supervisor) exited(err error, ran, wait time.Duration, logStart int64) 
 	defer s.mu.Unlock()
 	st := &s.status
 	st.Running, st.PID, st.Daemonized = false, 0, false
-	st.LastExit, st.LastExitAt, st.LastRun = describeExit(err), time.Now(), ran
+	st.LastExit, st.LastExitAt, st.LastRun = describeExit(err), time.Now(), millis.Duration(ran)
 	st.LastExitCode, st.LastSignal = exitCodeAndSignal(err)
 	st.LogTail = tail
 	if ran >= s.cfg.StableAfter {
@@ -246,7 +247,7 @@ func (s *Supervisor) exited(err error, ran, wait time.Duration, logStart int64) 
 		s.log.Error().Int("short_runs", st.ShortRuns).Str("exit", st.LastExit).Int("exit_code", st.LastExitCode).
 			Str("signal", st.LastSignal).Strs("log_tail", tail).Msg("agent is crash looping")
 	}
-	st.Backoff = wait
+	st.Backoff = millis.Duration(wait)
 	st.NextStart = time.Now().Add(wait)
 	out := *st
 	out.LogTail = append([]string(nil), tail...)
