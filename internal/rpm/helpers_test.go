@@ -1,7 +1,6 @@
 package rpm
 
 import (
-	"bufio"
 	"bytes"
 	"errors"
 	"fmt"
@@ -14,6 +13,7 @@ import (
 
 	"github.com/avsidecar/avsidecar/internal/testkit"
 	"github.com/google/rpmpack"
+	"github.com/klauspost/compress/gzip"
 )
 
 var testMTime = uint32(time.Date(2024, 1, 2, 3, 4, 5, 0, time.UTC).Unix())
@@ -138,4 +138,17 @@ for i in 1 2 3 4; do head -c %d /dev/urandom > %%{buildroot}/opt/payload/f$i; do
 	return matches[0]
 }
 
-func bufioReader(b []byte) *bufio.Reader { return bufio.NewReader(bytes.NewReader(b)) }
+// gunzipPayload returns the cpio archive of b, a package with a gzip
+// payload.
+func gunzipPayload(t testing.TB, b []byte, p *Package) []byte {
+	t.Helper()
+	z, err := gzip.NewReader(bytes.NewReader(b[p.PayloadOffset:]))
+	if err != nil {
+		t.Fatal(err)
+	}
+	archive, err := io.ReadAll(z)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return archive
+}

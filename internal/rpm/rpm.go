@@ -1,7 +1,8 @@
 // Package rpm reads RPM packages and writes nothing: the lead, the
 // signature and main headers with every digest they carry, and the
-// payload, decompressed (the blocks of a multi-block xz stream on every
-// core) and read as a cpio archive in both of rpm's formats, each entry
+// payload, decompressed by maintained libraries (the blocks of a
+// multi-block xz stream several at once, within a fixed memory budget)
+// and read as a cpio archive in both of rpm's formats, each entry
 // checked against the header before anyone uses it.
 //
 // It is the pure half of the installer, kept apart so that it can be

@@ -182,15 +182,28 @@ func TestOldFilenames(t *testing.T) {
 	}
 }
 
-// TestArchiveXZCorrupt: the payload's xz blocks are read without their
-// checks (the digests cover them); a flipped bit anywhere in the payload
-// is still an error, by the LZMA2 decoder or by a file's digest, never
-// other content read through.
+// TestArchiveXZCorrupt: the payload's xz block checks are verified, so
+// a flipped bit anywhere in an xz payload is an error that marks the
+// package unusable: nothing in an xz stream can change unchecked.
 func TestArchiveXZCorrupt(t *testing.T) {
 	flipPayloadBits(t, "xz", 50000, 9, 200, func(at int, got, want []string, err error) {
-		// A bit of a block's unread check changes nothing: the same
-		// entries may come out, never others.
-		if err == nil && fmt.Sprint(got) != fmt.Sprint(want) {
+		if err == nil {
+			t.Errorf("bit flipped at payload byte %d: no error", at)
+			return
+		}
+		mustUnusable(t, err)
+	})
+}
+
+// TestArchiveGzipCorrupt: a flipped bit anywhere in a gzip payload is an
+// error that marks the package unusable, or changes nothing that is read
+// (a bit of the header's time, say); never other content read through.
+// Reading stops on the error with the decoder's goroutine ahead of it.
+func TestArchiveGzipCorrupt(t *testing.T) {
+	flipPayloadBits(t, "gzip", 3<<20, 11, 100, func(at int, got, want []string, err error) {
+		if err != nil {
+			mustUnusable(t, err)
+		} else if fmt.Sprint(got) != fmt.Sprint(want) {
 			t.Errorf("bit flipped at payload byte %d: other content read through", at)
 		}
 	})
