@@ -98,11 +98,18 @@ var leadMagic = []byte{0xed, 0xab, 0xee, 0xdb}
 // Verify does.
 func Read(r io.ReaderAt, size int64) (*Package, error) {
 	var lead [leadSize]byte
-	if _, err := r.ReadAt(lead[:], 0); err != nil {
-		return nil, unusable("read lead: %w", short(err))
+	n, err := r.ReadAt(lead[:], 0)
+	if err != nil && err != io.EOF && err != io.ErrUnexpectedEOF {
+		return nil, unusable("read lead: %w", err)
 	}
+	// A file too short for the lead is no more an RPM than one without
+	// its magic: a text file given by mistake is told as such, whatever
+	// its length.
 	if !bytes.Equal(lead[:4], leadMagic) {
 		return nil, unusable("not an rpm file (bad lead magic)")
+	}
+	if n < leadSize {
+		return nil, unusable("not an rpm file (%d bytes, shorter than the %d-byte lead)", n, leadSize)
 	}
 	if lead[4] != 3 && lead[4] != 4 {
 		return nil, unusable("unsupported rpm format version %d", lead[4])

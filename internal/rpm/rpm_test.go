@@ -42,6 +42,28 @@ func TestRead(t *testing.T) {
 	}
 }
 
+// TestNotAnRPM: a file that is not an RPM is told as such, whatever its
+// length: a 6-byte text file as a 4 KB one, an empty file, and the start
+// of a real package cut inside its lead.
+func TestNotAnRPM(t *testing.T) {
+	good := pack(t, "gzip", baseFiles, nil)
+	for _, c := range []struct {
+		name, data, want string
+	}{
+		{"6-byte text", "hello\n", "not an rpm file (bad lead magic)"},
+		{"4 KB text", strings.Repeat("not a package, a text file\n", 4096/27), "not an rpm file (bad lead magic)"},
+		{"empty", "", "not an rpm file (bad lead magic)"},
+		{"3 bytes of the magic", string(good[:3]), "not an rpm file (bad lead magic)"},
+		{"lead cut at 50 bytes", string(good[:50]), "not an rpm file (50 bytes, shorter than the 96-byte lead)"},
+	} {
+		_, err := Read(strings.NewReader(c.data), int64(len(c.data)))
+		mustUnusable(t, err)
+		if err.Error() != c.want {
+			t.Errorf("%s: %q, want %q", c.name, err, c.want)
+		}
+	}
+}
+
 // TestArchive reads the payload in every compression rpmpack writes:
 // entries in header order, each with its content.
 func TestArchive(t *testing.T) {
