@@ -105,6 +105,14 @@ func mustUnusable(t testing.TB, err error) {
 // incompressible files of size bytes in all and returns its path.
 func rpmbuild(t testing.TB, payload string, size int) string {
 	t.Helper()
+	return rpmbuildFiles(t, payload, fmt.Sprintf("for i in 1 2 3 4; do head -c %d /dev/urandom > f$i; done", size/4))
+}
+
+// rpmbuildFiles builds, with the payload compression given, a package of
+// the files the shell script makes in its working directory, and returns
+// its path.
+func rpmbuildFiles(t testing.TB, payload, script string) string {
+	t.Helper()
 	testkit.NeedCommand(t, "rpmbuild")
 	top := t.TempDir()
 	spec := fmt.Sprintf(`Name: payload
@@ -117,13 +125,14 @@ BuildArch: noarch
 %%define __os_install_post %%{nil}
 %%define debug_package %%{nil}
 %%description
-Incompressible files.
+Files made by a script.
 %%install
 mkdir -p %%{buildroot}/opt/payload
-for i in 1 2 3 4; do head -c %d /dev/urandom > %%{buildroot}/opt/payload/f$i; done
+cd %%{buildroot}/opt/payload
+%s
 %%files
 /opt/payload
-`, payload, size/4)
+`, payload, script)
 	specPath := filepath.Join(top, "payload.spec")
 	if err := os.WriteFile(specPath, []byte(spec), 0o644); err != nil {
 		t.Fatal(err)

@@ -192,3 +192,55 @@ func TestRPMBuildThreadedXZ(t *testing.T) {
 		t.Errorf("read %v, %v; want the directory and its 4 files", got, err)
 	}
 }
+
+// BenchmarkPayload reads the whole payload of the package named by
+// AVSIDECAR_BENCH_RPM (bench/install/run.sh builds some), every file's
+// digest checked and nothing written: as Open reads it, and, for a
+// multi-block xz payload, by the library alone, sequentially.
+//
+//	AVSIDECAR_BENCH_RPM=/tmp/avsidecar-bench-install/bin-xz-mt.rpm \
+//		go test ./internal/rpm -run '^$' -bench Payload -benchtime 3x
+func BenchmarkPayload(b *testing.B) {
+	path := os.Getenv("AVSIDECAR_BENCH_RPM")
+	if path == "" {
+		b.Skip("AVSIDECAR_BENCH_RPM names no package")
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		b.Fatal(err)
+	}
+	p, err := Read(f, st.Size())
+	if err != nil {
+		b.Fatal(err)
+	}
+	open := map[string]func() (*Archive, error){"open": func() (*Archive, error) { return p.Open(f) }}
+	section := io.NewSectionReader(f, p.PayloadOffset, p.Size-p.PayloadOffset)
+	if blocks, _ := xzIndex(section, section.Size()); blocks != nil {
+		b.Logf("%d xz blocks, %d slots", len(blocks), xzSlots(blocks))
+		open["xz-sequential"] = func() (*Archive, error) {
+			in := io.NewSectionReader(f, p.PayloadOffset, p.Size-p.PayloadOffset)
+			dec := p.newReadahead(bufio.NewReaderSize(in, 1<<20), "xz")
+			return p.newArchive(bufio.NewReaderSize(&limitedPayload{r: dec, limit: p.archiveMax}, 1<<20), dec), nil
+		}
+	}
+	for name, open := range open {
+		b.Run(name, func(b *testing.B) {
+			b.SetBytes(p.archiveMax)
+			for b.Loop() {
+				ar, err := open()
+				if err == nil {
+					err = drain(ar)
+					ar.Close()
+				}
+				if err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
