@@ -8,4 +8,4 @@ require (
 	github.com/ulikunitz/xz v0.5.17
 )
 
-require golang.org/x/crypto v0.0.0-20210921155107-089bfa567519 // indirect
+require golang.org/x/crypto v0.58.0 // indirect
