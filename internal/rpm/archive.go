@@ -58,14 +58,14 @@ func (p *Package) Open(r io.ReaderAt) (*Archive, error) {
 		}
 	}
 	if dec == nil {
-		in := bufio.NewReaderSize(section, 1<<20)
+		in := bufio.NewReaderSize(section, bufSize(section.Size()))
 		compressor, err := payloadCompressor(in, p.Compressor)
 		if err != nil {
 			return nil, err
 		}
 		dec = p.newReadahead(in, compressor)
 	}
-	payload := bufio.NewReaderSize(&limitedPayload{r: dec, limit: p.archiveMax}, 1<<20)
+	payload := bufio.NewReaderSize(&limitedPayload{r: dec, limit: p.archiveMax}, bufSize(p.archiveMax))
 	return p.newArchive(payload, dec), nil
 }
 

@@ -156,7 +156,7 @@ func panicSite() string {
 // readahead decompresses in its own goroutine, a few blocks ahead of the
 // reader, so that decompression (one core) overlaps hashing and writing
 // (the other). It holds readaheadBlocks+1 blocks of readaheadBlock
-// bytes.
+// bytes, or less for a small payload.
 type readahead struct {
 	full  chan []byte // filled blocks, in order
 	free  chan []byte // blocks to fill again
@@ -173,6 +173,13 @@ const (
 	readaheadBlocks = 4
 )
 
+// bufSize is the size of a buffer for n bytes of data: at most
+// readaheadBlock, and no more than the data (at least 4 KiB), so that a
+// small package costs little memory.
+func bufSize(n int64) int {
+	return int(max(min(n, readaheadBlock), 4096))
+}
+
 // newReadahead decodes the compressed payload r, compressed as
 // compressor (one of decoders), in a goroutine of its own.
 func (p *Package) newReadahead(r *bufio.Reader, compressor string) *readahead {
@@ -183,7 +190,7 @@ func (p *Package) newReadahead(r *bufio.Reader, compressor string) *readahead {
 		stop:  make(chan struct{}),
 	}
 	for range readaheadBlocks + 1 {
-		ra.free <- make([]byte, readaheadBlock)
+		ra.free <- make([]byte, bufSize(p.archiveMax))
 	}
 	go func() {
 		defer close(ra.full)

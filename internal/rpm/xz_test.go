@@ -224,8 +224,8 @@ func BenchmarkPayload(b *testing.B) {
 		b.Logf("%d xz blocks, %d slots", len(blocks), xzSlots(blocks))
 		open["xz-sequential"] = func() (*Archive, error) {
 			in := io.NewSectionReader(f, p.PayloadOffset, p.Size-p.PayloadOffset)
-			dec := p.newReadahead(bufio.NewReaderSize(in, 1<<20), "xz")
-			return p.newArchive(bufio.NewReaderSize(&limitedPayload{r: dec, limit: p.archiveMax}, 1<<20), dec), nil
+			dec := p.newReadahead(bufio.NewReaderSize(in, bufSize(in.Size())), "xz")
+			return p.newArchive(bufio.NewReaderSize(&limitedPayload{r: dec, limit: p.archiveMax}, bufSize(p.archiveMax)), dec), nil
 		}
 	}
 	for name, open := range open {
