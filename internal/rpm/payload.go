@@ -120,13 +120,14 @@ func (l *limitedPayload) Read(p []byte) (int, error) {
 }
 
 // guard runs decode, and turns a panic in it into an error that names
-// the package: a decoder that panics on a payload fails the install, it
-// does not end the process (PID 1), which would only start again to read
-// the same payload.
+// the package and matches ErrDecoderPanic: a decoder that panics on a
+// payload fails the install, it does not end the process (PID 1), which
+// would only start again to read the same payload. (The install's own
+// recover cannot catch it: the decoder runs on goroutines of its own.)
 func (p *Package) guard(decode func() error) (err error) {
 	defer func() {
 		if v := recover(); v != nil {
-			err = unusable("%s payload of %s: decoder panicked%s: %v", p.Compressor, p.NEVRA(), panicSite(), v)
+			err = fmt.Errorf("%s payload of %s: %w%s: %v", p.Compressor, p.NEVRA(), ErrDecoderPanic, panicSite(), v)
 		}
 	}()
 	return decode()

@@ -25,11 +25,19 @@ import (
 // unsafe or unsupported.
 var ErrUnusable = errors.New("rpm unusable")
 
+// ErrDecoderPanic is matched by the error of a payload whose decoder
+// panicked. A panic is a bug (of the decoder, or of ours), not evidence
+// that the package is bad: such an error does not match ErrUnusable,
+// even where it is wrapped as the payload's error.
+var ErrDecoderPanic = errors.New("decoder panicked")
+
 type unusableError struct{ err error }
 
-func (e *unusableError) Error() string        { return e.err.Error() }
-func (e *unusableError) Unwrap() error        { return e.err }
-func (e *unusableError) Is(target error) bool { return target == ErrUnusable }
+func (e *unusableError) Error() string { return e.err.Error() }
+func (e *unusableError) Unwrap() error { return e.err }
+func (e *unusableError) Is(target error) bool {
+	return target == ErrUnusable && !errors.Is(e.err, ErrDecoderPanic)
+}
 
 // Unusable makes an error that matches ErrUnusable, for a refusal of the
 // package that is an installer's own (a path that would be unsafe after
