@@ -24,7 +24,7 @@ import (
 //   - xz: therootcompany/xz, a port of XZ Embedded, which verifies every
 //     block's check (CRC-32, CRC-64 or SHA-256) and bounds the
 //     dictionary it allocates. Chosen over ulikunitz/xz by measurement
-//     (BENCHMARKS.md, "Install"): 1.35x less CPU on a real payload, half
+//     (BENCHMARKS.md, "Install"): 1.29-1.34x faster on real payloads, half
 //     the memory, and ulikunitz's xz reader takes its DictCap as a floor,
 //     allocating whatever dictionary a stream declares;
 //   - lzma (rpm's legacy lzdio, the .lzma format, which XZ Embedded does
