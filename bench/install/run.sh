@@ -9,6 +9,10 @@
 #   RUNS=5 bench/install/run.sh                # fewer hyperfine runs
 #   PAYLOADS=bin COMPRESSIONS=xz bench/install/run.sh
 #   PROFILE=1 bench/install/run.sh             # CPU profiles, no hyperfine
+#   BUILD_ONLY=1 bench/install/run.sh          # build the packages, run nothing
+#   BEFORE=/tmp/avsidecar-old bench/install/run.sh
+#                                              # another avsidecar binary in the
+#                                              # same hyperfine runs (before/after)
 #
 # Two payloads of real files from this machine, so that sizes and
 # compressibility are real:
@@ -128,6 +132,7 @@ for p in $PAYLOADS; do
 	for c in $COMPRESSIONS; do build "$p" "$c"; done
 done
 ls -l "$OUT"/*.rpm
+[ "${BUILD_ONLY:-}" ] && exit 0
 uptime
 
 if [ "${PROFILE:-}" ]; then
@@ -151,12 +156,21 @@ for p in $PAYLOADS; do
 		A="$ROOTS/root-avs"
 		mkdir -p "$A/pkgs"
 		cp "$OUT/$name.rpm" "$A/pkgs/client.rpm"
+		set --
+		if [ "${BEFORE:-}" ]; then
+			B="$ROOTS/root-before"
+			mkdir -p "$B/pkgs"
+			cp "$OUT/$name.rpm" "$B/pkgs/client.rpm"
+			set -- --prepare "sh -c 'rm -rf $B/opt $B/etc; sync'" \
+				-n "before install $name" "$BEFORE install --root $B --rpm /pkgs/client.rpm --prefix /opt/avamar --noscripts"
+		fi
 		hyperfine -N --runs "$RUNS" --warmup 1 --export-markdown "$OUT/$name.md" --export-json "$OUT/$name.json" \
 			--prepare "sh -c 'rm -rf $R; sync'" \
 			-n "rpm -i $name" "rpm -i --root $R --dbpath /rpmdb --nodeps --noscripts --relocate /usr/local/avamar=/opt/avamar $OUT/$name.rpm" \
 			--prepare "sh -c 'rm -rf $A/opt $A/etc; sync'" \
-			-n "avsidecar install $name" "$OUT/avsidecar install --root $A --rpm /pkgs/client.rpm --prefix /opt/avamar --noscripts"
-		rm -rf "$R" "$A/opt" "$A/etc"
+			-n "avsidecar install $name" "$OUT/avsidecar install --root $A --rpm /pkgs/client.rpm --prefix /opt/avamar --noscripts" \
+			"$@"
+		rm -rf "$R" "$A/opt" "$A/etc" "$ROOTS/root-before"
 	done
 done
 uptime
@@ -169,17 +183,26 @@ hyperfine -N --runs 50 --warmup 3 --export-markdown "$OUT/receipt.md" \
 	-n "avsidecar install, receipt matches" "$OUT/avsidecar install --root $A --rpm /pkgs/client.rpm --prefix /opt/avamar --noscripts"
 rm -rf "$A/opt" "$A/etc"
 
-# The table: each package, rpm's mean, avsidecar's, the ratio.
+# The table: each package, rpm's mean, avsidecar's, the ratio (and the
+# BEFORE binary's, from the same runs).
 echo
-echo "| package | rpm -i | avsidecar install | ratio |"
-echo "| --- | --- | --- | --- |"
+if [ "${BEFORE:-}" ]; then
+	echo "| package | rpm -i | avsidecar install | ratio | before | ratio |"
+	echo "| --- | --- | --- | --- | --- | --- |"
+else
+	echo "| package | rpm -i | avsidecar install | ratio |"
+	echo "| --- | --- | --- | --- |"
+fi
 for p in $PAYLOADS; do
 	for c in $COMPRESSIONS; do
 		python3 - "$OUT/$p-$c.json" "$p-$c" <<'EOF'
 import json, sys
 r = json.load(open(sys.argv[1]))["results"]
 f = lambda x: "%.3f s ± %.3f" % (x["mean"], x["stddev"])
-print("| %s | %s | %s | %.2f |" % (sys.argv[2], f(r[0]), f(r[1]), r[1]["mean"] / r[0]["mean"]))
+row = [sys.argv[2], f(r[0])]
+for x in r[1:]:
+    row += [f(x), "%.2f" % (x["mean"] / r[0]["mean"])]
+print("| " + " | ".join(row) + " |")
 EOF
 	done
 done

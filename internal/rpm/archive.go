@@ -19,7 +19,6 @@ import (
 type Archive struct {
 	p      *Package
 	dec    io.Closer // the decompressor
-	ra     *readahead
 	cr     *cpioReader
 	byName map[string]int
 	seen   []bool
@@ -45,31 +44,35 @@ type Entry struct {
 }
 
 // Open starts reading the payload of p from r, the package file.
-// Decompression runs in a goroutine of its own (one per block for a
-// multi-block xz stream), ahead of the reader. The caller closes the
-// Archive.
+// Decompression runs in a goroutine of its own (several blocks at once
+// for a multi-block xz stream), ahead of the reader. The caller closes
+// the Archive.
 func (p *Package) Open(r io.ReaderAt) (*Archive, error) {
 	section := io.NewSectionReader(r, p.PayloadOffset, p.Size-p.PayloadOffset)
 	var dec io.ReadCloser
 	if p.Compressor == "xz" {
 		if blocks, header := xzIndex(section, section.Size()); blocks != nil {
-			dec = newParallelXZ(section, header, blocks)
+			if n := xzSlots(blocks); n >= 2 {
+				dec = p.newParallelXZ(section, header, blocks, n)
+			}
 		}
 	}
 	if dec == nil {
-		var err error
-		if dec, err = decompressor(bufio.NewReaderSize(section, 1<<20), p.Compressor); err != nil {
+		in := bufio.NewReaderSize(section, bufSize(section.Size()))
+		compressor, err := payloadCompressor(in, p.Compressor)
+		if err != nil {
 			return nil, err
 		}
+		dec = p.newReadahead(in, compressor)
 	}
-	ra := newReadahead(dec)
-	payload := bufio.NewReaderSize(&limitedPayload{r: ra, limit: p.archiveMax}, 1<<20)
-	return p.newArchive(payload, dec, ra), nil
+	payload := bufio.NewReaderSize(&limitedPayload{r: dec, limit: p.archiveMax}, bufSize(p.archiveMax))
+	return p.newArchive(payload, dec), nil
 }
 
-// newArchive reads the uncompressed cpio archive in r.
-func (p *Package) newArchive(r *bufio.Reader, dec io.Closer, ra *readahead) *Archive {
-	a := &Archive{p: p, dec: dec, ra: ra, seen: make([]bool, len(p.Files)), setContent: map[int]bool{}, cur: -1, checked: true}
+// newArchive reads the uncompressed cpio archive in r; dec, if any, is
+// closed with it.
+func (p *Package) newArchive(r *bufio.Reader, dec io.Closer) *Archive {
+	a := &Archive{p: p, dec: dec, seen: make([]bool, len(p.Files)), setContent: map[int]bool{}, cur: -1, checked: true}
 	a.byName = make(map[string]int, len(p.Files))
 	for i := range p.Files {
 		a.byName[p.Files[i].Path] = i
@@ -87,11 +90,9 @@ func (p *Package) newArchive(r *bufio.Reader, dec io.Closer, ra *readahead) *Arc
 	return a
 }
 
-// Close stops decompressing.
+// Close stops decompressing, and waits for the decoding goroutines to
+// end.
 func (a *Archive) Close() error {
-	if a.ra != nil {
-		a.ra.Close()
-	}
 	if a.dec != nil {
 		return a.dec.Close()
 	}

@@ -66,7 +66,7 @@ func TestStrippedHardLinks(t *testing.T) {
 	p := linkedPackage()
 	archive := stripped(0, "") + stripped(1, "") + stripped(3, "abc") + stripped(2, "") + stripped(4, "hello") +
 		newcEntry(cpioTrailer, 0, "")
-	got, err := entries(p.newArchive(bufio.NewReader(strings.NewReader(archive)), nil, nil))
+	got, err := entries(p.newArchive(bufio.NewReader(strings.NewReader(archive)), nil))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -81,7 +81,7 @@ func TestNewcHardLinks(t *testing.T) {
 	p := linkedPackage()
 	archive := newcEntry("./a/one", 0o100644, "") + newcEntry("./b", 0o40755, "") + newcEntry("./b/two", 0o100644, "") +
 		newcEntry("./c", 0o100644, "abc") + newcEntry("./d/three", 0o100644, "hello") + newcEntry(cpioTrailer, 0, "")
-	got, err := entries(p.newArchive(bufio.NewReader(strings.NewReader(archive)), nil, nil))
+	got, err := entries(p.newArchive(bufio.NewReader(strings.NewReader(archive)), nil))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -92,6 +92,6 @@ func TestNewcHardLinks(t *testing.T) {
 	// A set whose content never comes is refused.
 	archive = newcEntry("./a/one", 0o100644, "") + newcEntry("./b", 0o40755, "") + newcEntry("./b/two", 0o100644, "") +
 		newcEntry("./c", 0o100644, "abc") + newcEntry("./d/three", 0o100644, "") + newcEntry(cpioTrailer, 0, "")
-	_, err = entries(p.newArchive(bufio.NewReader(strings.NewReader(archive)), nil, nil))
+	_, err = entries(p.newArchive(bufio.NewReader(strings.NewReader(archive)), nil))
 	mustUnusable(t, err)
 }

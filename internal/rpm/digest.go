@@ -159,13 +159,13 @@ func (p *Package) Verify(f io.ReaderAt) (Verification, error) {
 	fileHash := sha256.New()
 	var g errgroup.Group
 	g.Go(func() error {
-		if _, err := io.CopyBuffer(fileHash, io.NewSectionReader(f, 0, size), make([]byte, 1<<20)); err != nil {
+		if _, err := io.CopyBuffer(fileHash, io.NewSectionReader(f, 0, size), make([]byte, bufSize(size))); err != nil {
 			return fmt.Errorf("read rpm: %w", err)
 		}
 		return nil
 	})
 	g.Go(func() error {
-		n, err := io.CopyBuffer(io.MultiWriter(writers...), io.NewSectionReader(f, p.PayloadOffset, payloadLen), make([]byte, 1<<20))
+		n, err := io.CopyBuffer(io.MultiWriter(writers...), io.NewSectionReader(f, p.PayloadOffset, payloadLen), make([]byte, bufSize(payloadLen)))
 		if err != nil {
 			return fmt.Errorf("read rpm: %w", err)
 		}

@@ -6,7 +6,7 @@ import (
 	"io"
 	"testing"
 
-	"github.com/klauspost/compress/gzip"
+	uxz "github.com/ulikunitz/xz"
 )
 
 // FuzzRead reads, verifies and reads through the payload of any input:
@@ -47,19 +47,12 @@ func FuzzArchive(f *testing.F) {
 	if err != nil {
 		f.Fatal(err)
 	}
-	z, err := gzip.NewReader(bytes.NewReader(good[p.PayloadOffset:]))
-	if err != nil {
-		f.Fatal(err)
-	}
-	archive, err := io.ReadAll(z)
-	if err != nil {
-		f.Fatal(err)
-	}
+	archive := gunzipPayload(f, good, p)
 	f.Add(archive)
 	f.Add(archive[:len(archive)/2])
 	f.Add(bytes.Replace(archive, []byte("070701"), []byte("07070X"), 1))
 	f.Fuzz(func(t *testing.T, data []byte) {
-		ar := p.newArchive(bufio.NewReader(&limitedPayload{r: bytes.NewReader(data), limit: p.archiveMax}), nil, nil)
+		ar := p.newArchive(bufio.NewReader(&limitedPayload{r: bytes.NewReader(data), limit: p.archiveMax}), nil)
 		seen := map[int]bool{}
 		for {
 			e, err := ar.Next()
@@ -88,15 +81,20 @@ func FuzzArchive(f *testing.F) {
 }
 
 // FuzzXZIndex feeds the multi-block xz reader: the index parser must
-// refuse what it does not understand, and the decoder must fail, not
+// refuse what it does not understand, and the decoding must fail, not
 // panic, on a bad block.
 func FuzzXZIndex(f *testing.F) {
-	f.Add(xzMultiBlock(f, mixedData(5000), 1000))
+	f.Add(xzMultiBlock(f, mixedData(5000), 1000, uxz.SHA256))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		blocks, header := xzIndex(bytes.NewReader(data), int64(len(data)))
-		if blocks == nil {
+		n := xzSlots(blocks)
+		if n < 2 {
 			return
 		}
-		_, _ = io.Copy(io.Discard, io.LimitReader(newParallelXZ(bytes.NewReader(data), header, blocks), 1<<20))
+		z := xzPackage.newParallelXZ(bytes.NewReader(data), header, blocks, n)
+		defer z.Close()
+		if _, err := io.Copy(io.Discard, io.LimitReader(z, 1<<20)); err != nil {
+			mustUnusable(t, err)
+		}
 	})
 }

@@ -1,7 +1,6 @@
 package rpm
 
 import (
-	"bufio"
 	"bytes"
 	"errors"
 	"fmt"
@@ -14,6 +13,7 @@ import (
 
 	"github.com/avsidecar/avsidecar/internal/testkit"
 	"github.com/google/rpmpack"
+	"github.com/klauspost/compress/gzip"
 )
 
 var testMTime = uint32(time.Date(2024, 1, 2, 3, 4, 5, 0, time.UTC).Unix())
@@ -105,6 +105,14 @@ func mustUnusable(t testing.TB, err error) {
 // incompressible files of size bytes in all and returns its path.
 func rpmbuild(t testing.TB, payload string, size int) string {
 	t.Helper()
+	return rpmbuildFiles(t, payload, fmt.Sprintf("for i in 1 2 3 4; do head -c %d /dev/urandom > f$i; done", size/4))
+}
+
+// rpmbuildFiles builds, with the payload compression given, a package of
+// the files the shell script makes in its working directory, and returns
+// its path.
+func rpmbuildFiles(t testing.TB, payload, script string) string {
+	t.Helper()
 	testkit.NeedCommand(t, "rpmbuild")
 	top := t.TempDir()
 	spec := fmt.Sprintf(`Name: payload
@@ -117,13 +125,14 @@ BuildArch: noarch
 %%define __os_install_post %%{nil}
 %%define debug_package %%{nil}
 %%description
-Incompressible files.
+Files made by a script.
 %%install
 mkdir -p %%{buildroot}/opt/payload
-for i in 1 2 3 4; do head -c %d /dev/urandom > %%{buildroot}/opt/payload/f$i; done
+cd %%{buildroot}/opt/payload
+%s
 %%files
 /opt/payload
-`, payload, size/4)
+`, payload, script)
 	specPath := filepath.Join(top, "payload.spec")
 	if err := os.WriteFile(specPath, []byte(spec), 0o644); err != nil {
 		t.Fatal(err)
@@ -138,4 +147,17 @@ for i in 1 2 3 4; do head -c %d /dev/urandom > %%{buildroot}/opt/payload/f$i; do
 	return matches[0]
 }
 
-func bufioReader(b []byte) *bufio.Reader { return bufio.NewReader(bytes.NewReader(b)) }
+// gunzipPayload returns the cpio archive of b, a package with a gzip
+// payload.
+func gunzipPayload(t testing.TB, b []byte, p *Package) []byte {
+	t.Helper()
+	z, err := gzip.NewReader(bytes.NewReader(b[p.PayloadOffset:]))
+	if err != nil {
+		t.Fatal(err)
+	}
+	archive, err := io.ReadAll(z)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return archive
+}

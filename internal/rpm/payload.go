@@ -3,13 +3,37 @@ package rpm
 import (
 	"bufio"
 	"bytes"
+	"compress/bzip2"
+	"fmt"
 	"io"
+	"runtime"
+	"strings"
 
-	"github.com/dsnet/compress/bzip2"
+	"github.com/klauspost/compress/gzip"
 	"github.com/klauspost/compress/zstd"
 	"github.com/therootcompany/xz"
 	"github.com/ulikunitz/xz/lzma"
 )
+
+// Payloads are decoded by maintained libraries only:
+//
+//   - gzip: klauspost/compress (each member's CRC-32 and size checked);
+//   - zstd: klauspost/compress, on the caller's goroutine
+//     (WithDecoderConcurrency(1): its own goroutines would be out of reach
+//     of the recover below, and measured no faster here);
+//   - xz: therootcompany/xz, a port of XZ Embedded, which verifies every
+//     block's check (CRC-32, CRC-64 or SHA-256) and bounds the
+//     dictionary it allocates. Chosen over ulikunitz/xz by measurement
+//     (BENCHMARKS.md, "Install"): 1.29-1.34x faster on real payloads, half
+//     the memory, and ulikunitz's xz reader takes its DictCap as a floor,
+//     allocating whatever dictionary a stream declares;
+//   - lzma (rpm's legacy lzdio, the .lzma format, which XZ Embedded does
+//     not read): ulikunitz/xz's lzma package, whose DictCap is a limit;
+//   - bzip2: the standard library.
+
+// maxWindow bounds the dictionary (xz, lzma) or window (zstd) a payload
+// may ask the decoder to allocate. rpmbuild's largest, xz -9, is 64 MiB.
+const maxWindow = 256 << 20
 
 // Magic numbers of the payload compressions, to tell a payload that is not
 // what its header says from a corrupt one.
@@ -22,10 +46,33 @@ var payloadMagic = map[string][]byte{
 	"none":  []byte("07070"),
 }
 
-// decompressor returns the uncompressed payload of a package whose
-// compressed payload r yields, compressed as the header's compressor
-// says. The caller closes it.
-func decompressor(r *bufio.Reader, compressor string) (io.ReadCloser, error) {
+// decoders open the decompressing reader of each payload compression.
+// (Tests replace one to make it panic.)
+var decoders = map[string]func(r *bufio.Reader) (io.Reader, error){
+	"gzip": func(r *bufio.Reader) (io.Reader, error) { return gzip.NewReader(r) },
+	"xz":   newXZ,
+	"lzma": func(r *bufio.Reader) (io.Reader, error) {
+		return lzma.ReaderConfig{DictCap: maxWindow}.NewReader(r)
+	},
+	"zstd": func(r *bufio.Reader) (io.Reader, error) {
+		z, err := zstd.NewReader(r, zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxWindow(maxWindow))
+		if err != nil {
+			return nil, err
+		}
+		return z.IOReadCloser(), nil
+	},
+	"bzip2": func(r *bufio.Reader) (io.Reader, error) { return bzip2.NewReader(r), nil },
+	"none":  func(r *bufio.Reader) (io.Reader, error) { return r, nil },
+}
+
+// newXZ reads an xz stream, every block's check verified.
+func newXZ(r *bufio.Reader) (io.Reader, error) {
+	return xz.NewReader(r, maxWindow)
+}
+
+// payloadCompressor names the payload's compression as decoders do, and
+// checks its magic number.
+func payloadCompressor(r *bufio.Reader, compressor string) (string, error) {
 	switch compressor {
 	case "identity", "uncompressed":
 		compressor = "none"
@@ -40,94 +87,14 @@ func decompressor(r *bufio.Reader, compressor string) (io.ReadCloser, error) {
 	}
 	magic, ok := payloadMagic[compressor]
 	if !ok {
-		return nil, unusable("unsupported payload compression %q", compressor)
+		return "", unusable("unsupported payload compression %q", compressor)
 	}
 	head, err := r.Peek(len(magic))
 	if err != nil || !bytes.Equal(head, magic) {
-		return nil, unusable("payload is not %s data (bad magic)", compressor)
+		return "", unusable("payload is not %s data (bad magic)", compressor)
 	}
-	switch compressor {
-	case "gzip":
-		return newGunzip(r), nil
-	case "xz":
-		z, err := newXZ(r)
-		if err != nil {
-			return nil, unusable("xz payload: %w", err)
-		}
-		return io.NopCloser(z), nil
-	case "lzma":
-		z, err := lzma.NewReader(r)
-		if err != nil {
-			return nil, unusable("lzma payload: %w", err)
-		}
-		return io.NopCloser(z), nil
-	case "zstd":
-		z, err := zstd.NewReader(r, zstd.WithDecoderMaxMemory(1<<30), zstd.WithDecoderLowmem(false))
-		if err != nil {
-			return nil, unusable("zstd payload: %w", err)
-		}
-		return zstdCloser{z}, nil
-	case "bzip2":
-		z, err := bzip2.NewReader(r, nil)
-		if err != nil {
-			return nil, unusable("bzip2 payload: %w", err)
-		}
-		return z, nil
-	}
-	return io.NopCloser(r), nil
+	return compressor, nil
 }
-
-// newXZ decodes a payload's xz stream with the LZMA2 decoder of this
-// package (lzma.go), or, when its first block has other filters (a BCJ
-// filter, which rpmbuild never writes), with XZ Embedded
-// (therootcompany/xz, which decodes about 1.7x faster than ulikunitz/xz
-// and 2.5x slower than ours). Both bound the dictionary to 256 MiB.
-//
-// The blocks' checks (CRC or SHA-256 of their data) are not computed:
-// every payload installed is covered by a digest Verify checks (the
-// payload digest, or the MD5 of header and payload), and every file by
-// its own; computing a SHA-256 check as well took some 3% of the decoder's
-// time, which bounds a single-block install. Everything else of the xz
-// format is checked as ever.
-func newXZ(r *bufio.Reader) (io.Reader, error) {
-	if head, _ := r.Peek(12 + 1024); !xzFirstBlockLZMA2(head) {
-		return xz.NewReader(r, xzMaxDict)
-	}
-	z, err := newXZReader(r)
-	if err != nil {
-		return nil, err
-	}
-	z.noCheck = true
-	return z, nil
-}
-
-// xzFirstBlockLZMA2 reports whether the first block of the stream that
-// starts head has LZMA2 as its only filter, or whether it cannot tell
-// (the decoder will say what is wrong).
-func xzFirstBlockLZMA2(head []byte) bool {
-	if len(head) < 14 || head[12] == 0 {
-		return true
-	}
-	size := (int(head[12]) + 1) * 4
-	if len(head) < 12+size {
-		return true
-	}
-	h := head[12 : 12+size]
-	rd := bytes.NewReader(h[2 : size-4])
-	for _, present := range []bool{h[1]&0x40 != 0, h[1]&0x80 != 0} {
-		if present {
-			if _, err := xzVarint(rd); err != nil {
-				return true
-			}
-		}
-	}
-	id, err := xzVarint(rd)
-	return err != nil || h[1]&3 == 0 && id == 0x21
-}
-
-type zstdCloser struct{ *zstd.Decoder }
-
-func (z zstdCloser) Close() error { z.Decoder.Close(); return nil }
 
 // limitedPayload fails a payload that decompresses to more than its
 // header's file list can account for, so that a decompression bomb stops
@@ -152,13 +119,48 @@ func (l *limitedPayload) Read(p []byte) (int, error) {
 	return n, err
 }
 
+// guard runs decode, and turns a panic in it into an error that names
+// the package and matches ErrDecoderPanic: a decoder that panics on a
+// payload fails the install, it does not end the process (PID 1), which
+// would only start again to read the same payload. (The install's own
+// recover cannot catch it: the decoder runs on goroutines of its own.)
+func (p *Package) guard(decode func() error) (err error) {
+	defer func() {
+		if v := recover(); v != nil {
+			err = fmt.Errorf("%s payload of %s: %w%s: %v", p.Compressor, p.NEVRA(), ErrDecoderPanic, panicSite(), v)
+		}
+	}()
+	return decode()
+}
+
+// panicSite names the function that panicked, for a report of the bug:
+// the first frame below the runtime's panic machinery. Called from the
+// deferred function, the panicking frames are still on the stack.
+func panicSite() string {
+	pcs := make([]uintptr, 32)
+	frames := runtime.CallersFrames(pcs[:runtime.Callers(3, pcs)])
+	afterPanic := false
+	for {
+		f, more := frames.Next()
+		if afterPanic && !strings.HasPrefix(f.Function, "runtime.") {
+			return fmt.Sprintf(" in %s", f.Function)
+		}
+		if f.Function == "runtime.gopanic" || strings.HasPrefix(f.Function, "runtime.panic") {
+			afterPanic = true
+		}
+		if !more {
+			return ""
+		}
+	}
+}
+
 // readahead decompresses in its own goroutine, a few blocks ahead of the
 // reader, so that decompression (one core) overlaps hashing and writing
-// (the other).
+// (the other). It holds readaheadBlocks+1 blocks of readaheadBlock
+// bytes, or less for a small payload.
 type readahead struct {
 	full  chan []byte // filled blocks, in order
 	free  chan []byte // blocks to fill again
-	skip  int         // where the data of a block starts
 	block []byte      // the block being read from
 	pos   int         // how much of it has been read
 	err   error       // the producer's final error, once full is closed
@@ -172,91 +174,63 @@ const (
 	readaheadBlocks = 4
 )
 
-// newReadahead reads r ahead; a readahead is returned as it is.
-func newReadahead(r io.Reader) *readahead {
-	if ra, ok := r.(*readahead); ok {
-		return ra
-	}
-	ra := newBlocks(0)
-	go ra.produce(r)
-	return ra
+// bufSize is the size of a buffer for n bytes of data: at most
+// readaheadBlock, and no more than the data (at least 4 KiB), so that a
+// small package costs little memory.
+func bufSize(n int64) int {
+	return int(max(min(n, readaheadBlock), 4096))
 }
 
-// newBlocks makes a readahead whose blocks have skip bytes before their
-// data.
-func newBlocks(skip int) *readahead {
+// newReadahead decodes the compressed payload r, compressed as
+// compressor (one of decoders), in a goroutine of its own.
+func (p *Package) newReadahead(r *bufio.Reader, compressor string) *readahead {
 	ra := &readahead{
 		full:  make(chan []byte, readaheadBlocks),
 		free:  make(chan []byte, readaheadBlocks+1),
-		skip:  skip,
 		errCh: make(chan error, 1),
 		stop:  make(chan struct{}),
 	}
 	for range readaheadBlocks + 1 {
-		ra.free <- make([]byte, skip+readaheadBlock)
+		ra.free <- make([]byte, bufSize(p.archiveMax))
 	}
-	return ra
-}
-
-// newGunzip decodes a gzip payload with this package's decoder
-// (inflate.go), straight into the readahead's blocks: each block starts
-// with the window, the 32 KiB before its data.
-func newGunzip(r io.Reader) *readahead {
-	ra := newBlocks(inflateWindow)
 	go func() {
 		defer close(ra.full)
-		err := newInflater(r, ra.next).run()
-		if err == nil {
-			err = io.EOF
-		}
-		ra.errCh <- err
+		ra.errCh <- p.guard(func() error {
+			dec, err := decoders[compressor](r)
+			if err != nil {
+				return unusable("%s payload: %w", compressor, err)
+			}
+			if c, ok := dec.(io.Closer); ok {
+				defer c.Close()
+			}
+			return ra.produce(dec)
+		})
 	}()
 	return ra
 }
 
-// next hands out full, unless it holds no data, and returns a block to
-// fill, for a producer that fills whole blocks.
-func (ra *readahead) next(full []byte) ([]byte, error) {
-	if len(full) > ra.skip {
-		select {
-		case ra.full <- full:
-		case <-ra.stop:
-			return nil, io.ErrClosedPipe
-		}
-	}
-	select {
-	case buf := <-ra.free:
-		return buf, nil
-	case <-ra.stop:
-		return nil, io.ErrClosedPipe
-	}
-}
-
-func (ra *readahead) produce(r io.Reader) {
-	defer close(ra.full)
+// produce fills blocks from r until its end (io.EOF) or an error.
+func (ra *readahead) produce(r io.Reader) error {
 	for {
 		var buf []byte
 		select {
 		case buf = <-ra.free:
 		case <-ra.stop:
-			ra.errCh <- io.ErrClosedPipe
-			return
+			return io.ErrClosedPipe
 		}
 		n, err := io.ReadFull(r, buf[:cap(buf)])
 		if n > 0 {
 			select {
 			case ra.full <- buf[:n]:
 			case <-ra.stop:
-				ra.errCh <- io.ErrClosedPipe
-				return
+				return io.ErrClosedPipe
 			}
 		}
 		if err == io.ErrUnexpectedEOF {
 			err = io.EOF
 		}
 		if err != nil {
-			ra.errCh <- err
-			return
+			return err
 		}
 	}
 }
@@ -274,14 +248,14 @@ func (ra *readahead) Read(p []byte) (int, error) {
 			}
 			return 0, ra.err
 		}
-		ra.block, ra.pos = buf, ra.skip
+		ra.block, ra.pos = buf, 0
 	}
 	n := copy(p, ra.block[ra.pos:])
 	ra.pos += n
 	return n, nil
 }
 
-// Close stops the producer and waits for it.
+// Close stops the producer and waits for it to end.
 func (ra *readahead) Close() error {
 	if ra.done {
 		return nil

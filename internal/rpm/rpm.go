@@ -1,7 +1,8 @@
 // Package rpm reads RPM packages and writes nothing: the lead, the
 // signature and main headers with every digest they carry, and the
-// payload, decompressed (the blocks of a multi-block xz stream on every
-// core) and read as a cpio archive in both of rpm's formats, each entry
+// payload, decompressed by maintained libraries (the blocks of a
+// multi-block xz stream several at once, within a fixed memory budget)
+// and read as a cpio archive in both of rpm's formats, each entry
 // checked against the header before anyone uses it.
 //
 // It is the pure half of the installer, kept apart so that it can be
@@ -24,11 +25,19 @@ import (
 // unsafe or unsupported.
 var ErrUnusable = errors.New("rpm unusable")
 
+// ErrDecoderPanic is matched by the error of a payload whose decoder
+// panicked. A panic is a bug (of the decoder, or of ours), not evidence
+// that the package is bad: such an error does not match ErrUnusable,
+// even where it is wrapped as the payload's error.
+var ErrDecoderPanic = errors.New("decoder panicked")
+
 type unusableError struct{ err error }
 
-func (e *unusableError) Error() string        { return e.err.Error() }
-func (e *unusableError) Unwrap() error        { return e.err }
-func (e *unusableError) Is(target error) bool { return target == ErrUnusable }
+func (e *unusableError) Error() string { return e.err.Error() }
+func (e *unusableError) Unwrap() error { return e.err }
+func (e *unusableError) Is(target error) bool {
+	return target == ErrUnusable && !errors.Is(e.err, ErrDecoderPanic)
+}
 
 // Unusable makes an error that matches ErrUnusable, for a refusal of the
 // package that is an installer's own (a path that would be unsafe after
@@ -97,11 +106,18 @@ var leadMagic = []byte{0xed, 0xab, 0xee, 0xdb}
 // Verify does.
 func Read(r io.ReaderAt, size int64) (*Package, error) {
 	var lead [leadSize]byte
-	if _, err := r.ReadAt(lead[:], 0); err != nil {
-		return nil, unusable("read lead: %w", short(err))
+	n, err := r.ReadAt(lead[:], 0)
+	if err != nil && err != io.EOF && err != io.ErrUnexpectedEOF {
+		return nil, unusable("read lead: %w", err)
 	}
+	// A file too short for the lead is no more an RPM than one without
+	// its magic: a text file given by mistake is told as such, whatever
+	// its length.
 	if !bytes.Equal(lead[:4], leadMagic) {
 		return nil, unusable("not an rpm file (bad lead magic)")
+	}
+	if n < leadSize {
+		return nil, unusable("not an rpm file (%d bytes, shorter than the %d-byte lead)", n, leadSize)
 	}
 	if lead[4] != 3 && lead[4] != 4 {
 		return nil, unusable("unsupported rpm format version %d", lead[4])

@@ -42,6 +42,28 @@ func TestRead(t *testing.T) {
 	}
 }
 
+// TestNotAnRPM: a file that is not an RPM is told as such, whatever its
+// length: a 6-byte text file as a 4 KB one, an empty file, and the start
+// of a real package cut inside its lead.
+func TestNotAnRPM(t *testing.T) {
+	good := pack(t, "gzip", baseFiles, nil)
+	for _, c := range []struct {
+		name, data, want string
+	}{
+		{"6-byte text", "hello\n", "not an rpm file (bad lead magic)"},
+		{"4 KB text", strings.Repeat("not a package, a text file\n", 4096/27), "not an rpm file (bad lead magic)"},
+		{"empty", "", "not an rpm file (bad lead magic)"},
+		{"3 bytes of the magic", string(good[:3]), "not an rpm file (bad lead magic)"},
+		{"lead cut at 50 bytes", string(good[:50]), "not an rpm file (50 bytes, shorter than the 96-byte lead)"},
+	} {
+		_, err := Read(strings.NewReader(c.data), int64(len(c.data)))
+		mustUnusable(t, err)
+		if err.Error() != c.want {
+			t.Errorf("%s: %q, want %q", c.name, err, c.want)
+		}
+	}
+}
+
 // TestArchive reads the payload in every compression rpmpack writes:
 // entries in header order, each with its content.
 func TestArchive(t *testing.T) {
@@ -182,15 +204,28 @@ func TestOldFilenames(t *testing.T) {
 	}
 }
 
-// TestArchiveXZCorrupt: the payload's xz blocks are read without their
-// checks (the digests cover them); a flipped bit anywhere in the payload
-// is still an error, by the LZMA2 decoder or by a file's digest, never
-// other content read through.
+// TestArchiveXZCorrupt: the payload's xz block checks are verified, so
+// a flipped bit anywhere in an xz payload is an error that marks the
+// package unusable: nothing in an xz stream can change unchecked.
 func TestArchiveXZCorrupt(t *testing.T) {
 	flipPayloadBits(t, "xz", 50000, 9, 200, func(at int, got, want []string, err error) {
-		// A bit of a block's unread check changes nothing: the same
-		// entries may come out, never others.
-		if err == nil && fmt.Sprint(got) != fmt.Sprint(want) {
+		if err == nil {
+			t.Errorf("bit flipped at payload byte %d: no error", at)
+			return
+		}
+		mustUnusable(t, err)
+	})
+}
+
+// TestArchiveGzipCorrupt: a flipped bit anywhere in a gzip payload is an
+// error that marks the package unusable, or changes nothing that is read
+// (a bit of the header's time, say); never other content read through.
+// Reading stops on the error with the decoder's goroutine ahead of it.
+func TestArchiveGzipCorrupt(t *testing.T) {
+	flipPayloadBits(t, "gzip", 3<<20, 11, 100, func(at int, got, want []string, err error) {
+		if err != nil {
+			mustUnusable(t, err)
+		} else if fmt.Sprint(got) != fmt.Sprint(want) {
 			t.Errorf("bit flipped at payload byte %d: other content read through", at)
 		}
 	})
