@@ -152,7 +152,9 @@ func (w *writer) writeFile(r io.Reader, it *item, buf []byte) (err error) {
 		err = fmt.Errorf("write %s: %w", it.dest, cerr)
 	}
 	if err != nil {
-		if errors.Is(err, rpm.ErrUnusable) {
+		// The package's own faults, and its decoder's panics, are not
+		// this file's write failing.
+		if errors.Is(err, rpm.ErrUnusable) || errors.Is(err, rpm.ErrDecoderPanic) {
 			return err
 		}
 		return fmt.Errorf("write %s: %w", it.dest, err)

@@ -222,6 +222,7 @@ func Install(ctx context.Context, cfg Config, log zerolog.Logger) (Result, error
 		return Result{}, err
 	}
 	res, err := installSafely(ctx, cfg, log)
+	err = decoderPanicIsInternal(err)
 	res.Duration = millis.Since(start)
 	switch {
 	case err != nil && cfg.Root != "/":
@@ -244,6 +245,16 @@ func installSafely(ctx context.Context, cfg Config, log zerolog.Logger) (res Res
 		}
 	}()
 	return install(ctx, cfg, log)
+}
+
+// decoderPanicIsInternal makes a payload decoder's panic, recovered by
+// internal/rpm on its own goroutine, an ErrInternal as a panic of the
+// installer's is: a bug, not a bad package, and not a failed write.
+func decoderPanicIsInternal(err error) error {
+	if errors.Is(err, rpm.ErrDecoderPanic) && !errors.Is(err, ErrInternal) {
+		return fmt.Errorf("%w: %w", ErrInternal, err)
+	}
+	return err
 }
 
 // panicError makes the error of a recovered panic. The panic's value is

@@ -8,6 +8,8 @@ import (
 	"strings"
 	"sync"
 	"testing"
+
+	"github.com/avsidecar/avsidecar/internal/rpm"
 )
 
 // plantPanic has the install panic at the named step (stepHook) until the
@@ -182,4 +184,27 @@ func tempFiles(t *testing.T, root string) []string {
 		t.Fatal(err)
 	}
 	return found
+}
+
+// TestDecoderPanicIsInternal: a payload decoder's panic, which internal/rpm
+// recovers on its own goroutine and returns as an error that matches
+// rpm.ErrDecoderPanic (its TestDecoderPanic), is an ErrInternal of the
+// install as the installer's own panics are: not ErrUnusable (exit 1, not
+// 3), and not wrapped twice.
+func TestDecoderPanicIsInternal(t *testing.T) {
+	dec := fmt.Errorf("xz payload of x-1-1.x86_64: %w in xz.(*Reader).Read: index out of range", rpm.ErrDecoderPanic)
+	err := decoderPanicIsInternal(dec)
+	if !errors.Is(err, ErrInternal) || !errors.Is(err, rpm.ErrDecoderPanic) || errors.Is(err, ErrUnusable) {
+		t.Errorf("%v: ErrInternal %v, ErrDecoderPanic %v, ErrUnusable %v", err, errors.Is(err, ErrInternal), errors.Is(err, rpm.ErrDecoderPanic), errors.Is(err, ErrUnusable))
+	}
+	if want := "internal error: xz payload of x-1-1.x86_64: decoder panicked in"; !strings.HasPrefix(err.Error(), want) {
+		t.Errorf("error %q, want it to start with %q", err, want)
+	}
+	if again := decoderPanicIsInternal(err); again != err {
+		t.Errorf("wrapped twice: %v", again)
+	}
+	plain := errors.New("read payload: unexpected EOF")
+	if decoderPanicIsInternal(plain) != plain || decoderPanicIsInternal(nil) != nil {
+		t.Error("an error that is no decoder panic changed")
+	}
 }
