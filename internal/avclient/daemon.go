@@ -173,11 +173,25 @@ func (c Client) OpenDaemon(pid int) (*Daemon, error) {
 		// A pidfd is readable once its process has ended; until then the
 		// poller parks this goroutine. Close ends the wait too.
 		_ = rc.Read(func(fd uintptr) bool {
-			n, err := unix.Poll([]unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}, 0)
-			return err != nil || n > 0
+			return pidfdReadable(int(fd))
 		})
 	}()
 	return d, nil
+}
+
+// pidfdReadable reports whether the pidfd fd is readable (its process
+// ended), or broken. poll(2) is asked again when a signal interrupts it:
+// the runtime's own (SIGURG, which preempts goroutines) arrive at any time,
+// and an EINTR taken for the end made a live daemon look dead, and the
+// supervisor start a second agent beside it.
+func pidfdReadable(fd int) bool {
+	for {
+		n, err := unix.Poll([]unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}, 0)
+		if errors.Is(err, unix.EINTR) {
+			continue
+		}
+		return err != nil || n > 0
+	}
 }
 
 // PID is the daemon's process id.

@@ -9,6 +9,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // sleepAgent installs a copy of sleep as the client's avagent.bin, so that
@@ -183,5 +185,58 @@ func TestFindDaemon(t *testing.T) {
 	case <-d.Done():
 	case <-time.After(5 * time.Second):
 		t.Fatal("Done not closed after the daemon ended")
+	}
+}
+
+// TestPidfdReadableSurvivesSignals: a live process's pidfd is never taken
+// for ended while signals interrupt poll(2), as the runtime's preemption
+// signals do at any time (a live daemon once looked dead that way, and a
+// second agent was started beside it); once the process ends, it is.
+func TestPidfdReadableSurvivesSignals(t *testing.T) {
+	cmd := exec.Command("sleep", "60")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	ended := false
+	t.Cleanup(func() {
+		if !ended {
+			_ = cmd.Process.Kill()
+			_ = cmd.Wait()
+		}
+	})
+	fd, err := unix.PidfdOpen(cmd.Process.Pid, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(fd)
+	// A storm of SIGURG at this process (the runtime's own preemption
+	// signal, which it handles), while poll is asked over and over.
+	stop := make(chan struct{})
+	storm := make(chan struct{})
+	go func() {
+		defer close(storm)
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+				_ = unix.Kill(os.Getpid(), unix.SIGURG)
+			}
+		}
+	}()
+	for i := range 200_000 {
+		if pidfdReadable(fd) {
+			close(stop)
+			<-storm
+			t.Fatalf("a live process taken for ended at poll %d", i)
+		}
+	}
+	close(stop)
+	<-storm
+	_ = cmd.Process.Kill()
+	_ = cmd.Wait()
+	ended = true
+	if !pidfdReadable(fd) {
+		t.Error("an ended process's pidfd is not readable")
 	}
 }
