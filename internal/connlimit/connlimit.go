@@ -237,7 +237,15 @@ var loopback = netip.MustParsePrefix("127.0.0.0/8")
 // bytes: such a connection is answered without waiting on its client.
 func requestWaiting(c net.Conn, buf []byte) bool {
 	n := 0
-	if !withFD(c, func(fd int) { n, _, _ = unix.Recvfrom(fd, buf, unix.MSG_PEEK|unix.MSG_DONTWAIT) }) || n <= 0 {
+	peek := func(fd int) {
+		for { // a signal (the runtime's preemption) is no answer
+			var err error
+			if n, _, err = unix.Recvfrom(fd, buf, unix.MSG_PEEK|unix.MSG_DONTWAIT); err != unix.EINTR {
+				return
+			}
+		}
+	}
+	if !withFD(c, peek) || n <= 0 {
 		return false
 	}
 	var blank blankLine
