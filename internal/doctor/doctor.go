@@ -62,6 +62,9 @@ const (
 	StatePending = "pending"
 )
 
+// States lists every state of a diagnosis.
+var States = []string{StateOK, StateFault, StateUnknown, StatePending}
+
 // Diagnosis is what one check found.
 type Diagnosis struct {
 	// Check is the check's name (CheckClientName, ...).

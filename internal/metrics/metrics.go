@@ -94,6 +94,9 @@ type Labels struct {
 	// outcome and result labels of the hook series; HookThawBy those of the
 	// by label of hook_thaws_total.
 	HookPhases, HookOutcomes, HookResults, HookThawBy []string
+	// DoctorChecks and DoctorStates are the values of the check and state
+	// labels of doctor_state.
+	DoctorChecks, DoctorStates []string
 }
 
 // codes are the status codes kept as they are in code labels; any other is
@@ -201,6 +204,9 @@ type Snapshot struct {
 	HookThaws map[string]uint64
 	// HookFreezeOpen is true while a freeze is open.
 	HookFreezeOpen bool
+	// Doctor is each doctor check's state, by check; nil before the
+	// doctor's first report, and then the series is absent.
+	Doctor map[string]string
 }
 
 // Config says what the metrics describe.
@@ -470,6 +476,16 @@ func (m *Metrics) snapshotFamilies() []*family {
 			state.add(bool01(s.BackupAPIState == st), "state", st)
 		}
 		fams = append(fams, state)
+	}
+	if s.Doctor != nil {
+		doc := f("doctor_state", gaugeType, "1 for the current state of each of the doctor's checks (what keeps the Avamar server from reaching the client); a fault names its cause in /v1/status.")
+		for _, check := range m.cfg.Labels.DoctorChecks {
+			m.checkLabel("state", m.cfg.Labels.DoctorStates, s.Doctor[check])
+			for _, st := range m.cfg.Labels.DoctorStates {
+				doc.add(bool01(s.Doctor[check] == st), "check", check, "state", st)
+			}
+		}
+		fams = append(fams, doc)
 	}
 	if s.HooksConfigured {
 		fams = append(fams, gauge("hook_freeze_open", "1 while a freeze is open: pre hooks ran and their post hooks have not.", bool01(s.HookFreezeOpen)))

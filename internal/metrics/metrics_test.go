@@ -155,6 +155,8 @@ var testLabels = Labels{
 	HookOutcomes: []string{"ok", "failed", "timeout", "error"},
 	HookResults:  []string{"passed", "failed"},
 	HookThawBy:   []string{"post", "expiry", "pre-failed", "caller-gone", "stop", "start"},
+	DoctorChecks: []string{"mcs", "node-port"},
+	DoctorStates: []string{"ok", "fault", "unknown", "pending"},
 }
 
 func newMetrics(t *testing.T, src *source) *Metrics {
@@ -262,7 +264,12 @@ func TestSeriesFollowSnapshot(t *testing.T) {
 			HookRuns:  map[string]uint64{"pre/ok": 3, "pre/timeout": 1, "post/ok": 2, "post/failed": 1},
 			HookCalls: map[string]uint64{"pre/passed": 2, "pre/failed": 1, "post/passed": 1, "post/failed": 1},
 			HookThaws: map[string]uint64{"post": 1, "expiry": 1}, HookFreezeOpen: true,
+			Doctor: map[string]string{"mcs": "ok", "node-port": "fault"},
 		}, func(w map[string]float64) {
+			for _, st := range testLabels.DoctorStates {
+				w[`avsidecar_doctor_state{check="mcs",state="`+st+`"}`] = bool01(st == "ok")
+				w[`avsidecar_doctor_state{check="node-port",state="`+st+`"}`] = bool01(st == "fault")
+			}
 			w[`avsidecar_hook_freeze_open{}`] = 1
 			w[`avsidecar_http_connections_open{}`] = 3
 			w[`avsidecar_ssh_host_keys_replaced{}`] = 1

@@ -108,6 +108,8 @@ var MetricLabels = metrics.Labels{
 	HookOutcomes: hooks.Outcomes,
 	HookResults:  hooks.Results,
 	HookThawBy:   hooks.ThawBy,
+	DoctorChecks: doctor.Checks,
+	DoctorStates: doctor.States,
 }
 
 // metricsSnapshot is what /metrics reports, read from the same Status()
@@ -144,6 +146,12 @@ func (s *Sidecar) metricsSnapshot() metrics.Snapshot {
 	if d.Backup != nil {
 		m.LastBackup, m.LastBackupCheck, m.BackupAPIState = d.Backup.LastBackup, d.Backup.LastCheck, d.Backup.State
 		m.LastCheckin = d.Backup.LastCheckin
+	}
+	if d.Doctor != nil {
+		m.Doctor = map[string]string{}
+		for _, dg := range d.Doctor.Diagnoses {
+			m.Doctor[dg.Check] = dg.State
+		}
 	}
 	if d.Hooks != nil {
 		m.HooksConfigured, m.HookRuns, m.HookCalls = true, d.Hooks.Hooks, d.Hooks.Calls
