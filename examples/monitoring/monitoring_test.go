@@ -25,6 +25,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/avsidecar/avsidecar/internal/backupapi"
+	"github.com/avsidecar/avsidecar/internal/doctor"
 	"github.com/avsidecar/avsidecar/internal/metrics"
 	"github.com/avsidecar/avsidecar/internal/register"
 	"github.com/avsidecar/avsidecar/internal/sidecar"
@@ -91,6 +92,7 @@ func scrapedSeries(t *testing.T) map[string]map[string][]string {
 		AgentRestarts:  1,
 		BrowseRequests: map[string]uint64{"200": 1},
 		LastBackup:     time.Now(), LastBackupCheck: time.Now(), BackupAPIState: "ok",
+		Doctor: map[string]string{"mcs": "ok"},
 	}
 	m, err := metrics.New(metrics.Config{Snapshot: func() metrics.Snapshot { return full }, Labels: sidecar.MetricLabels}, zerolog.Nop())
 	if err != nil {
@@ -175,6 +177,9 @@ func allValues(series, label string, seen []string) []string {
 	case "phase":
 		return sidecar.Phases
 	case "state":
+		if series == "avsidecar_doctor_state" {
+			return doctor.States
+		}
 		return backupapi.States
 	case "outcome":
 		return register.Outcomes
