@@ -17,7 +17,10 @@
 // reaper and fail with ECHILD, so every child is started with Start or
 // StartLines and waited for with Process.Wait. Before Reap (the install
 // command, and tests), Start waits through os/exec, so the same code runs
-// both ways.
+// both ways. TestNothingElseWaits enforces the rule: it type-checks every
+// package avsidecar links, its dependencies included, and fails on any use
+// outside this package of those methods, of (*os.Process).Wait or of a wait
+// system call.
 package pid1
 
 import (
