@@ -52,7 +52,7 @@ func runCmd(args []string, stdout, stderr io.Writer) error {
 	}
 	ctx, stop := pid1.StopContext(context.Background(), mainLog)
 	defer stop()
-	s, err := sidecar.New(cfg, log)
+	s, err := sidecar.New(cfg, log, idleTuning(os.Getenv))
 	if err != nil {
 		return fail(err)
 	}
@@ -60,4 +60,17 @@ func runCmd(args []string, stdout, stderr io.Writer) error {
 		return fail(err)
 	}
 	return nil
+}
+
+// idleTuning is sidecar.IdleTuning but for what the operator set: GOGC
+// and GOMAXPROCS, which the Go runtime reads itself, are left as they are.
+func idleTuning(getenv func(string) string) sidecar.Tuning {
+	t := sidecar.IdleTuning
+	if getenv("GOGC") != "" {
+		t.GCPercent = 0
+	}
+	if getenv("GOMAXPROCS") != "" {
+		t.MaxProcs = 0
+	}
+	return t
 }

@@ -51,7 +51,7 @@ func realSidecar(t *testing.T, opts testkit.RPMOptions, env map[string]string) (
 		t.Fatal(err)
 	}
 	logs := testkit.NewLogLines()
-	s, err := New(cfg, zerolog.New(logs))
+	s, err := New(cfg, zerolog.New(logs), Tuning{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -84,16 +84,25 @@ type Sidecar struct {
 	client     atomic.Pointer[clientParts] // nil until the client is located
 	configured atomic.Bool
 	stopping   atomic.Bool
+
+	// tuning is applied once avagent runs (New's; zero in the tests).
+	tuning Tuning
 }
 
 // New builds every part from cfg and binds the HTTP listener, so that a bad
-// address or a missing RPM fails the start at once. Nothing runs yet.
-func New(cfg config.Config, log zerolog.Logger) (*Sidecar, error) {
+// address or a missing RPM fails the start at once. Nothing runs yet. The
+// runtime is tuned as t says once avagent runs.
+func New(cfg config.Config, log zerolog.Logger, t Tuning) (*Sidecar, error) {
 	p, err := newParts(cfg, log)
 	if err != nil {
 		return nil, err
 	}
-	return build(cfg, log, p, defaultHTTPLimits)
+	s, err := build(cfg, log, p, defaultHTTPLimits)
+	if err != nil {
+		return nil, err
+	}
+	s.tuning = t
+	return s, nil
 }
 
 // build makes a sidecar of given parts: New's real ones, or the tests' fakes.
@@ -311,25 +320,48 @@ func (s *Sidecar) work(ctx context.Context) error {
 		return err
 	}
 	s.phase.Store(PhaseRunning)
-	settleMemory()
+	settleMemory(s.tuning)
 	return cp.agent.Run(ctx)
 }
 
-// idleGCPercent is the collector's GOGC once the sidecar runs, unless the
-// operator set GOGC.
-const idleGCPercent = 25
+// Tuning is how the Go runtime runs once avagent runs, for the rest of
+// the pod's life: the start-up (install, registration, host keys) runs at
+// Go's defaults.
+type Tuning struct {
+	// GCPercent is then the collector's GOGC; zero leaves it as it is (the
+	// operator set GOGC).
+	GCPercent int
+	// MaxProcs then caps GOMAXPROCS; zero leaves it as it is (the operator
+	// set GOMAXPROCS).
+	MaxProcs int
+}
+
+// IdleTuning is the Tuning of a sidecar whose operator set neither GOGC nor
+// GOMAXPROCS (see settleMemory and BENCHMARKS.md, "Memory").
+var IdleTuning = Tuning{GCPercent: 25, MaxProcs: 2}
 
 // settleMemory readies the process for its long idle run: the start-up's
-// garbage (install, registration, host keys) is collected and given back,
-// and the collector runs at idleGCPercent rather than Go's 100. A running
-// sidecar's live heap is under 1 MiB; at 100 the heap goal never drops
-// below 4 MiB, so the garbage of probes and scrapes grows to 4 MiB between
-// collections and the freed pages stay resident, as the runtime keeps
-// memory up to its goal. At 25 that is 1 MiB, for a collection of a small
-// heap (well under a millisecond) a few times more often.
-func settleMemory() {
-	if os.Getenv("GOGC") == "" {
-		debug.SetGCPercent(idleGCPercent)
+// garbage is collected and given back, and the runtime is tuned for a
+// small, idle process.
+//
+// GCPercent 25 rather than Go's 100: a running sidecar's live heap is
+// under 1 MiB; at 100 the heap goal never drops below 4 MiB, so the
+// garbage of probes and scrapes grows to 4 MiB between collections and the
+// freed pages stay resident, as the runtime keeps memory up to its goal. At
+// 25 that is 1 MiB, for a collection of a small heap (well under a
+// millisecond) a few times more often.
+//
+// MaxProcs 2: a pod without a CPU limit gets the node's core count as
+// GOMAXPROCS, and every P keeps its own caches of spans and stacks: at 16
+// an idle sidecar holds about 1 MiB more than at 2. The start-up keeps
+// every core (the install decodes in parallel); what runs afterwards (a
+// probe, a scrape, an SSH session, a walk) is served well by two.
+func settleMemory(t Tuning) {
+	if t.GCPercent > 0 {
+		debug.SetGCPercent(t.GCPercent)
+	}
+	if t.MaxProcs > 0 && runtime.GOMAXPROCS(0) > t.MaxProcs {
+		runtime.GOMAXPROCS(t.MaxProcs)
 	}
 	debug.FreeOSMemory()
 }

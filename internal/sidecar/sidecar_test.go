@@ -9,6 +9,8 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"runtime"
+	"runtime/debug"
 	"slices"
 	"strings"
 	"sync"
@@ -579,5 +581,36 @@ func TestInboundPorts(t *testing.T) {
 	want := []InboundPort{{w.cfg.ListenPort, "listen", true}, {openPort, "extra", true}, {closed, "extra", false}}
 	if !slices.Equal(st.InboundPorts, want) {
 		t.Errorf("inbound ports %+v, want %+v", st.InboundPorts, want)
+	}
+}
+
+// TestSettleMemory: once avagent runs, GOMAXPROCS is capped and GOGC set
+// as the tuning says, and a zero tuning (the operator's own GOGC and
+// GOMAXPROCS) leaves both as they are.
+func TestSettleMemory(t *testing.T) {
+	procs, gc := runtime.GOMAXPROCS(0), debug.SetGCPercent(100)
+	t.Cleanup(func() { runtime.GOMAXPROCS(procs); debug.SetGCPercent(gc) })
+
+	runtime.GOMAXPROCS(16)
+	settleMemory(Tuning{})
+	if got := runtime.GOMAXPROCS(0); got != 16 {
+		t.Errorf("zero tuning: GOMAXPROCS %d, want 16 left as it was", got)
+	}
+	if got := debug.SetGCPercent(100); got != 100 {
+		t.Errorf("zero tuning: GOGC %d, want 100 left as it was", got)
+	}
+
+	settleMemory(IdleTuning)
+	if got := runtime.GOMAXPROCS(0); got != IdleTuning.MaxProcs {
+		t.Errorf("GOMAXPROCS %d after settling, want %d", got, IdleTuning.MaxProcs)
+	}
+	if got := debug.SetGCPercent(100); got != IdleTuning.GCPercent {
+		t.Errorf("GOGC %d after settling, want %d", got, IdleTuning.GCPercent)
+	}
+
+	runtime.GOMAXPROCS(1)
+	settleMemory(IdleTuning)
+	if got := runtime.GOMAXPROCS(0); got != 1 {
+		t.Errorf("GOMAXPROCS %d after settling from 1, want 1: the cap never raises it", got)
 	}
 }
