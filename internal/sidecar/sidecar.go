@@ -39,6 +39,7 @@ import (
 	"github.com/avsidecar/avsidecar/internal/config"
 	"github.com/avsidecar/avsidecar/internal/connlimit"
 	"github.com/avsidecar/avsidecar/internal/doctor"
+	"github.com/avsidecar/avsidecar/internal/exepages"
 	"github.com/avsidecar/avsidecar/internal/install"
 	"github.com/avsidecar/avsidecar/internal/metrics"
 )
@@ -320,7 +321,7 @@ func (s *Sidecar) work(ctx context.Context) error {
 		return err
 	}
 	s.phase.Store(PhaseRunning)
-	settleMemory(s.tuning)
+	s.settleMemory(s.tuning)
 	return cp.agent.Run(ctx)
 }
 
@@ -334,11 +335,14 @@ type Tuning struct {
 	// MaxProcs then caps GOMAXPROCS; zero leaves it as it is (the operator
 	// set GOMAXPROCS).
 	MaxProcs int
+	// ReleaseText gives back the pages of the binary that only the
+	// start-up used (exepages.Release).
+	ReleaseText bool
 }
 
 // IdleTuning is the Tuning of a sidecar whose operator set neither GOGC nor
 // GOMAXPROCS (see settleMemory and BENCHMARKS.md, "Memory").
-var IdleTuning = Tuning{GCPercent: 25, MaxProcs: 2}
+var IdleTuning = Tuning{GCPercent: 25, MaxProcs: 2, ReleaseText: true}
 
 // settleMemory readies the process for its long idle run: the start-up's
 // garbage is collected and given back, and the runtime is tuned for a
@@ -356,7 +360,11 @@ var IdleTuning = Tuning{GCPercent: 25, MaxProcs: 2}
 // an idle sidecar holds about 1 MiB more than at 2. The start-up keeps
 // every core (the install decodes in parallel); what runs afterwards (a
 // probe, a scrape, an SSH session, a walk) is served well by two.
-func settleMemory(t Tuning) {
+//
+// ReleaseText: by now the process has mapped nearly all of its binary,
+// which the running sidecar uses about half of; a failure only costs
+// that memory, and is logged.
+func (s *Sidecar) settleMemory(t Tuning) {
 	if t.GCPercent > 0 {
 		debug.SetGCPercent(t.GCPercent)
 	}
@@ -364,4 +372,14 @@ func settleMemory(t Tuning) {
 		runtime.GOMAXPROCS(t.MaxProcs)
 	}
 	debug.FreeOSMemory()
+	if t.ReleaseText {
+		log := s.logger("main")
+		res, err := exepages.Release()
+		if err != nil {
+			log.Warn().Err(err).Msg("could not give back the start-up's pages of the binary")
+			return
+		}
+		log.Debug().Int("mappings", res.Mappings).Int64("resident_kib", res.Bytes>>10).Int("skipped", res.Skipped).
+			Msg("gave back the start-up's pages of the binary")
+	}
 }

@@ -591,8 +591,9 @@ func TestSettleMemory(t *testing.T) {
 	procs, gc := runtime.GOMAXPROCS(0), debug.SetGCPercent(100)
 	t.Cleanup(func() { runtime.GOMAXPROCS(procs); debug.SetGCPercent(gc) })
 
+	var s Sidecar
 	runtime.GOMAXPROCS(16)
-	settleMemory(Tuning{})
+	s.settleMemory(Tuning{})
 	if got := runtime.GOMAXPROCS(0); got != 16 {
 		t.Errorf("zero tuning: GOMAXPROCS %d, want 16 left as it was", got)
 	}
@@ -600,7 +601,9 @@ func TestSettleMemory(t *testing.T) {
 		t.Errorf("zero tuning: GOGC %d, want 100 left as it was", got)
 	}
 
-	settleMemory(IdleTuning)
+	idle := IdleTuning
+	idle.ReleaseText = false // exepages' own test releases in a process of its own
+	s.settleMemory(idle)
 	if got := runtime.GOMAXPROCS(0); got != IdleTuning.MaxProcs {
 		t.Errorf("GOMAXPROCS %d after settling, want %d", got, IdleTuning.MaxProcs)
 	}
@@ -609,7 +612,7 @@ func TestSettleMemory(t *testing.T) {
 	}
 
 	runtime.GOMAXPROCS(1)
-	settleMemory(IdleTuning)
+	s.settleMemory(idle)
 	if got := runtime.GOMAXPROCS(0); got != 1 {
 		t.Errorf("GOMAXPROCS %d after settling from 1, want 1: the cap never raises it", got)
 	}
