@@ -113,11 +113,12 @@ func (k *kit) close() {
 
 // instance is one subject running in its container.
 type instance struct {
-	c       *container
-	cmd     *exec.Cmd // unshare, whose child is the container's PID 1
-	main    int       // that child's pid, as this process sees it
-	addr    string    // HTTP address, for the subjects that serve
-	workDir string
+	c        *container
+	cmd      *exec.Cmd // unshare, whose child is the container's PID 1
+	main     int       // that child's pid, as this process sees it
+	addr     string    // HTTP address, for the subjects that serve
+	workDir  string
+	graceful bool // stopped with SIGTERM first
 }
 
 // launch runs argv as PID 1 of a new PID namespace, in container c: a
@@ -145,7 +146,7 @@ func (k *kit) start(ctx context.Context, s subject, dir string, parent string, n
 	if err != nil {
 		return nil, err
 	}
-	in := &instance{c: c, workDir: dir}
+	in := &instance{c: c, workDir: dir, graceful: s.kind == sidecarKind}
 	fail := func(err error) (*instance, error) {
 		in.stop()
 		log, _ := os.ReadFile(filepath.Join(dir, "output.log"))
@@ -321,7 +322,8 @@ func startTini(ctx context.Context, in *instance, tini string) error {
 }
 
 // stop ends the container: SIGTERM to the sidecar (it stops avagent and
-// exits), then the namespace's end for what is left.
+// exits), then the namespace's end for what is left. The peers need no
+// grace (sh as PID 1 ignores SIGTERM).
 func (in *instance) stop() {
 	if in.cmd == nil {
 		in.c.remove()
@@ -329,16 +331,16 @@ func (in *instance) stop() {
 	}
 	done := make(chan struct{})
 	go func() { in.cmd.Wait(); close(done) }()
-	if in.main > 0 {
+	if in.main > 0 && in.graceful {
 		syscall.Kill(in.main, syscall.SIGTERM)
-	}
-	select {
-	case <-done:
-	case <-time.After(30 * time.Second):
+		select {
+		case <-done:
+		case <-time.After(30 * time.Second):
+		}
 	}
 	in.cmd.Process.Kill() // unshare --kill-child: PID 1 and every process of its namespace go with it
 	<-done
-	// The workload was moved to another cgroup but lived in the
+	// The workload, in the sibling cgroup, lived in the
 	// namespace: it is gone too. Wait for the kernel to empty both.
 	waitFor(context.Background(), 10*time.Second, func() bool {
 		return len(in.c.procs()) == 0 && len(pids(filepath.Join(in.c.workload, "cgroup.procs"))) == 0
