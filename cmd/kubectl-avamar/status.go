@@ -24,7 +24,9 @@ func statusCmd() *cobra.Command {
 namespace, or of every namespace with -A: its node, the Avamar client's name,
 whether it is registered, whether avagent runs and how often it restarted,
 where the Avamar server calls it back (NODE_IP:port), the last backup and its
-age, the sidecar's faults and its version.
+age, the sidecar's faults (its side parts' and those its doctor found: what
+keeps the Avamar server from reaching the client; -o wide says why) and its
+version.
 
 Each sidecar's /v1/status is read through the API server's pod proxy: this
 needs the rights to list pods and to get pods/proxy, nothing else (no Secret

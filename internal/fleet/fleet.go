@@ -85,8 +85,12 @@ type Row struct {
 	Installed   string    `json:"installed,omitempty"`
 	SSH         string    `json:"ssh,omitempty"`
 	// Faults are the sidecar's side parts that failed, by name, with why.
-	Faults  map[string]string `json:"faults,omitempty"`
-	Version string            `json:"version,omitempty"`
+	Faults map[string]string `json:"faults,omitempty"`
+	// Doctor are the doctor's findings in state fault: what keeps the
+	// Avamar server from reaching the client, with the fix (README,
+	// "Doctor").
+	Doctor  []Diagnosis `json:"doctor,omitempty"`
+	Version string      `json:"version,omitempty"`
 	// Status is the sidecar's /v1/status as it answered.
 	Status json.RawMessage `json:"status,omitempty"`
 }
@@ -125,6 +129,18 @@ type status struct {
 		Role string `json:"role"`
 	} `json:"inbound_ports"`
 	Faults map[string]string `json:"faults"`
+	Doctor *struct {
+		Diagnoses []Diagnosis `json:"diagnoses"`
+	} `json:"doctor"`
+}
+
+// Diagnosis is one finding of the sidecar's doctor, as /v1/status says it
+// (internal/doctor).
+type Diagnosis struct {
+	Check   string `json:"check"`
+	State   string `json:"state"`
+	Message string `json:"message"`
+	Fix     string `json:"fix,omitempty"`
 }
 
 // Collect reads every backed-up pod the configuration selects: those with
@@ -240,6 +256,13 @@ func read(ctx context.Context, api Pods, p *corev1.Pod, timeout time.Duration) R
 	}
 	if b := st.Backup; b != nil {
 		r.LastBackup, r.BackupState = b.LastBackup, b.State
+	}
+	if st.Doctor != nil {
+		for _, d := range st.Doctor.Diagnoses {
+			if d.State == "fault" {
+				r.Doctor = append(r.Doctor, d)
+			}
+		}
 	}
 	if port := listenPort(st, c, p); port != "" && p.Status.HostIP != "" {
 		r.Callback = net.JoinHostPort(p.Status.HostIP, port)

@@ -12,6 +12,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"github.com/avsidecar/avsidecar/internal/doctor"
 	"github.com/avsidecar/avsidecar/internal/install"
 	"github.com/avsidecar/avsidecar/internal/register"
 	"github.com/avsidecar/avsidecar/internal/sidecar"
@@ -79,7 +80,11 @@ func TestCollect(t *testing.T) {
 		Registration: register.Status{Registered: true, Client: "db-1", Server: "mcs.example.com", Domain: "/clients"},
 		Agent:        supervise.Status{Running: true, Restarts: 2},
 		InboundPorts: []sidecar.InboundPort{{Port: 31001, Role: "listen", Accepting: true}},
-		Faults:       map[string]string{"ssh": "host key unreadable"}}
+		Faults:       map[string]string{"ssh": "host key unreadable"},
+		Doctor: &doctor.Report{Diagnoses: []doctor.Diagnosis{
+			{Check: doctor.CheckNodeIP, State: doctor.StateOK, Message: "NODE_IP 10.0.0.7 is an address of this node"},
+			{Check: doctor.CheckNodePort, State: doctor.StateFault, Message: "nothing answers at 10.0.0.7:31001", Fix: "publish the port"},
+			{Check: doctor.CheckMCS, State: doctor.StateUnknown, Message: "not checked yet"}}}}
 	unregistered := sidecar.Status{Version: "v0.2.0", Phase: "registering",
 		Registration: register.Status{Client: "db-0", Attempts: 3, LastOutcome: "unreachable", LastError: "dial tcp: i/o timeout"}}
 	pending := pod("shop", "db-2", sidecarC)
@@ -113,6 +118,9 @@ func TestCollect(t *testing.T) {
 	if !r.Reached || r.Client != "db-1" || !r.Registered || !r.AgentRunning || r.Restarts != 2 || r.Callback != "10.0.0.7:31001" ||
 		r.Installed != "AvamarClient-19.10.100-1" || r.Version != "v0.2.0" || r.Faults["ssh"] != "host key unreadable" || api.asked["db-1"] != 9181 {
 		t.Errorf("db-1: %+v (asked port %d)", r, api.asked["db-1"])
+	}
+	if len(r.Doctor) != 1 || r.Doctor[0] != (Diagnosis{Check: "node-port", State: "fault", Message: "nothing answers at 10.0.0.7:31001", Fix: "publish the port"}) {
+		t.Errorf("db-1: the doctor's faults %+v, want node-port's alone", r.Doctor)
 	}
 	if r := rows[0]; r.Registered || r.Registration != "3 attempts, last unreachable: dial tcp: i/o timeout" || r.Callback != "10.0.0.7:31001" {
 		t.Errorf("db-0: %+v", r)
@@ -148,16 +156,17 @@ func TestPrint(t *testing.T) {
 	rows := []Row{
 		{Namespace: "shop", Pod: "db-0", Node: "node-a", Reached: true, Phase: "running", Client: "db-0", Registered: true, AgentRunning: true,
 			Restarts: 1, Callback: "10.0.0.7:31000", LastBackup: now.Add(-49 * time.Hour), Version: "v0.2.0", Server: "mcs", Domain: "/clients",
-			Faults: map[string]string{"ssh": "key\nunreadable"}},
+			Faults: map[string]string{"ssh": "key\nunreadable"},
+			Doctor: []Diagnosis{{Check: "node-ip", State: "fault", Message: "NODE_IP 10.0.0.9 is not an address of the node"}}},
 		{Namespace: "shop", Pod: "db-1", Node: "node-b", Error: "pod Pending"},
 	}
 	var b bytes.Buffer
 	if err := Print(&b, rows, "", true, now); err != nil {
 		t.Fatal(err)
 	}
-	want := `NAMESPACE   POD    NODE     PHASE         CLIENT   REGISTERED   AGENT     RESTARTS   CALLBACK         LAST BACKUP            AGE    FAULTS        VERSION
-shop        db-0   node-a   running       db-0     yes          running   1          10.0.0.7:31000   2026-11-28T20:30:00Z   2d1h   ssh           v0.2.0
-shop        db-1   node-b   unreachable   -        -            -         -          -                -                      -      pod Pending   -
+	want := `NAMESPACE   POD    NODE     PHASE         CLIENT   REGISTERED   AGENT     RESTARTS   CALLBACK         LAST BACKUP            AGE    FAULTS         VERSION
+shop        db-0   node-a   running       db-0     yes          running   1          10.0.0.7:31000   2026-11-28T20:30:00Z   2d1h   node-ip; ssh   v0.2.0
+shop        db-1   node-b   unreachable   -        -            -         -          -                -                      -      pod Pending    -
 `
 	if b.String() != want {
 		t.Errorf("table:\n%s\nwant:\n%s", b.String(), want)
@@ -167,7 +176,7 @@ shop        db-1   node-b   unreachable   -        -            -         -     
 		t.Fatal(err)
 	}
 	if lines := strings.Split(b.String(), "\n"); !strings.HasPrefix(lines[0], "POD ") || !strings.HasSuffix(lines[0], "SERVER   DOMAIN     INSTALLED   SSH") ||
-		!strings.Contains(lines[1], "ssh: key unreadable") {
+		!strings.Contains(lines[1], "node-ip: NODE_IP 10.0.0.9 is not an address of the node; ssh: key unreadable") {
 		t.Errorf("wide:\n%s", b.String())
 	}
 	for _, format := range []string{"json", "yaml"} {

@@ -84,7 +84,7 @@ func Print(w io.Writer, rows []Row, format string, allNamespaces bool, now time.
 				last = r.BackupState
 			}
 			cells = []string{r.Pod, dash(r.Node), dash(r.Phase), dash(r.Client), registered, agent, strconv.Itoa(r.Restarts),
-				dash(r.Callback), last, age, faults(r.Faults, wide), dash(r.Version)}
+				dash(r.Callback), last, age, faults(r, wide), dash(r.Version)}
 			if wide {
 				cells = append(cells, dash(r.Server), dash(r.Domain), dash(r.Installed), dash(r.SSH))
 			}
@@ -104,17 +104,24 @@ func dash(s string) string {
 	return s
 }
 
-// faults lists the faults' names, and with wide why.
-func faults(f map[string]string, wide bool) string {
-	if len(f) == 0 {
-		return "-"
-	}
+// faults lists the names of the row's faults, its side parts' and its
+// doctor's checks', and with wide why.
+func faults(r Row, wide bool) string {
 	var names []string
-	for k, v := range f {
+	add := func(name, why string) {
 		if wide {
-			k += ": " + oneLine(v)
+			name += ": " + oneLine(why)
 		}
-		names = append(names, k)
+		names = append(names, name)
+	}
+	for k, v := range r.Faults {
+		add(k, v)
+	}
+	for _, d := range r.Doctor {
+		add(d.Check, d.Message)
+	}
+	if len(names) == 0 {
+		return "-"
 	}
 	slices.Sort(names)
 	return strings.Join(names, "; ")
