@@ -131,6 +131,14 @@ func breakDoctor(t *testing.T, c *cluster, mcs *testkit.MCS, ns string, site sit
 			t.Errorf("avsidecar status does not say %q", w)
 		}
 	}
+	plugin := buildPlugin(t)
+	fleet := c.kubectlAvamar(plugin, "status", "-n", copyNS, "-o", "wide")
+	t.Logf("kubectl avamar status -n %s -o wide:\n%s", copyNS, fleet)
+	for _, w := range []string{"listen-port: port 31200 is taken", "node-ip: NODE_IP " + there.ip + " is not an address"} {
+		if !strings.Contains(fleet, w) {
+			t.Errorf("kubectl avamar status -o wide does not say %q", w)
+		}
+	}
 	if p, _ := c.pod(copyNS, "doctor-0"); !podReady(p) {
 		t.Errorf("doctor-0 is not Ready: the doctor's findings must not make the pod unready")
 	}
@@ -150,6 +158,11 @@ func breakDoctor(t *testing.T, c *cluster, mcs *testkit.MCS, ns string, site sit
 	}))
 	t.Logf("found %s after the break", time.Since(broke).Round(time.Second))
 	logDiagnoses(t, "nginx-0", r, doctor.CheckNodePort, doctor.CheckMCS)
+	fleet = c.kubectlAvamar(plugin, "status", "-n", ns)
+	t.Logf("kubectl avamar status -n %s:\n%s", ns, fleet)
+	if row := lineWith(fleet, "nginx-0 "); !strings.Contains(row, "mcs; node-port") {
+		t.Errorf("kubectl avamar status: the row of nginx-0 does not name the faults mcs and node-port: %q", row)
+	}
 	web := "http://" + c.portForward(ns, "pod/nginx-0", 9180)
 	code, readyz := testkit.Get(web+"/readyz?verbose", "")
 	t.Logf("nginx-0 /readyz?verbose: %d\n%s", code, readyz)

@@ -286,7 +286,7 @@ func TestNginxExample(t *testing.T) {
 	t.Run("12 read-only root, hooks, backup freshness", func(t *testing.T) {
 		c := c.in(t)
 		out, err := c.kubectl("exec", "-n", ns, "nginx-0", "-c", "avamar", "--", "sh", "-c", "echo x > /usr/lib/avsidecar-write-test")
-		t.Logf("a write to the root filesystem: %s", lineWith(err, "Read-only"))
+		t.Logf("a write to the root filesystem: %s", lineWith(fmt.Sprint(err), "Read-only"))
 		if err == nil || !strings.Contains(err.Error(), "Read-only file system") {
 			t.Errorf("a write to the root filesystem: %q %v, want Read-only file system", out, err)
 		}
@@ -701,13 +701,10 @@ func decodeNth(t *testing.T, path string, n int, v any) {
 	}
 }
 
-// lineWith is the line of err's text that holds word (a command's own
-// message among kubectl's), or "".
-func lineWith(err error, word string) string {
-	if err == nil {
-		return ""
-	}
-	for _, l := range strings.Split(err.Error(), "\n") {
+// lineWith is the line of text that holds word (a command's own message
+// among kubectl's, a pod's row of a table), or "".
+func lineWith(text, word string) string {
+	for _, l := range strings.Split(text, "\n") {
 		if strings.Contains(l, word) {
 			return strings.TrimSpace(l)
 		}

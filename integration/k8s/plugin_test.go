@@ -57,16 +57,37 @@ var publicManifests = []string{"k8s-website-mysql", "k8s-website_wordpress_mysql
 // test node cannot give, and scales the StatefulSet to 2. Everything else
 // (containers, init containers, mounts, claims, Services) stays as
 // published.
+// buildPlugin builds kubectl-avamar from this tree, for the test.
+func buildPlugin(t *testing.T) string {
+	t.Helper()
+	plugin := filepath.Join(t.TempDir(), "kubectl-avamar")
+	if err := testkit.GoBuild(plugin, "./cmd/kubectl-avamar"); err != nil {
+		t.Fatal(err)
+	}
+	return plugin
+}
+
+// kubectlAvamar runs `kubectl avamar ARGS` as a user does: kubectl finds
+// the plugin on PATH. It returns stdout; a failure fails the test.
+func (c *cluster) kubectlAvamar(plugin string, args ...string) string {
+	c.t.Helper()
+	cmd := exec.Command(filepath.Join(c.bin, "kubectl"), append([]string{"avamar"}, args...)...)
+	cmd.Env = append(os.Environ(), "KUBECONFIG="+c.kubeconfig, "PATH="+filepath.Dir(plugin)+":"+os.Getenv("PATH"))
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		c.t.Fatalf("kubectl avamar %s: %v\n%s", strings.Join(args, " "), err, stderr.Bytes())
+	}
+	return string(out)
+}
+
 func pluginProof(t *testing.T, c *cluster, env pluginEnv) {
 	root, err := testkit.ModuleRoot()
 	if err != nil {
 		t.Fatal(err)
 	}
-	binDir := t.TempDir()
-	plugin := filepath.Join(binDir, "kubectl-avamar")
-	if err := testkit.GoBuild(plugin, "./cmd/kubectl-avamar"); err != nil {
-		t.Fatal(err)
-	}
+	plugin := buildPlugin(t)
 	if st, err := os.Stat(plugin); err == nil {
 		t.Logf("bench: kubectl-avamar binary %d bytes (%.1f MiB)", st.Size(), float64(st.Size())/(1<<20))
 	}
@@ -182,15 +203,7 @@ func pluginProof(t *testing.T, c *cluster, env pluginEnv) {
 	// status, through kubectl's plugin mechanism.
 	kubectlPlugin := func(args ...string) string {
 		t.Helper()
-		cmd := exec.Command(filepath.Join(c.bin, "kubectl"), append([]string{"avamar"}, args...)...)
-		cmd.Env = append(os.Environ(), "KUBECONFIG="+c.kubeconfig, "PATH="+binDir+":"+os.Getenv("PATH"))
-		var stderr bytes.Buffer
-		cmd.Stderr = &stderr
-		out, err := cmd.Output()
-		if err != nil {
-			t.Fatalf("kubectl avamar %s: %v\n%s", strings.Join(args, " "), err, stderr.Bytes())
-		}
-		return string(out)
+		return c.kubectlAvamar(plugin, args...)
 	}
 	var rows struct {
 		Items []struct {
