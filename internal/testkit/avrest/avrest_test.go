@@ -239,9 +239,12 @@ func TestWithoutTimesOrStatistics(t *testing.T) {
 
 func TestShortTokenLifetime(t *testing.T) {
 	srv, c := start(t, Config{TokenTTL: 50 * time.Millisecond})
+	// The server issues the token while grant runs: taken before the
+	// call, issued is no later than that, so a refusal sooner than 50 ms
+	// after it is a token refused too early.
+	issued := time.Now()
 	_, body := grant(t, srv, c, "cid", "csecret", "user", "pw")
 	tok := body["access_token"].(string)
-	issued := time.Now()
 	code := call(t, srv, c, tok, "/api/v1/clients", nil)
 	if code != 200 && time.Since(issued) < 50*time.Millisecond {
 		t.Fatalf("fresh token refused: %d", code)
