@@ -8,9 +8,11 @@ import (
 	"encoding/pem"
 	"net"
 	"os"
+	"os/signal"
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -28,6 +30,12 @@ var sharedHostKeys struct {
 }
 
 func TestMain(m *testing.M) {
+	// avsidecar run handles SIGHUP (pid1.StopContext), so the programs
+	// its sessions start have SIGHUP at its default even when avsidecar
+	// itself was started with it ignored. Do the same here: under nohup
+	// the sessions' shells would inherit the ignored SIGHUP and never hang
+	// up (TestShutdownClosesSessions).
+	signal.Notify(make(chan os.Signal, 1), syscall.SIGHUP)
 	code := m.Run()
 	if sharedHostKeys.dir != "" {
 		os.RemoveAll(sharedHostKeys.dir)
