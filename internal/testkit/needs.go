@@ -1,9 +1,11 @@
 package testkit
 
 import (
+	"math/rand/v2"
 	"net"
 	"os"
 	"os/exec"
+	"strconv"
 	"testing"
 )
 
@@ -38,15 +40,31 @@ func NeedCommand(tb testing.TB, name string) string {
 	return p
 }
 
-// FreePort returns a loopback TCP port that was free a moment ago, for a
-// server the test starts as a separate process and so cannot hand a
-// listener.
+// FreePort returns a TCP port that nothing listens on, for a server the
+// test starts as a separate process and so cannot hand a listener.
+//
+// The port is drawn from freePorts, below the kernel's ephemeral range
+// (net.ipv4.ip_local_port_range, 32768-60999 by default): a port the
+// kernel handed out for the asking is one it hands out again, as the
+// source port of any test's next connection, and the server then fails
+// with "address already in use" (it did, under CI's load). The range also
+// stays clear of the cluster test's NodePorts (30000-32767) and of the
+// Avamar ports (27000-29000) that tests bind on other addresses. It is
+// checked free on every address, as the servers bind it.
 func FreePort(tb testing.TB) int {
 	tb.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		tb.Fatal(err)
+	for range 200 {
+		port := freePorts.lo + rand.IntN(freePorts.hi-freePorts.lo+1)
+		l, err := net.Listen("tcp", ":"+strconv.Itoa(port))
+		if err != nil {
+			continue
+		}
+		l.Close()
+		return port
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
+	tb.Fatalf("no free port in %d-%d after 200 tries", freePorts.lo, freePorts.hi)
+	return 0
 }
+
+// freePorts is the range FreePort draws from.
+var freePorts = struct{ lo, hi int }{10000, 26999}
