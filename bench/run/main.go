@@ -341,13 +341,13 @@ func waitHTTP(addr, path string, timeout time.Duration) error {
 	}
 }
 
+// freePort is a port for the sidecar to listen on (testkit.PickPort).
 func freePort() int {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	port, err := testkit.PickPort()
 	if err != nil {
 		panic(err)
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
+	return port
 }
 
 // prebuilt is -avsidecar.

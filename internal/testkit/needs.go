@@ -1,6 +1,7 @@
 package testkit
 
 import (
+	"fmt"
 	"math/rand/v2"
 	"net"
 	"os"
@@ -53,6 +54,15 @@ func NeedCommand(tb testing.TB, name string) string {
 // checked free on every address, as the servers bind it.
 func FreePort(tb testing.TB) int {
 	tb.Helper()
+	port, err := PickPort()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return port
+}
+
+// PickPort is FreePort for programs that are not tests (the benchmarks).
+func PickPort() (int, error) {
 	for range 200 {
 		port := freePorts.lo + rand.IntN(freePorts.hi-freePorts.lo+1)
 		l, err := net.Listen("tcp", ":"+strconv.Itoa(port))
@@ -60,10 +70,9 @@ func FreePort(tb testing.TB) int {
 			continue
 		}
 		l.Close()
-		return port
+		return port, nil
 	}
-	tb.Fatalf("no free port in %d-%d after 200 tries", freePorts.lo, freePorts.hi)
-	return 0
+	return 0, fmt.Errorf("no free port in %d-%d after 200 tries", freePorts.lo, freePorts.hi)
 }
 
 // freePorts is the range FreePort draws from.
